@@ -1,0 +1,30 @@
+"""Shared pytest configuration: hardware markers skip cleanly where the hardware is absent."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except Exception:  # noqa: BLE001 - any import problem means no usable GPU
+        return False
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_gpu = pytest.mark.skip(reason="no CUDA GPU on this machine")
+    skip_hil = pytest.mark.skip(reason="hardware-in-the-loop test: set MEGBED_HIL=1 on a real board")
+    gpu = None
+    for item in items:
+        if "gpu" in item.keywords:
+            if gpu is None:
+                gpu = _cuda_available()
+            if not gpu:
+                item.add_marker(skip_gpu)
+        if "hil" in item.keywords and os.environ.get("MEGBED_HIL") != "1":
+            item.add_marker(skip_hil)
