@@ -3,3 +3,36 @@
 The lowest layer of the project: it imports nothing from the other packages, so the channel broker and the
 measurement layer (clock sync) speak the same frames as the testbed nodes without importing them.
 """
+
+from megwire.frames import (
+    DEFAULT_LIMITS,
+    PROTOCOL_VERSION,
+    Frame,
+    FrameError,
+    FrameLimits,
+    error_frame,
+    from_parts,
+    pack,
+    packed_size,
+    to_parts,
+    unpack,
+)
+from megwire.link import InProcLink, Link, ZmqClientLink
+from megwire.sockets import (
+    CurveConfig,
+    LinkTimeout,
+    generate_keys,
+    make_socket,
+    recv_frame,
+    recv_raw,
+    send_frame,
+    split_envelope,
+    stop_authenticator,
+)
+
+__all__ = [
+    "DEFAULT_LIMITS", "PROTOCOL_VERSION", "CurveConfig", "Frame", "FrameError", "FrameLimits", "InProcLink",
+    "Link", "LinkTimeout", "ZmqClientLink", "error_frame", "from_parts", "generate_keys", "make_socket", "pack",
+    "packed_size", "recv_frame", "recv_raw", "send_frame", "split_envelope", "stop_authenticator", "to_parts",
+    "unpack",
+]

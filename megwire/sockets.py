@@ -1,0 +1,181 @@
+"""ZeroMQ sockets the megbed way: timeouts on every socket, ``LINGER=0``, size limits, optional CURVE.
+
+Envelope convention (ROUTER/DEALER): a client (DEALER) sends ``[b"", *frame_parts]``; a server (ROUTER) receives
+``[*routing_ids, b"", *frame_parts]`` and answers with the same routing ids. A proxy in between (the channel broker)
+only adds routing ids, so neither end can tell whether it talks to its peer directly or through the broker.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import zmq
+
+from megwire.frames import DEFAULT_LIMITS, Frame, FrameError, FrameLimits, from_parts, to_parts
+
+DEFAULT_TIMEOUT_S = 10.0
+
+
+class LinkTimeout(TimeoutError):
+    """No message arrived (or could be sent) within the socket's timeout."""
+
+
+@dataclass(frozen=True)
+class CurveConfig:
+    """CURVE keys for one socket.
+
+    Attributes
+    ----------
+    secret_key_file : Path
+        This side's ``.key_secret`` file (from :func:`generate_keys`).
+    server_public_key_file : Path or None
+        Client side only: the server's ``.key`` file.
+    authorized_clients_dir : Path or None
+        Server side only: folder of client ``.key`` files allowed to connect; any other peer is refused.
+    """
+
+    secret_key_file: Path
+    server_public_key_file: Path | None = None
+    authorized_clients_dir: Path | None = None
+
+
+def generate_keys(directory: str | os.PathLike, name: str) -> tuple[Path, Path]:
+    """Create a CURVE key pair ``name.key`` / ``name.key_secret`` in ``directory``; returns both paths."""
+    import zmq.auth
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    public, secret = zmq.auth.create_certificates(str(directory), name)
+    return Path(public), Path(secret)
+
+
+def _load_keys(path: Path) -> tuple[bytes, bytes | None]:
+    import zmq.auth
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"CURVE key file not found: {path}")
+    return zmq.auth.load_certificate(str(path))
+
+
+_AUTHENTICATORS: dict[int, object] = {}
+
+
+def _authorize(ctx: zmq.Context, clients_dir: Path) -> None:
+    """Start (once per context) the ZAP authenticator that admits only the keys in ``clients_dir``."""
+    from zmq.auth.thread import ThreadAuthenticator
+
+    if not Path(clients_dir).is_dir():
+        raise FileNotFoundError(f"authorized clients folder not found: {clients_dir}")
+    auth = _AUTHENTICATORS.get(id(ctx))
+    if auth is None:
+        auth = ThreadAuthenticator(ctx)
+        auth.start()
+        _AUTHENTICATORS[id(ctx)] = auth
+    auth.configure_curve(domain="*", location=str(clients_dir))
+
+
+def stop_authenticator(ctx: zmq.Context) -> None:
+    """Stop the authenticator thread started for ``ctx`` (call before ``ctx.term()``)."""
+    auth = _AUTHENTICATORS.pop(id(ctx), None)
+    if auth is not None:
+        auth.stop()
+
+
+def make_socket(
+    ctx: zmq.Context,
+    socket_type: int,
+    *,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    send_timeout_s: float | None = None,
+    max_message_bytes: int = DEFAULT_LIMITS.max_total_bytes + DEFAULT_LIMITS.max_header_bytes + 4096,
+    curve: CurveConfig | None = None,
+    identity: bytes | None = None,
+) -> zmq.Socket:
+    """A socket with receive/send timeouts, ``LINGER=0`` and a maximum message size.
+
+    Parameters
+    ----------
+    timeout_s : float
+        Receive timeout (RCVTIMEO); ``recv`` raises :class:`LinkTimeout` past it.
+    send_timeout_s : float, optional
+        Send timeout (SNDTIMEO); defaults to ``timeout_s``.
+    max_message_bytes : int
+        ZMQ_MAXMSGSIZE: a peer sending more is disconnected by libzmq before we allocate it.
+    curve : CurveConfig, optional
+        Server when ``authorized_clients_dir`` is set, client when ``server_public_key_file`` is set.
+    """
+    sock = ctx.socket(socket_type)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVTIMEO, int(timeout_s * 1000))
+    sock.setsockopt(zmq.SNDTIMEO, int((timeout_s if send_timeout_s is None else send_timeout_s) * 1000))
+    sock.setsockopt(zmq.MAXMSGSIZE, int(max_message_bytes))
+    if identity is not None:
+        sock.setsockopt(zmq.IDENTITY, identity)
+    if curve is not None:
+        public, secret = _load_keys(curve.secret_key_file)
+        if secret is None:
+            raise ValueError(f"{curve.secret_key_file} holds no secret key")
+        sock.curve_secretkey = secret
+        sock.curve_publickey = public
+        if curve.server_public_key_file is not None:
+            server_public, _ = _load_keys(curve.server_public_key_file)
+            sock.curve_serverkey = server_public
+        else:
+            if curve.authorized_clients_dir is None:
+                sock.close(0)
+                raise ValueError("a CURVE server needs authorized_clients_dir (which client keys to admit)")
+            _authorize(ctx, curve.authorized_clients_dir)
+            sock.curve_server = True
+    return sock
+
+
+def send_frame(sock: zmq.Socket, frame: Frame, envelope: Sequence[bytes] = (), *, delimiter: bool = True) -> None:
+    """Send ``[*envelope, b"", *parts]``; raises :class:`LinkTimeout` when the send would block past SNDTIMEO."""
+    parts: list[bytes | memoryview] = [*envelope]
+    if delimiter:
+        parts.append(b"")
+    parts.extend(to_parts(frame))
+    try:
+        sock.send_multipart(parts, copy=False)
+    except zmq.Again as exc:
+        raise LinkTimeout(f"send of {frame.kind!r} timed out") from exc
+
+
+def split_envelope(parts: Sequence[bytes | memoryview | zmq.Frame]) -> tuple[list[bytes], list[memoryview]]:
+    """Split ``[*routing_ids, b"", *frame_parts]`` at the first empty part."""
+    views = [p.buffer if isinstance(p, zmq.Frame) else memoryview(p) for p in parts]
+    for i, view in enumerate(views):
+        if len(view) == 0:
+            return [bytes(v) for v in views[:i]], views[i + 1:]
+    raise FrameError("message has no envelope delimiter (empty part)")
+
+
+def recv_raw(sock: zmq.Socket) -> list[zmq.Frame]:
+    """Receive one multipart message without copying; raises :class:`LinkTimeout` past RCVTIMEO."""
+    try:
+        return sock.recv_multipart(copy=False)
+    except zmq.Again as exc:
+        raise LinkTimeout("receive timed out") from exc
+
+
+def recv_frame(sock: zmq.Socket, limits: FrameLimits = DEFAULT_LIMITS) -> tuple[list[bytes], Frame]:
+    """Receive one message; returns ``(envelope, frame)``.
+
+    Raises
+    ------
+    LinkTimeout
+        Nothing arrived within RCVTIMEO.
+    FrameError
+        The message is malformed (its envelope is still attached as ``exc.envelope`` so a server can answer).
+    """
+    raw = recv_raw(sock)
+    envelope: list[bytes] = []
+    try:
+        envelope, parts = split_envelope(raw)
+        return envelope, from_parts(parts, limits)
+    except FrameError as exc:
+        exc.envelope = envelope  # type: ignore[attr-defined]
+        raise

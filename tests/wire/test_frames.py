@@ -1,0 +1,139 @@
+from __future__ import annotations
+
+import random
+import struct
+
+import numpy as np
+import pytest
+
+from megwire import Frame, FrameError, FrameLimits, from_parts, pack, packed_size, to_parts, unpack
+from megwire.frames import PROTOCOL_VERSION
+
+
+def _frame() -> Frame:
+    rng = np.random.default_rng(0)
+    return Frame(
+        kind="handoff",
+        meta={"request_id": "r1", "n_steps": 8, "beta": 0.5, "nested": {"a": [1, 2]}},
+        buffers={
+            "latent": rng.standard_normal((4, 16, 16)).astype(np.float16),
+            "merge_map": rng.integers(0, 64, size=(48,), dtype=np.int32),
+            "empty": np.zeros((0, 3), np.float32),
+            "flag": np.array([True, False]),
+        },
+    )
+
+
+def _assert_equal(a: Frame, b: Frame) -> None:
+    assert a.kind == b.kind and a.meta == b.meta and a.version == b.version
+    assert list(a.buffers) == list(b.buffers)
+    for name in a.buffers:
+        assert a.buffers[name].dtype == b.buffers[name].dtype
+        np.testing.assert_array_equal(a.buffers[name], b.buffers[name])
+
+
+def test_parts_round_trip():
+    f = _frame()
+    _assert_equal(f, from_parts([bytes(p) for p in to_parts(f)]))
+
+
+def test_bytes_round_trip_and_size():
+    f = _frame()
+    data = pack(f)
+    assert len(data) == packed_size(f)
+    _assert_equal(f, unpack(data))
+    assert f.payload_nbytes == 4 * 16 * 16 * 2 + 48 * 4 + 2
+
+
+def test_big_endian_input_is_canonicalised():
+    f = Frame("x", buffers={"v": np.arange(5, dtype=">i4")})
+    out = unpack(pack(f))
+    np.testing.assert_array_equal(out.buffers["v"], np.arange(5))
+
+
+@pytest.mark.parametrize("cut", [0, 5, 11, 20, -5, -1])
+def test_truncated_bytes_are_named(cut):
+    data = pack(_frame())
+    with pytest.raises(FrameError, match="truncated|corrupted"):
+        unpack(data[:cut] if cut > 0 else data[:cut])
+
+
+def test_flipped_payload_bit_fails_crc():
+    data = bytearray(pack(_frame()))
+    data[-40] ^= 0x10
+    with pytest.raises(FrameError, match="CRC"):
+        unpack(bytes(data))
+
+
+def test_version_mismatch_is_named():
+    data = bytearray(pack(_frame()))
+    struct.pack_into("<H", data, 4, PROTOCOL_VERSION + 1)
+    with pytest.raises(FrameError, match="version mismatch"):
+        unpack(bytes(data))
+
+
+def test_bad_magic():
+    with pytest.raises(FrameError, match="magic"):
+        from_parts([b"XXXX" + bytes(20)])
+
+
+def test_object_dtype_rejected_on_send():
+    with pytest.raises(FrameError, match="not allowed"):
+        pack(Frame("x", buffers={"o": np.array([object()])}))
+
+
+def test_unserialisable_meta_rejected():
+    with pytest.raises(FrameError, match="JSON"):
+        pack(Frame("x", meta={"s": {1, 2}}))
+
+
+def test_limits_refuse_oversized_before_allocating():
+    f = Frame("x", buffers={"big": np.zeros(1000, np.float64)})
+    with pytest.raises(FrameError, match="oversized|limit"):
+        from_parts(to_parts(f), FrameLimits(max_total_bytes=4000))
+    with pytest.raises(FrameError, match="buffers exceed"):
+        from_parts(to_parts(f), FrameLimits(max_buffers=0))
+
+
+def test_buffer_count_and_length_mismatch():
+    parts = [bytes(p) for p in to_parts(_frame())]
+    with pytest.raises(FrameError, match="declares"):
+        from_parts(parts[:-1])
+    parts[1] = parts[1][:-2]
+    with pytest.raises(FrameError, match="bytes, header declares"):
+        from_parts(parts)
+
+
+def test_fuzzed_parts_only_raise_frame_error():
+    rnd = random.Random(1234)
+    base = [bytes(p) for p in to_parts(_frame())]
+    for _ in range(1000):
+        parts = [bytearray(p) for p in base]
+        for _ in range(rnd.randint(1, 4)):
+            choice = rnd.random()
+            i = rnd.randrange(len(parts))
+            if choice < 0.4 and parts[i]:
+                parts[i][rnd.randrange(len(parts[i]))] = rnd.randrange(256)
+            elif choice < 0.6:
+                parts[i] = parts[i][: rnd.randrange(len(parts[i]) + 1)]
+            elif choice < 0.8:
+                parts.insert(i, bytearray(rnd.randbytes(rnd.randrange(64))))
+            elif len(parts) > 1:
+                parts.pop(i)
+        try:
+            from_parts([bytes(p) for p in parts])
+        except FrameError:
+            pass
+
+
+def test_fuzzed_bytes_only_raise_frame_error():
+    rnd = random.Random(99)
+    base = pack(_frame())
+    for _ in range(1000):
+        data = bytearray(base)
+        if rnd.random() < 0.5:
+            data[rnd.randrange(len(data))] ^= 1 << rnd.randrange(8)
+        else:
+            data = data[: rnd.randrange(len(data))]
+        with pytest.raises(FrameError):
+            unpack(bytes(data))
