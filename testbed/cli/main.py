@@ -13,6 +13,7 @@ import sys
 
 # Order is the order in --help. Each part of the project adds its own line.
 COMMAND_MODULES: list[str] = [
+    "testbed.cli.node",
 ]
 
 
