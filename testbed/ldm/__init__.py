@@ -1,0 +1,12 @@
+"""The split latent-diffusion runtime: stages, split plans, the ES -> UE handoff, feature merging, quality metrics.
+
+Modules (import what you need; this package imports nothing heavy by itself):
+
+* ``merging``: ``merge(latent, beta, seed) -> MergedLatent``, ``unmerge(merged) -> latent``.
+* ``metrics``: ``mse``, ``neg_log_mse``, ``psnr_db``, ``ms_ssim``, ``quality``; ``feature_metrics`` for the
+  optional FD / LPIPS / CLIP-score path; ``reference`` for cached N_max reference images.
+* ``request``: ``GenerationRequest``. ``schedulers``: resumable samplers. ``handoff``: ``Handoff``.
+* ``model``: ``load_pipeline(model_dir, device=..., dtype=...) -> LdmModel``, decoders, ``device_sync``.
+* ``stages`` / ``plan`` / ``runner``: the stage objects, ``SplitPlan`` presets and the in-process runner.
+* ``tiny``: SD-1.5- and SDXL-shaped models with random weights for tests and benchmarks.
+"""

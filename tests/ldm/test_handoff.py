@@ -1,0 +1,167 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDPMScheduler
+
+from megwire import Frame, FrameError, pack, unpack
+from testbed.ldm.handoff import HANDOFF_VERSION, Handoff, HandoffError
+from testbed.ldm.merging import merge, unmerge
+from testbed.ldm.request import GenerationRequest, RequestError
+from testbed.ldm.schedulers import SCHEDULERS, new_sampler
+
+BASE_CONFIG = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012).config
+SHAPE = (1, 4, 8, 8)
+
+
+def _fake_model(x: torch.Tensor, i: int) -> torch.Tensor:
+    return torch.sin(3 * x + i)
+
+
+def _run(sampler, x, k0, k1):
+    for i in range(k0, k1):
+        t = sampler.timesteps[i]
+        inp = sampler.scheduler.scale_model_input(x, t)
+        x = sampler.scheduler.step(_fake_model(inp, i), t, x, **sampler.step_kwargs, return_dict=False)[0]
+        sampler.step = i + 1
+    return x
+
+
+def _handoff(name="dpmpp_2m", n=6, k=3, beta=0.0, wire="float32"):
+    req = GenerationRequest("a red cube", num_steps=n, split_step=k, merge_ratio=beta, seed=5, scheduler=name,
+                            wire_dtype=wire, request_id="r-1")
+    sampler = new_sampler(name, BASE_CONFIG, n, req.seed)
+    x = _run(sampler, sampler.initial_noise(SHAPE, torch.device("cpu"), torch.float32), 0, k)
+    return req, sampler, x, Handoff.build(req, merge(x, beta, req.seed), sampler)
+
+
+@pytest.mark.parametrize("name", sorted(set(SCHEDULERS) - {"lcm"}))
+@pytest.mark.parametrize("k", [0, 1, 3, 6])
+def test_bytes_round_trip_resumes_bit_exactly(name, k):
+    req, sampler, x, h = _handoff(name, k=k)
+    data = h.to_bytes()
+    assert len(data) == h.nbytes
+    back = Handoff.from_bytes(data)
+    assert back.request == req
+    assert torch.equal(unmerge(back.merged), x)
+    if k == req.num_steps:
+        assert back.sampler_meta is None
+        with pytest.raises(HandoffError, match="no sampler state"):
+            back.resume_sampler()
+        return
+    resumed = back.resume_sampler()
+    assert torch.equal(_run(resumed, unmerge(back.merged), k, 6), _run(sampler, x, k, 6))
+
+
+def test_frame_layout_and_channel_roles():
+    _, _, _, h = _handoff("unipc", k=2, beta=0.5, wire="float16")
+    frame = h.to_frame()
+    assert frame.kind == "handoff"
+    assert frame.meta["handoff_version"] == HANDOFF_VERSION
+    roles = frame.meta["channel_roles"]
+    assert set(roles) == set(frame.buffers)
+    assert roles["merge.tokens"] == "values" and roles["merge.map"] == "side"
+    for name, role in roles.items():
+        kind = frame.buffers[name].dtype.kind
+        assert (role == "values") == (kind == "f"), name  # floats are values, everything integer is side
+    assert frame.buffers["merge.tokens"].dtype == np.float16
+    assert frame.buffers["solver.model_outputs.1"].dtype == np.float16
+    # CFG / text embeddings never travel: the prompt does
+    assert frame.meta["request"]["prompt"] == "a red cube"
+    assert not any("embed" in n for n in frame.buffers)
+
+
+def test_ancestral_sampler_carries_generator_state():
+    _, sampler, x, h = _handoff("euler_a", k=2)
+    assert h.channel_roles["solver.generator"] == "side"
+    back = Handoff.from_bytes(h.to_bytes())
+    assert torch.equal(_run(back.resume_sampler(), x.clone(), 2, 6), _run(sampler, x, 2, 6))
+    _, _, _, plain = _handoff("euler", k=2)
+    assert "solver.generator" not in plain.to_frame().buffers
+
+
+def test_payload_shrinks_with_beta_and_fp16_halves_values():
+    sizes = [_handoff("ddim", k=6, beta=b, wire="float16")[3].nbytes for b in (0.0, 0.25, 0.5, 0.75)]
+    assert sizes == sorted(sizes, reverse=True)
+    full32 = _handoff("ddim", k=6, wire="float32")[3]
+    full16 = _handoff("ddim", k=6, wire="float16")[3]
+    assert full32.nbytes - full16.nbytes == 4 * 8 * 8 * 2
+
+
+def test_delivery_record_is_kept():
+    _, _, _, h = _handoff()
+    frame = h.to_frame()
+    frame.meta["delivery"] = {"snr_db": 3.5, "corrupted": ["merge.tokens"]}
+    frame.buffers["merge.tokens"] = frame.buffers["merge.tokens"] + np.float32(0.01)
+    back = Handoff.from_frame(unpack(pack(frame)))
+    assert back.delivery == {"snr_db": 3.5, "corrupted": ["merge.tokens"]}
+    assert back.to_frame().meta["delivery"] == back.delivery
+
+
+def test_truncated_and_corrupted_bytes_are_rejected():
+    _, _, _, h = _handoff()
+    data = h.to_bytes()
+    for cut in (5, len(data) // 2, len(data) - 1):
+        with pytest.raises(HandoffError, match="truncated|rejected"):
+            Handoff.from_bytes(data[:cut])
+    flipped = bytearray(data)
+    flipped[len(data) - 40] ^= 0xFF
+    with pytest.raises(HandoffError, match="CRC"):
+        Handoff.from_bytes(bytes(flipped))
+    assert issubclass(HandoffError, FrameError)
+
+
+def test_version_and_kind_mismatch_are_rejected():
+    _, _, _, h = _handoff()
+    frame = h.to_frame()
+    frame.meta["handoff_version"] = HANDOFF_VERSION + 1
+    with pytest.raises(HandoffError, match="version mismatch.*v2.*v1"):
+        Handoff.from_bytes(pack(frame))
+    del frame.meta["handoff_version"]
+    with pytest.raises(HandoffError, match="no handoff_version"):
+        Handoff.from_frame(frame)
+    with pytest.raises(HandoffError, match="expected a 'handoff' frame"):
+        Handoff.from_frame(Frame(kind="image"))
+    data = bytearray(h.to_bytes())
+    data[4] = 9  # megwire protocol version
+    with pytest.raises(HandoffError, match="protocol version mismatch"):
+        Handoff.from_bytes(bytes(data))
+
+
+def test_inconsistent_fields_are_rejected():
+    _, _, _, h = _handoff(k=3)
+    frame = h.to_frame()
+    frame.meta["step"] = 2
+    with pytest.raises(HandoffError, match="step 2"):
+        Handoff.from_frame(frame)
+    frame = h.to_frame()
+    frame.meta["sampler"] = None
+    with pytest.raises(HandoffError, match="no sampler state"):
+        Handoff.from_frame(frame)
+    frame = h.to_frame()
+    del frame.buffers["solver.model_outputs.1"]
+    with pytest.raises(HandoffError, match="solver.model_outputs.1"):
+        Handoff.from_frame(frame).resume_sampler()
+    frame = h.to_frame()
+    frame.meta["request"]["merge_ratio"] = 0.9
+    with pytest.raises(HandoffError, match="beta"):
+        Handoff.from_frame(frame)
+
+
+def test_request_validation_names_the_problem():
+    with pytest.raises(RequestError, match="N=0"):
+        GenerationRequest("p", num_steps=0)
+    with pytest.raises(RequestError, match="k=5 exceeds.*N=4"):
+        GenerationRequest("p", num_steps=4, split_step=5)
+    with pytest.raises(RequestError, match="beta"):
+        GenerationRequest("p", merge_ratio=0.8)
+    with pytest.raises(RequestError, match="unknown scheduler 'pndm'"):
+        GenerationRequest("p", scheduler="pndm")
+    with pytest.raises(RequestError, match="tomesd ratio"):
+        GenerationRequest("p", tome_ratio_es=0.9)
+    with pytest.raises(RequestError, match="wire dtype"):
+        GenerationRequest("p", wire_dtype="bfloat16")
+    with pytest.raises(RequestError, match="unknown fields"):
+        GenerationRequest.from_meta({"prompt": "p", "colour": 1})
+    assert GenerationRequest("p", num_steps=4).k == 4
