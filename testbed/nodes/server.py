@@ -1,0 +1,392 @@
+"""The node server loop: one ROUTER that never stops answering, and a worker thread for long jobs.
+
+Every testbed node (ES, UE) is a :class:`NodeServer`: a ROUTER socket bound to one address, served by a loop that
+
+* decodes each message with the frame limits and answers a malformed frame, a wrong protocol version, an oversized
+  declared payload or an unknown kind with an ``error`` frame (and a log line saying what was wrong and from whom),
+  then keeps serving;
+* answers control frames (``heartbeat``, ``hello``, ``clock_sync``) at once, in the loop thread, even while a long
+  job runs -- so an orchestrator tells a busy node from a dead one, and clock-sync timestamps are not delayed by
+  compute;
+* hands long jobs (generation) to one worker thread, in arrival order (a node computes one request at a time, like
+  one GPU), and sends their replies when they finish, through an inproc socket (ZeroMQ sockets are not shared
+  between threads);
+* watches the socket's monitor for refused CURVE handshakes and logs them.
+
+Handlers are plain functions ``fn(frame, peer) -> Frame | None``; raising :class:`~testbed.nodes.protocol.ProtocolError`
+turns into a ``bad_request`` error answer naming the field, any other exception into an ``internal`` error answer
+(logged with its traceback); the loop survives both.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from megwire import (
+    DEFAULT_LIMITS,
+    CurveConfig,
+    Frame,
+    FrameError,
+    FrameLimits,
+    LinkTimeout,
+    error_frame,
+    from_parts,
+    make_socket,
+    send_frame,
+    split_envelope,
+    stop_authenticator,
+    to_parts,
+)
+from testbed.nodes import protocol as P
+
+log = logging.getLogger(__name__)
+
+_IDS = itertools.count()
+
+
+@dataclass
+class Peer:
+    """Who sent a frame: the ROUTER envelope (routing ids) to answer to, plus when it arrived.
+
+    Attributes
+    ----------
+    envelope : list[bytes]
+        Routing ids, outermost first (a frame relayed by the broker has two).
+    t_recv_ns : int
+        ``time.monotonic_ns()`` when the loop received the message.
+    """
+
+    envelope: list[bytes]
+    t_recv_ns: int
+
+    @property
+    def label(self) -> str:
+        return "/".join(e.hex()[:10] for e in self.envelope) or "?"
+
+
+Handler = Callable[[Frame, Peer], "Frame | None"]
+
+
+@dataclass
+class _Route:
+    fn: Handler
+    blocking: bool
+
+
+@dataclass
+class ServerStats:
+    """Counters a node reports in its heartbeat answers."""
+
+    received: int = 0
+    replied: int = 0
+    rejected: Counter = field(default_factory=Counter)
+    by_kind: Counter = field(default_factory=Counter)
+    refused_handshakes: int = 0
+    jobs_done: int = 0
+
+    def to_meta(self) -> dict:
+        return {
+            "received": self.received, "replied": self.replied, "rejected": dict(self.rejected),
+            "by_kind": dict(self.by_kind), "refused_handshakes": self.refused_handshakes, "jobs_done": self.jobs_done,
+        }
+
+
+def normalise_bind(address: str) -> str:
+    """``tcp://host:0`` -> ``tcp://host:*`` (an ephemeral port, read back from the socket)."""
+    if address.startswith("tcp://") and address.endswith(":0"):
+        return address[:-1] + "*"
+    return address
+
+
+class NodeServer:
+    """A ROUTER-based node server with inline control handlers and a serial worker for jobs.
+
+    Parameters
+    ----------
+    name : str
+        Node name in log lines and heartbeat answers (``es``, ``ue1``, ...).
+    bind : str
+        ZeroMQ address to bind (``tcp://127.0.0.1:5555``; port 0 picks a free one; see :attr:`address`).
+    ctx : zmq.Context, optional
+        Context to use (a private one otherwise).
+    curve : CurveConfig, optional
+        CURVE server keys (``authorized_clients_dir`` set): only the listed client keys get through.
+    limits : FrameLimits
+        Frame limits applied before anything is allocated.
+    max_message_bytes : int, optional
+        ZMQ_MAXMSGSIZE: libzmq drops a peer that sends more (defaults to the limits plus slack).
+    queue_max : int
+        Jobs that may wait for the worker; more are refused with a ``busy`` error.
+    send_timeout_s : float
+        SNDTIMEO for answers (a peer that stopped reading cannot block the loop longer).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        bind: str,
+        *,
+        ctx: zmq.Context | None = None,
+        curve: CurveConfig | None = None,
+        limits: FrameLimits = DEFAULT_LIMITS,
+        max_message_bytes: int | None = None,
+        queue_max: int = 64,
+        send_timeout_s: float = 5.0,
+    ) -> None:
+        self.name = name
+        self.limits = limits
+        self._own_ctx = ctx is None
+        self.ctx = ctx or zmq.Context()
+        self._curve = curve
+        self._routes: dict[str, _Route] = {}
+        self._jobs: queue.Queue = queue.Queue(maxsize=queue_max)
+        self._stop = threading.Event()
+        self.ready = threading.Event()
+        self.stats = ServerStats()
+        self.t0_ns = time.monotonic_ns()
+        self.busy_with: str | None = None
+        self._inproc = f"inproc://megbed-node-{os.getpid()}-{next(_IDS)}"
+        max_bytes = max_message_bytes or (limits.max_total_bytes + limits.max_header_bytes + 65536)
+        self.max_message_bytes = max_bytes
+        self._router = make_socket(self.ctx, zmq.ROUTER, timeout_s=1.0, send_timeout_s=send_timeout_s,
+                                   max_message_bytes=max_bytes, curve=curve)
+        # Sending to a peer that left raises instead of dropping silently, so it is logged.
+        self._router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self._router.bind(normalise_bind(bind))
+        self.address = self._router.getsockopt(zmq.LAST_ENDPOINT).decode()
+        self._monitor = self._router.get_monitor_socket(
+            zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+            | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
+        )
+        self._results = self.ctx.socket(zmq.PULL)
+        self._results.setsockopt(zmq.LINGER, 0)
+        self._results.bind(self._inproc)
+        self._worker: threading.Thread | None = None
+        self._loop_thread: threading.Thread | None = None
+        self.handle(P.HEARTBEAT, self._heartbeat)
+        self.handle(P.HELLO, self._hello)
+        self.info: dict = {"node": name}
+
+    # --- registration -----------------------------------------------------------------------------------------------
+
+    def handle(self, kind: str, fn: Handler, *, blocking: bool = False) -> None:
+        """Serve frames of ``kind`` with ``fn``; ``blocking`` jobs run on the worker thread, one at a time."""
+        self._routes[kind] = _Route(fn, blocking)
+
+    @property
+    def kinds(self) -> list[str]:
+        return sorted(self._routes)
+
+    # --- built-in control handlers ----------------------------------------------------------------------------------
+
+    def _heartbeat(self, frame: Frame, peer: Peer) -> Frame:
+        return Frame(P.HEARTBEAT, meta={
+            "node": self.name, "t_ns": time.monotonic_ns(), "uptime_s": (time.monotonic_ns() - self.t0_ns) / 1e9,
+            "busy_with": self.busy_with, "queued": self._jobs.qsize(), "stats": self.stats.to_meta(),
+            "pid": os.getpid(),
+        })
+
+    def _hello(self, frame: Frame, peer: Peer) -> Frame:
+        return Frame(P.HELLO, meta={**self.info, "node": self.name, "kinds": self.kinds, "pid": os.getpid()})
+
+    # --- running ----------------------------------------------------------------------------------------------------
+
+    def start(self) -> NodeServer:
+        """Serve in a background thread (returns once the socket is bound and the loop runs)."""
+        self._loop_thread = threading.Thread(target=self.serve_forever, name=f"{self.name}-loop", daemon=True)
+        self._loop_thread.start()
+        self.ready.wait(10)
+        return self
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop serving and release the sockets (from another thread, or a signal handler via :meth:`request_stop`)."""
+        self._stop.set()
+        if self._loop_thread is not None and self._loop_thread is not threading.current_thread():
+            self._loop_thread.join(timeout_s)
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def serve_forever(self) -> None:
+        """The loop; returns after :meth:`stop` (sockets closed, worker joined)."""
+        self._worker = threading.Thread(target=self._work, name=f"{self.name}-worker", daemon=True)
+        self._worker.start()
+        poller = zmq.Poller()
+        poller.register(self._router, zmq.POLLIN)
+        poller.register(self._results, zmq.POLLIN)
+        poller.register(self._monitor, zmq.POLLIN)
+        log.info("%s serving on %s (kinds: %s)", self.name, self.address, ", ".join(self.kinds))
+        self.ready.set()
+        try:
+            while not self._stop.is_set():
+                events = dict(poller.poll(100))
+                if self._results in events:
+                    self._drain_results()
+                if self._router in events:
+                    self._serve_one()
+                if self._monitor in events:
+                    self._drain_monitor()
+        finally:
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        try:
+            self._jobs.put_nowait(None)
+        except queue.Full:
+            pass
+        if self._worker is not None:
+            self._worker.join(30)
+        self._router.disable_monitor()
+        for sock in (self._monitor, self._results, self._router):
+            sock.close(0)
+        if self._own_ctx:
+            stop_authenticator(self.ctx)
+            self.ctx.term()
+        log.info("%s stopped (%s)", self.name, self.stats.to_meta())
+
+    # --- one message ------------------------------------------------------------------------------------------------
+
+    def _serve_one(self) -> None:
+        try:
+            raw = self._router.recv_multipart(copy=False, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        t_recv_ns = time.monotonic_ns()
+        self.stats.received += 1
+        envelope: list[bytes] = [bytes(raw[0].buffer)] if raw else []
+        try:
+            envelope, parts = split_envelope(raw)
+            frame = from_parts(parts, self.limits)
+        except FrameError as exc:
+            code = P.classify_frame_error(str(exc))
+            self._reject(envelope, code, f"rejected frame: {exc}", None, raw_len=len(raw))
+            return
+        peer = Peer(envelope, t_recv_ns)
+        self.stats.by_kind[frame.kind] += 1
+        rid = frame.meta.get("request_id") if isinstance(frame.meta.get("request_id"), str) else None
+        route = self._routes.get(frame.kind)
+        if route is None:
+            self._reject(envelope, P.CODE_UNKNOWN_KIND,
+                         f"unknown frame kind {frame.kind!r} (this node serves: {', '.join(self.kinds)})",
+                         rid, msg_id=frame.meta.get("msg_id"))
+            return
+        if route.blocking:
+            try:
+                self._jobs.put_nowait((route.fn, frame, peer))
+            except queue.Full:
+                self._reject(envelope, P.CODE_BUSY, f"{self.name} is busy: {self._jobs.maxsize} jobs queued", rid,
+                             msg_id=frame.meta.get("msg_id"))
+            return
+        self._reply(envelope, frame, self._run(route.fn, frame, peer))
+
+    def _run(self, fn: Handler, frame: Frame, peer: Peer) -> Frame | None:
+        rid = frame.meta.get("request_id") if isinstance(frame.meta.get("request_id"), str) else None
+        try:
+            return fn(frame, peer)
+        except P.ProtocolError as exc:
+            self.stats.rejected[exc.code] += 1
+            log.warning("%s: refused %r from %s: %s", self.name, frame.kind, peer.label, exc)
+            return error_frame(str(exc), request_id=exc.request_id or rid, code=exc.code, node=self.name)
+        except Exception as exc:  # noqa: BLE001 - one bad request must not kill the node
+            self.stats.rejected[P.CODE_INTERNAL] += 1
+            log.exception("%s: %r from %s failed", self.name, frame.kind, peer.label)
+            return error_frame(f"{type(exc).__name__}: {exc}", request_id=rid, code=P.CODE_INTERNAL, node=self.name)
+
+    def _reject(self, envelope: list[bytes], code: str, message: str, rid: str | None, *,
+                msg_id: object = None, raw_len: int | None = None) -> None:
+        self.stats.rejected[code] += 1
+        who = "/".join(e.hex()[:10] for e in envelope) or "?"
+        log.warning("%s: %s (peer %s%s)", self.name, message, who, "" if raw_len is None else f", {raw_len} parts")
+        if not envelope:
+            return
+        extra = {} if msg_id is None else {"msg_id": msg_id}
+        self._send(envelope, error_frame(message, request_id=rid, code=code, node=self.name, **extra))
+
+    def _reply(self, envelope: list[bytes], request: Frame, reply: Frame | None) -> None:
+        if reply is None:
+            return
+        msg_id = request.meta.get("msg_id")
+        if msg_id is not None and "msg_id" not in reply.meta:
+            reply.meta["msg_id"] = msg_id
+        self._send(envelope, reply)
+
+    def _send(self, envelope: list[bytes], frame: Frame) -> None:
+        try:
+            send_frame(self._router, frame, envelope)
+            self.stats.replied += 1
+        except (LinkTimeout, zmq.ZMQError, FrameError) as exc:
+            log.warning("%s: could not answer %r to %s: %s", self.name, frame.kind,
+                        "/".join(e.hex()[:10] for e in envelope), exc)
+
+    # --- worker -----------------------------------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        push = self.ctx.socket(zmq.PUSH)
+        push.setsockopt(zmq.LINGER, 0)
+        push.connect(self._inproc)
+        try:
+            while True:
+                job = self._jobs.get()
+                if job is None:
+                    return
+                fn, frame, peer = job
+                self.busy_with = frame.meta.get("request_id") if isinstance(frame.meta.get("request_id"), str) \
+                    else frame.kind
+                reply = self._run(fn, frame, peer)
+                self.busy_with = None
+                self.stats.jobs_done += 1
+                if reply is None:
+                    continue
+                msg_id = frame.meta.get("msg_id")
+                if msg_id is not None and "msg_id" not in reply.meta:
+                    reply.meta["msg_id"] = msg_id
+                try:
+                    parts = to_parts(reply)
+                except FrameError as exc:
+                    log.error("%s: reply to %r is not encodable: %s", self.name, frame.kind, exc)
+                    parts = to_parts(error_frame(str(exc), code=P.CODE_INTERNAL, node=self.name))
+                push.send_multipart([*peer.envelope, b"", *parts], copy=False)
+        finally:
+            push.close(0)
+
+    def _drain_results(self) -> None:
+        while True:
+            try:
+                parts = self._results.recv_multipart(copy=False, flags=zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                self._router.send_multipart(parts, copy=False)
+                self.stats.replied += 1
+            except zmq.ZMQError as exc:
+                log.warning("%s: could not deliver a job's answer (peer gone?): %s", self.name, exc)
+
+    def _drain_monitor(self) -> None:
+        while True:
+            try:
+                event = recv_monitor_message(self._monitor, flags=zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except zmq.ZMQError:
+                return
+            kind = event["event"]
+            endpoint = event.get("endpoint", b"")
+            endpoint = endpoint.decode(errors="replace") if isinstance(endpoint, bytes) else str(endpoint)
+            if kind in (zmq.EVENT_HANDSHAKE_FAILED_AUTH, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,
+                        zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL):
+                self.stats.refused_handshakes += 1
+                why = "unauthenticated peer (CURVE)" if kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH else "bad handshake"
+                log.warning("%s: refused a connection on %s: %s", self.name, endpoint, why)
+            elif kind == zmq.EVENT_DISCONNECTED:
+                log.debug("%s: a peer disconnected from %s", self.name, endpoint)

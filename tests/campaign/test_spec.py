@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from testbed.campaign.spec import SpecError, load_spec, validate_spec
+
+
+def _model(tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model_index.json").write_text("{}")
+    return model
+
+
+GOOD = {
+    "name": "t",
+    "model": "model",
+    "prompts": ["a cat", "a dog"],
+    "seeds": [0, 1],
+    "schemes": ["meg", "ceg", "ue_local"],
+    "grid": {"n_steps": [2, 4], "es_steps": [None, 1], "merge_ratio": [0.0, 0.5], "distance_m": [200, 300]},
+    "repetitions": 2,
+    "profiles": {"es": "generic_cpu", "ue": "generic_cpu"},
+}
+
+
+def _validate(tmp_path, data, **kw):
+    return validate_spec(data, base_dir=tmp_path, source="t.yaml", **kw)
+
+
+def test_good_spec_expands_grid(tmp_path):
+    _model(tmp_path)
+    spec = _validate(tmp_path, GOOD)
+    points = spec.points()
+    meg = [p for p in points if p.scheme == "meg"]
+    ceg = [p for p in points if p.scheme == "ceg"]
+    local = [p for p in points if p.scheme == "ue_local"]
+    # MEG: N(2) x k(2: N and 1) x beta(2) x distance(2); CEG: N x distance; UE-local: N.
+    assert len(meg) == 16 and len(ceg) == 4 and len(local) == 2
+    assert {p.es_steps for p in meg if p.n_steps == 4} == {4, 1}
+    assert len({p.point_id for p in points}) == len(points)
+    reqs = spec.requests()
+    assert len(reqs) == len(points) * 2 * 2 * 2
+    assert len({r.request_id for r in reqs}) == len(reqs)
+    # Stable ids: validating again gives the same ids.
+    assert [r.request_id for r in _validate(tmp_path, GOOD).requests()] == [r.request_id for r in reqs]
+    assert spec.config_hash() == _validate(tmp_path, GOOD).config_hash()
+
+
+def test_every_problem_is_named(tmp_path):
+    _model(tmp_path)
+    bad = dict(GOOD)
+    bad["grid"] = {"n_steps": [2, 0], "merge_ratio": [0.9], "es_steps": [3], "distance_m": [200], "snr_db": [3],
+                   "link_model": ["rician"], "typo": 1}
+    bad["repetitions"] = 0
+    bad["seeds"] = [-1]
+    bad["keep_images"] = "some"
+    bad["nodes"] = {"es": "localhost:5555", "ue": ["tcp://127.0.0.1:5557"]}
+    with pytest.raises(SpecError) as info:
+        _validate(tmp_path, bad)
+    text = str(info.value)
+    for key in ("grid.n_steps[1]", "grid.merge_ratio[0]", "grid.es_steps[0]", "grid.distance_m", "grid.link_model[0]",
+                "grid.typo", "repetitions", "seeds[0]", "keep_images", "nodes.es"):
+        assert key in text, key
+
+
+def test_missing_model_and_prompts(tmp_path):
+    data = dict(GOOD)
+    data.pop("prompts")
+    with pytest.raises(SpecError) as info:
+        _validate(tmp_path, data)
+    assert "model:" in str(info.value) and "prompts:" in str(info.value)
+
+
+def test_prompts_file_and_yaml(tmp_path):
+    _model(tmp_path)
+    (tmp_path / "prompts.txt").write_text("# comment\na cat\n\na dog\n")
+    (tmp_path / "c.yaml").write_text(textwrap.dedent("""
+        model: model
+        prompts_file: prompts.txt
+        schemes: [ue_local]
+        grid: {n_steps: [2]}
+    """))
+    spec = load_spec(tmp_path / "c.yaml")
+    assert spec.prompts == ("a cat", "a dog")
+    (tmp_path / "broken.yaml").write_text("grid: [unclosed")
+    with pytest.raises(SpecError, match="yaml"):
+        load_spec(tmp_path / "broken.yaml")
+
+
+def test_unknown_profile_fails(tmp_path):
+    pytest.importorskip("firmware_profiles.loader")
+    _model(tmp_path)
+    data = dict(GOOD, profiles={"es": "no_such_board", "ue": "generic_cpu"})
+    with pytest.raises(SpecError, match="profiles.es"):
+        _validate(tmp_path, data)
