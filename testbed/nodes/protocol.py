@@ -38,6 +38,7 @@ RESULT = "result"  # UE -> orchestrator
 REFERENCE = "reference"  # orchestrator -> ES
 REFERENCE_IMAGE = "reference_image"  # ES -> orchestrator
 ERROR = "error"
+CANCEL = "cancel"  # orchestrator -> UE: stop waiting for the ES on this request (the ES died)
 
 SCHEMES = ("meg", "ceg", "ue_local")
 WIRE_DTYPES = ("float16", "float32")
@@ -52,6 +53,7 @@ CODE_BUSY = "busy"
 CODE_INTERNAL = "internal"
 CODE_TIMEOUT = "timeout"
 CODE_UPSTREAM = "upstream"
+CODE_CANCELLED = "cancelled"
 
 
 class ProtocolError(ValueError):

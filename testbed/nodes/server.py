@@ -173,6 +173,8 @@ class NodeServer:
         self._results.setsockopt(zmq.LINGER, 0)
         self._results.bind(self._inproc)
         self._worker: threading.Thread | None = None
+        # Callables run on the worker thread as it exits (closing sockets the jobs created there).
+        self.worker_cleanup: list[Callable[[], None]] = []
         self._loop_thread: threading.Thread | None = None
         self.handle(P.HEARTBEAT, self._heartbeat)
         self.handle(P.HELLO, self._hello)
@@ -358,6 +360,11 @@ class NodeServer:
                     parts = to_parts(error_frame(str(exc), code=P.CODE_INTERNAL, node=self.name))
                 push.send_multipart([*peer.envelope, b"", *parts], copy=False)
         finally:
+            for fn in self.worker_cleanup:
+                try:
+                    fn()
+                except Exception:  # noqa: BLE001 - cleanup of one resource must not skip the others
+                    log.exception("%s: worker cleanup failed", self.name)
             push.close(0)
 
     def _drain_results(self) -> None:

@@ -1,0 +1,57 @@
+"""What a node computes, behind one interface: the split LDM runtime, or a model-free stand-in.
+
+The ES and UE nodes speak the protocol; an :class:`Engine` does the stages. Each method receives the request and a
+:class:`~testbed.nodes.records.StageRecorder` and wraps every stage it runs in ``rec.stage(name)`` so the node's meter
+measures it. Stage names are the dataset's (``measurements.schema.STAGES``).
+
+* :class:`~testbed.nodes.ldm_engine.LdmEngine` runs the real model through ``testbed.ldm``.
+* :class:`~testbed.nodes.synthetic_engine.SyntheticEngine` runs no model (harness-overhead measurements, protocol
+  tests): real merging and real handoff serialisation on a seeded random latent, no denoising.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from megwire import Frame
+from testbed.nodes.protocol import RequestSpec
+from testbed.nodes.records import StageRecorder
+
+
+class Engine(ABC):
+    """The compute of one node.
+
+    Attributes
+    ----------
+    info : dict
+        What the node reports in ``hello`` (model folder, device, dtype, engine name) and the manifest records.
+    """
+
+    info: dict[str, Any]
+    sync: Callable[[], Any] | None = None  # device synchronisation before each stage stamp (CUDA); None on CPU
+
+    @abstractmethod
+    def es(self, req: RequestSpec, rec: StageRecorder) -> Frame:
+        """The ES's part. MEG: text_encode, denoise (steps 0..k), merge, serialize -> the ``handoff`` frame.
+        CEG: text_encode, denoise (all N), decode, image_encode -> the ``image`` frame."""
+
+    @abstractmethod
+    def ue_receive(self, frame: Frame, rec: StageRecorder) -> np.ndarray:
+        """The UE's part after the link. Handoff: deserialize, unmerge, [text_encode, denoise k..N], decode.
+        Image: image_decode. Returns ``uint8 [H, W, 3]``."""
+
+    @abstractmethod
+    def ue_local(self, req: RequestSpec, rec: StageRecorder) -> np.ndarray:
+        """UE-local: text_encode, denoise (all N steps), decode. Returns ``uint8 [H, W, 3]``."""
+
+    @abstractmethod
+    def reference(self, req: RequestSpec, n_steps: int) -> np.ndarray:
+        """The quality reference for ``req``'s prompt and seed: ``n_steps`` (N_max) steps, beta = 0, no tomesd,
+        no link, one node. Returns ``uint8 [H, W, 3]``."""
+
+    def close(self) -> None:  # noqa: B027 - optional
+        """Release the model."""

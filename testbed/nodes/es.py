@@ -1,0 +1,104 @@
+"""The edge server node: answers UE requests with a handoff (MEG) or an image (CEG), and the orchestrator's
+reference requests.
+
+One ROUTER serves everyone: UEs (directly, or through the channel broker, which adds a routing id) and the
+orchestrator's direct control connection (heartbeat, hello, clock_sync, reference). Generation runs on the server's
+worker thread, one request at a time, under the node's meter; control frames are answered meanwhile.
+
+The answer carries the ES's stage records (``meta["es_records"]``: monotonic ns on the ES clock plus energy
+columns), the request's link condition (``meta["link"]``, read by the broker), ``t_recv_ns`` / ``t_reply_ns`` (ES
+clock: request arrival and answer ready) and ``payload_bytes`` (``len(megwire.pack(frame))`` of the frame as the
+runtime built it, before the measurement metadata was added: what a deployment would send).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from megwire import DEFAULT_LIMITS, CurveConfig, Frame, FrameLimits, packed_size
+from testbed.nodes import protocol as P
+from testbed.nodes.clock import register_clock_sync
+from testbed.nodes.engine import Engine
+from testbed.nodes.records import StageRecorder
+from testbed.nodes.server import NodeServer
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ES_BIND = "tcp://127.0.0.1:5555"
+
+
+class EsNode:
+    """The ES process's logic (the CLI wraps it; tests run it in a thread).
+
+    Parameters
+    ----------
+    engine : Engine
+        The compute (``LdmEngine`` for a model).
+    meter : measurements.meter.Meter, optional
+        Started meter measuring this node's stages (None: energy recorded as absent).
+    name, bind, curve, limits :
+        See :class:`~testbed.nodes.server.NodeServer`.
+    info : dict, optional
+        Extra facts for ``hello`` (firmware profile and its verification, host).
+    """
+
+    role = "es"
+
+    def __init__(self, engine: Engine, *, meter: Any = None, name: str = "es", bind: str = DEFAULT_ES_BIND,
+                 curve: CurveConfig | None = None, limits: FrameLimits = DEFAULT_LIMITS,
+                 info: dict[str, Any] | None = None, ctx: Any = None) -> None:
+        self.engine, self.meter = engine, meter
+        self.server = NodeServer(name, bind, curve=curve, limits=limits, ctx=ctx)
+        self.server.info.update({"role": self.role, "engine": engine.info, **(info or {})})
+        if meter is not None:
+            self.server.info["meter"] = meter.settings()
+        self.server.handle(P.REQUEST, self._on_request, blocking=True)
+        self.server.handle(P.REFERENCE, self._on_reference, blocking=True)
+        register_clock_sync(self.server)
+
+    @property
+    def address(self) -> str:
+        return self.server.address
+
+    def _on_request(self, frame: Frame, peer: Any) -> Frame:
+        spec = P.parse_request_meta(frame)
+        if spec.scheme == "ue_local":
+            raise P.ProtocolError("a ue_local request has nothing to run on the ES", request_id=spec.request_id)
+        rec = StageRecorder("es", self.meter, sync=self.engine.sync)
+        out = self.engine.es(spec, rec)
+        payload = packed_size(out)
+        records = rec.finish()
+        out.meta.update({
+            "request_id": spec.request_id,
+            "es_records": records,
+            "link": None if spec.link is None else spec.link.to_meta(),
+            "payload_bytes": payload,
+            "t_recv_ns": peer.t_recv_ns,
+            "t_reply_ns": time.monotonic_ns(),
+        })
+        return out
+
+    def _on_reference(self, frame: Frame, peer: Any) -> Frame:
+        spec = P.parse_request_meta(frame)
+        n_steps = frame.meta.get("n_steps")
+        if isinstance(n_steps, bool) or not isinstance(n_steps, int) or not 1 <= n_steps <= 1000:
+            raise P.ProtocolError(f"reference: field 'n_steps'={n_steps!r} must be an integer in [1, 1000]",
+                                  request_id=spec.request_id)
+        t0 = time.monotonic_ns()
+        image = self.engine.reference(spec, n_steps)
+        return Frame(P.REFERENCE_IMAGE, meta={"request_id": spec.request_id, "n_steps": n_steps,
+                                              "latency_s": (time.monotonic_ns() - t0) / 1e9,
+                                              "engine": self.engine.info},
+                     buffers={"image": P.image_to_buffer(image)})
+
+    def start(self) -> EsNode:
+        self.server.start()
+        return self
+
+    def serve_forever(self) -> None:
+        self.server.serve_forever()
+
+    def stop(self) -> None:
+        self.server.stop()
