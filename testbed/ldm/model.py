@@ -1,0 +1,411 @@
+"""Loading an SD-family diffusers pipeline from a local folder, and the model-side compute the stages call.
+
+One code path serves StableDiffusionPipeline (SD 1.x / 2.x, few-step distilled variants) and
+StableDiffusionXLPipeline: the family only changes how the prompt becomes conditioning (one text encoder, or two
+plus pooled text and time ids). Text encoding reuses the pipeline's own ``encode_prompt`` so that embeddings are
+exactly those of ``pipe(...)``.
+
+The decoder is an object with ``decode(latents) -> image`` (:class:`LatentDecoder`); :class:`VaeDecoder` wraps an
+``AutoencoderKL`` (its ``post_quant_conv`` + decoder). A distilled UE decoder stored in a subfolder of the model
+(``<model>/ue_decoder/``) loads with :func:`load_decoder` and replaces the default without touching any stage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+
+from testbed.ldm.request import GenerationRequest, LdmError, RequestError
+from testbed.ldm.schedulers import SamplerState, new_sampler, resolve_scheduler_name
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
+UE_DECODER_SUBFOLDER = "ue_decoder"
+
+
+class ModelLoadError(LdmError):
+    """A model folder that is missing, not a diffusers pipeline, or of an unsupported kind."""
+
+
+def resolve_device(device: torch.device | str | None) -> torch.device:
+    """``None`` -> CUDA when available, else CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def default_dtype(device: torch.device | str) -> torch.dtype:
+    """float16 on CUDA, float32 elsewhere."""
+    return torch.float16 if torch.device(device).type == "cuda" else torch.float32
+
+
+def device_sync(device: torch.device | str | None) -> None:
+    """Wait for queued kernels on ``device`` (CUDA / MPS) so that a timestamp taken next covers them; no-op on CPU."""
+    if device is None:
+        return
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps" and hasattr(torch, "mps"):
+        torch.mps.synchronize()
+
+
+@runtime_checkable
+class LatentDecoder(Protocol):
+    """Anything that turns U-Net-space latents ``[B, 4, h, w]`` into images ``[B, 3, 8h, 8w]`` float32 in [0, 1]."""
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor: ...
+
+
+class VaeDecoder:
+    """Decode with an ``AutoencoderKL`` exactly as the stock SD / SDXL pipelines do.
+
+    Unscaling uses the VAE config (``latents_mean`` / ``latents_std`` when present, else ``1 / scaling_factor``).
+    A float16 VAE whose config sets ``force_upcast`` (SDXL's) is moved to float32 once, here, as the pipelines do
+    for every call.
+
+    Parameters
+    ----------
+    vae : diffusers.AutoencoderKL
+        The autoencoder; only ``post_quant_conv`` and ``decoder`` run.
+    """
+
+    def __init__(self, vae: Any) -> None:
+        if vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False):
+            vae = vae.to(torch.float32)
+        self.vae = vae.eval()
+        cfg = vae.config
+        self.scaling_factor = float(cfg.scaling_factor)
+        mean, std = getattr(cfg, "latents_mean", None), getattr(cfg, "latents_std", None)
+        self.latents_mean = None if mean is None or std is None else torch.tensor(mean).view(1, -1, 1, 1)
+        self.latents_std = None if mean is None or std is None else torch.tensor(std).view(1, -1, 1, 1)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.vae.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.vae.parameters()).dtype
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents ``[B, C, h, w]`` in U-Net space -> image ``[B, 3, H, W]`` float32 in [0, 1]."""
+        latents = latents.to(self.device, self.dtype)
+        if self.latents_mean is not None:
+            mean = self.latents_mean.to(latents.device, latents.dtype)
+            std = self.latents_std.to(latents.device, latents.dtype)
+            latents = latents * std / self.scaling_factor + mean
+        else:
+            latents = latents / self.scaling_factor
+        image = self.vae.decode(latents, return_dict=False)[0]
+        return (image.float() / 2 + 0.5).clamp(0, 1)
+
+
+def _dtype_kwarg(dtype: torch.dtype) -> dict[str, torch.dtype]:
+    # diffusers renamed from_pretrained's torch_dtype to dtype (deprecating the old name); speak whichever it knows.
+    try:
+        from diffusers.utils.deprecation_utils import _resolve_dtype  # noqa: F401
+    except ImportError:
+        return {"torch_dtype": dtype}
+    return {"dtype": dtype}
+
+
+def load_decoder(folder: str | Path, *, device: torch.device | str = "cpu",
+                 dtype: torch.dtype | None = None) -> VaeDecoder:
+    """Load a decoder saved as an ``AutoencoderKL`` folder (config.json + safetensors), e.g. ``<model>/ue_decoder``.
+
+    Raises
+    ------
+    ModelLoadError
+        The folder is missing or holds no AutoencoderKL.
+    """
+    from diffusers import AutoencoderKL
+
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise ModelLoadError(f"decoder folder {folder} has no config.json")
+    dtype = dtype or default_dtype(device)
+    try:
+        vae = AutoencoderKL.from_pretrained(folder, local_files_only=True, use_safetensors=True,
+                                            **_dtype_kwarg(dtype))
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise ModelLoadError(f"cannot load a decoder from {folder}: {exc}") from exc
+    return VaeDecoder(vae.to(device))
+
+
+@dataclass
+class TextConditioning:
+    """Everything the U-Net needs from the prompt, CFG halves already stacked (negative first).
+
+    Attributes
+    ----------
+    prompt_embeds : torch.Tensor
+        ``[B * (2 if do_cfg else 1), L, D]`` encoder hidden states.
+    added_cond : dict or None
+        SDXL: ``{"text_embeds": [B', D_pool], "time_ids": [B', 6]}``.
+    timestep_cond : torch.Tensor or None
+        Guidance embedding for U-Nets with ``time_cond_proj_dim`` (LCM-distilled).
+    do_cfg : bool
+        Whether classifier-free guidance runs (two U-Net halves per step).
+    guidance_scale : float
+        CFG scale.
+    """
+
+    prompt_embeds: torch.Tensor
+    added_cond: dict[str, torch.Tensor] | None
+    timestep_cond: torch.Tensor | None
+    do_cfg: bool
+    guidance_scale: float
+
+
+def _read_model_index(model_dir: Path) -> dict[str, Any]:
+    if not model_dir.exists():
+        raise ModelLoadError(f"model folder {model_dir} does not exist")
+    if not model_dir.is_dir():
+        raise ModelLoadError(f"model path {model_dir} is not a folder")
+    index = model_dir / "model_index.json"
+    if not index.is_file():
+        raise ModelLoadError(f"{model_dir} is not a diffusers model folder (no model_index.json)")
+    try:
+        data = json.loads(index.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"{index} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict) or data.get("_class_name") not in SUPPORTED_PIPELINES:
+        found = data.get("_class_name") if isinstance(data, dict) else None
+        raise ModelLoadError(f"{model_dir} holds a {found!r} pipeline; supported: {', '.join(SUPPORTED_PIPELINES)}")
+    return data
+
+
+def _first_attention_downsample(unet: Any) -> int:
+    for i, block in enumerate(unet.config.down_block_types):
+        if "CrossAttn" in block:
+            return 2**i
+    return 1
+
+
+class LdmModel:
+    """A loaded SD-family pipeline plus the pieces the stages call.
+
+    Parameters
+    ----------
+    pipe : diffusers.DiffusionPipeline
+        StableDiffusionPipeline or StableDiffusionXLPipeline, already on ``device`` in ``dtype``.
+    device, dtype :
+        Where and in which precision the U-Net and text encoders run.
+    decoder : LatentDecoder, optional
+        Decoder for the decode stage; default: the pipeline's VAE.
+    tome_max_downsample : int, optional
+        tomesd's ``max_downsample``; default: the downsampling of the first U-Net block with attention (1 for SD
+        1.x/2.x, 2 for SDXL), i.e. merging in the highest-resolution attention layers as tomesd recommends.
+    model_dir : Path, optional
+        Where the model came from (for fingerprints and messages).
+    """
+
+    def __init__(self, pipe: Any, *, device: torch.device, dtype: torch.dtype,
+                 decoder: LatentDecoder | None = None, tome_max_downsample: int | None = None,
+                 model_dir: Path | None = None) -> None:
+        name = type(pipe).__name__
+        if name not in SUPPORTED_PIPELINES:
+            raise ModelLoadError(f"unsupported pipeline {name}; supported: {', '.join(SUPPORTED_PIPELINES)}")
+        self.pipe = pipe
+        self.family = "sdxl" if name == "StableDiffusionXLPipeline" else "sd"
+        self.device, self.dtype = torch.device(device), dtype
+        self.decoder: LatentDecoder = decoder if decoder is not None else VaeDecoder(pipe.vae)
+        self.tome_max_downsample = tome_max_downsample or _first_attention_downsample(pipe.unet)
+        self.model_dir = model_dir
+        pipe.set_progress_bar_config(disable=True)
+
+    # --- geometry and defaults -------------------------------------------------------------------------------
+
+    @property
+    def unet(self) -> Any:
+        return self.pipe.unet
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return int(self.pipe.vae_scale_factor)
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.unet.config.in_channels)
+
+    def default_size(self) -> tuple[int, int]:
+        """Native image size ``(height, width)`` in pixels."""
+        side = int(self.unet.config.sample_size) * self.vae_scale_factor
+        return side, side
+
+    def resolve(self, request: GenerationRequest) -> GenerationRequest:
+        """Fill in the model-dependent defaults (size, scheduler) and check the size fits the model.
+
+        Raises
+        ------
+        RequestError
+            Size not a multiple of ``2 * vae_scale_factor`` (tokens are 2x2 latent patches), or no usable scheduler.
+        """
+        h, w = self.default_size()
+        height, width = request.height or h, request.width or w
+        step = 2 * self.vae_scale_factor
+        if height % step or width % step:
+            raise RequestError(f"image size {height}x{width} must be a multiple of {step} px for this model "
+                               f"(VAE factor {self.vae_scale_factor}, 2x2 latent tokens)")
+        name = resolve_scheduler_name(request.scheduler, self.pipe.scheduler)
+        return request.replace(height=height, width=width, scheduler=name)
+
+    def latent_shape(self, request: GenerationRequest) -> tuple[int, int, int, int]:
+        """``(1, C, H/f, W/f)`` for a resolved request."""
+        f = self.vae_scale_factor
+        return (1, self.latent_channels, int(request.height) // f, int(request.width) // f)
+
+    def new_sampler(self, request: GenerationRequest) -> SamplerState:
+        """A fresh sampler at step 0 for a resolved request."""
+        return new_sampler(request.scheduler, self.pipe.scheduler.config, request.num_steps, request.seed,
+                           device=self.device)
+
+    # --- compute ---------------------------------------------------------------------------------------------
+
+    def do_cfg(self, request: GenerationRequest) -> bool:
+        """CFG runs when guidance > 1 and the U-Net has no guidance embedding (as in the stock pipelines)."""
+        return request.guidance_scale > 1.0 and self.unet.config.time_cond_proj_dim is None
+
+    @torch.no_grad()
+    def encode_text(self, request: GenerationRequest) -> TextConditioning:
+        """Prompt (and negative prompt) -> conditioning, through the pipeline's own ``encode_prompt``."""
+        do_cfg = self.do_cfg(request)
+        pipe = self.pipe
+        added = None
+        if self.family == "sdxl":
+            pe, npe, pooled, npooled = pipe.encode_prompt(
+                prompt=request.prompt, device=self.device, num_images_per_prompt=1,
+                do_classifier_free_guidance=do_cfg, negative_prompt=request.negative_prompt,
+            )
+            proj = (int(pooled.shape[-1]) if pipe.text_encoder_2 is None
+                    else pipe.text_encoder_2.config.projection_dim)
+            size = (int(request.height), int(request.width))
+            time_ids = pipe._get_add_time_ids(size, (0, 0), size, dtype=pe.dtype, text_encoder_projection_dim=proj)
+            if do_cfg:
+                pe, pooled, time_ids = torch.cat([npe, pe]), torch.cat([npooled, pooled]), torch.cat([time_ids, time_ids])
+            added = {"text_embeds": pooled.to(self.device), "time_ids": time_ids.to(self.device)}
+        else:
+            pe, npe = pipe.encode_prompt(request.prompt, self.device, 1, do_cfg, request.negative_prompt)
+            if do_cfg:
+                pe = torch.cat([npe, pe])
+        timestep_cond = None
+        if self.unet.config.time_cond_proj_dim is not None:
+            g = torch.tensor(request.guidance_scale - 1).repeat(1)
+            timestep_cond = pipe.get_guidance_scale_embedding(
+                g, embedding_dim=self.unet.config.time_cond_proj_dim).to(device=self.device, dtype=self.dtype)
+        return TextConditioning(pe.to(self.device), added, timestep_cond, do_cfg, request.guidance_scale)
+
+    @torch.no_grad()
+    def denoise_step(self, latents: torch.Tensor, sampler: SamplerState, text: TextConditioning) -> torch.Tensor:
+        """Run step ``sampler.step`` of the schedule on ``latents`` (CFG as the pipelines do) and advance it."""
+        t = sampler.timesteps[sampler.step]
+        model_input = torch.cat([latents] * 2) if text.do_cfg else latents
+        model_input = sampler.scheduler.scale_model_input(model_input, t)
+        noise = self.unet(model_input, t, encoder_hidden_states=text.prompt_embeds,
+                          timestep_cond=text.timestep_cond, added_cond_kwargs=text.added_cond, return_dict=False)[0]
+        if text.do_cfg:
+            uncond, cond = noise.chunk(2)
+            noise = uncond + text.guidance_scale * (cond - uncond)
+        latents = sampler.scheduler.step(noise, t, latents, **sampler.step_kwargs, return_dict=False)[0]
+        sampler.step += 1
+        return latents
+
+    @contextlib.contextmanager
+    def tome(self, ratio: float) -> Iterator[None]:
+        """tomesd inside the U-Net at ``ratio`` for the duration of the block (``use_rand=False``: reproducible)."""
+        if ratio <= 0:
+            yield
+            return
+        import tomesd
+
+        tomesd.apply_patch(self.unet, ratio=float(ratio), max_downsample=self.tome_max_downsample, use_rand=False)
+        try:
+            yield
+        finally:
+            tomesd.remove_patch(self.unet)
+
+    def fingerprint(self) -> str:
+        """A short hash identifying the weights and configs (for reference caches).
+
+        Covers every config / index JSON and, for each weight file, its size and the SHA-256 of its first MiB
+        (the safetensors header and the first tensors): retrained weights of the same shapes change it.
+        """
+        h = hashlib.sha256(type(self.pipe).__name__.encode())
+        if self.model_dir is not None:
+            for path in sorted(self.model_dir.rglob("*")):
+                if not path.is_file():
+                    continue
+                rel = path.relative_to(self.model_dir).as_posix()
+                if path.suffix == ".json":
+                    h.update(rel.encode() + b"\0" + path.read_bytes())
+                elif path.suffix in (".safetensors", ".bin"):
+                    with path.open("rb") as fh:
+                        h.update(rel.encode() + b"\0" + str(path.stat().st_size).encode() + fh.read(1 << 20))
+        else:
+            for name in ("unet", "vae"):
+                module = getattr(self.pipe, name)
+                h.update(json.dumps(dict(module.config), sort_keys=True, default=str).encode())
+                for p in list(module.parameters())[:4]:
+                    h.update(p.detach().float().cpu().numpy().tobytes()[:4096])
+        return h.hexdigest()[:16]
+
+
+def load_pipeline(model_dir: str | Path, *, device: torch.device | str | None = None,
+                  dtype: torch.dtype | None = None, decoder: LatentDecoder | str | Path | None = None,
+                  tome_max_downsample: int | None = None) -> LdmModel:
+    """Load an SD-family diffusers pipeline from a local folder (never the network).
+
+    Parameters
+    ----------
+    model_dir : str or Path
+        A diffusers folder (model_index.json + component subfolders) of a StableDiffusionPipeline or
+        StableDiffusionXLPipeline.
+    device : str or torch.device, optional
+        Default: CUDA when available, else CPU.
+    dtype : torch.dtype, optional
+        Default: float16 on CUDA, float32 on CPU.
+    decoder : LatentDecoder, path, or None
+        The decode stage's decoder: an object, a folder loaded with :func:`load_decoder` (relative paths are
+        tried inside ``model_dir`` first, e.g. ``"ue_decoder"``), or None for the pipeline's VAE.
+    tome_max_downsample : int, optional
+        Override tomesd's ``max_downsample`` (see :class:`LdmModel`).
+
+    Raises
+    ------
+    ModelLoadError
+        Missing folder, no/invalid model_index.json, unsupported pipeline class, unreadable components.
+    """
+    from diffusers import DiffusionPipeline
+
+    model_dir = Path(model_dir).expanduser()
+    index = _read_model_index(model_dir)
+    device = resolve_device(device)
+    dtype = dtype or default_dtype(device)
+    extra: dict[str, Any] = {}
+    if "safety_checker" in index:
+        extra.update(safety_checker=None, requires_safety_checker=False)
+    if "feature_extractor" in index:
+        extra["feature_extractor"] = None
+    if "image_encoder" in index:
+        extra["image_encoder"] = None
+    try:
+        pipe = DiffusionPipeline.from_pretrained(model_dir, local_files_only=True, **_dtype_kwarg(dtype), **extra)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise ModelLoadError(f"cannot load the pipeline in {model_dir}: {exc}") from exc
+    pipe = pipe.to(device)
+    if isinstance(decoder, str | Path):
+        candidate = model_dir / decoder
+        decoder = load_decoder(candidate if candidate.is_dir() else Path(decoder), device=device, dtype=dtype)
+    return LdmModel(pipe, device=device, dtype=dtype, decoder=decoder, tome_max_downsample=tome_max_downsample,
+                    model_dir=model_dir.resolve())
