@@ -1,0 +1,14 @@
+"""The report's figures. Importing this package registers the built-in ones in
+:data:`analysis.figures.registry.REGISTRY`; see that module for adding more."""
+
+from __future__ import annotations
+
+from analysis.figures import costs, decoder, energy, latency, policy, quality, timeline  # noqa: F401
+from analysis.figures.registry import (  # noqa: F401
+    REGISTRY,
+    FigureContext,
+    FigureSkipped,
+    FigureSpec,
+    figures,
+    register_figure,
+)

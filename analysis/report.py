@@ -1,0 +1,229 @@
+"""Build a campaign report from a run directory: PNG figures, CSV tables, one self-contained HTML file, a summary.
+
+``build_report(run_dir)`` is what ``megbed report RUN_DIR`` and ``make run`` call. A figure whose data is missing is
+skipped with its reason; a figure that fails is reported with its error and the rest of the report still builds.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from analysis.figures.registry import FigureContext, FigureSkipped, figures
+from analysis.load import RunData, load_run
+from analysis.stats import DEFAULT_BOOT, mean_ci
+from analysis.tables import Comparison, comparison, comparison_frame, request_costs, scheme_label
+
+log = logging.getLogger(__name__)
+
+REPORT_DIR = "report"
+HTML_NAME = "report.html"
+
+
+@dataclass
+class RenderedFigure:
+    """A figure written to disk.
+
+    Attributes
+    ----------
+    name, title, section, caption : str
+    path : Path
+        The PNG.
+    notes : list of str
+        Remarks the figure made while drawing (fits, sources, dropped rows).
+    seconds : float
+        Time to draw and save.
+    """
+
+    name: str
+    title: str
+    section: str
+    caption: str
+    path: Path
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@dataclass
+class ReportResult:
+    """What :func:`build_report` produced.
+
+    Attributes
+    ----------
+    run_dir, out_dir, html_path : Path
+    figures : dict of str to RenderedFigure
+    skipped : dict of str to str
+        Figure name -> why its data was missing.
+    failed : dict of str to str
+        Figure name -> error (a bug or unexpected data; the report says so).
+    missing : dict of str to str
+        Optional run parts that were absent.
+    warnings : list of str
+    tables : dict of str to Path
+        CSV files written (``comparison``, ``cost_model``).
+    summary : str
+        The short text summary (also printed by the CLI and written to ``summary.txt``).
+    """
+
+    run_dir: Path
+    out_dir: Path
+    html_path: Path
+    figures: dict[str, RenderedFigure]
+    skipped: dict[str, str]
+    failed: dict[str, str]
+    missing: dict[str, str]
+    warnings: list[str]
+    tables: dict[str, Path]
+    summary: str
+
+    @property
+    def ok(self) -> bool:
+        """No figure failed."""
+        return not self.failed
+
+
+def render_figures(data: RunData, out_dir: Path, ctx: FigureContext, names: list[str] | None = None
+                   ) -> tuple[dict[str, RenderedFigure], dict[str, str], dict[str, str]]:
+    """Draw every registered figure (or those named) into ``out_dir/<name>.png``."""
+    from analysis.figures import style
+
+    done: dict[str, RenderedFigure] = {}
+    skipped: dict[str, str] = {}
+    failed: dict[str, str] = {}
+    specs = figures()
+    if names is not None:
+        unknown = sorted(set(names) - {s.name for s in specs})
+        if unknown:
+            raise ValueError(f"unknown figures {unknown}; known: {[s.name for s in specs]}")
+        specs = [s for s in specs if s.name in names]
+    for spec in specs:
+        reason = spec.unmet(data)
+        if reason:
+            skipped[spec.name] = reason
+            continue
+        t0 = time.perf_counter()
+        ctx.take_notes()
+        try:
+            with style.apply_rc():
+                fig = spec.render(data, ctx)
+                path = out_dir / f"{spec.name}.png"
+                fig.savefig(path)
+            plt.close(fig)
+        except FigureSkipped as exc:
+            skipped[spec.name] = str(exc)
+            plt.close("all")
+            continue
+        except Exception as exc:  # noqa: BLE001 - one broken figure must not cost the whole report
+            log.error("figure %s failed:\n%s", spec.name, traceback.format_exc())
+            failed[spec.name] = f"{type(exc).__name__}: {exc}"
+            plt.close("all")
+            continue
+        done[spec.name] = RenderedFigure(spec.name, spec.title, spec.section, spec.caption, path, ctx.take_notes(),
+                                         time.perf_counter() - t0)
+    return done, skipped, failed
+
+
+def summary_text(data: RunData, comp: Comparison, result_figs: dict, skipped: dict, failed: dict,
+                 html_path: Path | None) -> str:
+    """A few lines a researcher reads in the terminal."""
+    m = data.manifest
+    req = request_costs(data)
+    lines = [f"megbed report: {data.run_dir}"]
+    ident = [f"run {m.get('run_id', data.rows['run_id'].iloc[0])}"]
+    if m.get("schema_version"):
+        ident.append(f"schema v{m['schema_version']}")
+    ident.append(f"{len(req)} requests ok, {data.n_failed} failed")
+    ident.append("schemes " + ", ".join(scheme_label(s) for s in data.schemes))
+    lines.append("  " + "; ".join(ident))
+    for col, unit, name in (("latency_s", "s", "latency"), ("energy_j", "J", "energy")):
+        parts = []
+        for s in data.schemes:
+            est = mean_ci(req.loc[req["scheme"] == s, col])
+            parts.append(f"{scheme_label(s)} {est.fmt(3)}")
+        lines.append(f"  {name} per request ({unit}, mean [95% CI], all settings pooled): " + "; ".join(parts))
+    for base in ("ceg", "ue_local"):
+        lat = comp.headline.get(f"latency_vs_{base}")
+        en = comp.headline.get(f"energy_vs_{base}")
+        if lat is not None:
+            lines.append(f"  MEG vs {scheme_label(base)} (common N, pooled): latency {lat.fmt(3, '%')}, "
+                         f"energy {en.fmt(3, '%') if en else 'n/a'}")
+    for name, reason in data.missing.items():
+        lines.append(f"  missing {name}: {reason}")
+    lines.append(f"  figures: {len(result_figs)} written, {len(skipped)} skipped, {len(failed)} failed")
+    for name, reason in skipped.items():
+        lines.append(f"    skipped {name}: {reason}")
+    for name, err in failed.items():
+        lines.append(f"    FAILED {name}: {err}")
+    if data.warnings:
+        lines.append(f"  {len(data.warnings)} data warnings (see the report)")
+    if html_path is not None:
+        lines.append(f"  report: {html_path}")
+    return "\n".join(lines)
+
+
+def cost_model_frame(ctx: FigureContext) -> pd.DataFrame:
+    """The fitted cost model (when the cost-model figure computed it) as one row per node x cost."""
+    res = ctx.cache.get("cost_model")
+    if res is None:
+        return pd.DataFrame()
+    return pd.DataFrame([{"basis": res.basis, "work_unit": res.work_unit, **vars(f)} for f in res.fits])
+
+
+def build_report(run_dir: str | Path, out_dir: str | Path | None = None, *, figure_names: list[str] | None = None,
+                 seed: int = 0, n_boot: int = DEFAULT_BOOT, model_dir: str | Path | None = None,
+                 with_traces: bool = True) -> ReportResult:
+    """Build the report of a run directory.
+
+    Parameters
+    ----------
+    run_dir : path
+        The run directory (``manifest.json``, ``dataset/``, optional ``traces/``, training logs, ``images/``).
+    out_dir : path, optional
+        Where to write (default ``RUN_DIR/report``); created if needed.
+    figure_names : list of str, optional
+        Only these figures (default: all registered).
+    seed : int
+        Seed of the bootstrap intervals.
+    n_boot : int
+        Bootstrap resamples per interval.
+    model_dir : path, optional
+        Model folder for FLOP counting (default: the one the manifest names, when present here).
+    with_traces : bool
+        Read raw power traces (set False to skip large traces).
+
+    Returns
+    -------
+    ReportResult
+
+    Raises
+    ------
+    analysis.load.RunDataError, analysis.load.SchemaVersionError
+        The run directory cannot be analysed (no dataset, broken schema, wrong schema version).
+    """
+    from analysis.html import write_html
+
+    data = load_run(run_dir, with_traces=with_traces)
+    out = Path(out_dir) if out_dir is not None else data.run_dir / REPORT_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    ctx = FigureContext(seed=seed, model_dir=Path(model_dir) if model_dir is not None else None)
+    comp = comparison(data, n_boot=n_boot, seed=seed)
+    rendered, skipped, failed = render_figures(data, out, ctx, figure_names)
+    tables = {"comparison": out / "comparison.csv"}
+    comparison_frame(comp).to_csv(tables["comparison"], index=False)
+    costs = cost_model_frame(ctx)
+    if not costs.empty:
+        tables["cost_model"] = out / "cost_model.csv"
+        costs.to_csv(tables["cost_model"], index=False)
+    html_path = out / HTML_NAME
+    summary = summary_text(data, comp, rendered, skipped, failed, html_path)
+    write_html(html_path, data, comp, rendered, skipped, failed, ctx, summary)
+    (out / "summary.txt").write_text(summary + "\n", encoding="utf-8")
+    return ReportResult(run_dir=data.run_dir, out_dir=out, html_path=html_path, figures=rendered, skipped=skipped,
+                        failed=failed, missing=dict(data.missing), warnings=list(data.warnings), tables=tables,
+                        summary=summary)
