@@ -1,0 +1,153 @@
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import pytest
+import zmq
+from nodes_helpers import make_spec
+
+from measurements.schema import problems
+from megwire import Frame, recv_frame
+from testbed.nodes import fuzz
+from testbed.nodes import protocol as P
+from testbed.nodes import rows as R
+from testbed.nodes.es import EsNode
+from testbed.nodes.orchestrator import NodeDead, Orchestrator, RequestFailed
+from testbed.nodes.rpc import NodeError, RpcClient
+from testbed.nodes.synthetic_engine import SyntheticEngine
+from testbed.nodes.ue import UeNode
+
+
+def test_three_schemes_through_orchestrator_give_valid_rows(synthetic_pair):
+    es, ue = synthetic_pair
+    rows = []
+    with Orchestrator(es.address, [ue.address], heartbeat_s=0.2, dead_after_s=2.0) as orch:
+        orch.connect(wait_s=10)
+        assert orch.es.info["role"] == "es" and orch.ues[0].info["role"] == "ue"
+        for scheme in ("meg", "ceg", "ue_local"):
+            spec = make_spec(scheme, f"r-{scheme}")
+            out = orch.generate(spec, timeout_s=30)
+            assert out.image.shape == (64, 64, 3) and out.image.dtype == np.uint8
+            ref = orch.reference(spec, 8)
+            rows += R.outcome_rows(out, "run", quality=R.quality_columns(out.image, ref), extra={"model": "synthetic"})
+    df = R.to_dataframe(rows)
+    assert problems(df) == []
+    stages = {s: set(zip(g.node, g.stage, strict=True)) for s, g in df.groupby("scheme")}
+    assert stages["meg"] == {("es", "text_encode"), ("es", "denoise"), ("es", "merge"), ("es", "serialize"),
+                             ("channel", "link"), ("ue", "deserialize"), ("ue", "unmerge"), ("ue", "decode"),
+                             ("orchestrator", "end_to_end")}
+    assert ("es", "image_encode") in stages["ceg"] and ("ue", "image_decode") in stages["ceg"]
+    assert stages["ue_local"] == {("ue", "text_encode"), ("ue", "denoise"), ("ue", "decode"),
+                                  ("orchestrator", "end_to_end")}
+    e2e = df[df.stage == "end_to_end"].set_index("scheme")
+    # The synthetic reference is the unmerged latent's image: identical for CEG / UE-local, degraded by merging.
+    assert e2e.loc["ceg", "q_psnr_db"] == pytest.approx(100.0)
+    assert e2e.loc["meg", "q_psnr_db"] < 60
+    # Stage windows nest inside the end-to-end window on one timeline.
+    for scheme, group in df.groupby("scheme"):
+        whole = group[group.stage == "end_to_end"].iloc[0]
+        parts = group[group.node.isin(["es", "ue"])]
+        assert (parts.t_start_ns >= whole.t_start_ns).all() and (parts.t_end_ns <= whole.t_end_ns).all(), scheme
+    assert (df[df.scheme == "meg"].payload_bytes.dropna() > 0).all()
+
+
+def test_es_refuses_bad_requests_and_keeps_serving(synthetic_pair):
+    es, _ = synthetic_pair
+    ctx = zmq.Context()
+    with RpcClient(es.address, ctx, timeout_s=10) as client:
+        with pytest.raises(NodeError, match="nothing to run on the ES"):
+            client.call(P.request_frame(make_spec("ue_local"), 0))
+        with pytest.raises(NodeError, match="k = N only"):
+            client.call(P.request_frame(make_spec("meg", es_steps=2), 0))
+        with pytest.raises(NodeError, match="n_steps"):
+            client.call(Frame(P.REFERENCE, meta={"request_id": "r1", "request": make_spec().to_meta()}))
+        assert client.call(P.request_frame(make_spec(), 0)).kind == "handoff"
+    ctx.term()
+
+
+def _valid_for(node_kinds):
+    def is_valid(frame: Frame) -> bool:
+        if frame.kind in (P.HEARTBEAT, P.HELLO):
+            return True
+        if frame.kind not in node_kinds:
+            return False
+        if frame.kind == P.CANCEL:
+            return isinstance(frame.meta.get("request_id"), str)
+        try:
+            spec = P.parse_request_meta(frame)
+        except P.ProtocolError:
+            return False
+        # The node may still refuse it (ES: ue_local; synthetic: k < N) -- an error answer either way, but only
+        # count frames that are certain to be refused.
+        return not (frame.kind == P.REQUEST and spec.scheme == "ue_local")
+    return is_valid
+
+
+@pytest.mark.parametrize("target", ["es", "ue"])
+def test_fuzz_each_node_1000_messages(synthetic_pair, target, caplog):
+    es, ue = synthetic_pair
+    node = es if target == "es" else ue
+    if target == "es":
+        seeds = [P.request_frame(make_spec(), 1), P.reference_frame(make_spec("ceg")),
+                 P.request_frame(make_spec("ceg"), 2)]
+        kinds = {P.REQUEST, P.REFERENCE}
+    else:
+        seeds = [P.generate_frame(make_spec()), P.generate_frame(make_spec("ue_local")),
+                 Frame(P.CANCEL, meta={"request_id": "r1"})]
+        kinds = {P.GENERATE, P.CANCEL}
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVTIMEO, 10000)
+    sock.connect(node.address)
+    before = node.server.stats.received
+    refused = 0
+    with caplog.at_level(logging.WARNING):
+        for parts in fuzz.messages(seeds, 1000, seed=11 if target == "es" else 12, is_valid=_valid_for(kinds)):
+            sock.send_multipart(parts)
+            _, reply = recv_frame(sock)
+            assert reply.kind == P.ERROR, reply
+            refused += 1
+    sock.close(0)
+    assert refused == 1000 and node.server.stats.received - before >= 1000
+    # Still serving real work.
+    with RpcClient(ue.address, ctx, timeout_s=10) as client:
+        assert client.call(P.generate_frame(make_spec(rid="after-fuzz"))).kind == P.RESULT
+    ctx.term()
+    assert "rejected frame" in caplog.text
+
+
+def test_dead_es_is_detected_and_ue_is_freed():
+    es = EsNode(SyntheticEngine(compute_s_per_step=0.5), bind="tcp://127.0.0.1:0").start()
+    ue = UeNode(SyntheticEngine(), bind="tcp://127.0.0.1:0", es_address=es.address, request_timeout_s=60).start()
+    try:
+        with Orchestrator(es.address, [ue.address], heartbeat_s=0.1, dead_after_s=0.6) as orch:
+            orch.connect(wait_s=10)
+            # Kill the ES (its loop stops; heartbeats go silent) while it computes the request.
+            import threading
+
+            threading.Timer(0.3, es.server.request_stop).start()
+            t0 = time.monotonic()
+            with pytest.raises(NodeDead) as info:
+                orch.generate(make_spec(rid="doomed"), timeout_s=60)
+            assert info.value.node == "es" and time.monotonic() - t0 < 10
+            # The UE was told to stop waiting: it serves the next request right away.
+            out = orch.generate(make_spec("ue_local", rid="next"), timeout_s=10)
+            assert out.result["request_id"] == "next"
+            with pytest.raises(NodeDead):
+                orch.generate(make_spec(rid="needs-es"), timeout_s=10)
+    finally:
+        ue.stop()
+        es.stop()
+
+
+def test_request_error_is_reported_not_fatal(synthetic_pair):
+    es, ue = synthetic_pair
+    with Orchestrator(es.address, [ue.address], heartbeat_s=0.2, dead_after_s=2.0) as orch:
+        orch.connect(wait_s=10)
+        with pytest.raises(RequestFailed) as info:
+            orch.generate(make_spec(rid="hybrid", es_steps=1), timeout_s=10)
+        assert info.value.code == P.CODE_UPSTREAM
+        assert orch.generate(make_spec(rid="fine"), timeout_s=10).result["request_id"] == "fine"
