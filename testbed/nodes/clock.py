@@ -1,103 +1,89 @@
-"""Clock sync glue: the nodes answer ``clock_sync`` frames with the measurement layer's responder, and the
-orchestrator maps each node's monotonic stamps onto its own timeline with the measurement layer's fit.
+"""Clock sync glue: nodes answer ``clock_sync`` frames with the measurement layer's reply function, and the
+orchestrator runs the measurement layer's :class:`~measurements.clocksync.ClockSync` over its control connections.
 
-The NTP-style exchange, filtering and the offset/drift fit live in ``measurements.clocksync``; this module only binds
-them to the node server (answers are produced in the server's loop thread, so a running job never delays them) and
-gives the orchestrator one small type, :class:`ClockMap`, whatever the fit object looks like.
+The NTP-style exchange, min-delay filtering and the offset/drift fit live in :mod:`measurements.clocksync`; this
+module binds them to the node server (answers are produced in the server's loop thread with ``t2`` stamped when the
+message was received, so a running job never delays them) and to the orchestrator's RPC clients.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-from dataclasses import dataclass
+import time
 from typing import Any
 
-from megwire import Frame
+from measurements.clocksync import ClockMap, ClockSync, clock_sync_reply
+from megwire import Frame, FrameError, Link, LinkTimeout
 from testbed.nodes import protocol as P
 
 log = logging.getLogger(__name__)
 
-
-def _clocksync() -> Any:
-    try:
-        from measurements import clocksync
-    except ImportError:
-        return None
-    return clocksync
+__all__ = ["ClockMap", "NodeClock", "register_clock_sync"]
 
 
-def register_clock_sync(server: Any) -> bool:
-    """Serve ``clock_sync`` frames on ``server`` with the measurement layer's responder; False when absent."""
-    cs = _clocksync()
-    if cs is None or not hasattr(cs, "ClockSyncResponder"):
-        log.warning("%s: measurements.clocksync not available: clock_sync frames will be refused", server.name)
-        return False
-    responder = cs.ClockSyncResponder()
+def register_clock_sync(server: Any) -> None:
+    """Serve ``clock_sync`` frames on ``server`` (``t2`` = the loop's receive stamp, ``t3`` = just before the answer,
+    both on ``server.clock``)."""
+    clock = server.clock
 
     def answer(frame: Frame, peer: Any) -> Frame:
-        return responder.answer(frame, t_recv_ns=peer.t_recv_ns)
+        try:
+            return clock_sync_reply(frame, peer.t_recv_ns, clock)
+        except FrameError as exc:
+            raise P.ProtocolError(f"clock_sync: {exc}") from exc
 
     server.handle(P.CLOCK_SYNC, answer)
-    return True
 
 
-@dataclass(frozen=True)
-class ClockMap:
-    """Maps a node's monotonic nanoseconds onto the orchestrator's.
+class _RpcLink(Link):
+    """An :class:`~testbed.nodes.rpc.RpcClient` seen as a megwire ``Link`` (what ``ClockSync`` talks to)."""
 
-    ``local = remote + offset_ns + drift * (remote - ref_remote_ns)``.
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self._last: str | None = None
 
-    Attributes
+    def send(self, frame: Frame) -> None:
+        self._last = self.client.send(frame)
+
+    def recv(self, timeout_s: float | None = None) -> Frame:
+        if self._last is None:
+            raise LinkTimeout("nothing sent")
+        return self.client.wait(self._last, timeout_s, raise_errors=False)
+
+
+class NodeClock:
+    """Clock sync with one node over the orchestrator's control connection, kept over the whole run.
+
+    Parameters
     ----------
-    node : str
-        The node's name.
-    offset_ns : float
-        Offset at ``ref_remote_ns`` (ns).
-    drift : float
-        Relative rate difference (dimensionless; 1e-6 = 1 ppm).
-    ref_remote_ns : int
-        Reference point of the fit on the node's clock.
-    uncertainty_ns : float
-        Bound of the offset (half the minimum round trip, ns); NaN when not synchronised.
-    method : str
-        ``ntp_fit`` (fitted from exchanges) or ``unsynced`` (identity; only right on one host).
-    samples : int
-        Exchanges the fit used.
+    client : RpcClient
+        The orchestrator's control client of the node (used only between requests).
+    name : str
+        The node's name (log lines).
+    timeout_s : float
+        Wait per exchange.
     """
 
-    node: str
-    offset_ns: float = 0.0
-    drift: float = 0.0
-    ref_remote_ns: int = 0
-    uncertainty_ns: float = math.nan
-    method: str = "unsynced"
-    samples: int = 0
+    def __init__(self, client: Any, name: str, timeout_s: float = 1.0) -> None:
+        self.name = name
+        self.sync = ClockSync(_RpcLink(client), timeout_s=timeout_s)
+        self.map: ClockMap = ClockMap.unsynced()
+        self.t_last_burst: float = -float("inf")
 
-    def to_local(self, remote_ns: int) -> int:
-        return int(round(remote_ns + self.offset_ns + self.drift * (remote_ns - self.ref_remote_ns)))
+    def burst(self, n: int = 16) -> ClockMap:
+        """One burst of ``n`` exchanges, then refit over every burst so far (offset + drift)."""
+        try:
+            self.sync.burst(n)
+        except (LinkTimeout, RuntimeError, FrameError) as exc:
+            log.warning("clock sync with %s failed: %s (keeping %s map)", self.name, exc, self.map.method)
+            return self.map
+        self.t_last_burst = time.monotonic()
+        self.map = self.sync.fit()
+        log.info("clock %s: offset %.0f ns +- %.0f ns, drift %.3f ppm (%s, %d bursts)", self.name,
+                 self.map.offset_ns, self.map.uncertainty_ns, self.map.drift * 1e6, self.map.method,
+                 self.map.samples)
+        return self.map
 
-    def offset_at(self, remote_ns: int) -> int:
-        return self.to_local(remote_ns) - int(remote_ns)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"node": self.node, "offset_ns": self.offset_ns, "drift": self.drift,
-                "ref_remote_ns": self.ref_remote_ns, "uncertainty_ns": self.uncertainty_ns, "method": self.method,
-                "samples": self.samples}
-
-
-def sync_node(client: Any, name: str, *, exchanges: int = 32, previous: ClockMap | None = None) -> ClockMap:
-    """Clock-sync one node over its control connection (``client``: an :class:`~testbed.nodes.rpc.RpcClient`).
-
-    Returns an ``unsynced`` identity map (uncertainty NaN, with a warning) when the measurement layer's clock sync
-    is absent or the node does not answer ``clock_sync``.
-    """
-    cs = _clocksync()
-    if cs is None or not hasattr(cs, "ClockSyncClient"):
-        log.warning("measurements.clocksync not available: %s's stamps are used unmapped", name)
-        return previous or ClockMap(name)
-    fit = cs.ClockSyncClient(lambda frame, timeout_s: client.call(frame, timeout_s)).sync(exchanges)
-    return ClockMap(name, offset_ns=float(fit.offset_ns), drift=float(getattr(fit, "drift", 0.0)),
-                    ref_remote_ns=int(getattr(fit, "ref_remote_ns", 0)),
-                    uncertainty_ns=float(fit.uncertainty_ns), method="ntp_fit",
-                    samples=int(getattr(fit, "samples", exchanges)))
+    def records(self) -> list[dict[str, Any]]:
+        """Manifest records: the fit in force first, then each burst's best exchange as a timed sync point."""
+        return self.sync.manifest_records()

@@ -24,7 +24,7 @@ import zmq
 
 from megwire import CurveConfig, Frame, FrameError, LinkTimeout, make_socket, recv_frame
 from testbed.nodes import protocol as P
-from testbed.nodes.clock import ClockMap
+from testbed.nodes.clock import ClockMap, NodeClock
 from testbed.nodes.rpc import NodeError, RpcClient
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ class NodeHandle:
     address: str
     curve: CurveConfig | None = None
     info: dict[str, Any] = field(default_factory=dict)
-    clock: ClockMap | None = None
+    clock: NodeClock | None = None
     last_seen: float = 0.0  # time.monotonic() of the last heartbeat answer
     last_beat: dict[str, Any] = field(default_factory=dict)
     control: RpcClient | None = None
@@ -265,13 +265,25 @@ class Orchestrator:
 
     # --- clocks -----------------------------------------------------------------------------------------------------
 
-    def sync_clocks(self, exchanges: int = 32) -> dict[str, ClockMap]:
-        """Run clock sync with every node; nodes without a responder keep an ``unsynced`` identity map."""
-        from testbed.nodes.clock import sync_node
-
+    def sync_clocks(self, bursts: int = 1, exchanges: int = 16) -> dict[str, ClockMap]:
+        """Clock-sync every node (``bursts`` bursts of ``exchanges``); each new burst refits offset and drift over
+        the whole run. Call between requests (it uses the control connections)."""
         for node in self.nodes:
-            node.clock = sync_node(node.control, node.name, exchanges=exchanges, previous=node.clock)
-        return {n.name: n.clock for n in self.nodes}
+            if node.clock is None:
+                node.clock = NodeClock(node.control, node.name, timeout_s=max(self.heartbeat_s, 0.5))
+            for _ in range(bursts):
+                node.clock.burst(exchanges)
+        return {n.name: n.clock.map for n in self.nodes}
+
+    def maybe_resync(self, period_s: float, exchanges: int = 16) -> bool:
+        """Run a burst on every node whose last one is older than ``period_s`` (drift tracking over long runs)."""
+        due = [n for n in self.nodes if n.clock is not None and time.monotonic() - n.clock.t_last_burst > period_s]
+        for node in due:
+            node.clock.burst(exchanges)
+        return bool(due)
+
+    def clock_map(self, node: NodeHandle) -> ClockMap:
+        return node.clock.map if node.clock is not None else ClockMap.unsynced()
 
     # --- requests ---------------------------------------------------------------------------------------------------
 
@@ -325,7 +337,7 @@ class Orchestrator:
         delivery = result.get("delivery")
         if delivery is None and spec.scheme != "ue_local" and self.channel_pub:
             delivery = self.delivery_for(spec.request_id, wait_s=0.5)
-        clocks = {"es": self.es.clock or ClockMap("es"), "ue": handle.clock or ClockMap(handle.name)}
+        clocks = {"es": self.clock_map(self.es), "ue": self.clock_map(handle)}
         return Outcome(spec, result, result["image"], delivery, t_sent, t_result, clocks, handle.name, self.es.name)
 
     def _cancel(self, handle: NodeHandle, request_id: str) -> None:
@@ -359,7 +371,7 @@ class Orchestrator:
     def manifest_section(self) -> dict[str, Any]:
         """What the run manifest records about the nodes: hello info, last heartbeat, clock maps."""
         return {n.name: {"role": n.role, "address": n.address, "info": n.info, "last_heartbeat": n.last_beat,
-                         "clock": None if n.clock is None else n.clock.to_dict()} for n in self.nodes}
+                         "clock": None if n.clock is None else n.clock.records()} for n in self.nodes}
 
 
 def client_curves(keys_dir: str | Path | None) -> dict[str, CurveConfig]:

@@ -50,8 +50,9 @@ def base_columns(spec: RequestSpec, run_id: str, extra: dict[str, Any] | None = 
 
 
 def _mapped(clock: ClockMap, t0: int, t1: int) -> dict[str, Any]:
-    return {"t_start_ns": clock.to_local(t0), "t_end_ns": clock.to_local(t1),
-            "clock_offset_ns": clock.offset_at(t0), "clock_uncertainty_ns": clock.uncertainty_ns}
+    return {"t_start_ns": int(clock.to_local(t0)), "t_end_ns": int(clock.to_local(t1)),
+            "clock_offset_ns": int(round(float(clock.offset_at(t0)))),
+            "clock_uncertainty_ns": float(clock.uncertainty_ns)}
 
 
 def stage_rows(outcome: Any, base: dict[str, Any]) -> list[dict[str, Any]]:
@@ -82,11 +83,11 @@ def link_row(outcome: Any, base: dict[str, Any], tx_power_dbm: float = DEFAULT_T
     if outcome.spec.scheme == "ue_local" or res.get("es_t_reply_ns") is None or res.get("t_recv_ns") is None:
         return None
     es_clock, ue_clock = outcome.clocks["es"], outcome.clocks["ue"]
-    t0 = es_clock.to_local(int(res["es_t_reply_ns"]))
-    t1 = ue_clock.to_local(int(res["t_recv_ns"]))
+    t0 = int(es_clock.to_local(int(res["es_t_reply_ns"])))
+    t1 = int(ue_clock.to_local(int(res["t_recv_ns"])))
     row = {**base, "node": "channel", "stage": "link", "status": "ok", "error": "", "t_start_ns": t0, "t_end_ns": t1,
-           "latency_s": (t1 - t0) / 1e9, "clock_offset_ns": ue_clock.offset_at(int(res["t_recv_ns"])),
-           "clock_uncertainty_ns": es_clock.uncertainty_ns + ue_clock.uncertainty_ns}
+           "latency_s": (t1 - t0) / 1e9, "clock_offset_ns": int(round(float(ue_clock.offset_at(int(res["t_recv_ns"]))))),
+           "clock_uncertainty_ns": float(es_clock.uncertainty_ns) + float(ue_clock.uncertainty_ns)}
     if res.get("payload_bytes") is not None:
         row["payload_bytes"] = int(res["payload_bytes"])
     row.update(delivery_columns(outcome.delivery))

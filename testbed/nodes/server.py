@@ -130,6 +130,8 @@ class NodeServer:
         Jobs that may wait for the worker; more are refused with a ``busy`` error.
     send_timeout_s : float
         SNDTIMEO for answers (a peer that stopped reading cannot block the loop longer).
+    clock : callable
+        The node's monotonic clock (ns) for receive stamps (clock sync's ``t2``); injected in tests.
     """
 
     def __init__(
@@ -143,8 +145,10 @@ class NodeServer:
         max_message_bytes: int | None = None,
         queue_max: int = 64,
         send_timeout_s: float = 5.0,
+        clock: Callable[[], int] = time.monotonic_ns,
     ) -> None:
         self.name = name
+        self.clock = clock
         self.limits = limits
         self._own_ctx = ctx is None
         self.ctx = ctx or zmq.Context()
@@ -264,7 +268,7 @@ class NodeServer:
             raw = self._router.recv_multipart(copy=False, flags=zmq.NOBLOCK)
         except zmq.Again:
             return
-        t_recv_ns = time.monotonic_ns()
+        t_recv_ns = self.clock()
         self.stats.received += 1
         envelope: list[bytes] = [bytes(raw[0].buffer)] if raw else []
         try:

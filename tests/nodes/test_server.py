@@ -163,3 +163,26 @@ def test_curve_refuses_unauthenticated_peers(tmp_path, caplog):
         srv.stop()
         stop_authenticator(ctx)
         ctx.term()
+
+
+def test_clock_sync_recovers_an_injected_offset():
+    from measurements.clocksync import OffsetClock
+    from testbed.nodes.clock import NodeClock, register_clock_sync
+
+    remote = OffsetClock(offset_ns=3_000_000_000, drift=0.0)
+    srv = NodeServer("remote", "tcp://127.0.0.1:0", clock=remote)
+    register_clock_sync(srv)
+    srv.start()
+    ctx = zmq.Context()
+    try:
+        with RpcClient(srv.address, ctx, timeout_s=2) as client:
+            clock = NodeClock(client, "remote")
+            fit = clock.burst(16)
+            assert fit.method in ("ntp_min", "ntp_fit")
+            # local - remote = -3 s, within the fit's own bound (half the best round trip) and 1 ms here.
+            assert abs(fit.offset_ns + 3e9) <= max(fit.uncertainty_ns, 1.0) + 1e5
+            assert fit.uncertainty_ns < 1e6
+            assert clock.records()[0]["method"] == fit.method
+    finally:
+        srv.stop()
+        ctx.term()
