@@ -126,6 +126,15 @@ def stage_work(data: RunData, model_dir: Path | None = None, tome_max_downsample
     st = st[st["stage"].isin(COMPUTE_STAGES) & st["node"].isin(COMPUTE_NODES)].copy()
     if st.empty:
         return st.assign(work=[]), "none", "", "no compute stages (text_encode, denoise, decode) on es/ue"
+    dropped_note = ""
+    if "decoder" in st.columns:
+        other = (st["stage"] == "decode") & ~st["decoder"].fillna("base").astype(str).isin(["base", ""])
+        if other.any():
+            # a distilled decoder is another network: the model folder's VAE FLOPs are not its work
+            st = st[~other]
+            dropped_note = (f" {int(other.sum())} decode rows of other decoders "
+                            f"({', '.join(sorted(set(data.stages.loc[data.stages['stage'] == 'decode', 'decoder'].dropna().astype(str)) - {'base'}))}) "
+                            "are left out: their FLOPs are not the model folder's VAE's.")
     n = _col(st, "n_steps", np.nan)
     k = _col(st, "es_steps", np.nan)
     steps = np.array([node_steps(s, nd, a, b) for s, nd, a, b in zip(st["scheme"], st["node"], n, k, strict=True)])
@@ -149,7 +158,8 @@ def stage_work(data: RunData, model_dir: Path | None = None, tome_max_downsample
                 work[i] = {"denoise": f.unet_step * steps[i], "decode": f.vae_decode,
                            "text_encode": f.text_encode}[stage] / 1e12
             st["work"] = work
-            note = f"FLOPs counted with torch FlopCounterMode on the configs of {found} (meta device, no weights)"
+            note = (f"FLOPs counted with torch FlopCounterMode on the configs of {found} (meta device, no weights)."
+                    + dropped_note)
             return st, "flops", "TFLOP", note
         except FlopCountError as exc:
             reason = str(exc)

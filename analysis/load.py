@@ -18,12 +18,14 @@ from __future__ import annotations
 import json
 import logging
 import math
+import warnings as _warnings_mod
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from analysis.clock import manifest_clock_models
 from analysis.traces import TraceFormatError, read_traces
 from analysis.training import read_training_logs
 from measurements import schema
@@ -160,21 +162,21 @@ def dataset_parts(run_dir: Path) -> list[Path]:
     return parts
 
 
-def check_parts_consistent(parts: list[Path]) -> tuple[list[str], str | None]:
+def check_parts_consistent(parts: list[Path]) -> tuple[list[str], dict[str, str]]:
     """Compare the Arrow schemas of all parts, as duckdb / polars do when they scan ``part-*.parquet`` together.
 
     Returns
     -------
     problems : list of str
         Columns stored with different types in different parts, or as Arrow ``null`` (no type at all).
-    schema_version : str or None
-        The ``megbed.schema_version`` key of the parts' Parquet metadata, when the writer stored one.
+    versions : dict of str to str
+        Part file name -> the ``megbed.schema_version`` of its Parquet metadata (parts without one left out).
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     types: dict[str, dict[str, list[str]]] = {}
-    versions: set[str] = set()
+    versions: dict[str, str] = {}
     for part in parts:
         try:
             arrow_schema = pq.read_schema(part)
@@ -183,7 +185,7 @@ def check_parts_consistent(parts: list[Path]) -> tuple[list[str], str | None]:
         meta = arrow_schema.metadata or {}
         for key in (b"megbed.schema_version", b"schema_version"):
             if key in meta:
-                versions.add(meta[key].decode())
+                versions[part.name] = meta[key].decode()
         for f in arrow_schema:
             t = f.type
             # string and large_string are one logical type to every reader
@@ -197,32 +199,36 @@ def check_parts_consistent(parts: list[Path]) -> tuple[list[str], str | None]:
         if len(real) > 1:
             desc = "; ".join(f"{t} in {', '.join(v[:3])}{'...' if len(v) > 3 else ''}" for t, v in real.items())
             problems.append(f"column {col!r} has different types across parts: {desc}")
-    if len(versions) > 1:
-        problems.append(f"parts carry different schema versions: {sorted(versions)}")
-    return problems, (sorted(versions)[-1] if versions else None)
+    if len(set(versions.values())) > 1:
+        problems.append(f"parts carry different schema versions: {sorted(set(versions.values()))}")
+    return problems, versions
 
 
-def _read_rows(run_dir: Path, parts: list[Path]) -> pd.DataFrame:
-    try:
-        from measurements.dataset import read_dataset  # the measurement layer's validating reader
-    except ImportError:
-        read_dataset = None
-    if read_dataset is not None:
+def _read_rows(run_dir: Path, parts: list[Path]) -> tuple[pd.DataFrame, list[str]]:
+    """All rows through the measurement layer's validating reader; returns the rows and what it tolerated."""
+    from measurements.dataset import DatasetError, read_dataset
+
+    with _warnings_mod.catch_warnings():
+        _warnings_mod.simplefilter("ignore")  # the reader's notes come back in rows.attrs["warnings"]
         try:
             rows = read_dataset(run_dir)
-        except schema.SchemaError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - surface the reader's own message under our error type
-            raise RunDataError(f"cannot read the dataset of {run_dir}: {exc}") from exc
-        return rows.rows if hasattr(rows, "rows") else rows
-    frames = []
-    for part in parts:
-        try:
-            frames.append(pd.read_parquet(part))
-        except Exception as exc:  # noqa: BLE001
-            raise RunDataError(f"cannot read {part}: {exc}") from exc
-    frames = [f for f in frames if len(f.columns)]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+        except schema.SchemaError as exc:
+            raise RunDataError(f"{run_dir / 'dataset'}: {exc}") from exc
+        except DatasetError as exc:
+            raise RunDataError(str(exc)) from exc
+    notes = list(rows.attrs.get("warnings", []))
+    return _plain_dtypes(rows), [n for n in notes if "no manifest.json" not in n]
+
+
+def _plain_dtypes(rows: pd.DataFrame) -> pd.DataFrame:
+    """Nullable integer columns (the reader's ``Int64`` for ints with gaps) as float64 with NaN, so numpy code reads
+    them; complete ones as int64."""
+    rows = rows.copy()
+    rows.attrs = {}
+    for col in rows.columns:
+        if isinstance(rows[col].dtype, pd.Int64Dtype):
+            rows[col] = rows[col].astype("float64") if rows[col].isna().any() else rows[col].astype("int64")
+    return rows
 
 
 def analysis_checks(rows: pd.DataFrame) -> list[str]:
@@ -256,14 +262,17 @@ def analysis_checks(rows: pd.DataFrame) -> list[str]:
     return out
 
 
-def node_clock_offsets(rows: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per node, the offsets applied to its rows over the run, ``(t_start_ns, clock_offset_ns)``: the series that
-    maps the node's raw trace times onto the orchestrator's timeline (interpolated, so drift is followed)."""
-    if "clock_offset_ns" not in rows.columns:
-        return {}
-    out = {}
-    for node, g in rows[rows["clock_offset_ns"].notna()].groupby("node"):
-        out[str(node)] = (g["t_start_ns"].to_numpy(dtype=float), g["clock_offset_ns"].to_numpy(dtype=float))
+def node_clock_offsets(rows: pd.DataFrame, manifest: dict | None = None) -> dict:
+    """Per node, how to map its raw trace times onto the orchestrator's timeline.
+
+    The clock map the orchestrator recorded in the manifest (offset + drift) when there is one; else the offsets
+    applied to the node's rows over the run, ``(t_start_ns, clock_offset_ns)``, interpolated (drift is followed).
+    """
+    out: dict = {}
+    if "clock_offset_ns" in rows.columns:
+        for node, g in rows[rows["clock_offset_ns"].notna()].groupby("node"):
+            out[str(node)] = (g["t_start_ns"].to_numpy(dtype=float), g["clock_offset_ns"].to_numpy(dtype=float))
+    out.update(manifest_clock_models(manifest or {}))
     return out
 
 
@@ -301,20 +310,17 @@ def load_run(run_dir: str | Path, *, with_traces: bool = True) -> RunData:
         missing["manifest"] = f"no {run / 'manifest.json'}: provenance and schema version unknown"
     check_schema_version(manifest_schema_version(manifest), str(run / "manifest.json"))
     parts = dataset_parts(run)
-    part_problems, part_version = check_parts_consistent(parts)
-    check_schema_version(part_version, f"{run / 'dataset'} (Parquet metadata)")
+    part_problems, part_versions = check_parts_consistent(parts)
+    for name, version in part_versions.items():
+        check_schema_version(version, f"{run / 'dataset' / name} (Parquet metadata)")
     warnings.extend(f"dataset parts: {p} (duckdb/polars need union_by_name / a cast)" for p in part_problems)
-    if manifest_schema_version(manifest) is None and part_version is None:
+    if manifest_schema_version(manifest) is None and not part_versions:
         warnings.append(f"no schema version recorded; assumed v{schema.SCHEMA_VERSION}")
 
-    rows = _read_rows(run, parts)
+    rows, reader_notes = _read_rows(run, parts)
+    warnings.extend(reader_notes)
     if rows.empty:
         raise RunDataError(f"the dataset in {run / 'dataset'} has no rows")
-    try:
-        schema.validate(rows)
-    except schema.SchemaError as exc:
-        raise RunDataError(f"{run / 'dataset'}: {exc}") from exc
-    rows = rows.copy()
     for col in ("scheme", "node", "stage", "status", "request_id", "point_id"):
         rows[col] = rows[col].astype(str)
     warnings.extend(analysis_checks(rows))
@@ -329,7 +335,7 @@ def load_run(run_dir: str | Path, *, with_traces: bool = True) -> RunData:
         missing["traces"] = f"no raw power traces kept ({run / 'traces'}/*.parquet absent)"
     else:
         try:
-            traces = read_traces(run / "traces", manifest, offset_ns=node_clock_offsets(rows))
+            traces = read_traces(run / "traces", manifest, offset_ns=node_clock_offsets(rows, manifest))
         except TraceFormatError as exc:
             missing["traces"] = f"raw traces unreadable: {exc}"
         if traces is not None and traces.empty:

@@ -9,8 +9,9 @@ Nothing here is measured. Costs follow closed forms so the analysis can be check
 * energy ``= power x latency`` per rail, idle power subtracted for the net figure;
 * quality (PSNR) rising with N, falling with β and, for MEG's analog link, with low SNR.
 
-It writes the same layout a campaign writes (``manifest.json``, ``dataset/part-*.parquet``, ``traces/``, policy
-training logs, optionally ``images/``) using the column names of :mod:`measurements.schema`.
+It writes the same layout a campaign writes, through the measurement layer's writers (``DatasetWriter``,
+``write_trace``, ``build_manifest``): ``manifest.json``, ``dataset/part-*.parquet``, ``traces/``, policy training
+logs, optionally ``images/``.
 """
 
 from __future__ import annotations
@@ -24,9 +25,12 @@ import numpy as np
 import pandas as pd
 
 from measurements import schema
+from measurements.dataset import DatasetWriter, write_trace
+from measurements.manifest import build_manifest, write_manifest
 
-# Per-node compute cost: seconds per TFLOP (or per U-Net step in the step basis) and fixed overhead (s).
-ES_S_PER_TFLOP = 0.012
+# One ES U-Net step costs what an SDXL step costs on a desktop GPU (s); the UE is UE_SLOWDOWN times slower, and
+# every compute stage has a fixed overhead (s). Other stages cost in proportion to their FLOPs.
+STEP_S_ES = 0.06
 UE_SLOWDOWN = 2.4
 STAGE_OVERHEAD_S = {"es": 0.004, "ue": 0.015}
 # Rail powers (mW): active, idle. The UE's vdd_in is the board input; the other two are sub-rails of it.
@@ -34,6 +38,7 @@ RAILS = {
     "es": {"gpu": (230_000.0, 28_000.0), "cpu_pkg": (45_000.0, 12_000.0)},
     "ue": {"vdd_in": (14_500.0, 4_800.0), "vdd_cpu_gpu_cv": (8_200.0, 900.0), "vdd_soc": (2_600.0, 1_400.0)},
 }
+TX_POWER_MW = 1000.0  # the paper's 30 dBm
 PROBES = {"es": "nvml+rapl", "ue": "jetson_ina3221"}
 TOTAL_RAILS = {"es": ("gpu", "cpu_pkg"), "ue": ("vdd_in",)}
 SAMPLE_PERIOD_NS = {"es": 10_000_000, "ue": 20_000_000}
@@ -141,10 +146,9 @@ class _Builder:
             from analysis.flops import stage_flops
 
             self.flops = stage_flops(self.model_path, spec.height_px, spec.height_px, cfg=True)
-            # scale so one ES U-Net step of the tiny model costs what an SDXL step costs on a desktop GPU
-            self.s_per_tflop_es = 0.06 / (self.flops.unet_step / 1e12)
+            self.s_per_tflop_es = STEP_S_ES / (self.flops.unet_step / 1e12)
         else:
-            self.s_per_tflop_es = 0.06  # seconds per U-Net step
+            self.s_per_tflop_es = STEP_S_ES  # seconds per U-Net step (decode and text encode: fixed work units)
 
     # -- costs
     def _work(self, stage: str, steps: int) -> float:
@@ -167,6 +171,11 @@ class _Builder:
 
     def energy(self, node: str, latency_s: float, busy: bool) -> dict:
         out: dict = {}
+        if node == "channel":  # no radio to measure: P_tx x airtime, as the orchestrator records it
+            e = TX_POWER_MW * latency_s
+            out.update(energy_mj_total=e, energy_net_mj_total=e, energy_mj_tx=e, energy_net_mj_tx=e,
+                       energy_method="modeled", energy_valid=True, energy_invalid_reason="", probe="modeled_tx_power")
+            return out
         if node not in RAILS:
             out.update(energy_mj_total=np.nan, energy_net_mj_total=np.nan, energy_method="none",
                        energy_valid=False, energy_invalid_reason="no power probe on this node", probe="")
@@ -242,7 +251,7 @@ class _Builder:
         for node, stage, steps in plan:
             if stage in ("text_encode", "denoise", "decode"):
                 lat = self.compute_latency(node, stage, steps)
-                if stage == "decode" and decoder == "distilled":
+                if stage == "decode" and decoder == "distilled" and node == "ue":
                     lat *= 0.55
             elif stage == "link":
                 lat = base["ch_airtime_s"] + float(self.rng.uniform(0.001, 0.003))
@@ -279,23 +288,26 @@ class _Builder:
                 df[col] = df[col].astype(str)
         return df
 
-    def traces(self) -> dict[str, pd.DataFrame]:
+    def traces(self) -> dict[tuple[str, str], pd.DataFrame]:
+        """Per (node, probe): samples in the sampler's layout (``seq, t_ns, valid, reason, power_mw_<rail>``) on
+        the node's own clock; every 97th read fails, as real sensors sometimes do."""
         out = {}
-        end_ns = self.t_ns
         for node, rails in RAILS.items():
             period = SAMPLE_PERIOD_NS[node]
-            t = np.arange(self.t0_ns, end_ns, period, dtype=np.int64)
+            t = np.arange(self.t0_ns, self.t_ns, period, dtype=np.int64)
             busy = np.zeros(len(t), dtype=bool)
             for nd, s, e, _stage in self.activity:
                 if nd == node:
                     busy[(t >= s) & (t < e)] = True
             off, drift = CLOCK[node]
             t_node = t - (off + drift * (t - self.t0_ns) / 1e9).astype(np.int64)
-            frames = []
+            valid = np.arange(len(t)) % 97 != 96
+            df = pd.DataFrame({"seq": np.arange(len(t), dtype=np.int64), "t_ns": t_node, "valid": valid,
+                               "reason": np.where(valid, "", "read timeout")})
             for rail, (active, idle) in rails.items():
                 p = np.where(busy, active, idle) * (1 + self.rng.normal(0, 0.03, len(t)))
-                frames.append(pd.DataFrame({"t_ns": t_node, "rail": rail, "power_mw": p}))
-            out[f"{node}-{PROBES[node].replace('+', '_')}"] = pd.concat(frames, ignore_index=True)
+                df[f"power_mw_{rail}"] = np.where(valid, p, np.nan)
+            out[(node, PROBES[node])] = df
         return out
 
 
@@ -333,15 +345,11 @@ def write_synthetic_run(run_dir: str | Path, spec: SyntheticSpec | None = None) 
                         for beta in betas:
                             b.request(scheme, n, beta, d, dec, rep)
     rows = b.frame()
-    schema.validate(rows)
-    (run / "dataset").mkdir(exist_ok=True)
-    half = len(rows) // 2
-    for i, part in enumerate((rows.iloc[:half], rows.iloc[half:])):
-        part.to_parquet(run / "dataset" / f"part-{i:05d}.parquet", index=False)
+    with DatasetWriter(run, rows_per_part=max(len(b.rows) // 2 + 1, 1)) as writer:  # two parts
+        writer.extend(b.rows)
     if spec.traces:
-        (run / "traces").mkdir(exist_ok=True)
-        for name, df in b.traces().items():
-            df.to_parquet(run / "traces" / f"{name}.parquet", index=False)
+        for (node, probe), df in b.traces().items():
+            write_trace(run, node, probe, df)
     if spec.training_logs:
         for k, algo in enumerate(("cvpo", "ppo_lag")):
             folder = run / "policy" / algo
@@ -354,21 +362,23 @@ def write_synthetic_run(run_dir: str | Path, spec: SyntheticSpec | None = None) 
         sync = {}
         for node, (off, drift) in CLOCK.items():
             ts = np.linspace(b.t0_ns, b.t_ns, 12).astype(np.int64)
-            sync[node] = [{"t_ns": int(t), "offset_ns": int(off + drift * (t - b.t0_ns) / 1e9),
-                           "uncertainty_ns": float(30_000 + 40_000 * abs(np.sin(i)))} for i, t in enumerate(ts)]
-        manifest = {
-            "schema_version": spec.schema_version, "run_id": "synthetic", "created": "synthetic",
-            "commit": "synthetic", "config": {"name": "synthetic", "model": "tiny-ldm",
-                                              "model_dir": str(b.model_path) if b.model_path else None},
-            "config_hash": "0" * 64,
-            "machine": {"es": {"host": "synthetic-es", "gpu": "synthetic"}, "ue": {"host": "synthetic-ue"}},
-            "firmware_profiles": {"es": "generic_cpu", "ue": "jetson_orin_nano"},
-            "probes": {"es": {"backend": PROBES["es"], "period_s": SAMPLE_PERIOD_NS["es"] / 1e9},
-                       "ue": {"backend": PROBES["ue"], "period_s": SAMPLE_PERIOD_NS["ue"] / 1e9}},
-            "clock_sync": sync, "packages": {"numpy": np.__version__, "pandas": pd.__version__},
-            "synthetic": True,
-        }
-        (run / "manifest.json").write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+            fit = {"offset_ns": off, "drift": drift * 1e-9, "drift_ppm": drift * 1e-3, "ref_remote_ns": b.t0_ns - off,
+                   "uncertainty_ns": 90_000.0, "method": "ntp_fit", "samples": len(ts), "exchanges": 16 * len(ts)}
+            points = [{"t_ns": int(t), "offset_ns": float(off + drift * (t - b.t0_ns) / 1e9),
+                       "uncertainty_ns": float(30_000 + 40_000 * abs(np.sin(i))), "burst": i} for i, t in enumerate(ts)]
+            sync[node] = [fit, *points]
+        manifest = build_manifest(
+            run_id="synthetic", packages=("numpy", "pandas", "pyarrow", "matplotlib"),
+            config={"name": "synthetic", "model": "tiny-ldm",
+                    "model_dir": str(b.model_path) if b.model_path else None},
+            machine={"es": {"host": "synthetic-es", "gpu": "synthetic"}, "ue": {"host": "synthetic-ue"}},
+            firmware_profiles={"es": "generic_cpu", "ue": "jetson_orin_nano"},
+            probes={"es": {"backend": PROBES["es"], "period_s": SAMPLE_PERIOD_NS["es"] / 1e9},
+                    "ue": {"backend": PROBES["ue"], "period_s": SAMPLE_PERIOD_NS["ue"] / 1e9}},
+            clock_sync=sync, synthetic=True,
+        )
+        manifest["schema_version"] = spec.schema_version
+        write_manifest(run, manifest)
     return run
 
 

@@ -3,7 +3,8 @@
 Each file holds the samples of one probe on one node. Accepted layouts (the writer's choice):
 
 * long: a time column, ``rail`` and ``power_mw`` (one row per sample x rail);
-* wide: a time column and one ``power_mw_<rail>`` column per rail.
+* wide: a time column and one ``power_mw_<rail>`` column per rail (the sampler's ``TraceArrays.to_frame``:
+  ``probe, seq, t_ns, valid, reason, power_mw_<rail>..., energy_mj_<rail>...``; invalid samples are dropped).
 
 Time column, first found: ``t_orch_ns`` (already on the orchestrator timeline), ``t_ns``, ``t_mono_ns``,
 ``timestamp_ns``. Node and probe come from ``node`` / ``probe`` columns, else the file's Parquet metadata
@@ -22,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from analysis.clock import ClockModel
 
 TIME_COLUMNS = ("t_orch_ns", "t_ns", "t_mono_ns", "timestamp_ns", "t_monotonic_ns")
 LONG_COLUMNS = ("node", "probe", "rail", "t_ns", "power_mw")
@@ -48,11 +51,14 @@ def _from_name(path: Path) -> tuple[str, str]:
     return (parts[0], parts[1]) if len(parts) == 2 else (parts[0], "unknown")
 
 
-Offset = int | tuple[np.ndarray, np.ndarray]
+Offset = int | tuple[np.ndarray, np.ndarray] | ClockModel
 
 
 def map_to_orchestrator(t_node_ns: np.ndarray, offset: Offset) -> np.ndarray:
-    """Node-clock times (ns) onto the orchestrator's timeline with a constant or interpolated offset."""
+    """Node-clock times (ns) onto the orchestrator's timeline: a clock map (offset + drift), an offset series
+    interpolated over the run, or a constant offset."""
+    if isinstance(offset, ClockModel):
+        return offset.to_orchestrator(t_node_ns)
     if isinstance(offset, tuple):
         t_ref, off = (np.asarray(a, dtype=float) for a in offset)
         order = np.argsort(t_ref)
@@ -74,6 +80,8 @@ def read_trace_file(path: Path, offset_ns: Mapping[str, Offset] | None = None) -
     if tcol is None:
         raise TraceFormatError(f"{path}: no time column (one of {', '.join(TIME_COLUMNS)})")
     name_node, name_probe = _from_name(path)
+    if "valid" in df.columns:  # failed reads are kept by the sampler as NaN rows with a reason
+        df = df[df["valid"].astype(bool)]
     if "rail" in df.columns and "power_mw" in df.columns:
         long = df[[tcol, "rail", "power_mw", *[c for c in ("node", "probe") if c in df.columns]]].copy()
     else:
@@ -91,11 +99,15 @@ def read_trace_file(path: Path, offset_ns: Mapping[str, Offset] | None = None) -
     if tcol != "t_orch_ns":
         for node in pd.unique(long["node"]):
             sel = (long["node"] == node).to_numpy()
+            # the orchestrator's clock map first, then the offset the trace writer declared, then the row series
+            given = offset_ns.get(node) if offset_ns is not None else None
             off = None
-            if offset_ns is not None and node in offset_ns:
-                off = offset_ns[node]
+            if isinstance(given, ClockModel):
+                off = given
             elif "clock_offset_ns" in meta:
                 off = int(float(meta["clock_offset_ns"]))
+            elif given is not None:
+                off = given
             if off is not None:
                 t[sel] = map_to_orchestrator(t[sel], off)
     long["t_ns"] = t

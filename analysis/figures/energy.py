@@ -13,6 +13,7 @@ from analysis.tables import scheme_label
 from measurements import schema
 
 POWERED_NODES = ("es", "ue")
+RAIL_NODES = ("es", "ue", "channel")  # the channel's only rail is the modeled transmit energy
 
 
 def valid_stage_energy(data: RunData) -> pd.DataFrame:
@@ -78,16 +79,19 @@ def energy_nodes(data: RunData, ctx: FigureContext):
                  order=21)
 def energy_rails(data: RunData, ctx: FigureContext):
     """Mean gross energy per request (J) on each power rail, one panel per node, bars per scheme. Rails are shown
-    side by side, not stacked: on boards such as the Jetson the input rail (VDD_IN) already contains the others."""
+    side by side, not stacked: on boards such as the Jetson the input rail (VDD_IN) already contains the others.
+    The channel's "tx" rail is modeled (transmit power x emulated airtime), not measured."""
     rails = schema.rail_columns(data.rows.columns)
     st = valid_stage_energy(data)
-    nodes = [n for n in POWERED_NODES if n in set(st["node"])]
+    nodes = [n for n in RAIL_NODES if n in set(st["node"])]
     nodes = [n for n in nodes if any(st.loc[st["node"] == n, r].notna().any() for r in rails)]
     if not nodes:
         from analysis.figures.registry import FigureSkipped
 
         raise FigureSkipped("no node has per-rail energy in its valid stage rows")
-    fig, axes = style.figure(1, len(nodes), height_in=3.4, width_in=min(style.WIDTH_IN, 5.0 * len(nodes)))
+    fig, axes = style.figure(1, len(nodes), height_in=3.4, width_in=min(style.WIDTH_IN, 4.2 * len(nodes)),
+                             gridspec_kw={"width_ratios": [max(len([r for r in rails if st.loc[st["node"] == n, r]
+                                                                    .notna().any()]), 1.2) for n in nodes]})
     schemes = data.schemes
     for ax, node in zip(axes[0], nodes, strict=True):
         sub = st[st["node"] == node]

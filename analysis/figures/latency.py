@@ -92,8 +92,9 @@ def latency_breakdown(data: RunData, ctx: FigureContext):
         ax.set_xticks(range(len(ns)), [f"N = {int(n)}" for n in ns])
         from matplotlib.patches import Patch
 
+        ax.set_ylim(0, ax.get_ylim()[1] * 1.22)  # headroom for the scheme key
         ax.legend(handles=[Patch(facecolor="white", edgecolor="black", hatch=hatches.get(s), label=scheme_label(s))
-                           for s in schemes], loc="upper left", title="bars, left to right", ncol=len(schemes))
+                           for s in schemes], loc="upper center", title="bars, left to right", ncol=len(schemes))
         ax.set_ylabel("latency per request (s)")
         ax.set_xlabel("denoising steps N")
     else:

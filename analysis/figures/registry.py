@@ -70,8 +70,9 @@ def _has_values(df, col: str) -> bool:
 
 
 def _clock_available(data: RunData) -> str | None:
-    sync = data.manifest.get("clock_sync")
-    if isinstance(sync, dict) and sync:
+    from analysis.clock import manifest_sync_points
+
+    if not manifest_sync_points(data.manifest).empty:
         return None
     rows = data.rows[data.rows["node"] != "orchestrator"]
     if _has_values(rows, "clock_offset_ns"):

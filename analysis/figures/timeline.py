@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from analysis.clock import manifest_clock_models, manifest_sync_points
 from analysis.figures import style
 from analysis.figures.registry import FigureContext, FigureSkipped, register_figure
 from analysis.load import RunData
@@ -91,30 +92,17 @@ def power_traces(data: RunData, ctx: FigureContext):
 def sync_series(data: RunData) -> tuple[pd.DataFrame, str]:
     """Clock-sync points per node: ``node, t_ns, offset_ns, uncertainty_ns`` and where they came from.
 
-    The manifest's ``clock_sync`` record is preferred (the sync exchanges themselves): per node either a list of
-    ``{t_ns, offset_ns, uncertainty_ns}`` (``rtt_ns`` is accepted: the uncertainty is half of it) or a single such
-    dict. Without it, the offsets applied to the dataset rows are used, one point per row.
+    Timed sync exchanges or fits recorded in the manifest are preferred when a node has at least two; otherwise the
+    offsets applied to the dataset rows over the run are used (one point per row).
     """
-    sync = data.manifest.get("clock_sync")
-    recs = []
-    if isinstance(sync, dict):
-        for node, val in sync.items():
-            entries = val if isinstance(val, list) else [val] if isinstance(val, dict) else []
-            if isinstance(val, dict) and isinstance(val.get("exchanges"), list):
-                entries = val["exchanges"]
-            for e in entries:
-                if not isinstance(e, dict) or "offset_ns" not in e:
-                    continue
-                unc = e.get("uncertainty_ns", e.get("rtt_ns", np.nan) / 2 if "rtt_ns" in e else np.nan)
-                recs.append({"node": str(node), "t_ns": e.get("t_ns", e.get("t_orch_ns", np.nan)),
-                             "offset_ns": float(e["offset_ns"]), "uncertainty_ns": float(unc)})
-    if recs:
-        df = pd.DataFrame(recs)
-        if df["t_ns"].notna().any():
-            return df, "the manifest's clock_sync record"
+    pts = manifest_sync_points(data.manifest)
+    if not pts.empty and pts.groupby("node").size().max() >= 2:
+        return pts, "the clock-sync exchanges recorded in the manifest"
     rows = data.rows[(data.rows["node"] != "orchestrator") & data.rows["clock_offset_ns"].notna()] \
         if "clock_offset_ns" in data.rows.columns else data.rows.iloc[:0]
     if rows.empty:
+        if not pts.empty:
+            return pts, "the clock-sync record of the manifest"
         raise FigureSkipped("no clock-sync points with times")
     unc = rows["clock_uncertainty_ns"] if "clock_uncertainty_ns" in rows.columns else np.nan
     df = pd.DataFrame({"node": rows["node"], "t_ns": rows["t_start_ns"], "offset_ns": rows["clock_offset_ns"],
@@ -156,5 +144,10 @@ def clock_sync(data: RunData, ctx: FigureContext):
     if axes[0, 1].get_legend_handles_labels()[0]:
         axes[0, 1].legend(fontsize=7)
     ctx.note(f"Source: {source}.")
+    for node, m in manifest_clock_models(data.manifest).items():
+        ctx.note(f"{node.upper()} clock map in the manifest: offset {m.offset_ns / 1e6:+.3f} ms, drift "
+                 f"{m.drift * 1e6:+.2f} ppm, uncertainty {m.uncertainty_ns / 1e3:.1f} µs"
+                 + (f" from {m.samples} exchanges" if m.samples else "") + (f" ({m.method})" if m.method else "")
+                 + ".")
     fig.tight_layout()
     return fig
