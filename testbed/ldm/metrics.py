@@ -35,7 +35,7 @@ class MetricError(ValueError):
     """Images that cannot be compared (shape mismatch, values outside [0, 1], too small for MS-SSIM)."""
 
 
-def _as_batch(x: torch.Tensor, name: str) -> torch.Tensor:
+def as_image_batch(x: torch.Tensor, name: str) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         raise MetricError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.ndim == 3:
@@ -54,7 +54,7 @@ def _as_batch(x: torch.Tensor, name: str) -> torch.Tensor:
 
 
 def _pair(image: torch.Tensor, reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    x, y = _as_batch(image, "image"), _as_batch(reference, "reference")
+    x, y = as_image_batch(image, "image"), as_image_batch(reference, "reference")
     if x.shape[1:] != y.shape[1:] or (x.shape[0] != y.shape[0] and y.shape[0] != 1):
         raise MetricError(f"image {list(x.shape)} and reference {list(y.shape)} differ in shape")
     return x, y.to(x.device).expand_as(x)
@@ -144,7 +144,7 @@ def quality(image: torch.Tensor, reference: torch.Tensor) -> dict[str, torch.Ten
     err = mse(image, reference)
     out = {"mse": err, "neg_log_mse": -torch.log(err.clamp_min(MSE_FLOOR)),
            "psnr_db": 10.0 * torch.log10(1.0 / err.clamp_min(MSE_FLOOR))}
-    x = _as_batch(image, "image")
+    x = as_image_batch(image, "image")
     if min(x.shape[-2:]) > 32:
         out["ms_ssim"] = ms_ssim(image, reference)
     else:
