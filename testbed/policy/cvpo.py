@@ -1,0 +1,311 @@
+"""Constrained Variational Policy Optimization (CVPO; Liu et al., ICML 2022), written here in PyTorch.
+
+Each update, on a batch of B states from the replay buffer:
+
+* **Critics.** One Q critic for the reward and one per constrained cost (costs in units of their limit), each
+  regressed on its n-step target ``sum_{k<n} gamma^k x_{t+k} + gamma^n Q'(s_{t+n}, a')`` with ``a' ~ pi(s_{t+n})``
+  and Polyak-averaged target critics Q' (tau). Episode ends by truncation bootstrap; terminations do not.
+* **E-step.** K actions per state are drawn from the current (old) policy. The non-parametric
+  ``q(a|s) ∝ pi_old(a|s) exp((Q_r - sum_i lambda_i Q_ci) / eta)`` comes from the convex dual
+  ``g(eta, lambda) = eta*eps + sum_i lambda_i*d_i + eta * E_s log E_{a~pi_old} exp((Q_r - sum_i lambda_i Q_ci)/eta)``
+  minimised by Adam over (eta, lambda) and projected onto [eps, dual_max] -- the KL(q || pi_old) <= eps trust
+  region and the per-step cost thresholds d_i (see :mod:`testbed.policy.limits`).
+* **M-step.** Weighted maximum likelihood of the K samples under the new policy, with the mean and the std
+  decoupled (the mean evaluated with the old std and vice versa) and each held in its own Gaussian KL trust region
+  (KL_mu, KL_sigma) by a dual variable updated by Adam and projected onto [0, mstep_dual_max].
+
+Defaults are the paper's (FSRL) settings; see :class:`CVPOConfig`. One deliberate difference from FSRL: the
+replay buffer stores the executed actions (clipped to the action box) and the E-step evaluates the critics at the
+K samples clipped the same way (the M-step still fits the raw samples). FSRL stores and evaluates the raw Gaussian
+samples; with a tanh-bounded mean and an initial std near 1 the critics are then queried far outside the box, where
+an untrained critic is a steep linear function, the weighted likelihood favours the farthest samples, and the std
+grows each update faster than the bounded M-step dual (<= 0.5) can hold it (seen here: std at its cap, e^2, within
+~50 updates). Clipped, every queried action is one the environment can execute and Q is flat beyond the box.
+(Fitting the clipped samples instead would shrink the std by the clipping alone, even under uniform weights.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+import torch
+
+from testbed.policy.learner import (
+    Learner,
+    Rollout,
+    load_module,
+    load_optimizer_state,
+    module_tensors,
+    optimizer_state,
+)
+from testbed.policy.limits import Constraints
+from testbed.policy.nets import GaussianActor, QCritic, normal_log_prob
+from testbed.policy.replay import ReplayBuffer
+
+DUAL_EPS = 1e-6
+
+
+@dataclass
+class CVPOConfig:
+    """CVPO hyperparameters (defaults: the paper's run, FSRL's settings).
+
+    Attributes
+    ----------
+    gamma, n_step, tau : float, int, float
+        Discount, n-step return length, Polyak rate of the target critics.
+    actor_lr, critic_lr : float
+        Adam learning rates.
+    hidden : tuple of int
+        MLP hidden sizes of actor and critics.
+    estep_iters, estep_kl, estep_dual_max, estep_dual_lr, sample_actions : int, float, float, float, int
+        E-step: dual iterations per update, KL bound eps, bound on eta and lambda, Adam rate, K.
+    mstep_iters, mstep_kl_mu, mstep_kl_std, mstep_dual_max, mstep_dual_lr : int, float, float, float, float
+        M-step: iterations per update, mean / std KL bounds, bound on their duals, Adam rate.
+    batch_size, buffer_size : int
+    episodes_per_collect : int
+        Episodes collected between rounds of updates.
+    update_per_step : float
+        Gradient updates per collected environment step.
+    threshold_rule : {"fsrl", "stationary"}
+        How the per-request limit becomes the Q_c threshold (:meth:`Constraints.q_threshold`).
+    conditioned_sigma : bool
+        State-conditioned std (FSRL default) or a free log-std.
+    reward_scale : float
+        Multiplies rewards before learning (1 = off).
+    """
+
+    gamma: float = 0.97
+    n_step: int = 2
+    tau: float = 0.05
+    actor_lr: float = 5e-4
+    critic_lr: float = 1e-3
+    hidden: tuple[int, ...] = (128, 128)
+    estep_iters: int = 10
+    estep_kl: float = 0.02
+    estep_dual_max: float = 20.0
+    estep_dual_lr: float = 0.02
+    sample_actions: int = 32
+    mstep_iters: int = 5
+    mstep_kl_mu: float = 0.005
+    mstep_kl_std: float = 0.0005
+    mstep_dual_max: float = 0.5
+    mstep_dual_lr: float = 0.1
+    batch_size: int = 256
+    buffer_size: int = 200_000
+    episodes_per_collect: int = 10
+    update_per_step: float = 0.2
+    threshold_rule: str = "fsrl"
+    conditioned_sigma: bool = True
+    reward_scale: float = 1.0
+
+    @classmethod
+    def from_dict(cls, data: dict) -> CVPOConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown CVPO settings: {sorted(unknown)}")
+        data = dict(data)
+        if "hidden" in data:
+            data["hidden"] = tuple(data["hidden"])
+        return cls(**data)
+
+
+def gaussian_kl_decoupled(mu_old, std_old, mu, std) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decoupled KLs (Abdolmaleki et al. 2018): KL(N(mu_old, s_old) || N(mu, s_old)), KL(N(mu_old, s_old) || N(mu_old, s)).
+
+    Summed over action dimensions, averaged over the batch.
+    """
+    var_old = std_old.pow(2).clamp_min(1e-6)
+    var = std.pow(2).clamp_min(1e-6)
+    kl_mu = (0.5 * (mu_old - mu).pow(2) / var_old).sum(-1).mean()
+    kl_std = (0.5 * (torch.log(var / var_old) + var_old / var - 1.0)).sum(-1).mean()
+    return kl_mu, kl_std
+
+
+class CVPO(Learner):
+    """CVPO on a continuous Box action space with any number of constrained costs."""
+
+    algo = "cvpo"
+
+    def __init__(self, obs_dim: int, act_dim: int, constraints: Constraints, config: CVPOConfig | None = None,
+                 seed: int = 0) -> None:
+        super().__init__(obs_dim, act_dim, constraints, seed)
+        self.cfg = config or CVPOConfig()
+        c = self.cfg
+        torch.manual_seed(self.seed)
+        self.n_costs = len(constraints.constrained)
+        self.actor = GaussianActor(obs_dim, act_dim, c.hidden, conditioned_sigma=c.conditioned_sigma)
+        self.critics = torch.nn.ModuleList([QCritic(obs_dim, act_dim, c.hidden) for _ in range(1 + self.n_costs)])
+        self.critics_targ = torch.nn.ModuleList([QCritic(obs_dim, act_dim, c.hidden) for _ in range(1 + self.n_costs)])
+        self.critics_targ.load_state_dict(self.critics.state_dict())
+        for p in self.critics_targ.parameters():
+            p.requires_grad_(False)
+        self.actor_optim = torch.optim.Adam(self.actor.parameters(), lr=c.actor_lr)
+        self.critic_optim = torch.optim.Adam(self.critics.parameters(), lr=c.critic_lr)
+        # E-step duals: [eta, lambda_1..lambda_m]; eta starts at 1, lambdas at 0 (as FSRL).
+        init = np.zeros(1 + self.n_costs, dtype=np.float32)
+        init[0] = 1.0
+        self.estep_dual = torch.tensor(init, requires_grad=True)
+        self.estep_optim = torch.optim.Adam([self.estep_dual], lr=c.estep_dual_lr)
+        self.qc_threshold = constraints.q_threshold(c.gamma, c.threshold_rule)
+        self.buffer = ReplayBuffer(c.buffer_size, obs_dim, act_dim, 1 + self.n_costs)
+        self.updates = 0
+        self._last_mstep = {"mstep_dual_mu": 0.0, "mstep_dual_std": 0.0}
+
+    # ---------------------------------------------------------------- learning
+    def learn(self, rollout: Rollout) -> dict[str, float]:
+        sig = np.concatenate([rollout.reward[:, None] * self.cfg.reward_scale, rollout.cost], axis=1)
+        # The buffer holds the executed (clipped) actions, so critics never extrapolate outside the action box.
+        executed = np.clip(rollout.act, -1.0, 1.0)
+        self.buffer.add(rollout.obs, executed, sig, rollout.obs_next, rollout.terminated, rollout.done)
+        n_updates = max(1, int(round(self.cfg.update_per_step * len(rollout.obs))))
+        acc: dict[str, float] = {}
+        for _ in range(n_updates):
+            stats = self.update()
+            for k, v in stats.items():
+                acc[k] = acc.get(k, 0.0) + v / n_updates
+        acc["updates"] = float(self.updates)
+        return acc
+
+    def critic_targets(self, batch) -> torch.Tensor:
+        """n-step targets, shape (B, 1 + m): reward first, then each cost."""
+        boot_obs = torch.as_tensor(batch.boot_obs)
+        with torch.no_grad():
+            mu, std = self.actor(boot_obs)
+            a_next = (mu + std * torch.randn(mu.shape, generator=self.torch_gen)).clamp(-1.0, 1.0)
+            q_next = torch.stack([q(boot_obs, a_next) for q in self.critics_targ], dim=1)
+        partial = torch.as_tensor(batch.partial, dtype=torch.float32)
+        scale = torch.as_tensor(batch.discount * batch.boot_mask, dtype=torch.float32)[:, None]
+        return partial + scale * q_next
+
+    def update(self) -> dict[str, float]:
+        """One CVPO update: critics, E-step, M-step, target averaging."""
+        c = self.cfg
+        idx = self.buffer.sample_indices(c.batch_size, self.np_rng)
+        batch = self.buffer.nstep(idx, c.n_step, c.gamma)
+        obs = torch.as_tensor(batch.obs)
+        act = torch.as_tensor(batch.act)
+
+        # Critics.
+        target = self.critic_targets(batch)
+        q_pred = torch.stack([q(obs, act) for q in self.critics], dim=1)
+        critic_loss = (q_pred - target).pow(2).mean(0).sum()
+        self.critic_optim.zero_grad()
+        critic_loss.backward()
+        self.critic_optim.step()
+
+        # E-step: K samples from the old policy, their Q values, the dual, the non-parametric weights.
+        k, b = c.sample_actions, obs.shape[0]
+        with torch.no_grad():
+            mu_old, std_old = self.actor(obs)
+            samples = mu_old + std_old * torch.randn((k, *mu_old.shape), generator=self.torch_gen)  # (K, B, da)
+            # Q of the actions the environment would execute (see the module docstring).
+            obs_k = obs.unsqueeze(0).expand(k, -1, -1).reshape(k * b, -1)
+            flat = samples.clamp(-1.0, 1.0).reshape(k * b, -1)
+            q_vals = torch.stack([q(obs_k, flat).reshape(k, b) for q in self.critics])  # (1+m, K, B)
+        for _ in range(c.estep_iters):
+            loss = self.estep_dual_loss(q_vals)
+            self.estep_optim.zero_grad()
+            loss.backward()
+            self.estep_optim.step()
+            with torch.no_grad():
+                self.estep_dual.clamp_(DUAL_EPS, c.estep_dual_max)
+        with torch.no_grad():
+            eta = self.estep_dual[0]
+            combined = q_vals[0] - (self.estep_dual[1:, None, None] * q_vals[1:]).sum(0)
+            weights = torch.softmax(combined / eta, dim=0)  # (K, B)
+
+        # M-step: weighted maximum likelihood with decoupled KL trust regions.
+        dual_mu = torch.zeros(1, requires_grad=True)
+        dual_std = torch.zeros(1, requires_grad=True)
+        mstep_optim = torch.optim.Adam([dual_mu, dual_std], lr=c.mstep_dual_lr)
+        for _ in range(c.mstep_iters):
+            mu, std = self.actor(obs)
+            loglik = normal_log_prob(samples, mu, std_old) + normal_log_prob(samples, mu_old, std)  # (K, B)
+            loss_mle = -(weights * loglik).mean()
+            kl_mu, kl_std = gaussian_kl_decoupled(mu_old, std_old, mu, std)
+            dual_loss = dual_mu * (c.mstep_kl_mu - kl_mu.detach()) + dual_std * (c.mstep_kl_std - kl_std.detach())
+            mstep_optim.zero_grad()
+            dual_loss.sum().backward()
+            mstep_optim.step()
+            with torch.no_grad():
+                dual_mu.clamp_(0.0, c.mstep_dual_max)
+                dual_std.clamp_(0.0, c.mstep_dual_max)
+            loss_kl = dual_mu.detach() * (kl_mu - c.mstep_kl_mu) + dual_std.detach() * (kl_std - c.mstep_kl_std)
+            actor_loss = loss_mle + loss_kl.sum()
+            self.actor_optim.zero_grad()
+            actor_loss.backward()
+            self.actor_optim.step()
+
+        # Targets.
+        with torch.no_grad():
+            for p, pt in zip(self.critics.parameters(), self.critics_targ.parameters(), strict=True):
+                pt.mul_(1.0 - c.tau).add_(p, alpha=c.tau)
+        self.updates += 1
+        self._last_mstep = {"mstep_dual_mu": dual_mu.item(), "mstep_dual_std": dual_std.item()}
+        stats = {
+            "critic_loss": critic_loss.item(), "actor_loss": actor_loss.item(), "kl_mu": kl_mu.item(),
+            "kl_std": kl_std.item(), "q_reward": q_pred[:, 0].mean().item(), "policy_std": std_old.mean().item(),
+            "eta": self.estep_dual[0].item(), **self._last_mstep,
+        }
+        for i, name in enumerate(self.constraints.constrained):
+            stats[f"q_cost_{name}"] = q_pred[:, 1 + i].mean().item()
+        return stats
+
+    def estep_dual_loss(self, q_vals: torch.Tensor) -> torch.Tensor:
+        """The convex dual g(eta, lambda) on Q values of shape (1 + m, K, B)."""
+        eta = self.estep_dual[0]
+        lam = self.estep_dual[1:]
+        k = q_vals.shape[1]
+        combined = q_vals[0] - (lam[:, None, None] * q_vals[1:]).sum(0)  # (K, B)
+        lse = torch.logsumexp(combined / eta, dim=0) - np.log(k)  # (B,)
+        return eta * self.cfg.estep_kl + (lam * self.qc_threshold).sum() + eta * lse.mean()
+
+    # ---------------------------------------------------------------- state
+    def multipliers(self) -> dict[str, float]:
+        d = self.estep_dual.detach()
+        out = {f"lambda_{name}": float(d[1 + i]) for i, name in enumerate(self.constraints.constrained)}
+        out["eta"] = float(d[0])
+        out.update(self._last_mstep)
+        return out
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        t = {}
+        t.update(module_tensors("actor", self.actor))
+        t.update(module_tensors("critics", self.critics))
+        t.update(module_tensors("critics_targ", self.critics_targ))
+        t["estep_dual"] = self.estep_dual.detach().clone()
+        for name, opt in (("actor_optim", self.actor_optim), ("critic_optim", self.critic_optim),
+                          ("estep_optim", self.estep_optim)):
+            tensors, _ = optimizer_state(name, opt)
+            t.update(tensors)
+        for key, arr in self.buffer.state_arrays().items():
+            t[f"buffer.{key}"] = torch.from_numpy(np.ascontiguousarray(arr))
+        rng_t, _ = self._rng_state()
+        t.update(rng_t)
+        return t
+
+    def state_json(self) -> dict:
+        meta = {"algo": self.algo, "config": asdict(self.cfg), "updates": self.updates,
+                "buffer_ptr": self.buffer.ptr, "last_mstep": self._last_mstep, "qc_threshold": self.qc_threshold}
+        for name, opt in (("actor_optim", self.actor_optim), ("critic_optim", self.critic_optim),
+                          ("estep_optim", self.estep_optim)):
+            meta[name] = optimizer_state(name, opt)[1]
+        meta.update(self._rng_state()[1])
+        return meta
+
+    def load_state(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+        load_module("actor", self.actor, tensors)
+        load_module("critics", self.critics, tensors)
+        load_module("critics_targ", self.critics_targ, tensors)
+        with torch.no_grad():
+            self.estep_dual.copy_(tensors["estep_dual"])
+        for name, opt in (("actor_optim", self.actor_optim), ("critic_optim", self.critic_optim),
+                          ("estep_optim", self.estep_optim)):
+            load_optimizer_state(name, opt, tensors, meta[name])
+        arrays = {k[len("buffer."):]: v.numpy() for k, v in tensors.items() if k.startswith("buffer.")}
+        self.buffer.load_arrays(arrays, meta["buffer_ptr"])
+        self.updates = int(meta["updates"])
+        self._last_mstep = dict(meta["last_mstep"])
+        self._load_rng(tensors, meta)

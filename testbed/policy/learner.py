@@ -1,0 +1,142 @@
+"""What the trainer needs of a learning algorithm, and the rollout it hands over."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from testbed.policy.limits import Constraints
+from testbed.policy.nets import GaussianActor
+
+
+@dataclass
+class Rollout:
+    """Complete episodes collected with the current policy, in time order (N transitions).
+
+    Attributes
+    ----------
+    obs, obs_next : ndarray, shape (N, ds)
+    act : ndarray, shape (N, da)
+        Raw learner actions (before clipping and scaling to the environment).
+    reward : ndarray, shape (N,)
+    cost : ndarray, shape (N, m)
+        Constrained costs in units of their per-request limit.
+    terminated, done : ndarray of bool, shape (N,)
+        ``done`` = terminated or truncated (episode end).
+    logp : ndarray, shape (N,)
+        Log-probability of ``act`` under the collecting policy.
+    """
+
+    obs: np.ndarray
+    act: np.ndarray
+    reward: np.ndarray
+    cost: np.ndarray
+    obs_next: np.ndarray
+    terminated: np.ndarray
+    done: np.ndarray
+    logp: np.ndarray
+
+
+class Learner(ABC):
+    """A constrained RL algorithm behind the common trainer.
+
+    Subclasses own their networks and optimisers, update on each :class:`Rollout`, and round-trip their whole state
+    through tensors (safetensors) and JSON (no pickle).
+    """
+
+    algo: str = "base"
+    actor: GaussianActor
+
+    def __init__(self, obs_dim: int, act_dim: int, constraints: Constraints, seed: int) -> None:
+        self.obs_dim, self.act_dim = int(obs_dim), int(act_dim)
+        self.constraints = constraints
+        self.seed = int(seed)
+        self.torch_gen = torch.Generator().manual_seed(self.seed)
+        self.np_rng = np.random.default_rng(self.seed)
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray, deterministic: bool = False) -> tuple[np.ndarray, float]:
+        """Raw action in the learner's space for one observation, and its log-probability."""
+        o = torch.as_tensor(np.asarray(obs, dtype=np.float32)).unsqueeze(0)
+        mu, std = self.actor(o)
+        if deterministic:
+            return mu[0].numpy().astype(np.float32), 0.0
+        a = mu + std * torch.randn(mu.shape, generator=self.torch_gen)
+        logp = (-0.5 * ((a - mu) / std).pow(2) - std.log() - 0.5 * np.log(2 * np.pi)).sum(-1)
+        return a[0].numpy().astype(np.float32), float(logp[0])
+
+    @abstractmethod
+    def learn(self, rollout: Rollout) -> dict[str, float]:
+        """Update on freshly collected episodes; returns statistics for the training log."""
+
+    @abstractmethod
+    def multipliers(self) -> dict[str, float]:
+        """Current Lagrange multipliers per constrained cost (and other duals), for the log."""
+
+    @abstractmethod
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """Every tensor of the learner's state (networks, optimisers, RNG)."""
+
+    @abstractmethod
+    def state_json(self) -> dict:
+        """Every non-tensor piece of the learner's state (counters, duals, config)."""
+
+    @abstractmethod
+    def load_state(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+        """Restore what :meth:`state_tensors` and :meth:`state_json` saved."""
+
+    def _rng_state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        return {"rng.torch": self.torch_gen.get_state()}, {"np_rng": _jsonable(self.np_rng.bit_generator.state)}
+
+    def _load_rng(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+        self.torch_gen.set_state(tensors["rng.torch"])
+        self.np_rng.bit_generator.state = meta["np_rng"]
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    return obj
+
+
+def optimizer_state(prefix: str, opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """An optimiser's state split into tensors (keyed ``prefix.state.<param>.<name>``) and JSON."""
+    sd = opt.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict] = {}
+    for pid, st in sd["state"].items():
+        for name, value in st.items():
+            if torch.is_tensor(value):
+                tensors[f"{prefix}.state.{pid}.{name}"] = value.detach().clone().contiguous()
+            else:
+                scalars.setdefault(str(pid), {})[name] = value
+    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in sd["param_groups"]]
+    return tensors, {"param_groups": groups, "scalars": scalars}
+
+
+def load_optimizer_state(prefix: str, opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    state: dict[int, dict] = {}
+    head = prefix + ".state."
+    for key, value in tensors.items():
+        if key.startswith(head):
+            pid, name = key[len(head):].split(".", 1)
+            state.setdefault(int(pid), {})[name] = value.clone()
+    for pid, extra in meta.get("scalars", {}).items():
+        state.setdefault(int(pid), {}).update(extra)
+    groups = [{k: (tuple(v) if k == "betas" else v) for k, v in g.items()} for g in meta["param_groups"]]
+    opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+def module_tensors(prefix: str, module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {f"{prefix}.{k}": v.detach().clone().contiguous() for k, v in module.state_dict().items()}
+
+
+def load_module(prefix: str, module: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    head = prefix + "."
+    sd = {k[len(head):]: v for k, v in tensors.items() if k.startswith(head)}
+    module.load_state_dict(sd)

@@ -1,0 +1,121 @@
+"""Networks shared by the learners: MLPs, a Gaussian actor with a tanh-bounded mean, Q and V critics.
+
+Actions inside the learners live in [-1, 1]^d; :class:`ActionScaler` maps them onto the environment's Box (the
+tianshou / FSRL ``action_scaling`` + ``clip`` convention: a sampled action is clipped, then scaled).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
+
+
+def mlp(sizes: Sequence[int]) -> nn.Sequential:
+    """Linear layers of ``sizes`` with ReLU between them (none after the last)."""
+    layers: list[nn.Module] = []
+    for i in range(len(sizes) - 1):
+        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+def orthogonal_init(module: nn.Module, gain: float = 1.0) -> None:
+    """Orthogonal weights and zero biases on every Linear (as FSRL initialises its actor-critic)."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.orthogonal_(m.weight, gain=gain)
+            nn.init.zeros_(m.bias)
+
+
+class GaussianActor(nn.Module):
+    """Diagonal Gaussian policy: mean ``tanh(f(s))`` in [-1, 1], std state-conditioned or a free parameter.
+
+    Parameters
+    ----------
+    obs_dim, act_dim : int
+        Observation and action sizes.
+    hidden : sequence of int
+        Hidden layer sizes (paper: 128 x 128).
+    conditioned_sigma : bool
+        Std from a head on the trunk (CVPO default) or one learned log-std per dimension (PPO).
+    init_log_std : float
+        Initial log-std for the free-parameter variant.
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int] = (128, 128), conditioned_sigma: bool = True,
+                 init_log_std: float = -0.5) -> None:
+        super().__init__()
+        self.trunk = nn.Sequential(mlp([obs_dim, *hidden]), nn.ReLU())
+        self.mu = nn.Linear(hidden[-1], act_dim)
+        self.conditioned_sigma = conditioned_sigma
+        if conditioned_sigma:
+            self.sigma = nn.Linear(hidden[-1], act_dim)
+        else:
+            self.log_std = nn.Parameter(torch.full((act_dim,), float(init_log_std)))
+        orthogonal_init(self)
+        if not conditioned_sigma:
+            nn.init.constant_(self.log_std, float(init_log_std))
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and std, each of shape ``(..., act_dim)``."""
+        h = self.trunk(obs)
+        mu = torch.tanh(self.mu(h))
+        if self.conditioned_sigma:
+            log_std = self.sigma(h).clamp(LOG_STD_MIN, LOG_STD_MAX)
+        else:
+            log_std = self.log_std.clamp(LOG_STD_MIN, LOG_STD_MAX).expand_as(mu)
+        return mu, log_std.exp()
+
+
+def normal_log_prob(x: torch.Tensor, mu: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Log density of a diagonal Gaussian, summed over the last dimension."""
+    var = std.pow(2)
+    return (-0.5 * (x - mu).pow(2) / var - std.log() - 0.5 * np.log(2.0 * np.pi)).sum(-1)
+
+
+class QCritic(nn.Module):
+    """Q(s, a): an MLP on the concatenated observation and action."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int] = (128, 128)) -> None:
+        super().__init__()
+        self.net = mlp([obs_dim + act_dim, *hidden, 1])
+        orthogonal_init(self)
+
+    def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        return self.net(torch.cat([obs, act], dim=-1)).squeeze(-1)
+
+
+class VCritic(nn.Module):
+    """V(s): an MLP on the observation."""
+
+    def __init__(self, obs_dim: int, hidden: Sequence[int] = (128, 128)) -> None:
+        super().__init__()
+        self.net = mlp([obs_dim, *hidden, 1])
+        orthogonal_init(self)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.net(obs).squeeze(-1)
+
+
+class ActionScaler:
+    """Map learner actions in [-1, 1]^d onto a Box ``[low, high]`` (clip, then scale)."""
+
+    def __init__(self, low, high) -> None:
+        self.low = np.asarray(low, dtype=np.float64)
+        self.high = np.asarray(high, dtype=np.float64)
+        if not (np.all(np.isfinite(self.low)) and np.all(np.isfinite(self.high))):
+            raise ValueError("the action space must be a bounded Box")
+
+    def to_env(self, raw: np.ndarray) -> np.ndarray:
+        u = np.clip(np.asarray(raw, dtype=np.float64), -1.0, 1.0)
+        return (self.low + (u + 1.0) * 0.5 * (self.high - self.low)).astype(np.float32)
+
+    def from_env(self, action: np.ndarray) -> np.ndarray:
+        span = np.where(self.high > self.low, self.high - self.low, 1.0)
+        return (2.0 * (np.asarray(action, dtype=np.float64) - self.low) / span - 1.0).astype(np.float32)

@@ -1,0 +1,93 @@
+"""A small CMDP whose constrained optimum is known, for testing the learners.
+
+State x ~ U[0, 1], i.i.d. per step (observed). Action u in [0, 1]^2. Reward r = 1 - (1 - u0)^2 - 0.3 u1^2 (+ noise);
+cost c = w(x) u0 (1 - 0.6 u1) (x (1 + noise)) with w(x) = 0.05 + 1.9 x; per-step limit d = 0.25 on the mean cost.
+u0 plays N (quality, costly), u1 plays beta (cheaper, some quality lost), x the channel (how costly quality is now).
+
+Because the state is exogenous and i.i.d., the CMDP optimum is the Lagrangian policy
+u*(x) = argmax_u r(u) - lambda* c(x, u), with lambda* the multiplier at which E_x[c(x, u*(x))] = d.
+:func:`constrained_optimum` computes it on a fine grid: optimal mean reward 0.637 per step (the best constant action
+meeting the limit gets 0.559, i.e. 88 %; a uniformly random action gets 0.57 at mean cost 0.35, over the limit).
+"""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+
+LIMIT = 0.25
+EPISODE_LENGTH = 32
+
+
+def reward_fn(u0, u1):
+    return 1.0 - (1.0 - u0) ** 2 - 0.3 * u1**2
+
+
+def weight(x):
+    return 0.05 + 1.9 * x
+
+
+def cost_fn(x, u0, u1):
+    return weight(x) * u0 * (1.0 - 0.6 * u1)
+
+
+def constrained_optimum(limit: float = LIMIT, grid: int = 201, states: int = 400) -> dict:
+    """Optimal mean reward, cost and multiplier, by exhaustive search over a fine action grid and bisection."""
+    u = np.linspace(0.0, 1.0, grid)
+    u0, u1 = np.meshgrid(u, u, indexing="ij")
+    r = reward_fn(u0, u1).ravel()
+    xs = (np.arange(states) + 0.5) / states
+    base = (u0 * (1.0 - 0.6 * u1)).ravel()
+
+    def policy(lam):
+        c = weight(xs)[:, None] * base[None, :]
+        k = np.argmax(r[None, :] - lam * c, axis=1)
+        return float(r[k].mean()), float(c[np.arange(states), k].mean())
+
+    lo, hi = 0.0, 50.0
+    for _ in range(40):
+        mid = 0.5 * (lo + hi)
+        if policy(mid)[1] > limit:
+            lo = mid
+        else:
+            hi = mid
+    reward, cost = policy(hi)
+    feasible_const = base * weight(0.5) <= limit  # E[w(x)] = w(0.5)
+    return {"reward": reward, "cost": cost, "lambda": hi, "best_constant_reward": float(r[feasible_const].max())}
+
+
+class KnownOptimumCMDP(gym.Env):
+    """The CMDP above as a gymnasium environment with ``info["cost"]``."""
+
+    metadata = {"render_modes": []}
+    cost_names = ("cost",)
+
+    def __init__(self, episode_length: int = EPISODE_LENGTH, noise: float = 0.1) -> None:
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, shape=(1,), dtype=np.float32)
+        self.action_space = gym.spaces.Box(0.0, 1.0, shape=(2,), dtype=np.float32)
+        self.episode_length = episode_length
+        self.noise = noise
+        self._x = 0.0
+        self._t = 0
+
+    @property
+    def channel_state(self):
+        return None
+
+    def _obs(self):
+        return np.array([2.0 * self._x - 1.0], dtype=np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self._t = 0
+        self._x = float(self.np_random.random())
+        return self._obs(), {}
+
+    def step(self, action):
+        u0, u1 = np.clip(np.asarray(action, dtype=float), 0.0, 1.0)
+        rng = self.np_random
+        reward = reward_fn(u0, u1) + self.noise * 0.5 * rng.standard_normal()
+        cost = cost_fn(self._x, u0, u1) * (1.0 + self.noise * rng.standard_normal())
+        self._t += 1
+        self._x = float(rng.random())
+        return self._obs(), float(reward), False, self._t >= self.episode_length, {"cost": np.array([cost])}
