@@ -1,0 +1,18 @@
+"""The report opened in a real headless Chromium (skipped when none is installed: apt-get install -y chromium)."""
+
+from __future__ import annotations
+
+import pytest
+
+from analysis.browser import check_report, find_browser
+
+pytestmark = pytest.mark.skipif(find_browser() is None, reason="no Chromium on PATH (apt-get install -y chromium)")
+
+
+def test_report_renders_its_figures_in_chromium(full_report, tmp_path):
+    check = check_report(full_report.html_path, tmp_path / "shot.png", window=(1200, 1800), timeout_s=180)
+    assert check.problems == []
+    decoded = {im["figure"]: (im["w"], im["h"]) for im in check.images if im.get("figure")}
+    assert set(decoded) == set(full_report.figures)
+    assert all(w > 500 and h > 200 for w, h in decoded.values())
+    assert check.screenshot_std > 10 and check.non_white_fraction > 0.02
