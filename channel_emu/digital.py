@@ -1,0 +1,283 @@
+"""Digital transport of bits over a link model: the ``coded`` chain (Sionna 5G LDPC, simulated) and its
+``abstraction`` (Sionna SYS BLER tables), with the same segmentation, airtime and HARQ accounting.
+
+**coded**: bits -> code blocks with CRC-24B (Sionna ``CRCEncoder``) -> 5G LDPC with rate matching and bit
+interleaving (Sionna ``LDPC5GEncoder``) -> QAM (Sionna ``Mapper``) -> the link model -> APP demapping with the
+per-symbol effective noise (Sionna ``Demapper``) -> LDPC decoding (:mod:`channel_emu.ldpc_fast` on CPU, Sionna's
+``LDPC5GDecoder`` on CUDA or when asked) -> CRC check. A block whose CRC fails is a block error. Residual errors:
+
+* ``corrupt``: one transmission; failed blocks deliver their decoded (wrong) bits.
+* ``harq``: failed blocks are sent again with the next redundancy version (0, 2, 3, 1, ...: incremental redundancy
+  as in 5G) and decoded from all their received versions combined (Sionna's HARQ-IR decoding), up to
+  ``max_retransmissions`` times; blocks still failing then deliver their decoded bits.
+
+**abstraction**: the same blocks, but each decoding attempt fails with the BLER of Sionna's ``PHYAbstraction``
+tables at the block's effective SNR (EESM over the block's per-symbol SNRs for the fading models). HARQ combining is
+modelled as Chase combining (per-symbol SNRs add up over transmissions) -- conservative against the IR of the coded
+mode. A failed block's bits are flipped with the uncoded bit error probability of its modulation at its effective
+SNR (a decoder failure leaves roughly the channel's raw errors).
+
+Airtime and symbol counts come from the actual coded symbols of every transmission, through the link model
+(OFDM: whole slots with pilots and cyclic prefix).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.special import erfc
+
+from channel_emu.config import LinkConfig
+from channel_emu.links import SymbolLink
+from channel_emu.mcs import CRC_BITS, Segmentation, bler, effective_snr_db, segment
+
+RV_SEQUENCE = (0, 2, 3, 1)
+
+
+@dataclass
+class DigitalResult:
+    """Outcome of one digital transfer.
+
+    Attributes
+    ----------
+    bits : numpy.ndarray, uint8 [payload_bits]
+        Delivered bits.
+    seg : Segmentation
+        Code-block layout.
+    transmissions : int
+        Rounds used (1 + retransmission rounds).
+    coded_bits, symbols, channel_uses : int
+        Coded bits, data symbols and channel symbols (incl. pilots) over all rounds.
+    airtime_s : float
+        Airtime over all rounds (s).
+    attempts, failures : int
+        Block decoding attempts and failed attempts over all rounds.
+    residual_blocks : int
+        Blocks still wrong when delivered.
+    """
+
+    bits: np.ndarray
+    seg: Segmentation
+    transmissions: int
+    coded_bits: int
+    symbols: int
+    channel_uses: int
+    airtime_s: float
+    attempts: int
+    failures: int
+    residual_blocks: int
+    failed_blocks: np.ndarray | None = None
+    failed_snr_db: np.ndarray | None = None
+
+    @property
+    def retransmissions(self) -> int:
+        return self.transmissions - 1
+
+
+def qam_ber(bits_per_symbol: int, snr_db: float | np.ndarray) -> np.ndarray:
+    """Uncoded Gray-mapped square-QAM bit error probability at Es/N0 = ``snr_db`` (nearest-neighbour form;
+    exact for BPSK/QPSK)."""
+    m = int(bits_per_symbol)
+    es_n0 = 10.0 ** (np.asarray(snr_db, dtype=np.float64) / 10.0)
+    if m == 1:
+        return 0.5 * erfc(np.sqrt(es_n0))
+    big_m = 2 ** m
+    arg = np.sqrt(3.0 * es_n0 / (2.0 * (big_m - 1)))
+    return np.minimum(0.5, (2.0 / m) * (1.0 - 1.0 / math.sqrt(big_m)) * erfc(arg))
+
+
+def _bits_to_blocks(bits: np.ndarray, seg: Segmentation) -> np.ndarray:
+    padded = np.zeros(seg.num_blocks * seg.info_per_block, np.uint8)
+    padded[:bits.size] = bits
+    return padded.reshape(seg.num_blocks, seg.info_per_block)
+
+
+class CodedChain:
+    """The simulated 5G LDPC chain; encoders/decoders are cached per (k, n, modulation, HARQ)."""
+
+    SIONNA_CHUNK = 8  # Sionna's decoder is ~3x faster on chunks of ~8 codewords than on one large batch
+
+    def __init__(self, config: LinkConfig) -> None:
+        self.config = config
+        dev = config.decoder.device
+        if dev == "auto":
+            dev = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = dev
+        # On a GPU Sionna's batched decoder is the fast one; on CPU the numba core (unless asked otherwise).
+        self.decoder_kind = "sionna" if dev.startswith("cuda") else config.decoder.kind
+        self._codecs: dict[tuple, tuple] = {}
+        self._blocks: dict[int, tuple] = {}
+        self._lock = threading.Lock()
+
+    def _modem(self, m: int):
+        from sionna.phy.fec.crc import CRCDecoder, CRCEncoder
+        from sionna.phy.mapping import Demapper, Mapper
+
+        if m not in self._blocks:
+            crc_enc = CRCEncoder("CRC24B", device=self.device)
+            self._blocks[m] = (Mapper("qam", m, device=self.device), Demapper("app", "qam", m, device=self.device),
+                               crc_enc, CRCDecoder(crc_enc, device=self.device))
+        return self._blocks[m]
+
+    def codec(self, k: int, n: int, m: int, harq: bool):
+        """(encoder, decoder) for one block geometry."""
+        from sionna.phy.fec.ldpc import LDPC5GDecoder, LDPC5GEncoder
+
+        key = (k, n, m, harq, self.decoder_kind)
+        with self._lock:
+            if key not in self._codecs:
+                enc = LDPC5GEncoder(k, n, num_bits_per_symbol=m, device=self.device)
+                it = self.config.decoder.num_iter
+                if self.decoder_kind == "fast":
+                    from channel_emu.ldpc_fast import FastLDPC5GDecoder
+
+                    dec = FastLDPC5GDecoder(enc, num_iter=it, harq_mode=harq)
+                else:
+                    dec = LDPC5GDecoder(enc, num_iter=it, harq_mode=harq, device=self.device)
+                self._codecs[key] = (enc, dec)
+            return self._codecs[key]
+
+    def _decode(self, dec, llr: torch.Tensor, rv: list[int] | None) -> torch.Tensor:
+        kw = {"rv": rv} if rv is not None else {}
+        if self.decoder_kind == "fast":
+            return dec(llr, **kw)
+        return torch.cat([dec(llr[i:i + self.SIONNA_CHUNK], **kw) for i in range(0, llr.shape[0], self.SIONNA_CHUNK)])
+
+    def transfer(self, bits: np.ndarray, mcs: int, link: SymbolLink, snr_db: float, rng: np.random.Generator,
+                 fading: complex, harq: bool, max_retransmissions: int) -> DigitalResult:
+        """Send ``bits`` (uint8 0/1) at MCS ``mcs``; returns the delivered bits and the accounting."""
+        seg = segment(bits.size, mcs, self.config.max_cb_bits)
+        m = seg.bits_per_symbol
+        mapper, demapper, crc_enc, crc_dec = self._modem(m)
+        enc, dec = self.codec(seg.k, seg.n, m, harq)
+        with torch.no_grad():
+            u = torch.from_numpy(_bits_to_blocks(bits, seg).astype(np.float32)).to(self.device)
+            u_crc = crc_enc(u)
+            decoded = torch.zeros_like(u)
+            pending = np.arange(seg.num_blocks)
+            llr_hist: list[torch.Tensor] = []
+            keep_prev = torch.zeros(0, dtype=torch.long)  # which of the last round's blocks failed
+            rounds = 1 + (max_retransmissions if harq else 0)
+            coded = symbols = uses = attempts = failures = 0
+            airtime = 0.0
+            used = 0
+            for r in range(rounds):
+                used = r + 1
+                rv = RV_SEQUENCE[r % len(RV_SEQUENCE)]
+                idx = torch.from_numpy(pending).to(self.device)
+                c = enc(u_crc[idx], rv=[rv])[:, 0, :] if harq else enc(u_crc[idx])
+                x = mapper(c)
+                out = link.transmit(x.reshape(-1).cpu().numpy(), snr_db, rng, fading)
+                y = torch.from_numpy(out.s_hat).to(self.device).reshape(x.shape)
+                no = torch.from_numpy(out.no_eff).to(self.device).reshape(x.shape)
+                llr = demapper(y, no)
+                coded += c.numel()
+                symbols += x.numel()
+                uses += out.channel_uses
+                airtime += out.airtime_s
+                if harq:
+                    llr_hist = [h[keep_prev] for h in llr_hist] if r else []
+                    llr_hist.append(llr)
+                    stacked = torch.stack(llr_hist, dim=1) if len(llr_hist) > 1 else llr_hist[0]
+                    rvs = [RV_SEQUENCE[i % len(RV_SEQUENCE)] for i in range(len(llr_hist))]
+                    u_hat = self._decode(dec, stacked, rvs)
+                else:
+                    u_hat = self._decode(dec, llr, None)
+                _, crc_ok = crc_dec(u_hat)
+                ok = crc_ok.reshape(-1).cpu().numpy().astype(bool)
+                decoded[idx] = u_hat[:, :seg.info_per_block].to(decoded.dtype)
+                attempts += pending.size
+                failures += int((~ok).sum())
+                keep_prev = torch.from_numpy(np.nonzero(~ok)[0]).to(self.device)
+                pending = pending[~ok]
+                if pending.size == 0:
+                    break
+        out_bits = decoded.reshape(-1).to(torch.uint8).cpu().numpy()[:bits.size]
+        return DigitalResult(out_bits, seg, used, coded, symbols, uses, airtime, attempts, failures,
+                             int(pending.size))
+
+
+def abstract_transfer(bits: np.ndarray | None, payload_bits: int, mcs: int, link: SymbolLink, snr_db: float,
+                      rng: np.random.Generator, harq: bool, max_retransmissions: int, max_cb_bits: int = 8448,
+                      corrupt: bool = True) -> DigitalResult:
+    """The abstracted transfer (see the module docstring). ``bits`` may be None when only accounting is needed."""
+    seg = segment(payload_bits, mcs, max_cb_bits)
+    m = seg.bits_per_symbol
+    sym_per_block = seg.n // m
+    pending = np.arange(seg.num_blocks)
+    rounds = 1 + (max_retransmissions if harq else 0)
+    sinr_sum = None
+    coded = symbols = uses = attempts = failures = 0
+    airtime = 0.0
+    used = 0
+    eff_db = np.zeros(seg.num_blocks)
+    snr_lin = 10.0 ** (snr_db / 10.0)
+    for r in range(rounds):
+        used = r + 1
+        n_sym = pending.size * sym_per_block
+        gains = link.gains(n_sym, rng).reshape(pending.size, sym_per_block)
+        sinr = snr_lin * gains
+        sinr_sum = sinr if sinr_sum is None else sinr_sum + sinr  # Chase combining per symbol
+        if link.flat:
+            eff = 10.0 * np.log10(np.maximum(sinr_sum[:, 0], 1e-30))
+        else:
+            eff = effective_snr_db(sinr_sum, mcs)
+        p = bler(mcs, seg.k, eff)
+        fail = rng.random(pending.size) < p
+        eff_db[pending] = eff
+        coded += pending.size * seg.n
+        symbols += n_sym
+        uses += link.channel_uses(n_sym)
+        airtime += link.airtime_s(n_sym)
+        attempts += pending.size
+        failures += int(fail.sum())
+        sinr_sum = sinr_sum[fail]
+        pending = pending[fail]
+        if pending.size == 0:
+            break
+    out = np.zeros(0, np.uint8)
+    if bits is not None:
+        out = bits.copy()
+        if corrupt:
+            corrupt_bits(out, seg, pending, eff_db[pending], rng)
+    return DigitalResult(out, seg, used, coded, symbols, uses, airtime, attempts, failures, int(pending.size),
+                         pending, eff_db[pending])
+
+
+def corrupt_bits(bits: np.ndarray, seg: Segmentation, failed: np.ndarray, snr_db: np.ndarray,
+                 rng: np.random.Generator) -> int:
+    """Flip bits of the failed blocks in place (raw uncoded error probability at each block's SNR); returns flips."""
+    per, flips = seg.info_per_block, 0
+    for b, s in zip(failed, snr_db, strict=True):
+        lo, hi = int(b) * per, min((int(b) + 1) * per, bits.size)
+        if lo >= hi:
+            continue
+        f = rng.random(hi - lo) < qam_ber(seg.bits_per_symbol, float(s))
+        bits[lo:hi] ^= f.astype(np.uint8)
+        flips += int(f.sum())
+    return flips
+
+
+def corrupt_bytes(raw: np.ndarray, seg: Segmentation, failed: np.ndarray, snr_db: np.ndarray,
+                  rng: np.random.Generator) -> int:
+    """:func:`corrupt_bits` on a uint8 byte array, unpacking only the failed blocks' bytes; returns flips."""
+    per, flips = seg.info_per_block, 0
+    total_bits = raw.size * 8
+    for b, s in zip(failed, snr_db, strict=True):
+        lo, hi = int(b) * per, min((int(b) + 1) * per, total_bits)
+        if lo >= hi:
+            continue
+        blo, bhi = lo // 8, -(-hi // 8)
+        chunk = np.unpackbits(raw[blo:bhi])
+        f = rng.random(hi - lo) < qam_ber(seg.bits_per_symbol, float(s))
+        chunk[lo - 8 * blo:hi - 8 * blo] ^= f.astype(np.uint8)
+        raw[blo:bhi] = np.packbits(chunk)
+        flips += int(f.sum())
+    return flips
+
+
+__all__ = ["CRC_BITS", "CodedChain", "DigitalResult", "abstract_transfer", "corrupt_bits", "corrupt_bytes", "qam_ber"]
