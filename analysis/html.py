@@ -12,7 +12,7 @@ from pathlib import Path
 from analysis.figures.registry import FigureContext
 from analysis.load import RunData
 from analysis.stats import Estimate
-from analysis.tables import Comparison, scheme_label
+from analysis.tables import SETTING_COLUMNS, Comparison, scheme_label
 
 MAX_GALLERY = 12
 THUMB_PX = 256
@@ -72,38 +72,38 @@ def _est(e, unit: str = "", pct: bool = False) -> str:
     return f"{e.value:.3g}{ci}"
 
 
+def _setting_cell(col: str, v, scheme: str) -> str:
+    if _nan(v) or (col == "merge_ratio" and scheme != "meg"):
+        return "<td></td>"
+    if col in ("n_steps", "es_steps", "height_px"):
+        return f"<td>{int(v)}</td>"
+    if isinstance(v, float):
+        return f"<td>{v:g}</td>"
+    return f"<td>{_e(v)}</td>"
+
+
 def comparison_html(comp: Comparison) -> str:
     t = comp.table
     if t.empty:
         return "<p>No requests to compare.</p>"
-    cols = [("scheme", "scheme"), ("n_steps", "N"), ("merge_ratio", "β"), ("decoder", "decoder"), ("n", "n"),
-            ("latency_s", "latency (s)"), ("energy_j", "energy (J)")]
     deltas = [(c, f"MEG Δ{'latency' if c.startswith('dlat') else 'energy'} vs "
                   f"{scheme_label(c.split('_vs_')[1])}") for c in t.columns if "_vs_" in c]
-    present = [(c, h) for c, h in cols if c in t.columns]
-    head = "".join(f"<th class='l'>{_e(h)}</th>" if c == "scheme" else f"<th>{_e(h)}</th>" for c, h in present)
-    head += "".join(f"<th>{_e(h)}</th>" for _, h in deltas)
+    head = "<th class='l'>scheme</th>" + "".join(f"<th>{_e(SETTING_COLUMNS[k])}</th>" for k in comp.keys)
+    head += "<th>n</th><th>latency (s)</th><th>energy (J)</th>" + "".join(f"<th>{_e(h)}</th>" for _, h in deltas)
     body = []
     for _, r in t.iterrows():
-        cells = []
-        for c, _h in present:
-            v = r[c]
-            if c == "scheme":
-                cells.append(f"<td class='l'>{_e(scheme_label(v))}</td>")
-            elif c == "merge_ratio":
-                cells.append(f"<td>{'' if r['scheme'] != 'meg' or _nan(v) else f'{v:g}'}</td>")
-            elif c == "n_steps":
-                cells.append(f"<td>{'' if _nan(v) else int(v)}</td>")
-            elif isinstance(v, Estimate):
-                cells.append(f"<td>{_est(v)}</td>")
-            else:
-                cells.append(f"<td>{_e(v)}</td>")
+        cells = [f"<td class='l'>{_e(scheme_label(r['scheme']))}</td>"]
+        cells += [_setting_cell(k, r[k], r["scheme"]) for k in comp.keys]
+        cells += [f"<td>{int(r['n'])}</td>", f"<td>{_est(r['latency_s'])}</td>", f"<td>{_est(r['energy_j'])}</td>"]
         cells += [f"<td>{_est(r[c], pct=True)}</td>" for c, _ in deltas]
         body.append("<tr>" + "".join(cells) + "</tr>")
     return (f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
             f"<p class='caption'>Means per request with 95% confidence intervals in brackets. {_e(comp.method)}. "
-            "Δ = 100·(MEG / baseline − 1) at the same N; negative (green) means MEG is cheaper, coloured only when "
-            "the interval excludes 0. Energy is gross, summed over all measured nodes, valid rows only.</p>")
+            "Δ = 100·(MEG / baseline − 1) against the baseline setting that agrees on every column the baseline "
+            "varies (same N; same link condition where the baseline has one); negative (green) means MEG is cheaper, "
+            "coloured only when the interval excludes 0. Energy is gross, summed over all nodes with a valid figure "
+            "(the link's transmit energy is modeled). Blank setting cells: the column does not vary for that "
+            "scheme.</p>")
 
 
 def _nan(v) -> bool:
@@ -120,7 +120,7 @@ def headline_html(comp: Comparison) -> str:
                     f"<td>{_est(en, pct=True)}</td><td>{lat.n}</td></tr>")
     if not rows:
         return ""
-    return ("<table><thead><tr><th class='l'>pooled over the N both ran</th><th>Δ latency</th><th>Δ energy</th>"
+    return ("<table><thead><tr><th class='l'>pooled over the N both ran (all β, links)</th><th>Δ latency</th><th>Δ energy</th>"
             f"<th>n (smaller group)</th></tr></thead><tbody>{''.join(rows)}</tbody></table>")
 
 
@@ -143,7 +143,7 @@ def provenance_html(data: RunData) -> str:
     if not m:
         return "<div class='box bad'>No manifest.json: the provenance of this dataset is unknown.</div>"
     keys = [("run_id", "run"), ("created", "created"), ("schema_version", "schema version"), ("commit", "commit"),
-            ("config_hash", "config hash")]
+            ("dirty", "uncommitted changes"), ("config_hash", "config hash")]
     rows = "".join(f"<tr><th class='l'>{_e(label)}</th><td class='l'>{_e(m[k])}</td></tr>" for k, label in keys
                    if k in m)
     parts = [f"<table>{rows}</table>"]

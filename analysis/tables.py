@@ -62,13 +62,33 @@ def segment_order(segments) -> list[str]:
     return sorted(segments, key=key)
 
 
-def setting_columns(req: pd.DataFrame) -> list[str]:
-    """Configuration columns that define a comparison setting (those that vary in the run)."""
-    cols = []
-    for col in ("n_steps", "merge_ratio", "decoder"):
-        if col in req.columns and req[col].nunique(dropna=True) > 1:
-            cols.append(col)
-    return cols
+# Configuration columns that define a comparison setting, in display order, with their table headings.
+SETTING_COLUMNS = {
+    "n_steps": "N", "es_steps": "k", "merge_ratio": "β", "decoder": "decoder", "tome_ratio_es": "ToMe ES",
+    "tome_ratio_ue": "ToMe UE", "wire_dtype": "wire", "height_px": "H (px)", "link_model": "link", "tx_mode": "tx",
+    "distance_m": "d (m)", "snr_db_set": "SNR set (dB)",
+}
+
+
+def setting_keys(rows: pd.DataFrame) -> list[str]:
+    """The setting columns that vary within ``rows`` (one scheme's requests); ``n_steps`` whenever present.
+
+    A column that is a function of the keys already chosen (e.g. ``es_steps`` = N when the UE only decodes) adds
+    nothing and is left out.
+    """
+    keys: list[str] = []
+    for col in SETTING_COLUMNS:
+        if col not in rows.columns or not rows[col].notna().any():
+            continue
+        if col == "n_steps":
+            keys.append(col)
+            continue
+        if rows[col].nunique(dropna=False) <= 1:
+            continue
+        if keys and (rows.groupby(keys, dropna=False)[col].nunique(dropna=False) <= 1).all():
+            continue
+        keys.append(col)
+    return keys
 
 
 @dataclass
@@ -78,8 +98,11 @@ class Comparison:
     Attributes
     ----------
     table : pandas.DataFrame
-        One row per (scheme, setting): ``scheme, n_steps, merge_ratio, n, latency_s, energy_j`` (:class:`Estimate`)
-        and ``dlat_vs_<baseline>``, ``den_vs_<baseline>`` (:class:`Estimate` in %) for MEG rows.
+        One row per (scheme, setting): ``scheme``, the setting columns that vary (``n_steps``, ``merge_ratio``,
+        link condition, ...), ``n``, ``latency_s`` and ``energy_j`` (:class:`Estimate`), and for MEG rows
+        ``dlat_vs_<baseline>`` / ``den_vs_<baseline>`` (:class:`Estimate`, %).
+    keys : list of str
+        The setting columns of the table.
     headline : dict of str to Estimate
         MEG pooled against each baseline over the N values both have: ``latency_vs_ceg``, ``energy_vs_ceg``, ...
     method : str
@@ -87,32 +110,32 @@ class Comparison:
     """
 
     table: pd.DataFrame
+    keys: list[str]
     headline: dict[str, Estimate]
     method: str
 
 
-def _group_keys(req: pd.DataFrame, scheme: str) -> list[str]:
-    keys = []
-    if "n_steps" in req.columns and req["n_steps"].notna().any():
-        keys.append("n_steps")
-    if scheme == "meg" and "merge_ratio" in req.columns and req["merge_ratio"].notna().any():
-        keys.append("merge_ratio")
-    if "decoder" in req.columns and req["decoder"].nunique(dropna=True) > 1:
-        keys.append("decoder")
-    return keys
+def _same(a, b) -> bool:
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    return a == b
 
 
 def comparison(data: RunData, level: float = DEFAULT_LEVEL, n_boot: int = DEFAULT_BOOT, seed: int = 0) -> Comparison:
     """MEG vs CEG vs UE-local: end-to-end latency and energy per setting, with 95% CIs and MEG's change in %.
 
-    MEG at (N, β) is compared with each baseline at the same N (and decoder, when several were run); the change is
-    ``100 · (MEG / baseline − 1)`` so a negative value means MEG is cheaper.
+    Each scheme's requests are grouped by the setting columns that vary among them (N always; β, decoder, link
+    condition, ... when several values were run). A MEG setting is compared with the baseline setting that agrees
+    on every column the baseline varies (so UE-local, which has no link, is matched on N alone). The change is
+    ``100 · (MEG / baseline − 1)``: negative means MEG is cheaper.
     """
     req = request_costs(data)
     records = []
+    scheme_keys = {}
     for scheme in data.schemes:
         sub = req[req["scheme"] == scheme]
-        keys = _group_keys(req, scheme)
+        keys = setting_keys(sub)
+        scheme_keys[scheme] = keys
         groups = sub.groupby(keys, dropna=False, sort=True) if keys else [((), sub)]
         for key, g in groups:
             key = key if isinstance(key, tuple) else (key,)
@@ -120,24 +143,24 @@ def comparison(data: RunData, level: float = DEFAULT_LEVEL, n_boot: int = DEFAUL
                    "latency_s": mean_ci(g["latency_s"], level), "energy_j": mean_ci(g["energy_j"], level),
                    "_lat": g["latency_s"].to_numpy(float), "_en": g["energy_j"].to_numpy(float)}
             records.append(rec)
+    all_keys = [k for k in SETTING_COLUMNS if any(k in v for v in scheme_keys.values())]
     table = pd.DataFrame.from_records(records)
+    table = table[["scheme", *all_keys, *[c for c in table.columns if c not in all_keys and c != "scheme"]]]
     boot_seed = seed
     for base in BASELINES:
+        base_rows = table[table["scheme"] == base]
         for what, col in (("dlat", "_lat"), ("den", "_en")):
             out = []
             for _, row in table.iterrows():
-                if row["scheme"] != "meg" or base not in data.schemes:
+                if row["scheme"] != "meg" or base_rows.empty:
                     out.append(None)
                     continue
-                match = table["scheme"] == base
-                for k in ("n_steps", "decoder"):
-                    if k in table.columns and k in row and not _isnan(row[k]):
-                        match &= table[k] == row[k]
-                cand = table[match]
-                if len(cand) != 1:
+                match = [r for _, r in base_rows.iterrows()
+                         if all(_same(r[k], row[k]) for k in scheme_keys[base] if k != "merge_ratio")]
+                if len(match) != 1:
                     out.append(None)
                     continue
-                out.append(relative_change_ci(row[col], cand.iloc[0][col], level, n_boot, boot_seed))
+                out.append(relative_change_ci(row[col], match[0][col], level, n_boot, boot_seed))
                 boot_seed += 1
             table[f"{what}_vs_{base}"] = out
     headline: dict[str, Estimate] = {}
@@ -160,11 +183,7 @@ def comparison(data: RunData, level: float = DEFAULT_LEVEL, n_boot: int = DEFAUL
     table = table.drop(columns=["_lat", "_en"])
     method = (f"{int(level * 100)}% CIs over repetitions: Student-t interval for means; percentile bootstrap "
               f"({n_boot} resamples per cell, seeded from {seed}) for the change in %, groups resampled independently")
-    return Comparison(table=table, headline=headline, method=method)
-
-
-def _isnan(x) -> bool:
-    return isinstance(x, float) and math.isnan(x)
+    return Comparison(table=table, keys=all_keys, headline=headline, method=method)
 
 
 def comparison_frame(comp: Comparison) -> pd.DataFrame:

@@ -17,6 +17,7 @@ import pandas as pd
 
 LOG_NAMES = ("train_log.csv", "train_log.parquet")
 MAX_DEPTH = 4
+SKIP_DIRS = {"dataset", "traces", "images", "report", "models"}  # large data folders never hold training logs
 
 
 def _algo(folder: Path, run_dir: Path) -> str:
@@ -49,10 +50,14 @@ def read_training_logs(run_dir: Path) -> tuple[dict[str, pd.DataFrame], list[str
         Logs that could not be read or lack the ``iteration`` column.
     """
     folders: set[Path] = set()
-    for name in LOG_NAMES:
-        for path in run_dir.rglob(name):
-            if len(path.relative_to(run_dir).parts) <= MAX_DEPTH + 1:
-                folders.add(path.parent)
+    roots = [run_dir] + [p for p in sorted(run_dir.iterdir()) if p.is_dir() and p.name not in SKIP_DIRS]
+    for i, root in enumerate(roots):
+        for name in LOG_NAMES:
+            # the run folder itself is looked at only at its top level; its data folders are never walked
+            paths = [root / name] if i == 0 else root.rglob(name)
+            for path in paths:
+                if path.is_file() and len(path.relative_to(run_dir).parts) <= MAX_DEPTH + 1:
+                    folders.add(path.parent)
     logs: dict[str, pd.DataFrame] = {}
     problems: list[str] = []
     for folder in sorted(folders):

@@ -105,14 +105,15 @@ def test_inconsistent_part_types_are_reported(full_run, tmp_path):
     run = _copy(full_run, tmp_path)
     part = sorted((run / "dataset").glob("part-*.parquet"))[1]
     df = pd.read_parquet(part)
-    df["distance_m"] = df["distance_m"].astype("int64")  # double in the other part
+    df["repetition"] = df["repetition"].astype("float64")  # int64 in the other part
     table = pa.Table.from_pandas(df, preserve_index=False)
     idx = table.schema.get_field_index("error")
     table = table.set_column(idx, pa.field("error", pa.null()), pa.nulls(len(df)))  # no Arrow type at all
     pq.write_table(table, part)
     data = load_run(run, with_traces=False)
     text = "\n".join(data.warnings)
-    assert "'distance_m' has different types across parts: double in part-00000.parquet; int64 in" in text
+    assert "'repetition' has different types across parts: int64 in part-00000.parquet; double in" in text
+    assert data.rows["repetition"].dtype == "int64"  # the reader restores ints
     assert "'error' has no type" in text
 
 

@@ -37,7 +37,10 @@ def test_html_is_self_contained_with_every_figure(full_report):
 def test_comparison_table(full_report):
     df = pd.read_csv(full_report.tables["comparison"])
     meg = df[df["scheme"] == "meg"]
-    assert len(meg) == 2 * 2 * 2  # N x beta x decoder
+    assert len(meg) == 2 * 2 * 2 * 2  # N x beta x decoder x distance
+    ue = df[df["scheme"] == "ue_local"]
+    assert len(ue) == 2 * 2 and ue["distance_m"].isna().all()  # UE-local has no link: matched on N and decoder
+    assert df.loc[df["scheme"] == "ceg", "decoder"].isna().all()  # CEG sends the image: no decoder axis
     assert {"latency_s", "latency_s_ci_low", "latency_s_ci_high", "dlat_vs_ceg", "den_vs_ue_local_ci_high"} <= set(df)
     assert (df["latency_s_ci_low"] < df["latency_s"]).all() and (df["latency_s"] < df["latency_s_ci_high"]).all()
     row = meg.iloc[0]
