@@ -1,0 +1,340 @@
+"""The channel broker: a transparent ZeroMQ proxy between the UEs and the ES that makes the downlink a radio link.
+
+Topology (UE requests, ES answers)::
+
+    UE DEALER --connect--> [frontend ROUTER  (--listen)]  broker  [backend DEALER] --connect--> ES ROUTER (--es)
+                                                          [PUB (--pub)] --> measurement layer (delivery records)
+
+* **Uplink** (UE -> ES): validated and forwarded at once (or after ``uplink_delay_s``). A ``request`` frame's
+  ``meta["request"]["link"]`` (the testbed's LinkSpec: ``link_model``, ``tx_mode``, ``distance_m`` | ``snr_db``) is
+  remembered per ``request_id`` and applied to the answer.
+* **Downlink** (ES -> UE): each frame goes through :meth:`ChannelEmulator.deliver` on a worker thread and is released
+  to the UE after its emulated airtime in wall-clock (monotonic) time. The link is FIFO: a frame goes on air when it
+  is processed *and* the previous one has left (``start = max(done, link_free)``, ``release = start + airtime``);
+  processing of the next frame overlaps the airtime of the current one.
+* Control frames (``heartbeat``, ``error``, ``clock_sync``, or meta ``"channel": "bypass"``) pass untouched.
+* Every delivery record is published on the PUB socket as a megwire frame of kind ``delivery`` (meta: the record,
+  ``request_id``, ``t_done_ns`` / ``t_release_ns`` on the broker's monotonic clock, ``queue_s``).
+* Malformed, truncated or oversized frames never crash it and are never unpickled: they produce an error record
+  (published, ``error`` set) and an ``error`` frame to the UE concerned (the sender on the uplink, the addressee on
+  the downlink); the broker keeps serving.
+
+Routing is the standard ROUTER/DEALER proxy: the ES sees ``[broker id, ue id, b"", *parts]`` and answers with the
+same envelope, so the broker knows which UE to release each answer to. Neither end can tell the broker is there.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+
+from channel_emu.config import LinkConfig
+from channel_emu.emulator import ChannelEmulator
+from channel_emu.record import DeliveryRecord
+from megwire import (
+    DEFAULT_LIMITS,
+    CurveConfig,
+    Frame,
+    FrameError,
+    FrameLimits,
+    error_frame,
+    from_parts,
+    make_socket,
+    split_envelope,
+    to_parts,
+)
+
+log = logging.getLogger(__name__)
+
+BYPASS_KINDS = frozenset({"heartbeat", "error", "clock_sync"})
+DELIVERY_KIND = "delivery"
+MAX_REMEMBERED_LINKS = 4096
+
+
+@dataclass
+class BrokerAddresses:
+    """Where the broker listens (UEs), connects (ES) and publishes (records). A port of 0 binds a random port."""
+
+    listen: str = "tcp://127.0.0.1:5560"
+    es: str = "tcp://127.0.0.1:5555"
+    pub: str = "tcp://127.0.0.1:5561"
+
+
+def _bind(sock: zmq.Socket, address: str) -> str:
+    if address.startswith("tcp://") and address.rsplit(":", 1)[-1] in ("0", "*"):
+        host = address.rsplit(":", 1)[0]
+        port = sock.bind_to_random_port(host)
+        return f"{host}:{port}"
+    sock.bind(address)
+    return address
+
+
+def _bypass(frame: Frame) -> bool:
+    return frame.kind in BYPASS_KINDS or frame.meta.get("channel") == "bypass"
+
+
+def _request_id(frame: Frame | None) -> str | None:
+    rid = frame.meta.get("request_id") if frame is not None else None
+    return rid if isinstance(rid, str) else None
+
+
+def _link_of(frame: Frame) -> dict[str, Any] | None:
+    link = frame.meta.get("link")
+    if not isinstance(link, Mapping):
+        req = frame.meta.get("request")
+        link = req.get("link") if isinstance(req, Mapping) else None
+    if not isinstance(link, Mapping):
+        return None
+    return {k: link.get(k) for k in ("link_model", "tx_mode", "distance_m", "snr_db") if k in link}
+
+
+class Broker:
+    """The channel broker (see the module docstring); :meth:`start` runs it in threads, :meth:`stop` ends it.
+
+    Parameters
+    ----------
+    config : LinkConfig or mapping
+        The link.
+    seed : int, optional
+        Seed of the emulator (noise and channel process).
+    addresses : BrokerAddresses
+        ``listen`` / ``es`` / ``pub``.
+    limits : FrameLimits
+        Frames over these are refused (error record + error frame).
+    curve_server : CurveConfig, optional
+        CURVE for the frontend (UEs are clients of the broker).
+    curve_client : CurveConfig, optional
+        CURVE for the backend (the broker is a client of the ES).
+    """
+
+    def __init__(self, config: LinkConfig | Mapping[str, Any] | None = None, seed: int | None = None,
+                 addresses: BrokerAddresses | None = None, limits: FrameLimits = DEFAULT_LIMITS,
+                 curve_server: CurveConfig | None = None, curve_client: CurveConfig | None = None,
+                 ctx: zmq.Context | None = None) -> None:
+        self.emulator = ChannelEmulator(config, seed)
+        self.config = self.emulator.config
+        self.addresses = addresses or BrokerAddresses()
+        self.limits = limits
+        self.curve_server, self.curve_client = curve_server, curve_client
+        self._own_ctx = ctx is None
+        self.ctx = ctx or zmq.Context()
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._jobs: queue.Queue = queue.Queue()
+        self._done: queue.Queue = queue.Queue()
+        self._links: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._threads: list[threading.Thread] = []
+        self._error: BaseException | None = None
+        self.listen_address = self.pub_address = ""
+        self.stats = {"uplink": 0, "downlink": 0, "bypass": 0, "errors": 0}
+        self._seq = itertools.count()
+
+    # --- lifecycle -----------------------------------------------------------------------------------------------
+
+    def start(self, timeout_s: float = 10.0) -> Broker:
+        """Bind/connect the sockets and serve in background threads."""
+        main = threading.Thread(target=self._run, name="channel-broker", daemon=True)
+        worker = threading.Thread(target=self._work, name="channel-broker-emulator", daemon=True)
+        self._threads = [main, worker]
+        worker.start()
+        main.start()
+        if not self._ready.wait(timeout_s):
+            raise TimeoutError("channel broker did not start")
+        if self._error is not None:
+            raise RuntimeError(f"channel broker failed to start: {self._error}") from self._error
+        return self
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        self._stop.set()
+        self._jobs.put(None)
+        for t in self._threads:
+            t.join(timeout_s)
+        if self._own_ctx:
+            self.ctx.term()
+
+    def serve_forever(self) -> None:
+        """Run until interrupted (the CLI's node loop)."""
+        self.start()
+        try:
+            while not self._stop.is_set():
+                time.sleep(0.2)
+        finally:
+            self.stop()
+
+    def __enter__(self) -> Broker:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- the emulator thread ---------------------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            envelope, frame, link = job
+            t_start = time.monotonic_ns()
+            try:
+                out, rec = self.emulator.deliver(frame, link=link)
+                self._done.put((envelope, out, rec, None, t_start, time.monotonic_ns()))
+            except Exception as exc:  # noqa: BLE001 - a bad frame or link must not stop the broker
+                log.exception("channel emulation failed")
+                self._done.put((envelope, frame, None, f"channel emulation failed: {exc}", t_start,
+                                time.monotonic_ns()))
+
+    # --- the socket thread -------------------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            front = make_socket(self.ctx, zmq.ROUTER, timeout_s=1.0, curve=self.curve_server)
+            back = make_socket(self.ctx, zmq.DEALER, timeout_s=1.0, curve=self.curve_client)
+            pub = make_socket(self.ctx, zmq.PUB, timeout_s=1.0)
+            self.listen_address = _bind(front, self.addresses.listen)
+            self.pub_address = _bind(pub, self.addresses.pub)
+            back.connect(self.addresses.es)
+        except Exception as exc:  # noqa: BLE001 - reported by start()
+            self._error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        poller = zmq.Poller()
+        poller.register(front, zmq.POLLIN)
+        poller.register(back, zmq.POLLIN)
+        pending: list[tuple[int, int, str, list, Any]] = []  # (release_ns, seq, socket, parts, record)
+        link_free_ns = 0
+        try:
+            while not self._stop.is_set():
+                now = time.monotonic_ns()
+                wait_ms = 5.0
+                if pending:
+                    wait_ms = max(0.0, min(wait_ms, (pending[0][0] - now) / 1e6))
+                events = dict(poller.poll(wait_ms))
+                if front in events:
+                    self._uplink(front, back, pub, pending)
+                if back in events:
+                    self._downlink(front, pub, back)
+                while True:
+                    try:
+                        envelope, out, rec, err, t_start, t_done = self._done.get_nowait()
+                    except queue.Empty:
+                        break
+                    if err is not None:
+                        self._error_record(pub, front, envelope, err, _request_id(out), "downlink", "internal")
+                        continue
+                    start = max(t_done, link_free_ns)
+                    release = start + int(round(rec.airtime_s * 1e9))
+                    link_free_ns = release
+                    meta = {**rec.to_dict(), "request_id": _request_id(out), "direction": "downlink",
+                            "t_done_ns": t_done, "t_release_ns": release, "queue_s": (start - t_done) / 1e9}
+                    heapq.heappush(pending, (release, next(self._seq), "front",
+                                             [*envelope, b"", *to_parts(out)], meta))
+                now = time.monotonic_ns()
+                while pending and pending[0][0] <= now:
+                    _, _, where, parts, meta = heapq.heappop(pending)
+                    sock = front if where == "front" else back
+                    self._send(sock, parts)
+                    if meta is not None:
+                        self._publish(pub, Frame(DELIVERY_KIND, meta=meta))
+        finally:
+            for s in (front, back, pub):
+                s.close(0)
+
+    def _send(self, sock: zmq.Socket, parts: list) -> None:
+        try:
+            sock.send_multipart(parts, copy=False)
+        except zmq.ZMQError as exc:  # peer gone or queue full: drop, keep serving
+            log.warning("channel broker could not forward a frame: %s", exc)
+
+    def _publish(self, pub: zmq.Socket, frame: Frame) -> None:
+        try:
+            pub.send_multipart(to_parts(frame), flags=zmq.NOBLOCK)
+        except (zmq.ZMQError, FrameError) as exc:
+            log.warning("channel broker could not publish a record: %s", exc)
+
+    def _error_record(self, pub, front, envelope: list[bytes], message: str, rid: str | None, direction: str,
+                      code: str) -> None:
+        self.stats["errors"] += 1
+        rec = DeliveryRecord(mode=self.config.mode, model=self.config.model, error=message)
+        self._publish(pub, Frame(DELIVERY_KIND, meta={**rec.to_dict(), "request_id": rid, "direction": direction,
+                                                      "code": code}))
+        if envelope:
+            self._send(front, [*envelope, b"", *to_parts(error_frame(message, request_id=rid, code=code,
+                                                                       source="channel"))])
+
+    @staticmethod
+    def _code(message: str) -> str:
+        text = message.lower()
+        if "exceed" in text or "oversized" in text:
+            return "oversized"
+        if "version mismatch" in text:
+            return "version"
+        return "malformed"
+
+    def _parse(self, raw: list[zmq.Frame]) -> tuple[list[bytes], Frame | None, list, str | None]:
+        envelope: list[bytes] = []
+        try:
+            envelope, parts = split_envelope(raw)
+            return envelope, from_parts(parts, self.limits), parts, None
+        except FrameError as exc:
+            return envelope, None, [], str(exc)
+
+    def _uplink(self, front, back, pub, pending) -> None:
+        try:
+            raw = front.recv_multipart(copy=False, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        envelope, frame, parts, err = self._parse(raw)
+        if frame is None:
+            # An envelope without the delimiter still starts with the peer's routing id: answer that peer.
+            if not envelope and raw:
+                envelope = [bytes(raw[0].buffer)]
+            self._error_record(pub, front, envelope, f"uplink frame refused: {err}", None, "uplink",
+                               self._code(err or ""))
+            return
+        self.stats["uplink"] += 1
+        rid = _request_id(frame)
+        link = _link_of(frame)
+        if rid is not None and link is not None:
+            self._links[rid] = link
+            self._links.move_to_end(rid)
+            while len(self._links) > MAX_REMEMBERED_LINKS:
+                self._links.popitem(last=False)
+        out = [*envelope, b"", *parts]
+        delay = self.config.uplink_delay_s
+        if delay > 0 and not _bypass(frame):
+            heapq.heappush(pending, (time.monotonic_ns() + int(delay * 1e9), next(self._seq), "back", out, None))
+        else:
+            self._send(back, out)
+
+    def _downlink(self, front, pub, back) -> None:
+        try:
+            raw = back.recv_multipart(copy=False, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        envelope, frame, parts, err = self._parse(raw)
+        if frame is None:
+            self._error_record(pub, front, envelope, f"downlink frame refused: {err}", None, "downlink",
+                               self._code(err or ""))
+            return
+        if _bypass(frame):
+            self.stats["bypass"] += 1
+            self._send(front, [*envelope, b"", *parts])
+            return
+        self.stats["downlink"] += 1
+        rid = _request_id(frame)
+        link = _link_of(frame) or (self._links.pop(rid, None) if rid is not None else None)
+        # The frame's arrays view zmq buffers: copy them before another thread works on them.
+        frame = Frame(frame.kind, frame.meta, {k: v.copy() for k, v in frame.buffers.items()}, frame.version)
+        self._jobs.put((envelope, frame, link))
