@@ -1,1 +1,29 @@
-"""analysis."""
+"""megbed analysis: turn a run directory into validated tables, figures and one self-contained HTML report.
+
+Public entry points (imported lazily, so ``import analysis`` stays cheap)::
+
+    from analysis import build_report, load_run
+    result = build_report("runs/2026-11-26")      # -> ReportResult (html_path, figures, skipped, missing, summary)
+    data = load_run("runs/2026-11-26")            # -> RunData (rows, requests, stages, traces, training_logs, ...)
+
+Figures live in :mod:`analysis.figures` (a registry: add one with ``register_figure``); the CLI is
+``megbed report RUN_DIR`` (:mod:`analysis.cli`). This package reads datasets only: it never imports node code.
+"""
+
+from __future__ import annotations
+
+_EXPORTS = {
+    "build_report": "analysis.report", "ReportResult": "analysis.report", "load_run": "analysis.load",
+    "RunData": "analysis.load", "RunDataError": "analysis.load", "SchemaVersionError": "analysis.load",
+    "register_figure": "analysis.figures.registry", "comparison": "analysis.tables",
+    "fit_cost_model": "analysis.costfit",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'analysis' has no attribute {name!r}")

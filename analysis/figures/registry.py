@@ -83,7 +83,11 @@ def _clock_available(data: RunData) -> str | None:
 def _energy_available(data: RunData) -> str | None:
     st = data.stages
     ok = st["energy_valid"].astype(bool) & st["energy_method"].ne("none") & st["energy_mj_total"].notna()
-    return None if ok.any() else "no valid energy measurement in any stage row"
+    if ok.any():
+        return None
+    reasons = st["energy_invalid_reason"].replace("", np.nan).dropna().value_counts()
+    top = f" (most often: {reasons.index[0]!r}, {int(reasons.iloc[0])} rows)" if len(reasons) else ""
+    return "no valid energy measurement in any stage row" + top
 
 
 def _rails_available(data: RunData) -> str | None:

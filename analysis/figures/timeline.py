@@ -98,7 +98,8 @@ def sync_series(data: RunData) -> tuple[pd.DataFrame, str]:
     pts = manifest_sync_points(data.manifest)
     if not pts.empty and pts.groupby("node").size().max() >= 2:
         return pts, "the clock-sync exchanges recorded in the manifest"
-    rows = data.rows[(data.rows["node"] != "orchestrator") & data.rows["clock_offset_ns"].notna()] \
+    # the channel's link row spans two hosts (its offset and bound combine the ES's and the UE's): not a clock
+    rows = data.rows[data.rows["node"].isin(["es", "ue"]) & data.rows["clock_offset_ns"].notna()] \
         if "clock_offset_ns" in data.rows.columns else data.rows.iloc[:0]
     if rows.empty:
         if not pts.empty:
