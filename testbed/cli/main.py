@@ -16,6 +16,7 @@ COMMAND_MODULES: list[str] = [
     "testbed.cli.node",
     "testbed.cli.generate",
     "analysis.cli",
+    "channel_emu.cli",
 ]
 
 

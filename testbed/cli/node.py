@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 
 NODE_MODULES: list[str] = [
+    "channel_emu.cli",
 ]
 
 
