@@ -1,1 +1,23 @@
-"""firmware_profiles."""
+"""firmware_profiles: board set-ups as validated data (probes, rail maps, power figures, settings, commands).
+
+``load_profile(name_or_path)`` and ``list_profiles()`` are the entry points; see :mod:`firmware_profiles.loader`.
+"""
+
+from firmware_profiles.loader import (
+    KNOWN_BACKENDS,
+    Check,
+    Command,
+    PowerFigure,
+    ProbePlan,
+    Profile,
+    ProfileError,
+    RailSpec,
+    list_profiles,
+    load_profile,
+    parse_profile,
+)
+
+__all__ = [
+    "KNOWN_BACKENDS", "Check", "Command", "PowerFigure", "ProbePlan", "Profile", "ProfileError", "RailSpec",
+    "list_profiles", "load_profile", "parse_profile",
+]

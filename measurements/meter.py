@@ -302,7 +302,12 @@ class Meter:
 
     # --- windows -------------------------------------------------------------------------------------------
     def begin(self, stage: str, sync: Callable[[], Any] | None = None) -> Window:
-        """Open a window: synchronise (e.g. ``torch.cuda.synchronize``), stamp, and force an edge read per probe."""
+        """Open a window: synchronise (e.g. ``torch.cuda.synchronize``), stamp, and force an edge read per probe.
+
+        Without ``sync``, a probe's ``default_sync`` (e.g. the NVML probe's) is used.
+        """
+        if sync is None:
+            sync = next((p.default_sync for p in self.probes if getattr(p, "default_sync", None)), None)
         if sync is not None:
             sync()
         t0 = self.clock()

@@ -42,6 +42,10 @@ class TraceArrays:
         Cumulative counter energy per rail (mJ); NaN for probes without a counter.
     reasons : dict[int, str]
         Failure reason by sequence number, for invalid samples only.
+    extra_keys : tuple[str, ...]
+        Names of the side readings (units in the name, e.g. ``ext5v_mv``).
+    extra : numpy.ndarray, shape (n, extra_keys), float64
+        Side readings (NaN where absent).
     """
 
     rails: tuple[str, ...]
@@ -51,6 +55,8 @@ class TraceArrays:
     power_mw: np.ndarray
     energy_mj: np.ndarray
     reasons: dict[int, str]
+    extra_keys: tuple[str, ...] = ()
+    extra: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.t_ns.size)
@@ -68,6 +74,9 @@ class TraceArrays:
         if np.isfinite(self.energy_mj).any():
             for j, rail in enumerate(self.rails):
                 data[f"energy_mj_{rail}"] = self.energy_mj[:, j]
+        if self.extra is not None:
+            for j, key in enumerate(self.extra_keys):
+                data[key] = self.extra[:, j]
         df = pd.DataFrame(data)
         if probe:
             df.insert(0, "probe", probe)
@@ -77,33 +86,36 @@ class TraceArrays:
 class _Growable:
     """Amortised-O(1) append of fixed-width rows, with cheap consistent snapshots."""
 
-    def __init__(self, n_rails: int, capacity: int = 4096) -> None:
+    FIELDS = ("seq", "t", "valid", "p", "e", "x")
+
+    def __init__(self, n_rails: int, n_extra: int = 0, capacity: int = 4096) -> None:
         self.n = 0
         self.seq = np.empty(capacity, np.int64)
         self.t = np.empty(capacity, np.int64)
         self.valid = np.empty(capacity, bool)
         self.p = np.empty((capacity, n_rails), np.float64)
         self.e = np.empty((capacity, n_rails), np.float64)
+        self.x = np.empty((capacity, n_extra), np.float64)
 
     def _grow(self) -> None:
         cap = self.t.size * 2
-        for name in ("seq", "t", "valid", "p", "e"):
+        for name in self.FIELDS:
             old = getattr(self, name)
             new = np.empty((cap, *old.shape[1:]), old.dtype)
             new[: self.n] = old[: self.n]
             setattr(self, name, new)
 
-    def append(self, seq: int, t: int, valid: bool, p: np.ndarray, e: np.ndarray) -> None:
+    def append(self, seq: int, t: int, valid: bool, p: np.ndarray, e: np.ndarray, x: np.ndarray) -> None:
         if self.n == self.t.size:
             self._grow()
         i = self.n
         self.seq[i], self.t[i], self.valid[i] = seq, t, valid
-        self.p[i], self.e[i] = p, e
+        self.p[i], self.e[i], self.x[i] = p, e, x
         self.n = i + 1
 
     def drop_before(self, index: int) -> None:
         keep = self.n - index
-        for name in ("seq", "t", "valid", "p", "e"):
+        for name in self.FIELDS:
             arr = getattr(self, name)
             arr[:keep] = arr[index:self.n]
         self.n = keep
@@ -138,7 +150,8 @@ class Sampler:
         self.rate_hz = float(rate_hz)
         self.keep_s = keep_s
         self._rails = probe.rail_keys
-        self._buf = _Growable(len(self._rails))
+        self._extra_keys = tuple(probe.extra_keys)
+        self._buf = _Growable(len(self._rails), len(self._extra_keys))
         self._reasons: dict[int, str] = {}
         self._lock = threading.Lock()
         self._read_lock = threading.Lock()
@@ -163,12 +176,13 @@ class Sampler:
                     e = np.array([reading.energy_mj.get(k, np.nan) for k in self._rails], np.float64)
                 else:
                     e = np.full(len(self._rails), np.nan)
+                x = np.array([reading.extra.get(k, np.nan) for k in self._extra_keys], np.float64)
                 if not reading.valid:
                     self._n_invalid += 1
                     self._reasons[seq] = reading.reason
                     if self._n_invalid in (1, 10, 100) or self._n_invalid % 1000 == 0:
                         log.warning("%s: invalid read #%d: %s", self.probe.name, self._n_invalid, reading.reason)
-                self._buf.append(seq, reading.t_ns, reading.valid, p, e)
+                self._buf.append(seq, reading.t_ns, reading.valid, p, e, x)
                 if self._first_t is None:
                     self._first_t = reading.t_ns
                 self._last = reading
@@ -242,7 +256,8 @@ class Sampler:
             seq = self._buf.seq[sl].copy()
             reasons = {s: r for s, r in self._reasons.items() if s >= since_seq}
             return TraceArrays(self._rails, seq, self._buf.t[sl].copy(), self._buf.valid[sl].copy(),
-                               self._buf.p[sl].copy(), self._buf.e[sl].copy(), reasons)
+                               self._buf.p[sl].copy(), self._buf.e[sl].copy(), reasons, self._extra_keys,
+                               self._buf.x[sl].copy())
 
     def window_arrays(self, t0_ns: int, t1_ns: int, margin_ns: int) -> TraceArrays:
         """Samples with stamps in ``[t0 - margin, t1 + margin]`` (copies)."""
@@ -255,7 +270,8 @@ class Sampler:
             seq = self._buf.seq[sl].copy()
             return TraceArrays(self._rails, seq, t[sl].copy(), self._buf.valid[sl].copy(),
                                self._buf.p[sl].copy(), self._buf.e[sl].copy(),
-                               {int(s): self._reasons[int(s)] for s in seq if int(s) in self._reasons})
+                               {int(s): self._reasons[int(s)] for s in seq if int(s) in self._reasons},
+                               self._extra_keys, self._buf.x[sl].copy())
 
     def latest_t_ns(self) -> int | None:
         with self._lock:

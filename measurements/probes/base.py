@@ -116,6 +116,7 @@ class PowerProbe(ABC):
     name: str = "probe"
     method: str = METHOD_INTEGRATED
     rails: tuple[Rail, ...] = ()
+    extra_keys: tuple[str, ...] = ()  # side readings kept in the trace (units in the key, e.g. "ext5v_mv")
     clock: Clock = staticmethod(time.monotonic_ns)
 
     @abstractmethod
