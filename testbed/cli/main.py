@@ -17,6 +17,7 @@ COMMAND_MODULES: list[str] = [
     "testbed.cli.generate",
     "analysis.cli",
     "channel_emu.cli",
+    "measurements.cli",
 ]
 
 
