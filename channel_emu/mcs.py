@@ -2,7 +2,7 @@
 
 * MCS index -> (bits per symbol, target code rate): Sionna's ``decode_mcs_index`` (38.214 Table 5.1.3.1-1).
 * Segmentation of a payload into LDPC code blocks as in 38.212: every block carries a 24-bit CRC; the maximum block
-  is 8448 bits (base graph 1), or 3840 bits when the code rate is <= 1/4 (base graph 2); blocks are equal-sized,
+  is 8448 bits (base graph 1), or 3824 bits when the code rate is below 0.4 (base graph 2); blocks are equal-sized,
   the last padded with zeros. Each block is rate-matched to n = K / R bits, rounded up to a whole symbol.
 * BLER for a code block at an effective SINR: Sionna SYS ``PHYAbstraction`` tables (shipped with the package,
   simulated for block sizes up to 2000 bits; larger blocks use the 2000-bit curve -- slightly pessimistic).
@@ -164,7 +164,9 @@ def segment(payload_bits: int, mcs: int, max_cb_bits: int = 8448) -> Segmentatio
     if payload_bits <= 0:
         raise ValueError("nothing to segment: payload_bits must be > 0")
     m, r = mcs_params(mcs)
-    kcb = min(max_cb_bits, 3840 if r <= 0.25 else 8448)
+    # Sionna's base-graph choice follows 38.212 (BG2 for k <= 3824 at R <= 0.67, or R <= 1/4) and its BG1 refuses
+    # R < 1/3 (no repetition), so low rates keep blocks at <= 3824 bits.
+    kcb = min(max_cb_bits, 3824 if r < 0.4 else 8448)
     per_block = kcb - CRC_BITS
     c = -(-payload_bits // per_block)
     info = -(-payload_bits // c)

@@ -108,3 +108,15 @@ def test_abstraction_link_adaptation_and_tdl():
     slot_s = 14 * (64 + 8) / 1e6
     assert rec.airtime_s == pytest.approx(round(rec.airtime_s / slot_s) * slot_s)
     assert 0 < rec.nmse < 0.5
+
+
+def test_segmentation_fits_sionna_encoder_for_every_mcs():
+    from sionna.phy.fec.ldpc import LDPC5GEncoder
+
+    from channel_emu.mcs import segment
+
+    for mcs in range(3, 29):
+        for bits in (100, 262_144, 1_048_576):
+            s = segment(bits, mcs)
+            LDPC5GEncoder(s.k, s.n, num_bits_per_symbol=s.bits_per_symbol)
+            assert s.num_blocks * s.info_per_block >= bits and s.n % s.bits_per_symbol == 0
