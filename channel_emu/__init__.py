@@ -1,1 +1,32 @@
-"""channel_emu."""
+"""channel_emu: the emulated ES -> UE wireless link (Sionna 2.x physical layer) and the ZeroMQ channel broker.
+
+Public API (imported lazily so that ``import channel_emu.process`` stays light)::
+
+    LinkConfig, LinkConfigError                 channel_emu.config
+    ChannelProcess, ReplayProcess, ChannelState channel_emu.process
+    ChannelEmulator                             channel_emu.emulator   deliver(frame, state=None, *, link=None)
+    DeliveryRecord                              channel_emu.record     to_dict(), to_columns()
+    Broker, BrokerAddresses                     channel_emu.broker     megbed node channel
+
+Modes and what they charge (never mixed): ``analog`` -> airtime of analog symbols, distortion from analog noise;
+``coded`` -> airtime of real 5G LDPC coded symbols, distortion from real bit errors; ``abstraction`` -> the coded
+accounting with block errors drawn from Sionna's BLER tables. See :mod:`channel_emu.emulator`.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "LinkConfig": "channel_emu.config", "LinkConfigError": "channel_emu.config",
+    "ChannelProcess": "channel_emu.process", "ReplayProcess": "channel_emu.process",
+    "ChannelState": "channel_emu.process", "ChannelEmulator": "channel_emu.emulator",
+    "DeliveryRecord": "channel_emu.record", "Broker": "channel_emu.broker", "BrokerAddresses": "channel_emu.broker",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'channel_emu' has no attribute {name!r}")
