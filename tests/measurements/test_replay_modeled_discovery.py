@@ -147,3 +147,16 @@ def test_meter_from_profile_and_read_error_type():
     assert meter.discovery.profile == "generic_cpu"
     assert issubclass(ProbeReadError, RuntimeError)
     assert load_profile("generic_cpu").probes.order == ("rapl", "modeled")
+
+
+def test_recorded_trace_windows_within_one_percent_at_ten_periods():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import window_energy
+
+    df = pd.read_parquet(window_energy.FIXTURE)
+    res = window_energy.run(df, rate_hz=1000.0, lag_corrected=True, seed=3)
+    long = res[res["periods"] >= 10]
+    assert len(long) >= 5 and long["rel_err"].abs().max() <= 0.01
