@@ -181,18 +181,23 @@ def build_tiny_model(folder: str | Path, family: str = "sd15", *, scheduler: str
     return folder
 
 
+def _cast(module: Any, dtype: torch.dtype) -> Any:
+    # Casting an fp32 module to fp32 is a no-op that diffusers still warns about; skip it.
+    return module if dtype == torch.float32 else module.to(dtype)
+
+
 def sd15_unet(dtype: torch.dtype = torch.float32) -> Any:
     """A full-size SD-1.5 U-Net (860 M parameters) with random weights."""
     from diffusers import UNet2DConditionModel
 
-    return UNet2DConditionModel(**SD15_UNET_CONFIG).to(dtype).eval()
+    return _cast(UNet2DConditionModel(**SD15_UNET_CONFIG), dtype).eval()
 
 
 def sd15_vae(dtype: torch.dtype = torch.float32) -> Any:
     """A full-size SD-1.5 VAE (84 M parameters) with random weights."""
     from diffusers import AutoencoderKL
 
-    return AutoencoderKL(**SD15_VAE_CONFIG).to(dtype).eval()
+    return _cast(AutoencoderKL(**SD15_VAE_CONFIG), dtype).eval()
 
 
 def sd15_text_encoder(dtype: torch.dtype = torch.float32) -> Any:
@@ -203,4 +208,4 @@ def sd15_text_encoder(dtype: torch.dtype = torch.float32) -> Any:
     c = SD15_TEXT_CONFIG
     config = _text_config(c["hidden_size"], c["num_hidden_layers"], c["num_attention_heads"], c["projection_dim"],
                           c["intermediate_size"], hidden_act=c["hidden_act"])
-    return CLIPTextModel(config).to(dtype).eval()
+    return _cast(CLIPTextModel(config), dtype).eval()
