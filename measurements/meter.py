@@ -36,7 +36,7 @@ from measurements.probes.base import (
     PowerReading,
 )
 from measurements.sampler import DEFAULT_RATE_HZ, Sampler
-from measurements.schema import ENERGY_NET_PREFIX, ENERGY_PREFIX
+from measurements.schema import energy_column, energy_net_column
 
 # Weakest first: a window combining a modeled and a measured probe is reported as modeled.
 _METHOD_RANK = {METHOD_MODELED: 0, METHOD_INTEGRATED: 1, METHOD_COUNTER: 2}
@@ -97,9 +97,9 @@ class StageEnergy:
         """The dataset columns this window fills (names from :mod:`measurements.schema`)."""
         cols: dict[str, Any] = {}
         for rail, value in self.energy_mj.items():
-            cols[ENERGY_PREFIX + rail] = float(value)
+            cols[energy_column(rail)] = float(value)
         for rail, value in self.energy_net_mj.items():
-            cols[ENERGY_NET_PREFIX + rail] = float(value)
+            cols[energy_net_column(rail)] = float(value)
         cols["energy_mj_total"] = float(self.total_mj)
         cols["energy_net_mj_total"] = float(self.net_total_mj)
         cols["energy_method"] = self.method

@@ -135,6 +135,16 @@ def column_kind(name: str) -> str | None:
     return None
 
 
+def energy_column(rail: str) -> str:
+    """Gross energy column of a rail key, e.g. ``energy_mj_vdd_in``."""
+    return ENERGY_PREFIX + rail
+
+
+def energy_net_column(rail: str) -> str:
+    """Idle-subtracted energy column of a rail key, e.g. ``energy_net_mj_vdd_in``."""
+    return ENERGY_NET_PREFIX + rail
+
+
 def rail_columns(columns: Iterable[str]) -> list[str]:
     """The per-rail gross energy columns present, e.g. ``energy_mj_vdd_in`` (``energy_mj_total`` excluded)."""
     return [c for c in columns if c.startswith(ENERGY_PREFIX) and c != "energy_mj_total"]
