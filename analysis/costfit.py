@@ -114,8 +114,8 @@ def _col(df: pd.DataFrame, name: str, default) -> np.ndarray:
     return np.full(len(df), default, dtype=float)
 
 
-def stage_work(data: RunData, model_dir: Path | None = None, tome_max_downsample: int = 1
-               ) -> tuple[pd.DataFrame, str, str, str]:
+def stage_work(data: RunData, model_dir: Path | None = None, tome_max_downsample: int = 1,
+               flop_cache: Path | None = None) -> tuple[pd.DataFrame, str, str, str]:
     """Compute-stage rows with their work (TFLOP, or steps in the fallback).
 
     Returns
@@ -154,7 +154,7 @@ def stage_work(data: RunData, model_dir: Path | None = None, tome_max_downsample
             tome = np.nan_to_num(tome, nan=0.0)
             work = np.empty(len(st))
             for i, stage in enumerate(st["stage"].to_numpy()):
-                f = stage_flops(found, h[i], w[i], bool(cfg[i]), float(tome[i]), tome_max_downsample)
+                f = stage_flops(found, h[i], w[i], bool(cfg[i]), float(tome[i]), tome_max_downsample, flop_cache)
                 work[i] = {"denoise": f.unet_step * steps[i], "decode": f.vae_decode,
                            "text_encode": f.text_encode}[stage] / 1e12
             st["work"] = work
@@ -174,9 +174,13 @@ def stage_work(data: RunData, model_dir: Path | None = None, tome_max_downsample
     return den, "steps", "U-Net steps", note
 
 
-def fit_cost_model(data: RunData, model_dir: Path | None = None, tome_max_downsample: int = 1) -> CostModelResult:
-    """Fit ``cost = a · work + b`` per node for latency and (valid) energy; see the module docstring."""
-    rows, basis, unit, note = stage_work(data, model_dir, tome_max_downsample)
+def fit_cost_model(data: RunData, model_dir: Path | None = None, tome_max_downsample: int = 1,
+                   flop_cache: Path | None = None) -> CostModelResult:
+    """Fit ``cost = a · work + b`` per node for latency and (valid) energy; see the module docstring.
+
+    ``flop_cache``: a JSON file remembering FLOP counts between reports (see :func:`analysis.flops.stage_flops`).
+    """
+    rows, basis, unit, note = stage_work(data, model_dir, tome_max_downsample, flop_cache)
     result = CostModelResult(basis=basis, work_unit=unit, rows=rows, note=note)
     if rows.empty:
         return result

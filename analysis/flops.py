@@ -14,10 +14,11 @@ Counted per request configuration:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -206,9 +207,48 @@ def text_encode_flops(model_dir: str, cfg: bool) -> float:
     return total
 
 
+def _config_digest(model_dir: Path) -> str:
+    h = hashlib.sha256()
+    for sub in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        path = Path(model_dir) / sub / "config.json"
+        if path.is_file():
+            h.update(sub.encode() + path.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def stage_flops(model_dir: Path, height_px: int, width_px: int, cfg: bool, tome_ratio: float = 0.0,
-                tome_max_downsample: int = 1) -> StageFlops:
-    """All stage FLOPs of one configuration (cached per configuration)."""
+                tome_max_downsample: int = 1, disk_cache: Path | None = None) -> StageFlops:
+    """All stage FLOPs of one configuration (cached per configuration in memory, and in ``disk_cache`` when given).
+
+    The disk cache is a JSON file keyed by a digest of the model's config files and the configuration, so a
+    changed model is recounted and a repeated report of a large model (SDXL counts in tens of seconds) is not.
+    """
+    key = (f"{_config_digest(model_dir)}:{int(height_px)}x{int(width_px)}:cfg{int(bool(cfg))}:"
+           f"tome{round(float(tome_ratio), 4)}:{int(tome_max_downsample)}")
+    stored: dict = {}
+    if disk_cache is not None and disk_cache.is_file():
+        try:
+            stored = json.loads(disk_cache.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            stored = {}  # a damaged cache is recounted, never trusted
+        if isinstance(stored.get(key), dict):
+            try:
+                return StageFlops(**{k: float(stored[key][k]) for k in ("unet_step", "vae_decode", "text_encode")})
+            except (KeyError, TypeError, ValueError):
+                pass
+    result = _stage_flops(model_dir, height_px, width_px, cfg, tome_ratio, tome_max_downsample)
+    if disk_cache is not None:
+        stored[key] = asdict(result)
+        try:
+            disk_cache.parent.mkdir(parents=True, exist_ok=True)
+            disk_cache.write_text(json.dumps(stored, indent=1), encoding="utf-8")
+        except OSError as exc:
+            log.warning("cannot write the FLOP cache %s: %s", disk_cache, exc)
+    return result
+
+
+def _stage_flops(model_dir: Path, height_px: int, width_px: int, cfg: bool, tome_ratio: float,
+                 tome_max_downsample: int) -> StageFlops:
     return StageFlops(
         unet_step=unet_step_flops(str(model_dir), int(height_px), int(width_px), bool(cfg), round(float(tome_ratio), 4),
                                   int(tome_max_downsample)),

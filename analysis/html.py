@@ -30,7 +30,7 @@ th{background:#f0f4f8}td.l,th.l{text-align:left}tr:nth-child(even) td{background
 .bad{border-left-color:#C00000;background:#fdeaea}.good{border-left-color:#009E73;background:#eaf7f2}
 pre{background:#f6f6f6;padding:8px;overflow-x:auto;font-size:.8em}
 .gallery{display:flex;flex-wrap:wrap;gap:8px}.gallery figure{margin:0;width:180px;font-size:.75em;word-break:break-all}
-.gallery img{width:180px;height:auto}.neg{color:#006d4f}.pos{color:#b00000}
+.gallery img{width:180px;height:auto}.scroll{max-height:640px;overflow:auto;display:inline-block}.neg{color:#006d4f}.pos{color:#b00000}
 nav a{margin-right:12px}
 """
 
@@ -97,7 +97,7 @@ def comparison_html(comp: Comparison) -> str:
         cells += [f"<td>{int(r['n'])}</td>", f"<td>{_est(r['latency_s'])}</td>", f"<td>{_est(r['energy_j'])}</td>"]
         cells += [f"<td>{_est(r[c], pct=True)}</td>" for c, _ in deltas]
         body.append("<tr>" + "".join(cells) + "</tr>")
-    return (f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    return (f"<div class='scroll'><table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
             f"<p class='caption'>Means per request with 95% confidence intervals in brackets. {_e(comp.method)}. "
             "Δ = 100·(MEG / baseline − 1) against the baseline setting that agrees on every column the baseline "
             "varies (same N; same link condition where the baseline has one); negative (green) means MEG is cheaper, "
@@ -162,14 +162,29 @@ def provenance_html(data: RunData) -> str:
     return "".join(parts)
 
 
+def _describe_request(r) -> str:
+    parts = [scheme_label(r["scheme"])]
+    if "n_steps" in r and not _nan(r["n_steps"]):
+        parts.append(f"N={int(r['n_steps'])}")
+    if r["scheme"] == "meg" and "merge_ratio" in r and not _nan(r["merge_ratio"]):
+        parts.append(f"β={r['merge_ratio']:g}")
+    if "q_psnr_db" in r and not _nan(r["q_psnr_db"]):
+        parts.append(f"{r['q_psnr_db']:.1f} dB")
+    return " ".join(parts)
+
+
 def gallery_html(data: RunData) -> str:
     if not data.images:
         return ""
     figs = []
+    by_id = data.requests.drop_duplicates("request_id").set_index("request_id")
     for p in data.images[:MAX_GALLERY]:
         src = _thumb(p)
         img = f"<img src='{src}' alt='{_e(p.name)}'>" if src else "<em>unreadable</em>"
-        figs.append(f"<figure>{img}<figcaption>{_e(p.relative_to(data.run_dir))}</figcaption></figure>")
+        caption = _e(p.relative_to(data.run_dir))
+        if p.stem in by_id.index:  # images named after their request: say what they are
+            caption = f"<b>{_e(_describe_request(by_id.loc[p.stem]))}</b><br>{caption}"
+        figs.append(f"<figure>{img}<figcaption>{caption}</figcaption></figure>")
     more = f"<p>{len(data.images) - MAX_GALLERY} more in images/.</p>" if len(data.images) > MAX_GALLERY else ""
     return f"<h2 id='images'>Generated images</h2><div class='gallery'>{''.join(figs)}</div>{more}"
 

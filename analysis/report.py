@@ -151,8 +151,8 @@ def summary_text(data: RunData, comp: Comparison, result_figs: dict, skipped: di
         lat = comp.headline.get(f"latency_vs_{base}")
         en = comp.headline.get(f"energy_vs_{base}")
         if lat is not None:
-            lines.append(f"  MEG vs {scheme_label(base)} (common N, pooled): latency {lat.fmt(3, '%')}, "
-                         f"energy {en.fmt(3, '%') if en else 'n/a'}")
+            lines.append(f"  MEG vs {scheme_label(base)} (same N, pooled over the rest): latency {lat.fmt_pct()}, "
+                         f"energy {en.fmt_pct() if en else 'n/a'}")
     for name, reason in data.missing.items():
         lines.append(f"  missing {name}: {reason}")
     lines.append(f"  figures: {len(result_figs)} written, {len(skipped)} skipped, {len(failed)} failed")
@@ -211,7 +211,7 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None, *, figu
     data = load_run(run_dir, with_traces=with_traces)
     out = Path(out_dir) if out_dir is not None else data.run_dir / REPORT_DIR
     out.mkdir(parents=True, exist_ok=True)
-    ctx = FigureContext(seed=seed, model_dir=Path(model_dir) if model_dir is not None else None)
+    ctx = FigureContext(seed=seed, model_dir=Path(model_dir) if model_dir is not None else None, out_dir=out)
     comp = comparison(data, n_boot=n_boot, seed=seed)
     rendered, skipped, failed = render_figures(data, out, ctx, figure_names)
     tables = {"comparison": out / "comparison.csv"}

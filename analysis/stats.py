@@ -49,6 +49,15 @@ class Estimate:
         return f"{self.value:.{digits}g}{u} [{self.low:.{digits}g}, {self.high:.{digits}g}]"
 
 
+    def fmt_pct(self) -> str:
+        """``-12.3% [-26.5%, +6.8%]`` for a relative change."""
+        if not math.isfinite(self.value):
+            return "n/a"
+        if not (math.isfinite(self.low) and math.isfinite(self.high)):
+            return f"{self.value:+.1f}% (n={self.n})"
+        return f"{self.value:+.1f}% [{self.low:+.1f}%, {self.high:+.1f}%]"
+
+
 def _clean(x) -> np.ndarray:
     a = np.asarray(x, dtype=float).ravel()
     return a[np.isfinite(a)]

@@ -40,12 +40,15 @@ class FigureContext:
         Seed of every resampling.
     model_dir : Path or None
         Model folder for FLOP counting (None: look where the manifest says).
+    out_dir : Path or None
+        The report folder (holds ``flops_cache.json`` between builds).
     cache : dict
         Results shared between figures and tables.
     """
 
     seed: int = 0
     model_dir: Path | None = None
+    out_dir: Path | None = None
     cache: dict = field(default_factory=dict)
     _notes: list[str] = field(default_factory=list)
 
@@ -61,7 +64,8 @@ class FigureContext:
         from analysis.costfit import fit_cost_model
 
         if "cost_model" not in self.cache:
-            self.cache["cost_model"] = fit_cost_model(data, self.model_dir)
+            cache = self.out_dir / "flops_cache.json" if self.out_dir is not None else None
+            self.cache["cost_model"] = fit_cost_model(data, self.model_dir, flop_cache=cache)
         return self.cache["cost_model"]
 
 

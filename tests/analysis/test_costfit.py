@@ -73,3 +73,18 @@ def test_fallback_without_the_model_folder_says_so(bare_run):
     assert set(res.rows["stage"]) == {"denoise"}
     es = res.fit("es", "latency_s")
     assert es.slope == pytest.approx(STEP_S_ES, rel=0.05)  # seconds per step in the generator
+
+
+def test_flop_disk_cache_is_keyed_by_the_model_configs(tiny_model, tmp_path):
+    import json
+
+    cache = tmp_path / "flops_cache.json"
+    first = stage_flops(tiny_model, 64, 64, cfg=True, disk_cache=cache)
+    stored = json.loads(cache.read_text())
+    assert len(stored) == 1 and next(iter(stored.values()))["unet_step"] == first.unet_step
+    key = next(iter(stored))
+    stored[key]["unet_step"] = 123.0  # a cached count is used as is
+    cache.write_text(json.dumps(stored))
+    assert stage_flops(tiny_model, 64, 64, cfg=True, disk_cache=cache).unet_step == 123.0
+    cache.write_text("{broken")  # a damaged cache is recounted, not trusted
+    assert stage_flops(tiny_model, 64, 64, cfg=True, disk_cache=cache).unet_step == first.unet_step

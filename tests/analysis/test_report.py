@@ -28,6 +28,7 @@ def test_html_is_self_contained_with_every_figure(full_report):
         assert base64.b64decode(payload)[:8] == b"\x89PNG\r\n\x1a\n"
     assert not re.search(r"(src|href)=['\"](https?:|//|file:)", text)  # nothing fetched from outside
     assert "Generated images" in text and text.count("<figure>") == 6  # the fixture writes 6 images
+    assert "<b>MEG N=4 β=0 " in text  # images named after their request are captioned with its setting
     for section in ("Provenance", "MEG vs CEG vs UE-local", "Fitted cost model", "Clock sync", "Policy"):
         assert section in text
     assert "percentile bootstrap (500 resamples" in text and "Student-t" in text
@@ -52,7 +53,8 @@ def test_comparison_table(full_report):
 
 def test_summary_text(full_report):
     s = full_report.summary
-    assert "MEG vs CEG (common N, pooled): latency" in s and "energy" in s
+    assert re.search(r"MEG vs CEG \(same N, pooled over the rest\): latency [+-]\d+\.\d% \[[+-]\d+\.\d%, "
+                     r"[+-]\d+\.\d%\], energy [+-]", s)
     assert "figures: 10 written, 0 skipped, 0 failed" in s
     assert (full_report.out_dir / "summary.txt").read_text().strip() == s
 
