@@ -114,7 +114,7 @@ def _col(df: pd.DataFrame, name: str, default) -> np.ndarray:
     return np.full(len(df), default, dtype=float)
 
 
-def stage_work(data: RunData, model_dir: Path | None = None, tome_max_downsample: int = 1,
+def stage_work(data: RunData, model_dir: Path | None = None, tome_max_downsample: int | None = None,
                flop_cache: Path | None = None) -> tuple[pd.DataFrame, str, str, str]:
     """Compute-stage rows with their work (TFLOP, or steps in the fallback).
 
@@ -174,7 +174,7 @@ def stage_work(data: RunData, model_dir: Path | None = None, tome_max_downsample
     return den, "steps", "U-Net steps", note
 
 
-def fit_cost_model(data: RunData, model_dir: Path | None = None, tome_max_downsample: int = 1,
+def fit_cost_model(data: RunData, model_dir: Path | None = None, tome_max_downsample: int | None = None,
                    flop_cache: Path | None = None) -> CostModelResult:
     """Fit ``cost = a · work + b`` per node for latency and (valid) energy; see the module docstring.
 

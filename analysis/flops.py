@@ -122,10 +122,20 @@ def _count(fn) -> float:
     return float(counter.get_total_flops())
 
 
+def first_attention_downsample(unet_config: dict) -> int:
+    """tomesd's ``max_downsample`` as the runtime sets it by default: the downsampling of the first U-Net block with
+    attention (1 for SD 1.x/2.x, 2 for SDXL), i.e. merging in the highest-resolution attention layers."""
+    for i, block in enumerate(unet_config.get("down_block_types", [])):
+        if "CrossAttn" in block:
+            return 2**i
+    return 1
+
+
 @lru_cache(maxsize=64)
 def unet_step_flops(model_dir: str, height_px: int, width_px: int, cfg: bool, tome_ratio: float = 0.0,
-                    tome_max_downsample: int = 1) -> float:
-    """FLOPs of one U-Net forward (batch 2 when ``cfg``), tomesd applied at ``tome_ratio`` when > 0."""
+                    tome_max_downsample: int | None = None) -> float:
+    """FLOPs of one U-Net forward (batch 2 when ``cfg``), tomesd applied at ``tome_ratio`` when > 0
+    (``tome_max_downsample`` None: the runtime's default, :func:`first_attention_downsample`)."""
     import torch
     from diffusers import UNet2DConditionModel
 
@@ -142,8 +152,8 @@ def unet_step_flops(model_dir: str, height_px: int, width_px: int, cfg: bool, to
             if tome_ratio > 0:
                 import tomesd
 
-                tomesd.apply_patch(unet, ratio=float(tome_ratio), max_downsample=int(tome_max_downsample),
-                                   use_rand=False)
+                downsample = tome_max_downsample or first_attention_downsample(cfg_unet)
+                tomesd.apply_patch(unet, ratio=float(tome_ratio), max_downsample=int(downsample), use_rand=False)
             x = torch.zeros(batch, unet.config.in_channels, height_px // scale, width_px // scale)
             t = torch.full((batch,), 10, dtype=torch.long)
             ctx = torch.zeros(batch, TEXT_TOKENS, unet.config.cross_attention_dim)
@@ -217,14 +227,14 @@ def _config_digest(model_dir: Path) -> str:
 
 
 def stage_flops(model_dir: Path, height_px: int, width_px: int, cfg: bool, tome_ratio: float = 0.0,
-                tome_max_downsample: int = 1, disk_cache: Path | None = None) -> StageFlops:
+                tome_max_downsample: int | None = None, disk_cache: Path | None = None) -> StageFlops:
     """All stage FLOPs of one configuration (cached per configuration in memory, and in ``disk_cache`` when given).
 
     The disk cache is a JSON file keyed by a digest of the model's config files and the configuration, so a
     changed model is recounted and a repeated report of a large model (SDXL counts in tens of seconds) is not.
     """
     key = (f"{_config_digest(model_dir)}:{int(height_px)}x{int(width_px)}:cfg{int(bool(cfg))}:"
-           f"tome{round(float(tome_ratio), 4)}:{int(tome_max_downsample)}")
+           f"tome{round(float(tome_ratio), 4)}:{tome_max_downsample or 'default'}")
     stored: dict = {}
     if disk_cache is not None and disk_cache.is_file():
         try:
@@ -248,10 +258,10 @@ def stage_flops(model_dir: Path, height_px: int, width_px: int, cfg: bool, tome_
 
 
 def _stage_flops(model_dir: Path, height_px: int, width_px: int, cfg: bool, tome_ratio: float,
-                 tome_max_downsample: int) -> StageFlops:
+                 tome_max_downsample: int | None) -> StageFlops:
     return StageFlops(
         unet_step=unet_step_flops(str(model_dir), int(height_px), int(width_px), bool(cfg), round(float(tome_ratio), 4),
-                                  int(tome_max_downsample)),
+                                  None if tome_max_downsample is None else int(tome_max_downsample)),
         vae_decode=vae_decode_flops(str(model_dir), int(height_px), int(width_px)),
         text_encode=text_encode_flops(str(model_dir), bool(cfg)),
     )
