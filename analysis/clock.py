@@ -43,19 +43,33 @@ def _entries(value) -> list[dict]:
 
 
 def _node_records(manifest: dict) -> dict[str, list[dict]]:
-    """Every clock record per node role (``es``, ``ue``, ...)."""
-    out: dict[str, list[dict]] = {}
-    nodes = manifest.get("nodes")
-    if isinstance(nodes, dict):
-        for name, info in nodes.items():
-            if isinstance(info, dict) and isinstance(info.get("clock"), (dict, list)):
-                role = str(info.get("role") or name)
-                out.setdefault(role, []).extend(_entries(info["clock"]))
+    """Every clock record per node, keyed by role (``es``, ``ue``) when one node has that role, else by name.
+
+    ``manifest['clock_sync']`` is read first; a node's ``manifest['nodes'][name]['clock']`` only when
+    ``clock_sync`` has nothing for it (the campaign runner writes the same records in both places).
+    """
+    nodes = manifest.get("nodes") if isinstance(manifest.get("nodes"), dict) else {}
+    roles = {str(name): str(info.get("role") or name) for name, info in nodes.items() if isinstance(info, dict)}
+    by_name: dict[str, list[dict]] = {}
     sync = manifest.get("clock_sync")
     if isinstance(sync, dict):
-        for node, value in sync.items():
-            out.setdefault(str(node), []).extend(_entries(value))
-    return {k: [e for e in v if "offset_ns" in e] for k, v in out.items() if any("offset_ns" in e for e in v)}
+        for name, value in sync.items():
+            by_name.setdefault(str(name), []).extend(_entries(value))
+    for name, info in nodes.items():
+        if str(name) not in by_name and isinstance(info, dict) and isinstance(info.get("clock"), (dict, list)):
+            by_name[str(name)] = _entries(info["clock"])
+    role_count: dict[str, int] = {}
+    for name in by_name:
+        role = roles.get(name, name)
+        role_count[role] = role_count.get(role, 0) + 1
+    out: dict[str, list[dict]] = {}
+    for name, entries in by_name.items():
+        role = roles.get(name, name)
+        key = role if role_count[role] == 1 else name
+        kept = [e for e in entries if "offset_ns" in e]
+        if kept:
+            out[key] = kept
+    return out
 
 
 def manifest_clock_models(manifest: dict) -> dict[str, ClockModel]:

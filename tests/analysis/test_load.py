@@ -183,3 +183,15 @@ def test_training_logs_prefer_the_fresher_csv(tmp_path):
 def test_fixture_rows_conform_strictly(full_run):
     data = load_run(full_run, with_traces=False)
     assert schema.problems(data.rows, strict_extra=True) == []
+
+
+def test_clock_records_from_both_sections_are_not_doubled():
+    fit = {"offset_ns": 10.0, "drift": 0.0, "ref_remote_ns": 0, "uncertainty_ns": 5.0, "method": "ntp_fit"}
+    point = {"t_ns": 100, "offset_ns": 10.0, "uncertainty_ns": 5.0, "rtt_ns": 10}
+    manifest = {"nodes": {"jetson": {"role": "ue", "clock": [fit, point]}, "es": {"role": "es", "clock": [fit]}},
+                "clock_sync": {"jetson": [fit, point]}}
+    from analysis.clock import manifest_sync_points
+
+    pts = manifest_sync_points(manifest)
+    assert pts["node"].tolist() == ["ue"]  # once, under its role
+    assert set(manifest_clock_models(manifest)) == {"ue", "es"}
