@@ -170,41 +170,45 @@ class OraclePolicy:
         dual = float(score[rows, k].mean() + lam.sum())
         return exp_r, exp_c, dual
 
+    def _bisect(self, lam: np.ndarray, i: int, r: np.ndarray, c: np.ndarray) -> float:
+        """Smallest lambda_i (others fixed) at which the policy's expected cost i is within its limit."""
+        def cost_at(x):
+            trial = lam.copy()
+            trial[i] = x
+            return self._policy_stats(trial, r, c)[1][i]
+
+        lo, hi = 0.0, max(float(lam[i]), 1e-3)
+        while cost_at(hi) > 1.0 and hi < 1e6:
+            lo, hi = hi, hi * 2.0
+        for _ in range(50):
+            mid = 0.5 * (lo + hi)
+            if cost_at(mid) > 1.0:
+                lo = mid
+            else:
+                hi = mid
+        return hi
+
     def _solve_dual(self) -> None:
         from scipy.optimize import minimize
 
         r, c = self._state_tables()
         m = c.shape[2]
-        if self._policy_stats(np.zeros(m), r, c)[1].max() <= 1.0:
-            self.lambdas = np.zeros(m)  # unconstrained optimum is feasible
-        else:
-            def dual(x):
-                return self._policy_stats(np.abs(x), r, c)[2]
-
-            best = None
-            for start in (0.1, 1.0, 10.0):
-                res = minimize(dual, np.full(m, start), method="Nelder-Mead",
-                               options={"xatol": 1e-5, "fatol": 1e-7, "maxiter": 400 * m})
-                if best is None or res.fun < best.fun:
-                    best = res
-            lam = np.abs(best.x)
-            # Make the deterministic policy feasible: raise each violated multiplier by bisection.
-            for _ in range(4):
-                exp_c = self._policy_stats(lam, r, c)[1]
-                if (exp_c <= 1.0 + 1e-4).all():
-                    break
-                for i in np.flatnonzero(exp_c > 1.0 + 1e-4):
-                    lo, hi = lam[i], max(lam[i] * 2.0, 1e-3)
-                    while self._policy_stats(np.where(np.arange(m) == i, hi, lam), r, c)[1][i] > 1.0 and hi < 1e6:
-                        lo, hi = hi, hi * 2.0
-                    for _ in range(40):
-                        mid = 0.5 * (lo + hi)
-                        if self._policy_stats(np.where(np.arange(m) == i, mid, lam), r, c)[1][i] > 1.0:
-                            lo = mid
-                        else:
-                            hi = mid
-                    lam[i] = hi
-            self.lambdas = lam
+        lam = np.zeros(m)
+        if self._policy_stats(lam, r, c)[1].max() > 1.0:  # the unconstrained optimum is infeasible
+            if m == 1:
+                lam[0] = self._bisect(lam, 0, r, c)  # the dual is one-dimensional: exact by bisection
+            else:
+                res = minimize(lambda x: self._policy_stats(np.abs(x), r, c)[2], np.full(m, 0.5), method="Nelder-Mead",
+                               options={"xatol": 1e-5, "fatol": 1e-7, "maxiter": 300 * m})
+                lam = np.abs(res.x)
+                # Make the deterministic policy feasible: raise each violated multiplier by bisection.
+                for _ in range(4):
+                    exp_c = self._policy_stats(lam, r, c)[1]
+                    if (exp_c <= 1.0 + 1e-4).all():
+                        break
+                    for i in np.flatnonzero(exp_c > 1.0 + 1e-4):
+                        lam[i] = self._bisect(lam, i, r, c)
+        self.lambdas = lam
         exp_r, exp_c, _ = self._policy_stats(self.lambdas, r, c)
         self.expected_reward = exp_r
         self.expected_cost_ratio = dict(zip(self.constraints.constrained, map(float, exp_c), strict=True))

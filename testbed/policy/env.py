@@ -122,6 +122,134 @@ def _accepts_no_config(cls) -> bool:
     return first is None or first.default is not inspect.Parameter.empty
 
 
+@dataclass
+class RequestSpace:
+    """The CMDP's conventions for actions and observations, shared by the dataset and the live environments.
+
+    Attributes
+    ----------
+    action_names : list of str
+        ``n_steps``, ``merge_ratio`` and any extra action columns.
+    action_ranges : list of (float, float)
+        Measured range of each action column.
+    n_grid : list of int
+        Measured N values.
+    n_mapping, n_choices : str
+        See :class:`MegEnv`.
+    obs_names : list of str
+        Observation fields: ``snr_db``, ``last_latency_s`` [, ``last_energy_j``] [, extras].
+    obs_ref : dict of name -> (offset, scale)
+        Observation ``(value - offset) / scale``.
+    initial_last : dict
+        ``last_latency_s`` / ``last_energy_j`` before the first request of an episode (the campaign's medians).
+    """
+
+    action_names: list[str]
+    action_ranges: list[tuple[float, float]]
+    n_grid: list[int]
+    n_mapping: str
+    n_choices: str
+    obs_names: list[str]
+    obs_ref: dict[str, tuple[float, float]]
+    initial_last: dict[str, float]
+
+    def __post_init__(self) -> None:
+        if self.n_mapping not in N_MAPPINGS:
+            raise ValueError(f"n_mapping must be one of {N_MAPPINGS}")
+        if self.n_choices not in ("all", "grid"):
+            raise ValueError("n_choices must be 'all' or 'grid'")
+
+    @property
+    def n_min(self) -> int:
+        return int(round(self.action_ranges[0][0]))
+
+    @property
+    def n_max(self) -> int:
+        return int(round(self.action_ranges[0][1]))
+
+    def decode_action(self, action) -> tuple[float, ...]:
+        """Env action in [0, 1]^d -> measured units ``(n_steps, merge_ratio, extras...)``."""
+        a = np.clip(np.asarray(action, dtype=float).reshape(-1), 0.0, 1.0)
+        if len(a) != len(self.action_names):
+            raise ValueError(f"action has {len(a)} dimensions, the environment expects {len(self.action_names)}")
+        span = self.n_max - self.n_min
+        if self.n_mapping == "paper":
+            n = self.n_min + int(span * a[0])
+        else:
+            n = self.n_min + min(int((span + 1) * a[0]), span)
+        if self.n_choices == "grid":
+            n = min(self.n_grid, key=lambda g: (abs(g - n), g))
+        out = [float(n)]
+        for (lo, hi), x in zip(self.action_ranges[1:], a[1:], strict=True):
+            out.append(lo + float(x) * (hi - lo))
+        return tuple(out)
+
+    def encode_action(self, values: tuple[float, ...]) -> np.ndarray:
+        """Measured units -> an env action that decodes to them (the centre of N's bin)."""
+        n = int(round(values[0]))
+        span = self.n_max - self.n_min
+        if self.n_mapping == "paper":
+            a0 = 1.0 if n >= self.n_max else (n - self.n_min + 0.5) / max(span, 1)
+        else:
+            a0 = (n - self.n_min + 0.5) / (span + 1)
+        out = [min(max(a0, 0.0), 1.0)]
+        for (lo, hi), x in zip(self.action_ranges[1:], values[1:], strict=True):
+            out.append(0.0 if hi == lo else (float(x) - lo) / (hi - lo))
+        return np.clip(np.asarray(out, dtype=np.float32), 0.0, 1.0)
+
+    def observation(self, state, last: dict[str, float]) -> np.ndarray:
+        """Normalised observation from a channel state and the previous request's outcomes."""
+        vals = []
+        for name in self.obs_names:
+            if name.startswith("last_"):
+                v = last[name]
+            else:
+                v = float(getattr(state, name, math.nan))
+                if not math.isfinite(v):
+                    v = self.obs_ref[name][0]
+            off, scale = self.obs_ref[name]
+            vals.append((v - off) / scale)
+        return np.asarray(vals, dtype=np.float32)
+
+    def to_json(self) -> dict:
+        return {"action_names": list(self.action_names), "action_ranges": [list(r) for r in self.action_ranges],
+                "n_grid": list(self.n_grid), "n_mapping": self.n_mapping, "n_choices": self.n_choices,
+                "obs_names": list(self.obs_names), "obs_ref": {k: list(v) for k, v in self.obs_ref.items()},
+                "initial_last": dict(self.initial_last)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> RequestSpace:
+        return cls(list(data["action_names"]), [tuple(r) for r in data["action_ranges"]],
+                   [int(n) for n in data["n_grid"]], data["n_mapping"], data["n_choices"], list(data["obs_names"]),
+                   {k: tuple(v) for k, v in data["obs_ref"].items()}, dict(data["initial_last"]))
+
+    @classmethod
+    def from_cost_model(cls, cost_model: MeasuredCostModel, n_mapping: str = "uniform", n_choices: str = "all",
+                        obs_extras: tuple[str, ...] = ()) -> RequestSpace:
+        bad = [x for x in obs_extras if x not in OBS_EXTRAS]
+        if bad:
+            raise ValueError(f"unknown observation extras {bad}; known: {OBS_EXTRAS}")
+        t = cost_model.table
+        lo, hi = cost_model.snr_range_db
+        latency = float(np.median(t["latency_s"]))
+        obs_ref = {"snr_db": (0.5 * (lo + hi) if math.isfinite(lo) else 0.0, 10.0), "last_latency_s": (0.0, latency)}
+        obs_names = ["snr_db", "last_latency_s"]
+        initial = {"last_latency_s": latency, "last_energy_j": 0.0}
+        if cost_model.has_energy:
+            energy = float(np.median(t["energy_j"]))
+            obs_ref["last_energy_j"] = (0.0, energy)
+            obs_names.append("last_energy_j")
+            initial["last_energy_j"] = energy
+        for x in obs_extras:
+            obs_ref[x] = (-100.0 if x == "gain_db" else 0.0, 100.0 if x == "distance_m" else 10.0)
+            obs_names.append(x)
+        return cls(
+            action_names=[ax.name for ax in cost_model.action_axes],
+            action_ranges=[(float(ax.values[0]), float(ax.values[-1])) for ax in cost_model.action_axes],
+            n_grid=[int(round(v)) for v in cost_model.action_axes[0].values], n_mapping=n_mapping,
+            n_choices=n_choices, obs_names=obs_names, obs_ref=obs_ref, initial_last=initial)
+
+
 class MegEnv(gym.Env):
     """The MEG CMDP on a measured cost model (see the module docstring).
 
@@ -164,13 +292,6 @@ class MegEnv(gym.Env):
             raise PolicyDatasetError(
                 "an energy cost needs valid energy figures, and this dataset has none (energy_valid false or missing "
                 "energy_mj_total): drop the energy limit")
-        if n_mapping not in N_MAPPINGS:
-            raise ValueError(f"n_mapping must be one of {N_MAPPINGS}")
-        if n_choices not in ("all", "grid"):
-            raise ValueError("n_choices must be 'all' or 'grid'")
-        bad = [x for x in obs_extras if x not in OBS_EXTRAS]
-        if bad:
-            raise ValueError(f"unknown observation extras {bad}; known: {OBS_EXTRAS}")
         if episode_length < 1:
             raise ValueError("episode_length must be >= 1")
         self.cost_model = cost_model
@@ -179,64 +300,32 @@ class MegEnv(gym.Env):
         self.reward_name = reward
         self.reward_column = REWARDS[reward]
         self.cost_names = tuple(costs)
-        self.n_mapping = n_mapping
-        self.n_choices = n_choices
         self.obs_extras = tuple(obs_extras)
-        self.n_min, self.n_max = cost_model.n_range
-        self.n_grid = [int(round(v)) for v in cost_model.action_axes[0].values]
-        self.action_ranges = [(float(ax.values[0]), float(ax.values[-1])) for ax in cost_model.action_axes]
-        self.action_names = [ax.name for ax in cost_model.action_axes]
-
-        t = cost_model.table
-        lo, hi = cost_model.snr_range_db
-        self.obs_ref = {
-            "snr_db": (0.5 * (lo + hi) if math.isfinite(lo) else 0.0, 10.0),
-            "last_latency_s": (0.0, float(np.median(t["latency_s"]))),
-        }
-        self.obs_names = ["snr_db", "last_latency_s"]
-        if cost_model.has_energy:
-            self.obs_ref["last_energy_j"] = (0.0, float(np.median(t["energy_j"])))
-            self.obs_names.append("last_energy_j")
-        for x in self.obs_extras:
-            self.obs_ref[x] = (-100.0 if x == "gain_db" else 0.0, 100.0 if x == "distance_m" else 10.0)
-            self.obs_names.append(x)
-        self.observation_space = gym.spaces.Box(-np.inf, np.inf, shape=(len(self.obs_names),), dtype=np.float32)
-        self.action_space = gym.spaces.Box(0.0, 1.0, shape=(len(self.action_names),), dtype=np.float32)
+        self.space = RequestSpace.from_cost_model(cost_model, n_mapping, n_choices, self.obs_extras)
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, shape=(len(self.space.obs_names),),
+                                                dtype=np.float32)
+        self.action_space = gym.spaces.Box(0.0, 1.0, shape=(len(self.space.action_names),), dtype=np.float32)
         self._t = 0
         self._state = None
-        self._last = {"last_latency_s": float(np.median(t["latency_s"])),
-                      "last_energy_j": float(np.median(t["energy_j"])) if cost_model.has_energy else 0.0}
+        self._last = dict(self.space.initial_last)
 
-    # ---------------------------------------------------------------- mapping
+    # ---------------------------------------------------------------- mapping (see RequestSpace)
+    n_min = property(lambda self: self.space.n_min)
+    n_max = property(lambda self: self.space.n_max)
+    n_grid = property(lambda self: self.space.n_grid)
+    n_mapping = property(lambda self: self.space.n_mapping)
+    n_choices = property(lambda self: self.space.n_choices)
+    action_ranges = property(lambda self: self.space.action_ranges)
+    action_names = property(lambda self: self.space.action_names)
+    obs_names = property(lambda self: self.space.obs_names)
+
     def decode_action(self, action) -> tuple[float, ...]:
         """Env action in [0, 1]^d -> measured units ``(n_steps, merge_ratio, extras...)``."""
-        a = np.clip(np.asarray(action, dtype=float).reshape(-1), 0.0, 1.0)
-        if len(a) != len(self.action_names):
-            raise ValueError(f"action has {len(a)} dimensions, the environment expects {len(self.action_names)}")
-        span = self.n_max - self.n_min
-        if self.n_mapping == "paper":
-            n = self.n_min + int(span * a[0])
-        else:
-            n = self.n_min + min(int((span + 1) * a[0]), span)
-        if self.n_choices == "grid":
-            n = min(self.n_grid, key=lambda g: (abs(g - n), g))
-        out = [float(n)]
-        for (lo, hi), x in zip(self.action_ranges[1:], a[1:], strict=True):
-            out.append(lo + float(x) * (hi - lo))
-        return tuple(out)
+        return self.space.decode_action(action)
 
     def encode_action(self, values: tuple[float, ...]) -> np.ndarray:
         """Measured units -> an env action that decodes to them (the centre of N's bin)."""
-        n = int(round(values[0]))
-        span = self.n_max - self.n_min
-        if self.n_mapping == "paper":
-            a0 = 1.0 if n >= self.n_max else (n - self.n_min + 0.5) / max(span, 1)
-        else:
-            a0 = (n - self.n_min + 0.5) / (span + 1)
-        out = [min(max(a0, 0.0), 1.0)]
-        for (lo, hi), x in zip(self.action_ranges[1:], values[1:], strict=True):
-            out.append(0.0 if hi == lo else (float(x) - lo) / (hi - lo))
-        return np.clip(np.asarray(out, dtype=np.float32), 0.0, 1.0)
+        return self.space.encode_action(values)
 
     # ---------------------------------------------------------------- gym API
     @property
@@ -245,26 +334,14 @@ class MegEnv(gym.Env):
         return self._state
 
     def _obs(self) -> np.ndarray:
-        vals = []
-        for name in self.obs_names:
-            if name.startswith("last_"):
-                v = self._last[name]
-            else:
-                v = float(getattr(self._state, name, math.nan))
-                if not math.isfinite(v):
-                    v = self.obs_ref[name][0]
-            off, scale = self.obs_ref[name]
-            vals.append((v - off) / scale)
-        return np.asarray(vals, dtype=np.float32)
+        return self.space.observation(self._state, self._last)
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         channel_seed = int(self.np_random.integers(2**31 - 1))
         self._state = self.channel.reset(seed=channel_seed)
         self._t = 0
-        t = self.cost_model.table
-        self._last = {"last_latency_s": float(np.median(t["latency_s"])),
-                      "last_energy_j": float(np.median(t["energy_j"])) if self.cost_model.has_energy else 0.0}
+        self._last = dict(self.space.initial_last)
         return self._obs(), {"snr_db": float(self._state.snr_db)}
 
     def step(self, action):
@@ -286,6 +363,7 @@ class MegEnv(gym.Env):
             **{name: v for name, v in zip(self.action_names, values, strict=True)},
             **{c: out[c] for c in self.cost_model.quality_columns},
         }
+        info = {k: v for k, v in info.items() if k == "cost" or math.isfinite(v)}  # unknown fields are left out
         self._last["last_latency_s"] = out["latency_s"]
         if self.cost_model.has_energy:
             self._last["last_energy_j"] = out["energy_j"]
@@ -297,12 +375,9 @@ class MegEnv(gym.Env):
     # ---------------------------------------------------------------- description
     def spec_dict(self) -> dict:
         """What rebuilds this environment (stored with trained policies)."""
-        return {
-            "episode_length": self.episode_length, "reward": self.reward_name, "costs": list(self.cost_names),
-            "n_mapping": self.n_mapping, "n_choices": self.n_choices, "obs_extras": list(self.obs_extras),
-            "obs_names": list(self.obs_names), "action_names": list(self.action_names),
-            "cost_model": self.cost_model.describe(),
-        }
+        return {"episode_length": self.episode_length, "reward": self.reward_name, "costs": list(self.cost_names),
+                "obs_extras": list(self.obs_extras), "space": self.space.to_json(),
+                "cost_model": self.cost_model.describe()}
 
 
 def make_meg_env(run_dir: str | Path | None = None, *, cost_model: MeasuredCostModel | None = None,

@@ -55,6 +55,11 @@ class TrainOptions:
         Checkpoint every this many iterations (and at the end).
     progress : bool
         Show a rich progress bar.
+    max_wall_s : float, optional
+        Stop after the iteration during which this much training wall time (s) has passed.
+    torch_threads : int, optional
+        Intra-op threads for torch while training (restored afterwards). 1 by default: the networks are small,
+        and on a shared 2-core machine a second thread mostly waits (backward passes ran ~10x slower with 2).
     """
 
     total_steps: int
@@ -64,6 +69,8 @@ class TrainOptions:
     eval_episodes: int = 4
     checkpoint_every: int = 10
     progress: bool = True
+    max_wall_s: float | None = None
+    torch_threads: int | None = 1
 
 
 @dataclass
@@ -238,6 +245,17 @@ class Trainer:
         return summarise(records, self.constraints)
 
     def run(self, resume: bool = False) -> TrainResult:
+        import torch
+
+        previous = torch.get_num_threads()
+        if self.opt.torch_threads:
+            torch.set_num_threads(self.opt.torch_threads)
+        try:
+            return self._run(resume)
+        finally:
+            torch.set_num_threads(previous)
+
+    def _run(self, resume: bool) -> TrainResult:
         self.out.mkdir(parents=True, exist_ok=True)
         if resume:
             self.resume()
@@ -269,6 +287,9 @@ class Trainer:
                     self.save()
                 progress.update(task, completed=min(self.env_steps, self.opt.total_steps),
                                 description=self._describe(row))
+                if self.opt.max_wall_s is not None and self.wall_s >= self.opt.max_wall_s:
+                    log.info("stopping at the wall-time budget (%.0f s)", self.opt.max_wall_s)
+                    break
         if not final_eval or not (self.opt.eval_every and self.iteration % self.opt.eval_every == 0):
             final_eval = self.evaluate()
         self.save()

@@ -1,0 +1,284 @@
+"""``megbed train`` and ``megbed evaluate``: the MEG policy from measured costs.
+
+``megbed train --dataset RUN_DIR --algo cvpo --limit latency_s=3 --limit energy_j=400 --steps 50000 --seed 0
+--out DIR`` trains on a campaign dataset (or ``--env module:Class`` on any gymnasium environment reporting
+``info["cost"]``) with a progress bar, checkpoints (``--resume`` continues), a training log and an exported policy.
+
+``megbed evaluate POLICY... --env dataset|live`` runs trained policies (directories written by ``train``) and the
+baselines (``oracle``, ``oracle:per_request``, ``fixed:max_quality``, ``fixed:min_cost``, ``fixed:best_fixed``,
+``fixed:N=8,beta=0.5``) and writes ``outcomes.parquet`` (one row per request) and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from testbed.cli.main import CliError
+
+
+def _kv(text: str, what: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise CliError(f"{what} must be NAME=VALUE, got {text!r}")
+    k, v = text.split("=", 1)
+    return k.strip(), v.strip()
+
+
+def _value(v: str):
+    low = v.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if "," in v:
+        return [_value(x) for x in v.split(",") if x]
+    for cast in (int, float):
+        try:
+            return cast(v)
+        except ValueError:
+            pass
+    return v
+
+
+def parse_limits(items: list[str] | None) -> dict[str, float]:
+    limits = {}
+    for item in items or []:
+        k, v = _kv(item, "--limit")
+        try:
+            limits[k] = float(v)
+        except ValueError as exc:
+            raise CliError(f"--limit {item}: {v!r} is not a number") from exc
+    return limits
+
+
+def _load_mapping(path: str | None) -> dict | None:
+    if not path:
+        return None
+    p = Path(path)
+    if not p.is_file():
+        raise CliError(f"channel config {p} does not exist")
+    text = p.read_text(encoding="utf-8")
+    if p.suffix in (".yaml", ".yml"):
+        import yaml
+
+        return yaml.safe_load(text)
+    if p.suffix == ".toml":
+        import tomllib
+
+        return tomllib.loads(text)
+    return json.loads(text)
+
+
+def _env_options(parser) -> None:
+    g = parser.add_argument_group("MEG environment (campaign dataset)")
+    g.add_argument("--dataset", metavar="RUN_DIR", help="campaign run directory (dataset/part-*.parquet)")
+    g.add_argument("--channel", choices=("process", "dataset"), default=None,
+                   help="channel states: the emulator's time-correlated process (default) or i.i.d. draws of the "
+                        "campaign's measured states")
+    g.add_argument("--channel-config", metavar="FILE", help="link config for the channel process (JSON/YAML/TOML)")
+    g.add_argument("--episode-length", type=int, default=None, help="requests per episode (default 64)")
+    g.add_argument("--reward", choices=("neg_log_mse", "psnr_db", "ms_ssim"), default=None)
+    g.add_argument("--scheme", default=None, help="scheme rows to learn from (default meg)")
+    g.add_argument("--energy-scope", choices=("total", "es", "ue"), default=None)
+    g.add_argument("--fixed", action="append", metavar="COL=VALUE",
+                   help="keep only rows with this configuration (repeatable)")
+    g.add_argument("--n-mapping", choices=("uniform", "paper"), default=None)
+
+
+def _meg_spec(args, base: dict | None = None) -> dict:
+    from testbed.policy.api import meg_env_spec
+
+    base = dict(base or {})
+    dataset = args.dataset or base.get("dataset")
+    if not dataset:
+        raise CliError("--dataset RUN_DIR is needed (or --env module:Class for training)")
+    fixed = dict(base.get("fixed") or {})
+    for item in args.fixed or []:
+        k, v = _kv(item, "--fixed")
+        fixed[k] = _value(v)
+    channel_config = _load_mapping(args.channel_config) if args.channel_config else base.get("channel_config")
+    return meg_env_spec(
+        dataset, channel=args.channel or base.get("channel", "process"), channel_config=channel_config,
+        scheme=args.scheme or base.get("scheme", "meg"),
+        energy_scope=args.energy_scope or base.get("energy_scope", "total"), fixed=fixed,
+        extra_action_columns=tuple(base.get("extra_action_columns", ())), airtime=base.get("airtime", "auto"),
+        episode_length=args.episode_length or base.get("episode_length", 64),
+        reward=args.reward or base.get("reward", "neg_log_mse"), costs=tuple(base["costs"]) if base.get("costs") else None,
+        n_mapping=args.n_mapping or base.get("n_mapping", "uniform"), n_choices=base.get("n_choices", "all"),
+        obs_extras=tuple(base.get("obs_extras", ())))
+
+
+def cmd_train(args) -> int:
+    from testbed.policy.api import gym_env_spec, train_policy
+    from testbed.policy.checkpoint import CheckpointError
+    from testbed.policy.data import PolicyDatasetError
+
+    limits = parse_limits(args.limit)
+    if not limits:
+        raise CliError("give at least one --limit, e.g. --limit latency_s=3")
+    if args.env and args.dataset:
+        raise CliError("--dataset and --env are exclusive")
+    if args.env:
+        kwargs = json.loads(args.env_kwargs) if args.env_kwargs else {}
+        spec = gym_env_spec(args.env, kwargs, args.episode_length)
+    else:
+        spec = _meg_spec(args)
+    overrides = {}
+    for item in args.set or []:
+        k, v = _kv(item, "--set")
+        overrides[k] = _value(v)
+    try:
+        result = train_policy(args.algo, spec, limits, args.out, steps=args.steps, seed=args.seed,
+                              overrides=overrides, resume=args.resume, progress=not args.no_progress,
+                              eval_every=args.eval_every, eval_episodes=args.eval_episodes,
+                              checkpoint_every=args.checkpoint_every, max_wall_s=args.max_wall_s)
+    except (PolicyDatasetError, CheckpointError) as exc:
+        raise CliError(str(exc)) from exc
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+    ev = result.final_eval
+    print(f"trained {args.algo}: {result.env_steps} steps, {result.iterations} iterations, {result.wall_s:.0f} s")
+    print(f"  evaluation: reward {ev.get('reward_mean', float('nan')):.4g} per request, "
+          + ", ".join(f"{k[len('cost_ratio_'):]} {v:.3f} x limit" for k, v in ev.items() if k.startswith("cost_ratio_")))
+    print(f"  policy: {Path(args.out) / 'policy'}   log: {Path(args.out) / 'train_log.csv'}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    import pandas as pd
+
+    from testbed.policy.api import build_env, cost_names_of, episode_length_of, resolve_policy
+    from testbed.policy.checkpoint import CheckpointError, LearnedPolicy
+    from testbed.policy.data import PolicyDatasetError
+    from testbed.policy.evaluate import run_episodes, summarise
+    from testbed.policy.limits import Constraints
+
+    # The first trained policy (if any) supplies the environment spec and the limits unless given here.
+    trained = None
+    for name in args.policies:
+        if Path(name).exists():
+            try:
+                trained = LearnedPolicy.load(name)
+            except CheckpointError as exc:
+                raise CliError(str(exc)) from exc
+            break
+    base = trained.meta["env"] if trained else {}
+    limits = parse_limits(args.limit) or (trained.meta["constraints"]["limits"] if trained else {})
+    try:
+        if args.env == "dataset":
+            if base.get("type") == "gym":
+                spec = base
+            else:
+                spec = _meg_spec(args, base)
+            env = build_env(spec, seed=args.seed)
+        else:
+            env = _live_env(args, base, trained)
+        episode_length = episode_length_of(env, None)
+        constraints = Constraints.from_mapping(cost_names_of(env), limits, episode_length) if limits else None
+        frames, summary = [], {}
+        for name in args.policies:
+            if name.startswith("oracle") and args.env == "live":
+                policy = _live_oracle(args, base, env, constraints, name)
+            else:
+                policy = resolve_policy(name, env, constraints)
+            records = run_episodes(env, policy, args.episodes, seed=args.seed)
+            key = name if not Path(name).exists() else f"{policy.name}:{Path(name).name}"
+            records["policy"] = key
+            frames.append(records)
+            summary[key] = summarise(records, constraints)
+    except (PolicyDatasetError, CheckpointError, ValueError, TypeError) as exc:
+        raise CliError(str(exc)) from exc
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    pd.concat(frames, ignore_index=True).to_parquet(out / "outcomes.parquet", index=False)
+    meta = {"env": args.env, "episodes": args.episodes, "seed": args.seed,
+            "constraints": constraints.to_json() if constraints else None, "policies": summary}
+    (out / "summary.json").write_text(json.dumps(meta, indent=1, default=float), encoding="utf-8")
+    _print_table(summary, constraints)
+    print(f"outcomes: {out / 'outcomes.parquet'}   summary: {out / 'summary.json'}")
+    return 0
+
+
+def _live_env(args, base: dict, trained):
+    from testbed.policy.env import RequestSpace, channel_process
+    from testbed.policy.live import LiveEnv, load_testbed
+
+    if not args.testbed:
+        raise CliError("--env live needs the orchestrator binding: --testbed module:factory (a LiveTestbed; see "
+                       "testbed.policy.live)")
+    if "space" in base:
+        space = RequestSpace.from_json(base["space"])
+    elif args.dataset or base.get("dataset"):
+        from testbed.policy.api import build_env
+
+        space = build_env(_meg_spec(args, base), seed=args.seed).unwrapped.space
+    else:
+        raise CliError("--env live needs a trained policy or --dataset to know the action / observation conventions")
+    testbed = load_testbed(args.testbed, args.testbed_kwargs)
+    channel_config = _load_mapping(args.channel_config) if args.channel_config else base.get("channel_config")
+    costs = tuple(base.get("costs") or ()) or ("latency_s", "energy_j")
+    return LiveEnv(testbed, channel_process(channel_config, args.seed), space,
+                   episode_length=args.episode_length or base.get("episode_length", 64),
+                   reward=args.reward or base.get("reward", "neg_log_mse"), costs=costs)
+
+
+def _live_oracle(args, base, live_env, constraints, name):
+    """The oracle on the live testbed acts on the dataset's cost model, so it needs the dataset."""
+    from testbed.policy.api import build_env, resolve_policy
+
+    sim = build_env(_meg_spec(args, base), seed=args.seed)
+    oracle = resolve_policy(name, sim, constraints)
+    oracle.env = live_env  # encode actions with the live environment's conventions (the same RequestSpace)
+    return oracle
+
+
+def _print_table(summary: dict, constraints) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="policy evaluation (means per request)")
+    table.add_column("policy")
+    table.add_column("reward", justify="right")
+    names = list(constraints.constrained) if constraints else []
+    for n in names:
+        table.add_column(f"{n} / limit", justify="right")
+    table.add_column("violation", justify="right")
+    table.add_column("episodes over", justify="right")
+    table.add_column("requests over", justify="right")
+    for key, s in summary.items():
+        row = [key, f"{s['reward_mean']:.4g}"] + [f"{s[f'cost_ratio_{n}']:.3f}" for n in names]
+        row += [f"{s.get('violation', 0.0):.1%}", f"{s.get('episode_violation_rate', float('nan')):.0%}",
+                f"{s.get('request_violation_rate', float('nan')):.0%}"]
+        table.add_row(*row)
+    Console().print(table)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="train the MEG policy (CVPO / PPO-Lagrangian) from measured costs")
+    p.add_argument("--algo", choices=("cvpo", "ppo-lag"), default="cvpo")
+    p.add_argument("--env", metavar="MODULE:CLASS", help="train on any gymnasium env reporting info['cost'] instead")
+    p.add_argument("--env-kwargs", metavar="JSON", help="keyword arguments for --env")
+    p.add_argument("--limit", action="append", metavar="COST=VALUE", help="per-request limit, e.g. latency_s=3")
+    p.add_argument("--steps", type=int, default=50_000, help="environment steps (requests) to train for")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, metavar="DIR", help="run folder (checkpoint/, policy/, train_log.*)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="algorithm setting, e.g. gamma=0.9")
+    p.add_argument("--eval-every", type=int, default=1, help="deterministic evaluation every N iterations")
+    p.add_argument("--eval-episodes", type=int, default=4)
+    p.add_argument("--checkpoint-every", type=int, default=10, help="iterations between checkpoints")
+    p.add_argument("--max-wall-s", type=float, default=None, help="stop after this much training time (s)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _env_options(p)
+    p.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", help="evaluate trained policies and baselines (dataset model or live testbed)")
+    e.add_argument("policies", nargs="+", metavar="POLICY",
+                   help="trained policy dir, oracle, oracle:per_request, fixed:max_quality|min_cost|best_fixed|N=8,beta=0.5")
+    e.add_argument("--env", choices=("dataset", "live"), default="dataset")
+    e.add_argument("--limit", action="append", metavar="COST=VALUE", help="per-request limits (default: the policy's)")
+    e.add_argument("--episodes", type=int, default=20)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--out", required=True, metavar="DIR", help="where outcomes.parquet and summary.json go")
+    e.add_argument("--testbed", metavar="MODULE:FACTORY", help="live testbed binding (a LiveTestbed factory)")
+    e.add_argument("--testbed-kwargs", metavar="JSON", help="keyword arguments for --testbed")
+    _env_options(e)
+    e.set_defaults(func=cmd_evaluate)

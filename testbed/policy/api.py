@@ -1,0 +1,165 @@
+"""High-level entry points: build environments from specs, train a policy, evaluate policies.
+
+An *environment spec* is a JSON-able dict that rebuilds the environment a policy was trained on:
+
+* ``{"type": "meg", "dataset": RUN_DIR, "channel": "process" | "dataset", "channel_config": {...} | None,
+  "scheme": "meg", "energy_scope": "total", "fixed": {}, "extra_action_columns": [], "airtime": "auto",
+  "episode_length": 64, "reward": "neg_log_mse", "costs": [...] | None, "n_mapping": "uniform",
+  "n_choices": "all", "obs_extras": []}`` -- the MEG CMDP on a campaign dataset;
+* ``{"type": "gym", "entry": "module:Class", "kwargs": {...}, "episode_length": T | None}`` -- any gymnasium
+  environment with a Box action space that reports ``info["cost"]``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from testbed.policy.limits import Constraints
+
+log = logging.getLogger(__name__)
+
+ALGOS = ("cvpo", "ppo-lag")
+
+
+def meg_env_spec(run_dir: str | Path, *, channel: str = "process", channel_config: dict | None = None,
+                 scheme: str = "meg", energy_scope: str = "total", fixed: dict | None = None,
+                 extra_action_columns: tuple[str, ...] = (), airtime: str = "auto", episode_length: int = 64,
+                 reward: str = "neg_log_mse", costs: tuple[str, ...] | None = None, n_mapping: str = "uniform",
+                 n_choices: str = "all", obs_extras: tuple[str, ...] = ()) -> dict:
+    """The spec of a MEG environment on a campaign run directory (see the module docstring)."""
+    return {"type": "meg", "dataset": str(Path(run_dir).resolve()), "channel": channel,
+            "channel_config": channel_config, "scheme": scheme, "energy_scope": energy_scope, "fixed": dict(fixed or {}),
+            "extra_action_columns": list(extra_action_columns), "airtime": airtime, "episode_length": episode_length,
+            "reward": reward, "costs": list(costs) if costs else None, "n_mapping": n_mapping, "n_choices": n_choices,
+            "obs_extras": list(obs_extras)}
+
+
+def gym_env_spec(entry: str, kwargs: dict | None = None, episode_length: int | None = None) -> dict:
+    """The spec of any gymnasium environment ``module:Class`` that reports ``info["cost"]``."""
+    if ":" not in entry:
+        raise ValueError(f"--env must be 'module:Class', got {entry!r}")
+    return {"type": "gym", "entry": entry, "kwargs": dict(kwargs or {}), "episode_length": episode_length}
+
+
+def build_env(spec: dict, *, seed: int | None = None, cost_model=None):
+    """Build the environment a spec describes (``cost_model`` reuses an already fitted model)."""
+    kind = spec.get("type")
+    if kind == "meg":
+        from testbed.policy.env import make_meg_env
+
+        kwargs: dict[str, Any] = {"episode_length": spec.get("episode_length", 64),
+                                  "reward": spec.get("reward", "neg_log_mse"),
+                                  "n_mapping": spec.get("n_mapping", "uniform"),
+                                  "n_choices": spec.get("n_choices", "all"),
+                                  "obs_extras": tuple(spec.get("obs_extras", ()))}
+        if spec.get("costs"):
+            kwargs["costs"] = tuple(spec["costs"])
+        return make_meg_env(spec["dataset"], cost_model=cost_model, channel=spec.get("channel", "process"),
+                            channel_config=spec.get("channel_config"), seed=seed, scheme=spec.get("scheme", "meg"),
+                            energy_scope=spec.get("energy_scope", "total"), fixed=spec.get("fixed") or None,
+                            extra_action_columns=tuple(spec.get("extra_action_columns", ())),
+                            airtime=spec.get("airtime", "auto"), **kwargs)
+    if kind == "gym":
+        module, name = spec["entry"].split(":", 1)
+        try:
+            cls = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError) as exc:
+            raise ValueError(f"cannot load environment {spec['entry']}: {exc}") from exc
+        env = cls(**spec.get("kwargs", {}))
+        import gymnasium as gym
+
+        if not isinstance(env.action_space, gym.spaces.Box):
+            raise ValueError(f"{spec['entry']} has a {type(env.action_space).__name__} action space; a Box is needed")
+        return env
+    raise ValueError(f"unknown environment spec type {kind!r}")
+
+
+def cost_names_of(env) -> tuple[str, ...]:
+    """The names of ``info["cost"]``'s entries: ``env.cost_names`` if declared, else probed from one step."""
+    names = getattr(env.unwrapped, "cost_names", None)
+    if names:
+        return tuple(names)
+    env.reset(seed=0)
+    _, _, _, _, info = env.step(env.action_space.sample())
+    if "cost" not in info:
+        raise ValueError("the environment's step info has no 'cost' entry (FSRL / Safety-Gymnasium convention)")
+    n = len(np.atleast_1d(info["cost"]))
+    return ("cost",) if n == 1 else tuple(f"cost_{i}" for i in range(n))
+
+
+def episode_length_of(env, spec: dict | None = None) -> int:
+    """T: the spec's ``episode_length``, ``env.episode_length``, or the registered ``max_episode_steps``."""
+    for value in ((spec or {}).get("episode_length"), getattr(env.unwrapped, "episode_length", None),
+                  getattr(getattr(env, "spec", None), "max_episode_steps", None)):
+        if value:
+            return int(value)
+    raise ValueError("cannot tell the episode length of this environment: pass --episode-length")
+
+
+def make_learner(algo: str, obs_dim: int, act_dim: int, constraints: Constraints, seed: int,
+                 overrides: dict | None = None):
+    """A fresh CVPO or PPO-Lagrangian learner with the default settings updated by ``overrides``."""
+    if algo == "cvpo":
+        from dataclasses import asdict
+
+        from testbed.policy.cvpo import CVPO, CVPOConfig
+
+        cfg = CVPOConfig.from_dict({**asdict(CVPOConfig()), **(overrides or {})})
+        return CVPO(obs_dim, act_dim, constraints, cfg, seed=seed)
+    if algo == "ppo-lag":
+        from dataclasses import asdict
+
+        from testbed.policy.ppo_lag import PPOLagConfig, PPOLagrangian
+
+        cfg = PPOLagConfig.from_dict({**asdict(PPOLagConfig()), **(overrides or {})})
+        return PPOLagrangian(obs_dim, act_dim, constraints, cfg, seed=seed)
+    raise ValueError(f"algo must be one of {ALGOS}, not {algo!r}")
+
+
+def train_policy(algo: str, env_spec: dict, limits: dict[str, float], out_dir: str | Path, *, steps: int,
+                 seed: int = 0, overrides: dict | None = None, resume: bool = False, progress: bool = True,
+                 eval_every: int = 1, eval_episodes: int = 4, checkpoint_every: int = 10,
+                 max_wall_s: float | None = None, env=None, eval_env=None):
+    """Train ``algo`` on the environment of ``env_spec`` under per-request ``limits``; returns a TrainResult.
+
+    ``env`` / ``eval_env`` may be passed already built (they must match the spec).
+    """
+    from testbed.policy.trainer import Trainer, TrainOptions
+
+    env = env if env is not None else build_env(env_spec, seed=seed)
+    if eval_env is None:
+        cost_model = getattr(env.unwrapped, "cost_model", None)
+        eval_env = build_env(env_spec, seed=seed + 1, cost_model=cost_model)
+    constraints = Constraints.from_mapping(cost_names_of(env), limits, episode_length_of(env, env_spec))
+    learner = make_learner(algo, env.observation_space.shape[0], env.action_space.shape[0], constraints, seed,
+                           overrides)
+    episodes = learner.cfg.episodes_per_collect
+    options = TrainOptions(total_steps=steps, seed=seed, episodes_per_collect=episodes, eval_every=eval_every,
+                           eval_episodes=eval_episodes, checkpoint_every=checkpoint_every, progress=progress,
+                           max_wall_s=max_wall_s)
+    trainer = Trainer(learner, env, constraints, out_dir, options, eval_env=eval_env, env_spec=env_spec)
+    return trainer.run(resume=resume)
+
+
+def resolve_policy(name: str, env, constraints: Constraints | None):
+    """A policy by name: a trained policy directory, ``oracle``, ``oracle:per_request`` or ``fixed:<scheme>``."""
+    from testbed.policy.baselines import FixedPolicy, OraclePolicy
+    from testbed.policy.checkpoint import LearnedPolicy
+
+    if name in ("oracle", "oracle:cmdp", "oracle:per_request"):
+        if constraints is None:
+            raise ValueError("the oracle needs limits")
+        if not hasattr(env.unwrapped, "cost_model"):
+            raise ValueError("the oracle needs the dataset environment's cost model")
+        return OraclePolicy(env.unwrapped, constraints, mode="per_request" if name.endswith("per_request") else "cmdp")
+    if name.startswith("fixed:"):
+        return FixedPolicy.parse(env.unwrapped, name[len("fixed:"):], constraints)
+    if Path(name).exists():
+        return LearnedPolicy.load(name)
+    raise ValueError(f"unknown policy {name!r}: a trained policy directory, oracle, oracle:per_request, "
+                     "fixed:max_quality, fixed:min_cost, fixed:best_fixed or fixed:N=8,beta=0.5")

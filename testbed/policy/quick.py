@@ -1,0 +1,110 @@
+"""A short CVPO run on a campaign and its evaluation against the oracle and fixed schemes (for ``make run``)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+BASELINES = ("oracle", "oracle:per_request", "fixed:best_fixed", "fixed:max_quality")
+
+
+def default_limits(cost_model) -> dict[str, float]:
+    """Limits that bind on this campaign: the median over grid points of the cell-mean latency (and energy)."""
+    stats = cost_model.cell_statistics()
+    limits = {"latency_s": float(np.median(stats["latency_s_mean"]))}
+    if cost_model.has_energy and "energy_j_mean" in stats:
+        limits["energy_j"] = float(np.median(stats["energy_j_mean"]))
+    return limits
+
+
+def _channel_default() -> str:
+    try:
+        import channel_emu.process  # noqa: F401
+    except ImportError:
+        return "dataset"
+    return "process"
+
+
+def quick_train_and_evaluate(run_dir: str | Path, out_dir: str | Path | None = None, *,
+                             limits: dict[str, float] | None = None, steps: int = 6400, max_wall_s: float = 90.0,
+                             seed: int = 0, episodes: int = 8, channel: str = "auto",
+                             progress: bool = False) -> dict:
+    """Train CVPO briefly on ``run_dir``'s dataset and evaluate it beside the oracle and fixed schemes.
+
+    Parameters
+    ----------
+    run_dir : path
+        Campaign run directory.
+    out_dir : path, optional
+        Where the training run and evaluation go (default: ``run_dir/policy``; a temporary folder if that exists
+        and holds another run).
+    limits : dict, optional
+        Per-request limits, e.g. ``{"latency_s": 3.0}``; default: :func:`default_limits`.
+    steps, max_wall_s : int, float
+        Training length: at most ``steps`` requests and about ``max_wall_s`` seconds (whichever comes first).
+    seed : int
+    episodes : int
+        Evaluation episodes per policy.
+    channel : {"auto", "process", "dataset"}
+        Channel states; ``auto``: the emulator's process when installed.
+
+    Returns
+    -------
+    dict
+        ``limits``, ``train`` (steps, iterations, wall_s, multipliers), ``policies`` (per policy: reward_mean,
+        cost_mean_*, cost_ratio_*, violation, episode_violation_rate, request_violation_rate),
+        ``cvpo_reward_vs_oracle`` (CVPO's mean reward / the oracle's), ``synthetic``, ``out_dir``.
+    """
+    from testbed.policy.api import build_env, meg_env_spec, resolve_policy, train_policy
+    from testbed.policy.checkpoint import LearnedPolicy
+    from testbed.policy.costmodel import MeasuredCostModel
+    from testbed.policy.evaluate import run_episodes, summarise
+    from testbed.policy.limits import Constraints
+
+    t0 = time.perf_counter()
+    run_dir = Path(run_dir)
+    out = Path(out_dir) if out_dir is not None else run_dir / "policy"
+    if (out / "checkpoint").exists():
+        out = Path(tempfile.mkdtemp(prefix="megbed-policy-"))
+    cost_model = MeasuredCostModel.from_run_dir(run_dir)
+    derived = not limits
+    limits = dict(limits) if limits else default_limits(cost_model)
+    spec = meg_env_spec(run_dir, channel=_channel_default() if channel == "auto" else channel,
+                        costs=tuple(limits))
+    env = build_env(spec, seed=seed, cost_model=cost_model)
+    eval_env = build_env(spec, seed=seed + 1, cost_model=cost_model)
+    result = train_policy("cvpo", spec, limits, out / "train", steps=steps, seed=seed, progress=progress,
+                          eval_every=0, max_wall_s=max_wall_s, env=env, eval_env=eval_env)
+    constraints = Constraints.from_mapping(env.cost_names, limits, env.episode_length)
+    policies = {"cvpo": LearnedPolicy.load(out / "train" / "policy")}
+    for name in BASELINES:
+        policies[name] = resolve_policy(name, eval_env, constraints)
+    summaries, frames = {}, []
+    for name, policy in policies.items():
+        records = run_episodes(eval_env, policy, episodes, seed=seed)
+        records["policy"] = name
+        frames.append(records)
+        summaries[name] = summarise(records, constraints)
+    import pandas as pd
+
+    pd.concat(frames, ignore_index=True).to_parquet(out / "outcomes.parquet", index=False)
+    oracle_r = summaries["oracle"]["reward_mean"]
+    summary = {
+        "run_dir": str(run_dir), "out_dir": str(out), "synthetic": bool(cost_model.source.get("synthetic", False)),
+        "limits": limits, "limits_derived": derived, "channel": spec["channel"],
+        "train": {"steps": result.env_steps, "iterations": result.iterations, "wall_s": result.wall_s,
+                  "multipliers": {k: float(v) for k, v in (result.log[-1] if result.log else {}).items()
+                                  if k.startswith("lambda_")}},
+        "policies": summaries,
+        "cvpo_reward_vs_oracle": summaries["cvpo"]["reward_mean"] / oracle_r if oracle_r else float("nan"),
+        "wall_s": time.perf_counter() - t0,
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=float), encoding="utf-8")
+    return summary

@@ -1,0 +1,87 @@
+"""Checkpoints round-trip through safetensors + JSON, and a resumed run continues exactly like an uninterrupted one."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from known_optimum import KnownOptimumCMDP
+
+from testbed.policy.api import make_learner
+from testbed.policy.checkpoint import CheckpointError, LearnedPolicy
+from testbed.policy.limits import Constraints
+from testbed.policy.trainer import Trainer, TrainOptions
+
+TINY = {
+    "cvpo": {"hidden": (16, 16), "batch_size": 32, "sample_actions": 8, "buffer_size": 500, "estep_iters": 2,
+             "mstep_iters": 2, "update_per_step": 0.25},
+    "ppo-lag": {"hidden": (16, 16), "batch_size": 16, "repeat": 2},
+}
+
+
+def _trainer(algo, out, steps):
+    env = KnownOptimumCMDP(episode_length=8)
+    cons = Constraints.from_mapping(("cost",), {"cost": 0.25}, 8)
+    learner = make_learner(algo, 1, 2, cons, seed=3, overrides=TINY[algo])
+    opts = TrainOptions(total_steps=steps, seed=3, episodes_per_collect=2, eval_every=0, eval_episodes=2,
+                        checkpoint_every=1, progress=False)
+    return Trainer(learner, env, cons, out, opts, env_spec={"type": "gym", "entry": "known_optimum:KnownOptimumCMDP",
+                                                           "kwargs": {"episode_length": 8}})
+
+
+@pytest.mark.parametrize("algo", ["cvpo", "ppo-lag"])
+def test_resume_continues_exactly(tmp_path, algo):
+    straight = _trainer(algo, tmp_path / "a", 64)
+    straight.run()
+    first = _trainer(algo, tmp_path / "b", 32)
+    first.run()
+    resumed = _trainer(algo, tmp_path / "b", 64)
+    resumed.run(resume=True)
+    assert resumed.iteration == straight.iteration == 4
+    a, b = straight.learner.state_tensors(), resumed.learner.state_tensors()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    log_a = (tmp_path / "a" / "train_log.csv").read_text().splitlines()
+    log_b = (tmp_path / "b" / "train_log.csv").read_text().splitlines()
+    strip = [[c for i, c in enumerate(line.split(",")) if i != log_a[0].split(",").index("wall_s")] for line in log_a]
+    strip_b = [[c for i, c in enumerate(line.split(",")) if i != log_b[0].split(",").index("wall_s")] for line in log_b]
+    assert strip == strip_b  # same rows (minus wall time), none duplicated by the resume
+    assert (tmp_path / "b" / "train_log.parquet").is_file()
+    meta = json.loads((tmp_path / "b" / "checkpoint" / "state.json").read_text())
+    assert meta["iteration"] == 4 and meta["env_steps"] == 64
+    # no pickle anywhere in a run folder
+    for f in (tmp_path / "b").rglob("*"):
+        assert f.suffix not in (".pt", ".pth", ".pkl", ".pickle")
+
+
+def test_fresh_run_refuses_an_existing_one_and_resume_checks_the_setup(tmp_path):
+    _trainer("cvpo", tmp_path, 16).run()
+    with pytest.raises(CheckpointError, match="already"):
+        _trainer("cvpo", tmp_path, 32).run()
+    other = _trainer("ppo-lag", tmp_path, 32)
+    with pytest.raises(CheckpointError, match="cvpo"):
+        other.run(resume=True)
+
+
+def test_exported_policy_acts_like_the_learner(tmp_path):
+    tr = _trainer("cvpo", tmp_path, 16)
+    tr.run()
+    policy = LearnedPolicy.load(tmp_path)  # finds policy/ inside the run folder
+    assert policy.meta["constraints"]["limits"] == {"cost": 0.25}
+    assert policy.meta["env"]["entry"] == "known_optimum:KnownOptimumCMDP"
+    for x in np.linspace(-1, 1, 5):
+        obs = np.array([x], dtype=np.float32)
+        raw, _ = tr.learner.act(obs, deterministic=True)
+        assert np.allclose(policy.action(obs), tr.scaler.to_env(raw))
+        assert ((policy.action(obs) >= 0) & (policy.action(obs) <= 1)).all()
+
+
+def test_bad_policy_folder(tmp_path):
+    with pytest.raises(CheckpointError, match="policy.json"):
+        LearnedPolicy.load(tmp_path)
+    (tmp_path / "policy.json").write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(CheckpointError, match="megbed-policy"):
+        LearnedPolicy.load(tmp_path)
