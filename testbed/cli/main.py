@@ -14,6 +14,7 @@ import sys
 # Order is the order in --help. Each part of the project adds its own line.
 COMMAND_MODULES: list[str] = [
     "testbed.cli.node",
+    "testbed.cli.policy",
     "testbed.cli.generate",
     "analysis.cli",
     "channel_emu.cli",
