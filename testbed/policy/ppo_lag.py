@@ -42,7 +42,7 @@ class PPOLagConfig:
     target_kl : float
         Early stop of the epochs once the mean approximate KL exceeds it.
     vf_coef, max_grad_norm : float
-        Value-loss weight; gradient norm clip.
+        Value-loss weight; gradient norm clip (applied to the actor and to the critics separately).
     repeat, batch_size : int
         Epochs per iteration and minibatch size.
     episodes_per_collect : int
@@ -196,8 +196,10 @@ class PPOLagrangian(Learner):
                 loss = pl + c.vf_coef * vl
                 self.optim.zero_grad()
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(list(self.actor.parameters()) + list(self.critics.parameters()),
-                                               c.max_grad_norm)
+                # Clipped separately: one global norm lets the value gradients (returns ~ r / (1 - gamma)) shrink
+                # the policy's step to nothing.
+                torch.nn.utils.clip_grad_norm_(self.actor.parameters(), c.max_grad_norm)
+                torch.nn.utils.clip_grad_norm_(self.critics.parameters(), c.max_grad_norm)
                 self.optim.step()
                 with torch.no_grad():
                     kl = (logp_old[mb] - logp).mean().item()
@@ -215,7 +217,7 @@ class PPOLagrangian(Learner):
         for k in ("policy_loss", "value_loss", "approx_kl", "entropy"):
             stats[k] /= max(batches, 1)
         self.iterations += 1
-        stats["policy_std"] = float(self.actor.log_std.exp().mean())
+        stats["policy_std"] = self.actor.log_std.detach().exp().mean().item()
         return stats
 
     # ---------------------------------------------------------------- state
