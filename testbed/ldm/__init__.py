@@ -8,5 +8,5 @@ Modules (import what you need; this package imports nothing heavy by itself):
 * ``request``: ``GenerationRequest``. ``schedulers``: resumable samplers. ``handoff``: ``Handoff``.
 * ``model``: ``load_pipeline(model_dir, device=..., dtype=...) -> LdmModel``, decoders, ``device_sync``.
 * ``stages`` / ``plan`` / ``runner``: the stage objects, ``SplitPlan`` presets and the in-process runner.
-* ``tiny``: SD-1.5- and SDXL-shaped models with random weights for tests and benchmarks.
+* ``synthetic``: SD-1.5- and SDXL-shaped models with random weights (tiny for tests, full-size for benchmarks).
 """

@@ -148,8 +148,9 @@ def test_tomesd_on_off(sd15):
     assert not torch.equal(on.image, off.image)
     assert torch.equal(on.image, on_again.image)  # use_rand=False: reproducible
     assert not torch.equal(es_only.image, on.image) and not torch.equal(es_only.image, off.image)
-    # the patch lives only inside the denoise stage
+    # the patch lives only inside the denoise stage: afterwards the U-Net is exactly what it was
     assert not any(type(m).__name__ == "ToMeBlock" for m in sd15.unet.modules())
+    assert torch.equal(run_split(_req(split_step=1), sd15).image, off.image)
     patched = []
 
     class Probe(DenoiseStage):
