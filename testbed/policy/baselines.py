@@ -61,24 +61,27 @@ def sample_states(env: MegEnv, episodes: int = 64, seed: int = 12345) -> np.ndar
 class FixedPolicy:
     """The same (N, beta[, extras]) for every request."""
 
-    def __init__(self, env: MegEnv, values: tuple[float, ...], name: str | None = None) -> None:
+    def __init__(self, env, values: tuple[float, ...], name: str | None = None) -> None:
+        space = env.unwrapped.space  # MegEnv and LiveEnv share the RequestSpace conventions
         self.values = tuple(float(v) for v in values)
-        self._action = env.encode_action(self.values)
-        self.name = name or "fixed:" + ",".join(f"{n}={v:g}" for n, v in zip(env.action_names, self.values, strict=False))
+        self._action = space.encode_action(self.values)
+        self.name = name or "fixed:" + ",".join(f"{n}={v:g}" for n, v in zip(space.action_names, self.values,
+                                                                              strict=False))
 
     def action(self, obs, state=None) -> np.ndarray:
         return self._action.copy()
 
     @classmethod
-    def parse(cls, env: MegEnv, spec: str, constraints: Constraints | None = None,
+    def parse(cls, env, spec: str, constraints: Constraints | None = None,
               states: np.ndarray | None = None) -> FixedPolicy:
         """``max_quality`` | ``min_cost`` | ``best_fixed`` | ``N=8,beta=0.5`` (also ``n_steps=..,merge_ratio=..``)."""
         spec = spec.strip()
+        sp = env.unwrapped.space
         if spec == "max_quality":
-            return cls(env, (env.n_max, env.action_ranges[1][0], *[lo for lo, _ in env.action_ranges[2:]]),
+            return cls(env, (sp.n_max, sp.action_ranges[1][0], *[lo for lo, _ in sp.action_ranges[2:]]),
                        name="fixed:max_quality")
         if spec == "min_cost":
-            return cls(env, (env.n_min, env.action_ranges[1][1], *[hi for _, hi in env.action_ranges[2:]]),
+            return cls(env, (sp.n_min, sp.action_ranges[1][1], *[hi for _, hi in sp.action_ranges[2:]]),
                        name="fixed:min_cost")
         if spec == "best_fixed":
             if constraints is None:
@@ -91,10 +94,10 @@ class FixedPolicy:
             k, v = part.split("=", 1)
             key = {"n": "n_steps", "beta": "merge_ratio", "b": "merge_ratio"}.get(k.strip().lower(), k.strip())
             values[key] = float(v)
-        missing = [n for n in env.action_names if n not in values]
+        missing = [n for n in sp.action_names if n not in values]
         if missing:
             raise ValueError(f"fixed scheme {spec!r} lacks {missing} (e.g. N=8,beta=0.5)")
-        return cls(env, tuple(values[n] for n in env.action_names))
+        return cls(env, tuple(values[n] for n in sp.action_names))
 
 
 def best_fixed(env: MegEnv, constraints: Constraints, states: np.ndarray | None = None) -> FixedPolicy:
@@ -152,7 +155,7 @@ class OraclePolicy:
     def action(self, obs, state) -> np.ndarray:
         if state is None:
             raise ValueError("the oracle needs the channel state of the coming request")
-        return self.env.encode_action(self.best_values(float(state.snr_db)))
+        return self.env.unwrapped.space.encode_action(self.best_values(float(state.snr_db)))
 
     # ---------------------------------------------------------------- the dual
     def _state_tables(self) -> tuple[np.ndarray, np.ndarray]:

@@ -53,7 +53,7 @@ def load_checkpoint(directory: str | Path) -> tuple[dict[str, torch.Tensor], dic
 
 
 def export_policy(directory: str | Path, actor: GaussianActor, *, algo: str, obs_dim: int, act_dim: int,
-                  hidden, conditioned_sigma: bool, action_low, action_high, constraints: Constraints,
+                  hidden, conditioned_sigma: bool, squash: bool, action_low, action_high, constraints: Constraints,
                   env_spec: dict, extra: dict | None = None) -> Path:
     """Write a deployable policy: actor weights and a JSON description."""
     d = Path(directory)
@@ -63,6 +63,7 @@ def export_policy(directory: str | Path, actor: GaussianActor, *, algo: str, obs
     meta = {
         "format": POLICY_FORMAT, "version": POLICY_VERSION, "algo": algo, "obs_dim": int(obs_dim),
         "act_dim": int(act_dim), "hidden": list(hidden), "conditioned_sigma": bool(conditioned_sigma),
+        "squash": bool(squash),
         "action_low": [float(x) for x in np.asarray(action_low).reshape(-1)],
         "action_high": [float(x) for x in np.asarray(action_high).reshape(-1)],
         "constraints": constraints.to_json(), "env": env_spec, **(extra or {}),
@@ -102,7 +103,7 @@ class LearnedPolicy:
         if int(meta.get("version", 0)) > POLICY_VERSION:
             raise CheckpointError(f"policy format version {meta['version']} is newer than this megbed understands")
         actor = GaussianActor(meta["obs_dim"], meta["act_dim"], tuple(meta["hidden"]),
-                              conditioned_sigma=meta["conditioned_sigma"])
+                              conditioned_sigma=meta["conditioned_sigma"], squash=meta.get("squash", True))
         if not (d / "policy.safetensors").is_file():
             raise CheckpointError(f"{d} lacks policy.safetensors")
         actor.load_state_dict(load_file(str(d / "policy.safetensors")))
@@ -112,4 +113,4 @@ class LearnedPolicy:
     def action(self, obs: np.ndarray, state=None) -> np.ndarray:
         """Environment action for one observation (``state`` is ignored: the policy sees only ``obs``)."""
         mu, _ = self.actor(torch.as_tensor(np.asarray(obs, dtype=np.float32)).unsqueeze(0))
-        return self.scaler.to_env(mu[0].numpy())
+        return self.scaler.to_env(self.actor.to_unit(mu[0]).numpy())

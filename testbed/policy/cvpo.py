@@ -14,14 +14,14 @@ Each update, on a batch of B states from the replay buffer:
   decoupled (the mean evaluated with the old std and vice versa) and each held in its own Gaussian KL trust region
   (KL_mu, KL_sigma) by a dual variable updated by Adam and projected onto [0, mstep_dual_max].
 
-Defaults are the paper's (FSRL) settings; see :class:`CVPOConfig`. One deliberate difference from FSRL: the
-replay buffer stores the executed actions (clipped to the action box) and the E-step evaluates the critics at the
-K samples clipped the same way (the M-step still fits the raw samples). FSRL stores and evaluates the raw Gaussian
-samples; with a tanh-bounded mean and an initial std near 1 the critics are then queried far outside the box, where
-an untrained critic is a steep linear function, the weighted likelihood favours the farthest samples, and the std
-grows each update faster than the bounded M-step dual (<= 0.5) can hold it (seen here: std at its cap, e^2, within
-~50 updates). Clipped, every queried action is one the environment can execute and Q is flat beyond the box.
-(Fitting the clipped samples instead would shrink the std by the clipping alone, even under uniform weights.)
+Defaults are the paper's (FSRL) settings; see :class:`CVPOConfig`. Deliberate differences from FSRL, both about
+the bounded action box: the policy is a squashed Gaussian by default (``squash``; see :mod:`testbed.policy.nets`),
+and the critics are only ever queried at executed actions in the box -- the replay buffer stores the executed
+action and the E-step evaluates Q at the executed form of its K samples while the M-step fits the raw samples.
+FSRL stores and evaluates raw Gaussian samples; with a tanh-bounded mean and an initial std near 1 the critics are
+then queried far outside the box, where an untrained critic is a steep linear function, the weighted likelihood
+favours the farthest samples, and the std grows each update faster than the bounded M-step dual (<= 0.5) holds it
+(seen here: std at its cap, e^2, within ~50 updates).
 """
 
 from __future__ import annotations
@@ -71,6 +71,8 @@ class CVPOConfig:
         How the per-request limit becomes the Q_c threshold (:meth:`Constraints.q_threshold`).
     conditioned_sigma : bool
         State-conditioned std (FSRL default) or a free log-std.
+    squash : bool
+        Squashed Gaussian (tanh of the sample; default) or FSRL's tanh-bounded mean with clipping.
     reward_scale : float
         Multiplies rewards before learning (1 = off).
     """
@@ -97,6 +99,7 @@ class CVPOConfig:
     update_per_step: float = 0.2
     threshold_rule: str = "fsrl"
     conditioned_sigma: bool = True
+    squash: bool = True
     reward_scale: float = 1.0
 
     @classmethod
@@ -135,7 +138,7 @@ class CVPO(Learner):
         c = self.cfg
         torch.manual_seed(self.seed)
         self.n_costs = len(constraints.constrained)
-        self.actor = GaussianActor(obs_dim, act_dim, c.hidden, conditioned_sigma=c.conditioned_sigma)
+        self.actor = GaussianActor(obs_dim, act_dim, c.hidden, conditioned_sigma=c.conditioned_sigma, squash=c.squash)
         self.critics = torch.nn.ModuleList([QCritic(obs_dim, act_dim, c.hidden) for _ in range(1 + self.n_costs)])
         self.critics_targ = torch.nn.ModuleList([QCritic(obs_dim, act_dim, c.hidden) for _ in range(1 + self.n_costs)])
         self.critics_targ.load_state_dict(self.critics.state_dict())
@@ -157,7 +160,7 @@ class CVPO(Learner):
     def learn(self, rollout: Rollout) -> dict[str, float]:
         sig = np.concatenate([rollout.reward[:, None] * self.cfg.reward_scale, rollout.cost], axis=1)
         # The buffer holds the executed (clipped) actions, so critics never extrapolate outside the action box.
-        executed = np.clip(rollout.act, -1.0, 1.0)
+        executed = self.unit_action(rollout.act)
         self.buffer.add(rollout.obs, executed, sig, rollout.obs_next, rollout.terminated, rollout.done)
         n_updates = max(1, int(round(self.cfg.update_per_step * len(rollout.obs))))
         acc: dict[str, float] = {}
@@ -173,7 +176,7 @@ class CVPO(Learner):
         boot_obs = torch.as_tensor(batch.boot_obs)
         with torch.no_grad():
             mu, std = self.actor(boot_obs)
-            a_next = (mu + std * torch.randn(mu.shape, generator=self.torch_gen)).clamp(-1.0, 1.0)
+            a_next = self.actor.to_unit(mu + std * torch.randn(mu.shape, generator=self.torch_gen))
             q_next = torch.stack([q(boot_obs, a_next) for q in self.critics_targ], dim=1)
         partial = torch.as_tensor(batch.partial, dtype=torch.float32)
         scale = torch.as_tensor(batch.discount * batch.boot_mask, dtype=torch.float32)[:, None]
@@ -202,7 +205,7 @@ class CVPO(Learner):
             samples = mu_old + std_old * torch.randn((k, *mu_old.shape), generator=self.torch_gen)  # (K, B, da)
             # Q of the actions the environment would execute (see the module docstring).
             obs_k = obs.unsqueeze(0).expand(k, -1, -1).reshape(k * b, -1)
-            flat = samples.clamp(-1.0, 1.0).reshape(k * b, -1)
+            flat = self.actor.to_unit(samples).reshape(k * b, -1)
             q_vals = torch.stack([q(obs_k, flat).reshape(k, b) for q in self.critics])  # (1+m, K, B)
         for _ in range(c.estep_iters):
             loss = self.estep_dual_loss(q_vals)

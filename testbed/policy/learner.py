@@ -20,7 +20,7 @@ class Rollout:
     ----------
     obs, obs_next : ndarray, shape (N, ds)
     act : ndarray, shape (N, da)
-        Raw learner actions (before clipping and scaling to the environment).
+        Raw learner actions (before squashing / clipping and scaling to the environment).
     reward : ndarray, shape (N,)
     cost : ndarray, shape (N, m)
         Constrained costs in units of their per-request limit.
@@ -67,6 +67,11 @@ class Learner(ABC):
         a = mu + std * torch.randn(mu.shape, generator=self.torch_gen)
         logp = (-0.5 * ((a - mu) / std).pow(2) - std.log() - 0.5 * np.log(2 * np.pi)).sum(-1)
         return a[0].numpy().astype(np.float32), float(logp[0])
+
+    def unit_action(self, raw: np.ndarray) -> np.ndarray:
+        """Executed action in [-1, 1]^d for a raw action (tanh or clip, see :class:`GaussianActor`)."""
+        with torch.no_grad():
+            return self.actor.to_unit(torch.as_tensor(np.asarray(raw, dtype=np.float32))).numpy()
 
     @abstractmethod
     def learn(self, rollout: Rollout) -> dict[str, float]:

@@ -1,7 +1,16 @@
-"""Networks shared by the learners: MLPs, a Gaussian actor with a tanh-bounded mean, Q and V critics.
+"""Networks shared by the learners: MLPs, a Gaussian actor, Q and V critics.
 
-Actions inside the learners live in [-1, 1]^d; :class:`ActionScaler` maps them onto the environment's Box (the
-tianshou / FSRL ``action_scaling`` + ``clip`` convention: a sampled action is clipped, then scaled).
+The actor is a diagonal Gaussian over a raw action u. By default it is *squashed*: the executed action is tanh(u)
+in (-1, 1)^d (SAC / MPO practice). FSRL's alternative (``squash=False``) bounds the mean with tanh and clips the
+sampled action to [-1, 1]. Either way :meth:`GaussianActor.to_unit` gives the executed action in [-1, 1]^d and
+:class:`ActionScaler` maps it onto the environment's Box.
+
+Why squashed by default: when the best action lies on the boundary of the box (beta = 0, N = N_max in a good
+channel), every clipped sample beyond the boundary is the same action, the critics' Q is flat there, the weighted
+likelihood favours the far samples and the std grows until it hits its cap; with a tanh-bounded mean the executed
+actions then scatter over the corners of the box (seen on the MEG environment: std at e^2 within three iterations).
+Squashed, a boundary optimum drives the mean of u outwards and every sample saturates at the boundary: the growing
+std of u is harmless, the executed action converges.
 """
 
 from __future__ import annotations
@@ -34,7 +43,7 @@ def orthogonal_init(module: nn.Module, gain: float = 1.0) -> None:
 
 
 class GaussianActor(nn.Module):
-    """Diagonal Gaussian policy: mean ``tanh(f(s))`` in [-1, 1], std state-conditioned or a free parameter.
+    """Diagonal Gaussian policy over a raw action u; executed action tanh(u) (squashed) or clip(u) (FSRL).
 
     Parameters
     ----------
@@ -46,11 +55,14 @@ class GaussianActor(nn.Module):
         Std from a head on the trunk (CVPO default) or one learned log-std per dimension (PPO).
     init_log_std : float
         Initial log-std for the free-parameter variant.
+    squash : bool
+        True: unbounded mean, executed action tanh(u). False: mean tanh(f(s)), executed action clip(u, -1, 1).
     """
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int] = (128, 128), conditioned_sigma: bool = True,
-                 init_log_std: float = -0.5) -> None:
+                 init_log_std: float = -0.5, squash: bool = True) -> None:
         super().__init__()
+        self.squash = bool(squash)
         self.trunk = nn.Sequential(mlp([obs_dim, *hidden]), nn.ReLU())
         self.mu = nn.Linear(hidden[-1], act_dim)
         self.conditioned_sigma = conditioned_sigma
@@ -65,12 +77,16 @@ class GaussianActor(nn.Module):
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and std, each of shape ``(..., act_dim)``."""
         h = self.trunk(obs)
-        mu = torch.tanh(self.mu(h))
+        mu = self.mu(h) if self.squash else torch.tanh(self.mu(h))
         if self.conditioned_sigma:
             log_std = self.sigma(h).clamp(LOG_STD_MIN, LOG_STD_MAX)
         else:
             log_std = self.log_std.clamp(LOG_STD_MIN, LOG_STD_MAX).expand_as(mu)
         return mu, log_std.exp()
+
+    def to_unit(self, u: torch.Tensor) -> torch.Tensor:
+        """The executed action in [-1, 1]^d for raw actions ``u``."""
+        return torch.tanh(u) if self.squash else u.clamp(-1.0, 1.0)
 
 
 def normal_log_prob(x: torch.Tensor, mu: torch.Tensor, std: torch.Tensor) -> torch.Tensor:

@@ -55,6 +55,9 @@ class PPOLagConfig:
     hidden : tuple of int
     init_log_std : float
         Initial log-std of the state-independent Gaussian.
+    squash : bool
+        Squashed Gaussian (tanh of the sample; the ratio of pre-squash densities is the ratio of the policies) or
+        FSRL's tanh-bounded mean with clipping.
     """
 
     gamma: float = 0.97
@@ -72,6 +75,7 @@ class PPOLagConfig:
     norm_adv: bool = True
     hidden: tuple[int, ...] = (128, 128)
     init_log_std: float = -0.5
+    squash: bool = True
 
     @classmethod
     def from_dict(cls, data: dict) -> PPOLagConfig:
@@ -142,7 +146,8 @@ class PPOLagrangian(Learner):
         c = self.cfg
         torch.manual_seed(self.seed)
         self.n_costs = len(constraints.constrained)
-        self.actor = GaussianActor(obs_dim, act_dim, c.hidden, conditioned_sigma=False, init_log_std=c.init_log_std)
+        self.actor = GaussianActor(obs_dim, act_dim, c.hidden, conditioned_sigma=False, init_log_std=c.init_log_std,
+                                   squash=c.squash)
         self.critics = torch.nn.ModuleList([VCritic(obs_dim, c.hidden) for _ in range(1 + self.n_costs)])
         self.optim = torch.optim.Adam(list(self.actor.parameters()) + list(self.critics.parameters()), lr=c.lr)
         self.pids = [PIDLagrangian(c.pid) for _ in range(self.n_costs)]

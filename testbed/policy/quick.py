@@ -35,7 +35,7 @@ def _channel_default() -> str:
 def quick_train_and_evaluate(run_dir: str | Path, out_dir: str | Path | None = None, *,
                              limits: dict[str, float] | None = None, steps: int = 6400, max_wall_s: float = 90.0,
                              seed: int = 0, episodes: int = 8, channel: str = "auto",
-                             progress: bool = False) -> dict:
+                             overrides: dict | None = None, progress: bool = False) -> dict:
     """Train CVPO briefly on ``run_dir``'s dataset and evaluate it beside the oracle and fixed schemes.
 
     Parameters
@@ -54,6 +54,8 @@ def quick_train_and_evaluate(run_dir: str | Path, out_dir: str | Path | None = N
         Evaluation episodes per policy.
     channel : {"auto", "process", "dataset"}
         Channel states; ``auto``: the emulator's process when installed.
+    overrides : dict, optional
+        CVPO settings to change (e.g. ``{"hidden": (64, 64)}``).
 
     Returns
     -------
@@ -81,7 +83,7 @@ def quick_train_and_evaluate(run_dir: str | Path, out_dir: str | Path | None = N
     env = build_env(spec, seed=seed, cost_model=cost_model)
     eval_env = build_env(spec, seed=seed + 1, cost_model=cost_model)
     result = train_policy("cvpo", spec, limits, out / "train", steps=steps, seed=seed, progress=progress,
-                          eval_every=0, max_wall_s=max_wall_s, env=env, eval_env=eval_env)
+                          overrides=overrides, eval_every=0, max_wall_s=max_wall_s, env=env, eval_env=eval_env)
     constraints = Constraints.from_mapping(env.cost_names, limits, env.episode_length)
     policies = {"cvpo": LearnedPolicy.load(out / "train" / "policy")}
     for name in BASELINES:

@@ -92,7 +92,7 @@ class _Policy:
         self.learner, self.scaler, self.name = learner, scaler, learner.algo
 
     def action(self, obs, state=None):
-        return self.scaler.to_env(self.learner.act(obs, deterministic=True)[0])
+        return self.scaler.to_env(self.learner.unit_action(self.learner.act(obs, deterministic=True)[0]))
 
 
 def collect(env, learner: Learner, scaler: ActionScaler, constraints: Constraints, seeds: list[int]
@@ -105,7 +105,7 @@ def collect(env, learner: Learner, scaler: ActionScaler, constraints: Constraint
         ep_reward, ep_cost, n = 0.0, np.zeros(len(constraints.cost_names)), 0
         while True:
             raw, logp = learner.act(obs)
-            nxt, reward, terminated, truncated, info = env.step(scaler.to_env(raw))
+            nxt, reward, terminated, truncated, info = env.step(scaler.to_env(learner.unit_action(raw)))
             if "cost" not in info:
                 raise ValueError("the environment's step info has no 'cost' entry (FSRL / Safety-Gymnasium convention)")
             cost = np.atleast_1d(np.asarray(info["cost"], dtype=np.float64))
@@ -305,7 +305,7 @@ class Trainer:
         conditioned = bool(getattr(actor, "conditioned_sigma", True))
         hidden = [m.out_features for m in actor.trunk.modules() if hasattr(m, "out_features")]
         export_policy(self.out / POLICY_DIR, actor, algo=self.learner.algo, obs_dim=self.learner.obs_dim,
-                      act_dim=self.learner.act_dim, hidden=hidden, conditioned_sigma=conditioned,
+                      act_dim=self.learner.act_dim, hidden=hidden, conditioned_sigma=conditioned, squash=actor.squash,
                       action_low=self.env.action_space.low, action_high=self.env.action_space.high,
                       constraints=self.constraints, env_spec=self.env_spec,
                       extra={"env_steps": self.env_steps, "seed": self.opt.seed})

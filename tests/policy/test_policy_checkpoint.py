@@ -75,7 +75,7 @@ def test_exported_policy_acts_like_the_learner(tmp_path):
     for x in np.linspace(-1, 1, 5):
         obs = np.array([x], dtype=np.float32)
         raw, _ = tr.learner.act(obs, deterministic=True)
-        assert np.allclose(policy.action(obs), tr.scaler.to_env(raw))
+        assert np.allclose(policy.action(obs), tr.scaler.to_env(tr.learner.unit_action(raw)))
         assert ((policy.action(obs) >= 0) & (policy.action(obs) <= 1)).all()
 
 

@@ -18,7 +18,7 @@ def exact_performance(learner) -> tuple[float, float]:
     xs = (np.arange(2000) + 0.5) / 2000
     with torch.no_grad():
         mu, _ = learner.actor(torch.tensor(2 * xs - 1, dtype=torch.float32)[:, None])
-    u = np.clip((mu.numpy() + 1) / 2, 0, 1)
+        u = ((learner.actor.to_unit(mu) + 1) / 2).numpy()
     return float(reward_fn(u[:, 0], u[:, 1]).mean()), float(cost_fn(xs, u[:, 0], u[:, 1]).mean() / LIMIT)
 
 
@@ -70,7 +70,7 @@ def test_ppo_lagrangian_multiplier_rises_under_violation_and_cost_falls(tmp_path
     # start from a costly policy: u0 ~ 1, u1 ~ 0
     with torch.no_grad():
         agent.actor.mu.bias.copy_(torch.tensor([1.0, -1.0]))
-    trainer = Trainer(agent, env, cons, tmp_path, TrainOptions(total_steps=256 * 16, seed=1, episodes_per_collect=8,
+    trainer = Trainer(agent, env, cons, tmp_path, TrainOptions(total_steps=256 * 24, seed=1, episodes_per_collect=8,
                                                                eval_every=0, checkpoint_every=100, progress=False))
     result = trainer.run()
     ratios = [row["cost_ratio_cost"] for row in result.log]

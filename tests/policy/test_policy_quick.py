@@ -1,0 +1,22 @@
+"""quick_train_and_evaluate: the short run `make run` calls, end to end at tiny sizes."""
+
+from __future__ import annotations
+
+import json
+
+from testbed.policy.quick import quick_train_and_evaluate
+
+
+def test_quick_train_and_evaluate(synthetic_run, tmp_path):
+    summary = quick_train_and_evaluate(
+        synthetic_run, tmp_path / "quick", steps=64, max_wall_s=30, episodes=1, channel="dataset",
+        overrides={"hidden": (16, 16), "batch_size": 32, "sample_actions": 8, "episodes_per_collect": 1})
+    assert summary["synthetic"] is True and summary["limits_derived"] is True
+    assert set(summary["limits"]) == {"latency_s", "energy_j"}
+    assert set(summary["policies"]) == {"cvpo", "oracle", "oracle:per_request", "fixed:best_fixed",
+                                        "fixed:max_quality"}
+    for s in summary["policies"].values():
+        assert {"reward_mean", "cost_ratio_latency_s", "cost_ratio_energy_j", "violation"} <= set(s)
+    assert summary["train"]["steps"] >= 64 and summary["cvpo_reward_vs_oracle"] > 0
+    assert json.loads((tmp_path / "quick" / "summary.json").read_text())["limits"] == summary["limits"]
+    assert (tmp_path / "quick" / "train" / "policy" / "policy.json").is_file()
