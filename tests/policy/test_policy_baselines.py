@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import AR1Channel
+from policy_helpers import AR1Channel
 
 from testbed.policy.baselines import FixedPolicy, OraclePolicy, candidate_actions
 from testbed.policy.costmodel import MeasuredCostModel

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import AR1Channel
 from fake_testbed import FakeTestbed
+from policy_helpers import AR1Channel
 
 from testbed.cli.main import main
 from testbed.policy.baselines import FixedPolicy

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import AR1Channel, ConstantChannel
 from gymnasium.utils.env_checker import check_env
+from policy_helpers import AR1Channel, ConstantChannel
 from scipy import stats
 
 from testbed.policy.costmodel import MeasuredCostModel, capacity_bits_per_hz
