@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run_dir", nargs="?", help="campaign run directory (default: newest runs/*, else synthetic)")
     ap.add_argument("--limit", action="append", metavar="COST=VALUE", help="per-request limit (repeatable)")
-    ap.add_argument("--algos", default="cvpo,ppo-lag")
+    ap.add_argument("--algos", default="cvpo,ppo-lag",
+                    help="comma-separated: cvpo, ppo-lag, cvpo-paper (CVPO with exactly the paper's settings)")
     ap.add_argument("--budget-s", type=float, default=600.0, help="training wall-time budget per learner (s)")
     ap.add_argument("--steps", type=int, default=200_000, help="training step cap per learner")
     ap.add_argument("--eval-every", type=int, default=2)
@@ -97,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     names = list(cons.constrained)
     print(f"dataset {run_dir}: {model.describe()['requests']} requests, grid "
           + ", ".join(f"{k}={v}" for k, v in model.describe()["axes"].items()))
-    print(f"limits per request: {limits}; channel: {channel}; CPU cores: {os.cpu_count()}, torch threads: 1")
+    print(f"limits per request: {limits}; channel: {channel}; CPU cores: {os.cpu_count()}, torch threads: 1, "
+          f"load average {os.getloadavg()[0]:.1f} (the machine is shared: wall times include contention)")
 
     results: dict[str, dict] = {}
     t0 = time.perf_counter()
@@ -119,16 +121,18 @@ def main(argv: list[str] | None = None) -> int:
     out_root = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="megbed-policy-bench-"))
     for algo in [a for a in args.algos.split(",") if a]:
         out = out_root / algo
+        base_algo, preset = (algo[: -len("-paper")], "paper") if algo.endswith("-paper") else (algo, "auto")
         print(f"training {algo} (budget {args.budget_s:.0f} s, at most {args.steps} steps) -> {out}")
-        result = train_policy(algo, spec, limits, out, steps=args.steps, seed=args.seed,
-                              overrides=overrides.get(algo), progress=sys.stderr.isatty(),
+        result = train_policy(base_algo, spec, limits, out, steps=args.steps, seed=args.seed,
+                              overrides=overrides.get(algo), preset=preset, progress=sys.stderr.isatty(),
                               eval_every=args.eval_every, eval_episodes=args.eval_episodes, checkpoint_every=20,
                               max_wall_s=args.budget_s, eval_env=eval_env,
                               env=build_env(spec, seed=args.seed, cost_model=model))
         policy = LearnedPolicy.load(out / "policy")
         summary = summarise(run_episodes(eval_env, policy, args.final_episodes, seed=args.seed), cons)
         summary.update(env_steps=result.env_steps, wall_s=result.wall_s,
-                       steps_to_converge=steps_to_converge(result.log, oracle_reward, names))
+                       steps_to_converge=steps_to_converge(result.log, oracle_reward, names),
+                       load_avg_after=os.getloadavg()[0])
         results[algo] = summary
 
     header = f"{'policy':22s} {'reward':>8s} {'vs oracle':>9s} " + " ".join(f"{n + '/lim':>11s}" for n in names)

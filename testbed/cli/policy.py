@@ -127,7 +127,8 @@ def cmd_train(args) -> int:
         overrides[k] = _value(v)
     try:
         result = train_policy(args.algo, spec, limits, args.out, steps=args.steps, seed=args.seed,
-                              overrides=overrides, resume=args.resume, progress=not args.no_progress,
+                              overrides=overrides, preset=args.preset, resume=args.resume,
+                              progress=not args.no_progress,
                               eval_every=args.eval_every, eval_episodes=args.eval_episodes,
                               checkpoint_every=args.checkpoint_every, max_wall_s=args.max_wall_s)
     except (PolicyDatasetError, CheckpointError) as exc:
@@ -262,6 +263,9 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="run folder (checkpoint/, policy/, train_log.*)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="algorithm setting, e.g. gamma=0.9")
+    p.add_argument("--preset", choices=("auto", "paper"), default="auto",
+                   help="auto: the paper's settings with megbed's MEG adjustments (CVPO gamma 0.5, see "
+                        "testbed.policy.api.MEG_OVERRIDES); paper: exactly the paper's / FSRL's")
     p.add_argument("--eval-every", type=int, default=1, help="deterministic evaluation every N iterations")
     p.add_argument("--eval-episodes", type=int, default=4)
     p.add_argument("--checkpoint-every", type=int, default=10, help="iterations between checkpoints")
