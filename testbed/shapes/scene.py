@@ -204,3 +204,19 @@ def sample_scene(rng: np.random.Generator, split: str = "train", pair_fraction: 
         if split_of(named) == split:
             return make_scene(named, rng)
     raise SceneError(f"no {split} scene found with {n_objects} objects")  # pragma: no cover - split is 1/6 : 5/6
+
+
+def sample_dense_scene(rng: np.random.Generator, min_shapes: int = 3, max_shapes: int = 8,
+                       color_jitter: float = 0.08) -> Scene:
+    """A scene outside the grammar for training the autoencoder: several shapes anywhere, of any size in
+    [0.04, 0.2] and palette colors with a wider jitter, so that most pixels of a crop are saturated colors and
+    edges (grammar scenes are mostly background)."""
+    objects = []
+    for _ in range(int(rng.integers(min_shapes, max_shapes + 1))):
+        cx, cy = (float(v) for v in rng.uniform(0.05, 0.95, size=2))
+        nearest = min(POSITIONS.values(), key=lambda p: (p.x - cx) ** 2 + (p.y - cy) ** 2).name
+        color = str(rng.choice(list(COLORS)))
+        named = NamedObject(str(rng.choice(list(SHAPES))), color, None, nearest)
+        rgb = np.clip(np.asarray(COLORS[color]) + rng.uniform(-color_jitter, color_jitter, size=3), 0, 1)
+        objects.append(ShapeObject(named, cx, cy, float(rng.uniform(0.04, 0.2)), tuple(float(v) for v in rgb)))
+    return Scene(tuple(objects), sample_background(rng))

@@ -1,0 +1,210 @@
+"""The recipe of the embedded default model: architectures, optimisation and data settings, in one JSON-able place.
+
+Sized for the training budget (2 CPU cores, about 2 hours for everything) and the runtime's needs: 128x128 images,
+16x16x4 latents, a VAE decoder of about 0.6 M parameters (1.2 MB in fp16) so that a distilled copy fits beside it,
+and a noise schedule (SD's scaled-linear betas, 1000 steps, epsilon prediction, trailing timestep spacing) that
+DDIM, Euler, Euler-ancestral, DPM++ 2M and UniPC all accept.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+IMAGE_SIZE_PX = 128
+VAE_SCALE = 8
+LATENT_CHANNELS = 4
+TEXT_MAX_LENGTH = 32
+
+# The sampler the exported model names in scheduler/ and the defaults `megbed model eval` and the benchmarks use.
+DEFAULT_SCHEDULER_CLASS = "DPMSolverMultistepScheduler"
+DEFAULT_NUM_STEPS = 20
+DEFAULT_GUIDANCE_SCALE = 5.0
+
+NOISE_SCHEDULE: dict[str, Any] = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "prediction_type": "epsilon",
+    "timestep_spacing": "trailing",
+    "steps_offset": 1,
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+}
+
+
+@dataclass
+class VaeRecipe:
+    """Phase 2: the autoencoder and how it is trained (random crops of freshly rendered scenes)."""
+
+    block_out_channels: tuple[int, ...] = (16, 32, 64, 64)
+    layers_per_block: int = 1
+    norm_num_groups: int = 4
+    steps: int = 3000
+    batch_size: int = 12
+    crop_px: int = 64
+    pool_images: int = 3000
+    dense_fraction: float = 0.5
+    lr: float = 1e-3
+    lr_min: float = 5e-5
+    warmup_steps: int = 50
+    weight_decay: float = 0.0
+    kl_weight: float = 1e-6
+    init_logvar: float = -8.0
+    mse_weight: float = 1.0
+    grad_clip: float = 1.0
+    checkpoint_every: int = 100
+
+
+@dataclass
+class TextRecipe:
+    """The text encoder (CLIPTextModel architecture, trained from scratch with the U-Net)."""
+
+    hidden_size: int = 128
+    intermediate_size: int = 512
+    num_hidden_layers: int = 3
+    num_attention_heads: int = 4
+    max_length: int = TEXT_MAX_LENGTH
+
+
+@dataclass
+class UnetRecipe:
+    """Phases 3-4: the latent dataset and the U-Net + text-encoder training."""
+
+    block_out_channels: tuple[int, ...] = (48, 96, 192)
+    layers_per_block: int = 1
+    attention_head_dim: int = 6
+    norm_num_groups: int = 16
+    down_block_types: tuple[str, ...] = ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D")
+    up_block_types: tuple[str, ...] = ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D")
+    dataset_images: int = 16000
+    pair_fraction: float = 0.5
+    steps: int = 2400
+    batch_size: int = 32
+    lr: float = 5e-4
+    lr_min: float = 2e-5
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    cfg_dropout: float = 0.1
+    distractor_prob: float = 0.1
+    min_snr_gamma: float = 5.0
+    ema_decay: float = 0.999
+    checkpoint_every: int = 200
+    encode_batch: int = 64
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides the trained weights (besides the code)."""
+
+    seed: int = 0
+    image_size_px: int = IMAGE_SIZE_PX
+    vae: VaeRecipe = field(default_factory=VaeRecipe)
+    text: TextRecipe = field(default_factory=TextRecipe)
+    unet: UnetRecipe = field(default_factory=UnetRecipe)
+
+    @property
+    def latent_size(self) -> int:
+        return self.image_size_px // VAE_SCALE
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Rebuild from :meth:`to_dict` output (lists back to tuples; unknown keys are an error)."""
+
+        def build(kind: type, values: dict[str, Any]) -> Any:
+            names = {f.name: f for f in dataclasses.fields(kind)}
+            unknown = set(values) - set(names)
+            if unknown:
+                raise ValueError(f"unknown {kind.__name__} setting(s): {', '.join(sorted(unknown))}")
+            return kind(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+        data = dict(data)
+        parts = {"vae": VaeRecipe, "text": TextRecipe, "unet": UnetRecipe}
+        sub = {k: build(kind, data.pop(k, {})) for k, kind in parts.items()}
+        return _plain(cls, data, sub)
+
+    def with_overrides(self, **changes: Any) -> TrainConfig:
+        """A copy with ``phase.name=value`` style overrides, e.g. ``{"vae.steps": 5}``."""
+        data = self.to_dict()
+        for key, value in changes.items():
+            head, _, tail = key.partition(".")
+            if tail:
+                if head not in ("vae", "text", "unet") or tail not in data[head]:
+                    raise ValueError(f"unknown setting {key!r}")
+                data[head][tail] = value
+            else:
+                if head not in data or head in ("vae", "text", "unet"):
+                    raise ValueError(f"unknown setting {key!r}")
+                data[head] = value
+        return TrainConfig.from_dict(data)
+
+
+def _plain(cls: type, data: dict[str, Any], sub: dict[str, Any]) -> TrainConfig:
+    names = {f.name for f in dataclasses.fields(cls)} - set(sub)
+    unknown = set(data) - names
+    if unknown:
+        raise ValueError(f"unknown TrainConfig setting(s): {', '.join(sorted(unknown))}")
+    return cls(**data, **sub)
+
+
+def vae_config(cfg: TrainConfig) -> dict[str, Any]:
+    """``AutoencoderKL`` constructor arguments (no mid-block attention: fully convolutional, crops generalise)."""
+    n = len(cfg.vae.block_out_channels)
+    return {
+        "in_channels": 3,
+        "out_channels": 3,
+        "down_block_types": ["DownEncoderBlock2D"] * n,
+        "up_block_types": ["UpDecoderBlock2D"] * n,
+        "block_out_channels": list(cfg.vae.block_out_channels),
+        "layers_per_block": cfg.vae.layers_per_block,
+        "latent_channels": LATENT_CHANNELS,
+        "norm_num_groups": cfg.vae.norm_num_groups,
+        "sample_size": cfg.image_size_px,
+        "mid_block_add_attention": False,
+        "scaling_factor": 1.0,
+    }
+
+
+def text_config(cfg: TrainConfig, vocab_size: int, bos_id: int, eos_id: int, pad_id: int) -> dict[str, Any]:
+    """``CLIPTextConfig`` arguments."""
+    t = cfg.text
+    return {
+        "vocab_size": vocab_size,
+        "hidden_size": t.hidden_size,
+        "intermediate_size": t.intermediate_size,
+        "projection_dim": t.hidden_size,
+        "num_hidden_layers": t.num_hidden_layers,
+        "num_attention_heads": t.num_attention_heads,
+        "max_position_embeddings": t.max_length,
+        "hidden_act": "quick_gelu",
+        "bos_token_id": bos_id,
+        "eos_token_id": eos_id,
+        "pad_token_id": pad_id,
+    }
+
+
+def unet_config(cfg: TrainConfig) -> dict[str, Any]:
+    """``UNet2DConditionModel`` arguments (16x16 latents, cross-attention on the text encoder's hidden states)."""
+    u = cfg.unet
+    return {
+        "sample_size": cfg.latent_size,
+        "in_channels": LATENT_CHANNELS,
+        "out_channels": LATENT_CHANNELS,
+        "layers_per_block": u.layers_per_block,
+        "block_out_channels": list(u.block_out_channels),
+        "down_block_types": list(u.down_block_types),
+        "up_block_types": list(u.up_block_types),
+        "cross_attention_dim": cfg.text.hidden_size,
+        "attention_head_dim": u.attention_head_dim,
+        "norm_num_groups": u.norm_num_groups,
+    }

@@ -1,0 +1,19 @@
+"""Learning-rate schedule (a pure function of the step, so resuming needs no scheduler state)."""
+
+from __future__ import annotations
+
+import math
+
+
+def lr_at(step: int, *, total: int, lr: float, lr_min: float, warmup: int) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay from ``lr`` to ``lr_min`` at ``total``."""
+    if warmup > 0 and step < warmup:
+        return lr * (step + 1) / warmup
+    span = max(total - warmup, 1)
+    frac = min(max(step - warmup, 0) / span, 1.0)
+    return lr_min + 0.5 * (lr - lr_min) * (1.0 + math.cos(math.pi * frac))
+
+
+def set_lr(optimizer, value: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = value

@@ -1,0 +1,151 @@
+"""Phase 4: train the text encoder (CLIPTextModel) and the U-Net (UNet2DConditionModel) together.
+
+Each step: a batch of encoded training scenes, a caption drawn per scene (varied phrasing, distractor words,
+``""`` with probability ``cfg_dropout`` for classifier-free guidance), a latent sampled from the VAE posterior and
+scaled, uniform timesteps of SD's scaled-linear schedule, and the epsilon-prediction loss weighted by min-SNR-gamma
+(Hang et al. 2023: ``min(SNR, gamma) / SNR``), which speeds up convergence of small budgets. An exponential moving
+average of both networks' weights (decay warmed up as ``min(decay, (1 + s) / (10 + s))``) is what gets exported.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from testbed.modeltrain.checkpoint import has_checkpoint, load_checkpoint, restore_modules, save_checkpoint
+from testbed.modeltrain.config import NOISE_SCHEDULE, TrainConfig, text_config, unet_config
+from testbed.modeltrain.data import LatentSet, derive_seed, step_rngs, training_caption
+from testbed.modeltrain.progress import PhaseClock, Progress, stdout_log
+from testbed.modeltrain.schedule import lr_at, set_lr
+from testbed.modeltrain.tokenizer import load_tokenizer
+
+
+def alphas_cumprod() -> torch.Tensor:
+    """``alpha_bar_t`` of :data:`NOISE_SCHEDULE`, computed exactly as diffusers' schedulers do (float32)."""
+    s = NOISE_SCHEDULE
+    if s["beta_schedule"] != "scaled_linear":
+        raise ValueError(f"unsupported beta schedule {s['beta_schedule']!r}")
+    betas = torch.linspace(s["beta_start"] ** 0.5, s["beta_end"] ** 0.5, s["num_train_timesteps"],
+                           dtype=torch.float32) ** 2
+    return torch.cumprod(1.0 - betas, dim=0)
+
+
+def new_networks(cfg: TrainConfig, tokenizer) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """Freshly initialised ``(text_encoder, unet)`` (initialisation seeded from ``cfg.seed``)."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(derive_seed(cfg.seed, "text-init"))
+    te = CLIPTextModel(CLIPTextConfig(**text_config(cfg, len(tokenizer), tokenizer.bos_token_id,
+                                                    tokenizer.eos_token_id, tokenizer.pad_token_id)))
+    torch.manual_seed(derive_seed(cfg.seed, "unet-init"))
+    unet = UNet2DConditionModel(**unet_config(cfg))
+    return te, unet
+
+
+def tokenize(tokenizer, captions: list[str], max_length: int) -> torch.Tensor:
+    """Token ids ``[B, L]`` padded / truncated to ``max_length`` exactly as ``StableDiffusionPipeline`` does."""
+    return tokenizer(captions, padding="max_length", max_length=max_length, truncation=True,
+                     return_tensors="pt").input_ids
+
+
+class Ema:
+    """Exponential moving average of the floating-point parameters and buffers of named modules."""
+
+    def __init__(self, modules: dict[str, torch.nn.Module], decay: float) -> None:
+        self.decay = decay
+        self.shadow = {n: {k: v.detach().clone() for k, v in m.state_dict().items()} for n, m in modules.items()}
+
+    @torch.no_grad()
+    def update(self, modules: dict[str, torch.nn.Module], step: int) -> None:
+        d = min(self.decay, (1.0 + step) / (10.0 + step))
+        for n, m in modules.items():
+            for k, v in m.state_dict().items():
+                s = self.shadow[n][k]
+                if v.is_floating_point():
+                    s.lerp_(v.detach(), 1.0 - d)
+                else:
+                    s.copy_(v)
+
+
+def diffusion_loss(te, unet, latents: torch.Tensor, ids: torch.Tensor, acp: torch.Tensor,
+                   generator: torch.Generator, gamma: float) -> tuple[torch.Tensor, dict]:
+    """Min-SNR-weighted epsilon loss of one batch of scaled latents and token ids."""
+    b = latents.shape[0]
+    t = torch.randint(0, acp.shape[0], (b,), generator=generator)
+    noise = torch.randn(latents.shape, generator=generator)
+    ab = acp[t].view(b, 1, 1, 1)
+    noisy = ab.sqrt() * latents + (1 - ab).sqrt() * noise
+    hidden = te(ids)[0]
+    pred = unet(noisy, t, encoder_hidden_states=hidden).sample
+    per = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
+    snr = acp[t] / (1 - acp[t])
+    weight = torch.clamp(snr, max=gamma) / snr if gamma > 0 else torch.ones_like(snr)
+    loss = (weight * per).mean()
+    return loss, {"loss": float(loss.detach()), "mse": float(per.detach().mean())}
+
+
+def train_unet(cfg: TrainConfig, out_dir: str | Path, latents: LatentSet, scaling_factor: float, *,
+               log: Callable[[str], None] = stdout_log, steps: int | None = None) -> Path:
+    """Train (or resume) text encoder + U-Net in ``out_dir/unet_ckpt``; write the EMA weights to
+    ``out_dir/unet_final/{text_encoder,unet}`` (diffusers / transformers folders, float32).
+
+    ``latents`` holds the *unscaled* VAE posteriors; ``scaling_factor`` is the VAE's.
+    """
+    out_dir = Path(out_dir)
+    ckpt_dir, final_dir = out_dir / "unet_ckpt", out_dir / "unet_final"
+    r = cfg.unet
+    total = r.steps if steps is None else steps
+    tokenizer = load_tokenizer(out_dir / "tokenizer")
+    te, unet = new_networks(cfg, tokenizer)
+    nets = {"text_encoder": te, "unet": unet}
+    params = [p for m in nets.values() for p in m.parameters()]
+    opt = torch.optim.AdamW(params, lr=r.lr, weight_decay=r.weight_decay)
+    ema = Ema(nets, r.ema_decay)
+    start, clock = 0, PhaseClock()
+    if has_checkpoint(ckpt_dir):
+        ck = load_checkpoint(ckpt_dir)
+        restore_modules(ck, nets, opt)
+        for n in nets:
+            ema.shadow[n] = ck.ema[n]
+        start = int(ck.state["step"])
+        clock = PhaseClock(ck.state.get("wall_s", 0.0), ck.state.get("cpu_s", 0.0))
+        log(f"[unet] resuming at step {start} (spent {clock.wall_before_s:.0f} s wall, {clock.cpu_before_s:.0f} cpu-s)")
+    acp = alphas_cumprod()
+    progress = Progress("unet", total, clock, start=start, log=log)
+    for m in nets.values():
+        m.train()
+    parts: dict = {"loss": float("nan")}
+    for step in range(start, total):
+        rng, gen = step_rngs(cfg.seed, "unet", step)
+        idx = torch.from_numpy(rng.integers(0, len(latents), size=r.batch_size))
+        caps = [training_caption(latents.objects[int(i)], rng, r.cfg_dropout, r.distractor_prob) for i in idx]
+        ids = tokenize(tokenizer, caps, cfg.text.max_length)
+        eps = torch.randn(latents.mean[idx].shape, generator=gen)
+        x0 = (latents.mean[idx] + latents.std[idx] * eps) * scaling_factor
+        set_lr(opt, lr_at(step, total=total, lr=r.lr, lr_min=r.lr_min, warmup=r.warmup_steps))
+        loss, parts = diffusion_loss(te, unet, x0, ids, acp, gen, r.min_snr_gamma)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"[unet] loss became {float(loss)} at step {step}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, r.grad_clip)
+        opt.step()
+        ema.update(nets, step)
+        done = step + 1
+        progress.update(done, **parts)
+        if done % r.checkpoint_every == 0 or done == total:
+            save_checkpoint(ckpt_dir, done, modules=nets, ema=ema.shadow, optimizer=opt,
+                            state={**clock.as_dict(), "loss": parts["loss"]})
+    for n, m in nets.items():
+        m.load_state_dict(ema.shadow[n])
+        m.save_pretrained(final_dir / n, safe_serialization=True)
+    report = {"steps": total, **clock.as_dict(), "final_loss": parts["loss"],
+              "params": {n: sum(p.numel() for p in m.parameters()) for n, m in nets.items()}}
+    (final_dir / "train_report.json").write_text(json.dumps(report, indent=2))
+    log(f"[unet] done: {total} steps, {clock.wall_s:.0f} s wall, {clock.cpu_s:.0f} cpu-s")
+    return final_dir
