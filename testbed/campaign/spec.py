@@ -26,7 +26,7 @@ Example (every key shown; ``campaigns/default.yaml`` is the one ``make run`` use
     order: {randomize: true, seed: 0}
     nodes: local                    # or {es: tcp://..., ue: [tcp://...], channel_pub: tcp://... | null}
     link_config: null               # the broker's link file for local runs (relative to the spec)
-    profiles: {es: generic_cpu, ue: generic_cpu}
+    profiles: {es: null, ue: null}  # firmware profile names (null: auto-detect the probes)
     timeouts: {request_s: 600, heartbeat_s: 1.0, dead_after_s: 10}
     retries: 1
     keep_images: all                # all | first | none  (first: repetition 0 only)
@@ -146,7 +146,7 @@ class CampaignSpec:
     order_seed: int = 0
     nodes: NodeAddresses = NodeAddresses()
     link_config: Path | None = None
-    profiles: dict[str, str] = field(default_factory=lambda: {"es": "generic_cpu", "ue": "generic_cpu"})
+    profiles: dict[str, str | None] = field(default_factory=lambda: {"es": None, "ue": None})
     timeouts: Timeouts = Timeouts()
     retries: int = 1
     keep_images: str = "all"
@@ -213,7 +213,8 @@ class CampaignSpec:
     def resolved(self) -> dict[str, Any]:
         """The spec with defaults filled in, as JSON-able data (recorded in the run manifest and hashed)."""
         out = {
-            "name": self.name, "model": self.model, "model_dir": str(self.model_dir), "prompts": list(self.prompts),
+            "name": self.name, "model": self.model if self.model == "default" else str(self.model_dir),
+            "model_dir": str(self.model_dir), "prompts": list(self.prompts),
             "seeds": list(self.seeds), "schemes": list(self.schemes),
             "grid": {k: list(v) for k, v in self.grid.items()}, "negative_prompt": self.negative_prompt,
             "device": dict(self.device), "height_px": self.height_px, "width_px": self.width_px,
@@ -228,8 +229,34 @@ class CampaignSpec:
         }
         return out
 
+    def frozen(self) -> dict[str, Any]:
+        """The spec as YAML data with every path absolute and the prompts inlined: validating it again gives the
+        same :meth:`resolved` configuration from any folder (what a run directory keeps for resume)."""
+        grid = {k: list(v) for k, v in self.grid.items()}
+        if "snr_db" in grid:
+            grid.pop("distance_m", None)
+        nodes: Any = "local" if self.nodes.local else {"es": self.nodes.es, "ue": list(self.nodes.ue),
+                                                       "channel_pub": self.nodes.channel_pub}
+        return {
+            "name": self.name, "model": self.model if self.model == "default" else str(self.model_dir),
+            "device": dict(self.device), "prompts": list(self.prompts), "negative_prompt": self.negative_prompt,
+            "seeds": list(self.seeds),
+            "image": {"height_px": self.height_px, "width_px": self.width_px, "guidance_scale": self.guidance_scale,
+                      "scheduler": self.scheduler, "wire_dtype": self.wire_dtype},
+            "schemes": list(self.schemes), "grid": grid, "reference": {"n_steps": self.reference_n_steps},
+            "repetitions": self.repetitions, "warmup": self.warmup, "cooldown_s": self.cooldown_s,
+            "order": {"randomize": self.randomize, "seed": self.order_seed}, "nodes": nodes,
+            "link_config": None if self.link_config is None else str(self.link_config),
+            "profiles": dict(self.profiles), "timeouts": asdict(self.timeouts), "retries": self.retries,
+            "keep_images": self.keep_images,
+            "curve": None if self.curve_keys_dir is None else {"keys_dir": str(self.curve_keys_dir)},
+        }
+
     def config_hash(self) -> str:
-        return hashlib.sha256(json.dumps(self.resolved(), sort_keys=True).encode()).hexdigest()
+        """SHA-256 of the resolved configuration, as the run manifest records it."""
+        from measurements.manifest import config_hash
+
+        return config_hash(self.resolved())
 
 
 # --- validation -----------------------------------------------------------------------------------------------------
@@ -467,19 +494,17 @@ def validate_spec(data: Any, *, base_dir: Path, source: str = "<spec>", check_pa
             if check_paths and not link_config.is_file():
                 chk.bad("link_config", f"{link_config} does not exist")
 
-    profiles_in = d.get("profiles", {"es": "generic_cpu", "ue": "generic_cpu"})
-    profiles = {"es": "generic_cpu", "ue": "generic_cpu"}
+    profiles_in = d.get("profiles") or {}
+    profiles: dict[str, str | None] = {"es": None, "ue": None}
     if not isinstance(profiles_in, Mapping):
-        chk.bad("profiles", "must be a mapping {es: PROFILE, ue: PROFILE}")
+        chk.bad("profiles", "must be a mapping {es: PROFILE, ue: PROFILE} (null: auto-detect the probes)")
     else:
         chk.unknown("profiles", profiles_in, {"es", "ue"})
         for role in ("es", "ue"):
-            if role in profiles_in:
+            if profiles_in.get(role) is not None:
                 _check_profile(chk, f"profiles.{role}", profiles_in[role])
                 if isinstance(profiles_in[role], str):
                     profiles[role] = profiles_in[role]
-            elif check_paths:
-                _check_profile(chk, f"profiles.{role}", profiles[role])
 
     to = d.get("timeouts", {}) or {}
     if not isinstance(to, Mapping):

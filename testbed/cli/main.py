@@ -19,6 +19,7 @@ COMMAND_MODULES: list[str] = [
     "analysis.cli",
     "channel_emu.cli",
     "measurements.cli",
+    "testbed.cli.campaign",
 ]
 
 
@@ -63,4 +64,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m testbed.cli.main`: run the imported module's main, so that CliError raised by subcommands (which
+    # import testbed.cli.main) is the class main() catches, not a second copy living in __main__.
+    from testbed.cli.main import main as _main
+
+    sys.exit(_main())

@@ -8,6 +8,9 @@ from __future__ import annotations
 import importlib
 
 NODE_MODULES: list[str] = [
+    "testbed.cli.node_es",
+    "testbed.cli.node_ue",
+    "testbed.cli.node_orchestrator",
     "channel_emu.cli",
 ]
 

@@ -22,7 +22,6 @@ GOOD = {
     "schemes": ["meg", "ceg", "ue_local"],
     "grid": {"n_steps": [2, 4], "es_steps": [None, 1], "merge_ratio": [0.0, 0.5], "distance_m": [200, 300]},
     "repetitions": 2,
-    "profiles": {"es": "generic_cpu", "ue": "generic_cpu"},
 }
 
 
@@ -93,6 +92,21 @@ def test_prompts_file_and_yaml(tmp_path):
 def test_unknown_profile_fails(tmp_path):
     pytest.importorskip("firmware_profiles.loader")
     _model(tmp_path)
-    data = dict(GOOD, profiles={"es": "no_such_board", "ue": "generic_cpu"})
+    data = dict(GOOD, profiles={"es": "no_such_board", "ue": None})
     with pytest.raises(SpecError, match="profiles.es"):
         _validate(tmp_path, data)
+
+
+def test_frozen_spec_resolves_identically_elsewhere(tmp_path):
+    import yaml
+
+    _model(tmp_path)
+    (tmp_path / "p.txt").write_text("a cat\n")
+    data = {k: v for k, v in GOOD.items() if k != "prompts"} | {"prompts_file": "p.txt"}
+    spec = _validate(tmp_path, data)
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    (other / "c.yaml").write_text(yaml.safe_dump(spec.frozen()))
+    again = load_spec(other / "c.yaml")
+    assert again.resolved() == spec.resolved() and again.config_hash() == spec.config_hash()
+    assert [r.request_id for r in again.requests()] == [r.request_id for r in spec.requests()]

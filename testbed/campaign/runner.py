@@ -1,0 +1,479 @@
+"""The campaign runner: sweeps a validated spec over the nodes, writing the dataset as it goes.
+
+Run directory::
+
+    RUN_DIR/campaign.yaml          the spec as given (resume reads it back; its hash must match the manifest's)
+    RUN_DIR/manifest.json          provenance (measurements.manifest) + ``campaign``, ``nodes``, ``clock_sync`` sections
+    RUN_DIR/dataset/part-*.parquet rows: one per stage and one end_to_end per request (measurements.dataset)
+    RUN_DIR/references/*.png       quality references, one per (prompt, seed, N_max, size, model)
+    RUN_DIR/images/*.png           generated images (per ``keep_images``)
+    RUN_DIR/logs/*.log             local node processes' logs
+
+Order: every request (grid point x prompt x seed x repetition) in a seeded random order, the same on resume. Each
+request's rows are flushed as one atomic Parquet part before the next starts, so a crash or kill loses at most the
+request in flight. Resume skips every request that has an ``ok`` end_to_end row; failed ones are tried again under
+a new attempt id (``<request>-a1``), the failed attempt's row staying in the data.
+
+A node that stops answering heartbeats is detected within ``timeouts.dead_after_s``; local nodes are restarted and
+the request retried up to ``retries`` times; remote nodes are waited for. A request that still fails gets a
+``failed`` end_to_end row naming the error; when a node stays dead the campaign stops (resume later).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import random
+import re
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from measurements import manifest as M
+from measurements.dataset import DatasetWriter
+from megwire import LinkTimeout
+from testbed.campaign.spec import CampaignSpec, load_spec
+from testbed.nodes import rows as R
+from testbed.nodes.orchestrator import NodeDead, Orchestrator, RequestFailed, client_curves
+from testbed.nodes.protocol import RequestSpec
+
+log = logging.getLogger(__name__)
+
+SPEC_COPY = "campaign.yaml"
+ATTEMPT_RE = re.compile(r"-a(\d+)$")
+
+
+class CampaignError(RuntimeError):
+    """The campaign cannot start or continue; the message says why and what to do."""
+
+
+def base_request_id(request_id: str) -> str:
+    """``<request>`` of ``<request>-a<n>`` (a retry attempt), else the id itself."""
+    return ATTEMPT_RE.sub("", request_id)
+
+
+def ordered_requests(spec: CampaignSpec) -> list[RequestSpec]:
+    """Every request in the campaign's (seeded) order."""
+    reqs = spec.requests()
+    if spec.randomize:
+        random.Random(spec.order_seed).shuffle(reqs)
+    return reqs
+
+
+def completed_requests(run_dir: Path) -> tuple[set[str], dict[str, int]]:
+    """Base ids with an ``ok`` end_to_end row, and the number of attempts already made per base id."""
+    folder = run_dir / "dataset"
+    if not folder.is_dir() or not any(folder.glob("part-*.parquet")):
+        return set(), {}
+    from measurements.dataset import read_dataset
+
+    df = read_dataset(run_dir, validate=False)
+    e2e = df[df["stage"] == "end_to_end"]
+    done = {base_request_id(r) for r, s in zip(e2e["request_id"], e2e["status"], strict=True) if s == "ok"}
+    attempts: dict[str, int] = {}
+    for rid in e2e["request_id"]:
+        b = base_request_id(str(rid))
+        attempts[b] = attempts.get(b, 0) + 1
+    return done, attempts
+
+
+def with_request_id(req: RequestSpec, request_id: str) -> RequestSpec:
+    from dataclasses import replace
+
+    return replace(req, request_id=request_id)
+
+
+# --- references -----------------------------------------------------------------------------------------------------
+
+
+class ReferenceCache:
+    """Quality references computed once per (prompt, seed, N_max, size, guidance, scheduler, model) by the ES and
+    kept as lossless PNGs under ``RUN_DIR/references/``."""
+
+    def __init__(self, folder: Path, n_steps: int, model_key: str) -> None:
+        self.folder, self.n_steps, self.model_key = folder, int(n_steps), model_key
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._memory: dict[str, np.ndarray] = {}
+        self.computed = 0
+
+    def key(self, req: RequestSpec) -> str:
+        blob = json.dumps({"prompt": req.prompt, "negative": req.negative_prompt, "seed": req.seed,
+                           "n": self.n_steps, "h": req.height_px, "w": req.width_px, "g": req.guidance_scale,
+                           "scheduler": req.scheduler, "model": self.model_key}, sort_keys=True)
+        return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+    def get(self, req: RequestSpec, orch: Orchestrator, timeout_s: float) -> np.ndarray:
+        key = self.key(req)
+        if key in self._memory:
+            return self._memory[key]
+        path = self.folder / f"{key}.png"
+        if path.is_file():
+            image = read_png(path)
+        else:
+            image = orch.reference(req, self.n_steps, timeout_s=timeout_s)
+            write_png(path, image)
+            self.computed += 1
+        self._memory[key] = image
+        return image
+
+
+def write_png(path: Path, image: np.ndarray) -> None:
+    """Atomic PNG write (``.tmp`` then rename)."""
+    from PIL import Image
+
+    tmp = path.with_name(path.name + ".tmp")
+    Image.fromarray(np.ascontiguousarray(image[..., :3])).save(tmp, format="PNG")
+    tmp.replace(path)
+
+
+def read_png(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return np.array(img.convert("RGB"))
+
+
+# --- the runner -----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunSummary:
+    """What a run (or resume) did."""
+
+    run_dir: Path
+    run_id: str
+    total: int
+    skipped: int = 0
+    ok: int = 0
+    failed: int = 0
+    retried: int = 0
+    stopped_early: str | None = None
+    wall_s: float = 0.0
+    failures: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "total": self.total, "skipped": self.skipped, "ok": self.ok,
+                "failed": self.failed, "retried": self.retried, "stopped_early": self.stopped_early,
+                "wall_s": self.wall_s, "failures": self.failures[:50]}
+
+
+class CampaignRunner:
+    """Runs (or resumes) one campaign into one run directory.
+
+    Parameters
+    ----------
+    spec : CampaignSpec
+        The validated spec.
+    run_dir : Path
+        The run directory (created).
+    addresses : dict, optional
+        ``{"es": ..., "ue": [...], "channel_pub": ...}`` overriding the spec's nodes (``megbed node orchestrator``).
+    engine : str
+        Engine of local nodes (``ldm``; ``synthetic`` for harness measurements).
+    progress : bool
+        Show the rich progress bar.
+    restart_dead_nodes : bool
+        Local nodes only: restart a node that died and retry the request.
+    local_extra_args : dict, optional
+        Extra CLI flags per local node role.
+    """
+
+    def __init__(self, spec: CampaignSpec, run_dir: str | Path, *, addresses: dict[str, Any] | None = None,
+                 engine: str = "ldm", progress: bool = True, restart_dead_nodes: bool = True,
+                 local_extra_args: dict[str, list[str]] | None = None, resync_period_s: float = 60.0) -> None:
+        self.spec, self.run_dir = spec, Path(run_dir)
+        self.addresses = addresses
+        self.engine, self.progress = engine, progress
+        self.restart_dead_nodes = restart_dead_nodes
+        self.local_extra_args = local_extra_args or {}
+        self.resync_period_s = resync_period_s
+        self.cluster: Any = None
+        self.orch: Orchestrator | None = None
+        self._stop_reason: str | None = None
+
+    # --- setup ------------------------------------------------------------------------------------------------------
+
+    def _prepare_dir(self, resume: bool) -> str:
+        run = self.run_dir
+        if resume:
+            manifest = M.read_manifest(run)
+            if not manifest.get("run_id"):
+                raise CampaignError(f"{run} holds no campaign manifest to resume")
+            if manifest.get("config_hash") != M.config_hash(self.spec.resolved()):
+                raise CampaignError(f"{run / SPEC_COPY} no longer matches the run's recorded configuration "
+                                    "(config_hash differs): start a new run instead of resuming")
+            return str(manifest["run_id"])
+        if (run / "dataset").is_dir() and any((run / "dataset").glob("part-*.parquet")):
+            raise CampaignError(f"{run} already holds a dataset: use `megbed campaign resume {run}` or another --out")
+        run.mkdir(parents=True, exist_ok=True)
+        run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{self.spec.name}"  # wall clock: a name for people only
+        import yaml
+
+        header = f"# frozen copy of {self.spec.source} (absolute paths, prompts inlined) for `megbed campaign resume`\n"
+        (run / SPEC_COPY).write_text(header + yaml.safe_dump(self.spec.frozen(), sort_keys=False))
+        manifest = M.build_manifest(run_id=run_id, config=self.spec.resolved(),
+                                    machine={"orchestrator": M.machine_info()},
+                                    campaign={"spec": SPEC_COPY, "name": self.spec.name, "runs": []})
+        M.write_manifest(run, manifest)
+        return run_id
+
+    def _start_nodes(self) -> Orchestrator:
+        spec = self.spec
+        curves = client_curves(spec.curve_keys_dir)
+        if self.addresses is None and spec.nodes.local:
+            from testbed.campaign.local import LocalCluster, wait_ready
+
+            self.cluster = LocalCluster(self.run_dir, spec.model_dir, devices=dict(spec.device),
+                                        profiles=dict(spec.profiles), link_config=spec.link_config,
+                                        engine=self.engine, keys_dir=spec.curve_keys_dir,
+                                        extra_args=self.local_extra_args)
+            self.cluster.start()
+            wait_ready(self.cluster, 30)
+            addr = self.cluster.addresses
+            es, ues, pub = addr["es"], [addr["ue"]], addr.get("channel_pub")
+        else:
+            a = self.addresses or {"es": spec.nodes.es, "ue": list(spec.nodes.ue), "channel_pub": spec.nodes.channel_pub}
+            es, ues, pub = a["es"], list(a["ue"]), a.get("channel_pub")
+        orch = Orchestrator(es, ues, pub, heartbeat_s=spec.timeouts.heartbeat_s,
+                            dead_after_s=spec.timeouts.dead_after_s, curves=curves)
+        try:
+            orch.connect(wait_s=max(120.0, spec.timeouts.request_s))
+        except NodeDead as exc:
+            if self.cluster is not None:
+                self.cluster.check_started()
+            raise CampaignError(f"cannot reach the nodes: {exc}") from exc
+        orch.sync_clocks(bursts=1)
+        return orch
+
+    def _record_nodes(self, run_id: str) -> None:
+        orch = self.orch
+        nodes = orch.manifest_section()
+        probes, profiles, machines = {}, {}, {}
+        for node in orch.nodes:
+            probes[node.name] = node.info.get("meter") or {"absent": node.info.get("meter_absent_reason", "unknown")}
+            profiles[node.name] = node.info.get("firmware_profile")
+            machines[node.name] = {"host": node.info.get("host"), "engine": node.info.get("engine")}
+        clock = {n.name: n.clock.records() for n in orch.nodes if n.clock is not None}
+        updates: dict[str, Any] = {"nodes": nodes, "probes": probes, "firmware_profiles": profiles,
+                                   "machine": machines, "clock_sync": clock}
+        if self.cluster is not None:
+            updates["local_cluster"] = self.cluster.manifest_section()
+        M.update_manifest(self.run_dir, updates)
+        for name, prof in profiles.items():
+            verify = (prof or {}).get("verify") if isinstance(prof, dict) else None
+            if isinstance(verify, dict) and verify.get("ok") is False:
+                log.warning("%s: live state does not match firmware profile %s: %s (recorded in the manifest)",
+                            name, prof.get("name"), verify.get("mismatches"))
+
+    # --- one request ------------------------------------------------------------------------------------------------
+
+    def _run_one(self, req: RequestSpec, refs: ReferenceCache, writer: DatasetWriter, run_id: str,
+                 summary: RunSummary, attempt0: int) -> None:
+        spec = self.spec
+        extra = {"model": spec.model_dir.name}
+        attempt = attempt0
+        for trial in range(spec.retries + 1):
+            rid = req.request_id if attempt == 0 else f"{req.request_id}-a{attempt}"
+            this = with_request_id(req, rid)
+            t0 = time.monotonic_ns()
+            try:
+                ref = refs.get(this, self.orch, spec.timeouts.request_s)
+                outcome = self.orch.generate(this, timeout_s=spec.timeouts.request_s)
+                quality = self._quality(outcome.image, ref, rid)
+                rows = R.outcome_rows(outcome, run_id, quality=quality, extra=extra)
+                writer.extend(rows)
+                writer.flush()
+                self._keep_image(this, outcome.image)
+                summary.ok += 1
+                return
+            except (NodeDead, LinkTimeout, RequestFailed) as exc:
+                error = f"{type(exc).__name__}: {exc}"
+                log.warning("request %s failed: %s", rid, error)
+                writer.append(R.failed_row(this, run_id, error, t0, time.monotonic_ns(), extra=extra))
+                writer.flush()
+                summary.failures.append(f"{rid}: {error}")
+                attempt += 1
+                retry = trial < spec.retries and self._recover(exc)
+                if not retry:
+                    summary.failed += 1
+                    if isinstance(exc, NodeDead) and not self._alive_after(exc):
+                        self._stop_reason = (f"{exc.node} is dead ({exc}); fix it and run "
+                                             f"`megbed campaign resume {self.run_dir}`")
+                    return
+                summary.retried += 1
+
+    def _quality(self, image: np.ndarray, ref: np.ndarray, rid: str) -> dict[str, float]:
+        if image.shape != ref.shape:
+            log.warning("%s: image %s and reference %s differ in shape: no quality", rid, image.shape, ref.shape)
+            return {"q_mse": math.nan, "q_neg_log_mse": math.nan, "q_psnr_db": math.nan, "q_ms_ssim": math.nan}
+        return R.quality_columns(image, ref)
+
+    def _keep_image(self, req: RequestSpec, image: np.ndarray) -> None:
+        keep = self.spec.keep_images
+        if keep == "none" or (keep == "first" and req.repetition != 0):
+            return
+        folder = self.run_dir / "images"
+        folder.mkdir(exist_ok=True)
+        write_png(folder / f"{req.request_id}.png", image)
+
+    def _recover(self, exc: Exception) -> bool:
+        """Make the failed request worth retrying: restart a dead local node, or wait for a remote one."""
+        orch = self.orch
+        if isinstance(exc, RequestFailed) and exc.code not in ("timeout", "cancelled"):
+            return False  # the nodes are fine; the request itself is refused
+        if isinstance(exc, NodeDead):
+            handle = next((n for n in orch.nodes if n.name == exc.node), None)
+            # A restarted local node loads its model again (minutes on a slow host); a remote one may come back.
+            wait_s = max(3 * orch.dead_after_s, 10.0)
+            if self.cluster is not None and self.restart_dead_nodes:
+                role = "es" if exc.node == "es" else "ue"
+                self.cluster.restart(role)
+                if role == "es" and "channel" in self.cluster.nodes and not self.cluster.nodes["channel"].alive():
+                    self.cluster.restart("channel")
+                wait_s = max(wait_s, self.spec.timeouts.request_s, 300.0)
+            if handle is not None and not orch.wait_alive([handle], timeout_s=wait_s):
+                return False
+            orch.sync_clocks(bursts=1)
+            self._record_nodes_safely()
+            return True
+        if self.cluster is not None:
+            for name, proc in self.cluster.nodes.items():
+                if not proc.alive() and self.restart_dead_nodes:
+                    self.cluster.restart(name)
+        return True
+
+    def _alive_after(self, exc: NodeDead) -> bool:
+        handle = next((n for n in self.orch.nodes if n.name == exc.node), None)
+        return handle is not None and self.orch.alive(handle)
+
+    def _record_nodes_safely(self) -> None:
+        try:
+            self._record_nodes(M.read_manifest(self.run_dir).get("run_id", ""))
+        except Exception as exc:  # noqa: BLE001 - a manifest hiccup must not lose the measurement
+            log.warning("could not update the manifest: %s", exc)
+
+    # --- warm-up ----------------------------------------------------------------------------------------------------
+
+    def _warmup(self, todo: list[RequestSpec]) -> None:
+        seen: dict[str, int] = {}
+        for req in todo:
+            if seen.get(req.scheme, 0) >= self.spec.warmup:
+                continue
+            i = seen.get(req.scheme, 0)
+            seen[req.scheme] = i + 1
+            try:
+                self.orch.generate(with_request_id(req, f"warmup-{req.scheme}-{i}"),
+                                   timeout_s=self.spec.timeouts.request_s)
+            except (NodeDead, LinkTimeout, RequestFailed) as exc:
+                raise CampaignError(f"warm-up request for {req.scheme} failed: {exc}") from exc
+
+    # --- the run ----------------------------------------------------------------------------------------------------
+
+    def run(self, *, resume: bool = False) -> RunSummary:
+        t_start = time.monotonic()
+        import torch
+
+        # Quality metrics run here between requests; one thread keeps them off the nodes' cores.
+        torch.set_num_threads(1)
+        run_id = self._prepare_dir(resume)
+        plan = ordered_requests(self.spec)
+        done, attempts = completed_requests(self.run_dir) if resume else (set(), {})
+        todo = [r for r in plan if r.request_id not in done]
+        summary = RunSummary(self.run_dir, run_id, total=len(plan), skipped=len(plan) - len(todo))
+        runs = M.read_manifest(self.run_dir).get("campaign", {}).get("runs", [])
+        if not todo:
+            log.info("nothing to do: all %d requests of %s are complete", len(plan), self.run_dir)
+            return summary
+        old_handlers = self._install_signals()
+        writer = None
+        try:
+            self.orch = self._start_nodes()
+            self._record_nodes(run_id)
+            es_engine = self.orch.es.info.get("engine") or {}
+            refs = ReferenceCache(self.run_dir / "references", self.spec.reference_n_steps,
+                                  str(es_engine.get("model_fingerprint", es_engine.get("model", ""))))
+            self._warmup(todo)
+            writer = DatasetWriter(self.run_dir, rows_per_part=1000)
+            self._loop(todo, refs, writer, run_id, summary, attempts)
+        finally:
+            if writer is not None:
+                writer.close()
+            self._restore_signals(old_handlers)
+            summary.wall_s = time.monotonic() - t_start
+            summary.stopped_early = summary.stopped_early or self._stop_reason
+            try:
+                if self.orch is not None:
+                    self._record_nodes(run_id)
+                M.update_manifest(self.run_dir, campaign={
+                    "runs": [*runs, {"resume": resume, **summary.to_dict(),
+                                     "references_computed": None}]})
+            finally:
+                if self.orch is not None:
+                    self.orch.close()
+                if self.cluster is not None:
+                    self.cluster.stop()
+        return summary
+
+    def _loop(self, todo: list[RequestSpec], refs: ReferenceCache, writer: DatasetWriter, run_id: str,
+              summary: RunSummary, attempts: dict[str, int]) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("elapsed"),
+                   TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[status]}"))
+        with Progress(*columns, disable=not self.progress, transient=False) as bar:
+            task = bar.add_task(self.spec.name, total=len(todo), status="")
+            for req in todo:
+                if self._stop_reason:
+                    summary.stopped_early = self._stop_reason
+                    break
+                bar.update(task, status=f"{req.scheme} N={req.n_steps} k={req.es_steps} b={req.merge_ratio:g}")
+                self._run_one(req, refs, writer, run_id, summary, attempts.get(req.request_id, 0))
+                bar.advance(task)
+                if self.spec.cooldown_s > 0:
+                    time.sleep(self.spec.cooldown_s)
+                self.orch.maybe_resync(self.resync_period_s)
+
+    def _install_signals(self) -> dict[int, Any]:
+        def stop(signum: int, _frame: Any) -> None:
+            self._stop_reason = f"stopped by signal {signum}; resume with `megbed campaign resume {self.run_dir}`"
+
+        old = {}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                old[sig] = signal.signal(sig, stop)
+            except ValueError:  # not the main thread
+                pass
+        return old
+
+    def _restore_signals(self, old: dict[int, Any]) -> None:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+def run_campaign(spec_path: str | Path, out: str | Path, **kw: Any) -> RunSummary:
+    """Validate ``spec_path`` completely, then run it into ``out``."""
+    spec = load_spec(spec_path)
+    return CampaignRunner(spec, out, **kw).run()
+
+
+def resume_campaign(run_dir: str | Path, **kw: Any) -> RunSummary:
+    """Resume the campaign in ``run_dir`` from its own copy of the spec."""
+    run_dir = Path(run_dir)
+    path = run_dir / SPEC_COPY
+    if not path.is_file():
+        raise CampaignError(f"{run_dir} holds no {SPEC_COPY}: not a campaign run directory")
+    spec = load_spec(path)
+    return CampaignRunner(spec, run_dir, **kw).run(resume=True)

@@ -1,0 +1,153 @@
+"""Flags and start-up shared by ``megbed node es`` and ``megbed node ue``: engine, meter, CURVE, signals.
+
+Start-up order on a node: load the model (seconds to minutes), build and start the meter, measure the idle baseline,
+then bind and serve -- so the orchestrator's ``hello`` succeeds only once the node is ready, and an idle baseline is
+never measured while the model loads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import socket
+from pathlib import Path
+from typing import Any
+
+from testbed.cli.main import CliError
+
+log = logging.getLogger(__name__)
+
+
+def add_common_flags(p: argparse.ArgumentParser, role: str) -> None:
+    p.add_argument("--name", default=role, help=f"node name in logs and records (default {role})")
+    p.add_argument("--engine", choices=("ldm", "synthetic"), default="ldm",
+                   help="ldm: the model (default); synthetic: no model, for harness-overhead runs and protocol tests")
+    p.add_argument("--model", type=Path, default=None,
+                   help="diffusers model folder (default: the embedded default model)")
+    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:N (default cpu)")
+    p.add_argument("--dtype", choices=("float16", "float32"), default=None,
+                   help="model precision (default float16 on CUDA, float32 on CPU)")
+    p.add_argument("--synthetic-step-s", type=float, default=0.0,
+                   help="synthetic engine: seconds slept per denoising step (emulated compute)")
+    p.add_argument("--profile", default=None,
+                   help="firmware profile of this board (firmware_profiles); names its probes and rail map")
+    p.add_argument("--probe", choices=("auto", "none"), default="auto",
+                   help="auto: the profile's probes (or auto-detected); none: no energy measurement")
+    p.add_argument("--sample-hz", type=float, default=200.0, help="power sampling rate (Hz, default 200)")
+    p.add_argument("--idle-s", type=float, default=2.0, help="idle baseline window at start-up (s; 0 = skip)")
+    p.add_argument("--keys", type=Path, default=None,
+                   help="CURVE keys folder (from `megbed keys generate`): require authenticated peers")
+    p.add_argument("--max-message-mb", type=float, default=256.0, help="largest accepted message (MiB)")
+
+
+def build_engine(args: argparse.Namespace, *, decoder: str | None = None) -> Any:
+    if args.engine == "synthetic":
+        from testbed.nodes.synthetic_engine import SyntheticEngine
+
+        return SyntheticEngine(compute_s_per_step=args.synthetic_step_s)
+    import torch
+
+    from testbed.assets import default_model_dir
+    from testbed.nodes.ldm_engine import LdmEngine
+
+    model = args.model or default_model_dir()
+    if not (Path(model) / "model_index.json").is_file():
+        raise CliError(f"{model} is not a diffusers model folder (no model_index.json); pass --model DIR")
+    dtype = None if args.dtype is None else getattr(torch, args.dtype)
+    try:
+        return LdmEngine(model, device=args.device, dtype=dtype, decoder=decoder)
+    except Exception as exc:  # noqa: BLE001 - any load failure is a user-facing start-up error
+        raise CliError(f"cannot load the model in {model}: {exc}") from exc
+
+
+def build_meter(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    """The node's started meter (or None) and what the manifest should say about it and the firmware profile."""
+    info: dict[str, Any] = {"host": socket.gethostname()}
+    profile = None
+    if args.profile:
+        try:
+            from firmware_profiles import load_profile
+        except ImportError as exc:
+            raise CliError(f"--profile {args.profile}: the firmware_profiles loader is not installed: {exc}") from exc
+        try:
+            profile = load_profile(args.profile)
+        except Exception as exc:  # noqa: BLE001 - a broken profile stops the node before anything runs
+            raise CliError(f"firmware profile {args.profile!r}: {exc}") from exc
+        info["firmware_profile"] = {"name": args.profile}
+        info["firmware_profile"]["verify"] = _verify_profile(profile)
+    if args.probe == "none":
+        info["meter"] = None
+        info["meter_absent_reason"] = "started with --probe none"
+        return None, info
+    try:
+        from measurements.meter import Meter
+
+        meter = Meter.from_profile(profile, rate_hz=args.sample_hz)
+        meter.start()
+    except Exception as exc:  # noqa: BLE001 - no usable probe: run, but say so in every record
+        log.warning("no power probe: %s (energy is recorded as absent)", exc)
+        info["meter"] = None
+        info["meter_absent_reason"] = f"{type(exc).__name__}: {exc}"
+        return None, info
+    if args.idle_s > 0:
+        meter.measure_idle(args.idle_s)
+    return meter, info
+
+
+def _verify_profile(profile: Any) -> Any:
+    try:
+        from testbed.profiles import verify_live
+
+        return verify_live(profile)
+    except Exception as exc:  # noqa: BLE001 - verification trouble is recorded, never fatal to the node
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+def server_curve(args: argparse.Namespace, name: str) -> Any:
+    if args.keys is None:
+        return None
+    from testbed.nodes.keys import KeysError, server_curve
+
+    try:
+        return server_curve(args.keys, name)
+    except KeysError as exc:
+        raise CliError(str(exc)) from exc
+
+
+def client_curve(args: argparse.Namespace, name: str, server: str, server_key: Path | None = None) -> Any:
+    if args.keys is None:
+        return None
+    from megwire import CurveConfig
+    from testbed.nodes.keys import KeysError, client_curve
+
+    try:
+        curve = client_curve(args.keys, name, server)
+    except KeysError as exc:
+        raise CliError(str(exc)) from exc
+    if server_key is not None:
+        curve = CurveConfig(curve.secret_key_file, server_public_key_file=server_key)
+    return curve
+
+
+def limits(args: argparse.Namespace) -> Any:
+    from megwire import FrameLimits
+
+    return FrameLimits(max_total_bytes=int(args.max_message_mb * (1 << 20)))
+
+
+def serve(node: Any, meter: Any) -> int:
+    """Serve until SIGTERM / SIGINT; then stop cleanly (sockets closed, meter stopped)."""
+    def stop(signum: int, _frame: Any) -> None:
+        log.info("%s: signal %d, stopping", node.server.name, signum)
+        node.server.request_stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    print(f"{node.server.name} ({node.role}) serving on {node.address}", flush=True)
+    try:
+        node.serve_forever()
+    finally:
+        if meter is not None:
+            meter.close()
+    return 0

@@ -1,0 +1,26 @@
+"""``megbed node es``: the edge-server process (ROUTER for UEs, the broker and the orchestrator)."""
+
+from __future__ import annotations
+
+import argparse
+
+from testbed.cli import node_common as C
+from testbed.nodes.es import DEFAULT_ES_BIND
+
+
+def add_node_parser(kinds) -> None:
+    p = kinds.add_parser("es", help="edge server: answers UE requests with handoffs (MEG) or images (CEG)",
+                         description=__doc__)
+    p.add_argument("--bind", default=DEFAULT_ES_BIND, help=f"ROUTER address to bind (default {DEFAULT_ES_BIND})")
+    C.add_common_flags(p, "es")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from testbed.nodes.es import EsNode
+
+    engine = C.build_engine(args)
+    meter, info = C.build_meter(args)
+    node = EsNode(engine, meter=meter, name=args.name, bind=args.bind, curve=C.server_curve(args, "es"),
+                  limits=C.limits(args), info=info)
+    return C.serve(node, meter)
