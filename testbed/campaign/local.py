@@ -181,7 +181,11 @@ class LocalCluster:
             self.nodes[role] = NodeProcess(role, self._argv(*args), logs / f"{role}.log")
         if broker:
             args = ["node", "channel", "--listen", self.addresses["channel_front"], "--es", self.addresses["es"],
-                    "--pub", self.addresses["channel_pub"], *keys, *self.extra_args.get("channel", [])]
+                    "--pub", self.addresses["channel_pub"], *self.extra_args.get("channel", [])]
+            if self.keys_dir is not None:
+                k = self.keys_dir
+                args += ["--curve-secret", str(k / "channel.key_secret"), "--curve-clients", str(k / "authorized"),
+                         "--curve-es-public", str(k / "es.key")]
             if self.link_config is not None:
                 args += ["--config", str(self.link_config)]
             self.nodes["channel"] = NodeProcess("channel", self._argv(*args), logs / "channel.log")

@@ -23,10 +23,11 @@ log = logging.getLogger(__name__)
 
 
 def image_to_uint8(image: torch.Tensor) -> np.ndarray:
-    """``[1, 3, H, W]`` float in [0, 1] -> ``uint8 [H, W, 3]`` (rounded to nearest, as the PNG path does)."""
+    """``[1, 3, H, W]`` float in [0, 1] -> ``uint8 [H, W, 3]`` (rounded to nearest, as the PNG path does; NaN -> 0)."""
     if image.ndim != 4 or image.shape[0] != 1:
         raise ValueError(f"image must be [1, 3, H, W], got {list(image.shape)}")
-    pixels = (image[0].detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
+    # A latent corrupted on the link can decode to NaN / inf pixels: they become 0 (black), never undefined bytes.
+    pixels = (torch.nan_to_num(image[0].detach().float(), nan=0.0).clamp(0, 1) * 255).round().to(torch.uint8)
     return np.ascontiguousarray(pixels.permute(1, 2, 0).cpu().numpy())
 
 

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import zmq
 
-from megwire import CurveConfig, Frame, FrameError, LinkTimeout, make_socket, recv_frame
+from megwire import CurveConfig, Frame, FrameError, LinkTimeout, from_parts, make_socket, recv_raw
 from testbed.nodes import protocol as P
 from testbed.nodes.clock import ClockMap, NodeClock
 from testbed.nodes.rpc import NodeError, RpcClient
@@ -238,7 +238,10 @@ class Orchestrator:
         try:
             while not self._stop.is_set():
                 try:
-                    _, frame = recv_frame(sock)
+                    raw = recv_raw(sock)
+                    # PUB messages carry no routing envelope; tolerate a leading empty delimiter all the same.
+                    parts = raw[1:] if raw and len(raw[0]) == 0 else raw
+                    frame = from_parts(parts)
                 except LinkTimeout:
                     continue
                 except FrameError as exc:
@@ -381,5 +384,6 @@ def client_curves(keys_dir: str | Path | None) -> dict[str, CurveConfig]:
     from testbed.nodes.keys import client_curve
 
     keys_dir = Path(keys_dir)
-    return {"es": client_curve(keys_dir, "orchestrator", "es"), "ue": client_curve(keys_dir, "orchestrator", "ue"),
-            "channel": client_curve(keys_dir, "orchestrator", "channel")}
+    # The broker's PUB carries measurement records only and is not CURVE-protected (channel_emu.broker): no
+    # "channel" entry, so the subscriber connects in the clear.
+    return {"es": client_curve(keys_dir, "orchestrator", "es"), "ue": client_curve(keys_dir, "orchestrator", "ue")}

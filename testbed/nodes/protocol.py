@@ -352,7 +352,8 @@ def image_to_buffer(image: Any) -> np.ndarray:
     """An image as a ``uint8 [H, W, 3]`` array (accepts PIL images, float arrays in [0, 1], uint8 arrays)."""
     array = np.asarray(image)
     if array.dtype != np.uint8:
-        array = np.clip(np.rint(np.asarray(array, dtype=np.float64) * 255.0), 0, 255).astype(np.uint8)
+        values = np.nan_to_num(np.asarray(array, dtype=np.float64), nan=0.0)
+        array = np.clip(np.rint(values * 255.0), 0, 255).astype(np.uint8)
     if array.ndim == 4 and array.shape[0] == 1:
         array = array[0]
     if array.ndim != 3 or array.shape[-1] not in (1, 3, 4):

@@ -71,10 +71,18 @@ def stage_rows(outcome: Any, base: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def delivery_columns(delivery: dict[str, Any] | None) -> dict[str, Any]:
-    """The channel's realisation columns from a delivery record (absent ones omitted)."""
+    """The channel's realisation columns from a delivery record (absent ones omitted).
+
+    Accepts the emulator's record as it travels (``DeliveryRecord.to_dict()``: ``mode``, ``airtime_s``, ...) or
+    already as dataset columns (``tx_mode``, ``ch_airtime_s``, ...).
+    """
     if not delivery:
         return {}
-    return {k: delivery[k] for k in _DELIVERY_KEYS if k in delivery and delivery[k] is not None}
+    from channel_emu.record import COLUMN_MAP
+
+    out = {col: delivery[name] for name, col in COLUMN_MAP.items() if name in delivery}
+    out.update({k: delivery[k] for k in _DELIVERY_KEYS if k in delivery})
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def link_row(outcome: Any, base: dict[str, Any], tx_power_dbm: float = DEFAULT_TX_POWER_DBM) -> dict[str, Any] | None:
@@ -93,7 +101,8 @@ def link_row(outcome: Any, base: dict[str, Any], tx_power_dbm: float = DEFAULT_T
     row.update(delivery_columns(outcome.delivery))
     airtime = row.get("ch_airtime_s")
     if airtime is not None and math.isfinite(float(airtime)):
-        power_dbm = float((outcome.delivery or {}).get("tx_power_dbm", tx_power_dbm))
+        extra = (outcome.delivery or {}).get("extra") or {}
+        power_dbm = float((outcome.delivery or {}).get("tx_power_dbm", extra.get("tx_power_dbm", tx_power_dbm)))
         energy_mj = 10 ** (power_dbm / 10.0) * float(airtime)  # mW x s = mJ
         row.update({"energy_mj_total": energy_mj, "energy_net_mj_total": energy_mj, "energy_mj_tx": energy_mj,
                     "energy_method": "modeled", "energy_valid": True, "probe": "modeled_tx_power",

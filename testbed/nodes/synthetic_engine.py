@@ -62,7 +62,8 @@ class SyntheticEngine(Engine):
     def _decode(self, latent: torch.Tensor) -> np.ndarray:
         if self.decode_s > 0:
             time.sleep(self.decode_s)
-        rgb = torch.sigmoid(latent[0, :3]).repeat_interleave(8, 1).repeat_interleave(8, 2)
+        rgb = torch.nan_to_num(torch.sigmoid(latent[0, :3].float()), nan=0.0)
+        rgb = rgb.repeat_interleave(8, 1).repeat_interleave(8, 2)
         return (rgb.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
 
     # --- ES ---------------------------------------------------------------------------------------------------------
