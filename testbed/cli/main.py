@@ -20,6 +20,8 @@ COMMAND_MODULES: list[str] = [
     "channel_emu.cli",
     "measurements.cli",
     "testbed.cli.campaign",
+    "testbed.cli.profile",
+    "testbed.cli.keys",
 ]
 
 
