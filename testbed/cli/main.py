@@ -22,6 +22,8 @@ COMMAND_MODULES: list[str] = [
     "testbed.cli.campaign",
     "testbed.cli.profile",
     "testbed.cli.keys",
+    "testbed.cli.run",
+    "testbed.cli.distill",
 ]
 
 
