@@ -38,6 +38,7 @@ def _check_complete(run_dir, spec):
     return df
 
 
+@pytest.mark.slow
 def test_local_campaign_writes_a_valid_dataset_and_manifest(tmp_path, fake_model):
     spec = load_spec(write_spec(tmp_path, SPEC))
     run = tmp_path / "run"
