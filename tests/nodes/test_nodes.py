@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 
 import numpy as np
@@ -151,3 +152,51 @@ def test_request_error_is_reported_not_fatal(synthetic_pair):
             orch.generate(make_spec(rid="hybrid", es_steps=1), timeout_s=10)
         assert info.value.code == P.CODE_UPSTREAM
         assert orch.generate(make_spec(rid="fine"), timeout_s=10).result["request_id"] == "fine"
+
+
+def test_one_es_serves_two_ues(synthetic_pair):
+    es, _ = synthetic_pair
+    ue2 = UeNode(SyntheticEngine(), name="ue1", bind="tcp://127.0.0.1:0", es_address=es.address).start()
+    ue3 = UeNode(SyntheticEngine(), name="ue2", bind="tcp://127.0.0.1:0", es_address=es.address).start()
+    try:
+        with Orchestrator(es.address, [ue2.address, ue3.address], heartbeat_s=0.2, dead_after_s=2.0) as orch:
+            orch.connect(wait_s=10)
+            import concurrent.futures as cf
+
+            # Requests from both UEs in flight at once: the ES's ROUTER routes each answer to its UE.
+            with cf.ThreadPoolExecutor(2) as pool:
+                futures = [pool.submit(orch.generate, make_spec(rid=f"u{i}-{j}", seed=i * 10 + j), ue=i,
+                                       timeout_s=20) for j in range(3) for i in range(2)]
+                outs = [f.result() for f in futures]
+            assert {o.result["request_id"] for o in outs} == {f"u{i}-{j}" for i in range(2) for j in range(3)}
+            assert {o.ue_name for o in outs} == {"ue0", "ue1"}
+    finally:
+        ue2.stop()
+        ue3.stop()
+
+
+def test_live_testbed_binding_records_rows(tmp_path, synthetic_pair):
+    from testbed.campaign.live import OrchestratorTestbed
+    from testbed.policy.live import LiveTestbed
+
+    es, ue = synthetic_pair
+    spec = tmp_path / "c.yaml"
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "model_index.json").write_text("{}")
+    spec.write_text("model: model\nprompts: [a cat]\nimage: {height_px: 64, width_px: 64}\n"
+                    "grid: {n_steps: [4], distance_m: [200]}\nreference: {n_steps: 4}\n")
+    bed = OrchestratorTestbed(str(tmp_path / "live"), spec=str(spec), es=es.address, ue=ue.address)
+    try:
+        assert isinstance(bed, LiveTestbed)
+
+        class State:
+            snr_db = 3.0
+
+        out = bed.run_request(4, 0.5, State())
+        assert out["latency_s"] > 0 and math.isfinite(out["q_neg_log_mse"])
+    finally:
+        bed.close()
+    from measurements.dataset import read_dataset
+
+    df = read_dataset(tmp_path / "live")
+    assert set(df.request_id) == {"live-000000"} and (df.merge_ratio == 0.5).all()
