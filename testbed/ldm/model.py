@@ -7,7 +7,9 @@ exactly those of ``pipe(...)``.
 
 The decoder is an object with ``decode(latents) -> image`` (:class:`LatentDecoder`); :class:`VaeDecoder` wraps an
 ``AutoencoderKL`` (its ``post_quant_conv`` + decoder). A distilled UE decoder stored in a subfolder of the model
-(``<model>/ue_decoder/``) loads with :func:`load_decoder` and replaces the default without touching any stage.
+(``<model>/ue_decoder/``) loads with :func:`load_decoder` and replaces the default without touching any stage;
+``load_pipeline(..., decoder="base" | "distilled")`` names the two choices a UE has (:data:`DECODER_CHOICES`), and
+every decoder folder is checked against the model's latent geometry (:func:`check_decoder_fits`).
 """
 
 from __future__ import annotations
@@ -30,10 +32,16 @@ log = logging.getLogger(__name__)
 
 SUPPORTED_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
 UE_DECODER_SUBFOLDER = "ue_decoder"
+# A UE's decoder by name: the pipeline's own VAE, or the distilled one shipped in <model>/ue_decoder.
+DECODER_CHOICES = ("base", "distilled")
 
 
 class ModelLoadError(LdmError):
     """A model folder that is missing, not a diffusers pipeline, or of an unsupported kind."""
+
+
+class DecoderMismatchError(ModelLoadError):
+    """A decoder whose latent channels or upsampling factor differ from the model's (its images would not fit)."""
 
 
 def resolve_device(device: torch.device | str | None) -> torch.device:
@@ -143,6 +151,38 @@ def load_decoder(folder: str | Path, *, device: torch.device | str = "cpu",
     return VaeDecoder(vae.to(device))
 
 
+def decoder_geometry(vae_config: Any) -> tuple[int, int]:
+    """``(latent_channels, upsampling factor)`` of an ``AutoencoderKL`` config (a mapping or a diffusers config)."""
+    get = vae_config.get if isinstance(vae_config, dict) else (lambda k, d=None: getattr(vae_config, k, d))
+    blocks = get("block_out_channels") or ()
+    return int(get("latent_channels", 4)), 2 ** max(len(blocks) - 1, 0)
+
+
+def check_decoder_fits(decoder: VaeDecoder | Any, *, latent_channels: int, vae_scale_factor: int,
+                       where: str = "decoder") -> None:
+    """Raise :class:`DecoderMismatchError` when ``decoder`` cannot decode this model's latents.
+
+    Parameters
+    ----------
+    decoder : VaeDecoder, AutoencoderKL or its config
+        What to check (only its config is read).
+    latent_channels : int
+        C of the model's latents ``[B, C, h, w]`` (the U-Net's ``in_channels``).
+    vae_scale_factor : int
+        Pixels per latent cell along each side (8 for SD-family VAEs).
+    where : str
+        Named in the message (e.g. the folder).
+    """
+    vae = getattr(decoder, "vae", decoder)
+    config = getattr(vae, "config", vae)
+    channels, factor = decoder_geometry(config)
+    if (channels, factor) != (int(latent_channels), int(vae_scale_factor)):
+        raise DecoderMismatchError(
+            f"{where} does not fit this model: it decodes {channels}-channel latents upsampled x{factor}, the model's "
+            f"latents have {latent_channels} channels and its VAE upsamples x{vae_scale_factor} (a decoder trained "
+            "for another model?)")
+
+
 @dataclass
 class TextConditioning:
     """Everything the U-Net needs from the prompt, CFG halves already stacked (negative first).
@@ -220,10 +260,18 @@ class LdmModel:
         self.pipe = pipe
         self.family = "sdxl" if name == "StableDiffusionXLPipeline" else "sd"
         self.device, self.dtype = torch.device(device), dtype
-        self.decoder: LatentDecoder = decoder if decoder is not None else VaeDecoder(pipe.vae)
+        self._base_decoder: VaeDecoder | None = None
+        self.decoder: LatentDecoder = decoder if decoder is not None else self.base_decoder
         self.tome_max_downsample = tome_max_downsample or _first_attention_downsample(pipe.unet)
         self.model_dir = model_dir
         pipe.set_progress_bar_config(disable=True)
+
+    @property
+    def base_decoder(self) -> VaeDecoder:
+        """The pipeline's own VAE as a decoder (what reference images are decoded with), whatever ``decoder`` is."""
+        if self._base_decoder is None:
+            self._base_decoder = VaeDecoder(self.pipe.vae)
+        return self._base_decoder
 
     # --- geometry and defaults -------------------------------------------------------------------------------
 
@@ -339,7 +387,9 @@ class LdmModel:
         """A short hash identifying the weights and configs (for reference caches).
 
         Covers every config / index JSON and, for each weight file, its size and the SHA-256 of its first MiB
-        (the safetensors header and the first tensors): retrained weights of the same shapes change it.
+        (the safetensors header and the first tensors): retrained weights of the same shapes change it. The
+        distilled UE decoder (``ue_decoder/``) is left out: the pipeline and its reference images do not depend on
+        it, and which decoder a UE used is recorded on its own.
         """
         h = hashlib.sha256(type(self.pipe).__name__.encode())
         if self.model_dir is not None:
@@ -347,6 +397,8 @@ class LdmModel:
                 if not path.is_file():
                     continue
                 rel = path.relative_to(self.model_dir).as_posix()
+                if rel.split("/", 1)[0] == UE_DECODER_SUBFOLDER:
+                    continue
                 if path.suffix == ".json":
                     h.update(rel.encode() + b"\0" + path.read_bytes())
                 elif path.suffix in (".safetensors", ".bin"):
@@ -375,16 +427,20 @@ def load_pipeline(model_dir: str | Path, *, device: torch.device | str | None = 
         Default: CUDA when available, else CPU.
     dtype : torch.dtype, optional
         Default: float16 on CUDA, float32 on CPU.
-    decoder : LatentDecoder, path, or None
-        The decode stage's decoder: an object, a folder loaded with :func:`load_decoder` (relative paths are
-        tried inside ``model_dir`` first, e.g. ``"ue_decoder"``), or None for the pipeline's VAE.
+    decoder : LatentDecoder, str, path, or None
+        The decode stage's decoder: an object; ``"base"`` or None for the pipeline's VAE; ``"distilled"`` for the
+        distilled UE decoder in ``model_dir/ue_decoder``; or a folder loaded with :func:`load_decoder` (relative
+        paths are tried inside ``model_dir`` first). A folder must fit the model's latents
+        (:func:`check_decoder_fits`).
     tome_max_downsample : int, optional
         Override tomesd's ``max_downsample`` (see :class:`LdmModel`).
 
     Raises
     ------
     ModelLoadError
-        Missing folder, no/invalid model_index.json, unsupported pipeline class, unreadable components.
+        Missing folder, no/invalid model_index.json, unsupported pipeline class, unreadable components, a
+        ``"distilled"`` request on a model without ``ue_decoder/``, or a decoder folder that does not fit
+        (:class:`DecoderMismatchError`).
     """
     from diffusers import DiffusionPipeline
 
@@ -404,8 +460,19 @@ def load_pipeline(model_dir: str | Path, *, device: torch.device | str | None = 
     except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
         raise ModelLoadError(f"cannot load the pipeline in {model_dir}: {exc}") from exc
     pipe = pipe.to(device)
-    if isinstance(decoder, str | Path):
-        candidate = model_dir / decoder
-        decoder = load_decoder(candidate if candidate.is_dir() else Path(decoder), device=device, dtype=dtype)
+    if decoder == "base":
+        decoder = None
+    elif isinstance(decoder, str | Path):
+        if decoder == "distilled":
+            folder = model_dir / UE_DECODER_SUBFOLDER
+            if not folder.is_dir():
+                raise ModelLoadError(f"{model_dir} has no distilled UE decoder ({UE_DECODER_SUBFOLDER}/); train one "
+                                     "with `megbed distill train` or use the base decoder")
+        else:
+            candidate = model_dir / decoder
+            folder = candidate if candidate.is_dir() else Path(decoder)
+        decoder = load_decoder(folder, device=device, dtype=dtype)
+        check_decoder_fits(decoder, latent_channels=int(pipe.unet.config.in_channels),
+                           vae_scale_factor=int(pipe.vae_scale_factor), where=f"decoder folder {folder}")
     return LdmModel(pipe, device=device, dtype=dtype, decoder=decoder, tome_max_downsample=tome_max_downsample,
                     model_dir=model_dir.resolve())

@@ -63,10 +63,12 @@ class ReferenceKey:
 
 
 def compute_reference(model: LdmModel, request: GenerationRequest, n_max: int) -> torch.Tensor:
-    """Generate the reference image ``[1, 3, H, W]`` float32 in [0, 1] (on the CPU)."""
+    """Generate the reference image ``[1, 3, H, W]`` float32 in [0, 1] (on the CPU), always decoded with the
+    pipeline's own VAE (a model loaded with a distilled UE decoder still has the stock reference)."""
     from testbed.ldm.runner import run_split
 
-    return run_split(reference_request(request, n_max), model, scheme="ue_local").image.float().cpu()
+    return run_split(reference_request(request, n_max), model, scheme="ue_local",
+                     ue_decoder=model.base_decoder).image.float().cpu()
 
 
 class ReferenceCache:

@@ -1,0 +1,356 @@
+"""``megbed distill``: train, evaluate and install the merge- and noise-robust UE decoder.
+
+Examples::
+
+    # the embedded default model on the CPU (caches ES latents first, then trains; resumable)
+    megbed distill train --run runs/distill --install
+    # an SD-1.5 folder on a GPU, with a prompt file and the paper's Gaussian noise
+    megbed distill train --model ./sd15 --run runs/sd15 --prompts prompts.txt --device cuda --amp bf16 \\
+        --model-dtype float16 --noise sigma --crop-latent 32 --guidance 7.5
+    # the base-vs-distilled distortion table on held-out prompts (written as CSV too)
+    megbed distill eval --decoder distilled --out distortion.csv
+    megbed distill install runs/distill/ue_decoder
+
+A UE then picks its decoder with ``megbed node ue --decoder base|distilled`` (``distilled`` = ``<model>/ue_decoder``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from testbed.cli.main import CliError
+
+
+def _default_model() -> Path | None:
+    from testbed.assets import default_model_dir
+
+    folder = default_model_dir()
+    return folder if (folder / "model_index.json").is_file() else None
+
+
+def _model_dir(args: argparse.Namespace) -> Path:
+    folder = args.model or _default_model()
+    if folder is None:
+        raise CliError("no --model given and the embedded default model is not installed")
+    return Path(folder)
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from exc
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
+
+
+# --- recipe flags (shared by train and precompute) --------------------------------------------------------------------
+
+_RECIPE_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
+    ("--prompts", "prompts", {"help": "'shapes' (the default model's grammar) or a prompt file, one per line"}),
+    ("--num-prompts", "num_prompts", {"type": int, "help": "training prompts to cache"}),
+    ("--val-prompts", "val_prompts", {"type": int, "help": "further prompts kept for the validation loss"}),
+    ("--n-min", "n_min", {"type": int, "help": "smallest ES step count N drawn (default 4)"}),
+    ("--n-max", "n_max", {"type": int, "help": "largest N drawn (default 12)"}),
+    ("--n-ref", "n_ref", {"type": int, "help": "reference steps N_ref (default n_max)"}),
+    ("--n-stride", "n_stride", {"type": int, "help": "cache only every k-th N of the range (n_max always)"}),
+    ("--beta-max", "beta_max", {"type": float, "help": "beta ~ U[0, beta_max] (<= 0.75)"}),
+    ("--guidance", "guidance_scale", {"type": float, "help": "CFG scale of the cached generations (default 5)"}),
+    ("--scheduler", "scheduler", {"help": "sampler name (default: the model's own)"}),
+    ("--wire-dtype", "wire_dtype", {"choices": ("float16", "float32"), "help": "dtype of merged values on the wire"}),
+    ("--tome-es", "tome_ratio_es", {"type": float, "help": "tomesd ratio in the ES U-Net while caching"}),
+    ("--steps", "steps", {"type": int, "help": "optimiser steps"}),
+    ("--batch-size", "batch_size", {"type": int, "help": "samples per step"}),
+    ("--lr", "lr", {"type": float, "help": "peak learning rate"}),
+    ("--lr-min", "lr_min", {"type": float, "help": "final learning rate of the cosine schedule"}),
+    ("--warmup-steps", "warmup_steps", {"type": int, "help": "linear warm-up steps"}),
+    ("--weight-decay", "weight_decay", {"type": float, "help": "AdamW weight decay"}),
+    ("--grad-clip", "grad_clip", {"type": float, "help": "gradient-norm clip (0: off)"}),
+    ("--crop-latent", "crop_latent", {"type": int, "help": "train on random latent crops of this side"}),
+    ("--perceptual-weight", "perceptual_weight", {"type": float, "help": "LPIPS weight (needs local weights)"}),
+    ("--seed", "seed", {"type": int, "help": "seed of every per-step draw"}),
+    ("--prompt-seed", "prompt_seed", {"type": int, "help": "seed of the prompt draw"}),
+    ("--device", "device", {"help": "torch device: cpu, cuda, cuda:1"}),
+    ("--model-dtype", "model_dtype", {"choices": ("float32", "float16", "bfloat16"),
+                                      "help": "pipeline precision while caching latents"}),
+    ("--amp", "amp", {"choices": ("none", "bf16", "fp16"), "help": "autocast of the decoder on CUDA"}),
+    ("--checkpoint-every", "checkpoint_every", {"type": int, "help": "checkpoint period (steps)"}),
+    ("--val-every", "val_every", {"type": int, "help": "validation period (steps; 0: start and end only)"}),
+    ("--export-dtype", "export_dtype", {"choices": ("auto", "float16", "float32"),
+                                        "help": "dtype of the exported weights (auto: the base VAE's)"}),
+    ("--threads", "threads", {"type": int, "help": "torch CPU threads"}),
+]
+_NOISE_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
+    ("--noise", "kind", {"choices": ("sigma", "snr", "link", "none"), "help": "link noise drawn per sample"}),
+    ("--clean-fraction", "clean_fraction", {"type": float, "help": "share of noiseless samples"}),
+]
+
+
+def _add_recipe(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("recipe (unset flags keep the run's saved config, else the defaults)")
+    g.add_argument("--config", type=Path, default=None, help="a DistillConfig JSON file to start from")
+    for flag, dest, kw in _RECIPE_FLAGS:
+        g.add_argument(flag, dest=f"r_{dest}", default=None, **kw)
+    g.add_argument("--gradient-checkpointing", dest="r_gradient_checkpointing", action="store_true", default=None,
+                   help="recompute decoder activations in the backward pass (SDXL-size decoders)")
+    for flag, dest, kw in _NOISE_FLAGS:
+        g.add_argument(flag, dest=f"n_{dest}", default=None, **kw)
+    g.add_argument("--sigma-range", type=float, nargs=2, metavar=("MIN", "MAX"), default=None,
+                   help="Gaussian std range for --noise sigma (the paper: 0.05 0.32)")
+    g.add_argument("--snr-range", type=float, nargs=2, metavar=("MIN_DB", "MAX_DB"), default=None,
+                   help="average SNR range (dB) for --noise snr")
+    g.add_argument("--link-config", type=Path, default=None,
+                   help="channel_emu link file (YAML/TOML/JSON) for --noise snr|link (default: the paper's link)")
+
+
+def _recipe(args: argparse.Namespace, run_dir: Path | None) -> Any:
+    from channel_emu.config import LinkConfig, LinkConfigError
+    from testbed.distill.config import DistillConfig, DistillConfigError
+
+    try:
+        if args.config is not None:
+            cfg = DistillConfig.load(args.config)
+        elif run_dir is not None and (run_dir / "config.json").is_file():
+            cfg = DistillConfig.load(run_dir / "config.json")
+        else:
+            cfg = DistillConfig()
+        changes: dict[str, Any] = {}
+        for _, dest, _ in _RECIPE_FLAGS + [("", "gradient_checkpointing", {})]:
+            value = getattr(args, f"r_{dest}", None)
+            if value is not None:
+                changes[dest] = value
+        noise: dict[str, Any] = {}
+        for _, dest, _ in _NOISE_FLAGS:
+            value = getattr(args, f"n_{dest}", None)
+            if value is not None:
+                noise[dest] = value
+        if args.sigma_range is not None:
+            noise["sigma_min"], noise["sigma_max"] = args.sigma_range
+        if args.snr_range is not None:
+            noise["snr_min_db"], noise["snr_max_db"] = args.snr_range
+        if args.link_config is not None:
+            noise["link"] = LinkConfig.load(args.link_config).to_dict()
+        if noise:
+            changes["noise"] = noise
+        return cfg.replace(**changes) if changes else cfg
+    except (DistillConfigError, LinkConfigError) as exc:
+        raise CliError(str(exc)) from exc
+
+
+def _load_model(model_dir: Path, device: str, dtype_name: str) -> Any:
+    import torch
+
+    from testbed.ldm.model import load_pipeline
+    from testbed.ldm.request import LdmError
+
+    try:
+        return load_pipeline(model_dir, device=device, dtype=getattr(torch, dtype_name))
+    except LdmError as exc:
+        raise CliError(str(exc)) from exc
+
+
+def _cache_for(cfg: Any, model: Any, folder: Path, progress: bool) -> Any:
+    from testbed.distill.cache import LatentCacheError, build_cache
+    from testbed.distill.prompts import PromptSourceError, training_prompts
+
+    try:
+        prompts = training_prompts(cfg.prompts, cfg.num_prompts + cfg.val_prompts, cfg.prompt_seed)
+        if len(prompts) < cfg.val_prompts + 1:
+            raise CliError(f"{cfg.prompts} gives {len(prompts)} prompts; need more than --val-prompts "
+                           f"{cfg.val_prompts}")
+        return build_cache(folder, model, prompts, steps=cfg.step_choices(), n_ref=cfg.reference_steps,
+                           guidance_scale=cfg.guidance_scale, scheduler=cfg.scheduler,
+                           tome_ratio_es=cfg.tome_ratio_es, progress=progress)
+    except (LatentCacheError, PromptSourceError) as exc:
+        raise CliError(str(exc)) from exc
+
+
+# --- subcommands -----------------------------------------------------------------------------------------------------
+
+def run_precompute(args: argparse.Namespace) -> int:
+    cfg = _recipe(args, args.run)
+    model = _load_model(_model_dir(args), cfg.device, cfg.model_dtype)
+    cache = _cache_for(cfg, model, args.cache or args.run / "cache", not args.no_progress)
+    print(f"latent cache {cache.root}: {len(cache)} prompts x N={cache.steps}, latents {list(cache.latent_shape)}, "
+          f"images {list(cache.image_shape)}, {cache.precompute_s:.1f} s of generation")
+    return 0
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from testbed.distill.checkpoint import CheckpointError
+    from testbed.distill.config import DistillConfigError
+    from testbed.distill.decoder import install_decoder
+    from testbed.distill.train import Distiller
+    from testbed.ldm.request import LdmError
+
+    run_dir: Path = args.run
+    cfg = _recipe(args, run_dir)
+    model_dir = _model_dir(args)
+    if cfg.threads:
+        import torch
+
+        torch.set_num_threads(cfg.threads)
+    model = _load_model(model_dir, cfg.device, cfg.model_dtype)
+    progress = not args.no_progress
+    cache = _cache_for(cfg, model, args.cache or run_dir / "cache", progress)
+    try:
+        dist = Distiller(model, cache, cfg, run_dir, init_decoder=args.init_decoder, log_line=print)
+        summary = dist.fit(resume=not args.no_resume, progress=progress)
+        if args.install:
+            summary["installed"] = str(install_decoder(summary["exported"], model_dir))
+    except (DistillConfigError, CheckpointError, LdmError) as exc:
+        raise CliError(str(exc)) from exc
+    v0, v1 = summary["val_initial"], summary["val_final"]
+    print(f"trained {summary['steps']} steps ({summary['samples']} samples) in {summary['train_wall_s']:.0f} s "
+          f"({summary['samples_per_s']:.2f} samples/s on {summary['device']}); cache {summary['precompute_s']:.0f} s")
+    if v0 and v1:
+        print(f"validation PSNR {v0['val_psnr_db']:.2f} dB (base) -> {v1['val_psnr_db']:.2f} dB (distilled)")
+    print(f"decoder: {summary['exported']}" + (f" (installed as {summary['installed']})" if args.install else ""))
+    return 0
+
+
+def _eval_cache_dir(model: Any, prompts: list, steps: list[int], n_ref: int, guidance: float,
+                    scheduler: str | None) -> Path:
+    from testbed.distill.cache import make_key
+
+    key = make_key(model, prompts, steps, n_ref, guidance, scheduler, 0.0, "float32")
+    return Path(tempfile.gettempdir()) / "megbed-distill-eval" / key.digest()
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from channel_emu.config import LinkConfig, LinkConfigError
+    from testbed.distill.cache import LatentCacheError, build_cache
+    from testbed.distill.config import NoiseConfig
+    from testbed.distill.evaluate import conditions, evaluate, format_tables, summarize
+    from testbed.distill.link import TrainingLink
+    from testbed.distill.prompts import PromptSourceError, heldout_prompts
+    from testbed.ldm.model import UE_DECODER_SUBFOLDER, check_decoder_fits, load_decoder
+    from testbed.ldm.request import LdmError
+
+    model_dir = _model_dir(args)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    model = _load_model(model_dir, args.device, args.model_dtype)
+    if args.decoder == "distilled":
+        folder = model_dir / UE_DECODER_SUBFOLDER
+    else:
+        folder = Path(args.decoder)
+        if not folder.is_absolute() and (model_dir / folder).is_dir():
+            folder = model_dir / folder
+    try:
+        distilled = load_decoder(folder, device=model.device, dtype=model.dtype)
+        check_decoder_fits(distilled, latent_channels=model.latent_channels, vae_scale_factor=model.vae_scale_factor,
+                           where=f"decoder folder {folder}")
+        link = TrainingLink(NoiseConfig(kind="snr", link=LinkConfig.load(args.link_config).to_dict()
+                                        if args.link_config else {}), args.wire_dtype)
+        prompts = heldout_prompts(args.prompts, args.num_prompts)
+        steps = sorted(set(args.steps) | {args.n_ref})
+        cache_dir = args.cache or _eval_cache_dir(model, prompts, steps, args.n_ref, args.guidance, args.scheduler)
+        cache = build_cache(cache_dir, model, prompts, steps=steps, n_ref=args.n_ref, guidance_scale=args.guidance,
+                            scheduler=args.scheduler, target_dtype="float32", progress=not args.no_progress)
+    except (LdmError, LinkConfigError, LatentCacheError, PromptSourceError) as exc:
+        raise CliError(str(exc)) from exc
+    conds = conditions(args.snr_db, args.sigma or ())
+    rows = evaluate(cache, {"base": model.base_decoder, "distilled": distilled}, steps=steps, betas=args.betas,
+                    conds=conds, link=link, seed=args.seed, progress=not args.no_progress)
+    table_steps = args.table_steps or [n for n in steps if n != args.n_ref] or steps
+    print(format_tables(rows, table_steps))
+    out = args.out or (folder / "distortion.csv")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        summarize(rows, table_steps).to_csv(out, index=False)
+        if args.rows:
+            rows.to_csv(args.rows, index=False)
+    except OSError as exc:
+        raise CliError(f"cannot write {out}: {exc}") from exc
+    print(f"\nsummary written to {out}" + (f", per-image rows to {args.rows}" if args.rows else ""))
+    return 0
+
+
+def run_install(args: argparse.Namespace) -> int:
+    from testbed.distill.decoder import install_decoder
+    from testbed.ldm.request import LdmError
+
+    try:
+        target = install_decoder(args.decoder_dir, _model_dir(args))
+    except LdmError as exc:
+        raise CliError(str(exc)) from exc
+    meta = target / "distill.json"
+    info = json.loads(meta.read_text(encoding="utf-8")) if meta.is_file() else {}
+    size = sum(p.stat().st_size for p in target.iterdir() if p.is_file())
+    print(f"installed {args.decoder_dir} as {target} ({size / 1e6:.2f} MB; "
+          f"{info.get('summary', {}).get('steps', '?')} training steps)")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("distill", help="train / evaluate / install the distilled UE decoder",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    dsub = p.add_subparsers(dest="distill_command", metavar="ACTION")
+    p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
+
+    t = dsub.add_parser("train", help="cache ES latents, train, export RUN/ue_decoder (resumable)")
+    t.add_argument("--model", type=Path, default=None, help="diffusers model folder (default: the embedded model)")
+    t.add_argument("--run", type=Path, required=True, help="run folder (config, cache, checkpoints, log, decoder)")
+    t.add_argument("--cache", type=Path, default=None, help="latent cache folder (default RUN/cache)")
+    t.add_argument("--init-decoder", type=Path, default=None, help="start from this decoder folder, not the base VAE")
+    t.add_argument("--no-resume", action="store_true", help="refuse to continue existing checkpoints")
+    t.add_argument("--install", action="store_true", help="copy the result into <model>/ue_decoder")
+    t.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_recipe(t)
+    t.set_defaults(func=run_train)
+
+    c = dsub.add_parser("precompute", help="only cache the ES latents and reference images")
+    c.add_argument("--model", type=Path, default=None, help="diffusers model folder (default: the embedded model)")
+    c.add_argument("--run", type=Path, required=True, help="run folder")
+    c.add_argument("--cache", type=Path, default=None, help="latent cache folder (default RUN/cache)")
+    c.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_recipe(c)
+    c.set_defaults(func=run_precompute)
+
+    e = dsub.add_parser("eval", help="distortion table base vs distilled on held-out prompts (prints, writes CSV)")
+    e.add_argument("--model", type=Path, default=None, help="diffusers model folder (default: the embedded model)")
+    e.add_argument("--decoder", default="distilled",
+                   help="'distilled' (<model>/ue_decoder) or a decoder folder (e.g. RUN/ue_decoder)")
+    e.add_argument("--prompts", default="shapes", help="'shapes' (the fixed held-out set) or a prompt file")
+    e.add_argument("--num-prompts", type=int, default=32, help="held-out prompts (default 32)")
+    e.add_argument("--steps", type=_ints, default=[4, 8], help="ES step counts N to evaluate (default 4,8)")
+    e.add_argument("--n-ref", type=int, default=12, help="reference steps (default 12)")
+    e.add_argument("--table-steps", type=_ints, default=None, help="N averaged in the table (default: all < n-ref)")
+    e.add_argument("--betas", type=_floats, default=[0.0, 0.25, 0.5, 0.75], help="merge ratios")
+    e.add_argument("--snr-db", type=_floats, default=[20.0, 10.0, 5.0, 0.0],
+                   help="analog-link SNRs in dB (noiseless is always included)")
+    e.add_argument("--sigma", type=_floats, default=None, help="also the paper's Gaussian noise at these std")
+    e.add_argument("--link-config", type=Path, default=None, help="link file for the SNR conditions (default AWGN)")
+    e.add_argument("--guidance", type=float, default=5.0, help="CFG scale (default 5)")
+    e.add_argument("--scheduler", default=None, help="sampler (default: the model's own)")
+    e.add_argument("--wire-dtype", choices=("float16", "float32"), default="float16")
+    e.add_argument("--seed", type=int, default=0, help="seed of the noise draws")
+    e.add_argument("--device", default="cpu", help="torch device")
+    e.add_argument("--model-dtype", choices=("float32", "float16", "bfloat16"), default="float32")
+    e.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    e.add_argument("--cache", type=Path, default=None, help="held-out latent cache folder (default: a temp folder "
+                                                           "keyed by model and settings)")
+    e.add_argument("--out", type=Path, default=None, help="summary CSV (default <decoder>/distortion.csv)")
+    e.add_argument("--rows", type=Path, default=None, help="also write the per-image rows to this CSV")
+    e.add_argument("--no-progress", action="store_true", help="no progress bars")
+    e.set_defaults(func=run_eval)
+
+    i = dsub.add_parser("install", help="copy a decoder folder into <model>/ue_decoder (after a geometry check)")
+    i.add_argument("decoder_dir", type=Path, help="an exported decoder folder (RUN/ue_decoder)")
+    i.add_argument("--model", type=Path, default=None, help="diffusers model folder (default: the embedded model)")
+    i.set_defaults(func=run_install)
+
+
+__all__ = ["register"]

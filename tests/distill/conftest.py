@@ -1,0 +1,61 @@
+"""A tiny SD-1.5-shaped model (random weights, 64x64 images, 4x8x8 latents) and a small latent cache over it."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+
+from testbed.distill.cache import build_cache
+from testbed.distill.config import DistillConfig
+from testbed.distill.prompts import training_prompts
+from testbed.ldm.model import load_pipeline
+from testbed.ldm.synthetic import build_tiny_model
+
+# N in {2, 3}, reference at 3 steps: the smallest grid where N < N_ref exists.
+TINY_RECIPE = {"num_prompts": 4, "val_prompts": 1, "n_min": 2, "n_max": 3, "steps": 6, "batch_size": 3,
+               "warmup_steps": 2, "lr": 1e-3, "lr_min": 1e-4, "checkpoint_every": 2, "val_every": 0,
+               "export_dtype": "float32", "noise": {"kind": "snr", "snr_min_db": 0.0, "snr_max_db": 20.0,
+                                                    "clean_fraction": 0.25, "link": {"model": "awgn"}}}
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    # Tiny models run fastest on one thread; a second spinning OpenMP thread on a shared 2-core machine is costly.
+    # Results depend on the thread count (reduction order), so session fixtures below compute on one thread too.
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    return build_tiny_model(tmp_path_factory.mktemp("tiny_sd15"), "sd15", scheduler="ddim", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny(tiny_dir):
+    return load_pipeline(tiny_dir, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def recipe():
+    return DistillConfig.from_dict(TINY_RECIPE)
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(tiny, recipe, tmp_path_factory):
+    prompts = training_prompts("shapes", recipe.num_prompts + recipe.val_prompts, recipe.prompt_seed)
+    with torch_threads(1):
+        return build_cache(tmp_path_factory.mktemp("cache"), tiny, prompts, steps=recipe.step_choices(),
+                           n_ref=recipe.reference_steps, guidance_scale=recipe.guidance_scale, progress=False)

@@ -1,0 +1,42 @@
+"""``megbed distill`` end to end on the tiny model: train + install, eval (table + CSV), errors."""
+
+from __future__ import annotations
+
+import shutil
+
+import pandas as pd
+
+from testbed.cli.main import main
+from testbed.distill.evaluate import SUMMARY_COLUMNS
+
+
+def test_train_install_eval(tiny_dir, tmp_path, capsys):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_dir, model)
+    run = tmp_path / "run"
+    args = ["distill", "train", "--model", str(model), "--run", str(run), "--num-prompts", "3", "--val-prompts", "1",
+            "--n-min", "2", "--n-max", "3", "--steps", "2", "--batch-size", "2", "--threads", "1", "--noise", "sigma",
+            "--sigma-range", "0.05", "0.3", "--no-progress", "--install"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "trained 2 steps" in out and "installed" in out
+    assert (model / "ue_decoder" / "distill.json").is_file() and (run / "summary.json").is_file()
+    assert (run / "checkpoints").is_dir() and (run / "cache" / "index.json").is_file()
+
+    csv = tmp_path / "table.csv"
+    assert main(["distill", "eval", "--model", str(model), "--num-prompts", "2", "--steps", "2", "--n-ref", "3",
+                 "--betas", "0,0.5", "--snr-db", "10", "--threads", "1", "--cache", str(tmp_path / "ec"),
+                 "--out", str(csv), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "Δ -lnMSE" in out and "SNR 10 dB" in out
+    table = pd.read_csv(csv)
+    assert list(table.columns) == list(SUMMARY_COLUMNS)
+    assert set(table["decoder"]) == {"base", "distilled"} and len(table) == 2 * 2 * 2
+
+
+def test_user_errors_exit_2_with_a_message(tiny_dir, tmp_path, capsys):
+    assert main(["distill", "install", str(tmp_path / "nowhere"), "--model", str(tiny_dir)]) == 2
+    assert "no readable config.json" in capsys.readouterr().err
+    assert main(["distill", "train", "--model", str(tiny_dir), "--run", str(tmp_path / "r"),
+                 "--beta-max", "0.9"]) == 2
+    assert "beta_max" in capsys.readouterr().err

@@ -1,0 +1,79 @@
+"""Training: the schedule, the per-step draws, and a few steps reducing the loss on a fixed tiny batch."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from testbed.distill.config import DistillConfig, DistillConfigError
+from testbed.distill.train import Distiller, lr_at
+
+
+def test_lr_schedule_warms_up_linearly_then_follows_a_cosine():
+    cfg = DistillConfig(steps=110, warmup_steps=10, lr=1e-3, lr_min=1e-5)
+    assert [lr_at(s, cfg) for s in (0, 4, 9)] == pytest.approx([1e-4, 5e-4, 1e-3])
+    assert lr_at(10, cfg) == pytest.approx(1e-3)
+    assert lr_at(60, cfg) == pytest.approx(1e-5 + 0.5 * (1e-3 - 1e-5))  # half way: cos(pi/2) = 0
+    assert lr_at(110, cfg) == pytest.approx(1e-5)
+    lrs = [lr_at(s, cfg) for s in range(10, 111)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:], strict=False))
+
+
+def test_each_step_draws_its_own_reproducible_tuples(tiny, tiny_cache, recipe, tmp_path):
+    dist = Distiller(tiny, tiny_cache, recipe, tmp_path)
+    assert dist.plan(5) == dist.plan(5) and dist.plan(5) != dist.plan(6)
+    many = [s for k in range(40) for s in dist.plan(k)]
+    assert {s.n_steps for s in many} == {2, 3}
+    assert all(0.0 <= s.beta <= recipe.beta_max for s in many)
+    assert {s.prompt_index for s in many} == set(range(recipe.num_prompts))  # validation prompt 4 never drawn
+    kinds = {s.draw.kind for s in many}
+    assert kinds == {"snr", "none"}
+    assert all(0.0 <= s.draw.snr_db <= 20.0 for s in many if s.draw.kind == "snr")
+
+
+def test_a_few_steps_reduce_the_loss_on_a_fixed_batch(tiny, tiny_cache, recipe, tmp_path):
+    dist = Distiller(tiny, tiny_cache, recipe.replace(warmup_steps=0, lr=2e-3, lr_min=2e-3), tmp_path)
+    batch = dist.assemble(dist.plan(0))
+    losses = [dist.train_step(batch)["loss"] for _ in range(8)]
+    assert all(math.isfinite(v) for v in losses)
+    assert losses[-1] < 0.7 * losses[0], losses
+    assert dist.step == 8 and dist.samples_seen == 8 * recipe.batch_size
+
+
+def test_crops_cut_latents_and_targets_consistently(tiny, tiny_cache, recipe, tmp_path):
+    dist = Distiller(tiny, tiny_cache, recipe.replace(crop_latent=4), tmp_path)
+    samples = dist.plan(0)
+    x, y = dist.assemble(samples)
+    assert x.shape == (3, 4, 4, 4) and y.shape == (3, 3, 32, 32)
+    full = dist.cache.target(samples[0].prompt_index)
+    r, c = samples[0].crop
+    assert torch.equal(y[0], full[:, 8 * r:8 * r + 32, 8 * c:8 * c + 32])
+
+
+def test_the_cache_must_hold_the_drawn_steps(tiny, tiny_cache, recipe, tmp_path):
+    with pytest.raises(DistillConfigError, match="cache has N"):
+        Distiller(tiny, tiny_cache, recipe.replace(n_min=1), tmp_path)
+    with pytest.raises(DistillConfigError, match="none left to train on"):
+        Distiller(tiny, tiny_cache, recipe.replace(val_prompts=5), tmp_path)
+
+
+def test_perceptual_term_without_local_weights_is_a_clear_error(tiny, tiny_cache, recipe, tmp_path):
+    with pytest.raises(DistillConfigError, match="perceptual_weight > 0 needs"):
+        Distiller(tiny, tiny_cache, recipe.replace(perceptual_weight=0.1), tmp_path)
+
+
+def test_config_errors_name_the_key():
+    with pytest.raises(DistillConfigError, match="beta_max"):
+        DistillConfig(beta_max=0.9)
+    with pytest.raises(DistillConfigError, match="noise.kind"):
+        DistillConfig(noise={"kind": "loud"})
+    with pytest.raises(DistillConfigError, match=r"noise\.link: .*model"):
+        DistillConfig(noise={"kind": "snr", "link": {"model": "tdl_z"}})
+    with pytest.raises(DistillConfigError, match="unknown setting"):
+        DistillConfig.from_dict({"stepz": 3})
+    with pytest.raises(DistillConfigError, match="amp"):
+        DistillConfig(amp="bf16")  # autocast only on CUDA
+    cfg = DistillConfig(steps=7, noise={"kind": "sigma"})
+    assert DistillConfig.from_dict(cfg.to_dict()) == cfg
