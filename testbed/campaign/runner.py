@@ -182,11 +182,17 @@ class CampaignRunner:
         Local nodes only: restart a node that died and retry the request.
     local_extra_args : dict, optional
         Extra CLI flags per local node role.
+    resync_period_s : float
+        Clock-sync burst period during the run (drift tracking).
+    use_broker : bool
+        Local runs: put the channel broker between UE and ES (False: direct, no link emulation).
     """
 
     def __init__(self, spec: CampaignSpec, run_dir: str | Path, *, addresses: dict[str, Any] | None = None,
                  engine: str = "ldm", progress: bool = True, restart_dead_nodes: bool = True,
-                 local_extra_args: dict[str, list[str]] | None = None, resync_period_s: float = 60.0) -> None:
+                 local_extra_args: dict[str, list[str]] | None = None, resync_period_s: float = 60.0,
+                 use_broker: bool = True) -> None:
+        self.use_broker = use_broker
         self.spec, self.run_dir = spec, Path(run_dir)
         self.addresses = addresses
         self.engine, self.progress = engine, progress
@@ -232,7 +238,7 @@ class CampaignRunner:
             self.cluster = LocalCluster(self.run_dir, spec.model_dir, devices=dict(spec.device),
                                         profiles=dict(spec.profiles), link_config=spec.link_config,
                                         engine=self.engine, keys_dir=spec.curve_keys_dir,
-                                        extra_args=self.local_extra_args)
+                                        extra_args=self.local_extra_args, use_broker=self.use_broker)
             self.cluster.start()
             wait_ready(self.cluster, 30)
             addr = self.cluster.addresses

@@ -12,7 +12,7 @@ import logging
 import time
 from typing import Any
 
-from measurements.clocksync import ClockMap, ClockSync, clock_sync_reply
+from measurements.clocksync import ClockMap, ClockSync, clock_sync_reply, fit_clock
 from megwire import Frame, FrameError, Link, LinkTimeout
 from testbed.nodes import protocol as P
 
@@ -62,10 +62,16 @@ class NodeClock:
         The node's name (log lines).
     timeout_s : float
         Wait per exchange.
+    min_drift_span_s : float
+        Drift is fitted only over bursts at least this far apart. Each burst's offset is known to about half a round
+        trip (~0.1 ms on a LAN); two bursts 20 ms apart would "measure" a drift of thousands of ppm from that noise
+        alone, and extrapolating it over a run shifts stamps by milliseconds. Closer bursts give the best single
+        offset with drift 0.
     """
 
-    def __init__(self, client: Any, name: str, timeout_s: float = 1.0) -> None:
+    def __init__(self, client: Any, name: str, timeout_s: float = 1.0, min_drift_span_s: float = 30.0) -> None:
         self.name = name
+        self.min_drift_span_s = float(min_drift_span_s)
         self.sync = ClockSync(_RpcLink(client), timeout_s=timeout_s)
         self.map: ClockMap = ClockMap.unsynced()
         self.t_last_burst: float = -float("inf")
@@ -78,7 +84,7 @@ class NodeClock:
             log.warning("clock sync with %s failed: %s (keeping %s map)", self.name, exc, self.map.method)
             return self.map
         self.t_last_burst = time.monotonic()
-        self.map = self.sync.fit()
+        self.map = fit_clock(self.sync.exchanges, min_span_s=self.min_drift_span_s)
         log.info("clock %s: offset %.0f ns +- %.0f ns, drift %.3f ppm (%s, %d bursts)", self.name,
                  self.map.offset_ns, self.map.uncertainty_ns, self.map.drift * 1e6, self.map.method,
                  self.map.samples)
@@ -86,4 +92,7 @@ class NodeClock:
 
     def records(self) -> list[dict[str, Any]]:
         """Manifest records: the fit in force first, then each burst's best exchange as a timed sync point."""
-        return self.sync.manifest_records()
+        records = self.sync.manifest_records()
+        if records:
+            records[0] = self.map.to_dict()
+        return records

@@ -135,7 +135,7 @@ class Orchestrator:
 
     def connect(self, wait_s: float = 120.0) -> None:
         """Say hello to every node (waiting up to ``wait_s`` for nodes still loading), then start heartbeats and
-        the delivery subscriber.
+        the delivery subscriber. Call :meth:`sync_clocks` next.
 
         Raises
         ------
@@ -161,7 +161,6 @@ class Orchestrator:
             if role is not None and role != node.role:
                 raise NodeDead(node.name, f"{node.address} is a {role!r} node, expected {node.role!r}")
             log.info("connected to %s at %s (%s)", node.name, node.address, node.info.get("engine", {}))
-        self.sync_clocks()
         for node in self.nodes:
             t = threading.Thread(target=self._heartbeats, args=(node,), name=f"hb-{node.name}", daemon=True)
             t.start()

@@ -99,6 +99,10 @@ def link_row(outcome: Any, base: dict[str, Any], tx_power_dbm: float = DEFAULT_T
     if res.get("payload_bytes") is not None:
         row["payload_bytes"] = int(res["payload_bytes"])
     row.update(delivery_columns(outcome.delivery))
+    processing = (outcome.delivery or {}).get("processing_s")
+    if processing is not None:
+        # Not (yet) a schema column: the emulator's own compute per frame, to tell harness time from airtime.
+        row["ch_processing_s"] = float(processing)
     airtime = row.get("ch_airtime_s")
     if airtime is not None and math.isfinite(float(airtime)):
         extra = (outcome.delivery or {}).get("extra") or {}

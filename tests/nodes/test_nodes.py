@@ -26,6 +26,7 @@ def test_three_schemes_through_orchestrator_give_valid_rows(synthetic_pair):
     rows = []
     with Orchestrator(es.address, [ue.address], heartbeat_s=0.2, dead_after_s=2.0) as orch:
         orch.connect(wait_s=10)
+        orch.sync_clocks()
         assert orch.es.info["role"] == "es" and orch.ues[0].info["role"] == "ue"
         for scheme in ("meg", "ceg", "ue_local"):
             spec = make_spec(scheme, f"r-{scheme}")
@@ -163,11 +164,14 @@ def test_one_es_serves_two_ues(synthetic_pair):
             orch.connect(wait_s=10)
             import concurrent.futures as cf
 
-            # Requests from both UEs in flight at once: the ES's ROUTER routes each answer to its UE.
+            # Requests from both UEs in flight at once (one thread per UE: a UE's control socket has one user);
+            # the ES's ROUTER routes each answer to its UE.
+            def drive(i):
+                return [orch.generate(make_spec(rid=f"u{i}-{j}", seed=i * 10 + j), ue=i, timeout_s=20)
+                        for j in range(3)]
+
             with cf.ThreadPoolExecutor(2) as pool:
-                futures = [pool.submit(orch.generate, make_spec(rid=f"u{i}-{j}", seed=i * 10 + j), ue=i,
-                                       timeout_s=20) for j in range(3) for i in range(2)]
-                outs = [f.result() for f in futures]
+                outs = [o for f in [pool.submit(drive, i) for i in range(2)] for o in f.result()]
             assert {o.result["request_id"] for o in outs} == {f"u{i}-{j}" for i in range(2) for j in range(3)}
             assert {o.ue_name for o in outs} == {"ue0", "ue1"}
     finally:
