@@ -204,3 +204,32 @@ def test_live_testbed_binding_records_rows(tmp_path, synthetic_pair):
 
     df = read_dataset(tmp_path / "live")
     assert set(df.request_id) == {"live-000000"} and (df.merge_ratio == 0.5).all()
+
+
+def test_curve_keys_folder_end_to_end(tmp_path):
+    """`megbed keys generate` layout: ES and UE admit the orchestrator and each other, refuse anyone else."""
+    from megwire import LinkTimeout
+    from testbed.nodes import keys
+    from testbed.nodes.orchestrator import client_curves
+
+    keys.generate(tmp_path / "keys")
+    k = tmp_path / "keys"
+    es = EsNode(SyntheticEngine(), bind="tcp://127.0.0.1:0", curve=keys.server_curve(k, "es")).start()
+    ue = UeNode(SyntheticEngine(), bind="tcp://127.0.0.1:0", es_address=es.address, curve=keys.server_curve(k, "ue"),
+                es_curve=keys.client_curve(k, "ue", "es")).start()
+    try:
+        with Orchestrator(es.address, [ue.address], heartbeat_s=0.2, dead_after_s=2.0,
+                          curves=client_curves(k)) as orch:
+            orch.connect(wait_s=10)
+            assert orch.generate(make_spec(rid="curve"), timeout_s=20).result["request_id"] == "curve"
+        ctx = zmq.Context()
+        with RpcClient(es.address, ctx, timeout_s=0.5) as plain, pytest.raises(LinkTimeout):
+            plain.call(Frame(P.HEARTBEAT))
+        ctx.term()
+        deadline = time.monotonic() + 3
+        while es.server.stats.refused_handshakes < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert es.server.stats.refused_handshakes >= 1
+    finally:
+        ue.stop()
+        es.stop()
