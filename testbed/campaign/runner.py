@@ -354,6 +354,21 @@ class CampaignRunner:
                     self.cluster.restart(name)
         return True
 
+    def _save_traces(self) -> None:
+        """Fetch the nodes' new power samples and write them under ``traces/`` (never fatal to the campaign)."""
+        from measurements.dataset import write_trace
+
+        for node in self.orch.nodes:
+            try:
+                if not self.orch.alive(node):
+                    continue
+                offset = int(round(float(self.orch.clock_map(node).offset_ns)))
+                for probe, arr in self.orch.fetch_traces(node):
+                    write_trace(self.run_dir, node.name, probe.replace("-", "_"), arr.to_frame(probe),
+                                clock_offset_ns=offset)
+            except Exception as exc:  # noqa: BLE001 - traces are optional; the rows are what must not be lost
+                log.warning("could not save %s's power traces: %s", node.name, exc)
+
     def _alive_after(self, exc: NodeDead) -> bool:
         handle = next((n for n in self.orch.nodes if n.name == exc.node), None)
         return handle is not None and self.orch.alive(handle)
@@ -410,6 +425,8 @@ class CampaignRunner:
         finally:
             if writer is not None:
                 writer.close()
+            if self.orch is not None:
+                self._save_traces()
             self._restore_signals(old_handlers)
             summary.wall_s = time.monotonic() - t_start
             summary.stopped_early = summary.stopped_early or self._stop_reason
@@ -448,6 +465,9 @@ class CampaignRunner:
                 bar.update(task, status=f"{req.scheme} N={req.n_steps} k={req.es_steps} b={req.merge_ratio:g}")
                 self._run_one(req, refs, writer, run_id, summary, attempts.get(req.request_id, 0))
                 bar.advance(task)
+                done = summary.ok + summary.failed
+                if done % 10 == 0:
+                    self._save_traces()
                 if self.spec.cooldown_s > 0:
                     time.sleep(self.spec.cooldown_s)
                 self.orch.maybe_resync(self.resync_period_s)

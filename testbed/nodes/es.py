@@ -23,6 +23,7 @@ from testbed.nodes.clock import register_clock_sync
 from testbed.nodes.engine import Engine
 from testbed.nodes.records import StageRecorder
 from testbed.nodes.server import NodeServer
+from testbed.nodes.traces import register_traces
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,7 @@ class EsNode:
         self.server.handle(P.REQUEST, self._on_request, blocking=True)
         self.server.handle(P.REFERENCE, self._on_reference, blocking=True)
         register_clock_sync(self.server)
+        register_traces(self.server, meter)
 
     @property
     def address(self) -> str:

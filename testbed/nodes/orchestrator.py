@@ -126,6 +126,7 @@ class Orchestrator:
         self._lock = threading.Lock()
         self._deliveries: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
         self._pub_curve = curves.get("channel")
+        self._trace_seq: dict[str, dict[str, int]] = {}
 
     @property
     def nodes(self) -> list[NodeHandle]:
@@ -369,6 +370,23 @@ class Orchestrator:
         if image is None or image.dtype != np.uint8 or image.ndim != 3:
             raise RequestFailed("reference answer holds no uint8 [H, W, C] image", P.CODE_BAD_REQUEST, "es")
         return np.array(image)
+
+    def fetch_traces(self, node: NodeHandle) -> list[tuple[str, Any]]:
+        """New raw power samples of ``node`` since the last fetch: ``[(probe, TraceArrays)]`` (node clock)."""
+        from testbed.nodes.traces import TRACES, parse_traces
+
+        since = self._trace_seq.setdefault(node.name, {})
+        out = []
+        while True:
+            reply = node.control.call(Frame(TRACES, meta={"since": dict(since)}), timeout_s=30.0)
+            chunks = parse_traces(reply)
+            more = any(p.get("more") for p in reply.meta.get("probes", []))
+            for probe, arr in chunks:
+                if len(arr):
+                    since[probe] = int(arr.seq[-1]) + 1
+                    out.append((probe, arr))
+            if not more:
+                return out
 
     def manifest_section(self) -> dict[str, Any]:
         """What the run manifest records about the nodes: hello info, last heartbeat, clock maps."""

@@ -30,6 +30,7 @@ from testbed.nodes.engine import Engine
 from testbed.nodes.records import StageRecorder
 from testbed.nodes.rpc import NodeError, RpcClient
 from testbed.nodes.server import NodeServer
+from testbed.nodes.traces import register_traces
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,7 @@ class UeNode:
         self.server.handle(P.CANCEL, self._on_cancel)
         self._cancelled: set[str] = set()
         register_clock_sync(self.server)
+        register_traces(self.server, meter)
         self._data: RpcClient | None = None
         self.server.worker_cleanup.append(self._close_data)
 

@@ -233,3 +233,34 @@ def test_curve_keys_folder_end_to_end(tmp_path):
     finally:
         ue.stop()
         es.stop()
+
+
+def test_stage_energy_and_power_traces_from_a_real_meter(tmp_path):
+    from measurements.dataset import write_trace
+    from measurements.meter import Meter
+
+    meter = Meter.from_profile(None, rate_hz=200).start()  # whatever this host has (modeled CPU time here)
+    es = EsNode(SyntheticEngine(compute_s_per_step=0.02), bind="tcp://127.0.0.1:0", meter=meter).start()
+    ue = UeNode(SyntheticEngine(), bind="tcp://127.0.0.1:0", es_address=es.address).start()
+    try:
+        with Orchestrator(es.address, [ue.address], heartbeat_s=0.2, dead_after_s=2.0) as orch:
+            orch.connect(wait_s=10)
+            out = orch.generate(make_spec(rid="metered"), timeout_s=20)
+            denoise = next(r for r in out.result["es_records"] if r["stage"] == "denoise")
+            assert denoise["energy_method"] in ("counter", "integrated", "modeled")
+            assert denoise["energy_mj_total"] > 0 and denoise["latency_s"] >= 0.08
+            assert out.result["ue_records"][0]["energy_method"] == "none"  # the UE runs without a meter
+            first = orch.fetch_traces(orch.es)
+            assert first and len(first[0][1]) > 0
+            seq_end = int(first[0][1].seq[-1])
+            time.sleep(0.1)
+            second = orch.fetch_traces(orch.es)
+            assert all(int(arr.seq[0]) > seq_end for _, arr in second if len(arr))
+            assert orch.fetch_traces(orch.ues[0]) == []
+            probe, arr = first[0]
+            path = write_trace(tmp_path, "es", probe, arr.to_frame(probe), clock_offset_ns=0)
+            assert path.is_file()
+    finally:
+        ue.stop()
+        es.stop()
+        meter.close()
