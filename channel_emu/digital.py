@@ -33,7 +33,8 @@ from scipy.special import erfc
 
 from channel_emu.config import LinkConfig
 from channel_emu.links import SymbolLink
-from channel_emu.mcs import CRC_BITS, Segmentation, bler, effective_snr_db, segment
+from channel_emu.mcs import CRC_BITS, Segmentation, bler, bler_table, effective_snr_db, segment
+from channel_emu.noise import NoiseSource
 
 RV_SEQUENCE = (0, 2, 3, 1)
 
@@ -147,7 +148,7 @@ class CodedChain:
             return dec(llr, **kw)
         return torch.cat([dec(llr[i:i + self.SIONNA_CHUNK], **kw) for i in range(0, llr.shape[0], self.SIONNA_CHUNK)])
 
-    def transfer(self, bits: np.ndarray, mcs: int, link: SymbolLink, snr_db: float, rng: np.random.Generator,
+    def transfer(self, bits: np.ndarray, mcs: int, link: SymbolLink, snr_db: float, noise: NoiseSource,
                  fading: complex, harq: bool, max_retransmissions: int) -> DigitalResult:
         """Send ``bits`` (uint8 0/1) at MCS ``mcs``; returns the delivered bits and the accounting."""
         seg = segment(bits.size, mcs, self.config.max_cb_bits)
@@ -171,9 +172,9 @@ class CodedChain:
                 idx = torch.from_numpy(pending).to(self.device)
                 c = enc(u_crc[idx], rv=[rv])[:, 0, :] if harq else enc(u_crc[idx])
                 x = mapper(c)
-                out = link.transmit(x.reshape(-1).cpu().numpy(), snr_db, rng, fading)
-                y = torch.from_numpy(out.s_hat).to(self.device).reshape(x.shape)
-                no = torch.from_numpy(out.no_eff).to(self.device).reshape(x.shape)
+                out = link.transmit(x.reshape(-1).cpu(), snr_db, noise, fading)
+                y = out.s_hat.to(self.device).reshape(x.shape)
+                no = out.no_eff_per_symbol().to(self.device).reshape(x.shape)
                 llr = demapper(y, no)
                 coded += c.numel()
                 symbols += x.numel()
@@ -203,13 +204,15 @@ class CodedChain:
 
 def abstract_transfer(bits: np.ndarray | None, payload_bits: int, mcs: int, link: SymbolLink, snr_db: float,
                       rng: np.random.Generator, harq: bool, max_retransmissions: int, max_cb_bits: int = 8448,
-                      corrupt: bool = True) -> DigitalResult:
+                      corrupt: bool = True, impl: str = "fast") -> DigitalResult:
     """The abstracted transfer (see the module docstring). ``bits`` may be None when only accounting is needed."""
-    seg = segment(payload_bits, mcs, max_cb_bits)
+    seg = segment(int(payload_bits), int(mcs), int(max_cb_bits))
+    rounds = 1 + (max_retransmissions if harq else 0)
+    if link.flat:
+        return _abstract_flat(bits, seg, link, snr_db, rng, rounds, corrupt, impl)
     m = seg.bits_per_symbol
     sym_per_block = seg.n // m
     pending = np.arange(seg.num_blocks)
-    rounds = 1 + (max_retransmissions if harq else 0)
     sinr_sum = None
     coded = symbols = uses = attempts = failures = 0
     airtime = 0.0
@@ -222,12 +225,8 @@ def abstract_transfer(bits: np.ndarray | None, payload_bits: int, mcs: int, link
         gains = link.gains(n_sym, rng).reshape(pending.size, sym_per_block)
         sinr = snr_lin * gains
         sinr_sum = sinr if sinr_sum is None else sinr_sum + sinr  # Chase combining per symbol
-        if link.flat:
-            eff = 10.0 * np.log10(np.maximum(sinr_sum[:, 0], 1e-30))
-        else:
-            eff = effective_snr_db(sinr_sum, mcs)
-        p = bler(mcs, seg.k, eff)
-        fail = rng.random(pending.size) < p
+        eff = effective_snr_db(sinr_sum, mcs)
+        fail = rng.random(pending.size) < bler(mcs, seg.k, eff, impl)
         eff_db[pending] = eff
         coded += pending.size * seg.n
         symbols += n_sym
@@ -246,6 +245,45 @@ def abstract_transfer(bits: np.ndarray | None, payload_bits: int, mcs: int, link
             corrupt_bits(out, seg, pending, eff_db[pending], rng)
     return DigitalResult(out, seg, used, coded, symbols, uses, airtime, attempts, failures, int(pending.size),
                          pending, eff_db[pending])
+
+
+def _abstract_flat(bits: np.ndarray | None, seg: Segmentation, link: SymbolLink, snr_db: float,
+                   rng: np.random.Generator, rounds: int, corrupt: bool, impl: str) -> DigitalResult:
+    """:func:`abstract_transfer` on a flat link: every block of a round has the same effective SNR (the delivery's,
+    r + 1 Chase-combined copies adding up), so a round is one table look-up and one uniform per pending block.
+    Kept lean: it runs for the side information of every analog delivery."""
+    table = bler_table() if impl == "fast" else None
+    sym_per_block = seg.n // seg.bits_per_symbol
+    snr_lin = 10.0 ** (snr_db / 10.0)
+    pending = np.arange(seg.num_blocks)
+    coded = symbols = uses = attempts = failures = 0
+    airtime, used, eff1 = 0.0, 0, snr_db
+    for r in range(rounds):
+        used = r + 1
+        eff1 = 10.0 * math.log10(max(snr_lin * (r + 1), 1e-30))
+        p = table.scalar(seg.mcs, seg.k, eff1) if table is not None else float(bler(seg.mcs, seg.k, eff1, impl)[0])
+        n_sym = pending.size * sym_per_block
+        coded += pending.size * seg.n
+        symbols += n_sym
+        uses += link.channel_uses(n_sym)
+        airtime += link.airtime_s(n_sym)
+        attempts += pending.size
+        if p <= 0.0:
+            pending = pending[:0]
+            break
+        fail = rng.random(pending.size) < p
+        failures += int(np.count_nonzero(fail))
+        pending = pending[fail]
+        if pending.size == 0:
+            break
+    failed_snr = np.full(pending.size, eff1)
+    out = np.zeros(0, np.uint8)
+    if bits is not None:
+        out = bits.copy()
+        if corrupt:
+            corrupt_bits(out, seg, pending, failed_snr, rng)
+    return DigitalResult(out, seg, used, coded, symbols, uses, airtime, attempts, failures, int(pending.size),
+                         pending, failed_snr)
 
 
 def corrupt_bits(bits: np.ndarray, seg: Segmentation, failed: np.ndarray, snr_db: np.ndarray,

@@ -28,18 +28,21 @@ The delivered frame keeps kind, meta, buffer names, dtypes and shapes, and gets 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+import torch
 
 from channel_emu.analog import SCALE_BITS, transmit_values
 from channel_emu.config import LinkConfig, LinkConfigError
 from channel_emu.digital import CodedChain, DigitalResult, abstract_transfer, corrupt_bytes
 from channel_emu.links import SymbolLink, make_link
 from channel_emu.mcs import select_mcs
+from channel_emu.noise import NoiseSource
 from channel_emu.process import ChannelProcess, ChannelState
 from channel_emu.record import DeliveryRecord
 from megwire import Frame, to_parts
@@ -47,6 +50,20 @@ from megwire import Frame, to_parts
 # Per-request link fields a frame may carry (``meta["link"]`` or ``meta["request"]["link"]``), as the testbed's
 # LinkSpec spells them.
 OVERRIDE_KEYS = ("link_model", "tx_mode", "distance_m", "snr_db")
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int | None):
+    """Run the block with ``n`` torch intra-op threads (None or already so: untouched), restoring them after."""
+    old = torch.get_num_threads()
+    if n is None or n == old:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 def _to_bits(arrays: list[np.ndarray]) -> np.ndarray:
@@ -75,9 +92,17 @@ class ChannelEmulator:
         The link (None: the paper's link, analog over AWGN with distance-based path loss).
     seed : int, optional
         Seeds the noise and the internal channel process: identical seeds give identical deliveries.
+    torch_threads : int or None
+        Torch intra-op threads during a delivery that is big enough for torch to split its ops (None: leave the
+        process's setting). 1 by default: on a 2-core machine shared with other work, an OpenMP team of 2 waits at
+        every op for a descheduled thread, which turned a 1 ms SDXL analog delivery into 10-100 ms; the emulator's
+        heavy kernels (numba) do their own threading.
     """
 
-    def __init__(self, config: LinkConfig | Mapping[str, Any] | None = None, seed: int | None = None) -> None:
+    TORCH_GRAIN = 32768  # torch parallelises an elementwise op above this many elements (at::internal::GRAIN_SIZE)
+
+    def __init__(self, config: LinkConfig | Mapping[str, Any] | None = None, seed: int | None = None,
+                 torch_threads: int | None = 1) -> None:
         if config is None:
             config = LinkConfig()
         elif isinstance(config, Mapping):
@@ -86,24 +111,40 @@ class ChannelEmulator:
             raise LinkConfigError(f"config must be a LinkConfig or a mapping, got {type(config).__name__}")
         self.config = config
         self.seed = seed
+        self.torch_threads = torch_threads
         self.rng = np.random.default_rng(seed)
+        # Channel noise and per-symbol fading come from the fast noise source seeded from the same seed (Sionna
+        # blocks get torch generators seeded from it); the abstraction's table draws come from ``rng``.
+        self.noise = NoiseSource(int(self.rng.integers(2**63 - 1)))
         self.process = ChannelProcess(config, None if seed is None else seed + 1)
         self._links: dict[str, SymbolLink] = {}
         self._chains: dict[tuple, CodedChain] = {}
         self._variants: dict[tuple, LinkConfig] = {}
+        self._by_id: dict[tuple[str, int], tuple[LinkConfig, Any]] = {}
 
     # --- parts ---------------------------------------------------------------------------------------------------
 
     def link(self, config: LinkConfig) -> SymbolLink:
-        key = (config.model, config.bandwidth_hz, config.symbol_rate, repr(config.ofdm), config.process.doppler_hz)
+        # Configs here are self.config or cached variants (stable objects): look up by identity first, since the
+        # value key (with a dataclass repr) costs tens of microseconds per delivery.
+        hit = self._by_id.get(("link", id(config)))
+        if hit is not None and hit[0] is config:
+            return hit[1]
+        key = (config.model, config.bandwidth_hz, config.symbol_rate, repr(config.ofdm), config.process.doppler_hz,
+               config.impl)
         if key not in self._links:
             self._links[key] = make_link(config)
+        self._by_id[("link", id(config))] = (config, self._links[key])
         return self._links[key]
 
     def chain(self, config: LinkConfig) -> CodedChain:
-        key = (repr(config.decoder), config.max_cb_bits)
+        hit = self._by_id.get(("chain", id(config)))
+        if hit is not None and hit[0] is config:
+            return hit[1]
+        key = (repr(config.decoder), config.max_cb_bits, config.impl)
         if key not in self._chains:
             self._chains[key] = CodedChain(config)
+        self._by_id[("chain", id(config))] = (config, self._chains[key])
         return self._chains[key]
 
     def _variant(self, overrides: Mapping[str, Any]) -> LinkConfig:
@@ -158,6 +199,12 @@ class ChannelEmulator:
         t0 = time.perf_counter_ns()
         overrides = dict(link or {})
         cfg = self._variant(overrides) if overrides else self.config
+        big = cfg.mode != "analog" or sum(np.size(b) for b in frame.buffers.values()) > self.TORCH_GRAIN
+        with _torch_threads(self.torch_threads if big else None):
+            return self._deliver(frame, state, overrides, cfg, t0)
+
+    def _deliver(self, frame: Frame, state: ChannelState | None, overrides: dict[str, Any], cfg: LinkConfig,
+                 t0: int) -> tuple[Frame, DeliveryRecord]:
         st = self._state(cfg, state, overrides)
         lk = self.link(cfg)
         roles = frame.meta.get("channel_roles")
@@ -179,8 +226,8 @@ class ChannelEmulator:
         if cfg.mode == "analog":
             digital = side + data  # no data MCS in analog mode: digital parts go as side information
             if values:
-                res = transmit_values({n: arrays[n] for n in values}, lk, st.snr_db, rng, st.fading,
-                                      cfg.analog.equalizer)
+                res = transmit_values({n: arrays[n] for n in values}, lk, st.snr_db, self.noise, st.fading,
+                                      cfg.analog.equalizer, cfg.impl)
                 delivered.update(res.values)
                 rec.nmse = res.nmse
                 rec.analog_values = res.num_values
@@ -202,14 +249,14 @@ class ChannelEmulator:
                 harq = cfg.residual == "harq"
                 if cfg.mode == "coded":
                     sent = _to_bits([arrays[n] for n in payload])
-                    res = self.chain(cfg).transfer(sent, mcs, lk, st.snr_db, rng, st.fading, harq,
+                    res = self.chain(cfg).transfer(sent, mcs, lk, st.snr_db, self.noise, st.fading, harq,
                                                    cfg.max_retransmissions)
                     delivered.update(_from_bits(res.bits, [(n, arrays[n]) for n in payload]))
                     errors = int(np.count_nonzero(res.bits != sent))
                 else:
                     # The abstraction works on bytes and unpacks only the blocks it corrupts.
                     res = abstract_transfer(None, payload_bits, mcs, lk, st.snr_db, rng, harq,
-                                            cfg.max_retransmissions, cfg.max_cb_bits)
+                                            cfg.max_retransmissions, cfg.max_cb_bits, impl=cfg.impl)
                     raw = np.concatenate([np.ascontiguousarray(arrays[n]).reshape(-1).view(np.uint8)
                                           for n in payload])
                     errors = corrupt_bytes(raw, res.seg, res.failed_blocks, res.failed_snr_db, rng)
@@ -262,7 +309,7 @@ class ChannelEmulator:
 
     def _mcs(self, cfg: LinkConfig, st: ChannelState, payload_bits: int) -> int:
         if cfg.mcs == "auto":
-            return select_mcs(st.snr_db, max(payload_bits, 1), cfg.bler_target, cfg.max_cb_bits)
+            return select_mcs(st.snr_db, max(payload_bits, 1), cfg.bler_target, cfg.max_cb_bits, cfg.impl)
         return int(cfg.mcs)
 
     @staticmethod
@@ -278,11 +325,11 @@ class ChannelEmulator:
         if n_bits <= 0:
             return None
         if cfg.mode == "coded" and bits is not None:
-            res = self.chain(cfg).transfer(bits, cfg.side_mcs, lk, st.snr_db, rng, st.fading, True,
+            res = self.chain(cfg).transfer(bits, cfg.side_mcs, lk, st.snr_db, self.noise, st.fading, True,
                                            cfg.side_max_retransmissions)
         else:
             res = abstract_transfer(None, n_bits, cfg.side_mcs, lk, st.snr_db, rng, True,
-                                    cfg.side_max_retransmissions, cfg.max_cb_bits, corrupt=False)
+                                    cfg.side_max_retransmissions, cfg.max_cb_bits, corrupt=False, impl=cfg.impl)
         self._account(rec, res)
         rec.side_ok = res.residual_blocks == 0
         rec.extra["side_transmissions"] = res.transmissions

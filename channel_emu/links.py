@@ -4,7 +4,7 @@ Every model returns the *unbiased* (zero-forcing) estimate of each transmitted u
 per-symbol effective noise variance ``no_eff`` (so that s_hat = s + e, E|e|^2 = no_eff). The analog mode turns this
 into an MMSE estimate (shrinkage 1/(1 + no_eff)); the coded mode feeds both to the LLR demapper.
 
-* ``awgn``: y = s + n (hand-written: one complex Gaussian per symbol, nothing else to do).
+* ``awgn``: y = s + n, Sionna's ``AWGN`` draw (:func:`standard_noise`) applied without the block's overhead.
 * ``rayleigh_block``: y = h s + n with the request's block-fading coefficient h (from the channel process), perfect
   CSI: s_hat = y / h, no_eff = N0 / |h|^2.
 * ``rayleigh_symbol``: i.i.d. h_i ~ CN(0, 1) per symbol (fast fading), perfect CSI.
@@ -14,6 +14,9 @@ into an MMSE estimate (shrinkage 1/(1 + no_eff)); the coded mode feeds both to t
   including pilots and cyclic prefix.
 
 N0 = 1 / SNR with unit average symbol energy; SNR is the delivery's average SNR (Es/N0 per complex symbol).
+Symbols are torch tensors; all randomness comes from the :class:`~channel_emu.noise.NoiseSource` passed in (the
+emulator's, seeded; Sionna blocks get torch generators seeded from it), so seeded emulators never share Sionna's
+global stream.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import numpy as np
 import torch
 
 from channel_emu.config import LinkConfig
+from channel_emu.noise import NoiseSource
 
 _SIONNA_RNG_LOCK = threading.Lock()
 
@@ -58,35 +62,49 @@ class LinkOutput:
 
     Attributes
     ----------
-    s_hat : numpy.ndarray, complex64 [N]
+    s_hat : torch.Tensor, complex64 [N]
         Unbiased estimates of the N transmitted symbols.
-    no_eff : numpy.ndarray, float32 [N]
-        Effective noise variance of each estimate.
+    no_eff : torch.Tensor float32 [N], or float
+        Effective noise variance of each estimate (a float when all symbols share it).
     channel_uses : int
         Complex channel symbols occupied on air (data, pilots; OFDM: whole slots).
     airtime_s : float
         Time on air (s).
     """
 
-    s_hat: np.ndarray
-    no_eff: np.ndarray
+    s_hat: torch.Tensor
+    no_eff: torch.Tensor | float
     channel_uses: int
     airtime_s: float
 
+    def no_eff_per_symbol(self) -> torch.Tensor:
+        """``no_eff`` as a float32 tensor [N]."""
+        if isinstance(self.no_eff, torch.Tensor):
+            return self.no_eff
+        return torch.full((self.s_hat.numel(),), float(self.no_eff), dtype=torch.float32)
 
-def complex_noise(rng: np.random.Generator, n: int, variance: float | np.ndarray) -> np.ndarray:
-    """CN(0, variance) samples, complex64 [n]."""
-    w = rng.standard_normal(2 * n, dtype=np.float32).view(np.complex64)
-    w *= np.float32(math.sqrt(0.5)) * (np.sqrt(variance).astype(np.float32) if isinstance(variance, np.ndarray)
-                                       else np.float32(math.sqrt(variance)))
-    return w
+
+def standard_noise(n: int, noise: NoiseSource) -> torch.Tensor:
+    """Real and imaginary parts of ``n`` CN(0, 2) samples, float32 [2, n] (row 0 real, row 1 imaginary).
+
+    Laid out as Sionna's ``complex_normal`` (and so its ``AWGN`` block) draws them: all real parts, then all imaginary
+    parts. Scaled by sqrt(no / 2) it is CN(0, no).
+    """
+    return noise.standard_normal_tensor(2, n)
 
 
 class SymbolLink:
-    """Base class: one small-scale model at a given symbol rate."""
+    """Base class: one small-scale model at a given symbol rate.
+
+    ``additive`` links deliver s_hat = s + e, e ~ CN(0, no_eff) independent of s (zero forcing with perfect CSI on
+    AWGN and flat fading). Their noise can then be applied to real-valued data directly: :meth:`noise_variance`
+    followed by :func:`standard_noise`, which is what the analog fast path does. :meth:`transmit` draws the same two
+    things in the same order, so both give the same realisation from the same noise state.
+    """
 
     name = "base"
     flat = True  # every symbol sees the same SNR (the abstraction can skip the effective-SNR mapping)
+    additive = True
 
     def __init__(self, config: LinkConfig) -> None:
         self.config = config
@@ -100,9 +118,22 @@ class SymbolLink:
         """Airtime (s) of ``n`` data symbols."""
         return self.channel_uses(n) / self.symbol_rate
 
-    def transmit(self, s: np.ndarray, snr_db: float, rng: np.random.Generator,
+    def noise_variance(self, n: int, snr_db: float, noise: NoiseSource) -> torch.Tensor | float:
+        """Effective noise variance of ``n`` symbols: a float when they share it, else float32 [n] (fading drawn
+        from ``noise``)."""
+        return 10.0 ** (-snr_db / 10.0)
+
+    def transmit(self, s: torch.Tensor, snr_db: float, noise: NoiseSource,
                  fading: complex = 1.0 + 0.0j) -> LinkOutput:
-        raise NotImplementedError
+        """Send unit-power symbols ``s`` (complex64 [N]); the randomness comes from ``noise``."""
+        n = s.numel()
+        no_eff = self.noise_variance(n, snr_db, noise)
+        w = standard_noise(n, noise)
+        if isinstance(no_eff, torch.Tensor):
+            w.mul_(torch.sqrt(no_eff * 0.5))
+        else:
+            w.mul_(math.sqrt(no_eff * 0.5))
+        return LinkOutput(s + torch.complex(w[0], w[1]), no_eff, self.channel_uses(n), self.airtime_s(n))
 
     def gains(self, n: int, rng: np.random.Generator) -> np.ndarray:
         """Post-equalisation SNR of ``n`` symbols relative to the delivery's SNR (for the abstraction)."""
@@ -110,28 +141,40 @@ class SymbolLink:
 
 
 class AwgnLink(SymbolLink):
+    """y = s + n with N0 = 10^(-SNR/10), laid out as Sionna's ``AWGN`` draws it (:func:`standard_noise`), or
+    (``impl = "sionna"``) Sionna's ``AWGN`` block itself on a torch generator seeded from the noise source."""
+
     name = "awgn"
 
-    def transmit(self, s, snr_db, rng, fading=1.0 + 0.0j):
-        n0 = 10.0 ** (-snr_db / 10.0)
-        s_hat = s + complex_noise(rng, s.size, n0)
-        return LinkOutput(s_hat, np.full(s.size, n0, np.float32), s.size, self.airtime_s(s.size))
+    def __init__(self, config: LinkConfig) -> None:
+        super().__init__(config)
+        self._sionna_awgn = None
+        if config.impl == "sionna":
+            from sionna.phy.channel import AWGN
+
+            self._sionna_awgn = AWGN(device="cpu")
+
+    def transmit(self, s, snr_db, noise, fading=1.0 + 0.0j):
+        if self._sionna_awgn is None:
+            return super().transmit(s, snr_db, noise, fading)
+        no = 10.0 ** (-snr_db / 10.0)
+        with torch.no_grad(), sionna_rng(noise.torch_generator()):
+            y = self._sionna_awgn(s, no)
+        return LinkOutput(y, no, self.channel_uses(s.numel()), self.airtime_s(s.numel()))
 
 
 class RayleighBlockLink(SymbolLink):
-    """Flat block fading; ``snr_db`` is the realised SNR (average SNR x |h|^2), h the process's coefficient."""
+    """Flat block fading; ``snr_db`` is the realised SNR (average SNR x |h|^2), h the process's coefficient.
+
+    With perfect CSI the zero-forced estimate is y / h = s + n / h, whose noise variance N0_avg / |h|^2 is
+    10^(-snr_db/10) (``snr_db`` already contains 10 log10 |h|^2) and n / h is as circular as n.
+    """
 
     name = "rayleigh_block"
 
-    def transmit(self, s, snr_db, rng, fading=1.0 + 0.0j):
-        # snr_db already contains 10 log10 |h|^2: the post-equalisation noise is N0_avg / |h|^2 = 10^(-snr/10).
-        no_eff = 10.0 ** (-snr_db / 10.0)
-        s_hat = s + complex_noise(rng, s.size, no_eff)
-        return LinkOutput(s_hat, np.full(s.size, no_eff, np.float32), s.size, self.airtime_s(s.size))
-
 
 class RayleighSymbolLink(SymbolLink):
-    """i.i.d. Rayleigh per symbol around the average SNR, perfect CSI, zero-forcing."""
+    """i.i.d. Rayleigh per symbol around the average SNR, perfect CSI, zero forcing."""
 
     name = "rayleigh_symbol"
     flat = False
@@ -139,14 +182,10 @@ class RayleighSymbolLink(SymbolLink):
     def gains(self, n, rng):
         return rng.standard_exponential(n, dtype=np.float32)
 
-    def transmit(self, s, snr_db, rng, fading=1.0 + 0.0j):
-        n0 = 10.0 ** (-snr_db / 10.0)
-        g = rng.standard_exponential(s.size, dtype=np.float32)  # |h|^2 of CN(0, 1)
-        g = np.maximum(g, np.float32(1e-12))
-        no_eff = (n0 / g).astype(np.float32)
-        # y/h = s + n/h: the phase of h does not change the statistics of n/h (n is circular), so draw n/h directly.
-        s_hat = s + complex_noise(rng, s.size, no_eff)
-        return LinkOutput(s_hat, no_eff, s.size, self.airtime_s(s.size))
+    def noise_variance(self, n, snr_db, noise):
+        # |h|^2 of CN(0, 1) is Exp(1); y/h = s + n/h, and n/h is circular whatever the phase of h.
+        g = torch.from_numpy(noise.exponential(n)).clamp_(min=1e-12)
+        return torch.reciprocal(g).mul_(10.0 ** (-snr_db / 10.0))
 
 
 class TdlOfdmLink(SymbolLink):
@@ -179,8 +218,10 @@ class TdlOfdmLink(SymbolLink):
         self.estimator = LSChannelEstimator(self.rg, interpolation_type="nn", device="cpu")
         self.equalizer = LMMSEEqualizer(self.rg, StreamManagement(np.array([[1]]), 1), device="cpu")
         self.perfect_csi = o.csi == "perfect"
+        self._data_mask = self.rg.pilot_pattern.mask.reshape(-1).numpy() == 0
 
     flat = False
+    additive = False  # estimation error and inter-carrier structure: only transmit() is exact
 
     def gains(self, n, rng):
         """|h|^2 of the data resource elements of fresh TDL realisations (perfect CSI)."""
@@ -190,8 +231,7 @@ class TdlOfdmLink(SymbolLink):
         with torch.no_grad(), sionna_rng(gen):
             _, h = self.channel(self.mapper(x), torch.tensor(1.0))
         g = h.reshape(slots, -1).abs().square().numpy()
-        data = self.rg.pilot_pattern.mask.reshape(-1).numpy() == 0
-        return np.ascontiguousarray(g[:, data].reshape(-1)[:n], dtype=np.float32)
+        return np.ascontiguousarray(g[:, self._data_mask].reshape(-1)[:n], dtype=np.float32)
 
     def slots(self, n: int) -> int:
         return max(1, -(-int(n) // self.data_per_slot))
@@ -202,16 +242,20 @@ class TdlOfdmLink(SymbolLink):
     def airtime_s(self, n: int) -> float:
         return self.slots(n) * self.slot_s
 
-    def transmit(self, s, snr_db, rng, fading=1.0 + 0.0j):
-        n = s.size
+    def noise_variance(self, n, snr_db, noise):
+        raise TypeError("a TDL-OFDM link is not additive: use transmit()")
+
+    def transmit(self, s, snr_db, noise, fading=1.0 + 0.0j):
+        gen = noise.torch_generator()
+        n = s.numel()
         slots = self.slots(n)
-        padded = np.zeros(slots * self.data_per_slot, np.complex64)
+        padded = torch.zeros(slots * self.data_per_slot, dtype=torch.complex64)
         padded[:n] = s
-        if n < padded.size:  # fill with unit-power symbols so the pilots' neighbours look like data
-            padded[n:] = np.exp(1j * rng.uniform(0, 2 * np.pi, padded.size - n)).astype(np.complex64)
-        x = torch.from_numpy(padded).reshape(slots, 1, 1, self.data_per_slot)
+        if n < padded.numel():  # fill with unit-power symbols so the pilots' neighbours look like data
+            phase = torch.rand(padded.numel() - n, generator=gen, dtype=torch.float64) * (2 * math.pi)
+            padded[n:] = torch.polar(torch.ones_like(phase), phase).to(torch.complex64)
+        x = padded.reshape(slots, 1, 1, self.data_per_slot)
         no = torch.tensor(10.0 ** (-snr_db / 10.0), dtype=torch.float32)
-        gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
         with torch.no_grad(), sionna_rng(gen):
             y, h = self.channel(self.mapper(x), no)
             if self.perfect_csi:
@@ -219,9 +263,9 @@ class TdlOfdmLink(SymbolLink):
             else:
                 h_hat, err_var = self.estimator(y, no)
             x_hat, no_eff = self.equalizer(y, h_hat, err_var, no)
-        s_hat = x_hat.reshape(-1).numpy().astype(np.complex64)[:n]
-        ne = no_eff.reshape(-1).numpy().astype(np.float32)[:n]
-        return LinkOutput(s_hat, np.maximum(ne, np.float32(1e-12)), self.channel_uses(n), self.airtime_s(n))
+        s_hat = x_hat.reshape(-1)[:n].to(torch.complex64)
+        ne = no_eff.reshape(-1)[:n].to(torch.float32).clamp(min=1e-12)
+        return LinkOutput(s_hat, ne, self.channel_uses(n), self.airtime_s(n))
 
 
 def make_link(config: LinkConfig) -> SymbolLink:

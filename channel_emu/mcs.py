@@ -5,7 +5,10 @@
   is 8448 bits (base graph 1), or 3824 bits when the code rate is below 0.4 (base graph 2); blocks are equal-sized,
   the last padded with zeros. Each block is rate-matched to n = K / R bits, rounded up to a whole symbol.
 * BLER for a code block at an effective SINR: Sionna SYS ``PHYAbstraction`` tables (shipped with the package,
-  simulated for block sizes up to 2000 bits; larger blocks use the 2000-bit curve -- slightly pessimistic).
+  simulated for block sizes up to 2000 bits; larger blocks use the 2000-bit curve -- slightly pessimistic). The
+  interpolated table is read out once into numpy (:class:`BlerTable`, cached on disk under ``$MEGBED_CACHE_DIR`` or
+  ``~/.cache/megbed`` because building it takes seconds) and looked up exactly as ``get_bler`` does, without the
+  per-call torch overhead; ``impl="sionna"`` calls ``get_bler`` itself.
 * Effective SINR of a block under fading: Sionna SYS ``EESM``.
 * Link adaptation: the highest MCS whose BLER at the expected SNR is at most the target (what Sionna's
   ``InnerLoopLinkAdaptation`` does, evaluated for our code-block size).
@@ -14,9 +17,12 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
+import os
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,7 +32,7 @@ from channel_emu.config import MAX_MCS, MIN_MCS
 CRC_BITS = 24
 MCS_TABLE = 1
 MCS_CATEGORY = 1  # PDSCH: the ES -> UE downlink
-_PA_LOCK = threading.Lock()
+_PA_LOCK = threading.RLock()
 
 
 @functools.cache
@@ -40,13 +46,15 @@ def mcs_params(mcs: int) -> tuple[int, float]:
     return int(m), float(r)
 
 
+# The grids are coarser than Sionna's defaults (0.25 dB, 200-bit block sizes up to the simulated 2024 bits) to keep
+# start-up short; the tables themselves are Sionna's.
+SNR_GRID_DB = (-10.0, 30.01, 0.25)
+CBS_GRID = (24, 2024, 200)
+
+
 @functools.cache
 def phy_abstraction():
-    """One shared Sionna ``PHYAbstraction`` (building its interpolated tables takes seconds: done once per process).
-
-    The grids are coarser than Sionna's defaults (0.25 dB, 200-bit block sizes up to the simulated 2024 bits) to
-    keep start-up short; the tables themselves are Sionna's.
-    """
+    """One shared Sionna ``PHYAbstraction`` (building its interpolated tables takes seconds: done once per process)."""
     from sionna.sys import PHYAbstraction
 
     class _BlerOnly(PHYAbstraction):
@@ -56,8 +64,126 @@ def phy_abstraction():
             return None
 
     with _PA_LOCK, torch.no_grad():
-        return _BlerOnly(snr_db_interp_min_max_delta=(-10.0, 30.01, 0.25),
-                         cbs_interp_min_max_delta=(24, 2024, 200), device="cpu")
+        return _BlerOnly(snr_db_interp_min_max_delta=SNR_GRID_DB, cbs_interp_min_max_delta=CBS_GRID, device="cpu")
+
+
+def cache_dir() -> Path:
+    """Where start-up products are kept between processes: ``$MEGBED_CACHE_DIR`` or ``~/.cache/megbed``."""
+    return Path(os.environ.get("MEGBED_CACHE_DIR") or Path.home() / ".cache" / "megbed")
+
+
+class BlerTable:
+    """Sionna's interpolated PDSCH BLER table (MCS table 1) as a numpy array, looked up as
+    ``PHYAbstraction.get_bler`` does: nearest grid point in SNR (dB) and code-block size.
+
+    Parameters
+    ----------
+    table : numpy.ndarray, float32 [mcs, cbs, snr]
+        BLER per MCS index, code-block-size grid point and SNR grid point (non-finite: no table).
+    """
+
+    def __init__(self, table: np.ndarray) -> None:
+        self.table = np.ascontiguousarray(table, dtype=np.float32)
+        self.n_cbs, self.n_snr = self.table.shape[1:]
+
+    def snr_index(self, snr_db) -> np.ndarray:
+        """Nearest SNR grid index (round half to even, as ``get_bler``; it rounds in float32, so the two may pick
+        different neighbours within ~1e-6 dB of a midpoint between grid points)."""
+        idx = np.rint((np.asarray(snr_db, dtype=np.float64) - SNR_GRID_DB[0]) / SNR_GRID_DB[2])
+        return np.clip(idx, 0, self.n_snr - 1).astype(np.intp)
+
+    def cbs_index(self, cb_bits) -> np.ndarray:
+        idx = np.rint((np.asarray(cb_bits, dtype=np.float64) - CBS_GRID[0]) / CBS_GRID[2])
+        return np.clip(idx, 0, self.n_cbs - 1).astype(np.intp)
+
+    def lookup(self, mcs, cb_bits, snr_db) -> np.ndarray:
+        """BLER for broadcast MCS indices, block sizes and SNRs (dB); outside the tables -> 1, clipped to [0, 1]."""
+        b = self.table[np.asarray(mcs, dtype=np.intp), self.cbs_index(cb_bits), self.snr_index(snr_db)]
+        b = np.where(np.isfinite(b), b, np.float32(1.0)).astype(np.float64)
+        return np.atleast_1d(np.clip(b, 0.0, 1.0))
+
+    def scalar(self, mcs: int, cb_bits: int, snr_db: float) -> float:
+        """:meth:`lookup` for one (MCS, block size, SNR) in plain Python (the per-round call of the side block)."""
+        i = min(max(round((snr_db - SNR_GRID_DB[0]) / SNR_GRID_DB[2]), 0), self.n_snr - 1)
+        j = min(max(round((cb_bits - CBS_GRID[0]) / CBS_GRID[2]), 0), self.n_cbs - 1)
+        b = float(self.table[mcs, j, i])
+        return min(max(b, 0.0), 1.0) if math.isfinite(b) else 1.0
+
+    # --- building ------------------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_sionna(cls) -> BlerTable:
+        pa = phy_abstraction()
+        return cls(pa._bler_table_interp[MCS_CATEGORY, MCS_TABLE - 1].numpy())
+
+    @staticmethod
+    def cache_path() -> Path:
+        import sionna
+
+        key = f"{sionna.__version__}|{SNR_GRID_DB}|{CBS_GRID}|{MCS_CATEGORY}|{MCS_TABLE}"
+        digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+        return cache_dir() / "channel_emu" / f"bler_table_{digest}.npy"
+
+    @classmethod
+    def load(cls, path: Path | None = None) -> BlerTable:
+        """From the disk cache when it is there and sound, else built from Sionna (seconds) and cached."""
+        path = path or cls.cache_path()
+        try:
+            table = np.load(path, allow_pickle=False)
+            if table.ndim == 3 and table.dtype == np.float32 and table.shape[0] > MAX_MCS:
+                return cls(table)
+        except (OSError, ValueError):
+            pass  # missing or damaged: rebuilt, never trusted
+        built = cls.from_sionna()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            with open(tmp, "wb") as fh:
+                np.save(fh, built.table, allow_pickle=False)
+            os.replace(tmp, path)
+        except OSError:
+            pass  # a read-only home only costs the rebuild next time
+        return built
+
+
+@functools.cache
+def bler_table() -> BlerTable:
+    """The process-wide :class:`BlerTable` (disk-cached across processes)."""
+    with _PA_LOCK:
+        return BlerTable.load()
+
+
+@functools.lru_cache(maxsize=4096)
+def _bler_scalar(mcs: int, cb_bits: int, snr_centi_db: int) -> float:
+    return float(_bler_sionna(mcs, cb_bits, snr_centi_db / 100.0)[0])
+
+
+def bler(mcs: int | np.ndarray, cb_bits: int, snr_db: float | np.ndarray, impl: str = "fast") -> np.ndarray:
+    """Code-block error rate at effective SNR(s) ``snr_db`` (dB); MCS and SNR broadcast. Outside the table -> 1.
+
+    ``impl="fast"`` reads :func:`bler_table` with numpy; ``"sionna"`` calls ``PHYAbstraction.get_bler`` (a single
+    (MCS, SNR) pair through a cache on a 0.01 dB grid). Both read the same table at the same grid point.
+    """
+    if impl == "fast":
+        return bler_table().lookup(mcs, cb_bits, snr_db)
+    if np.ndim(mcs) == 0 and np.size(snr_db) == 1:
+        snr = float(np.asarray(snr_db).reshape(-1)[0])
+        return np.array([_bler_scalar(int(mcs), int(cb_bits), int(round(snr * 100)))])
+    return _bler_sionna(mcs, cb_bits, snr_db)
+
+
+def _bler_sionna(mcs: int | np.ndarray, cb_bits: int, snr_db: float | np.ndarray) -> np.ndarray:
+    snr, mcs_arr = np.broadcast_arrays(np.atleast_1d(np.asarray(snr_db, dtype=np.float64)),
+                                       np.atleast_1d(np.asarray(mcs, dtype=np.int64)))
+    pa = phy_abstraction()
+    with torch.no_grad():
+        b = pa.get_bler(torch.as_tensor(np.ascontiguousarray(mcs_arr), dtype=torch.int32), MCS_TABLE, MCS_CATEGORY,
+                        int(cb_bits), torch.as_tensor(10.0 ** (np.ascontiguousarray(snr) / 10.0),
+                                                      dtype=torch.float32))
+    out = b.numpy().astype(np.float64)
+    out[~np.isfinite(out)] = 1.0
+    # Below the tables' SNR grid the link is hopeless; above it, clean.
+    return np.clip(out, 0.0, 1.0)
 
 
 @functools.cache
@@ -65,35 +191,6 @@ def _eesm():
     from sionna.sys import EESM
 
     return EESM(device="cpu")
-
-
-@functools.lru_cache(maxsize=4096)
-def _bler_scalar(mcs: int, cb_bits: int, snr_centi_db: int) -> float:
-    return float(_bler(mcs, cb_bits, snr_centi_db / 100.0)[0])
-
-
-def bler(mcs: int | np.ndarray, cb_bits: int, snr_db: float | np.ndarray) -> np.ndarray:
-    """Code-block error rate at effective SNR(s) ``snr_db`` (dB); MCS and SNR broadcast. Outside the table -> 1.
-
-    A single (MCS, SNR) pair is looked up on a 0.01 dB grid through a cache (the tables' own grid is 0.25 dB).
-    """
-    if np.ndim(mcs) == 0 and np.size(snr_db) == 1:
-        snr = float(np.asarray(snr_db).reshape(-1)[0])
-        return np.array([_bler_scalar(int(mcs), int(cb_bits), int(round(snr * 100)))])
-    return _bler(mcs, cb_bits, snr_db)
-
-
-def _bler(mcs: int | np.ndarray, cb_bits: int, snr_db: float | np.ndarray) -> np.ndarray:
-    snr, mcs_arr = np.broadcast_arrays(np.atleast_1d(np.asarray(snr_db, dtype=np.float64)),
-                                       np.atleast_1d(np.asarray(mcs, dtype=np.int64)))
-    pa = phy_abstraction()
-    with torch.no_grad():
-        b = pa.get_bler(torch.as_tensor(np.ascontiguousarray(mcs_arr), dtype=torch.int32), MCS_TABLE, MCS_CATEGORY, int(cb_bits),
-                        torch.as_tensor(10.0 ** (np.ascontiguousarray(snr) / 10.0), dtype=torch.float32))
-    out = b.numpy().astype(np.float64)
-    out[~np.isfinite(out)] = 1.0
-    # Below the tables' SNR grid the link is hopeless; above it, clean.
-    return np.clip(out, 0.0, 1.0)
 
 
 def effective_snr_db(sinr_linear: np.ndarray, mcs: int) -> np.ndarray:
@@ -105,14 +202,23 @@ def effective_snr_db(sinr_linear: np.ndarray, mcs: int) -> np.ndarray:
     return 10.0 * np.log10(np.maximum(eff.numpy().reshape(-1).astype(np.float64), 1e-30))
 
 
-def select_mcs(snr_db: float, payload_bits: int, bler_target: float, max_cb_bits: int = 8448) -> int:
+def select_mcs(snr_db: float, payload_bits: int, bler_target: float, max_cb_bits: int = 8448,
+               impl: str = "fast") -> int:
     """Link adaptation: the highest MCS whose block BLER at ``snr_db`` is <= ``bler_target`` (else the lowest)."""
-    candidates = np.arange(MIN_MCS, MAX_MCS + 1)
-    cbs = [segment(max(payload_bits, 1), int(c), max_cb_bits).k for c in candidates]
+    candidates, cbs = _candidate_blocks(max(int(payload_bits), 1), int(max_cb_bits))
     # The table depends on the block size only weakly; one look-up per MCS at its own block size.
-    rates = np.array([bler(int(c), cb, snr_db)[0] for c, cb in zip(candidates, cbs, strict=True)])
+    if impl == "fast":
+        rates = bler_table().lookup(candidates, cbs, snr_db)
+    else:
+        rates = np.array([bler(int(c), int(cb), snr_db, impl)[0] for c, cb in zip(candidates, cbs, strict=True)])
     ok = candidates[rates <= bler_target]
     return int(ok.max()) if ok.size else MIN_MCS
+
+
+@functools.lru_cache(maxsize=256)
+def _candidate_blocks(payload_bits: int, max_cb_bits: int) -> tuple[np.ndarray, np.ndarray]:
+    candidates = np.arange(MIN_MCS, MAX_MCS + 1)
+    return candidates, np.array([segment(payload_bits, int(c), max_cb_bits).k for c in candidates])
 
 
 @dataclass(frozen=True)
@@ -159,6 +265,7 @@ class Segmentation:
         return self.coded_bits // self.bits_per_symbol
 
 
+@functools.lru_cache(maxsize=4096)
 def segment(payload_bits: int, mcs: int, max_cb_bits: int = 8448) -> Segmentation:
     """38.212-style code-block segmentation of ``payload_bits`` at MCS ``mcs``."""
     if payload_bits <= 0:

@@ -22,6 +22,7 @@ from channel_emu.config import LinkConfig
 from channel_emu.digital import CodedChain, qam_ber
 from channel_emu.links import make_link
 from channel_emu.mcs import mcs_params
+from channel_emu.noise import NoiseSource
 
 MODULATIONS = {"bpsk": 1, "qpsk": 2, "qam16": 4, "qam64": 6}
 HALF_RATE_MCS = {2: 7, 4: 13, 6: 19}  # PDSCH table 1 entries with a code rate near 1/2
@@ -46,6 +47,7 @@ def simulate(mode: str, modulation: str = "qpsk", ebno_db: float = 5.0, bits: in
     if bits < 16:
         raise ValueError("bits must be >= 16")
     rng = np.random.default_rng(seed)
+    noise = NoiseSource(int(rng.integers(2**63 - 1)))
     cfg = LinkConfig(model=model, snr_db=0.0, mode="coded" if mode == "coded" else "analog")
     link = make_link(cfg)
     m = MODULATIONS[modulation]
@@ -60,10 +62,9 @@ def simulate(mode: str, modulation: str = "qpsk", ebno_db: float = 5.0, bits: in
         mapper, demapper = Mapper(constellation, m), Demapper("app", constellation, m)
         snr_db = ebno_db + 10 * math.log10(m)
         with torch.no_grad():
-            x = mapper(torch.from_numpy(b.astype(np.float32)).reshape(1, -1)).reshape(-1).numpy()
-            res = link.transmit(x.astype(np.complex64), snr_db, rng)
-            llr = demapper(torch.from_numpy(res.s_hat).reshape(1, -1),
-                           torch.from_numpy(res.no_eff).reshape(1, -1))
+            x = mapper(torch.from_numpy(b.astype(np.float32)).reshape(1, -1)).reshape(-1)
+            res = link.transmit(x, snr_db, noise)
+            llr = demapper(res.s_hat.reshape(1, -1), res.no_eff_per_symbol().reshape(1, -1))
         hard = (llr.reshape(-1).numpy() > 0).astype(np.uint8)
         out.update(ber=float(np.mean(hard != b)), snr_db=snr_db, theory_ber=theory_ber(modulation, ebno_db, model))
     elif mode == "coded":
@@ -75,14 +76,14 @@ def simulate(mode: str, modulation: str = "qpsk", ebno_db: float = 5.0, bits: in
             raise ValueError(f"MCS {idx} is {2 ** bps}-QAM, not {modulation}")
         snr_db = ebno_db + 10 * math.log10(m * rate)
         b = rng.integers(0, 2, bits, dtype=np.uint8)
-        res = CodedChain(cfg).transfer(b, idx, link, snr_db, rng, 1 + 0j, harq=False, max_retransmissions=0)
+        res = CodedChain(cfg).transfer(b, idx, link, snr_db, noise, 1 + 0j, harq=False, max_retransmissions=0)
         out.update(ber=float(np.mean(res.bits != b)), bler=res.failures / res.attempts, mcs=idx,
                    code_rate=res.seg.code_rate, blocks=res.seg.num_blocks, snr_db=snr_db)
     elif mode == "analog":
         n = max(2, bits // 16)
         x = rng.standard_normal(n).astype(np.float16)
         snr_db = ebno_db + 10 * math.log10(32)
-        res = transmit_values({"x": x}, link, snr_db, rng, equalizer="zf")
+        res = transmit_values({"x": x}, link, snr_db, noise, equalizer="zf")
         out.update(nmse=res.nmse, snr_db=snr_db, theory_nmse=10 ** (-snr_db / 10))
     else:
         raise ValueError(f"mode {mode!r} is not one of ('uncoded', 'analog', 'coded')")

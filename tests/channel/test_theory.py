@@ -46,12 +46,14 @@ def test_analog_nmse_is_one_over_snr(snr_db):
     from channel_emu.analog import transmit_values
     from channel_emu.config import LinkConfig
     from channel_emu.links import make_link
+    from channel_emu.noise import NoiseSource
 
     rng = np.random.default_rng(0)
+    noise = NoiseSource(0)
     x = rng.standard_normal(40_000).astype(np.float32)
     link = make_link(LinkConfig(snr_db=snr_db))
-    zf = transmit_values({"x": x}, link, snr_db, rng, equalizer="zf")
-    mmse = transmit_values({"x": x}, link, snr_db, rng, equalizer="mmse")
+    zf = transmit_values({"x": x}, link, snr_db, noise, equalizer="zf")
+    mmse = transmit_values({"x": x}, link, snr_db, noise, equalizer="mmse")
     s = 10 ** (snr_db / 10)
     assert zf.nmse == pytest.approx(1 / s, rel=0.05)
     assert mmse.nmse == pytest.approx(1 / (1 + s), rel=0.05)
