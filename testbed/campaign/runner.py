@@ -202,6 +202,7 @@ class CampaignRunner:
         self.cluster: Any = None
         self.orch: Orchestrator | None = None
         self._stop_reason: str | None = None
+        self._refs: ReferenceCache | None = None
 
     # --- setup ------------------------------------------------------------------------------------------------------
 
@@ -417,8 +418,8 @@ class CampaignRunner:
             self.orch = self._start_nodes()
             self._record_nodes(run_id)
             es_engine = self.orch.es.info.get("engine") or {}
-            refs = ReferenceCache(self.run_dir / "references", self.spec.reference_n_steps,
-                                  str(es_engine.get("model_fingerprint", es_engine.get("model", ""))))
+            refs = self._refs = ReferenceCache(self.run_dir / "references", self.spec.reference_n_steps,
+                                               str(es_engine.get("model_fingerprint", es_engine.get("model", ""))))
             self._warmup(todo)
             writer = DatasetWriter(self.run_dir, rows_per_part=1000)
             self._loop(todo, refs, writer, run_id, summary, attempts)
@@ -435,7 +436,7 @@ class CampaignRunner:
                     self._record_nodes(run_id)
                 M.update_manifest(self.run_dir, campaign={
                     "runs": [*runs, {"resume": resume, **summary.to_dict(),
-                                     "references_computed": None}]})
+                                     "references_computed": getattr(self._refs, "computed", 0)}]})
             finally:
                 if self.orch is not None:
                     self.orch.close()
