@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from analysis.figures import costs, decoder, energy, latency, policy, quality, timeline  # noqa: F401
+from analysis.figures import costs, decoder, distill, energy, latency, policy, quality, timeline  # noqa: F401
 from analysis.figures.registry import (  # noqa: F401
     REGISTRY,
     FigureContext,

@@ -24,6 +24,8 @@ from typing import Any
 
 from testbed.cli.main import CliError
 
+DEFAULT_SNRS_DB = (20.0, 10.0, 5.0, 0.0, -4.0)  # as testbed.distill.evaluate (kept here: --help imports no torch)
+
 
 def _default_model() -> Path | None:
     from testbed.assets import default_model_dir
@@ -325,12 +327,14 @@ def register(sub) -> None:
                    help="'distilled' (<model>/ue_decoder) or a decoder folder (e.g. RUN/ue_decoder)")
     e.add_argument("--prompts", default="shapes", help="'shapes' (the fixed held-out set) or a prompt file")
     e.add_argument("--num-prompts", type=int, default=32, help="held-out prompts (default 32)")
-    e.add_argument("--steps", type=_ints, default=[4, 8], help="ES step counts N to evaluate (default 4,8)")
+    e.add_argument("--steps", type=_ints, default=[4, 7, 10],
+                   help="ES step counts N to evaluate (default 4,7,10: 7 is not among the default training N)")
     e.add_argument("--n-ref", type=int, default=12, help="reference steps (default 12)")
     e.add_argument("--table-steps", type=_ints, default=None, help="N averaged in the table (default: all < n-ref)")
     e.add_argument("--betas", type=_floats, default=[0.0, 0.25, 0.5, 0.75], help="merge ratios")
-    e.add_argument("--snr-db", type=_floats, default=[20.0, 10.0, 5.0, 0.0],
-                   help="analog-link SNRs in dB (noiseless is always included)")
+    e.add_argument("--snr-db", type=_floats, default=list(DEFAULT_SNRS_DB),
+                   help="analog-link SNRs in dB (default 20,10,5,0,-4; noiseless is always included; the paper's "
+                        "link spans -4.4..+2.2 dB)")
     e.add_argument("--sigma", type=_floats, default=None, help="also the paper's Gaussian noise at these std")
     e.add_argument("--link-config", type=Path, default=None, help="link file for the SNR conditions (default AWGN)")
     e.add_argument("--guidance", type=float, default=5.0, help="CFG scale (default 5)")

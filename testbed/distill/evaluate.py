@@ -29,7 +29,7 @@ from testbed.distill.link import NoiseDraw, TrainingLink
 from testbed.ldm.metrics import MSE_FLOOR
 
 DEFAULT_BETAS = (0.0, 0.25, 0.5, 0.75)
-DEFAULT_SNRS_DB = (20.0, 10.0, 5.0, 0.0)
+DEFAULT_SNRS_DB = (20.0, 10.0, 5.0, 0.0, -4.0)
 SUMMARY_COLUMNS = ("decoder", "beta", "condition", "kind", "snr_db", "sigma", "steps", "n_images",
                    "neg_log_mse_mean", "neg_log_mse_ci95", "psnr_db_mean", "psnr_db_ci95", "mse_mean")
 
