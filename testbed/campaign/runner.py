@@ -28,6 +28,7 @@ import math
 import random
 import re
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -403,6 +404,8 @@ class CampaignRunner:
 
         # Quality metrics run here between requests; one thread keeps them off the nodes' cores.
         torch.set_num_threads(1)
+        # Heartbeat and delivery threads share the GIL with the main loop: hand it over quickly.
+        sys.setswitchinterval(0.0005)
         run_id = self._prepare_dir(resume)
         plan = ordered_requests(self.spec)
         done, attempts = completed_requests(self.run_dir) if resume else (set(), {})

@@ -11,12 +11,15 @@ import argparse
 import logging
 import signal
 import socket
+import sys
 from pathlib import Path
 from typing import Any
 
 from testbed.cli.main import CliError
 
 log = logging.getLogger(__name__)
+
+SWITCH_INTERVAL_S = 0.0005
 
 
 def add_common_flags(p: argparse.ArgumentParser, role: str) -> None:
@@ -144,6 +147,9 @@ def serve(node: Any, meter: Any) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    # The loop thread answers heartbeats and clock sync while the worker computes; a short GIL switch interval
+    # (default 5 ms) keeps those answers and the job hand-offs from waiting on the worker's Python code.
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     print(f"{node.server.name} ({node.role}) serving on {node.address}", flush=True)
     try:
         node.serve_forever()
