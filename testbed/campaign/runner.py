@@ -204,6 +204,7 @@ class CampaignRunner:
         self.orch: Orchestrator | None = None
         self._stop_reason: str | None = None
         self._refs: ReferenceCache | None = None
+        self._next_ue = 0
 
     # --- setup ------------------------------------------------------------------------------------------------------
 
@@ -292,7 +293,12 @@ class CampaignRunner:
             t0 = time.monotonic_ns()
             try:
                 ref = refs.get(this, self.orch, spec.timeouts.request_s)
-                outcome = self.orch.generate(this, timeout_s=spec.timeouts.request_s)
+                # Several UEs take turns (one request at a time, so they never share the ES's compute).
+                ue = self._next_ue % len(self.orch.ues)
+                self._next_ue += 1
+                outcome = self.orch.generate(this, ue=ue, timeout_s=spec.timeouts.request_s)
+                if len(self.orch.ues) > 1:
+                    extra = {**extra, "ue_name": outcome.ue_name}
                 quality = self._quality(outcome.image, ref, rid)
                 rows = R.outcome_rows(outcome, run_id, quality=quality, extra=extra)
                 writer.extend(rows)
