@@ -173,8 +173,7 @@ class NodeServer:
             zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
             | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
         )
-        self._results = self.ctx.socket(zmq.PULL)
-        self._results.setsockopt(zmq.LINGER, 0)
+        self._results = make_socket(self.ctx, zmq.PULL, timeout_s=1.0, max_message_bytes=-1)
         self._results.bind(self._inproc)
         self._worker: threading.Thread | None = None
         # Callables run on the worker thread as it exits (closing sockets the jobs created there).
@@ -338,8 +337,8 @@ class NodeServer:
     # --- worker -----------------------------------------------------------------------------------------------------
 
     def _work(self) -> None:
-        push = self.ctx.socket(zmq.PUSH)
-        push.setsockopt(zmq.LINGER, 0)
+        # In-process hand-off; the send timeout only matters if the loop stopped draining (shutdown).
+        push = make_socket(self.ctx, zmq.PUSH, timeout_s=30.0, max_message_bytes=-1)
         push.connect(self._inproc)
         try:
             while True:
@@ -362,7 +361,10 @@ class NodeServer:
                 except FrameError as exc:
                     log.error("%s: reply to %r is not encodable: %s", self.name, frame.kind, exc)
                     parts = to_parts(error_frame(str(exc), code=P.CODE_INTERNAL, node=self.name))
-                push.send_multipart([*peer.envelope, b"", *parts], copy=False)
+                try:
+                    push.send_multipart([*peer.envelope, b"", *parts], copy=False)
+                except zmq.Again:
+                    log.error("%s: answer to %r dropped: the server loop is not draining", self.name, frame.kind)
         finally:
             for fn in self.worker_cleanup:
                 try:
