@@ -77,3 +77,19 @@ def test_config_errors_name_the_key():
         DistillConfig(amp="bf16")  # autocast only on CUDA
     cfg = DistillConfig(steps=7, noise={"kind": "sigma"})
     assert DistillConfig.from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("amp", ["none", "bf16", "fp16"])
+def test_gpu_training_and_resume(tiny, tiny_cache, recipe, tmp_path, amp):
+    cfg = recipe.replace(device="cuda", amp=amp, steps=3, checkpoint_every=2)
+    dist = Distiller(tiny, tiny_cache, cfg, tmp_path)
+    summary = dist.fit(progress=False)
+    assert summary["device"] == "cuda" and math.isfinite(summary["val_final"]["val_mse"])
+    assert all(p.device.type == "cuda" for _, p in dist.decoder.named_trainable())
+    again = Distiller(tiny, tiny_cache, cfg, tmp_path)
+    assert again.resume() == 3
+    if amp == "fp16":
+        assert again.scaler.get_scale() == dist.scaler.get_scale()
+    for (n, a), (_, b) in zip(dist.decoder.named_trainable(), again.decoder.named_trainable(), strict=True):
+        assert torch.equal(a, b), n
