@@ -97,7 +97,8 @@ class OrchestratorTestbed:
         ref = self.refs.get(req, self.orch, spec.timeouts.request_s)
         outcome = self.orch.generate(req, timeout_s=spec.timeouts.request_s)
         quality = R.quality_columns(outcome.image, ref)
-        rows = R.outcome_rows(outcome, self.run_id, quality=quality, extra={"model": spec.model_dir.name})
+        rows = R.outcome_rows(outcome, self.run_id, quality=quality, extra={"model": spec.model_dir.name},
+                              tx_power_dbm=spec.tx_power_dbm())
         self.writer.extend(rows)
         self.writer.flush()
         e2e = rows[-1]

@@ -205,6 +205,7 @@ class CampaignRunner:
         self._stop_reason: str | None = None
         self._refs: ReferenceCache | None = None
         self._next_ue = 0
+        self._tx_dbm = spec.tx_power_dbm()
 
     # --- setup ------------------------------------------------------------------------------------------------------
 
@@ -300,7 +301,7 @@ class CampaignRunner:
                 if len(self.orch.ues) > 1:
                     extra = {**extra, "ue_name": outcome.ue_name}
                 quality = self._quality(outcome.image, ref, rid)
-                rows = R.outcome_rows(outcome, run_id, quality=quality, extra=extra)
+                rows = R.outcome_rows(outcome, run_id, quality=quality, extra=extra, tx_power_dbm=self._tx_dbm)
                 writer.extend(rows)
                 writer.flush()
                 self._keep_image(this, outcome.image)

@@ -252,6 +252,14 @@ class CampaignSpec:
             "curve": None if self.curve_keys_dir is None else {"keys_dir": str(self.curve_keys_dir)},
         }
 
+    def tx_power_dbm(self) -> float:
+        """The ES's transmit power of the link (dBm): the link config's, else the emulator's default (the paper's
+        30 dBm). Used for the link rows' modeled transmit energy (P_tx x airtime)."""
+        from channel_emu.config import LinkConfig
+
+        config = LinkConfig.load(self.link_config) if self.link_config is not None else LinkConfig()
+        return float(config.pathloss.tx_power_dbm)
+
     def config_hash(self) -> str:
         """SHA-256 of the resolved configuration, as the run manifest records it."""
         from measurements.manifest import config_hash
@@ -493,6 +501,13 @@ def validate_spec(data: Any, *, base_dir: Path, source: str = "<spec>", check_pa
             link_config = _resolve_path(base_dir, lc)
             if check_paths and not link_config.is_file():
                 chk.bad("link_config", f"{link_config} does not exist")
+            elif link_config.is_file():
+                try:
+                    from channel_emu.config import LinkConfig
+
+                    LinkConfig.load(link_config)
+                except Exception as exc:  # noqa: BLE001 - the emulator's own error names the bad key
+                    chk.bad("link_config", f"{link_config}: {exc}")
 
     profiles_in = d.get("profiles") or {}
     profiles: dict[str, str | None] = {"es": None, "ue": None}

@@ -110,3 +110,12 @@ def test_frozen_spec_resolves_identically_elsewhere(tmp_path):
     again = load_spec(other / "c.yaml")
     assert again.resolved() == spec.resolved() and again.config_hash() == spec.config_hash()
     assert [r.request_id for r in again.requests()] == [r.request_id for r in spec.requests()]
+
+
+def test_broken_link_config_is_a_spec_error(tmp_path):
+    _model(tmp_path)
+    (tmp_path / "link.yaml").write_text("mode: telepathy\n")
+    with pytest.raises(SpecError, match="link_config"):
+        _validate(tmp_path, dict(GOOD, link_config="link.yaml"))
+    (tmp_path / "good.yaml").write_text("mode: analog\npathloss: {tx_power_dbm: 20}\n")
+    assert _validate(tmp_path, dict(GOOD, link_config="good.yaml")).tx_power_dbm() == 20.0
