@@ -64,21 +64,28 @@ def build_engine(args: argparse.Namespace, *, decoder: str | None = None) -> Any
         raise CliError(f"cannot load the model in {model}: {exc}") from exc
 
 
-def build_meter(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
-    """The node's started meter (or None) and what the manifest should say about it and the firmware profile."""
+def load_profile_arg(args: argparse.Namespace) -> Any:
+    """The ``--profile`` (validated before the model loads, so a typo fails in a second, not after minutes)."""
+    if not args.profile:
+        return None
+    try:
+        from firmware_profiles import load_profile
+    except ImportError as exc:
+        raise CliError(f"--profile {args.profile}: the firmware_profiles loader is not installed: {exc}") from exc
+    try:
+        return load_profile(args.profile)
+    except Exception as exc:  # noqa: BLE001 - a broken profile stops the node before anything runs
+        raise CliError(f"firmware profile {args.profile!r}: {exc}") from exc
+
+
+def build_meter(args: argparse.Namespace, profile: Any = None) -> tuple[Any, dict[str, Any]]:
+    """The node's started meter (or None) and what the manifest should say about it and the firmware profile.
+
+    Call after the model has loaded: the idle baseline must be measured on a quiet node.
+    """
     info: dict[str, Any] = {"host": socket.gethostname()}
-    profile = None
-    if args.profile:
-        try:
-            from firmware_profiles import load_profile
-        except ImportError as exc:
-            raise CliError(f"--profile {args.profile}: the firmware_profiles loader is not installed: {exc}") from exc
-        try:
-            profile = load_profile(args.profile)
-        except Exception as exc:  # noqa: BLE001 - a broken profile stops the node before anything runs
-            raise CliError(f"firmware profile {args.profile!r}: {exc}") from exc
-        info["firmware_profile"] = {"name": args.profile}
-        info["firmware_profile"]["verify"] = _verify_profile(profile)
+    if profile is not None:
+        info["firmware_profile"] = {"name": profile.name, "verify": _verify_profile(profile)}
     if args.probe == "none":
         info["meter"] = None
         info["meter_absent_reason"] = "started with --probe none"

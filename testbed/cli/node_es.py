@@ -19,8 +19,9 @@ def add_node_parser(kinds) -> None:
 def run(args: argparse.Namespace) -> int:
     from testbed.nodes.es import EsNode
 
+    profile = C.load_profile_arg(args)
     engine = C.build_engine(args)
-    meter, info = C.build_meter(args)
+    meter, info = C.build_meter(args, profile)
     node = EsNode(engine, meter=meter, name=args.name, bind=args.bind, curve=C.server_curve(args, "es"),
                   limits=C.limits(args), info=info)
     return C.serve(node, meter)

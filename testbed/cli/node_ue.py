@@ -29,8 +29,9 @@ def add_node_parser(kinds) -> None:
 def run(args: argparse.Namespace) -> int:
     from testbed.nodes.ue import UeNode
 
+    profile = C.load_profile_arg(args)
     engine = C.build_engine(args, decoder=args.decoder)
-    meter, info = C.build_meter(args)
+    meter, info = C.build_meter(args, profile)
     node = UeNode(engine, es_address=args.es, meter=meter, name=args.name, bind=args.bind,
                   curve=C.server_curve(args, "ue"), es_curve=C.client_curve(args, "ue", "es", args.es_key),
                   limits=C.limits(args), request_timeout_s=args.request_timeout_s, info=info)
