@@ -17,7 +17,7 @@ Layout (every section optional; defaults are the paper's link)::
                request_interval_s: 3.0, ...}
     ofdm:     {fft_size: 64, num_ofdm_symbols: 14, cp_length: 8, pilot_ofdm_symbols: [2, 11],
                delay_spread_s: 1.0e-7, csi: ls_lmmse}
-    decoder:  {kind: fast, num_iter: 20, device: auto}
+    decoder:  {kind: fast, num_iter: 20, device: auto, threads: 1}
     impl: fast              # fast | sionna: hand-written equivalents of Sionna's blocks, or Sionna's own
     analog:   {equalizer: mmse}
     uplink_delay_s: 0.0
@@ -103,11 +103,16 @@ class OfdmConfig:
 
 @dataclass
 class DecoderConfig:
-    """LDPC decoding: ``fast`` (layered normalised min-sum with early stop) or ``sionna`` (LDPC5GDecoder)."""
+    """LDPC decoding: ``fast`` (layered normalised min-sum with early stop) or ``sionna`` (LDPC5GDecoder).
+
+    ``threads``: numba threads for the fast encoder and decoder (codewords in parallel); 0 = all cores. 1 by default:
+    on two cores shared with other work a second thread rarely finds a free core and the first then waits for it.
+    """
 
     kind: str = "fast"
     num_iter: int = 20
     device: str = "auto"
+    threads: int = 1
 
 
 @dataclass
@@ -340,6 +345,7 @@ def validate(cfg: LinkConfig) -> None:
     d = cfg.decoder
     _check(d.kind in DECODERS, "decoder.kind", f"{d.kind!r} is not one of {DECODERS}")
     _check(1 <= d.num_iter <= 200, "decoder.num_iter", "must be in [1, 200]")
+    _check(0 <= d.threads <= 256, "decoder.threads", "must be in [0, 256] (0: all cores)")
     _check(d.device in ("auto", "cpu") or d.device.startswith("cuda"), "decoder.device", "auto | cpu | cuda[:N]")
     _check(cfg.analog.equalizer in EQUALIZERS, "analog.equalizer",
            f"{cfg.analog.equalizer!r} is not one of {EQUALIZERS}")

@@ -1,10 +1,10 @@
 """Digital transport of bits over a link model: the ``coded`` chain (Sionna 5G LDPC, simulated) and its
 ``abstraction`` (Sionna SYS BLER tables), with the same segmentation, airtime and HARQ accounting.
 
-**coded**: bits -> code blocks with CRC-24B (Sionna ``CRCEncoder``) -> 5G LDPC with rate matching and bit
-interleaving (Sionna ``LDPC5GEncoder``) -> QAM (Sionna ``Mapper``) -> the link model -> APP demapping with the
-per-symbol effective noise (Sionna ``Demapper``) -> LDPC decoding (:mod:`channel_emu.ldpc_fast` on CPU, Sionna's
-``LDPC5GDecoder`` on CUDA or when asked) -> CRC check. A block whose CRC fails is a block error. Residual errors:
+**coded** (:class:`channel_emu.coded.CodedChain`): bits -> code blocks with CRC-24B -> 5G LDPC with rate matching
+and bit interleaving -> QAM -> the link model -> APP demapping with the per-symbol effective noise -> LDPC decoding
+-> CRC check, by Sionna's blocks or their fast equivalents (``impl``). A block whose CRC fails is a block error.
+Residual errors:
 
 * ``corrupt``: one transmission; failed blocks deliver their decoded (wrong) bits.
 * ``harq``: failed blocks are sent again with the next redundancy version (0, 2, 3, 1, ...: incremental redundancy
@@ -24,17 +24,13 @@ Airtime and symbol counts come from the actual coded symbols of every transmissi
 from __future__ import annotations
 
 import math
-import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 from scipy.special import erfc
 
-from channel_emu.config import LinkConfig
 from channel_emu.links import SymbolLink
 from channel_emu.mcs import CRC_BITS, Segmentation, bler, bler_table, effective_snr_db, segment
-from channel_emu.noise import NoiseSource
 
 RV_SEQUENCE = (0, 2, 3, 1)
 
@@ -59,6 +55,8 @@ class DigitalResult:
         Block decoding attempts and failed attempts over all rounds.
     residual_blocks : int
         Blocks still wrong when delivered.
+    timings_s : dict[str, float]
+        Processing time per stage (coded chain: crc, encode, map, channel, demap, decode), seconds.
     """
 
     bits: np.ndarray
@@ -73,6 +71,7 @@ class DigitalResult:
     residual_blocks: int
     failed_blocks: np.ndarray | None = None
     failed_snr_db: np.ndarray | None = None
+    timings_s: dict[str, float] = field(default_factory=dict)
 
     @property
     def retransmissions(self) -> int:
@@ -91,115 +90,11 @@ def qam_ber(bits_per_symbol: int, snr_db: float | np.ndarray) -> np.ndarray:
     return np.minimum(0.5, (2.0 / m) * (1.0 - 1.0 / math.sqrt(big_m)) * erfc(arg))
 
 
-def _bits_to_blocks(bits: np.ndarray, seg: Segmentation) -> np.ndarray:
+def bits_to_blocks(bits: np.ndarray, seg: Segmentation) -> np.ndarray:
+    """uint8 0/1 bits -> [blocks, info bits per block], the last block zero-padded."""
     padded = np.zeros(seg.num_blocks * seg.info_per_block, np.uint8)
     padded[:bits.size] = bits
     return padded.reshape(seg.num_blocks, seg.info_per_block)
-
-
-class CodedChain:
-    """The simulated 5G LDPC chain; encoders/decoders are cached per (k, n, modulation, HARQ)."""
-
-    SIONNA_CHUNK = 8  # Sionna's decoder is ~3x faster on chunks of ~8 codewords than on one large batch
-
-    def __init__(self, config: LinkConfig) -> None:
-        self.config = config
-        dev = config.decoder.device
-        if dev == "auto":
-            dev = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = dev
-        # On a GPU Sionna's batched decoder is the fast one; on CPU the numba core (unless asked otherwise).
-        self.decoder_kind = "sionna" if dev.startswith("cuda") else config.decoder.kind
-        self._codecs: dict[tuple, tuple] = {}
-        self._blocks: dict[int, tuple] = {}
-        self._lock = threading.Lock()
-
-    def _modem(self, m: int):
-        from sionna.phy.fec.crc import CRCDecoder, CRCEncoder
-        from sionna.phy.mapping import Demapper, Mapper
-
-        if m not in self._blocks:
-            crc_enc = CRCEncoder("CRC24B", device=self.device)
-            self._blocks[m] = (Mapper("qam", m, device=self.device), Demapper("app", "qam", m, device=self.device),
-                               crc_enc, CRCDecoder(crc_enc, device=self.device))
-        return self._blocks[m]
-
-    def codec(self, k: int, n: int, m: int, harq: bool):
-        """(encoder, decoder) for one block geometry."""
-        from sionna.phy.fec.ldpc import LDPC5GDecoder, LDPC5GEncoder
-
-        key = (k, n, m, harq, self.decoder_kind)
-        with self._lock:
-            if key not in self._codecs:
-                enc = LDPC5GEncoder(k, n, num_bits_per_symbol=m, device=self.device)
-                it = self.config.decoder.num_iter
-                if self.decoder_kind == "fast":
-                    from channel_emu.ldpc_fast import FastLDPC5GDecoder
-
-                    dec = FastLDPC5GDecoder(enc, num_iter=it, harq_mode=harq)
-                else:
-                    dec = LDPC5GDecoder(enc, num_iter=it, harq_mode=harq, device=self.device)
-                self._codecs[key] = (enc, dec)
-            return self._codecs[key]
-
-    def _decode(self, dec, llr: torch.Tensor, rv: list[int] | None) -> torch.Tensor:
-        kw = {"rv": rv} if rv is not None else {}
-        if self.decoder_kind == "fast":
-            return dec(llr, **kw)
-        return torch.cat([dec(llr[i:i + self.SIONNA_CHUNK], **kw) for i in range(0, llr.shape[0], self.SIONNA_CHUNK)])
-
-    def transfer(self, bits: np.ndarray, mcs: int, link: SymbolLink, snr_db: float, noise: NoiseSource,
-                 fading: complex, harq: bool, max_retransmissions: int) -> DigitalResult:
-        """Send ``bits`` (uint8 0/1) at MCS ``mcs``; returns the delivered bits and the accounting."""
-        seg = segment(bits.size, mcs, self.config.max_cb_bits)
-        m = seg.bits_per_symbol
-        mapper, demapper, crc_enc, crc_dec = self._modem(m)
-        enc, dec = self.codec(seg.k, seg.n, m, harq)
-        with torch.no_grad():
-            u = torch.from_numpy(_bits_to_blocks(bits, seg).astype(np.float32)).to(self.device)
-            u_crc = crc_enc(u)
-            decoded = torch.zeros_like(u)
-            pending = np.arange(seg.num_blocks)
-            llr_hist: list[torch.Tensor] = []
-            keep_prev = torch.zeros(0, dtype=torch.long)  # which of the last round's blocks failed
-            rounds = 1 + (max_retransmissions if harq else 0)
-            coded = symbols = uses = attempts = failures = 0
-            airtime = 0.0
-            used = 0
-            for r in range(rounds):
-                used = r + 1
-                rv = RV_SEQUENCE[r % len(RV_SEQUENCE)]
-                idx = torch.from_numpy(pending).to(self.device)
-                c = enc(u_crc[idx], rv=[rv])[:, 0, :] if harq else enc(u_crc[idx])
-                x = mapper(c)
-                out = link.transmit(x.reshape(-1).cpu(), snr_db, noise, fading)
-                y = out.s_hat.to(self.device).reshape(x.shape)
-                no = out.no_eff_per_symbol().to(self.device).reshape(x.shape)
-                llr = demapper(y, no)
-                coded += c.numel()
-                symbols += x.numel()
-                uses += out.channel_uses
-                airtime += out.airtime_s
-                if harq:
-                    llr_hist = [h[keep_prev] for h in llr_hist] if r else []
-                    llr_hist.append(llr)
-                    stacked = torch.stack(llr_hist, dim=1) if len(llr_hist) > 1 else llr_hist[0]
-                    rvs = [RV_SEQUENCE[i % len(RV_SEQUENCE)] for i in range(len(llr_hist))]
-                    u_hat = self._decode(dec, stacked, rvs)
-                else:
-                    u_hat = self._decode(dec, llr, None)
-                _, crc_ok = crc_dec(u_hat)
-                ok = crc_ok.reshape(-1).cpu().numpy().astype(bool)
-                decoded[idx] = u_hat[:, :seg.info_per_block].to(decoded.dtype)
-                attempts += pending.size
-                failures += int((~ok).sum())
-                keep_prev = torch.from_numpy(np.nonzero(~ok)[0]).to(self.device)
-                pending = pending[~ok]
-                if pending.size == 0:
-                    break
-        out_bits = decoded.reshape(-1).to(torch.uint8).cpu().numpy()[:bits.size]
-        return DigitalResult(out_bits, seg, used, coded, symbols, uses, airtime, attempts, failures,
-                             int(pending.size))
 
 
 def abstract_transfer(bits: np.ndarray | None, payload_bits: int, mcs: int, link: SymbolLink, snr_db: float,
@@ -318,4 +213,5 @@ def corrupt_bytes(raw: np.ndarray, seg: Segmentation, failed: np.ndarray, snr_db
     return flips
 
 
-__all__ = ["CRC_BITS", "CodedChain", "DigitalResult", "abstract_transfer", "corrupt_bits", "corrupt_bytes", "qam_ber"]
+__all__ = ["CRC_BITS", "RV_SEQUENCE", "DigitalResult", "abstract_transfer", "bits_to_blocks", "corrupt_bits", "corrupt_bytes",
+           "qam_ber"]

@@ -38,8 +38,9 @@ import numpy as np
 import torch
 
 from channel_emu.analog import SCALE_BITS, transmit_values
+from channel_emu.coded import CodedChain
 from channel_emu.config import LinkConfig, LinkConfigError
-from channel_emu.digital import CodedChain, DigitalResult, abstract_transfer, corrupt_bytes
+from channel_emu.digital import DigitalResult, abstract_transfer, corrupt_bytes
 from channel_emu.links import SymbolLink, make_link
 from channel_emu.mcs import select_mcs
 from channel_emu.noise import NoiseSource
@@ -314,6 +315,10 @@ class ChannelEmulator:
 
     @staticmethod
     def _account(rec: DeliveryRecord, res: DigitalResult) -> None:
+        if res.timings_s:  # coded chain: where the processing time went, per stage (data and side together)
+            stages = rec.extra.setdefault("stage_s", {})
+            for k, v in res.timings_s.items():
+                stages[k] = stages.get(k, 0.0) + v
         rec.coded_bits += res.coded_bits
         rec.symbols += res.channel_uses
         rec.airtime_s += res.airtime_s

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from numba import float32, njit
 
 from channel_emu.config import LinkConfig
 from channel_emu.noise import NoiseSource
@@ -135,9 +136,42 @@ class SymbolLink:
             w.mul_(math.sqrt(no_eff * 0.5))
         return LinkOutput(s + torch.complex(w[0], w[1]), no_eff, self.channel_uses(n), self.airtime_s(n))
 
+    def transmit_array(self, x: np.ndarray, snr_db: float, noise: NoiseSource, fading: complex = 1.0 + 0.0j
+                       ) -> tuple[np.ndarray, float | np.ndarray, int, float]:
+        """:meth:`transmit` on numpy complex64 symbols: (s_hat, no_eff as a float or float32 [N], channel uses,
+        airtime). Additive links add the noise in one numba loop (same draws as :meth:`transmit`), with no torch
+        tensor; the others go through :meth:`transmit`."""
+        x = np.ascontiguousarray(x, dtype=np.complex64).reshape(-1)
+        if not self.additive:
+            return self._transmit_via_torch(x, snr_db, noise, fading)
+        n = x.size
+        no_eff = self.noise_variance(n, snr_db, noise)
+        w = noise.standard_normal(2 * n)
+        y = np.empty(n, np.complex64)
+        if isinstance(no_eff, torch.Tensor):
+            no_eff = no_eff.numpy()
+            _add_noise(x, w, -1.0, np.sqrt(no_eff * np.float32(0.5)), y)
+        else:
+            _add_noise(x, w, math.sqrt(no_eff * 0.5), np.zeros(1, np.float32), y)
+        return y, no_eff, self.channel_uses(n), self.airtime_s(n)
+
+    def _transmit_via_torch(self, x, snr_db, noise, fading):
+        out = self.transmit(torch.from_numpy(x), snr_db, noise, fading)
+        no = out.no_eff if isinstance(out.no_eff, float) else out.no_eff.numpy()
+        return out.s_hat.numpy(), no, out.channel_uses, out.airtime_s
+
     def gains(self, n: int, rng: np.random.Generator) -> np.ndarray:
         """Post-equalisation SNR of ``n`` symbols relative to the delivery's SNR (for the abstraction)."""
         return np.ones(n, np.float32)
+
+
+@njit(cache=True, boundscheck=False)
+def _add_noise(x, w, std, std_per_symbol, y):
+    """y = x + std (w[:n] + j w[n:]) with ``std`` (or, when negative, ``std_per_symbol[i]``) = sqrt(no_eff / 2)."""
+    n = x.size
+    for i in range(n):
+        s = std if std >= 0.0 else float(std_per_symbol[i])
+        y[i] = complex(x[i].real + float32(s) * w[i], x[i].imag + float32(s) * w[n + i])
 
 
 class AwgnLink(SymbolLink):
@@ -161,6 +195,12 @@ class AwgnLink(SymbolLink):
         with torch.no_grad(), sionna_rng(noise.torch_generator()):
             y = self._sionna_awgn(s, no)
         return LinkOutput(y, no, self.channel_uses(s.numel()), self.airtime_s(s.numel()))
+
+    def transmit_array(self, x, snr_db, noise, fading=1.0 + 0.0j):
+        if self._sionna_awgn is None:
+            return super().transmit_array(x, snr_db, noise, fading)
+        return self._transmit_via_torch(np.ascontiguousarray(x, dtype=np.complex64).reshape(-1), snr_db, noise,
+                                        fading)
 
 
 class RayleighBlockLink(SymbolLink):

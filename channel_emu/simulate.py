@@ -18,8 +18,9 @@ import numpy as np
 import torch
 
 from channel_emu.analog import transmit_values
+from channel_emu.coded import CodedChain
 from channel_emu.config import LinkConfig
-from channel_emu.digital import CodedChain, qam_ber
+from channel_emu.digital import qam_ber
 from channel_emu.links import make_link
 from channel_emu.mcs import mcs_params
 from channel_emu.noise import NoiseSource
