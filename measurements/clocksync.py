@@ -256,11 +256,13 @@ def best_per_burst(exchanges: Sequence[Exchange]) -> list[Exchange]:
     return [best[b] for b in sorted(best)]
 
 
-def fit_clock(exchanges: Sequence[Exchange], *, min_span_s: float = 1e-3) -> ClockMap:
+def fit_clock(exchanges: Sequence[Exchange], *, min_span_s: float = 0.25) -> ClockMap:
     """Fit offset and drift from exchanges, keeping the minimum-delay exchange of each burst.
 
     With one burst (or bursts closer together than ``min_span_s``) the drift is 0 and the offset is that of the best
-    exchange (``ntp_min``). With several, a least-squares line through the bursts' best offsets, weighted by
+    exchange (``ntp_min``): a few microseconds of stamp noise over a few milliseconds would read as hundreds of ppm
+    of drift, so the default span keeps the drift error to tens of ppm at loopback noise; long runs should pass more
+    (the orchestrator uses 30 s). With several, a least-squares line through the bursts' best offsets, weighted by
     ``1 / bound^2`` so that noisy bursts count less (``ntp_fit``).
     """
     if not exchanges:

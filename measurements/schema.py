@@ -111,6 +111,8 @@ COLUMNS: tuple[Column, ...] = (
     _c("ch_ber", "float", "bit error rate after decoding"),
     _c("ch_bler", "float", "block error rate after decoding"),
     _c("ch_nmse", "float", "NMSE of the delivered analog values"),
+    _c("ch_processing_s", "float", "emulator compute time for the frame (s, monotonic), overlapped with airtime"),
+    _c("ue_name", "string", "which UE served the request when a campaign drives several"),
     # quality against the reference (N_max steps, beta = 0, no tomesd, noiseless link)
     _c("q_mse", "float", "mean squared error of the image in [0, 1] against the reference"),
     _c("q_neg_log_mse", "float", "-log(MSE), the paper's reward"),
