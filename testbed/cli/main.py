@@ -16,6 +16,7 @@ COMMAND_MODULES: list[str] = [
     "testbed.cli.node",
     "testbed.cli.policy",
     "testbed.cli.generate",
+    "testbed.cli.model",
     "analysis.cli",
     "channel_emu.cli",
     "measurements.cli",
