@@ -115,13 +115,18 @@ class Broker:
         CURVE for the frontend (UEs are clients of the broker).
     curve_client : CurveConfig, optional
         CURVE for the backend (the broker is a client of the ES).
+    warm_up : bool
+        Pay the emulator's one-off costs (Sionna import, BLER table, numba kernels of every mode) in :meth:`start`,
+        before the sockets open, so that the first request is not delayed by seconds (see ``warm_up_s``).
     """
 
     def __init__(self, config: LinkConfig | Mapping[str, Any] | None = None, seed: int | None = None,
                  addresses: BrokerAddresses | None = None, limits: FrameLimits = DEFAULT_LIMITS,
                  curve_server: CurveConfig | None = None, curve_client: CurveConfig | None = None,
-                 ctx: zmq.Context | None = None) -> None:
+                 ctx: zmq.Context | None = None, warm_up: bool = True) -> None:
         self.emulator = ChannelEmulator(config, seed)
+        self.warm_up = warm_up
+        self.warm_up_s: dict[str, float] = {}
         self.config = self.emulator.config
         self.addresses = addresses or BrokerAddresses()
         self.limits = limits
@@ -142,7 +147,13 @@ class Broker:
     # --- lifecycle -----------------------------------------------------------------------------------------------
 
     def start(self, timeout_s: float = 10.0) -> Broker:
-        """Bind/connect the sockets and serve in background threads."""
+        """Warm the emulator up (unless disabled), then bind/connect the sockets and serve in background threads
+        (``timeout_s`` bounds the socket set-up, not the warm-up)."""
+        if self.warm_up and not self.warm_up_s:
+            t0 = time.monotonic()
+            self.warm_up_s = self.emulator.warm_up()
+            log.info("channel broker warmed up in %.1f s (%s)", time.monotonic() - t0,
+                     ", ".join(f"{k} {v:.2f} s" for k, v in self.warm_up_s.items()))
         main = threading.Thread(target=self._run, name="channel-broker", daemon=True)
         worker = threading.Thread(target=self._work, name="channel-broker-emulator", daemon=True)
         self._threads = [main, worker]

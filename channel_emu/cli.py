@@ -92,8 +92,9 @@ def _node(args: argparse.Namespace) -> int:
     broker = Broker(config, seed=args.seed, addresses=BrokerAddresses(args.listen, args.es, args.pub),
                     limits=FrameLimits(max_total_bytes=int(args.max_mb * (1 << 20))), curve_server=server,
                     curve_client=client)
-    logging.getLogger(__name__).warning("channel broker: UEs -> %s, ES at %s, records on %s (%s over %s)",
-                                        args.listen, args.es, args.pub, config.mode, config.model)
+    logging.getLogger(__name__).warning("channel broker: UEs -> %s, ES at %s, records on %s (%s over %s); warming "
+                                        "up (Sionna, BLER table, numba kernels) before serving", args.listen, args.es,
+                                        args.pub, config.mode, config.model)
     broker.serve_forever()
     return 0
 

@@ -132,11 +132,11 @@ class CodedChain:
             return dec(llr, **kw)
         return torch.cat([dec(llr[i:i + self.SIONNA_CHUNK], **kw) for i in range(0, llr.shape[0], self.SIONNA_CHUNK)])
 
-    def warm_up(self, m: int = 2) -> None:
-        """Build and compile what a first transfer would (numba kernels load from their disk cache after the first
-        process; the codes are per shape and built on first use)."""
-        self.transfer(np.zeros(2000, np.uint8), {2: 5, 4: 13, 6: 20}.get(m, 5), _NullLink(), 10.0, NoiseSource(0),
-                      1 + 0j, harq=True, max_retransmissions=1)
+    def warm_up(self, link: SymbolLink, mcs: int = 5) -> None:
+        """Run a small HARQ transfer at a hopeless SNR so that every kernel of the chain runs once (numba compiles
+        them, or loads them from its disk cache). Codes are per block shape and still built on first use."""
+        self.transfer(np.zeros(2000, np.uint8), mcs, link, -20.0, NoiseSource(0), 1 + 0j, harq=True,
+                      max_retransmissions=1)
 
     # --- transfer -----------------------------------------------------------------------------------------------
 
@@ -272,15 +272,3 @@ class CodedChain:
         res = DigitalResult(out_bits, seg, used, coded, symbols, uses, airtime, attempts, failures, int(pending.size))
         res.timings_s = tm.s
         return res
-
-
-class _NullLink(SymbolLink):
-    """A noiseless unit-rate link for warming up (no config needed)."""
-
-    name = "null"
-
-    def __init__(self) -> None:
-        self.symbol_rate = 1e6
-
-    def noise_variance(self, n, snr_db, noise):
-        return 10.0 ** (-snr_db / 10.0)

@@ -70,6 +70,8 @@ def setup():
 
 def test_end_to_end_airtime_corruption_and_records(setup):
     ctx, broker, sub, seen = setup
+    # start() warmed every mode up before serving.
+    assert {"bler_table", "analog", "abstraction", "coded"} <= set(broker.warm_up_s)
     with ZmqClientLink(broker.listen_address, ctx=ctx, timeout_s=60) as ue:
         link = {"link_model": "awgn", "tx_mode": "analog", "distance_m": None, "snr_db": 3.0}
         t0 = time.monotonic()
