@@ -124,6 +124,28 @@ def _sq_err(got, ref):
     return s
 
 
+@njit(cache=True, boundscheck=False, fastmath={"reassoc"})
+def _sq_err_finite(got, ref):
+    """As :func:`_sq_err`, a non-finite received value counting as 0 (a corrupted exponent may give inf/NaN)."""
+    s = 0.0
+    for i in range(got.size):
+        g = float64(got[i])
+        d = (g if np.isfinite(g) else 0.0) - float64(ref[i])
+        s += d * d
+    return s
+
+
+def digital_distortion(received: np.ndarray, sent: np.ndarray) -> tuple[float, float]:
+    """(sum of squared errors, sum of squares of ``sent``) of float values that went digitally and may carry bit
+    errors; a non-finite received value counts as 0. Accumulated in float64 without BLAS (whose thread pool costs
+    milliseconds to wake on busy cores)."""
+    got, _ = _as_f32(received) if received.dtype != np.float64 else (received.reshape(-1), 0.0)
+    ref, energy = _as_f32(sent) if sent.dtype != np.float64 else (sent.reshape(-1), 0.0)
+    if sent.dtype == np.float64:
+        energy = float(_sum_sq(ref))
+    return float(_sq_err_finite(got, ref)), energy
+
+
 @njit(cache=True, boundscheck=False)
 def _apply_flat(x, w, c, a, clip, y):
     """y = clip(c x + a w): one buffer over a flat additive link (c: shrinkage, a: c r sqrt(no))."""

@@ -27,6 +27,7 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+from numba import njit
 from scipy.special import erfc
 
 from channel_emu.links import SymbolLink
@@ -181,36 +182,53 @@ def _abstract_flat(bits: np.ndarray | None, seg: Segmentation, link: SymbolLink,
                          pending, failed_snr)
 
 
+@njit(cache=True, boundscheck=False)
+def _flip(raw, packed, starts, stops, thresholds, words):
+    """Flip bit i of ``raw`` (bytes if ``packed``, MSB first, else one 0/1 per byte) for i in [starts[b], stops[b])
+    when the next 32-bit word is below ``thresholds[b]``; returns the flips."""
+    w = 0
+    flips = 0
+    for b in range(starts.size):
+        thr = thresholds[b]
+        for i in range(starts[b], stops[b]):
+            word = (words[w >> 1] >> np.uint64(32 * (w & 1))) & np.uint64(0xFFFFFFFF)
+            w += 1
+            if word < thr:
+                flips += 1
+                if packed:
+                    raw[i >> 3] ^= np.uint8(0x80 >> (i & 7))
+                else:
+                    raw[i] ^= np.uint8(1)
+    return flips
+
+
+def _corrupt(raw: np.ndarray, packed: bool, total_bits: int, seg: Segmentation, failed: np.ndarray,
+             snr_db: np.ndarray, rng: np.random.Generator) -> int:
+    per = seg.info_per_block
+    failed = np.asarray(failed, dtype=np.int64)
+    if failed.size == 0:
+        return 0
+    starts = np.minimum(failed * per, total_bits)
+    stops = np.minimum((failed + 1) * per, total_bits)
+    p = qam_ber(seg.bits_per_symbol, np.asarray(snr_db, dtype=np.float64).reshape(-1))
+    thresholds = np.minimum(np.floor(p * 2.0 ** 32), 2.0 ** 32 - 1).astype(np.uint64)
+    n = int((stops - starts).sum())
+    words = rng.bit_generator.random_raw(-(-n // 2)) if n else np.zeros(1, np.uint64)
+    return int(_flip(raw, packed, starts, stops, thresholds, np.asarray(words, dtype=np.uint64)))
+
+
 def corrupt_bits(bits: np.ndarray, seg: Segmentation, failed: np.ndarray, snr_db: np.ndarray,
                  rng: np.random.Generator) -> int:
-    """Flip bits of the failed blocks in place (raw uncoded error probability at each block's SNR); returns flips."""
-    per, flips = seg.info_per_block, 0
-    for b, s in zip(failed, snr_db, strict=True):
-        lo, hi = int(b) * per, min((int(b) + 1) * per, bits.size)
-        if lo >= hi:
-            continue
-        f = rng.random(hi - lo) < qam_ber(seg.bits_per_symbol, float(s))
-        bits[lo:hi] ^= f.astype(np.uint8)
-        flips += int(f.sum())
-    return flips
+    """Flip bits of the failed blocks in place (raw uncoded error probability at each block's SNR); returns flips.
+
+    Each bit of a failed block flips independently with that probability (a 32-bit uniform per bit from ``rng``)."""
+    return _corrupt(bits, False, bits.size, seg, failed, snr_db, rng)
 
 
 def corrupt_bytes(raw: np.ndarray, seg: Segmentation, failed: np.ndarray, snr_db: np.ndarray,
                   rng: np.random.Generator) -> int:
-    """:func:`corrupt_bits` on a uint8 byte array, unpacking only the failed blocks' bytes; returns flips."""
-    per, flips = seg.info_per_block, 0
-    total_bits = raw.size * 8
-    for b, s in zip(failed, snr_db, strict=True):
-        lo, hi = int(b) * per, min((int(b) + 1) * per, total_bits)
-        if lo >= hi:
-            continue
-        blo, bhi = lo // 8, -(-hi // 8)
-        chunk = np.unpackbits(raw[blo:bhi])
-        f = rng.random(hi - lo) < qam_ber(seg.bits_per_symbol, float(s))
-        chunk[lo - 8 * blo:hi - 8 * blo] ^= f.astype(np.uint8)
-        raw[blo:bhi] = np.packbits(chunk)
-        flips += int(f.sum())
-    return flips
+    """:func:`corrupt_bits` on a uint8 byte array (bits MSB first, as ``np.unpackbits``); returns flips."""
+    return _corrupt(raw, True, raw.size * 8, seg, failed, snr_db, rng)
 
 
 __all__ = ["CRC_BITS", "RV_SEQUENCE", "DigitalResult", "abstract_transfer", "bits_to_blocks", "corrupt_bits", "corrupt_bytes",

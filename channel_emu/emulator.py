@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from channel_emu.analog import SCALE_BITS, transmit_values
+from channel_emu.analog import SCALE_BITS, digital_distortion, transmit_values
 from channel_emu.coded import CodedChain
 from channel_emu.config import LinkConfig, LinkConfigError
 from channel_emu.digital import DigitalResult, abstract_transfer, corrupt_bytes
@@ -307,11 +307,8 @@ class ChannelEmulator:
                 elif values:
                     sq = en = 0.0
                     for n in values:
-                        a = arrays[n].astype(np.float64).reshape(-1)
-                        b = delivered[n].astype(np.float64).reshape(-1)
-                        d = np.where(np.isfinite(b), b, 0.0) - a  # a corrupted exponent may give inf/NaN
-                        sq += float(d @ d)
-                        en += float(a @ a)
+                        s, e = digital_distortion(delivered[n], arrays[n])
+                        sq, en = sq + s, en + e
                     rec.nmse = sq / en if en > 0 else (0.0 if sq == 0 else math.inf)
             else:
                 rec.ber, rec.bler = 0.0, 0.0

@@ -7,6 +7,8 @@ state is gain_db = -PL + fading - N (dB), so that SNR = P_tx + gain_db.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from channel_emu.config import PathLossConfig
@@ -15,6 +17,10 @@ from channel_emu.config import PathLossConfig
 def path_loss_db(distance_m: float | np.ndarray, cfg: PathLossConfig | None = None) -> float | np.ndarray:
     """Path loss (dB, positive) at ``distance_m`` metres."""
     cfg = cfg or PathLossConfig()
+    if isinstance(distance_m, (int, float)):  # the per-request case: plain math, no array round trip
+        if not distance_m > 0:
+            raise ValueError(f"distance must be > 0 m, got {distance_m!r}")
+        return cfg.intercept_db + cfg.slope_db * math.log10(distance_m)
     d = np.asarray(distance_m, dtype=np.float64)
     if np.any(d <= 0):
         raise ValueError(f"distance must be > 0 m, got {distance_m!r}")
