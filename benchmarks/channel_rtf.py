@@ -1,7 +1,8 @@
 """Channel emulator RTF (processing / airtime) per mode, model and payload, Sionna's blocks and the fast ones side by
 side, and the LDPC decoders side by side.
 
-Run: ``python benchmarks/channel_rtf.py [--quick] [--json]`` (or ``megbed channel bench --json``).
+Run: ``python benchmarks/channel_rtf.py [--quick] [--json] [--save result.json]`` (or ``megbed channel bench
+--json``).
 Goals (issue 5): analog and abstraction RTF <= 0.01 for SD-1.5 / SDXL fp16 latents on 2 cores; coded RTF <= 1 at
 1 MHz. The machine's load average is printed: wall-clock figures are only as good as the machine is idle; the CPU
 columns (process time, all threads) are what an idle machine would show.
@@ -28,9 +29,13 @@ def _fmt_err(r: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--json", action="store_true", help="print the result as JSON instead of the tables")
+    ap.add_argument("--save", metavar="PATH", help="also write the result as JSON to PATH")
     args = ap.parse_args()
     result = run(quick=args.quick)
+    if args.save:
+        with open(args.save, "w", encoding="utf-8") as fh:
+            json.dump(result, fh, indent=1, default=float)
     if args.json:
         print(json.dumps(result, indent=1, default=float))
         return

@@ -11,6 +11,14 @@ Public API (imported lazily so that ``import channel_emu.process`` stays light):
 Modes and what they charge (never mixed): ``analog`` -> airtime of analog symbols, distortion from analog noise;
 ``coded`` -> airtime of real 5G LDPC coded symbols, distortion from real bit errors; ``abstraction`` -> the coded
 accounting with block errors drawn from Sionna's BLER tables. See :mod:`channel_emu.emulator`.
+
+Speed (``LinkConfig.impl``): ``fast`` (default) runs hand-written equivalents of Sionna's blocks where Sionna's
+tensor formulation costs far more than the work -- :mod:`~channel_emu.noise` (seeded normals),
+:mod:`~channel_emu.analog` (real-valued analog path), :mod:`~channel_emu.crc_fast`, :mod:`~channel_emu.ldpc_nr`
+(5G LDPC encoding, rate matching, QC layered decoding), :mod:`~channel_emu.qam_fast`, the numpy BLER table in
+:mod:`~channel_emu.mcs` -- each tested against Sionna's; ``sionna`` runs Sionna's blocks for comparison
+(``benchmarks/channel_rtf.py`` shows both). ``ChannelEmulator.warm_up()`` (the broker calls it before serving)
+pays the start-up costs: Sionna's import, the BLER table (cached on disk), numba's kernels (cached on disk).
 """
 
 from __future__ import annotations

@@ -118,14 +118,19 @@ class Broker:
     warm_up : bool
         Pay the emulator's one-off costs (Sionna import, BLER table, numba kernels of every mode) in :meth:`start`,
         before the sockets open, so that the first request is not delayed by seconds (see ``warm_up_s``).
+    warm_up_payload_bits : tuple of int
+        Payload sizes (bits, e.g. 16 x the latent's values) whose LDPC codes are built at start for every MCS the
+        link may use (see :meth:`ChannelEmulator.warm_up`).
     """
 
     def __init__(self, config: LinkConfig | Mapping[str, Any] | None = None, seed: int | None = None,
                  addresses: BrokerAddresses | None = None, limits: FrameLimits = DEFAULT_LIMITS,
                  curve_server: CurveConfig | None = None, curve_client: CurveConfig | None = None,
-                 ctx: zmq.Context | None = None, warm_up: bool = True) -> None:
+                 ctx: zmq.Context | None = None, warm_up: bool = True,
+                 warm_up_payload_bits: tuple[int, ...] = ()) -> None:
         self.emulator = ChannelEmulator(config, seed)
         self.warm_up = warm_up
+        self.warm_up_payload_bits = tuple(warm_up_payload_bits)
         self.warm_up_s: dict[str, float] = {}
         self.config = self.emulator.config
         self.addresses = addresses or BrokerAddresses()
@@ -151,7 +156,7 @@ class Broker:
         (``timeout_s`` bounds the socket set-up, not the warm-up)."""
         if self.warm_up and not self.warm_up_s:
             t0 = time.monotonic()
-            self.warm_up_s = self.emulator.warm_up()
+            self.warm_up_s = self.emulator.warm_up(payload_bits=self.warm_up_payload_bits)
             log.info("channel broker warmed up in %.1f s (%s)", time.monotonic() - t0,
                      ", ".join(f"{k} {v:.2f} s" for k, v in self.warm_up_s.items()))
         main = threading.Thread(target=self._run, name="channel-broker", daemon=True)

@@ -91,7 +91,7 @@ def _node(args: argparse.Namespace) -> int:
             client = CurveConfig(secret_key_file=args.curve_secret, server_public_key_file=args.curve_es_public)
     broker = Broker(config, seed=args.seed, addresses=BrokerAddresses(args.listen, args.es, args.pub),
                     limits=FrameLimits(max_total_bytes=int(args.max_mb * (1 << 20))), curve_server=server,
-                    curve_client=client)
+                    curve_client=client, warm_up_payload_bits=tuple(args.warm_payload_bits))
     logging.getLogger(__name__).warning("channel broker: UEs -> %s, ES at %s, records on %s (%s over %s); warming "
                                         "up (Sionna, BLER table, numba kernels) before serving", args.listen, args.es,
                                         args.pub, config.mode, config.model)
@@ -111,4 +111,7 @@ def add_node_parser(node_subparsers) -> None:
     p.add_argument("--curve-secret", default=None, help="this broker's CURVE secret key file")
     p.add_argument("--curve-clients", default=None, help="folder of authorised UE public keys (frontend)")
     p.add_argument("--curve-es-public", default=None, help="the ES's public key file (backend)")
+    p.add_argument("--warm-payload-bits", type=int, nargs="*", default=[], metavar="BITS",
+                   help="payload sizes whose LDPC codes are built at start for every MCS the link may use (coded "
+                        "mode; e.g. 262144 for an SD-1.5 fp16 latent); the BLER table and numba kernels always are")
     p.set_defaults(func=_node)

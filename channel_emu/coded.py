@@ -16,8 +16,8 @@ Two implementations of the same chain, chosen by ``LinkConfig.impl``:
 LLR layout is the same). On a CUDA device (``decoder.device``: ``auto`` with a GPU, or ``cuda``) the whole chain
 is Sionna's on the GPU with its batched decoder: numba runs on the CPU only.
 
-Each transfer also reports where its time went (``DigitalResult.timings_s``: encode, map, channel, demap, decode,
-crc), which the benchmark prints.
+Each transfer also reports where its time went (``DigitalResult.timings_s``: setup -- building the code of a block
+shape seen for the first time --, crc, encode, map, channel, demap, decode), which the benchmark prints.
 """
 
 from __future__ import annotations
@@ -34,13 +34,13 @@ from channel_emu.digital import RV_SEQUENCE, DigitalResult, bits_to_blocks
 from channel_emu.links import SymbolLink
 from channel_emu.mcs import segment
 from channel_emu.noise import NoiseSource
+from channel_emu.numba_setup import prefer_workqueue
 
-if "NUMBA_THREADING_LAYER" not in os.environ:  # pragma: no branch - respect an explicit choice
-    # numba's OpenMP layer leaves its threads spinning after every parallel kernel; on two shared cores they starve
-    # the serial kernels that follow (a 1 ms QAM mapping took 10-20 ms). The work-queue layer does not spin.
-    import numba
+prefer_workqueue()
 
-    numba.config.THREADING_LAYER = "workqueue"
+
+_CODES: dict[tuple[int, int, int, int], object] = {}
+_CODES_LOCK = threading.Lock()
 
 
 class _Timer:
@@ -83,10 +83,15 @@ class CodedChain:
     # --- the pieces ---------------------------------------------------------------------------------------------
 
     def code(self, k: int, n: int, m: int):
-        """The fast chain's :class:`~channel_emu.ldpc_nr.Ldpc5gCode` for one block geometry."""
+        """The fast chain's :class:`~channel_emu.ldpc_nr.Ldpc5gCode` for one block geometry (shared by every chain
+        of the process: building one takes ~0.25 s, mostly Sionna's encoder set-up)."""
         from channel_emu.ldpc_nr import Ldpc5gCode
 
-        return self._cached(("code", k, n, m), lambda: Ldpc5gCode(k, n, m, self.config.decoder.num_iter))
+        key = (int(k), int(n), int(m), self.config.decoder.num_iter)
+        with _CODES_LOCK:
+            if key not in _CODES:
+                _CODES[key] = Ldpc5gCode(*key)
+            return _CODES[key]
 
     def qam(self, m: int):
         from channel_emu.qam_fast import Qam
@@ -132,11 +137,20 @@ class CodedChain:
             return dec(llr, **kw)
         return torch.cat([dec(llr[i:i + self.SIONNA_CHUNK], **kw) for i in range(0, llr.shape[0], self.SIONNA_CHUNK)])
 
-    def warm_up(self, link: SymbolLink, mcs: int = 5) -> None:
+    def warm_up(self, link: SymbolLink, mcs: int = 5, payload_bits: tuple[int, ...] = (),
+                mcs_list: tuple[int, ...] = ()) -> None:
         """Run a small HARQ transfer at a hopeless SNR so that every kernel of the chain runs once (numba compiles
-        them, or loads them from its disk cache). Codes are per block shape and still built on first use."""
+        them, or loads them from its disk cache), and build the codes of the block shapes that payloads of
+        ``payload_bits`` take at each MCS of ``mcs_list`` (otherwise each new shape costs ~0.25 s on first use)."""
         self.transfer(np.zeros(2000, np.uint8), mcs, link, -20.0, NoiseSource(0), 1 + 0j, harq=True,
                       max_retransmissions=1)
+        for bits in payload_bits:
+            for idx in mcs_list:
+                seg = segment(int(bits), int(idx), self.config.max_cb_bits)
+                if self.impl == "fast":
+                    self.code(seg.k, seg.n, seg.bits_per_symbol)
+                else:
+                    self.sionna_codec(seg.k, seg.n, seg.bits_per_symbol, self.config.residual == "harq")
 
     # --- transfer -----------------------------------------------------------------------------------------------
 
@@ -159,6 +173,7 @@ class CodedChain:
         code, qam = self.code(k, n, m), self.qam(m)
         sionna_dec = self.sionna_codec(k, n, m, harq)[1] if self.decoder_kind == "sionna" else None
         numba.set_num_threads(min(self.threads, numba.config.NUMBA_NUM_THREADS))
+        tm.lap("setup")  # ~0 once the block shape has been seen; see warm_up(payload_bits=...)
         u_crc = crc24b_attach(bits_to_blocks(bits, seg))
         tm.lap("crc")
         mother = code.encode_mother(u_crc, (0,))
@@ -221,6 +236,7 @@ class CodedChain:
         mapper, demapper = self.sionna_modem(m)
         crc_enc, crc_dec = self.sionna_crc(seg.info_per_block)
         enc, dec = self.sionna_codec(seg.k, seg.n, m, harq)
+        tm.lap("setup")
         with torch.no_grad():
             u = torch.from_numpy(bits_to_blocks(bits, seg).astype(np.float32)).to(self.device)
             u_crc = crc_enc(u)

@@ -39,7 +39,7 @@ import torch
 
 from channel_emu.analog import SCALE_BITS, digital_distortion, transmit_values
 from channel_emu.coded import CodedChain
-from channel_emu.config import LinkConfig, LinkConfigError
+from channel_emu.config import MAX_MCS, MIN_MCS, LinkConfig, LinkConfigError
 from channel_emu.digital import DigitalResult, abstract_transfer, corrupt_bytes
 from channel_emu.links import SymbolLink, make_link
 from channel_emu.mcs import bler_table, select_mcs
@@ -176,10 +176,13 @@ class ChannelEmulator:
             return proc.state_at(None if math.isnan(base.distance_m) else base.distance_m, base.fading, base.index)
         return base
 
-    def warm_up(self, modes: tuple[str, ...] = ("analog", "abstraction", "coded")) -> dict[str, float]:
+    def warm_up(self, modes: tuple[str, ...] = ("analog", "abstraction", "coded"),
+                payload_bits: tuple[int, ...] = ()) -> dict[str, float]:
         """Pay the one-off costs before the first real delivery: the BLER table (seconds to build, then cached on
         disk), the link model, and the numba kernels of each mode (compiled once, then loaded from numba's disk
-        cache). Draws nothing from the emulator's own random streams, so seeded sequences are unchanged.
+        cache); with ``payload_bits``, also the LDPC codes of the block shapes those payloads take at every MCS the
+        link may pick (~0.25 s each, else paid by the first delivery at each new shape). Draws nothing from the
+        emulator's own random streams, so seeded sequences are unchanged.
 
         Returns the seconds each part took.
         """
@@ -197,7 +200,8 @@ class ChannelEmulator:
                     transmit_values({"w": np.zeros(64, np.float16)}, lk, 10.0, noise, equalizer=cfg.analog.equalizer,
                                     impl=cfg.impl)
                 elif mode == "coded":
-                    self.chain(cfg).warm_up(lk)
+                    mcs_list = tuple(range(MIN_MCS, MAX_MCS + 1)) if cfg.mcs == "auto" else (int(cfg.mcs),)
+                    self.chain(cfg).warm_up(lk, payload_bits=tuple(payload_bits), mcs_list=mcs_list)
                 select_mcs(10.0, 4096, cfg.bler_target, cfg.max_cb_bits, cfg.impl)
                 abstract_transfer(np.zeros(2000, np.uint8), 2000, cfg.side_mcs, lk, 0.0, rng, True, 2,
                                   cfg.max_cb_bits, impl=cfg.impl)

@@ -30,6 +30,10 @@ import threading
 import numpy as np
 from numba import float32, int32, njit, prange, uint8
 
+from channel_emu.numba_setup import prefer_workqueue
+
+prefer_workqueue()
+
 LLR_MAX = 20.0  # Sionna's LDPC5GDecoder default llr_max (channel LLRs and fillers are clipped to it)
 ALPHA = 0.75
 

@@ -91,3 +91,18 @@ def test_harq_combining_decodes_what_one_version_cannot():
     one, _ = code.decode(llrs[0], (0,))
     both, _ = code.decode(np.stack(llrs, axis=1), (0, 2))
     assert (one != u).any(axis=1).mean() > 0.5 and (both == u).all()
+
+
+def test_a_cuda_device_runs_sionnas_chain_on_it(monkeypatch):
+    # No GPU here: the choice is what is checked (the blocks are built on first use, on the chosen device).
+    from channel_emu.coded import CodedChain
+    from channel_emu.config import LinkConfig
+
+    chain = CodedChain(LinkConfig(mode="coded", decoder={"device": "cuda:0"}))
+    assert (chain.device, chain.impl, chain.decoder_kind) == ("cuda:0", "sionna", "sionna")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    chain = CodedChain(LinkConfig(mode="coded"))
+    assert (chain.device, chain.impl) == ("cuda", "sionna")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    chain = CodedChain(LinkConfig(mode="coded"))
+    assert (chain.device, chain.impl, chain.decoder_kind) == ("cpu", "fast", "fast")
