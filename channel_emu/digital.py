@@ -151,35 +151,41 @@ def _abstract_flat(bits: np.ndarray | None, seg: Segmentation, link: SymbolLink,
     table = bler_table() if impl == "fast" else None
     sym_per_block = seg.n // seg.bits_per_symbol
     snr_lin = 10.0 ** (snr_db / 10.0)
-    pending = np.arange(seg.num_blocks)
+    # Plain Python lists: the side block is one or two code blocks, where numpy's per-call cost dominates. Scalar
+    # rng.random() calls draw the same numbers as one vector call.
+    pending = list(range(seg.num_blocks))
     coded = symbols = uses = attempts = failures = 0
     airtime, used, eff1 = 0.0, 0, snr_db
     for r in range(rounds):
         used = r + 1
         eff1 = 10.0 * math.log10(max(snr_lin * (r + 1), 1e-30))
         p = table.scalar(seg.mcs, seg.k, eff1) if table is not None else float(bler(seg.mcs, seg.k, eff1, impl)[0])
-        n_sym = pending.size * sym_per_block
-        coded += pending.size * seg.n
+        n_sym = len(pending) * sym_per_block
+        coded += len(pending) * seg.n
         symbols += n_sym
         uses += link.channel_uses(n_sym)
         airtime += link.airtime_s(n_sym)
-        attempts += pending.size
+        attempts += len(pending)
         if p <= 0.0:
-            pending = pending[:0]
+            pending = []
             break
-        fail = rng.random(pending.size) < p
-        failures += int(np.count_nonzero(fail))
-        pending = pending[fail]
-        if pending.size == 0:
+        if len(pending) <= 8:
+            pending = [b for b in pending if rng.random() < p]
+        else:
+            arr = np.asarray(pending)
+            pending = arr[rng.random(arr.size) < p].tolist()
+        failures += len(pending)
+        if not pending:
             break
-    failed_snr = np.full(pending.size, eff1)
+    failed = np.asarray(pending, dtype=np.int64)
+    failed_snr = np.full(failed.size, eff1)
     out = np.zeros(0, np.uint8)
     if bits is not None:
         out = bits.copy()
         if corrupt:
-            corrupt_bits(out, seg, pending, failed_snr, rng)
-    return DigitalResult(out, seg, used, coded, symbols, uses, airtime, attempts, failures, int(pending.size),
-                         pending, failed_snr)
+            corrupt_bits(out, seg, failed, failed_snr, rng)
+    return DigitalResult(out, seg, used, coded, symbols, uses, airtime, attempts, failures, int(failed.size),
+                         failed, failed_snr)
 
 
 @njit(cache=True, boundscheck=False)
