@@ -3,9 +3,9 @@ the fast ones side by side.
 
 * ``emulator`` rows: one per (impl, mode, model, payload) -- ``impl="sionna"`` runs Sionna's blocks as they come
   (AWGN block, CRC, LDPC5GEncoder/Decoder, Mapper, Demapper, get_bler), ``impl="fast"`` the hand-written
-  equivalents. Wall-clock processing (median and minimum over repeats) and the process's CPU time (all threads:
-  what an idle machine would take as wall time), with the error rates, so that both run at the same BER/BLER; coded
-  rows carry the time per stage.
+  equivalents, on the same channel state (the seeded process's first request) so that both run at the same SNR.
+  Wall-clock processing (median and minimum over repeats) and the process's CPU time (all threads: what an idle
+  machine would take as wall time), with the error rates; coded rows carry the time per stage.
 * ``decoder`` rows: Sionna's ``LDPC5GDecoder`` (flooding sum-product, 20 iterations, chunks of 8 codewords: its
   fastest CPU use; 1 torch thread, and 2 at the first Eb/N0), Sionna's rate recovery on the numba serial min-sum
   core, and the numba QC layered min-sum (1 and 2 threads) on the same code, channel and LLRs, with block error
@@ -43,11 +43,14 @@ def _row(impl: str, mode: str, model: str, name: str, shape: tuple[int, ...], sn
            "decoder": {"kind": "sionna" if impl == "sionna" else "fast"}}
     em = ChannelEmulator(cfg, seed=0)
     frame = _frame(shape)
-    em.deliver(frame)  # warm-up: tables, codes, numba kernels
+    # One channel state for every repeat and both impls (same seed): the rows compare like with like, also under
+    # block fading, where each request would otherwise see another fade (and another MCS).
+    state = em.process.step()
+    em.deliver(frame, state)  # warm-up: tables, codes, numba kernels
     wall, cpu, recs = [], [], []
     for _ in range(repeats):
         c0 = time.process_time()
-        _, rec = em.deliver(frame)
+        _, rec = em.deliver(frame, state)
         cpu.append(time.process_time() - c0)
         wall.append(rec.processing_s)
         recs.append(rec)
