@@ -3,7 +3,7 @@
 Sionna's ``LDPC5GDecoder`` does two things: 5G rate recovery (de-interleaving, un-puncturing, filler bits, HARQ
 redundancy-version combining, graph pruning) and flooding belief propagation on the lifted parity-check matrix.
 :class:`FastLDPC5GDecoder` keeps the first exactly as Sionna does it and replaces the second by
-:class:`SerialMinSum`: normalised min-sum (alpha = 0.75) on a row-serial schedule (each check row uses the freshest
+:class:`SerialMinSum`: normalised min-sum (alpha = 0.7, as :data:`channel_emu.ldpc_nr.ALPHA`) on a row-serial schedule (each check row uses the freshest
 posteriors, which converges in about half the iterations of flooding), early stop per codeword at the first valid
 syndrome, codewords in parallel. (``LDPC5GDecoder.call`` ends in ``super().call(llr_5g)``; the class order makes
 that call land in :class:`_FastCore`.) Same inputs, outputs and HARQ modes as Sionna's decoder.
@@ -100,7 +100,7 @@ class SerialMinSum:
     ``decode(llr [B, N] float32 log p0/p1) -> uint8 [B, N]``; ``last_iterations`` holds each codeword's iterations.
     """
 
-    def __init__(self, pcm, z: int = 1, num_iter: int = 20, alpha: float = 0.75) -> None:
+    def __init__(self, pcm, z: int = 1, num_iter: int = 20, alpha: float = 0.7) -> None:
         h = sp.csr_matrix(pcm, dtype=np.int8)
         h.sort_indices()
         self.num_checks, self.num_vars = h.shape
@@ -119,7 +119,7 @@ class SerialMinSum:
         return hard
 
 
-def make_core(pcm, z: int, num_iter: int = 20, alpha: float = 0.75):
+def make_core(pcm, z: int, num_iter: int = 20, alpha: float = 0.7):
     """The BP core for Sionna's rate recovery: numba's :class:`SerialMinSum`."""
     return SerialMinSum(pcm, z, num_iter, alpha)
 
