@@ -19,6 +19,7 @@ Example (every key shown; ``campaigns/default.yaml`` is the one ``make run`` use
       link_model: [awgn]
       distance_m: [200, 300]        # or snr_db: [...] (exactly one of the two)
       tx_mode: [analog]
+      decoder: [base, distilled]    # UE decoder of MEG / UE-local (absent: each UE's own --decoder)
     reference: {n_steps: 12}        # N_max of the quality reference (beta = 0, no tomesd, noiseless)
     repetitions: 2
     warmup: 1                       # unrecorded requests per scheme before measuring
@@ -65,7 +66,8 @@ TOP_KEYS = {
     "retries", "keep_images", "curve",
 }
 GRID_KEYS = {"n_steps", "es_steps", "merge_ratio", "tome_ratio_es", "tome_ratio_ue", "link_model", "distance_m",
-             "snr_db", "tx_mode"}
+             "snr_db", "tx_mode", "decoder"}
+DECODERS = ("base", "distilled")
 IMAGE_KEYS = {"height_px", "width_px", "guidance_scale", "scheduler", "wire_dtype"}
 
 
@@ -107,6 +109,7 @@ class Point:
     tome_ratio_es: float
     tome_ratio_ue: float
     link: LinkSpec | None
+    decoder: str | None = None
 
     @property
     def point_id(self) -> str:
@@ -117,6 +120,8 @@ class Point:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["link"] = None if self.link is None else self.link.to_meta()
+        if self.decoder is None:
+            del out["decoder"]  # ids of points without a decoder axis stay what they were before it existed
         return out
 
 
@@ -175,20 +180,23 @@ class CampaignSpec:
                 seen.add(point.point_id)
                 out.append(point)
 
+        decoders = g.get("decoder", (None,))
         for scheme in self.schemes:
             for n in g["n_steps"]:
                 if scheme == "meg":
-                    for k, beta, te, tu, link in itertools.product(
-                            g["es_steps"], g["merge_ratio"], g["tome_ratio_es"], g["tome_ratio_ue"], self.links()):
+                    for k, beta, te, tu, link, dec in itertools.product(
+                            g["es_steps"], g["merge_ratio"], g["tome_ratio_es"], g["tome_ratio_ue"], self.links(),
+                            decoders):
                         kk = n if k is None else k
                         # The UE's tomesd ratio only matters when it denoises.
-                        add(Point("meg", n, kk, float(beta), float(te), float(tu) if kk < n else 0.0, link))
+                        add(Point("meg", n, kk, float(beta), float(te), float(tu) if kk < n else 0.0, link, dec))
                 elif scheme == "ceg":
+                    # CEG sends the image: no UE decoder runs.
                     for te, link in itertools.product(g["tome_ratio_es"], self.links()):
                         add(Point("ceg", n, n, 0.0, float(te), 0.0, link))
                 else:
-                    for tu in g["tome_ratio_ue"]:
-                        add(Point("ue_local", n, 0, 0.0, 0.0, float(tu), None))
+                    for tu, dec in itertools.product(g["tome_ratio_ue"], decoders):
+                        add(Point("ue_local", n, 0, 0.0, 0.0, float(tu), None, dec))
         return out
 
     def requests(self) -> list[RequestSpec]:
@@ -208,6 +216,7 @@ class CampaignSpec:
             height_px=self.height_px, width_px=self.width_px, guidance_scale=self.guidance_scale,
             scheduler=self.scheduler or "", tome_ratio_es=point.tome_ratio_es, tome_ratio_ue=point.tome_ratio_ue,
             wire_dtype=self.wire_dtype, link=point.link, point_id=point.point_id, repetition=repetition,
+            decoder=point.decoder or "",
         )
 
     def resolved(self) -> dict[str, Any]:
@@ -456,6 +465,11 @@ def validate_spec(data: Any, *, base_dir: Path, source: str = "<spec>", check_pa
                                     lambda k, v: chk.string(k, v, LINK_MODELS))
     grid["tx_mode"] = chk.values("grid.tx_mode", grid_in.get("tx_mode", ["analog"]),
                                  lambda k, v: chk.string(k, v, TX_MODES))
+    if "decoder" in grid_in:
+        grid["decoder"] = chk.values("grid.decoder", grid_in["decoder"], lambda k, v: chk.string(k, v, DECODERS))
+        if check_paths and "distilled" in grid["decoder"] and not (model_dir / "ue_decoder").is_dir():
+            chk.bad("grid.decoder", f"{model_dir} has no distilled UE decoder (ue_decoder/); train one with "
+                                    "`megbed distill train --install` or leave 'distilled' out")
     has_d, has_s = "distance_m" in grid_in, "snr_db" in grid_in
     needs_link = any(s in ("meg", "ceg") for s in schemes)
     if has_d and has_s:

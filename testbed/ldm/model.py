@@ -460,19 +460,37 @@ def load_pipeline(model_dir: str | Path, *, device: torch.device | str | None = 
     except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
         raise ModelLoadError(f"cannot load the pipeline in {model_dir}: {exc}") from exc
     pipe = pipe.to(device)
-    if decoder == "base":
-        decoder = None
-    elif isinstance(decoder, str | Path):
-        if decoder == "distilled":
-            folder = model_dir / UE_DECODER_SUBFOLDER
-            if not folder.is_dir():
-                raise ModelLoadError(f"{model_dir} has no distilled UE decoder ({UE_DECODER_SUBFOLDER}/); train one "
-                                     "with `megbed distill train` or use the base decoder")
-        else:
-            candidate = model_dir / decoder
-            folder = candidate if candidate.is_dir() else Path(decoder)
-        decoder = load_decoder(folder, device=device, dtype=dtype)
-        check_decoder_fits(decoder, latent_channels=int(pipe.unet.config.in_channels),
-                           vae_scale_factor=int(pipe.vae_scale_factor), where=f"decoder folder {folder}")
+    if isinstance(decoder, str | Path):
+        decoder = named_decoder(model_dir, decoder, device=device, dtype=dtype,
+                                latent_channels=int(pipe.unet.config.in_channels),
+                                vae_scale_factor=int(pipe.vae_scale_factor))
     return LdmModel(pipe, device=device, dtype=dtype, decoder=decoder, tome_max_downsample=tome_max_downsample,
                     model_dir=model_dir.resolve())
+
+
+def named_decoder(model_dir: str | Path, name: str | Path, *, device: torch.device | str, dtype: torch.dtype,
+                  latent_channels: int, vae_scale_factor: int) -> VaeDecoder | None:
+    """The decoder a UE names: None for ``"base"`` (the pipeline's VAE), ``<model>/ue_decoder`` for
+    ``"distilled"``, else a decoder folder (tried inside ``model_dir`` first); checked against the latent geometry.
+
+    Raises
+    ------
+    ModelLoadError
+        ``"distilled"`` on a model without ``ue_decoder/``, an unreadable folder, or one that does not fit
+        (:class:`DecoderMismatchError`).
+    """
+    model_dir = Path(model_dir)
+    if name == "base":
+        return None
+    if name == "distilled":
+        folder = model_dir / UE_DECODER_SUBFOLDER
+        if not folder.is_dir():
+            raise ModelLoadError(f"{model_dir} has no distilled UE decoder ({UE_DECODER_SUBFOLDER}/); train one "
+                                 "with `megbed distill train` or use the base decoder")
+    else:
+        candidate = model_dir / name
+        folder = candidate if candidate.is_dir() else Path(name)
+    decoder = load_decoder(folder, device=device, dtype=dtype)
+    check_decoder_fits(decoder, latent_channels=latent_channels, vae_scale_factor=vae_scale_factor,
+                       where=f"decoder folder {folder}")
+    return decoder

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from megwire import Frame
-from testbed.nodes.protocol import RequestSpec
+from testbed.nodes.protocol import ProtocolError, RequestSpec
 from testbed.nodes.records import StageRecorder
 
 
@@ -52,6 +52,15 @@ class Engine(ABC):
     def reference(self, req: RequestSpec, n_steps: int) -> np.ndarray:
         """The quality reference for ``req``'s prompt and seed: ``n_steps`` (N_max) steps, beta = 0, no tomesd,
         no link, one node. Returns ``uint8 [H, W, 3]``."""
+
+    def select_decoder(self, name: str, request_id: str | None = None) -> str:
+        """Put the UE decoder ``name`` in force for the next UE stages and return its name ("" = this node's
+        default, ``info["decoder"]``). This engine has only its default; asking for another is a
+        :class:`ProtocolError`."""
+        default = str(self.info.get("decoder", "base"))
+        if name and name != default:
+            raise ProtocolError(f"this UE has only the {default!r} decoder, not {name!r}", request_id=request_id)
+        return default
 
     def close(self) -> None:  # noqa: B027 - optional
         """Release the model."""

@@ -43,7 +43,8 @@ class LdmEngine(Engine):
     dtype : torch.dtype, optional
         Default: float16 on CUDA, float32 on CPU.
     decoder : str, optional
-        A decoder folder for the UE's decode stage (e.g. ``ue_decoder`` inside the model folder).
+        The UE's default decoder: ``base`` (the pipeline's VAE, also for None), ``distilled`` (``<model>/ue_decoder``)
+        or a decoder folder. A request naming another decoder (``RequestSpec.decoder``) gets it, loaded once and kept.
     """
 
     def __init__(self, model_dir: str | Path, device: str = "cpu", dtype: torch.dtype | None = None,
@@ -60,8 +61,24 @@ class LdmEngine(Engine):
             "engine": "ldm", "model": Path(model_dir).name, "model_dir": str(Path(model_dir).resolve()),
             "model_fingerprint": self.model.fingerprint(), "pipeline": type(self.model.pipe).__name__,
             "device": str(self.device), "dtype": str(self.model.dtype).replace("torch.", ""),
-            "decoder": decoder or "base", "torch": torch.__version__,
+            "decoder": str(decoder or "base"), "torch": torch.__version__,
         }
+        self._decoders: dict[str, Any] = {self.info["decoder"]: self.model.decoder}
+
+    def select_decoder(self, name: str, request_id: str | None = None) -> str:
+        from testbed.ldm.model import ModelLoadError, named_decoder
+
+        name = name or self.info["decoder"]
+        if name not in self._decoders:
+            try:
+                dec = named_decoder(self.model.model_dir, name, device=self.device, dtype=self.model.dtype,
+                                    latent_channels=self.model.latent_channels,
+                                    vae_scale_factor=self.model.vae_scale_factor)
+            except ModelLoadError as exc:
+                raise ProtocolError(f"decoder {name!r}: {exc}", request_id=request_id) from exc
+            self._decoders[name] = self.model.base_decoder if dec is None else dec
+        self.model.decoder = self._decoders[name]
+        return name
 
     # --- plumbing ---------------------------------------------------------------------------------------------------
 
@@ -73,11 +90,12 @@ class LdmEngine(Engine):
         except RequestError as exc:
             raise ProtocolError(f"request {req.request_id}: {exc}", request_id=req.request_id) from exc
 
-    def _run(self, scheme: str, node: str, state: dict[str, Any], rec: StageRecorder | None) -> dict[str, Any]:
+    def _run(self, scheme: str, node: str, state: dict[str, Any], rec: StageRecorder | None,
+             decoder: Any = None) -> dict[str, Any]:
         from testbed.ldm.plan import build_stages, plan_for
 
         plan = plan_for(scheme, state["request"])
-        for stage in build_stages(plan, node, self.model):
+        for stage in build_stages(plan, node, self.model, decoder=decoder):
             if rec is None:
                 state.update(stage(state))
                 continue
@@ -100,7 +118,9 @@ class LdmEngine(Engine):
         return state["handoff_frame"] if req.scheme == "meg" else state["image_frame"]
 
     def reference(self, req: RequestSpec, n_steps: int) -> np.ndarray:
-        state = self._run("ue_local", "ue", {"request": self._gen(req, reference_n_steps=n_steps)}, None)
+        # The reference is the stock decoder's image whatever decoder the UEs use.
+        state = self._run("ue_local", "ue", {"request": self._gen(req, reference_n_steps=n_steps)}, None,
+                          decoder=self.model.base_decoder)
         return image_to_uint8(state["image"])
 
     # --- UE ---------------------------------------------------------------------------------------------------------

@@ -189,6 +189,9 @@ class RequestSpec:
         The grid point the request belongs to.
     repetition : int
         Repetition index.
+    decoder : str
+        The UE decoder for MEG / UE-local (``base``, ``distilled`` or a decoder folder); "" = the UE's default.
+        The UE reports the one it used in its result (``decoder``), which is what the dataset records.
     """
 
     request_id: str
@@ -209,6 +212,7 @@ class RequestSpec:
     link: LinkSpec | None = None
     point_id: str = ""
     repetition: int = 0
+    decoder: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_meta(self) -> dict[str, Any]:
@@ -250,6 +254,10 @@ class RequestSpec:
         extra = meta.get("extra", {})
         if not isinstance(extra, Mapping):
             raise ProtocolError(f"{where}: field 'extra' must be an object", request_id=rid)
+        decoder = meta.get("decoder", "")
+        if not isinstance(decoder, str) or len(decoder) > 256 or "\x00" in decoder:
+            raise ProtocolError(f"{where}: field 'decoder' must be a string of at most 256 characters",
+                                request_id=rid)
         seed = _req(meta, "seed", int, where)
         if not 0 <= seed < 2**63:
             raise ProtocolError(f"{where}: field 'seed'={seed} outside [0, 2**63)", request_id=rid)
@@ -275,6 +283,7 @@ class RequestSpec:
             link=link,
             point_id=_req(meta, "point_id", str, where),
             repetition=_req(meta, "repetition", int, where),
+            decoder=decoder,
             extra=dict(extra),
         )
 

@@ -155,6 +155,7 @@ def outcome_rows(outcome: Any, run_id: str, *, quality: dict[str, float] | None 
     base = base_columns(outcome.spec, run_id, extra)
     h, w = outcome.image.shape[:2]
     base["height_px"], base["width_px"] = int(h), int(w)
+    base["decoder"] = outcome.result.get("decoder")  # what the UE used (None: CEG, no UE decoder)
     rows = stage_rows(outcome, base)
     link = link_row(outcome, base, tx_power_dbm)
     if link is not None:
@@ -167,6 +168,7 @@ def failed_row(spec: RequestSpec, run_id: str, error: str, t_start_ns: int, t_en
                extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """The single row a failed request leaves (orchestrator clock), saying why."""
     base = base_columns(spec, run_id, extra)
+    base["decoder"] = (spec.decoder or None) if spec.scheme != "ceg" else None  # the one asked for
     return {**base, "node": "orchestrator", "stage": "end_to_end", "status": "failed", "error": error[:2000],
             "t_start_ns": int(t_start_ns), "t_end_ns": int(t_end_ns), "latency_s": (t_end_ns - t_start_ns) / 1e9,
             "energy_mj_total": math.nan, "energy_net_mj_total": math.nan, "energy_method": "none",

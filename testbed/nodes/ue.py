@@ -107,6 +107,8 @@ class UeNode:
         rec = StageRecorder("ue", self.meter, sync=self.engine.sync)
         meta: dict[str, Any] = {"request_id": spec.request_id, "scheme": spec.scheme, "t_begin_ns": t_begin,
                                 "es_records": [], "delivery": None}
+        # CEG sends the image: no decoder of the UE's runs.
+        meta["decoder"] = None if spec.scheme == "ceg" else self.engine.select_decoder(spec.decoder, spec.request_id)
         if spec.scheme == "ue_local":
             image = self.engine.ue_local(spec, rec)
         else:

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import textwrap
-
 import pytest
 
 
@@ -13,8 +11,3 @@ def fake_model(tmp_path):
     (model / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
     return model
 
-
-def write_spec(folder, body: str, name: str = "c.yaml"):
-    path = folder / name
-    path.write_text(textwrap.dedent(body))
-    return path

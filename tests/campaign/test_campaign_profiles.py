@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import write_spec
+from campaign_helpers import write_spec
 
 from firmware_profiles import load_profile
 from measurements.manifest import read_manifest

@@ -8,7 +8,7 @@ import threading
 import time
 
 import pytest
-from conftest import write_spec
+from campaign_helpers import write_spec
 
 from measurements.dataset import read_dataset
 from measurements.manifest import read_manifest

@@ -119,3 +119,22 @@ def test_broken_link_config_is_a_spec_error(tmp_path):
         _validate(tmp_path, dict(GOOD, link_config="link.yaml"))
     (tmp_path / "good.yaml").write_text("mode: analog\npathloss: {tx_power_dbm: 20}\n")
     assert _validate(tmp_path, dict(GOOD, link_config="good.yaml")).tx_power_dbm() == 20.0
+
+
+def test_decoder_axis_crosses_meg_and_ue_local_only(tmp_path):
+    model = _model(tmp_path)
+    plain = _validate(tmp_path, GOOD)
+    both = {**GOOD, "grid": {**GOOD["grid"], "decoder": ["base", "distilled"]}}
+    with pytest.raises(SpecError, match=r"grid.decoder.*no distilled UE decoder"):
+        _validate(tmp_path, both)
+    (model / "ue_decoder").mkdir()
+    spec = _validate(tmp_path, both)
+    points = spec.points()
+    assert len([p for p in points if p.scheme == "meg"]) == 32 and len([p for p in points if p.scheme == "ue_local"]) == 4
+    assert {p.decoder for p in points if p.scheme == "ceg"} == {None} and len(points) == 32 + 4 + 4
+    assert {r.decoder for r in spec.requests() if r.scheme != "ceg"} == {"base", "distilled"}
+    assert {r.decoder for r in plain.requests()} == {""}  # no axis: each UE's own --decoder
+    # A spec without the axis keeps its point ids (runs made before the axis existed still resume).
+    assert "decoder" not in plain.points()[0].to_dict()
+    with pytest.raises(SpecError, match=r"grid.decoder\[0\]"):
+        _validate(tmp_path, {**GOOD, "grid": {**GOOD["grid"], "decoder": ["tiny"]}})

@@ -20,7 +20,23 @@ from testbed.campaign.spec import load_spec
 def tiny_model(tmp_path_factory):
     from testbed.ldm.synthetic import build_tiny_model
 
-    return build_tiny_model(tmp_path_factory.mktemp("model") / "sd15", "sd15", sample_size=8)
+    model = build_tiny_model(tmp_path_factory.mktemp("model") / "sd15", "sd15", sample_size=8)
+    _add_distilled_decoder(model)
+    return model
+
+
+def _add_distilled_decoder(model):
+    """A stand-in "distilled" decoder: the VAE with its output bias shifted, so its images differ from the base's."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    folder = model / "ue_decoder"
+    shutil.copytree(model / "vae", folder)
+    for f in folder.glob("*.safetensors"):
+        weights = load_file(f)
+        weights["decoder.conv_out.bias"] = weights["decoder.conv_out.bias"] + 0.5
+        save_file(weights, f)
 
 
 def test_tiny_campaign_over_processes_yields_valid_dataset_and_manifest(tmp_path, tiny_model):
@@ -31,7 +47,8 @@ def test_tiny_campaign_over_processes_yields_valid_dataset_and_manifest(tmp_path
         prompts: ["a cat"]
         seeds: [0]
         schemes: [meg, ceg, ue_local]
-        grid: {{n_steps: [2], es_steps: [null, 1], merge_ratio: [0.0, 0.5], distance_m: [250], tx_mode: [analog]}}
+        grid: {{n_steps: [2], es_steps: [null, 1], merge_ratio: [0.0, 0.5], distance_m: [250], tx_mode: [analog],
+               decoder: [base, distilled]}}
         reference: {{n_steps: 3}}
         repetitions: 1
         warmup: 1
@@ -40,11 +57,18 @@ def test_tiny_campaign_over_processes_yields_valid_dataset_and_manifest(tmp_path
     spec = load_spec(spec_path)
     run = tmp_path / "run"
     summary = CampaignRunner(spec, run, progress=False).run()
-    assert summary.failed == 0 and summary.ok == len(spec.requests()) == 6  # MEG 2k x 2beta, CEG, UE-local
+    # MEG 2k x 2beta x 2 decoders, CEG (no UE decoder), UE-local x 2 decoders
+    assert summary.failed == 0 and summary.ok == len(spec.requests()) == 11
     df = read_dataset(run)
     validate(df)
     e2e = df[df.stage == "end_to_end"]
     assert (e2e.status == "ok").all() and e2e.q_mse.notna().all()
+    # Every row says which UE decoder ran; the distilled one changes the image at the same configuration.
+    assert e2e.loc[e2e.scheme == "ceg", "decoder"].isna().all()
+    assert set(e2e.loc[e2e.scheme != "ceg", "decoder"]) == {"base", "distilled"}
+    assert df.loc[df.scheme == "meg", "decoder"].notna().all()
+    by_dec = e2e[e2e.scheme == "ue_local"].set_index("decoder")["q_mse"]
+    assert by_dec["distilled"] > by_dec["base"]  # the shifted bias moves it away from the base reference
     # The hybrid split (k=1 < N=2) denoises on the UE too.
     hybrid = df[(df.scheme == "meg") & (df.es_steps == 1)]
     assert {("es", "denoise"), ("ue", "denoise"), ("ue", "text_encode")} <= set(zip(hybrid.node, hybrid.stage,

@@ -1,0 +1,61 @@
+"""The UE's decoder per request: default, switching, a decoder the model lacks, the reference unaffected."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+from nodes_helpers import make_spec
+
+from testbed.nodes import protocol as P
+from testbed.nodes.records import StageRecorder
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    from safetensors.torch import load_file, save_file
+
+    from testbed.ldm.synthetic import build_tiny_model
+    from testbed.nodes.ldm_engine import LdmEngine
+
+    model = build_tiny_model(tmp_path_factory.mktemp("m") / "sd15", "sd15", sample_size=8)
+    shutil.copytree(model / "vae", model / "ue_decoder")
+    for f in (model / "ue_decoder").glob("*.safetensors"):
+        w = load_file(f)
+        w["decoder.conv_out.bias"] = w["decoder.conv_out.bias"] + 0.5
+        save_file(w, f)
+    return LdmEngine(model, device="cpu")
+
+
+def _local(engine, decoder):
+    req = make_spec("ue_local", height_px=None, width_px=None, n_steps=2, decoder=decoder)
+    used = engine.select_decoder(req.decoder, req.request_id)
+    return used, engine.ue_local(req, StageRecorder("ue", None))
+
+
+def test_switching_decoders_per_request(engine):
+    assert engine.info["decoder"] == "base"
+    used_b, base = _local(engine, "")
+    used_d, dist = _local(engine, "distilled")
+    assert (used_b, used_d) == ("base", "distilled") and not np.array_equal(base, dist)
+    assert np.array_equal(_local(engine, "base")[1], base)
+    # The quality reference is the stock decoder's, whatever decoder is in force.
+    engine.select_decoder("distilled")
+    req = make_spec("ue_local", height_px=None, width_px=None, n_steps=2)
+    assert np.array_equal(engine.reference(req, 2), base)
+
+
+def test_a_decoder_the_model_lacks_is_a_protocol_error(engine):
+    with pytest.raises(P.ProtocolError, match="decoder 'nowhere'"):
+        engine.select_decoder("nowhere", "r9")
+
+
+def test_decoder_field_round_trips_and_is_checked():
+    spec = make_spec("meg", decoder="distilled")
+    assert P.RequestSpec.from_meta(spec.to_meta()).decoder == "distilled"
+    old = spec.to_meta()
+    del old["decoder"]  # a peer that predates the field: the UE's default
+    assert P.RequestSpec.from_meta(old).decoder == ""
+    with pytest.raises(P.ProtocolError, match="'decoder'"):
+        P.RequestSpec.from_meta({**spec.to_meta(), "decoder": 3})
