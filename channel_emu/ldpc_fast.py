@@ -3,7 +3,8 @@
 Sionna's ``LDPC5GDecoder`` does two things: 5G rate recovery (de-interleaving, un-puncturing, filler bits, HARQ
 redundancy-version combining, graph pruning) and flooding belief propagation on the lifted parity-check matrix.
 :class:`FastLDPC5GDecoder` keeps the first exactly as Sionna does it and replaces the second by
-:class:`SerialMinSum`: normalised min-sum (alpha = 0.7, as :data:`channel_emu.ldpc_nr.ALPHA`) on a row-serial schedule (each check row uses the freshest
+:class:`SerialMinSum`: normalised min-sum (alpha = 0.7, as :data:`channel_emu.ldpc_nr.ALPHA`; base graph 2 offset as
+:func:`channel_emu.ldpc_nr.minsum_offset`) on a row-serial schedule (each check row uses the freshest
 posteriors, which converges in about half the iterations of flooding), early stop per codeword at the first valid
 syndrome, codewords in parallel. (``LDPC5GDecoder.call`` ends in ``super().call(llr_5g)``; the class order makes
 that call land in :class:`_FastCore`.) Same inputs, outputs and HARQ modes as Sionna's decoder.
@@ -21,12 +22,13 @@ import torch
 from sionna.phy.fec.ldpc import LDPC5GDecoder, LDPC5GEncoder
 from sionna.phy.fec.ldpc.decoding import LDPCBPDecoder
 
+from channel_emu.ldpc_nr import minsum_offset
 from channel_emu.numba_setup import prefer_workqueue
 
 prefer_workqueue()
 
 
-def _minsum_kernel_py(llr, row_ptr, cols, num_iter, alpha, hard, iters):  # pragma: no cover - compiled by numba
+def _minsum_kernel_py(llr, row_ptr, cols, num_iter, alpha, offset, hard, iters):  # pragma: no cover - compiled by numba
     """Serial-schedule (row by row) normalised min-sum with early stopping, one codeword per outer iteration.
 
     llr [B, N] float32 (log p0/p1); row_ptr [M+1], cols [E] (CSR of the parity-check matrix); writes hard [B, N]
@@ -79,7 +81,7 @@ def _minsum_kernel_py(llr, row_ptr, cols, num_iter, alpha, hard, iters):  # prag
                         sgn ^= 1
                 for e in range(start, stop):
                     t = tmp[e - start]
-                    mag = alpha * (min2 if e == arg else min1)
+                    mag = max(alpha * (min2 if e == arg else min1) - offset, np.float32(0.0))
                     neg = sgn ^ (1 if t < 0 else 0)
                     new = -mag if neg else mag
                     msg[e] = new
@@ -100,11 +102,11 @@ class SerialMinSum:
     ``decode(llr [B, N] float32 log p0/p1) -> uint8 [B, N]``; ``last_iterations`` holds each codeword's iterations.
     """
 
-    def __init__(self, pcm, z: int = 1, num_iter: int = 20, alpha: float = 0.7) -> None:
+    def __init__(self, pcm, z: int = 1, num_iter: int = 20, alpha: float = 0.7, offset: float = 0.0) -> None:
         h = sp.csr_matrix(pcm, dtype=np.int8)
         h.sort_indices()
         self.num_checks, self.num_vars = h.shape
-        self.num_iter, self.alpha = int(num_iter), np.float32(alpha)
+        self.num_iter, self.alpha, self.offset = int(num_iter), np.float32(alpha), np.float32(offset)
         self.row_ptr = h.indptr.astype(np.int64)
         self.cols = h.indices.astype(np.int64)
         self.last_iterations: np.ndarray = np.zeros(0, np.int32)
@@ -114,22 +116,22 @@ class SerialMinSum:
         hard = np.empty(llr.shape, np.uint8)
         iters = np.zeros(llr.shape[0], np.int32)
         _minsum_kernel(llr, self.row_ptr, self.cols, self.num_iter if num_iter is None else int(num_iter),
-                       self.alpha, hard, iters)
+                       self.alpha, self.offset, hard, iters)
         self.last_iterations = iters
         return hard
 
 
-def make_core(pcm, z: int, num_iter: int = 20, alpha: float = 0.7):
+def make_core(pcm, z: int, num_iter: int = 20, alpha: float = 0.7, offset: float = 0.0):
     """The BP core for Sionna's rate recovery: numba's :class:`SerialMinSum`."""
-    return SerialMinSum(pcm, z, num_iter, alpha)
+    return SerialMinSum(pcm, z, num_iter, alpha, offset)
 
 
 class _FastCore(LDPCBPDecoder):
     """Replaces Sionna's flooding BP by :class:`SerialMinSum` (hard outputs only)."""
 
-    def __init__(self, pcm, *args, lifting_z: int = 1, **kwargs) -> None:
+    def __init__(self, pcm, *args, lifting_z: int = 1, minsum_offset: float = 0.0, **kwargs) -> None:
         super().__init__(pcm, *args, **kwargs)
-        self.core = make_core(pcm, lifting_z, num_iter=self._num_iter)
+        self.core = make_core(pcm, lifting_z, num_iter=self._num_iter, offset=minsum_offset)
 
     def call(self, llr_ch: torch.Tensor, /, *, num_iter: int | None = None, msg_v2c=None):
         if not self._hard_out or self._return_state:
@@ -153,7 +155,7 @@ class FastLDPC5GDecoder(LDPC5GDecoder, _FastCore):
 
     def __init__(self, encoder: LDPC5GEncoder, num_iter: int = 20, harq_mode: bool = False, **kwargs) -> None:
         super().__init__(encoder, num_iter=num_iter, harq_mode=harq_mode, hard_out=True, return_infobits=True,
-                         lifting_z=encoder.z, device="cpu", **kwargs)
+                         lifting_z=encoder.z, minsum_offset=minsum_offset(encoder._bg), device="cpu", **kwargs)
 
     @property
     def last_iterations(self) -> np.ndarray:
