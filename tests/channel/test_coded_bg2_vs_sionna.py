@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 
 from channel_emu.coded import CodedChain
 from channel_emu.config import LinkConfig
@@ -30,6 +31,7 @@ def _block_errors(impl: str, bits: np.ndarray) -> tuple[np.ndarray, object]:
     return wrong, res
 
 
+@pytest.mark.slow  # Sionna's BP on 48 blocks: ~70 s CPU on the shared 2-core box (~10 s idle)
 def test_fast_and_sionna_chains_fail_compatible_blocks_on_bg2():
     bits = np.random.default_rng(3).integers(0, 2, 48 * 3800).astype(np.uint8)
     fast, res_fast = _block_errors("fast", bits)
