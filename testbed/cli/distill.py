@@ -78,6 +78,8 @@ _RECIPE_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--weight-decay", "weight_decay", {"type": float, "help": "AdamW weight decay"}),
     ("--grad-clip", "grad_clip", {"type": float, "help": "gradient-norm clip (0: off)"}),
     ("--crop-latent", "crop_latent", {"type": int, "help": "train on random latent crops of this side"}),
+    ("--log-mse-floor", "log_mse_floor", {"type": float,
+                                          "help": "loss = mean ln(MSE_i + floor) over samples; 0: plain mean MSE"}),
     ("--perceptual-weight", "perceptual_weight", {"type": float, "help": "LPIPS weight (needs local weights)"}),
     ("--seed", "seed", {"type": int, "help": "seed of every per-step draw"}),
     ("--prompt-seed", "prompt_seed", {"type": int, "help": "seed of the prompt draw"}),

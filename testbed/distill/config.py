@@ -113,6 +113,12 @@ class DistillConfig:
     crop_latent : int or None
         Train on random square latent crops of this side (after merging and the channel, which see the whole
         latent); None: whole latents. Cuts memory for SDXL-size images.
+    log_mse_floor : float
+        0: the loss is the batch's mean squared error. > 0: the mean over samples of ln(MSE_i + floor), the
+        project's distortion metric (-ln MSE) with a floor. A plain mean lets the noisy samples (MSE ~1e-2) dominate
+        and costs the clean ones dearly: on the default model, 900 steps of it lost 8 dB PSNR at beta 0 noiseless
+        while gaining 5 dB at 0 dB SNR. The log makes every sample's relative error count; the floor (1e-5: 50 dB)
+        stops near-exact samples from taking all the gradient.
     perceptual_weight : float
         Weight of an LPIPS term (needs the ``lpips`` package and its backbone weights locally); 0: MSE only.
     seed : int
@@ -151,13 +157,14 @@ class DistillConfig:
     noise: NoiseConfig = field(default_factory=NoiseConfig)
     steps: int = 900
     batch_size: int = 32
-    lr: float = 2e-4
+    lr: float = 1e-4
     lr_min: float = 1e-5
     warmup_steps: int = 40
     weight_decay: float = 0.01
     betas_adam: tuple[float, float] = (0.9, 0.999)
     grad_clip: float = 1.0
     crop_latent: int | None = 8
+    log_mse_floor: float = 1e-5
     perceptual_weight: float = 0.0
     seed: int = 0
     device: str = "cpu"
@@ -272,6 +279,7 @@ def validate(cfg: DistillConfig) -> None:
     _check(cfg.crop_latent is None or (_is_int(cfg.crop_latent) and cfg.crop_latent >= 2 and cfg.crop_latent % 2 == 0),
            "crop_latent", "must be an even integer >= 2 or null")
     _check(_is_num(cfg.perceptual_weight) and cfg.perceptual_weight >= 0, "perceptual_weight", "must be >= 0")
+    _check(_is_num(cfg.log_mse_floor) and cfg.log_mse_floor >= 0, "log_mse_floor", "must be >= 0")
     _check(isinstance(cfg.device, str) and (cfg.device in ("cpu", "mps") or cfg.device.startswith("cuda")), "device",
            f"{cfg.device!r} is not cpu, mps or cuda[:N]")
     _check(cfg.model_dtype in ("float32", "float16", "bfloat16"), "model_dtype", "float32 | float16 | bfloat16")

@@ -4,7 +4,7 @@ Each optimiser step draws ``batch_size`` tuples from a generator seeded with ``(
 from the cached steps, beta ~ U[0, beta_max], a link condition (:class:`~testbed.distill.link.TrainingLink`) and,
 with ``crop_latent``, a crop position. The input is that prompt's cached ES latent after N steps, merged, sent
 through the link and un-merged (:meth:`TrainingLink.receive`); the target is its reference image (N_ref steps,
-beta 0, noiseless, base VAE). Loss: MSE (+ ``perceptual_weight`` x LPIPS when local weights exist). AdamW with a
+beta 0, noiseless, base VAE). Loss: per-sample MSE, averaged as ln(MSE + ``log_mse_floor``) by default (+ ``perceptual_weight`` x LPIPS when local weights exist). AdamW with a
 linear warm-up and a cosine decay to ``lr_min`` (:func:`lr_at`, a pure function of the step).
 
 Because every draw depends only on (config, step), a run resumed from a checkpoint takes exactly the steps the
@@ -24,7 +24,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from testbed.distill.cache import LatentCache
 from testbed.distill.checkpoint import (
@@ -231,8 +230,10 @@ class Distiller:
         with self._autocast():
             pred = self.decoder(x.to(self.device))
         pred, y = pred.float(), y.to(self.device, torch.float32)
-        mse = F.mse_loss(pred, y)
-        total = mse
+        per_sample = (pred - y).square().flatten(1).mean(1)
+        mse = per_sample.mean()
+        floor = self.cfg.log_mse_floor
+        total = torch.log(per_sample + floor).mean() if floor > 0 else mse
         parts = {"mse": float(mse.detach())}
         if self.perceptual is not None:
             lp = self.perceptual(pred, y)
