@@ -2,8 +2,9 @@
 
 One JSON-able dataclass tree (:class:`DistillConfig`), saved with every checkpoint and with the exported decoder so
 that a run can be resumed and a shipped decoder traced back to its recipe. Defaults are sized for the embedded
-default model on 2 CPU cores (about 1 hour: ~15 min of latent caching for 160 prompts x 5 step counts, ~30 min of
-training on 64-px crops -- the crop size the default VAE itself was trained on); SD-1.5 / SDXL on a GPU change
+default model on 2 CPU cores (about 30 min: ~11 min of latent caching for 160 prompts x 5 step counts, ~17 min of
+training on whole 128-px images; 64-px crops were 4x faster per sample but the decoder they gave was worse on whole
+images than before training, measured); SD-1.5 / SDXL on a GPU change
 ``device`` / ``amp`` / ``model_dtype`` / ``crop_latent`` / ``guidance_scale`` and the prompts.
 
 Noise kinds (:class:`NoiseConfig`), each drawn per sample:
@@ -155,15 +156,15 @@ class DistillConfig:
     wire_dtype: str = "float16"
     tome_ratio_es: float = 0.0
     noise: NoiseConfig = field(default_factory=NoiseConfig)
-    steps: int = 900
-    batch_size: int = 32
+    steps: int = 600
+    batch_size: int = 16
     lr: float = 1e-4
     lr_min: float = 1e-5
     warmup_steps: int = 40
     weight_decay: float = 0.01
     betas_adam: tuple[float, float] = (0.9, 0.999)
     grad_clip: float = 1.0
-    crop_latent: int | None = 8
+    crop_latent: int | None = None
     log_mse_floor: float = 1e-5
     perceptual_weight: float = 0.0
     seed: int = 0

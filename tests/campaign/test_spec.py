@@ -138,3 +138,14 @@ def test_decoder_axis_crosses_meg_and_ue_local_only(tmp_path):
     assert "decoder" not in plain.points()[0].to_dict()
     with pytest.raises(SpecError, match=r"grid.decoder\[0\]"):
         _validate(tmp_path, {**GOOD, "grid": {**GOOD["grid"], "decoder": ["tiny"]}})
+
+
+def test_the_shipped_default_campaign_validates():
+    """`make run`'s spec against the shipped model (its distilled decoder included)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    spec = load_spec(root / "campaigns" / "default.yaml")
+    assert spec.model == "default" and set(spec.schemes) == {"meg", "ceg", "ue_local"}
+    assert set(spec.grid["decoder"]) == {"base", "distilled"}
+    assert spec.reference_n_steps >= max(spec.grid["n_steps"])
