@@ -85,14 +85,17 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = write_synthetic_campaign(Path(tempfile.mkdtemp(prefix="megbed-synthetic-")), seed=args.seed)
         synthetic_note = "no campaign dataset found: using a SYNTHETIC dataset (testbed.policy.synthetic), not a measurement"
         print(f"NOTE: {synthetic_note}\n      {run_dir}")
-    model = MeasuredCostModel.from_run_dir(run_dir)
+    from testbed.policy.quick import fixed_decoder
+
+    fixed = fixed_decoder(run_dir)  # a campaign comparing decoders: the distilled one's rows
+    model = MeasuredCostModel.from_run_dir(run_dir, fixed=fixed)
     if model.source.get("synthetic") and synthetic_note is None:
         synthetic_note = f"{run_dir} is a SYNTHETIC dataset (its manifest says so), not a measurement"
         print(f"NOTE: {synthetic_note}")
     limits = parse_limits(args.limit) if args.limit else (
         {"latency_s": 3.0, "energy_j": 300.0} if model.source.get("synthetic") else default_limits(model))
     channel = _channel_default() if args.channel == "auto" else args.channel
-    spec = meg_env_spec(run_dir, channel=channel, costs=tuple(limits))
+    spec = meg_env_spec(run_dir, channel=channel, costs=tuple(limits), fixed=fixed)
     eval_env = build_env(spec, seed=args.seed + 1, cost_model=model)
     cons = Constraints.from_mapping(eval_env.cost_names, limits, eval_env.episode_length)
     names = list(cons.constrained)

@@ -75,11 +75,12 @@ def quick_train_and_evaluate(run_dir: str | Path, out_dir: str | Path | None = N
     out = Path(out_dir) if out_dir is not None else run_dir / "policy"
     if (out / "checkpoint").exists():
         out = Path(tempfile.mkdtemp(prefix="megbed-policy-"))
-    cost_model = MeasuredCostModel.from_run_dir(run_dir)
+    fixed = fixed_decoder(run_dir)
+    cost_model = MeasuredCostModel.from_run_dir(run_dir, fixed=fixed)
     derived = not limits
     limits = dict(limits) if limits else default_limits(cost_model)
     spec = meg_env_spec(run_dir, channel=_channel_default() if channel == "auto" else channel,
-                        costs=tuple(limits))
+                        costs=tuple(limits), fixed=fixed)
     env = build_env(spec, seed=seed, cost_model=cost_model)
     eval_env = build_env(spec, seed=seed + 1, cost_model=cost_model)
     result = train_policy("cvpo", spec, limits, out / "train", steps=steps, seed=seed, progress=progress,
@@ -110,3 +111,17 @@ def quick_train_and_evaluate(run_dir: str | Path, out_dir: str | Path | None = N
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=float), encoding="utf-8")
     return summary
+
+
+def fixed_decoder(run_dir: Path) -> dict | None:
+    """The policy chooses N and beta, not the UE's decoder: a campaign that compared decoders is trained on the
+    distilled one's rows (the UE's decoder when it is deployed), else on the one it has."""
+    from testbed.policy.data import read_campaign_rows
+
+    rows = read_campaign_rows(run_dir)
+    if "decoder" not in rows:
+        return None
+    decoders = set(rows.loc[rows["scheme"] == "meg", "decoder"].dropna())
+    if len(decoders) <= 1:
+        return None
+    return {"decoder": "distilled" if "distilled" in decoders else sorted(decoders)[0]}
