@@ -20,3 +20,16 @@ def test_quick_train_and_evaluate(synthetic_run, tmp_path):
     assert summary["train"]["steps"] >= 64 and summary["cvpo_reward_vs_oracle"] > 0
     assert json.loads((tmp_path / "quick" / "summary.json").read_text())["limits"] == summary["limits"]
     assert (tmp_path / "quick" / "train" / "policy" / "policy.json").is_file()
+
+
+def test_a_campaign_comparing_decoders_trains_on_the_distilled_rows(monkeypatch, tmp_path):
+    import pandas as pd
+
+    import testbed.policy.data as data
+    from testbed.policy.quick import fixed_decoder
+
+    rows = pd.DataFrame({"scheme": ["meg", "meg", "ceg"], "decoder": ["base", "distilled", None]})
+    monkeypatch.setattr(data, "read_campaign_rows", lambda run_dir: rows)
+    assert fixed_decoder(tmp_path) == {"decoder": "distilled"}
+    monkeypatch.setattr(data, "read_campaign_rows", lambda run_dir: rows.iloc[[0, 2]])
+    assert fixed_decoder(tmp_path) is None  # one decoder: nothing to fix
