@@ -181,6 +181,22 @@ def build_tiny_model(folder: str | Path, family: str = "sd15", *, scheduler: str
     return folder
 
 
+def add_stand_in_decoder(model_dir: str | Path, bias_shift: float = 0.5) -> Path:
+    """Give a model a "distilled" UE decoder for tests: its VAE with the output bias shifted by ``bias_shift``, so the
+    decoder loads like a real one but its images differ from the base decoder's. Returns ``<model>/ue_decoder``."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    folder = Path(model_dir) / "ue_decoder"
+    shutil.copytree(Path(model_dir) / "vae", folder)
+    for f in folder.glob("*.safetensors"):
+        weights = load_file(f)
+        weights["decoder.conv_out.bias"] = weights["decoder.conv_out.bias"] + bias_shift
+        save_file(weights, f)
+    return folder
+
+
 def _cast(module: Any, dtype: torch.dtype) -> Any:
     # Casting an fp32 module to fp32 is a no-op that diffusers still warns about; skip it.
     return module if dtype == torch.float32 else module.to(dtype)

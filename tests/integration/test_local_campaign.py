@@ -18,25 +18,11 @@ from testbed.campaign.spec import load_spec
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    from testbed.ldm.synthetic import build_tiny_model
+    from testbed.ldm.synthetic import add_stand_in_decoder, build_tiny_model
 
     model = build_tiny_model(tmp_path_factory.mktemp("model") / "sd15", "sd15", sample_size=8)
-    _add_distilled_decoder(model)
+    add_stand_in_decoder(model)  # its images differ from the base decoder's
     return model
-
-
-def _add_distilled_decoder(model):
-    """A stand-in "distilled" decoder: the VAE with its output bias shifted, so its images differ from the base's."""
-    import shutil
-
-    from safetensors.torch import load_file, save_file
-
-    folder = model / "ue_decoder"
-    shutil.copytree(model / "vae", folder)
-    for f in folder.glob("*.safetensors"):
-        weights = load_file(f)
-        weights["decoder.conv_out.bias"] = weights["decoder.conv_out.bias"] + 0.5
-        save_file(weights, f)
 
 
 def test_tiny_campaign_over_processes_yields_valid_dataset_and_manifest(tmp_path, tiny_model):
