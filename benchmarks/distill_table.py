@@ -64,7 +64,13 @@ def table(args: argparse.Namespace, model, model_dir: Path) -> None:
                         target_dtype="float32", progress=True)
     t1 = time.perf_counter_ns()
     link = TrainingLink(NoiseConfig(kind="snr"), "float16")  # the paper's link model: analog AWGN, MMSE
-    rows = evaluate(cache, {"base": model.base_decoder, "distilled": distilled}, steps=steps, betas=args.betas,
+    from testbed.ldm.gate import GatedDecoder, read_gate
+
+    decoders = {"base": model.base_decoder, "distilled": distilled}
+    rule = read_gate(folder)
+    if rule is not None:  # the 'auto' decoder: the calibrated gate between base and distilled
+        decoders["auto"] = GatedDecoder(model.base_decoder, distilled, rule)
+    rows = evaluate(cache, decoders, steps=steps, betas=args.betas,
                     conds=conditions(args.snr_db, args.sigma), link=link, seed=0, progress=True)
     t2 = time.perf_counter_ns()
     table_steps = [n for n in steps if n != args.n_ref]
@@ -73,6 +79,14 @@ def table(args: argparse.Namespace, model, model_dir: Path) -> None:
     print(f"(latents cached in {(t1 - t0) / 1e9:.1f} s, {len(rows)} decodes scored in {(t2 - t1) / 1e9:.1f} s, "
           f"{torch.get_num_threads()} torch threads)\n")
     print(format_tables(rows, table_steps))
+    if "auto" in decoders:
+        print(f"\n'auto' = base when the received latent's noise ratio <= {rule.noise_ratio_max:.4f} and beta < "
+              f"{rule.merge_ratio_min:g}, else distilled; vs base:\n")
+        print(format_tables(rows, table_steps, "base", "auto"))
+        share = rows[rows["decoder"] == "auto"].groupby(["beta", "condition"], sort=False)["decoder_used"].apply(
+            lambda s: (s == "distilled").mean())
+        print("\nshare of latents the gate sent to the distilled decoder:")
+        print(share.unstack("condition").round(2).to_string())
     out = args.out or folder / "distortion.csv"
     summarize(rows, table_steps).to_csv(out, index=False)
     print(f"\nsummary CSV: {out}")

@@ -90,14 +90,16 @@ def decoder_distortion(data: RunData, ctx: FigureContext):
     bmap = plt.get_cmap("Blues")
     for k, beta in enumerate(betas):
         g = wide[wide["beta"] == beta].sort_values("x")
-        ax.plot(g["x"], g["distilled"] - g["base"], marker="o", markersize=3,
-                color=bmap(0.4 + 0.6 * k / max(len(betas) - 1, 1)), label=f"β = {beta:g}")
+        color = bmap(0.4 + 0.6 * k / max(len(betas) - 1, 1))
+        ax.plot(g["x"], g["distilled"] - g["base"], marker="o", markersize=3, color=color, label=f"β = {beta:g}")
+        if "auto" in g:  # the calibrated gate between the two (testbed.ldm.gate)
+            ax.plot(g["x"], g["auto"] - g["base"], marker="x", markersize=3, color=color, linestyle=":")
     ax.axhline(0.0, color="k", linewidth=0.8)
     xs = sorted(df["x"].unique())
     ax.set_xticks(xs, [("∞" if df.loc[df["x"] == x, "kind"].iloc[0] == "none" else f"{x:g}") for x in xs])
     ax.set_xlabel("link SNR (dB)")
     ax.set_ylabel("PSNR gain, distilled − base (dB)")
-    ax.set_title("(b) gain of the distilled decoder")
+    ax.set_title("(b) gain of the distilled decoder" + (" (dotted: auto gate)" if "auto" in wide else ""))
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig

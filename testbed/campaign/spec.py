@@ -67,7 +67,7 @@ TOP_KEYS = {
 }
 GRID_KEYS = {"n_steps", "es_steps", "merge_ratio", "tome_ratio_es", "tome_ratio_ue", "link_model", "distance_m",
              "snr_db", "tx_mode", "decoder"}
-DECODERS = ("base", "distilled")
+DECODERS = ("base", "distilled", "auto")
 IMAGE_KEYS = {"height_px", "width_px", "guidance_scale", "scheduler", "wire_dtype"}
 
 
@@ -467,9 +467,21 @@ def validate_spec(data: Any, *, base_dir: Path, source: str = "<spec>", check_pa
                                  lambda k, v: chk.string(k, v, TX_MODES))
     if "decoder" in grid_in:
         grid["decoder"] = chk.values("grid.decoder", grid_in["decoder"], lambda k, v: chk.string(k, v, DECODERS))
-        if check_paths and "distilled" in grid["decoder"] and not (model_dir / "ue_decoder").is_dir():
+        wants = {"distilled", "auto"} & set(grid["decoder"])
+        if check_paths and wants and not (model_dir / "ue_decoder").is_dir():
             chk.bad("grid.decoder", f"{model_dir} has no distilled UE decoder (ue_decoder/); train one with "
-                                    "`megbed distill train --install` or leave 'distilled' out")
+                                    f"`megbed distill train --install` or leave {sorted(wants)} out")
+        elif check_paths and "auto" in wants:
+            from testbed.ldm.gate import read_gate
+
+            try:
+                gate = read_gate(model_dir / "ue_decoder")
+            except (ValueError, OSError) as exc:
+                gate, why = None, f"its gate is unreadable ({exc})"
+            else:
+                why = "it has no calibrated gate (run `megbed distill calibrate`)"
+            if gate is None:
+                chk.bad("grid.decoder", f"'auto' needs the distilled decoder's gate: {model_dir}/ue_decoder: {why}")
     has_d, has_s = "distance_m" in grid_in, "snr_db" in grid_in
     needs_link = any(s in ("meg", "ceg") for s in schemes)
     if has_d and has_s:

@@ -10,8 +10,11 @@ Examples::
     # the base-vs-distilled distortion table on held-out prompts (written as CSV too)
     megbed distill eval --decoder distilled --out distortion.csv
     megbed distill install runs/distill/ue_decoder
+    # fit the 'auto' gate (base decoder for clean latents, distilled for noisy / heavily merged ones)
+    megbed distill calibrate --decoder distilled
 
-A UE then picks its decoder with ``megbed node ue --decoder base|distilled`` (``distilled`` = ``<model>/ue_decoder``).
+A UE then picks its decoder with ``megbed node ue --decoder base|distilled|auto`` (``distilled`` =
+``<model>/ue_decoder``; ``auto`` = the calibrated gate between the two).
 """
 
 from __future__ import annotations
@@ -237,7 +240,8 @@ def run_eval(args: argparse.Namespace) -> int:
     from testbed.distill.evaluate import conditions, evaluate, format_tables, summarize
     from testbed.distill.link import TrainingLink
     from testbed.distill.prompts import PromptSourceError, heldout_prompts
-    from testbed.ldm.model import UE_DECODER_SUBFOLDER, check_decoder_fits, load_decoder
+    from testbed.ldm.gate import GatedDecoder, read_gate
+    from testbed.ldm.model import check_decoder_fits, load_decoder
     from testbed.ldm.request import LdmError
 
     model_dir = _model_dir(args)
@@ -246,12 +250,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     model = _load_model(model_dir, args.device, args.model_dtype)
-    if args.decoder == "distilled":
-        folder = model_dir / UE_DECODER_SUBFOLDER
-    else:
-        folder = Path(args.decoder)
-        if not folder.is_absolute() and (model_dir / folder).is_dir():
-            folder = model_dir / folder
+    folder = _decoder_folder(model_dir, args.decoder)
     try:
         distilled = load_decoder(folder, device=model.device, dtype=model.dtype)
         check_decoder_fits(distilled, latent_channels=model.latent_channels, vae_scale_factor=model.vae_scale_factor,
@@ -266,10 +265,20 @@ def run_eval(args: argparse.Namespace) -> int:
     except (LdmError, LinkConfigError, LatentCacheError, PromptSourceError) as exc:
         raise CliError(str(exc)) from exc
     conds = conditions(args.snr_db, args.sigma or ())
-    rows = evaluate(cache, {"base": model.base_decoder, "distilled": distilled}, steps=steps, betas=args.betas,
+    decoders = {"base": model.base_decoder, "distilled": distilled}
+    try:
+        rule = read_gate(folder)
+    except (ValueError, OSError) as exc:
+        raise CliError(f"{folder}/distill.json: bad gate: {exc}") from exc
+    if rule is not None:
+        decoders["auto"] = GatedDecoder(model.base_decoder, distilled, rule)
+    rows = evaluate(cache, decoders, steps=steps, betas=args.betas,
                     conds=conds, link=link, seed=args.seed, progress=not args.no_progress)
     table_steps = args.table_steps or [n for n in steps if n != args.n_ref] or steps
     print(format_tables(rows, table_steps))
+    if "auto" in decoders:
+        print("\n'auto' (the calibrated gate) vs base\n")
+        print(format_tables(rows, table_steps, "base", "auto"))
     out = args.out or (folder / "distortion.csv")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -279,6 +288,78 @@ def run_eval(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise CliError(f"cannot write {out}: {exc}") from exc
     print(f"\nsummary written to {out}" + (f", per-image rows to {args.rows}" if args.rows else ""))
+    return 0
+
+
+def _decoder_folder(model_dir: Path, name: str) -> Path:
+    from testbed.ldm.model import UE_DECODER_SUBFOLDER
+
+    if name == "distilled":
+        return model_dir / UE_DECODER_SUBFOLDER
+    folder = Path(name)
+    if not folder.is_absolute() and (model_dir / folder).is_dir():
+        folder = model_dir / folder
+    return folder
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    from channel_emu.config import LinkConfigError
+    from testbed.distill.cache import LatentCacheError, build_cache
+    from testbed.distill.config import NoiseConfig
+    from testbed.distill.evaluate import conditions, evaluate
+    from testbed.distill.gate_fit import GateFitError, fit_gate
+    from testbed.distill.link import TrainingLink
+    from testbed.distill.prompts import PromptSourceError, training_prompts
+    from testbed.ldm.gate import GATE_KEY
+    from testbed.ldm.model import check_decoder_fits, load_decoder
+    from testbed.ldm.request import LdmError
+
+    model_dir = _model_dir(args)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    model = _load_model(model_dir, args.device, args.model_dtype)
+    folder = _decoder_folder(model_dir, args.decoder)
+    meta_path = folder / "distill.json"
+    try:
+        distilled = load_decoder(folder, device=model.device, dtype=model.dtype)
+        check_decoder_fits(distilled, latent_channels=model.latent_channels, vae_scale_factor=model.vae_scale_factor,
+                           where=f"decoder folder {folder}")
+        # Training-distribution prompts under a seed of their own: neither the decoder's training prompts nor the
+        # held-out prompts of `megbed distill eval`.
+        prompts = training_prompts(args.prompts, args.num_prompts, args.prompt_seed)
+        steps = sorted(set(args.steps) | {args.n_ref})
+        cache_dir = args.cache or _eval_cache_dir(model, prompts, steps, args.n_ref, args.guidance, None)
+        cache = build_cache(cache_dir, model, prompts, steps=steps, n_ref=args.n_ref, guidance_scale=args.guidance,
+                            target_dtype="float32", progress=not args.no_progress)
+        link = TrainingLink(NoiseConfig(kind="snr"), args.wire_dtype)
+    except (LdmError, LinkConfigError, LatentCacheError, PromptSourceError) as exc:
+        raise CliError(str(exc)) from exc
+    conds = conditions(args.snr_db)  # noiseless first
+    rows = evaluate(cache, {"base": model.base_decoder, "distilled": distilled},
+                    steps=[n for n in steps if n != args.n_ref], betas=args.betas, conds=conds, link=link,
+                    seed=args.seed, progress=not args.no_progress)
+    try:
+        rule, summary = fit_gate(rows)
+    except GateFitError as exc:
+        raise CliError(str(exc)) from exc
+    info = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
+    info[GATE_KEY] = {**rule.to_json(), "calibration": {
+        **summary, "prompts_source": args.prompts, "prompt_seed": args.prompt_seed, "steps": list(args.steps),
+        "n_ref": args.n_ref, "betas": list(args.betas), "snr_db": ["noiseless", *args.snr_db],
+        "link": "channel_emu analog AWGN, MMSE", "wire_dtype": args.wire_dtype}}
+    try:
+        meta_path.write_text(json.dumps(info, indent=1), encoding="utf-8")
+    except OSError as exc:
+        raise CliError(f"cannot write {meta_path}: {exc}") from exc
+    beta_txt = "never" if rule.merge_ratio_min == float("inf") else f"beta >= {rule.merge_ratio_min:g}"
+    print(f"gate for {folder}: distilled when the latent's noise ratio > {rule.noise_ratio_max:.4f} or {beta_txt}")
+    print(f"on {summary['latents']} latents of {summary['prompts']} calibration prompts, mean -ln MSE: base "
+          f"{summary['neg_log_mse_base']:.3f}, distilled {summary['neg_log_mse_distilled']:.3f}, gate "
+          f"{summary['neg_log_mse_gate']:.3f} (per-latent best {summary['neg_log_mse_best_per_latent']:.3f}); "
+          f"distilled used for {summary['share_distilled']:.0%}")
+    print(f"written to {meta_path}")
     return 0
 
 
@@ -352,6 +433,29 @@ def register(sub) -> None:
     e.add_argument("--rows", type=Path, default=None, help="also write the per-image rows to this CSV")
     e.add_argument("--no-progress", action="store_true", help="no progress bars")
     e.set_defaults(func=run_eval)
+
+    k = dsub.add_parser("calibrate", help="fit the 'auto' decoder's gate (base for clean latents, distilled for "
+                                          "noisy / heavily merged ones) and store it in the decoder's distill.json")
+    k.add_argument("--model", type=Path, default=None, help="diffusers model folder (default: the embedded model)")
+    k.add_argument("--decoder", default="distilled", help="'distilled' (<model>/ue_decoder) or a decoder folder")
+    k.add_argument("--prompts", default="shapes", help="'shapes' (training-distribution captions) or a prompt file")
+    k.add_argument("--num-prompts", type=int, default=12, help="calibration prompts (default 12)")
+    k.add_argument("--prompt-seed", type=int, default=7,
+                   help="seed of the calibration prompts (default 7; distillation trains on seed 1)")
+    k.add_argument("--steps", type=_ints, default=[4, 7, 10], help="ES steps N (default 4,7,10)")
+    k.add_argument("--n-ref", type=int, default=12, help="reference steps (default 12)")
+    k.add_argument("--betas", type=_floats, default=[0.0, 0.25, 0.5, 0.75], help="merge ratios")
+    k.add_argument("--snr-db", type=_floats, default=[30.0, 20.0, 15.0, 10.0, 5.0, 0.0, -4.0],
+                   help="link SNRs besides noiseless (default 30,20,15,10,5,0,-4)")
+    k.add_argument("--guidance", type=float, default=5.0, help="CFG scale (default 5)")
+    k.add_argument("--wire-dtype", choices=("float16", "float32"), default="float16")
+    k.add_argument("--seed", type=int, default=0, help="seed of the noise draws")
+    k.add_argument("--device", default="cpu", help="torch device")
+    k.add_argument("--model-dtype", choices=("float32", "float16", "bfloat16"), default="float32")
+    k.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    k.add_argument("--cache", type=Path, default=None, help="latent cache folder (default: a temp folder)")
+    k.add_argument("--no-progress", action="store_true", help="no progress bars")
+    k.set_defaults(func=run_calibrate)
 
     i = dsub.add_parser("install", help="copy a decoder folder into <model>/ue_decoder (after a geometry check)")
     i.add_argument("decoder_dir", type=Path, help="an exported decoder folder (RUN/ue_decoder)")

@@ -19,7 +19,8 @@ def add_node_parser(kinds) -> None:
     p.add_argument("--es-key", type=Path, default=None,
                    help="public key of the server at --es (default KEYS/es.key; the broker's when it has its own)")
     p.add_argument("--decoder", default=None,
-                   help="the UE's default decoder: base, distilled (<model>/ue_decoder) or a decoder folder "
+                   help="the UE's default decoder: base, distilled (<model>/ue_decoder), auto (base for clean "
+                        "latents, distilled for noisy or heavily merged ones) or a decoder folder "
                         "(a request naming another gets that one)")
     p.add_argument("--request-timeout-s", type=float, default=DEFAULT_REQUEST_TIMEOUT_S,
                    help="longest wait for the ES's answer (s)")

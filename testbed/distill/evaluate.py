@@ -86,7 +86,7 @@ def _scores(images: torch.Tensor, targets: torch.Tensor) -> dict[str, np.ndarray
 @torch.no_grad()
 def evaluate(cache: LatentCache, decoders: dict[str, Any], *, steps: Sequence[int], betas: Sequence[float],
              conds: Sequence[Condition], link: TrainingLink, seed: int = 0, batch_size: int = 16,
-             progress: bool = False) -> pd.DataFrame:
+             progress: bool = False, prompt_indices: Sequence[int] | None = None) -> pd.DataFrame:
     """Score every decoder on every (prompt, N, beta, condition); one row per decoded image.
 
     Parameters
@@ -103,23 +103,29 @@ def evaluate(cache: LatentCache, decoders: dict[str, Any], *, steps: Sequence[in
         Seeds the noise draws.
     batch_size : int
         Latents per decode call.
+    prompt_indices : sequence of int, optional
+        Only these prompts of the cache (default: all).
 
     Returns
     -------
     pandas.DataFrame
-        Columns ``decoder, prompt, seed, n_steps, beta, condition, kind, snr_db, sigma, ch_snr_db, ch_nmse, mse,
-        neg_log_mse, psnr_db``.
+        Columns ``decoder, prompt, seed, n_steps, beta, condition, kind, snr_db, sigma, ch_snr_db, ch_nmse,
+        noise_ratio, mse, neg_log_mse, psnr_db`` (``noise_ratio``: :func:`~testbed.ldm.gate.latent_noise_ratio` of
+        the received latent; ``decoder_used``: which decoder a gated one picked, else the decoder's name).
     """
+    from testbed.ldm.gate import latent_noise_ratio
+
     rows: list[dict[str, Any]] = []
     bar = None
-    total = len(betas) * len(conds) * len(cache) * len(steps)
+    indices = list(range(len(cache))) if prompt_indices is None else [int(i) for i in prompt_indices]
+    total = len(betas) * len(conds) * len(indices) * len(steps)
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=total, desc="evaluating decoders", unit="latent", leave=False)
     for bi, beta in enumerate(betas):
         for ci, cond in enumerate(conds):
-            jobs = [(i, n) for i in range(len(cache)) for n in steps]
+            jobs = [(i, n) for i in indices for n in steps]
             for k in range(0, len(jobs), batch_size):
                 chunk = jobs[k:k + batch_size]
                 received, meta = [], []
@@ -130,16 +136,21 @@ def evaluate(cache: LatentCache, decoders: dict[str, Any], *, steps: Sequence[in
                     received.append(r.latent)
                     meta.append((i, n, r))
                 x = torch.stack(received)
+                ratio = latent_noise_ratio(x).tolist()
                 targets = torch.stack([cache.target(i) for i, _ in chunk])
                 for name, dec in decoders.items():
-                    scores = _scores(dec.decode(x).float().cpu(), targets)
+                    gated = getattr(dec, "accepts_merge_ratio", False)
+                    images = dec.decode(x, merge_ratio=float(beta)) if gated else dec.decode(x)
+                    used = list(dec.last_choice) if gated else [name] * len(chunk)
+                    scores = _scores(images.float().cpu(), targets)
                     for j, (i, n, r) in enumerate(meta):
                         rows.append({
                             "decoder": name, "prompt": cache.prompts[i].prompt, "seed": cache.prompts[i].seed,
                             "n_steps": n, "beta": float(beta), "condition": cond.label, "kind": cond.kind,
                             "snr_db": cond.value if cond.kind == "snr" else math.nan,
                             "sigma": cond.value if cond.kind == "sigma" else math.nan,
-                            "ch_snr_db": r.snr_db, "ch_nmse": r.nmse,
+                            "ch_snr_db": r.snr_db, "ch_nmse": r.nmse, "noise_ratio": ratio[j],
+                            "decoder_used": used[j],
                             **{m: float(v[j]) for m, v in scores.items()},
                         })
                 if bar is not None:
@@ -215,7 +226,7 @@ def format_tables(rows: pd.DataFrame, table_steps: Sequence[int], a: str = "base
     steps_label = ",".join(str(n) for n in sorted(table_steps))
     n_prompts = rows["prompt"].nunique()
     lines.append(f"Distortion vs the reference, mean over {n_prompts} held-out prompts x N in {{{steps_label}}} "
-                 "(± = 95% CI; Δ = paired difference distilled - base)")
+                 f"(± = 95% CI; Δ = paired difference {b} - {a})")
     head = (f"{'β':>5}  {'link':<13} {'-lnMSE ' + a:>14} {'-lnMSE ' + b:>14} {'Δ -lnMSE':>15}  "
             f"{'PSNR ' + a:>10} {'PSNR ' + b:>10} {'Δ PSNR dB':>15}")
     lines += [head, "-" * len(head)]

@@ -8,7 +8,8 @@ exactly those of ``pipe(...)``.
 The decoder is an object with ``decode(latents) -> image`` (:class:`LatentDecoder`); :class:`VaeDecoder` wraps an
 ``AutoencoderKL`` (its ``post_quant_conv`` + decoder). A distilled UE decoder stored in a subfolder of the model
 (``<model>/ue_decoder/``) loads with :func:`load_decoder` and replaces the default without touching any stage;
-``load_pipeline(..., decoder="base" | "distilled")`` names the two choices a UE has (:data:`DECODER_CHOICES`), and
+``load_pipeline(..., decoder="base" | "distilled" | "auto")`` names the choices a UE has (:data:`DECODER_CHOICES`;
+``auto`` gates between the two per latent, :mod:`testbed.ldm.gate`), and
 every decoder folder is checked against the model's latent geometry (:func:`check_decoder_fits`).
 """
 
@@ -32,8 +33,9 @@ log = logging.getLogger(__name__)
 
 SUPPORTED_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
 UE_DECODER_SUBFOLDER = "ue_decoder"
-# A UE's decoder by name: the pipeline's own VAE, or the distilled one shipped in <model>/ue_decoder.
-DECODER_CHOICES = ("base", "distilled")
+# A UE's decoder by name: the pipeline's own VAE, the distilled one shipped in <model>/ue_decoder, or the gate
+# between them calibrated with the distilled one (testbed.ldm.gate).
+DECODER_CHOICES = ("base", "distilled", "auto")
 
 
 class ModelLoadError(LdmError):
@@ -429,7 +431,8 @@ def load_pipeline(model_dir: str | Path, *, device: torch.device | str | None = 
         Default: float16 on CUDA, float32 on CPU.
     decoder : LatentDecoder, str, path, or None
         The decode stage's decoder: an object; ``"base"`` or None for the pipeline's VAE; ``"distilled"`` for the
-        distilled UE decoder in ``model_dir/ue_decoder``; or a folder loaded with :func:`load_decoder` (relative
+        distilled UE decoder in ``model_dir/ue_decoder``; ``"auto"`` for the gate between the two
+        (:class:`~testbed.ldm.gate.GatedDecoder`); or a folder loaded with :func:`load_decoder` (relative
         paths are tried inside ``model_dir`` first). A folder must fit the model's latents
         (:func:`check_decoder_fits`).
     tome_max_downsample : int, optional
@@ -463,25 +466,42 @@ def load_pipeline(model_dir: str | Path, *, device: torch.device | str | None = 
     if isinstance(decoder, str | Path):
         decoder = named_decoder(model_dir, decoder, device=device, dtype=dtype,
                                 latent_channels=int(pipe.unet.config.in_channels),
-                                vae_scale_factor=int(pipe.vae_scale_factor))
+                                vae_scale_factor=int(pipe.vae_scale_factor), base=VaeDecoder(pipe.vae))
     return LdmModel(pipe, device=device, dtype=dtype, decoder=decoder, tome_max_downsample=tome_max_downsample,
                     model_dir=model_dir.resolve())
 
 
 def named_decoder(model_dir: str | Path, name: str | Path, *, device: torch.device | str, dtype: torch.dtype,
-                  latent_channels: int, vae_scale_factor: int) -> VaeDecoder | None:
+                  latent_channels: int, vae_scale_factor: int, base: LatentDecoder | None = None) -> Any:
     """The decoder a UE names: None for ``"base"`` (the pipeline's VAE), ``<model>/ue_decoder`` for
-    ``"distilled"``, else a decoder folder (tried inside ``model_dir`` first); checked against the latent geometry.
+    ``"distilled"``, the gate between ``base`` and that one for ``"auto"``, else a decoder folder (tried inside
+    ``model_dir`` first); checked against the latent geometry.
 
     Raises
     ------
     ModelLoadError
-        ``"distilled"`` on a model without ``ue_decoder/``, an unreadable folder, or one that does not fit
+        ``"distilled"`` / ``"auto"`` on a model without ``ue_decoder/``, ``"auto"`` with a decoder that has no
+        calibrated gate (or without ``base``), an unreadable folder, or one that does not fit
         (:class:`DecoderMismatchError`).
     """
     model_dir = Path(model_dir)
     if name == "base":
         return None
+    if name == "auto":
+        from testbed.ldm.gate import GatedDecoder, read_gate
+
+        if base is None:
+            raise ModelLoadError("the 'auto' decoder needs the base decoder to gate with")
+        distilled = named_decoder(model_dir, "distilled", device=device, dtype=dtype, latent_channels=latent_channels,
+                                  vae_scale_factor=vae_scale_factor)
+        try:
+            rule = read_gate(model_dir / UE_DECODER_SUBFOLDER)
+        except (ValueError, OSError) as exc:
+            raise ModelLoadError(f"{model_dir / UE_DECODER_SUBFOLDER}/distill.json: bad gate: {exc}") from exc
+        if rule is None:
+            raise ModelLoadError(f"{model_dir / UE_DECODER_SUBFOLDER} has no calibrated gate (distill.json 'gate'); "
+                                 "run `megbed distill calibrate` or use 'distilled'")
+        return GatedDecoder(base, distilled, rule)
     if name == "distilled":
         folder = model_dir / UE_DECODER_SUBFOLDER
         if not folder.is_dir():

@@ -201,10 +201,13 @@ class UnmergeStage(Stage):
 
 
 class DecodeStage(Stage):
-    """Latents -> image through a decoder object (the model's VAE unless another is given)."""
+    """Latents -> image through a decoder object (the model's VAE unless another is given).
+
+    A decoder that sets ``accepts_merge_ratio`` (the ``auto`` gate) also gets the request's beta."""
 
     name = "decode"
     inputs = ("latents",)
+    optional_inputs = ("request",)
     outputs = ("image",)
 
     def __init__(self, decoder: LatentDecoder) -> None:
@@ -213,6 +216,8 @@ class DecodeStage(Stage):
         self.decoder = decoder
 
     def run(self, state: Mapping[str, Any]) -> dict[str, Any]:
+        if getattr(self.decoder, "accepts_merge_ratio", False) and state.get("request") is not None:
+            return {"image": self.decoder.decode(state["latents"], merge_ratio=state["request"].merge_ratio)}
         return {"image": self.decoder.decode(state["latents"])}
 
 

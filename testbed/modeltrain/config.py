@@ -2,8 +2,13 @@
 
 Sized for the training budget (2 CPU cores, about 2 hours for everything) and the runtime's needs: 128x128 images,
 16x16x4 latents, a VAE decoder of about 0.6 M parameters (1.2 MB in fp16) so that a distilled copy fits beside it,
-and a noise schedule (SD's scaled-linear betas, 1000 steps, epsilon prediction, trailing timestep spacing) that
-DDIM, Euler, Euler-ancestral, DPM++ 2M and UniPC all accept.
+and a noise schedule that DDIM, Euler, Euler-ancestral, DPM++ 2M and UniPC all accept: SD's scaled-linear betas
+(1000 steps) rescaled to zero terminal SNR, v-prediction, trailing timestep spacing (Lin et al. 2024, "Common
+Diffusion Noise Schedules and Sample Steps are Flawed"). Why not SD's schedule as is: at t = 999 it keeps 6.8 % of the
+signal, and on 16x16 latents of one or two flat shapes that residual already shows where the shapes are, so a model
+trained on it takes the layout from the noise instead of from the position words (the first model placed shapes
+independently of the prompt: 9 % correct positions). At zero terminal SNR the first sampling step sees pure noise
+and the layout has to come from the text.
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ NOISE_SCHEDULE: dict[str, Any] = {
     "beta_start": 0.00085,
     "beta_end": 0.012,
     "beta_schedule": "scaled_linear",
-    "prediction_type": "epsilon",
+    "prediction_type": "v_prediction",
+    "rescale_betas_zero_snr": True,
     "timestep_spacing": "trailing",
     "steps_offset": 1,
     "clip_sample": False,
@@ -82,7 +88,7 @@ class UnetRecipe:
     up_block_types: tuple[str, ...] = ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D")
     dataset_images: int = 16000
     pair_fraction: float = 0.5
-    steps: int = 2400
+    steps: int = 2200
     batch_size: int = 32
     lr: float = 5e-4
     lr_min: float = 2e-5

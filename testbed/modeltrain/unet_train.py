@@ -2,8 +2,11 @@
 
 Each step: a batch of encoded training scenes, a caption drawn per scene (varied phrasing, distractor words,
 ``""`` with probability ``cfg_dropout`` for classifier-free guidance), a latent sampled from the VAE posterior and
-scaled, uniform timesteps of SD's scaled-linear schedule, and the epsilon-prediction loss weighted by min-SNR-gamma
-(Hang et al. 2023: ``min(SNR, gamma) / SNR``), which speeds up convergence of small budgets. An exponential moving
+scaled, uniform timesteps of the zero-terminal-SNR schedule (:data:`NOISE_SCHEDULE`), and the v-prediction loss
+weighted in the spirit of min-SNR-gamma (Hang et al. 2023), which speeds up convergence of small budgets: the
+x0-space weight ``SNR + 1`` of plain v-loss is capped at gamma, i.e. ``min(SNR + 1, gamma) / (SNR + 1)``. Unlike
+the paper's ``min(SNR, gamma) / (SNR + 1)`` this keeps full weight at SNR 0, the step where the layout is decided
+from the prompt alone. An exponential moving
 average of both networks' weights (decay warmed up as ``min(decay, (1 + s) / (10 + s))``) is what gets exported.
 """
 
@@ -25,13 +28,11 @@ from testbed.modeltrain.tokenizer import load_tokenizer
 
 
 def alphas_cumprod() -> torch.Tensor:
-    """``alpha_bar_t`` of :data:`NOISE_SCHEDULE`, computed exactly as diffusers' schedulers do (float32)."""
-    s = NOISE_SCHEDULE
-    if s["beta_schedule"] != "scaled_linear":
-        raise ValueError(f"unsupported beta schedule {s['beta_schedule']!r}")
-    betas = torch.linspace(s["beta_start"] ** 0.5, s["beta_end"] ** 0.5, s["num_train_timesteps"],
-                           dtype=torch.float32) ** 2
-    return torch.cumprod(1.0 - betas, dim=0)
+    """``alpha_bar_t`` of :data:`NOISE_SCHEDULE` ``[T]`` (float32), taken from diffusers' own DDPM scheduler so that
+    training and sampling share one schedule (the last entry is exactly 0 with the zero-terminal-SNR rescale)."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler.from_config(NOISE_SCHEDULE).alphas_cumprod.to(torch.float32).clone()
 
 
 def new_networks(cfg: TrainConfig, tokenizer) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -73,8 +74,14 @@ class Ema:
 
 
 def diffusion_loss(te, unet, latents: torch.Tensor, ids: torch.Tensor, acp: torch.Tensor,
-                   generator: torch.Generator, gamma: float) -> tuple[torch.Tensor, dict]:
-    """Min-SNR-weighted epsilon loss of one batch of scaled latents and token ids."""
+                   generator: torch.Generator, gamma: float,
+                   prediction_type: str = NOISE_SCHEDULE["prediction_type"]) -> tuple[torch.Tensor, dict]:
+    """SNR-weighted diffusion loss of one batch of scaled latents ``[B, 4, H, W]`` and token ids ``[B, L]``.
+
+    ``prediction_type`` ``"v_prediction"`` (target ``sqrt(ab) eps - sqrt(1 - ab) x0``, weight
+    ``min(SNR + 1, gamma) / (SNR + 1)``) or ``"epsilon"`` (weight ``min(SNR, gamma) / SNR``); ``gamma <= 0`` turns
+    the weighting off.
+    """
     b = latents.shape[0]
     t = torch.randint(0, acp.shape[0], (b,), generator=generator)
     noise = torch.randn(latents.shape, generator=generator)
@@ -82,9 +89,18 @@ def diffusion_loss(te, unet, latents: torch.Tensor, ids: torch.Tensor, acp: torc
     noisy = ab.sqrt() * latents + (1 - ab).sqrt() * noise
     hidden = te(ids)[0]
     pred = unet(noisy, t, encoder_hidden_states=hidden).sample
-    per = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
     snr = acp[t] / (1 - acp[t])
-    weight = torch.clamp(snr, max=gamma) / snr if gamma > 0 else torch.ones_like(snr)
+    if prediction_type == "v_prediction":
+        target = ab.sqrt() * noise - (1 - ab).sqrt() * latents
+        weight = torch.clamp(snr + 1, max=gamma) / (snr + 1)
+    elif prediction_type == "epsilon":
+        target = noise
+        weight = torch.clamp(snr, max=gamma) / snr
+    else:
+        raise ValueError(f"unsupported prediction type {prediction_type!r}")
+    if gamma <= 0:
+        weight = torch.ones_like(snr)
+    per = F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))
     loss = (weight * per).mean()
     return loss, {"loss": float(loss.detach()), "mse": float(per.detach().mean())}
 

@@ -73,7 +73,7 @@ class LdmEngine(Engine):
             try:
                 dec = named_decoder(self.model.model_dir, name, device=self.device, dtype=self.model.dtype,
                                     latent_channels=self.model.latent_channels,
-                                    vae_scale_factor=self.model.vae_scale_factor)
+                                    vae_scale_factor=self.model.vae_scale_factor, base=self.model.base_decoder)
             except ModelLoadError as exc:
                 raise ProtocolError(f"decoder {name!r}: {exc}", request_id=request_id) from exc
             self._decoders[name] = self.model.base_decoder if dec is None else dec

@@ -63,7 +63,7 @@ def export_policy(directory: str | Path, actor: GaussianActor, *, algo: str, obs
     meta = {
         "format": POLICY_FORMAT, "version": POLICY_VERSION, "algo": algo, "obs_dim": int(obs_dim),
         "act_dim": int(act_dim), "hidden": list(hidden), "conditioned_sigma": bool(conditioned_sigma),
-        "squash": bool(squash),
+        "squash": bool(squash), "mu_max": getattr(actor, "mu_max", None),
         "action_low": [float(x) for x in np.asarray(action_low).reshape(-1)],
         "action_high": [float(x) for x in np.asarray(action_high).reshape(-1)],
         "constraints": constraints.to_json(), "env": env_spec, **(extra or {}),
@@ -103,7 +103,8 @@ class LearnedPolicy:
         if int(meta.get("version", 0)) > POLICY_VERSION:
             raise CheckpointError(f"policy format version {meta['version']} is newer than this megbed understands")
         actor = GaussianActor(meta["obs_dim"], meta["act_dim"], tuple(meta["hidden"]),
-                              conditioned_sigma=meta["conditioned_sigma"], squash=meta.get("squash", True))
+                              conditioned_sigma=meta["conditioned_sigma"], squash=meta.get("squash", True),
+                              mu_max=meta.get("mu_max"))
         if not (d / "policy.safetensors").is_file():
             raise CheckpointError(f"{d} lacks policy.safetensors")
         actor.load_state_dict(load_file(str(d / "policy.safetensors")))

@@ -75,6 +75,15 @@ class CVPOConfig:
         Squashed Gaussian (tanh of the sample; default) or FSRL's tanh-bounded mean with clipping.
     reward_scale : float
         Multiplies rewards before learning (1 = off).
+    log_std_max : float
+        Upper clamp of the actor's log-std (FSRL: 2). With the mean of a squashed policy bounded, weighted samples
+        that all execute the same boundary action widen the std without limit; a lower cap keeps exploration local.
+    mu_max : float or None
+        Bound of the squashed policy's pre-tanh mean (None: unbounded, FSRL; see :mod:`testbed.policy.nets`).
+    warmup_steps : int
+        Environment steps at the start that act uniformly at random over the action box (in executed units) and
+        train only the critics (0 = off, as FSRL). Without it the first E-steps follow critics fitted on a few
+        hundred samples, the policy commits to whatever corner they favour and its std shrinks with it.
     """
 
     gamma: float = 0.97
@@ -101,6 +110,9 @@ class CVPOConfig:
     conditioned_sigma: bool = True
     squash: bool = True
     reward_scale: float = 1.0
+    warmup_steps: int = 0
+    log_std_max: float = 2.0
+    mu_max: float | None = None
 
     @classmethod
     def from_dict(cls, data: dict) -> CVPOConfig:
@@ -138,7 +150,8 @@ class CVPO(Learner):
         c = self.cfg
         torch.manual_seed(self.seed)
         self.n_costs = len(constraints.constrained)
-        self.actor = GaussianActor(obs_dim, act_dim, c.hidden, conditioned_sigma=c.conditioned_sigma, squash=c.squash)
+        self.actor = GaussianActor(obs_dim, act_dim, c.hidden, conditioned_sigma=c.conditioned_sigma, squash=c.squash,
+                                   log_std_max=c.log_std_max, mu_max=c.mu_max)
         self.critics = torch.nn.ModuleList([QCritic(obs_dim, act_dim, c.hidden) for _ in range(1 + self.n_costs)])
         self.critics_targ = torch.nn.ModuleList([QCritic(obs_dim, act_dim, c.hidden) for _ in range(1 + self.n_costs)])
         self.critics_targ.load_state_dict(self.critics.state_dict())
@@ -154,7 +167,21 @@ class CVPO(Learner):
         self.qc_threshold = constraints.q_threshold(c.gamma, c.threshold_rule)
         self.buffer = ReplayBuffer(c.buffer_size, obs_dim, act_dim, 1 + self.n_costs)
         self.updates = 0
+        self.env_steps = 0
         self._last_mstep = {"mstep_dual_mu": 0.0, "mstep_dual_std": 0.0}
+
+    @property
+    def warming_up(self) -> bool:
+        return self.env_steps < self.cfg.warmup_steps
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray, deterministic: bool = False) -> tuple[np.ndarray, float]:
+        if deterministic or not self.warming_up:
+            return super().act(obs, deterministic)
+        # Uniform over the executed box; the raw action that executes as it (atanh for the squashed policy).
+        unit = self.np_rng.uniform(-1.0, 1.0, size=self.act_dim).astype(np.float32)
+        raw = np.arctanh(np.clip(unit, -0.999, 0.999)) if self.cfg.squash else unit
+        return raw.astype(np.float32), float(-self.act_dim * np.log(2.0))
 
     # ---------------------------------------------------------------- learning
     def learn(self, rollout: Rollout) -> dict[str, float]:
@@ -162,10 +189,12 @@ class CVPO(Learner):
         # The buffer holds the executed (clipped) actions, so critics never extrapolate outside the action box.
         executed = self.unit_action(rollout.act)
         self.buffer.add(rollout.obs, executed, sig, rollout.obs_next, rollout.terminated, rollout.done)
+        warm = self.warming_up
+        self.env_steps += len(rollout.obs)
         n_updates = max(1, int(round(self.cfg.update_per_step * len(rollout.obs))))
         acc: dict[str, float] = {}
         for _ in range(n_updates):
-            stats = self.update()
+            stats = self.update(critics_only=warm)
             for k, v in stats.items():
                 acc[k] = acc.get(k, 0.0) + v / n_updates
         acc["updates"] = float(self.updates)
@@ -182,8 +211,8 @@ class CVPO(Learner):
         scale = torch.as_tensor(batch.discount * batch.boot_mask, dtype=torch.float32)[:, None]
         return partial + scale * q_next
 
-    def update(self) -> dict[str, float]:
-        """One CVPO update: critics, E-step, M-step, target averaging."""
+    def update(self, critics_only: bool = False) -> dict[str, float]:
+        """One CVPO update: critics, E-step, M-step, target averaging (``critics_only``: critics and targets)."""
         c = self.cfg
         idx = self.buffer.sample_indices(c.batch_size, self.np_rng)
         batch = self.buffer.nstep(idx, c.n_step, c.gamma)
@@ -197,6 +226,14 @@ class CVPO(Learner):
         self.critic_optim.zero_grad()
         critic_loss.backward()
         self.critic_optim.step()
+        if critics_only:
+            self._polyak()
+            self.updates += 1
+            stats = {"critic_loss": critic_loss.item(), "q_reward": q_pred[:, 0].mean().item(),
+                     "eta": self.estep_dual[0].item(), **self._last_mstep}
+            for i, name in enumerate(self.constraints.constrained):
+                stats[f"q_cost_{name}"] = q_pred[:, 1 + i].mean().item()
+            return stats
 
         # E-step: K samples from the old policy, their Q values, the dual, the non-parametric weights.
         k, b = c.sample_actions, obs.shape[0]
@@ -241,10 +278,7 @@ class CVPO(Learner):
             actor_loss.backward()
             self.actor_optim.step()
 
-        # Targets.
-        with torch.no_grad():
-            for p, pt in zip(self.critics.parameters(), self.critics_targ.parameters(), strict=True):
-                pt.mul_(1.0 - c.tau).add_(p, alpha=c.tau)
+        self._polyak()
         self.updates += 1
         self._last_mstep = {"mstep_dual_mu": dual_mu.item(), "mstep_dual_std": dual_std.item()}
         stats = {
@@ -255,6 +289,12 @@ class CVPO(Learner):
         for i, name in enumerate(self.constraints.constrained):
             stats[f"q_cost_{name}"] = q_pred[:, 1 + i].mean().item()
         return stats
+
+    @torch.no_grad()
+    def _polyak(self) -> None:
+        tau = self.cfg.tau
+        for p, pt in zip(self.critics.parameters(), self.critics_targ.parameters(), strict=True):
+            pt.mul_(1.0 - tau).add_(p, alpha=tau)
 
     def estep_dual_loss(self, q_vals: torch.Tensor) -> torch.Tensor:
         """The convex dual g(eta, lambda) on Q values of shape (1 + m, K, B)."""
@@ -290,7 +330,7 @@ class CVPO(Learner):
         return t
 
     def state_json(self) -> dict:
-        meta = {"algo": self.algo, "config": asdict(self.cfg), "updates": self.updates,
+        meta = {"algo": self.algo, "config": asdict(self.cfg), "updates": self.updates, "env_steps": self.env_steps,
                 "buffer_ptr": self.buffer.ptr, "last_mstep": self._last_mstep, "qc_threshold": self.qc_threshold}
         for name, opt in (("actor_optim", self.actor_optim), ("critic_optim", self.critic_optim),
                           ("estep_optim", self.estep_optim)):
@@ -310,5 +350,6 @@ class CVPO(Learner):
         arrays = {k[len("buffer."):]: v.numpy() for k, v in tensors.items() if k.startswith("buffer.")}
         self.buffer.load_arrays(arrays, meta["buffer_ptr"])
         self.updates = int(meta["updates"])
+        self.env_steps = int(meta.get("env_steps", 0))
         self._last_mstep = dict(meta["last_mstep"])
         self._load_rng(tensors, meta)

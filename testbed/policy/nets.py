@@ -9,8 +9,14 @@ Why squashed by default: when the best action lies on the boundary of the box (b
 channel), every clipped sample beyond the boundary is the same action, the critics' Q is flat there, the weighted
 likelihood favours the far samples and the std grows until it hits its cap; with a tanh-bounded mean the executed
 actions then scatter over the corners of the box (seen on the MEG environment: std at e^2 within three iterations).
-Squashed, a boundary optimum drives the mean of u outwards and every sample saturates at the boundary: the growing
-std of u is harmless, the executed action converges.
+Squashed, a boundary optimum drives the mean of u outwards and the executed action converges to the boundary.
+
+Optionally (``mu_max``; CVPO's MEG preset uses 3) the mean of u is itself bounded, softly, to ``|mu| < mu_max``
+(``mu_max * tanh(f / mu_max)``; tanh(3) = 0.995, so the mean still reaches the boundary of the box to within
+0.5 %). Unbounded, the mean ran off to |u| ~ 8 on the real MEG dataset: there every sample executes the same corner
+action, the critics' Q values of the K samples are equal, the E-step weights are uniform and the policy can never
+leave the corner when the multipliers later ask it to. A bounded mean needs a bounded std as well (``log_std_max``):
+samples beyond a boundary optimum all execute the boundary action and the weighted likelihood widens the std.
 """
 
 from __future__ import annotations
@@ -56,13 +62,20 @@ class GaussianActor(nn.Module):
     init_log_std : float
         Initial log-std for the free-parameter variant.
     squash : bool
-        True: unbounded mean, executed action tanh(u). False: mean tanh(f(s)), executed action clip(u, -1, 1).
+        True: executed action tanh(u). False: mean tanh(f(s)), executed action clip(u, -1, 1).
+    log_std_max : float
+        Upper clamp of the log-std (the lower one is ``LOG_STD_MIN``).
+    mu_max : float, optional
+        Squashed only: bound the mean of u softly to ``|mu| < mu_max`` (None: unbounded, as FSRL / SAC).
     """
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int] = (128, 128), conditioned_sigma: bool = True,
-                 init_log_std: float = -0.5, squash: bool = True) -> None:
+                 init_log_std: float = -0.5, squash: bool = True, log_std_max: float = LOG_STD_MAX,
+                 mu_max: float | None = None) -> None:
         super().__init__()
         self.squash = bool(squash)
+        self.log_std_max = float(log_std_max)
+        self.mu_max = None if mu_max is None else float(mu_max)
         self.trunk = nn.Sequential(mlp([obs_dim, *hidden]), nn.ReLU())
         self.mu = nn.Linear(hidden[-1], act_dim)
         self.conditioned_sigma = conditioned_sigma
@@ -77,11 +90,16 @@ class GaussianActor(nn.Module):
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and std, each of shape ``(..., act_dim)``."""
         h = self.trunk(obs)
-        mu = self.mu(h) if self.squash else torch.tanh(self.mu(h))
-        if self.conditioned_sigma:
-            log_std = self.sigma(h).clamp(LOG_STD_MIN, LOG_STD_MAX)
+        if not self.squash:
+            mu = torch.tanh(self.mu(h))
+        elif self.mu_max is not None:
+            mu = self.mu_max * torch.tanh(self.mu(h) / self.mu_max)
         else:
-            log_std = self.log_std.clamp(LOG_STD_MIN, LOG_STD_MAX).expand_as(mu)
+            mu = self.mu(h)
+        if self.conditioned_sigma:
+            log_std = self.sigma(h).clamp(LOG_STD_MIN, self.log_std_max)
+        else:
+            log_std = self.log_std.clamp(LOG_STD_MIN, self.log_std_max).expand_as(mu)
         return mu, log_std.exp()
 
     def to_unit(self, u: torch.Tensor) -> torch.Tensor:

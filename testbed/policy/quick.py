@@ -114,8 +114,9 @@ def quick_train_and_evaluate(run_dir: str | Path, out_dir: str | Path | None = N
 
 
 def fixed_decoder(run_dir: Path) -> dict | None:
-    """The policy chooses N and beta, not the UE's decoder: a campaign that compared decoders is trained on the
-    distilled one's rows (the UE's decoder when it is deployed), else on the one it has."""
+    """The policy chooses N and beta, not the UE's decoder: a campaign that compared decoders is trained on the rows
+    of the decoder a deployed UE runs -- ``auto`` (the gate) when measured, else ``distilled`` -- else on the one it
+    has."""
     from testbed.policy.data import read_campaign_rows
 
     rows = read_campaign_rows(run_dir)
@@ -124,4 +125,7 @@ def fixed_decoder(run_dir: Path) -> dict | None:
     decoders = set(rows.loc[rows["scheme"] == "meg", "decoder"].dropna())
     if len(decoders) <= 1:
         return None
-    return {"decoder": "distilled" if "distilled" in decoders else sorted(decoders)[0]}
+    for preferred in ("auto", "distilled"):
+        if preferred in decoders:
+            return {"decoder": preferred}
+    return {"decoder": sorted(decoders)[0]}

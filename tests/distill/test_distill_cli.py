@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pandas as pd
+import pytest
 
 from testbed.cli.main import main
 from testbed.distill.evaluate import SUMMARY_COLUMNS
@@ -32,6 +34,28 @@ def test_train_install_eval(tiny_dir, tmp_path, capsys):
     table = pd.read_csv(csv)
     assert list(table.columns) == list(SUMMARY_COLUMNS)
     assert set(table["decoder"]) == {"base", "distilled"} and len(table) == 2 * 2 * 2
+
+    # 'auto' is refused until the gate is calibrated, then loads as the gate and joins the table
+    from testbed.ldm.gate import GatedDecoder, read_gate
+    from testbed.ldm.model import ModelLoadError, load_pipeline
+
+    with pytest.raises(ModelLoadError, match="no calibrated gate"):
+        load_pipeline(model, device="cpu", decoder="auto")
+    assert main(["distill", "calibrate", "--model", str(model), "--num-prompts", "2", "--steps", "2", "--n-ref", "3",
+                 "--betas", "0,0.75", "--snr-db", "20,0", "--threads", "1", "--cache", str(tmp_path / "kc"),
+                 "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "gate for" in out and "distilled used for" in out
+    rule = read_gate(model / "ue_decoder")
+    assert rule is not None and rule.noise_ratio_max >= 0
+    calib = json.loads((model / "ue_decoder" / "distill.json").read_text())["gate"]["calibration"]
+    assert calib["latents"] == 2 * 1 * 2 * 3 and calib["prompt_seed"] == 7
+    assert isinstance(load_pipeline(model, device="cpu", decoder="auto").decoder, GatedDecoder)
+    assert main(["distill", "eval", "--model", str(model), "--num-prompts", "2", "--steps", "2", "--n-ref", "3",
+                 "--betas", "0,0.5", "--snr-db", "10", "--threads", "1", "--cache", str(tmp_path / "ec"),
+                 "--out", str(csv), "--no-progress"]) == 0
+    assert "'auto' (the calibrated gate) vs base" in capsys.readouterr().out
+    assert set(pd.read_csv(csv)["decoder"]) == {"base", "distilled", "auto"}
 
 
 def test_user_errors_exit_2_with_a_message(tiny_dir, tmp_path, capsys):

@@ -21,10 +21,10 @@ TINY = {
 }
 
 
-def _trainer(algo, out, steps):
+def _trainer(algo, out, steps, extra=None):
     env = KnownOptimumCMDP(episode_length=8)
     cons = Constraints.from_mapping(("cost",), {"cost": 0.25}, 8)
-    learner = make_learner(algo, 1, 2, cons, seed=3, overrides=TINY[algo])
+    learner = make_learner(algo, 1, 2, cons, seed=3, overrides={**TINY[algo], **(extra or {})})
     opts = TrainOptions(total_steps=steps, seed=3, episodes_per_collect=2, eval_every=0, eval_episodes=2,
                         checkpoint_every=1, progress=False)
     return Trainer(learner, env, cons, out, opts, env_spec={"type": "gym", "entry": "known_optimum:KnownOptimumCMDP",
@@ -66,10 +66,12 @@ def test_fresh_run_refuses_an_existing_one_and_resume_checks_the_setup(tmp_path)
         other.run(resume=True)
 
 
-def test_exported_policy_acts_like_the_learner(tmp_path):
-    tr = _trainer("cvpo", tmp_path, 16)
+@pytest.mark.parametrize("extra", [{}, {"mu_max": 0.3}], ids=["unbounded", "bounded-mean"])
+def test_exported_policy_acts_like_the_learner(tmp_path, extra):
+    tr = _trainer("cvpo", tmp_path, 16, extra)
     tr.run()
     policy = LearnedPolicy.load(tmp_path)  # finds policy/ inside the run folder
+    assert policy.meta["mu_max"] == extra.get("mu_max") and policy.actor.mu_max == extra.get("mu_max")
     assert policy.meta["constraints"]["limits"] == {"cost": 0.25}
     assert policy.meta["env"]["entry"] == "known_optimum:KnownOptimumCMDP"
     for x in np.linspace(-1, 1, 5):

@@ -25,8 +25,8 @@ def exact_performance(learner) -> tuple[float, float]:
 class DualRecorder(CVPO):
     """CVPO that records every dual variable after every update."""
 
-    def update(self):
-        stats = super().update()
+    def update(self, critics_only: bool = False):
+        stats = super().update(critics_only)
         self.trace.append((*self.estep_dual.detach().tolist(), stats["mstep_dual_mu"], stats["mstep_dual_std"]))
         return stats
 
@@ -80,3 +80,45 @@ def test_ppo_lagrangian_multiplier_rises_under_violation_and_cost_falls(tmp_path
     assert ratios[0] > 1.5 and lams[0] > 1.0  # over the limit at first: the multiplier is up
     assert all(lam > 0 for lam, r in zip(lams, ratios, strict=True) if r > 1.2)  # held up while violating
     assert np.mean(ratios[-3:]) < 0.7 * ratios[0]  # and the cost comes down
+
+
+def _rollout(agent, env, steps: int, seed: int):
+    from testbed.policy.learner import Rollout
+
+    obs, _ = env.reset(seed=seed)
+    rows = {k: [] for k in ("obs", "act", "reward", "cost", "obs_next", "terminated", "done", "logp")}
+    for _ in range(steps):
+        raw, logp = agent.act(obs)
+        nxt, r, term, trunc, info = env.step((agent.unit_action(raw) + 1.0) / 2.0)
+        for k, v in (("obs", obs), ("act", raw), ("reward", r), ("cost", np.atleast_1d(info["cost"])),
+                     ("obs_next", nxt), ("terminated", term), ("done", term or trunc), ("logp", logp)):
+            rows[k].append(v)
+        obs = nxt if not (term or trunc) else env.reset()[0]
+    return Rollout(**{k: np.asarray(v, dtype=np.float32) for k, v in rows.items()})
+
+
+def test_cvpo_warmup_acts_uniformly_and_trains_only_the_critics():
+    env = KnownOptimumCMDP()
+    cons = Constraints.from_mapping(env.cost_names, {"cost": LIMIT}, env.episode_length)
+    agent = CVPO(1, 2, cons, CVPOConfig(gamma=0.5, hidden=(32, 32), batch_size=32, warmup_steps=64, mu_max=3.0,
+                                        log_std_max=0.5), seed=0)
+    actor_before = {k: v.clone() for k, v in agent.actor.state_dict().items()}
+    critic_before = [p.clone() for p in agent.critics.parameters()]
+    roll = _rollout(agent, env, 64, seed=1)
+    executed = agent.unit_action(roll.act)
+    # uniform over the executed box, not the policy's (mostly saturated) squashed Gaussian
+    assert executed.min() < -0.6 and executed.max() > 0.6 and abs(float(executed.mean())) < 0.25
+    agent.learn(roll)
+    assert agent.env_steps == 64 and not agent.warming_up
+    assert all(torch.equal(v, agent.actor.state_dict()[k]) for k, v in actor_before.items())
+    assert any(not torch.equal(a, b) for a, b in zip(critic_before, agent.critics.parameters(), strict=True))
+    agent.learn(_rollout(agent, env, 64, seed=2))  # past the warm-up: the actor moves
+    assert any(not torch.equal(v, agent.actor.state_dict()[k]) for k, v in actor_before.items())
+    # the mean stays within mu_max, the std within e^log_std_max
+    with torch.no_grad():
+        mu, std = agent.actor(torch.linspace(-1, 1, 11).unsqueeze(1))
+    assert float(mu.abs().max()) < 3.0 and float(std.max()) <= np.exp(0.5) + 1e-6
+    # the state round-trips with the step counter
+    clone = CVPO(1, 2, cons, agent.cfg, seed=5)
+    clone.load_state(agent.state_tensors(), agent.state_json())
+    assert clone.env_steps == 128 and clone.updates == agent.updates
