@@ -140,12 +140,26 @@ def test_decoder_axis_crosses_meg_and_ue_local_only(tmp_path):
         _validate(tmp_path, {**GOOD, "grid": {**GOOD["grid"], "decoder": ["tiny"]}})
 
 
+def test_auto_decoder_needs_a_calibrated_gate(tmp_path):
+    """'auto' validates only when the model's distilled decoder carries a gate; the error names the key."""
+    import json
+
+    model = _model(tmp_path)
+    (model / "ue_decoder").mkdir()
+    (model / "ue_decoder" / "distill.json").write_text(json.dumps({"summary": {}}))
+    spec = {**GOOD, "grid": {**GOOD["grid"], "decoder": ["base", "auto"]}}
+    with pytest.raises(SpecError, match=r"grid\.decoder.*no calibrated gate"):
+        _validate(tmp_path, spec)
+    (model / "ue_decoder" / "distill.json").write_text(json.dumps({"gate": {"noise_ratio_max": 0.25}}))
+    assert list(_validate(tmp_path, spec).grid["decoder"]) == ["base", "auto"]
+
+
 def test_the_shipped_default_campaign_validates():
-    """`make run`'s spec against the shipped model (its distilled decoder included)."""
+    """`make run`'s spec against the shipped model (its distilled decoder and the calibrated gate included)."""
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2]
     spec = load_spec(root / "campaigns" / "default.yaml")
     assert spec.model == "default" and set(spec.schemes) == {"meg", "ceg", "ue_local"}
-    assert set(spec.grid["decoder"]) == {"base", "distilled"}
+    assert set(spec.grid["decoder"]) == {"base", "distilled", "auto"}
     assert spec.reference_n_steps >= max(spec.grid["n_steps"])
