@@ -15,5 +15,6 @@ def lr_at(step: int, *, total: int, lr: float, lr_min: float, warmup: int) -> fl
 
 
 def set_lr(optimizer, value: float) -> None:
+    """Set every parameter group's rate to ``value`` times its ``lr_scale`` (1 when absent)."""
     for group in optimizer.param_groups:
-        group["lr"] = value
+        group["lr"] = value * group.get("lr_scale", 1.0)

@@ -2,12 +2,13 @@
 
 Each step: a batch of encoded training scenes, a caption drawn per scene (varied phrasing, distractor words,
 ``""`` with probability ``cfg_dropout`` for classifier-free guidance), a latent sampled from the VAE posterior and
-scaled, uniform timesteps of the zero-terminal-SNR schedule (:data:`NOISE_SCHEDULE`), and the v-prediction loss
-weighted in the spirit of min-SNR-gamma (Hang et al. 2023), which speeds up convergence of small budgets: the
-x0-space weight ``SNR + 1`` of plain v-loss is capped at gamma, i.e. ``min(SNR + 1, gamma) / (SNR + 1)``. Unlike
-the paper's ``min(SNR, gamma) / (SNR + 1)`` this keeps full weight at SNR 0, the step where the layout is decided
-from the prompt alone. An exponential moving
-average of both networks' weights (decay warmed up as ``min(decay, (1 + s) / (10 + s))``) is what gets exported.
+scaled, uniform timesteps of :data:`NOISE_SCHEDULE` and its prediction type's loss, weighted by min-SNR-gamma
+(Hang et al. 2023): epsilon ``min(SNR, gamma) / SNR``, which speeds up convergence of small budgets; v-prediction
+(for a zero-terminal-SNR schedule) ``min(SNR + 1, gamma) / (SNR + 1)``, which unlike the paper's
+``min(SNR, gamma) / (SNR + 1)`` keeps full weight at SNR 0, the step where the layout is decided from the prompt alone.
+The text encoder can be held at its initialisation for the first ``text_freeze_steps`` (see ``UnetRecipe``).
+An exponential moving average of both networks' weights (decay warmed up as ``min(decay, (1 + s) / (10 + s))``) is
+what gets exported.
 """
 
 from __future__ import annotations
@@ -120,7 +121,9 @@ def train_unet(cfg: TrainConfig, out_dir: str | Path, latents: LatentSet, scalin
     te, unet = new_networks(cfg, tokenizer)
     nets = {"text_encoder": te, "unet": unet}
     params = [p for m in nets.values() for p in m.parameters()]
-    opt = torch.optim.AdamW(params, lr=r.lr, weight_decay=r.weight_decay)
+    opt = torch.optim.AdamW([{"params": list(unet.parameters()), "lr_scale": 1.0},
+                             {"params": list(te.parameters()), "lr_scale": r.text_lr_scale}],
+                            lr=r.lr, weight_decay=r.weight_decay)
     ema = Ema(nets, r.ema_decay)
     start, clock = 0, PhaseClock()
     if has_checkpoint(ckpt_dir):
@@ -144,6 +147,7 @@ def train_unet(cfg: TrainConfig, out_dir: str | Path, latents: LatentSet, scalin
         eps = torch.randn(latents.mean[idx].shape, generator=gen)
         x0 = (latents.mean[idx] + latents.std[idx] * eps) * scaling_factor
         set_lr(opt, lr_at(step, total=total, lr=r.lr, lr_min=r.lr_min, warmup=r.warmup_steps))
+        te.requires_grad_(step >= r.text_freeze_steps)
         loss, parts = diffusion_loss(te, unet, x0, ids, acp, gen, r.min_snr_gamma)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"[unet] loss became {float(loss)} at step {step}")

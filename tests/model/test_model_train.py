@@ -188,3 +188,26 @@ def test_truncated_checkpoint_is_refused(tmp_path):
 
 def test_tiny_args_are_real_settings():
     TrainConfig().with_overrides(**{k: json.loads(v) for k, v in (kv.split("=") for kv in TINY)})
+
+
+def test_text_encoder_frozen_for_its_first_steps(tiny_run, tmp_path):
+    """With ``unet.text_freeze_steps`` the text encoder keeps its initial weights while the U-Net trains."""
+    import shutil
+
+    from testbed.modeltrain.checkpoint import load_checkpoint
+    from testbed.modeltrain.runner import _load_latents
+    from testbed.modeltrain.tokenizer import load_tokenizer
+    from testbed.modeltrain.unet_train import new_networks, train_unet
+
+    src, _, _ = tiny_run
+    out = tmp_path / "run"
+    for part in ("tokenizer", "vae_final", "latents"):
+        shutil.copytree(src / part, out / part)
+    cfg = TrainConfig.from_dict(json.loads((src / "config.json").read_text())).with_overrides(
+        **{"unet.text_freeze_steps": 2, "unet.steps": 2, "unet.checkpoint_every": 1})
+    scale = float(json.loads((out / "vae_final" / "config.json").read_text())["scaling_factor"])
+    train_unet(cfg, out, _load_latents(cfg, out, lambda _: None), scale, log=lambda _: None)
+    ck = load_checkpoint(out / "unet_ckpt")
+    te0, unet0 = new_networks(cfg, load_tokenizer(out / "tokenizer"))
+    assert all(torch.equal(v, ck.modules["text_encoder"][k]) for k, v in te0.state_dict().items())
+    assert any(not torch.equal(v, ck.modules["unet"][k]) for k, v in unet0.state_dict().items())
