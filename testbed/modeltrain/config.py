@@ -3,9 +3,9 @@
 Sized for the training budget (2 CPU cores, about 2 hours for everything) and the runtime's needs: 128x128 images,
 16x16x4 latents, a VAE decoder of about 0.6 M parameters (1.2 MB in fp16) so that a distilled copy fits beside it,
 and a noise schedule (SD's scaled-linear betas, 1000 steps, epsilon prediction, trailing timestep spacing) that
-DDIM, Euler, Euler-ancestral, DPM++ 2M and UniPC all accept. The U-Net loss also supports v-prediction
-(:func:`testbed.modeltrain.unet_train.diffusion_loss`) for a zero-terminal-SNR schedule (``prediction_type`` /
-``rescale_betas_zero_snr`` below); that alone did not make the model follow the position words (see
+DDIM, Euler, Euler-ancestral, DPM++ 2M and UniPC all accept. A recipe can instead ask for v-prediction on the betas
+rescaled to zero terminal SNR (``UnetRecipe.prediction_type`` / ``zero_terminal_snr``; :func:`noise_schedule` is what
+training and the exported scheduler use); that alone did not make the model follow the position words (see
 ``UnetRecipe.text_freeze_steps``).
 """
 
@@ -26,6 +26,7 @@ DEFAULT_SCHEDULER_CLASS = "DPMSolverMultistepScheduler"
 DEFAULT_NUM_STEPS = 20
 DEFAULT_GUIDANCE_SCALE = 5.0
 
+# The shipped model's schedule; a recipe's own is noise_schedule(cfg).
 NOISE_SCHEDULE: dict[str, Any] = {
     "num_train_timesteps": 1000,
     "beta_start": 0.00085,
@@ -100,6 +101,9 @@ class UnetRecipe:
     # U-Net could not yet use positions, and the model places shapes independently of the position words.
     text_freeze_steps: int = 0
     text_lr_scale: float = 1.0
+    # "epsilon" (the shipped model) or "v_prediction"; zero_terminal_snr rescales the betas (Lin et al. 2024).
+    prediction_type: str = "epsilon"
+    zero_terminal_snr: bool = False
     cfg_dropout: float = 0.1
     distractor_prob: float = 0.1
     min_snr_gamma: float = 5.0
@@ -166,6 +170,18 @@ def _plain(cls: type, data: dict[str, Any], sub: dict[str, Any]) -> TrainConfig:
     if unknown:
         raise ValueError(f"unknown TrainConfig setting(s): {', '.join(sorted(unknown))}")
     return cls(**data, **sub)
+
+
+def noise_schedule(cfg: TrainConfig | None = None) -> dict[str, Any]:
+    """The diffusers scheduler settings of a recipe (:data:`NOISE_SCHEDULE` with its prediction type and rescale)."""
+    if cfg is None:
+        return dict(NOISE_SCHEDULE)
+    u = cfg.unet
+    if u.prediction_type not in ("epsilon", "v_prediction"):
+        raise ValueError(f"unet.prediction_type must be 'epsilon' or 'v_prediction', not {u.prediction_type!r}")
+    if u.zero_terminal_snr and u.prediction_type != "v_prediction":
+        raise ValueError("unet.zero_terminal_snr needs unet.prediction_type=v_prediction (epsilon is undefined at SNR 0)")
+    return {**NOISE_SCHEDULE, "prediction_type": u.prediction_type, "rescale_betas_zero_snr": bool(u.zero_terminal_snr)}
 
 
 def vae_config(cfg: TrainConfig) -> dict[str, Any]:

@@ -19,20 +19,21 @@ from testbed.modeltrain.config import (
     DEFAULT_GUIDANCE_SCALE,
     DEFAULT_NUM_STEPS,
     DEFAULT_SCHEDULER_CLASS,
-    NOISE_SCHEDULE,
     TrainConfig,
+    noise_schedule,
 )
 
 MODEL_META = "megbed_model.json"
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
 
-def scheduler_config() -> dict[str, Any]:
-    """The exported scheduler: DPM++ 2M on the training noise schedule (other samplers build from its config)."""
-    return {**NOISE_SCHEDULE, "algorithm_type": "dpmsolver++", "solver_order": 2}
+def scheduler_config(cfg: TrainConfig | None = None) -> dict[str, Any]:
+    """The exported scheduler: DPM++ 2M on the recipe's training noise schedule (other samplers build from its
+    config); None: the shipped model's."""
+    return {**noise_schedule(cfg), "algorithm_type": "dpmsolver++", "solver_order": 2}
 
 
-def build_pipeline(out_dir: str | Path, dtype: torch.dtype = torch.float16):
+def build_pipeline(out_dir: str | Path, dtype: torch.dtype = torch.float16, cfg: TrainConfig | None = None):
     """A ``StableDiffusionPipeline`` from the trained parts in ``out_dir`` (vae_final, unet_final, tokenizer)."""
     from diffusers import (
         AutoencoderKL,
@@ -55,7 +56,7 @@ def build_pipeline(out_dir: str | Path, dtype: torch.dtype = torch.float16):
     tokenizer = load_tokenizer(out_dir / "tokenizer")
     if DEFAULT_SCHEDULER_CLASS != DPMSolverMultistepScheduler.__name__:  # pragma: no cover - config guard
         raise RuntimeError(f"export builds {DPMSolverMultistepScheduler.__name__}, config says {DEFAULT_SCHEDULER_CLASS}")
-    scheduler = DPMSolverMultistepScheduler.from_config(scheduler_config())
+    scheduler = DPMSolverMultistepScheduler.from_config(scheduler_config(cfg))
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=te, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     return pipe
@@ -66,7 +67,7 @@ def export_pipeline(out_dir: str | Path, model_dir: str | Path, cfg: TrainConfig
     """Write the diffusers folder ``model_dir`` (replacing its standard components, keeping anything else, such
     as a distilled ``ue_decoder/``)."""
     model_dir = Path(model_dir)
-    pipe = build_pipeline(out_dir, dtype)
+    pipe = build_pipeline(out_dir, dtype, cfg)
     staging = model_dir.with_name(model_dir.name + ".staging")
     if staging.exists():
         shutil.rmtree(staging)

@@ -2,7 +2,7 @@
 
 Each step: a batch of encoded training scenes, a caption drawn per scene (varied phrasing, distractor words,
 ``""`` with probability ``cfg_dropout`` for classifier-free guidance), a latent sampled from the VAE posterior and
-scaled, uniform timesteps of :data:`NOISE_SCHEDULE` and its prediction type's loss, weighted by min-SNR-gamma
+scaled, uniform timesteps of the recipe's schedule (:func:`noise_schedule`) and its prediction type's loss, weighted by min-SNR-gamma
 (Hang et al. 2023): epsilon ``min(SNR, gamma) / SNR``, which speeds up convergence of small budgets; v-prediction
 (for a zero-terminal-SNR schedule) ``min(SNR + 1, gamma) / (SNR + 1)``, which unlike the paper's
 ``min(SNR, gamma) / (SNR + 1)`` keeps full weight at SNR 0, the step where the layout is decided from the prompt alone.
@@ -21,19 +21,20 @@ import torch
 import torch.nn.functional as F
 
 from testbed.modeltrain.checkpoint import has_checkpoint, load_checkpoint, restore_modules, save_checkpoint
-from testbed.modeltrain.config import NOISE_SCHEDULE, TrainConfig, text_config, unet_config
+from testbed.modeltrain.config import NOISE_SCHEDULE, TrainConfig, noise_schedule, text_config, unet_config
 from testbed.modeltrain.data import LatentSet, derive_seed, step_rngs, training_caption
 from testbed.modeltrain.progress import PhaseClock, Progress, stdout_log
 from testbed.modeltrain.schedule import lr_at, set_lr
 from testbed.modeltrain.tokenizer import load_tokenizer
 
 
-def alphas_cumprod() -> torch.Tensor:
-    """``alpha_bar_t`` of :data:`NOISE_SCHEDULE` ``[T]`` (float32), taken from diffusers' own DDPM scheduler so that
-    training and sampling share one schedule (the last entry is exactly 0 with the zero-terminal-SNR rescale)."""
+def alphas_cumprod(cfg: TrainConfig | None = None) -> torch.Tensor:
+    """``alpha_bar_t`` ``[T]`` (float32) of a recipe's schedule (:func:`noise_schedule`; None: the shipped one), taken
+    from diffusers' own DDPM scheduler so that training and sampling share one schedule (the last entry is exactly 0
+    with the zero-terminal-SNR rescale)."""
     from diffusers import DDPMScheduler
 
-    return DDPMScheduler.from_config(NOISE_SCHEDULE).alphas_cumprod.to(torch.float32).clone()
+    return DDPMScheduler.from_config(noise_schedule(cfg)).alphas_cumprod.to(torch.float32).clone()
 
 
 def new_networks(cfg: TrainConfig, tokenizer) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -134,7 +135,7 @@ def train_unet(cfg: TrainConfig, out_dir: str | Path, latents: LatentSet, scalin
         start = int(ck.state["step"])
         clock = PhaseClock(ck.state.get("wall_s", 0.0), ck.state.get("cpu_s", 0.0))
         log(f"[unet] resuming at step {start} (spent {clock.wall_before_s:.0f} s wall, {clock.cpu_before_s:.0f} cpu-s)")
-    acp = alphas_cumprod()
+    acp = alphas_cumprod(cfg)
     progress = Progress("unet", total, clock, start=start, log=log)
     for m in nets.values():
         m.train()
@@ -148,7 +149,7 @@ def train_unet(cfg: TrainConfig, out_dir: str | Path, latents: LatentSet, scalin
         x0 = (latents.mean[idx] + latents.std[idx] * eps) * scaling_factor
         set_lr(opt, lr_at(step, total=total, lr=r.lr, lr_min=r.lr_min, warmup=r.warmup_steps))
         te.requires_grad_(step >= r.text_freeze_steps)
-        loss, parts = diffusion_loss(te, unet, x0, ids, acp, gen, r.min_snr_gamma)
+        loss, parts = diffusion_loss(te, unet, x0, ids, acp, gen, r.min_snr_gamma, r.prediction_type)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"[unet] loss became {float(loss)} at step {step}")
         opt.zero_grad(set_to_none=True)

@@ -211,3 +211,40 @@ def test_text_encoder_frozen_for_its_first_steps(tiny_run, tmp_path):
     te0, unet0 = new_networks(cfg, load_tokenizer(out / "tokenizer"))
     assert all(torch.equal(v, ck.modules["text_encoder"][k]) for k, v in te0.state_dict().items())
     assert any(not torch.equal(v, ck.modules["unet"][k]) for k, v in unet0.state_dict().items())
+
+
+def test_recipe_noise_schedule_reaches_training_and_export():
+    """``unet.prediction_type`` / ``zero_terminal_snr`` set the schedule training uses and the exported scheduler."""
+    from testbed.modeltrain.config import noise_schedule
+    from testbed.modeltrain.export import scheduler_config
+    from testbed.modeltrain.unet_train import alphas_cumprod, diffusion_loss, new_networks, tokenize
+
+    shipped = TrainConfig()
+    assert noise_schedule(shipped)["prediction_type"] == "epsilon" and float(alphas_cumprod(shipped)[-1]) > 1e-3
+    v = shipped.with_overrides(**{"unet.prediction_type": "v_prediction", "unet.zero_terminal_snr": True})
+    acp = alphas_cumprod(v)
+    assert float(acp[-1]) == 0.0 and bool((acp[1:] <= acp[:-1]).all())
+    sc = scheduler_config(v)
+    assert sc["prediction_type"] == "v_prediction" and sc["rescale_betas_zero_snr"] is True
+    for bad in ({"unet.prediction_type": "sample"}, {"unet.zero_terminal_snr": True}):
+        with pytest.raises(ValueError, match="prediction_type"):
+            noise_schedule(shipped.with_overrides(**bad))
+    # the v-prediction loss is finite at SNR 0 and falls on a fixed batch
+    import tempfile
+
+    from testbed.modeltrain.tokenizer import write_tokenizer as wt
+
+    with tempfile.TemporaryDirectory() as d:
+        tok = load_tokenizer(wt(d, list(WORDS), v.text.max_length))
+    te, unet = new_networks(v, tok)
+    ids = tokenize(tok, ["a small blue square at the top"] * 4, v.text.max_length)
+    z = torch.randn(4, 4, 16, 16, generator=torch.Generator().manual_seed(1))
+    opt = torch.optim.AdamW(list(te.parameters()) + list(unet.parameters()), lr=1e-3)
+    losses = []
+    for _ in range(6):
+        loss, _ = diffusion_loss(te, unet, z, ids, acp, torch.Generator().manual_seed(2), 5.0, "v_prediction")
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert all(math.isfinite(x) for x in losses) and losses[-1] < losses[0]
