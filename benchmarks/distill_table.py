@@ -64,12 +64,12 @@ def table(args: argparse.Namespace, model, model_dir: Path) -> None:
                         target_dtype="float32", progress=True)
     t1 = time.perf_counter_ns()
     link = TrainingLink(NoiseConfig(kind="snr"), "float16")  # the paper's link model: analog AWGN, MMSE
-    from testbed.ldm.gate import GatedDecoder, read_gate
+    from testbed.ldm.gate import gated_decoder
 
     decoders = {"base": model.base_decoder, "distilled": distilled}
-    rule = read_gate(folder)
-    if rule is not None:  # the 'auto' decoder: the calibrated gate between base and distilled
-        decoders["auto"] = GatedDecoder(model.base_decoder, distilled, rule)
+    auto = gated_decoder(model.base_decoder, distilled, folder)
+    if auto is not None:  # the 'auto' decoder: the calibrated gate between base and distilled
+        decoders["auto"] = auto
     rows = evaluate(cache, decoders, steps=steps, betas=args.betas,
                     conds=conditions(args.snr_db, args.sigma), link=link, seed=0, progress=True)
     t2 = time.perf_counter_ns()
@@ -79,9 +79,9 @@ def table(args: argparse.Namespace, model, model_dir: Path) -> None:
     print(f"(latents cached in {(t1 - t0) / 1e9:.1f} s, {len(rows)} decodes scored in {(t2 - t1) / 1e9:.1f} s, "
           f"{torch.get_num_threads()} torch threads)\n")
     print(format_tables(rows, table_steps))
-    if "auto" in decoders:
-        print(f"\n'auto' = base when the received latent's noise ratio <= {rule.noise_ratio_max:.4f} and beta < "
-              f"{rule.merge_ratio_min:g}, else distilled; vs base:\n")
+    if auto is not None:
+        print(f"\n'auto' = base when the received latent's noise ratio <= {auto.rule.noise_ratio_max:.4f} and beta < "
+              f"{auto.rule.merge_ratio_min:g}, else distilled; vs base:\n")
         print(format_tables(rows, table_steps, "base", "auto"))
         share = rows[rows["decoder"] == "auto"].groupby(["beta", "condition"], sort=False)["decoder_used"].apply(
             lambda s: (s == "distilled").mean())

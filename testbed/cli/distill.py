@@ -233,15 +233,10 @@ def _eval_cache_dir(model: Any, prompts: list, steps: list[int], n_ref: int, gui
     return Path(tempfile.gettempdir()) / "megbed-distill-eval" / key.digest()
 
 
-def run_eval(args: argparse.Namespace) -> int:
-    from channel_emu.config import LinkConfig, LinkConfigError
-    from testbed.distill.cache import LatentCacheError, build_cache
-    from testbed.distill.config import NoiseConfig
-    from testbed.distill.evaluate import conditions, evaluate, format_tables, summarize
-    from testbed.distill.link import TrainingLink
-    from testbed.distill.prompts import PromptSourceError, heldout_prompts
-    from testbed.ldm.gate import GatedDecoder, read_gate
-    from testbed.ldm.model import check_decoder_fits, load_decoder
+def _model_and_decoder(args: argparse.Namespace) -> tuple[Any, Path, Any]:
+    """``(model, decoder folder, distilled decoder)`` of ``eval`` / ``calibrate`` (``--model``, ``--decoder``,
+    ``--threads``, ``--device``, ``--model-dtype``); a decoder that cannot load or fit is a :class:`CliError`."""
+    from testbed.ldm.model import check_decoder_fits, decoder_folder, load_decoder
     from testbed.ldm.request import LdmError
 
     model_dir = _model_dir(args)
@@ -250,11 +245,28 @@ def run_eval(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     model = _load_model(model_dir, args.device, args.model_dtype)
-    folder = _decoder_folder(model_dir, args.decoder)
+    folder = decoder_folder(model_dir, args.decoder)
     try:
         distilled = load_decoder(folder, device=model.device, dtype=model.dtype)
         check_decoder_fits(distilled, latent_channels=model.latent_channels, vae_scale_factor=model.vae_scale_factor,
                            where=f"decoder folder {folder}")
+    except LdmError as exc:
+        raise CliError(str(exc)) from exc
+    return model, folder, distilled
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from channel_emu.config import LinkConfig, LinkConfigError
+    from testbed.distill.cache import LatentCacheError, build_cache
+    from testbed.distill.config import NoiseConfig
+    from testbed.distill.evaluate import conditions, evaluate, format_tables, summarize
+    from testbed.distill.link import TrainingLink
+    from testbed.distill.prompts import PromptSourceError, heldout_prompts
+    from testbed.ldm.gate import gated_decoder
+    from testbed.ldm.request import LdmError
+
+    model, folder, distilled = _model_and_decoder(args)
+    try:
         link = TrainingLink(NoiseConfig(kind="snr", link=LinkConfig.load(args.link_config).to_dict()
                                         if args.link_config else {}), args.wire_dtype)
         prompts = heldout_prompts(args.prompts, args.num_prompts)
@@ -267,11 +279,11 @@ def run_eval(args: argparse.Namespace) -> int:
     conds = conditions(args.snr_db, args.sigma or ())
     decoders = {"base": model.base_decoder, "distilled": distilled}
     try:
-        rule = read_gate(folder)
+        auto = gated_decoder(model.base_decoder, distilled, folder)
     except (ValueError, OSError) as exc:
         raise CliError(f"{folder}/distill.json: bad gate: {exc}") from exc
-    if rule is not None:
-        decoders["auto"] = GatedDecoder(model.base_decoder, distilled, rule)
+    if auto is not None:
+        decoders["auto"] = auto
     rows = evaluate(cache, decoders, steps=steps, betas=args.betas,
                     conds=conds, link=link, seed=args.seed, progress=not args.no_progress)
     table_steps = args.table_steps or [n for n in steps if n != args.n_ref] or steps
@@ -291,17 +303,6 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _decoder_folder(model_dir: Path, name: str) -> Path:
-    from testbed.ldm.model import UE_DECODER_SUBFOLDER
-
-    if name == "distilled":
-        return model_dir / UE_DECODER_SUBFOLDER
-    folder = Path(name)
-    if not folder.is_absolute() and (model_dir / folder).is_dir():
-        folder = model_dir / folder
-    return folder
-
-
 def run_calibrate(args: argparse.Namespace) -> int:
     from channel_emu.config import LinkConfigError
     from testbed.distill.cache import LatentCacheError, build_cache
@@ -311,21 +312,11 @@ def run_calibrate(args: argparse.Namespace) -> int:
     from testbed.distill.link import TrainingLink
     from testbed.distill.prompts import PromptSourceError, training_prompts
     from testbed.ldm.gate import GATE_KEY
-    from testbed.ldm.model import check_decoder_fits, load_decoder
     from testbed.ldm.request import LdmError
 
-    model_dir = _model_dir(args)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    model = _load_model(model_dir, args.device, args.model_dtype)
-    folder = _decoder_folder(model_dir, args.decoder)
+    model, folder, distilled = _model_and_decoder(args)
     meta_path = folder / "distill.json"
     try:
-        distilled = load_decoder(folder, device=model.device, dtype=model.dtype)
-        check_decoder_fits(distilled, latent_channels=model.latent_channels, vae_scale_factor=model.vae_scale_factor,
-                           where=f"decoder folder {folder}")
         # Training-distribution prompts under a seed of their own: neither the decoder's training prompts nor the
         # held-out prompts of `megbed distill eval`.
         prompts = training_prompts(args.prompts, args.num_prompts, args.prompt_seed)

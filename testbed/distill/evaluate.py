@@ -86,7 +86,7 @@ def _scores(images: torch.Tensor, targets: torch.Tensor) -> dict[str, np.ndarray
 @torch.no_grad()
 def evaluate(cache: LatentCache, decoders: dict[str, Any], *, steps: Sequence[int], betas: Sequence[float],
              conds: Sequence[Condition], link: TrainingLink, seed: int = 0, batch_size: int = 16,
-             progress: bool = False, prompt_indices: Sequence[int] | None = None) -> pd.DataFrame:
+             progress: bool = False) -> pd.DataFrame:
     """Score every decoder on every (prompt, N, beta, condition); one row per decoded image.
 
     Parameters
@@ -103,8 +103,6 @@ def evaluate(cache: LatentCache, decoders: dict[str, Any], *, steps: Sequence[in
         Seeds the noise draws.
     batch_size : int
         Latents per decode call.
-    prompt_indices : sequence of int, optional
-        Only these prompts of the cache (default: all).
 
     Returns
     -------
@@ -117,15 +115,14 @@ def evaluate(cache: LatentCache, decoders: dict[str, Any], *, steps: Sequence[in
 
     rows: list[dict[str, Any]] = []
     bar = None
-    indices = list(range(len(cache))) if prompt_indices is None else [int(i) for i in prompt_indices]
-    total = len(betas) * len(conds) * len(indices) * len(steps)
+    total = len(betas) * len(conds) * len(cache) * len(steps)
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=total, desc="evaluating decoders", unit="latent", leave=False)
     for bi, beta in enumerate(betas):
         for ci, cond in enumerate(conds):
-            jobs = [(i, n) for i in indices for n in steps]
+            jobs = [(i, n) for i in range(len(cache)) for n in steps]
             for k in range(0, len(jobs), batch_size):
                 chunk = jobs[k:k + batch_size]
                 received, meta = [], []

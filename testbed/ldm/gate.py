@@ -8,8 +8,8 @@ link noise shows in the received latent itself. :func:`latent_noise_ratio` estim
 noise power is relative to the signal's, so the ratio reads like an inverse SNR: on the default model clean latents
 give 0.04-0.33 (median 0.09), 20 dB 0.13-0.36, 10 dB 0.31-0.48, 0 dB 0.66-0.85), and :class:`GatedDecoder` sends
 each latent to the base decoder when the ratio is at most ``noise_ratio_max`` and beta below ``merge_ratio_min``,
-else to the distilled one. The two thresholds are calibrated per distilled decoder on training prompts (:mod:`testbed.distill.gate_fit`)
-and stored in its ``distill.json`` under ``"gate"``.
+else to the distilled one. The two thresholds are calibrated per distilled decoder on training prompts
+(:mod:`testbed.distill.gate_fit`) and stored in its ``distill.json`` under ``"gate"``.
 """
 
 from __future__ import annotations
@@ -102,6 +102,13 @@ def read_gate(decoder_folder: str | Path) -> GateRule | None:
         return None
     data = json.loads(meta.read_text(encoding="utf-8"))
     return GateRule.from_json(data[GATE_KEY]) if data.get(GATE_KEY) else None
+
+
+def gated_decoder(base: Any, distilled: Any, decoder_folder: str | Path) -> GatedDecoder | None:
+    """The ``auto`` decoder of a distilled decoder folder: ``base`` and ``distilled`` gated by the folder's
+    calibrated rule; None when it has none (ValueError / OSError on an unreadable one)."""
+    rule = read_gate(decoder_folder)
+    return None if rule is None else GatedDecoder(base, distilled, rule)
 
 
 class GatedDecoder:

@@ -471,6 +471,16 @@ def load_pipeline(model_dir: str | Path, *, device: torch.device | str | None = 
                     model_dir=model_dir.resolve())
 
 
+def decoder_folder(model_dir: str | Path, name: str | Path) -> Path:
+    """The folder of the decoder a UE names: ``<model>/ue_decoder`` for ``"distilled"``, else ``name`` tried inside
+    ``model_dir`` first."""
+    model_dir = Path(model_dir)
+    if name == "distilled":
+        return model_dir / UE_DECODER_SUBFOLDER
+    candidate = model_dir / name
+    return candidate if candidate.is_dir() else Path(name)
+
+
 def named_decoder(model_dir: str | Path, name: str | Path, *, device: torch.device | str, dtype: torch.dtype,
                   latent_channels: int, vae_scale_factor: int, base: LatentDecoder | None = None) -> Any:
     """The decoder a UE names: None for ``"base"`` (the pipeline's VAE), ``<model>/ue_decoder`` for
@@ -488,28 +498,25 @@ def named_decoder(model_dir: str | Path, name: str | Path, *, device: torch.devi
     if name == "base":
         return None
     if name == "auto":
-        from testbed.ldm.gate import GatedDecoder, read_gate
+        from testbed.ldm.gate import gated_decoder
 
         if base is None:
             raise ModelLoadError("the 'auto' decoder needs the base decoder to gate with")
         distilled = named_decoder(model_dir, "distilled", device=device, dtype=dtype, latent_channels=latent_channels,
                                   vae_scale_factor=vae_scale_factor)
+        folder = decoder_folder(model_dir, "distilled")
         try:
-            rule = read_gate(model_dir / UE_DECODER_SUBFOLDER)
+            gated = gated_decoder(base, distilled, folder)
         except (ValueError, OSError) as exc:
-            raise ModelLoadError(f"{model_dir / UE_DECODER_SUBFOLDER}/distill.json: bad gate: {exc}") from exc
-        if rule is None:
-            raise ModelLoadError(f"{model_dir / UE_DECODER_SUBFOLDER} has no calibrated gate (distill.json 'gate'); "
+            raise ModelLoadError(f"{folder}/distill.json: bad gate: {exc}") from exc
+        if gated is None:
+            raise ModelLoadError(f"{folder} has no calibrated gate (distill.json 'gate'); "
                                  "run `megbed distill calibrate` or use 'distilled'")
-        return GatedDecoder(base, distilled, rule)
-    if name == "distilled":
-        folder = model_dir / UE_DECODER_SUBFOLDER
-        if not folder.is_dir():
-            raise ModelLoadError(f"{model_dir} has no distilled UE decoder ({UE_DECODER_SUBFOLDER}/); train one "
-                                 "with `megbed distill train` or use the base decoder")
-    else:
-        candidate = model_dir / name
-        folder = candidate if candidate.is_dir() else Path(name)
+        return gated
+    folder = decoder_folder(model_dir, name)
+    if name == "distilled" and not folder.is_dir():
+        raise ModelLoadError(f"{model_dir} has no distilled UE decoder ({UE_DECODER_SUBFOLDER}/); train one "
+                             "with `megbed distill train` or use the base decoder")
     decoder = load_decoder(folder, device=device, dtype=dtype)
     check_decoder_fits(decoder, latent_channels=latent_channels, vae_scale_factor=vae_scale_factor,
                        where=f"decoder folder {folder}")

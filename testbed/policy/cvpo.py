@@ -226,15 +226,19 @@ class CVPO(Learner):
         self.critic_optim.zero_grad()
         critic_loss.backward()
         self.critic_optim.step()
-        if critics_only:
-            self._polyak()
-            self.updates += 1
-            stats = {"critic_loss": critic_loss.item(), "q_reward": q_pred[:, 0].mean().item(),
-                     "eta": self.estep_dual[0].item(), **self._last_mstep}
-            for i, name in enumerate(self.constraints.constrained):
-                stats[f"q_cost_{name}"] = q_pred[:, 1 + i].mean().item()
-            return stats
+        stats = {"critic_loss": critic_loss.item()}
+        if not critics_only:
+            stats.update(self._policy_step(obs))
+        self._polyak()
+        self.updates += 1
+        stats.update({"q_reward": q_pred[:, 0].mean().item(), "eta": self.estep_dual[0].item(), **self._last_mstep})
+        for i, name in enumerate(self.constraints.constrained):
+            stats[f"q_cost_{name}"] = q_pred[:, 1 + i].mean().item()
+        return stats
 
+    def _policy_step(self, obs: torch.Tensor) -> dict[str, float]:
+        """E-step and M-step on a batch of states; returns the actor's statistics."""
+        c = self.cfg
         # E-step: K samples from the old policy, their Q values, the dual, the non-parametric weights.
         k, b = c.sample_actions, obs.shape[0]
         with torch.no_grad():
@@ -278,17 +282,9 @@ class CVPO(Learner):
             actor_loss.backward()
             self.actor_optim.step()
 
-        self._polyak()
-        self.updates += 1
         self._last_mstep = {"mstep_dual_mu": dual_mu.item(), "mstep_dual_std": dual_std.item()}
-        stats = {
-            "critic_loss": critic_loss.item(), "actor_loss": actor_loss.item(), "kl_mu": kl_mu.item(),
-            "kl_std": kl_std.item(), "q_reward": q_pred[:, 0].mean().item(), "policy_std": std_old.mean().item(),
-            "eta": self.estep_dual[0].item(), **self._last_mstep,
-        }
-        for i, name in enumerate(self.constraints.constrained):
-            stats[f"q_cost_{name}"] = q_pred[:, 1 + i].mean().item()
-        return stats
+        return {"actor_loss": actor_loss.item(), "kl_mu": kl_mu.item(), "kl_std": kl_std.item(),
+                "policy_std": std_old.mean().item()}
 
     @torch.no_grad()
     def _polyak(self) -> None:
