@@ -6,8 +6,9 @@ Phases, each seeded and resumable from its last checkpoint (safetensors + JSON, 
 2. ``vae``: an ``AutoencoderKL`` (downsampling 8, 4 latent channels) on random crops of rendered scenes
    (``vae_train``).
 3. ``latents``: a fixed set of training scenes encoded once by the trained VAE (``data``).
-4. ``unet``: ``CLIPTextModel`` + ``UNet2DConditionModel`` trained together, epsilon prediction, classifier-free
-   guidance dropout, min-SNR weighting, EMA (``unet_train``).
+4. ``unet``: ``CLIPTextModel`` + ``UNet2DConditionModel`` (the text encoder held at its initialisation for the first
+   steps, then trained with the U-Net at a lower rate), v-prediction on a zero-terminal-SNR schedule,
+   classifier-free guidance dropout, min-SNR weighting, EMA (``unet_train``).
 5. ``export``: a standard diffusers folder for ``StableDiffusionPipeline.from_pretrained`` (``export``).
 
 ``python -m testbed.modeltrain --out DIR`` (or ``megbed model train``) runs them in order (``runner``);

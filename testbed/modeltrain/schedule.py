@@ -14,6 +14,13 @@ def lr_at(step: int, *, total: int, lr: float, lr_min: float, warmup: int) -> fl
     return lr_min + 0.5 * (lr - lr_min) * (1.0 + math.cos(math.pi * frac))
 
 
+def cycle_total(step: int, total: int, restarts: tuple[int, ...] = ()) -> int:
+    """The ``total`` of :func:`lr_at` at ``step`` when the cosine decay first ends at each of ``restarts`` in turn
+    and then at ``total``: the first of them that ``step`` has not reached (a warm restart at each, to the rate the
+    longer decay has there)."""
+    return min(m for m in (*restarts, total) if m > step) if step < total else total
+
+
 def set_lr(optimizer, value: float) -> None:
     """Set every parameter group's rate to ``value`` times its ``lr_scale`` (1 when absent)."""
     for group in optimizer.param_groups:

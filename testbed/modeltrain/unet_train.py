@@ -24,7 +24,7 @@ from testbed.modeltrain.checkpoint import has_checkpoint, load_checkpoint, resto
 from testbed.modeltrain.config import NOISE_SCHEDULE, TrainConfig, noise_schedule, text_config, unet_config
 from testbed.modeltrain.data import LatentSet, derive_seed, step_rngs, training_caption
 from testbed.modeltrain.progress import PhaseClock, Progress, stdout_log
-from testbed.modeltrain.schedule import lr_at, set_lr
+from testbed.modeltrain.schedule import cycle_total, lr_at, set_lr
 from testbed.modeltrain.tokenizer import load_tokenizer
 
 
@@ -147,7 +147,8 @@ def train_unet(cfg: TrainConfig, out_dir: str | Path, latents: LatentSet, scalin
         ids = tokenize(tokenizer, caps, cfg.text.max_length)
         eps = torch.randn(latents.mean[idx].shape, generator=gen)
         x0 = (latents.mean[idx] + latents.std[idx] * eps) * scaling_factor
-        set_lr(opt, lr_at(step, total=total, lr=r.lr, lr_min=r.lr_min, warmup=r.warmup_steps))
+        cycle = cycle_total(step, total, tuple(r.lr_restart_steps))
+        set_lr(opt, lr_at(step, total=cycle, lr=r.lr, lr_min=r.lr_min, warmup=r.warmup_steps))
         te.requires_grad_(step >= r.text_freeze_steps)
         loss, parts = diffusion_loss(te, unet, x0, ids, acp, gen, r.min_snr_gamma, r.prediction_type)
         if not torch.isfinite(loss):

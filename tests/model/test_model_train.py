@@ -219,16 +219,16 @@ def test_recipe_noise_schedule_reaches_training_and_export():
     from testbed.modeltrain.export import scheduler_config
     from testbed.modeltrain.unet_train import alphas_cumprod, diffusion_loss, new_networks, tokenize
 
-    shipped = TrainConfig()
-    assert noise_schedule(shipped)["prediction_type"] == "epsilon" and float(alphas_cumprod(shipped)[-1]) > 1e-3
-    v = shipped.with_overrides(**{"unet.prediction_type": "v_prediction", "unet.zero_terminal_snr": True})
+    v = TrainConfig()  # the shipped recipe: zero terminal SNR, v-prediction
+    sd = v.with_overrides(**{"unet.prediction_type": "epsilon", "unet.zero_terminal_snr": False})
+    assert noise_schedule(sd)["prediction_type"] == "epsilon" and float(alphas_cumprod(sd)[-1]) > 1e-3
     acp = alphas_cumprod(v)
     assert float(acp[-1]) == 0.0 and bool((acp[1:] <= acp[:-1]).all())
     sc = scheduler_config(v)
     assert sc["prediction_type"] == "v_prediction" and sc["rescale_betas_zero_snr"] is True
     for bad in ({"unet.prediction_type": "sample"}, {"unet.zero_terminal_snr": True}):
         with pytest.raises(ValueError, match="prediction_type"):
-            noise_schedule(shipped.with_overrides(**bad))
+            noise_schedule(sd.with_overrides(**bad))
     # the v-prediction loss is finite at SNR 0 and falls on a fixed batch
     import tempfile
 
@@ -248,3 +248,19 @@ def test_recipe_noise_schedule_reaches_training_and_export():
         opt.step()
         losses.append(float(loss.detach()))
     assert all(math.isfinite(x) for x in losses) and losses[-1] < losses[0]
+
+
+def test_lr_schedule_warm_restart():
+    """``unet.lr_restart_steps``: the decay first ends at the restart, then follows the decay over all the steps --
+    what resuming a finished 2000-step run with ``steps`` 2600 did for the shipped model."""
+    from testbed.modeltrain.schedule import cycle_total, lr_at
+
+    kw = {"lr": 1e-3, "lr_min": 1e-5, "warmup": 10}
+    lrs = [lr_at(s, total=cycle_total(s, 260, (200,)), **kw) for s in range(260)]
+    assert lrs[:200] == [lr_at(s, total=200, **kw) for s in range(200)]
+    assert lrs[199] < 1.1e-5 and lrs[200] == pytest.approx(lr_at(200, total=260, **kw)) and lrs[200] > 10 * lrs[199]
+    assert all(b <= a for a, b in zip(lrs[200:-1], lrs[201:], strict=True))
+    plain = [lr_at(s, total=260, **kw) for s in range(260)]
+    assert [lr_at(s, total=cycle_total(s, 260), **kw) for s in range(260)] == plain
+    assert [lr_at(s, total=cycle_total(s, 260, (260, 400)), **kw) for s in range(260)] == plain
+    assert TrainConfig().unet.lr_restart_steps == (2000,) and TrainConfig().unet.steps == 2600
