@@ -187,7 +187,8 @@ def noise_schedule(cfg: TrainConfig | None = None) -> dict[str, Any]:
         raise ValueError(f"unet.prediction_type must be 'epsilon' or 'v_prediction', not {u.prediction_type!r}")
     if u.zero_terminal_snr and u.prediction_type != "v_prediction":
         raise ValueError("unet.zero_terminal_snr needs unet.prediction_type=v_prediction (epsilon is undefined at SNR 0)")
-    return {**NOISE_SCHEDULE, "prediction_type": u.prediction_type, "rescale_betas_zero_snr": bool(u.zero_terminal_snr)}
+    return {**NOISE_SCHEDULE, "prediction_type": u.prediction_type,
+            "rescale_betas_zero_snr": bool(u.zero_terminal_snr)}
 
 
 def vae_config(cfg: TrainConfig) -> dict[str, Any]:

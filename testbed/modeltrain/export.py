@@ -29,7 +29,7 @@ COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
 def scheduler_config(cfg: TrainConfig | None = None) -> dict[str, Any]:
     """The exported scheduler: DPM++ 2M on the recipe's training noise schedule (other samplers build from its
-    config); None: the shipped model's."""
+    config); None: SD's (:data:`~testbed.modeltrain.config.NOISE_SCHEDULE`)."""
     return {**noise_schedule(cfg), "algorithm_type": "dpmsolver++", "solver_order": 2}
 
 

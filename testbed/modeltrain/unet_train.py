@@ -2,10 +2,11 @@
 
 Each step: a batch of encoded training scenes, a caption drawn per scene (varied phrasing, distractor words,
 ``""`` with probability ``cfg_dropout`` for classifier-free guidance), a latent sampled from the VAE posterior and
-scaled, uniform timesteps of the recipe's schedule (:func:`noise_schedule`) and its prediction type's loss, weighted by min-SNR-gamma
-(Hang et al. 2023): epsilon ``min(SNR, gamma) / SNR``, which speeds up convergence of small budgets; v-prediction
-(for a zero-terminal-SNR schedule) ``min(SNR + 1, gamma) / (SNR + 1)``, which unlike the paper's
-``min(SNR, gamma) / (SNR + 1)`` keeps full weight at SNR 0, the step where the layout is decided from the prompt alone.
+scaled, uniform timesteps of the recipe's schedule (:func:`noise_schedule`) and its prediction type's loss,
+weighted by min-SNR-gamma (Hang et al. 2023): epsilon ``min(SNR, gamma) / SNR``, which speeds up convergence of small
+budgets; v-prediction (for a zero-terminal-SNR schedule) ``min(SNR + 1, gamma) / (SNR + 1)``, which unlike the
+paper's ``min(SNR, gamma) / (SNR + 1)`` keeps full weight at SNR 0, the step where the layout is decided from the
+prompt alone.
 The text encoder can be held at its initialisation for the first ``text_freeze_steps`` (see ``UnetRecipe``).
 An exponential moving average of both networks' weights (decay warmed up as ``min(decay, (1 + s) / (10 + s))``) is
 what gets exported.
@@ -29,9 +30,9 @@ from testbed.modeltrain.tokenizer import load_tokenizer
 
 
 def alphas_cumprod(cfg: TrainConfig | None = None) -> torch.Tensor:
-    """``alpha_bar_t`` ``[T]`` (float32) of a recipe's schedule (:func:`noise_schedule`; None: the shipped one), taken
-    from diffusers' own DDPM scheduler so that training and sampling share one schedule (the last entry is exactly 0
-    with the zero-terminal-SNR rescale)."""
+    """``alpha_bar_t`` ``[T]`` (float32) of a recipe's schedule (:func:`noise_schedule`; None: SD's
+    :data:`NOISE_SCHEDULE`), taken from diffusers' own DDPM scheduler so that training and sampling share one
+    schedule (the last entry is exactly 0 with the zero-terminal-SNR rescale)."""
     from diffusers import DDPMScheduler
 
     return DDPMScheduler.from_config(noise_schedule(cfg)).alphas_cumprod.to(torch.float32).clone()
