@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from analysis.browser import check_report, find_browser
 
-pytestmark = pytest.mark.skipif(find_browser() is None, reason="no Chromium on PATH (apt-get install -y chromium)")
+# .ci/run sets MEGBED_REQUIRE_BROWSER where it installed Chromium: there a missing browser is a failure, not a skip.
+_REQUIRED = os.environ.get("MEGBED_REQUIRE_BROWSER") == "1"
+pytestmark = pytest.mark.skipif(find_browser() is None and not _REQUIRED,
+                                reason="no Chromium on PATH (apt-get install -y chromium)")
+
+
+def test_browser_is_present_where_required():
+    if _REQUIRED:
+        assert find_browser() is not None, "MEGBED_REQUIRE_BROWSER=1 but no Chromium on PATH"
 
 
 def test_report_renders_its_figures_in_chromium(full_report, tmp_path):
