@@ -14,9 +14,9 @@ pytestmark = pytest.mark.skipif(find_browser() is None and not _REQUIRED,
                                 reason="no Chromium on PATH (apt-get install -y chromium)")
 
 
+@pytest.mark.skipif(not _REQUIRED, reason="MEGBED_REQUIRE_BROWSER is not set")
 def test_browser_is_present_where_required():
-    if _REQUIRED:
-        assert find_browser() is not None, "MEGBED_REQUIRE_BROWSER=1 but no Chromium on PATH"
+    assert find_browser() is not None, "MEGBED_REQUIRE_BROWSER=1 but no Chromium on PATH"
 
 
 def test_report_renders_its_figures_in_chromium(full_report, tmp_path):
