@@ -8,7 +8,7 @@ import pytest
 
 from analysis.browser import check_report, find_browser
 
-# .ci/run sets MEGBED_REQUIRE_BROWSER where it installed Chromium: there a missing browser is a failure, not a skip.
+# .ci/run sets MEGBED_REQUIRE_BROWSER where Chromium is on PATH: there a browser that vanishes fails, not skips.
 _REQUIRED = os.environ.get("MEGBED_REQUIRE_BROWSER") == "1"
 pytestmark = pytest.mark.skipif(find_browser() is None and not _REQUIRED,
                                 reason="no Chromium on PATH (apt-get install -y chromium)")
