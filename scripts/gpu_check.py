@@ -6,29 +6,38 @@ device-tool command. Steps, each a child process with its own time budget (secon
 ====  ===========  ======  =================================================================================
 step  name         budget  what (and how the budget was sized)
 ====  ===========  ======  =================================================================================
-0     install         45   carried wheels into a --target dir, --no-deps --no-index (11 small wheels: ~10 s)
-0     env             30   torch/CUDA/NVML/driver facts, every dependency importable (one torch import, ~5 s)
+0     install         45   carried wheels into a --target dir, --no-deps --no-index (11 wheels, 8 MB: 3 s on
+                           the 2-core CPU box)
+0     env             30   torch/CUDA/NVML/driver facts; every dependency imported (one torch + diffusers +
+                           sionna import: 12.6 s wall on the loaded CPU box)
+2     nvml            60   benchmarks/nvml_gpu.py: 2 s period probe + 2 s instant-power polling + 1 s + 2 s
+                           idle + a 12 s matmul window + a 50 ms one, with 1 s gaps: 25 s of sleeps and windows, plus the torch start
+3     ldm_stages     110   benchmarks/ldm_stages.py --family sdxl at 1024^2 fp16: build 3.4 G params on the GPU,
+                           stages x2 repeats, ES denoise N = 4/8/12 (26 SDXL steps at batch 2), handoff bytes for
+                           every merge method. Sized from estimates, not measurements (no GPU here): SDXL's
+                           ~6.8 TFLOP per CFG step at H100 fp16 rates is well under 1 s a step
+4     campaign       170   two local campaigns (ES cuda, UE cpu): the default model (meg/ceg/ue_local, N 4/8/12,
+                           beta 0/0.5: 18 requests of a 28 MB model, ~35 % of the step) and the SDXL-shaped one
+                           saved to disk (meg/ceg, N 4/8/12, beta 0.5, 512^2 so that the CPU UE's VAE decode stays
+                           a few s), each followed by ``megbed report`` (<= 30 s; 9.5 s CPU measured here)
 1     gpu_tests       75   ``pytest -m gpu`` on the files that hold gpu tests (4 tests, tiny models; collection
-                           dominates)
-2     nvml            60   benchmarks/nvml_gpu.py: 2 s period probe + 2 s instant-power polling + 3 s idle +
-                           a 12 s matmul window + a 50 ms one, with 1 s gaps (~25 s) and a torch/cuBLAS start
-3     ldm_stages     110   benchmarks/ldm_stages.py --family sdxl at 1024^2 fp16: build 3.4 G params on the GPU
-                           (~15 s), stages x2 repeats, ES denoise N = 4/8/12 (26 SDXL steps, ~70 ms each on an
-                           H100), handoff bytes for every merge method
-4     campaign       170   two local campaigns (ES cuda, UE cpu): the default model (meg/ceg/ue_local,
-                           N 4/8/12, beta 0/0.5, ~40 s) and the SDXL-shaped one saved to disk (meg/ceg, N 4/8/12,
-                           beta 0.5, 512^2 so that the CPU UE's VAE decode stays ~3 s), each with its report
+                           dominates: 15.5 s wall on the loaded CPU box)
 5     distill         60   ``megbed distill train`` of the default model on cuda (bf16 autocast): cache 16+4
-                           prompts, 60 optimiser steps; throughput from its summary.json
+                           prompts, 60 optimiser steps; throughput from its summary.json (the CPU rehearsal at 2
+                           steps, 2+1 prompts took 44.7 s wall on the loaded CPU box)
 ====  ===========  ======  =================================================================================
+
+The steps run in the order of this table (the issue's numbers in the first column): the figures the issue must
+show come first, so a run cut short loses the gpu tests and the distillation figure rather than those.
 
 Sum 550 s; the run also has one overall deadline (``--deadline-s``, default 535 s after the start): each step's
 timeout is its budget or what is left of the deadline, whichever is smaller, and a step with under 10 s left is
 skipped with that reason. A step without CUDA skips its CUDA part with the reason and still runs its CPU side
 (the gpu tests are collected and skip, the NVML probe states why it cannot open, the handoff-bytes table is
-computed, the campaign specs are validated). ``--rehearse`` additionally runs the stage benchmark on the tiny
-model (CPU; a rehearsal of the code path, never a figure) and keeps everything small: the smoke test
-(tests/integration/test_gpu_check.py) uses it.
+computed, the campaign specs are validated). ``--rehearse`` also runs the CUDA code paths on the CPU at the
+smallest sizes (the stage benchmark on the tiny SDXL model, both campaigns with the ES on the CPU, two distillation
+steps: a rehearsal, never a figure; minutes). ``--smoke`` (the smoke test in tests/integration/test_gpu_check.py)
+runs only the CPU sides, all steps in one process: ~11 s CPU.
 
 Everything lands in ``OUT/gpu_report.json`` (written after every step, so a killed run keeps what it measured) and
 ``OUT/gpu_check.log`` (every child's output). The campaign reports are copied to ``OUT/campaign_<name>.html``.
@@ -55,7 +64,9 @@ SCHEMA_VERSION = 1
 # seconds per step (see the module docstring for how each was sized)
 BUDGET_S = {"install": 45, "env": 30, "gpu_tests": 75, "nvml": 60, "ldm_stages": 110, "campaign": 170,
             "distill": 60}
-STEPS = ("env", "gpu_tests", "nvml", "ldm_stages", "campaign", "distill")
+# run in this order: the figures the issue must show first (NVML, SDXL step, ES energy, MEG vs CEG), so that a
+# run cut short by the deadline loses the gpu tests and the distillation throughput rather than those
+STEPS = ("env", "nvml", "ldm_stages", "campaign", "gpu_tests", "distill")
 DEFAULT_DEADLINE_S = 535.0
 MIN_STEP_S = 10.0
 # what pyproject.toml needs that the lent machine's image lacks (KINDS.md's package list); scripts/gpu_wheels.sh

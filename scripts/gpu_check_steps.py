@@ -315,7 +315,8 @@ def step_campaign(st: Step, rehearse: bool, out_dir: Path) -> None:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     budget = BUDGET_S["campaign"]
-    plans = [("default", 0.4), ("sdxl", 1.0)]  # share of what is left when each starts (report time included)
+    # share of what is left when each starts; each run's timeout keeps 15 s + its report's (<= 30 s) in reserve
+    plans = [("default", 0.35), ("sdxl", 1.0)]
     for name, share in plans:
         c: dict[str, Any] = {}
         rec["campaigns"][name] = c
@@ -333,13 +334,20 @@ def step_campaign(st: Step, rehearse: bool, out_dir: Path) -> None:
         loaded = load_spec(path, check_paths=model != "sdxl")
         c["spec"] = spec
         c["grid_points"] = len(loaded.points()) if hasattr(loaded, "points") else None
-        if not cuda:
+        if not cuda and (st.smoke or not rehearse):
             c.update(status="skipped", skip_reason=f"{NO_CUDA}: spec validated, not run (the ES must be on CUDA)")
             continue
+        if not cuda:  # --rehearse: the same run with the ES on the CPU, smallest grid (a code-path check only)
+            spec["device"]["es"] = "cpu"
+            spec["grid"]["merge_ratio"] = [0.5]
+            spec["schemes"] = ["meg", "ceg"]
+            spec["reference"]["n_steps"] = 4
+            path.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
+            c["rehearsal"] = "ES on cpu, N 4, beta 0.5, meg/ceg: not figures"
         run_dir = work / f"run_{name}"
         left = st.left_s(budget) - 10
         rc, tail = _sub([sys.executable, "-m", "testbed.cli.main", "campaign", "run", str(path), "--out",
-                         str(run_dir)], left * share - 15)
+                         str(run_dir)], left * share - 30)
         c["run_rc"] = rc
         if rc != 0:
             c["output_tail"] = tail
@@ -349,7 +357,7 @@ def step_campaign(st: Step, rehearse: bool, out_dir: Path) -> None:
             c["summary_error"] = repr(exc)
         rc_r, tail_r = _sub([sys.executable, "-m", "testbed.cli.main", "report", str(run_dir), "--out",
                              str(run_dir / "report"), "--bootstrap", "200", "--no-traces"],
-                            min(20.0, st.left_s(budget) - 5))
+                            min(30.0, st.left_s(budget) - 5))
         html = run_dir / "report" / "report.html"
         if html.is_file():
             shutil.copy(html, out_dir / f"campaign_{name}.html")
@@ -359,7 +367,10 @@ def step_campaign(st: Step, rehearse: bool, out_dir: Path) -> None:
         c["status"] = "ok" if rc == 0 and "summary_error" not in c else ("timeout" if rc is None else "failed")
         st.save()
     states = [c.get("status") for c in rec["campaigns"].values()]
-    if not cuda:
+    if not cuda and rehearse and not st.smoke:
+        rec.update(status="skipped" if all(x == "ok" for x in states) else "failed",
+                   skip_reason=f"{NO_CUDA}: both campaigns rehearsed with the ES on the CPU (not figures): {states}")
+    elif not cuda:
         rec.update(status="skipped", skip_reason=f"{NO_CUDA}: both campaign specs validated, not run")
     else:
         rec["status"] = "ok" if all(s == "ok" for s in states) else "failed"
@@ -377,13 +388,18 @@ def step_distill(st: Step, rehearse: bool) -> None:
     cuda, _ = _cuda()
     rec["args"] = DISTILL_ARGS
     DistillConfig(device="cuda", amp="bf16", steps=60)  # the recipe must validate before GPU time is spent
-    if not cuda:
+    if not cuda and (st.smoke or not rehearse):
         rec.update(status="skipped", skip_reason=f"{NO_CUDA}: recipe validated, no training run")
         return
+    args = DISTILL_ARGS
+    if not cuda:  # --rehearse: the same command on the CPU at the smallest sizes (a code-path check only)
+        args = ["--num-prompts", "2", "--val-prompts", "1", "--steps", "2", "--n-min", "4", "--n-max", "4",
+                "--amp", "none", "--no-progress", "--no-resume", "--threads", "1"]
+        rec["rehearsal_args"] = args
     run = WORK / "distill"
     shutil.rmtree(run, ignore_errors=True)
     rc, tail = _sub([sys.executable, "-m", "testbed.cli.main", "distill", "train", "--run", str(run), "--device",
-                     "cuda", *DISTILL_ARGS], st.left_s(BUDGET_S["distill"]) - 3)
+                     "cuda" if cuda else "cpu", *args], st.left_s(BUDGET_S["distill"]) - 3)
     summary = run / "summary.json"
     if summary.is_file():
         s = json.loads(summary.read_text(encoding="utf-8"))
@@ -392,6 +408,9 @@ def step_distill(st: Step, rehearse: bool) -> None:
     rec["status"] = "ok" if rc == 0 and "figures" in rec else ("timeout" if rc is None else "failed")
     if rec["status"] != "ok":
         rec["output_tail"] = tail
+    elif not cuda:
+        rec.update(status="skipped", skip_reason=f"{NO_CUDA}: rehearsed on the CPU at the smallest sizes (not a "
+                                                 "figure)")
 
 
 def run_step(name: str, step_json: Path, out_dir: Path, rehearse: bool, smoke: bool = False) -> int:

@@ -139,17 +139,16 @@ def test_merge_methods_follow_the_merging_module(monkeypatch):
     assert ldm_stages.merge_methods() == (None,)
 
 
-def test_sdxl_configs_have_sdxl_base_sizes():
-    """Built on the meta device (no memory, no init): SDXL-base's U-Net is 2.567 G parameters, its VAE 83.7 M."""
+def test_sdxl_model_builds_at_sdxl_base_size_through_the_runtime():
+    """build_sdxl on the meta device (no memory, no init) through LdmModel: SDXL-base's U-Net is 2.567 G parameters
+    in float16, its VAE (force_upcast) is moved to float32 by the runtime, the family is recognised."""
     import ldm_stages
-    from diffusers import AutoencoderKL, UNet2DConditionModel
 
-    with torch.device("meta"):
-        unet = UNet2DConditionModel(**ldm_stages.SDXL_UNET_CONFIG)
-        vae = AutoencoderKL(**ldm_stages.SDXL_VAE_CONFIG)
-    assert sum(p.numel() for p in unet.parameters()) == pytest.approx(2_567_463_684, rel=1e-6)
-    assert sum(p.numel() for p in vae.parameters()) == pytest.approx(83_653_863, rel=1e-6)
-    assert vae.config.scaling_factor == 0.13025 and vae.config.force_upcast
+    model = ldm_stages.build_sdxl(torch.device("meta"), torch.float16)
+    assert model.family == "sdxl" and model.dtype == torch.float16
+    assert sum(p.numel() for p in model.unet.parameters()) == 2_567_463_684
+    assert next(model.unet.parameters()).dtype == torch.float16
+    assert model.pipe.vae.dtype == torch.float32 and model.pipe.vae.config.scaling_factor == 0.13025
 
 
 def test_nvml_percent_difference_survives_a_zero_counter_window():
