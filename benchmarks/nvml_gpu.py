@@ -60,7 +60,8 @@ def kernel(torch, seconds: float, n: int = 8192):
     """Back-to-back fp16 matmuls for about ``seconds`` (calibrated once), synchronised at the end."""
     a = torch.randn(n, n, device="cuda", dtype=torch.float16)
     b = torch.randn(n, n, device="cuda", dtype=torch.float16)
-    torch.cuda.synchronize()
+    a @ b  # warm-up: cuBLAS handle and kernel selection would otherwise inflate the calibration, shortening
+    torch.cuda.synchronize()  # the window below the asked-for length
     t0 = time.perf_counter()
     for _ in range(5):
         a @ b
@@ -99,17 +100,28 @@ def measure_window(torch, meter, run, label: str, zeus_monitor=None) -> dict:
     time.sleep(0.2)  # let the sampler read past the window end
     r = w.result
     snap = meter.samplers[0].window_arrays(w.t_start_ns, w.t_end_ns, margin_ns=200_000_000)
+    # a gap is only a gap when it is longer than a few of the field's own refreshes (50 ms floor)
+    field_s = meter.probes[0].sensor_period_s() or 0.0
     integ = integrate_window(snap.t_ns, np.where(snap.valid, snap.power_mw[:, 0], np.nan), w.t_start_ns,
-                             w.t_end_ns, max_gap_ns=50_000_000)
+                             w.t_end_ns, max_gap_ns=int(max(50e6, 2.5 * field_s * 1e9)))
     out = {"window": label, "duration_s": r.duration_s, "counter_mj": r.energy_mj["gpu" + str(meter.probes[0].indices[0])],
-           "integrated_mj": integ.energy_mj, "integrated_samples": integ.n_samples, "valid": r.valid,
-           "reason": r.reason, "mean_power_w": r.total_mj / r.duration_s / 1000}
-    out["integrated_vs_counter_pct"] = 100 * (integ.energy_mj - out["counter_mj"]) / out["counter_mj"]
+           "integrated_mj": integ.energy_mj, "integrated_samples": integ.n_samples,
+           "integrated_problems": list(integ.problems), "valid": r.valid, "reason": r.reason,
+           "mean_power_w": r.total_mj / r.duration_s / 1000 if r.duration_s > 0 else None}
+    out["integrated_vs_counter_pct"] = pct_diff(integ.energy_mj, out["counter_mj"])
     if zeus is not None:
         z = next(iter(zeus["gpu_energy_mj"].values()))
         out["zeus"] = zeus
-        out["zeus_vs_counter_pct"] = 100 * (z - out["counter_mj"]) / out["counter_mj"]
+        out["zeus_vs_counter_pct"] = pct_diff(z, out["counter_mj"])
     return out
+
+
+def pct_diff(value: float, reference: float) -> float | None:
+    """100 (value - reference) / reference; None when the reference is zero or not finite (a window shorter than
+    one counter update reads a zero difference: that is the short-window flag's case, not a crash)."""
+    if reference is None or value is None or not np.isfinite(reference) or reference == 0 or not np.isfinite(value):
+        return None
+    return 100 * (value - reference) / reference
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,12 +162,17 @@ def main(argv: list[str] | None = None) -> int:
         idle = meter.measure_idle(2.0)
         report["idle_power_w"] = idle.total_power_mw / 1000
         report["sampler"] = meter.samplers[0].stats()
+        if args.json:
+            args.json.write_text(json.dumps(report, indent=1, default=str))
         windows = []
         for label, secs in (("long", args.seconds), ("short", 0.05)):
             run, reps, per = kernel(torch, secs)
             res = measure_window(torch, meter, run, label, zeus_monitor)
             res.update({"matmuls": reps, "matmul_ms": per * 1000})
             windows.append(res)
+            report["windows"] = windows
+            if args.json:  # after each window: a run killed later keeps what it measured
+                args.json.write_text(json.dumps(report, indent=1, default=str))
             time.sleep(1.0)
         report["windows"] = windows
     finally:
@@ -165,12 +182,16 @@ def main(argv: list[str] | None = None) -> int:
     for w in windows:
         z = w.get("zeus")
         zm = f"{next(iter(z['gpu_energy_mj'].values())):8.1f}" if z else "     n/a"
-        zp = f"{w['zeus_vs_counter_pct']:17.2f}" if z else "              n/a"
+        zp = f"{_f(w.get('zeus_vs_counter_pct')):>17s}"
         print(f"{w['window']:6s}  {w['duration_s']:10.3f}  {w['counter_mj']:10.1f}  {w['integrated_mj']:13.1f}"
-              f"  {w['integrated_vs_counter_pct']:18.2f}  {zm}  {zp}  {w['valid']} {w['reason']}")
+              f"  {_f(w['integrated_vs_counter_pct']):>18s}  {zm}  {zp}  {w['valid']} {w['reason']}")
     if args.json:
         args.json.write_text(json.dumps(report, indent=1, default=str))
     return 0
+
+
+def _f(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.2f}"
 
 
 def _ms(s: float | None) -> float | None:
