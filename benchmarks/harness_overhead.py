@@ -135,7 +135,7 @@ def control_round_trip(n: int = 200) -> dict:
             float(np.percentile(ts, 90) / 1e6)}
 
 
-def _echo_server(ctx, address: str, mode: str, ready, stop):
+def _echo_server(ctx, bound: list, mode: str, ready, stop):
     """A ROUTER that answers every message: ``raw`` sends the parts back as they came (what pyzmq alone costs);
     ``megwire`` parses them into a Frame (validation, zero-copy views) and encodes a fresh answer frame (one header
     encode), as a node or the broker does per hop."""
@@ -147,7 +147,7 @@ def _echo_server(ctx, address: str, mode: str, ready, stop):
     sock = ctx.socket(zmq.ROUTER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVTIMEO, 200)
-    sock.bind(address)
+    bound.append(f"tcp://127.0.0.1:{sock.bind_to_random_port('tcp://127.0.0.1')}")
     ready.set()
     while not stop.is_set():
         try:
@@ -187,14 +187,11 @@ def wire_vs_raw(sizes_b=(2048, 131072), n: int = 2000) -> list[dict]:
             times = {"raw": [], "megwire": []}
             for mode in ("raw", "megwire"):
                 stop, ready = threading.Event(), threading.Event()
-                port = 0
-                probe = ctx.socket(zmq.ROUTER)
-                port = probe.bind_to_random_port("tcp://127.0.0.1")
-                probe.close()
-                addr = f"tcp://127.0.0.1:{port}"
-                th = threading.Thread(target=_echo_server, args=(ctx, addr, mode, ready, stop), daemon=True)
+                bound: list[str] = []
+                th = threading.Thread(target=_echo_server, args=(ctx, bound, mode, ready, stop), daemon=True)
                 th.start()
                 ready.wait(5)
+                addr = bound[0]
                 cli = ctx.socket(zmq.DEALER)
                 cli.setsockopt(zmq.LINGER, 0)
                 cli.setsockopt(zmq.RCVTIMEO, 5000)
