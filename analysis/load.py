@@ -155,10 +155,13 @@ def manifest_schema_version(manifest: dict) -> str | None:
 
 
 def dataset_parts(run_dir: Path) -> list[Path]:
+    """The run's data files: append-only parts, a compacted copy, or both (:func:`measurements.dataset.data_files`)."""
+    from measurements.dataset import data_files
+
     folder = run_dir / "dataset"
-    parts = sorted(folder.glob("part-*.parquet")) if folder.is_dir() else []
+    parts = data_files(folder)
     if not parts:
-        raise RunDataError(f"no dataset in {run_dir}: expected {folder}/part-*.parquet")
+        raise RunDataError(f"no dataset in {run_dir}: expected {folder}/part-*.parquet or a compacted copy")
     return parts
 
 

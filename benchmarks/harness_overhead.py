@@ -135,6 +135,90 @@ def control_round_trip(n: int = 200) -> dict:
             float(np.percentile(ts, 90) / 1e6)}
 
 
+def _echo_server(ctx, bound: list, mode: str, ready, stop):
+    """A ROUTER that answers every message: ``raw`` sends the parts back as they came (what pyzmq alone costs);
+    ``megwire`` parses them into a Frame (validation, zero-copy views) and encodes a fresh answer frame (one header
+    encode), as a node or the broker does per hop."""
+    import zmq
+
+    from megwire import Frame
+    from megwire.sockets import recv_frame, send_frame
+
+    sock = ctx.socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVTIMEO, 200)
+    bound.append(f"tcp://127.0.0.1:{sock.bind_to_random_port('tcp://127.0.0.1')}")
+    ready.set()
+    while not stop.is_set():
+        try:
+            if mode == "raw":
+                sock.send_multipart(sock.recv_multipart(copy=False), copy=False)
+            else:
+                env, frame = recv_frame(sock)
+                send_frame(sock, Frame(frame.kind, dict(frame.meta), frame.buffers), env)
+        except zmq.Again:
+            continue
+        except Exception:  # noqa: BLE001 - the LinkTimeout of megwire's recv
+            continue
+    sock.close()
+
+
+def wire_vs_raw(sizes_b=(2048, 131072), n: int = 2000) -> list[dict]:
+    """Round trip DEALER -> ROUTER -> DEALER over tcp loopback, raw pyzmq next to megwire frames, same run.
+
+    For each payload size, alternating blocks of raw and megwire round trips (so that load changes hit both): the
+    raw client sends ``[b"", header bytes, payload]`` with ``copy=False``; the megwire client sends a
+    :class:`megwire.Frame` with ``send_frame`` and parses the answer with ``recv_frame``.
+    """
+    import threading
+
+    import zmq
+
+    from megwire import Frame
+    from megwire.sockets import recv_frame, send_frame
+
+    rows = []
+    ctx = zmq.Context()
+    try:
+        for size in sizes_b:
+            payload = np.random.default_rng(0).standard_normal(size // 2).astype(np.float16)
+            frame = Frame("handoff", meta={"request_id": "bench-000001", "step": 12, "channel_roles":
+                                           {"tokens": "values"}}, buffers={"tokens": payload})
+            times = {"raw": [], "megwire": []}
+            for mode in ("raw", "megwire"):
+                stop, ready = threading.Event(), threading.Event()
+                bound: list[str] = []
+                th = threading.Thread(target=_echo_server, args=(ctx, bound, mode, ready, stop), daemon=True)
+                th.start()
+                ready.wait(5)
+                addr = bound[0]
+                cli = ctx.socket(zmq.DEALER)
+                cli.setsockopt(zmq.LINGER, 0)
+                cli.setsockopt(zmq.RCVTIMEO, 5000)
+                cli.connect(addr)
+                head = b"x" * 96  # about the size of the frame's header
+                for i in range(n + 200):
+                    t = time.perf_counter_ns()
+                    if mode == "raw":
+                        cli.send_multipart([b"", head, memoryview(payload).cast("B")], copy=False)
+                        cli.recv_multipart(copy=False)
+                    else:
+                        send_frame(cli, frame)
+                        recv_frame(cli)
+                    if i >= 200:
+                        times[mode].append(time.perf_counter_ns() - t)
+                cli.close()
+                stop.set()
+                th.join()
+            raw_us = float(np.median(times["raw"]) / 1e3)
+            meg_us = float(np.median(times["megwire"]) / 1e3)
+            rows.append({"payload_b": size, "raw_round_trip_us": raw_us, "megwire_round_trip_us": meg_us,
+                         "ratio": meg_us / raw_us})
+    finally:
+        ctx.term()
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--requests", type=int, default=10, help="repetitions per point in part A")
@@ -142,7 +226,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-default", action="store_true", help="part A only")
     ap.add_argument("--out", type=Path, default=None, help="keep the run directories here")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--wire-only", action="store_true",
+                    help="only the wire layer: megwire frames vs raw pyzmq round trips at 2 KB and 128 KB")
     args = ap.parse_args(argv)
+    if args.wire_only:
+        import os
+
+        print(f"load average {os.getloadavg()[0]:.2f}; tcp loopback DEALER->ROUTER echo, median of 2000")
+        print(f"{'payload':>8s} {'raw pyzmq':>10s} {'megwire':>10s} {'ratio':>6s}")
+        for r in wire_vs_raw():
+            print(f"{r['payload_b'] // 1024:6d}KB {r['raw_round_trip_us']:8.1f}us {r['megwire_round_trip_us']:8.1f}us "
+                  f"{r['ratio']:6.2f}")
+        return 0
     logging.basicConfig(level=logging.WARNING)
     from testbed.assets import default_model_dir
     from testbed.campaign.baselines import scheme_summary

@@ -67,6 +67,14 @@ def _torch_threads(n: int | None):
         torch.set_num_threads(old)
 
 
+def torch_threads_for(work_values: int, most: int | None,
+                      min_values_per_thread: int = 1 << 20) -> int:
+    """Torch threads for a delivery of ``work_values`` values: one per ``min_values_per_thread`` values, at least 1
+    and at most ``most`` (None: the process's current setting)."""
+    most = torch.get_num_threads() if most is None else int(most)
+    return max(1, min(most, int(work_values) // int(min_values_per_thread)))
+
+
 def _to_bits(arrays: list[np.ndarray]) -> np.ndarray:
     if not arrays:
         return np.zeros(0, np.uint8)
@@ -94,13 +102,15 @@ class ChannelEmulator:
     seed : int, optional
         Seeds the noise and the internal channel process: identical seeds give identical deliveries.
     torch_threads : int or None
-        Torch intra-op threads during a delivery that is big enough for torch to split its ops (None: leave the
-        process's setting). 1 by default: on a 2-core machine shared with other work, an OpenMP team of 2 waits at
-        every op for a descheduled thread, which turned a 1 ms SDXL analog delivery into 10-100 ms; the emulator's
-        heavy kernels (numba) do their own threading.
+        The most torch intra-op threads a delivery may use (None: the process's setting). The threads a delivery
+        gets are chosen by its size (:func:`torch_threads_for`): frames below ``MIN_VALUES_PER_THREAD`` values per
+        thread run with 1 thread, explicitly, whatever the process's setting. On the 2-core box an OpenMP team of 2
+        waits at every op for a descheduled thread: 2 threads made an SDXL analog delivery 0.31 -> 60 ms, a TDL-C
+        SD-1.5 one 9 -> 286 ms, a TDL-C SDXL one 69 -> 637 ms (load 10), so no latent size reaches the threshold.
+        The emulator's heavy kernels (numba) take their threads from ``decoder.threads``.
     """
 
-    TORCH_GRAIN = 32768  # torch parallelises an elementwise op above this many elements (at::internal::GRAIN_SIZE)
+    MIN_VALUES_PER_THREAD = 1 << 20  # values per extra torch thread before a team of 2 can pay for its barriers
 
     def __init__(self, config: LinkConfig | Mapping[str, Any] | None = None, seed: int | None = None,
                  torch_threads: int | None = 1) -> None:
@@ -195,7 +205,7 @@ class ChannelEmulator:
             t = time.perf_counter()
             cfg = self._variant({"tx_mode": mode})
             lk = self.link(cfg)
-            with _torch_threads(self.torch_threads):
+            with _torch_threads(1):
                 if mode == "analog":
                     transmit_values({"w": np.zeros(64, np.float16)}, lk, 10.0, noise, equalizer=cfg.analog.equalizer,
                                     impl=cfg.impl)
@@ -232,8 +242,8 @@ class ChannelEmulator:
         t0 = time.perf_counter_ns()
         overrides = dict(link or {})
         cfg = self._variant(overrides) if overrides else self.config
-        big = cfg.mode != "analog" or sum(np.size(b) for b in frame.buffers.values()) > self.TORCH_GRAIN
-        with _torch_threads(self.torch_threads if big else None):
+        work = sum(np.size(b) for b in frame.buffers.values())
+        with _torch_threads(torch_threads_for(work, self.torch_threads, self.MIN_VALUES_PER_THREAD)):
             return self._deliver(frame, state, overrides, cfg, t0)
 
     def _deliver(self, frame: Frame, state: ChannelState | None, overrides: dict[str, Any], cfg: LinkConfig,

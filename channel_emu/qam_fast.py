@@ -90,6 +90,14 @@ def _demap_qpsk(y, no, no_scalar, a_re, a_im, llr):
 
 
 _CHUNK = 4096  # symbols per scratch allocation
+_SIMD_MIN_SYMBOLS = 2048  # below this the numba kernel's fixed cost is lower than numpy's per-call overhead
+_SIMD_CHUNK = 16384  # symbols per numpy pass: the [levels, chunk] float32 metrics stay in L2
+
+
+def _lse(d: np.ndarray) -> np.ndarray:
+    """log sum_l exp(d[l]) over axis 0 of float32 [L, S], shifted by the per-column maximum."""
+    mx = d.max(axis=0)
+    return mx + np.log(np.exp(d - mx).sum(axis=0))
 
 
 @njit(cache=True, boundscheck=False)
@@ -197,10 +205,36 @@ class Qam:
         if self._qpsk is not None:
             _demap_qpsk(y, no_arr, float(no) if scalar else -1.0, self._qpsk[0], self._qpsk[1], llr)
             return llr
-        if scalar:
-            _demap(y, np.zeros(1, np.float32), float(no), self._levels, self._labels, self._bit_dim, self._bit_pos,
-                   llr)
-        else:
-            no_arr = np.ascontiguousarray(no, dtype=np.float32).reshape(-1)
-            _demap(y, no_arr, -1.0, self._levels, self._labels, self._bit_dim, self._bit_pos, llr)
+        if y.size < _SIMD_MIN_SYMBOLS:
+            if scalar:
+                _demap(y, np.zeros(1, np.float32), float(no), self._levels, self._labels, self._bit_dim,
+                       self._bit_pos, llr)
+            else:
+                _demap(y, no_arr, -1.0, self._levels, self._labels, self._bit_dim, self._bit_pos, llr)
+            return llr
+        out = llr.reshape(y.size, self.m)
+        yf = y.view(np.float32).reshape(-1, 2)
+        for lo in range(0, y.size, _SIMD_CHUNK):
+            hi = min(lo + _SIMD_CHUNK, y.size)
+            inv = (np.float32(1.0 / max(float(no), _NO_MIN)) if scalar
+                   else np.float32(1.0) / np.maximum(no_arr[lo:hi], np.float32(_NO_MIN)))
+            for dim in (0, 1):
+                self._dim_logits_simd(yf[lo:hi, dim], inv, dim, out[lo:hi])
         return llr
+
+    def _dim_logits_simd(self, v: np.ndarray, inv, dim: int, out: np.ndarray) -> None:
+        """The logits of the bits dimension ``dim`` carries, for values ``v`` (float32 [S]) and 1/N0 ``inv``.
+
+        The same per-dimension identity as the numba kernel, in float32 (as Sionna's demapper computes) with
+        numpy's SIMD ``exp``/``log`` (numba has no vector transcendental functions here without SVML, and the scalar
+        libm calls made the demapper as slow as the LDPC decoder): each bit value's subset is log-sum-exp'ed around
+        its own maximum, so nothing underflows.
+        """
+        levels = self._levels[dim].astype(np.float32)
+        d = v[None, :] - levels[:, None]  # [L, S]
+        np.square(d, out=d)
+        d *= -inv
+        labels = self._labels[dim]
+        for j in np.nonzero(self._bit_dim == dim)[0]:
+            ones = ((labels >> self._bit_pos[j]) & 1).astype(bool)
+            out[:, j] = _lse(d[ones]) - _lse(d[~ones])

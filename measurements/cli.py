@@ -1,4 +1,5 @@
-"""``megbed probe list|watch|energy``: what can measure power here, live power per rail, one energy window.
+"""``megbed probe list|watch|energy``: what can measure power here, live power per rail, one energy window;
+``megbed dataset compact RUN``: a finished run's parts merged into partitioned files (:mod:`measurements.compact`).
 
 User errors (unknown board, nothing usable) print ``megbed: error: ...`` and exit with code 2, like the rest of the
 CLI (this module may not import the testbed's ``CliError``: the measurement layer sits below the testbed).
@@ -50,6 +51,36 @@ def register(sub) -> None:
     p.add_argument("--rate", type=float, default=100.0, help="sampling rate (Hz)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_energy)
+
+    ds = sub.add_parser("dataset", help="a run's dataset on disk: compact its parts into partitioned files")
+    ds_cmds = ds.add_subparsers(dest="dataset_cmd", metavar="CMD")
+    ds.set_defaults(func=lambda args: ds.print_help() or 2)
+    p = ds_cmds.add_parser("compact", help="merge RUN/dataset/part-*.parquet into files partitioned by scheme/node "
+                           "(verified, then the parts are removed; safe to rerun after a crash)")
+    p.add_argument("run_dir", metavar="RUN", help="the run directory")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_dataset_compact)
+
+
+def cmd_dataset_compact(args) -> int:
+    from pathlib import Path
+
+    from measurements.compact import CompactionError, compact_dataset
+
+    if not (Path(args.run_dir) / "dataset").is_dir():
+        return _fail(f"{args.run_dir} holds no dataset folder (expected {args.run_dir}/dataset)")
+    try:
+        res = compact_dataset(args.run_dir)
+    except CompactionError as exc:
+        return _fail(str(exc))
+    if args.json:
+        print(json.dumps(res, indent=1))
+    elif res["generation"] is None:
+        print(f"{args.run_dir}: nothing to compact")
+    else:
+        print(f"{args.run_dir}: {res['rows']} rows from {res['inputs']} files -> {res['files']} files in "
+              f"dataset/{res['generation']} ({len(res['removed'])} removed; sha256 {res['content_sha256'][:16]})")
+    return 0
 
 
 def _meter(args, rate_hz: float):

@@ -4,6 +4,9 @@ Layout::
 
     RUN_DIR/manifest.json                         provenance (see :mod:`measurements.manifest`)
     RUN_DIR/dataset/part-00000.parquet            rows per measurements.schema, append-only parts
+    RUN_DIR/dataset/compacted-00001/scheme=meg/node=es/part-00000.parquet   the same rows once compacted
+                                                  (:mod:`measurements.compact`; ``_SUCCESS.json`` names the parts
+                                                  it replaced, which readers then skip until they are removed)
     RUN_DIR/traces/<node>-<probe>-part-00000.parquet   raw power samples (wide: power_mw_<rail> columns)
 
 Every file is written as ``<name>.tmp`` (flushed and fsynced), then renamed with ``os.replace``: a crash or a
@@ -114,8 +117,18 @@ def write_table_atomic(table, path: Path) -> Path:
 
 
 def next_part_index(folder: Path, prefix: str = "") -> int:
-    """One past the highest ``<prefix>part-NNNNN.parquet`` in ``folder`` (0 when none): resumes after a crash."""
+    """One past the highest ``<prefix>part-NNNNN.parquet`` in ``folder`` (0 when none): resumes after a crash.
+
+    For the dataset folder the parts a compaction consumed count too, so that a part written after it never reuses
+    a consumed part's name (readers skip consumed names while the compacted copy is live).
+    """
     highest = -1
+    if not prefix:
+        from measurements.compact import live_compaction
+
+        live = live_compaction(folder)
+        if live is not None:
+            highest = max([highest, *(int(m.group(1)) for m in map(PART_RE.search, live.sources) if m)])
     for p in folder.glob(f"{prefix}part-*.parquet"):
         m = PART_RE.search(p.name)
         if m and p.name == f"{prefix}part-{m.group(1)}.parquet":
@@ -211,7 +224,7 @@ class DatasetWriter:
     def _adopt_existing_columns(self) -> None:
         import pyarrow.parquet as pq
 
-        for part in sorted(self.folder.glob("part-*.parquet")):
+        for part in data_files(self.folder):
             try:
                 names = pq.read_schema(part).names
             except Exception:  # noqa: BLE001 - a damaged part is the reader's to report, not the writer's
@@ -336,6 +349,30 @@ def _major(version: str) -> str:
     return str(version).strip().lstrip("v").split(".")[0]
 
 
+def data_files(folder: str | os.PathLike) -> list[Path]:
+    """Every Parquet file holding the rows of ``RUN_DIR/dataset``, in row order, whichever form it is in.
+
+    The live compacted copy's files (partition order, :mod:`measurements.compact`) first, then the append-only parts
+    it did not consume, by index. Parts a live compaction consumed but a crash left in place are skipped (their rows
+    are in the copy); temporary trees (``.compact-*``), earlier generations and ``*.tmp`` files are never read.
+    """
+    from measurements.compact import live_compaction
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    live = live_compaction(folder)
+    files = [folder / live.name / f for f in live.files] if live is not None else []
+    consumed = set(live.sources) if live is not None else set()
+    parts = [p for p in folder.glob("part-*.parquet") if PART_RE.search(p.name) and p.name not in consumed]
+    return files + sorted(parts, key=lambda p: int(PART_RE.search(p.name).group(1)))
+
+
+def has_rows(run_dir: str | os.PathLike) -> bool:
+    """True when ``RUN_DIR/dataset`` holds parts or a compacted copy."""
+    return bool(data_files(Path(run_dir) / "dataset"))
+
+
 def _read_part(path: Path):
     import pyarrow.parquet as pq
 
@@ -361,7 +398,8 @@ def _restore_ints(df) -> None:
 
 
 def read_dataset(run_dir: str | os.PathLike, *, strict_extra: bool = False, validate: bool = True):
-    """Read ``RUN_DIR/dataset/part-*.parquet`` into one pandas DataFrame and check it against the schema.
+    """Read ``RUN_DIR/dataset`` (parts, a compacted copy, or both: :func:`data_files`) into one pandas DataFrame
+    and check it against the schema.
 
     Leftover ``*.tmp`` files (a writer interrupted mid-part) are ignored with a warning. The manifest's and the parts'
     schema version must have the same major version as this code's.
@@ -396,9 +434,9 @@ def read_dataset(run_dir: str | os.PathLike, *, strict_extra: bool = False, vali
                            f"v{schema.SCHEMA_VERSION} (major versions must match)")
     for tmp in sorted(folder.glob("*.tmp")):
         notes.append(f"ignored {tmp.name}: an unfinished part left by an interrupted writer")
-    parts = sorted(p for p in folder.glob("part-*.parquet") if PART_RE.search(p.name))
+    parts = data_files(folder)
     if not parts:
-        raise DatasetError(f"no parts (part-NNNNN.parquet) in {folder}")
+        raise DatasetError(f"no parts (part-NNNNN.parquet) or compacted copy in {folder}")
     frames, problems = [], []
     for part in parts:
         df, version = _read_part(part)
@@ -406,7 +444,8 @@ def read_dataset(run_dir: str | os.PathLike, *, strict_extra: bool = False, vali
             raise DatasetError(f"{part} was written with schema v{version}; this code reads v{schema.SCHEMA_VERSION}")
         if validate:
             _restore_ints(df)
-            problems += [f"{part.name}: {p}" for p in schema.problems(df, strict_extra=strict_extra)]
+            problems += [f"{part.relative_to(folder)}: {p}"
+                         for p in schema.problems(df, strict_extra=strict_extra)]
         frames.append(df)
     if problems:
         raise schema.SchemaError(f"{folder} does not match schema v{schema.SCHEMA_VERSION}:\n  - " + "\n  - ".join(problems))

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from measurements import manifest as M
-from measurements.dataset import DatasetWriter
+from measurements.dataset import DatasetWriter, has_rows
 from megwire import LinkTimeout
 from testbed.campaign.spec import CampaignSpec, load_spec
 from testbed.nodes import rows as R
@@ -69,10 +69,10 @@ def ordered_requests(spec: CampaignSpec) -> list[RequestSpec]:
 
 def completed_requests(run_dir: Path) -> tuple[set[str], dict[str, int]]:
     """Base ids with an ``ok`` end_to_end row, and the number of attempts already made per base id."""
-    folder = run_dir / "dataset"
-    if not folder.is_dir() or not any(folder.glob("part-*.parquet")):
+    from measurements.dataset import has_rows, read_dataset
+
+    if not has_rows(run_dir):  # parts or a compacted copy
         return set(), {}
-    from measurements.dataset import read_dataset
 
     df = read_dataset(run_dir, validate=False)
     e2e = df[df["stage"] == "end_to_end"]
@@ -219,7 +219,7 @@ class CampaignRunner:
                 raise CampaignError(f"{run / SPEC_COPY} no longer matches the run's recorded configuration "
                                     "(config_hash differs): start a new run instead of resuming")
             return str(manifest["run_id"])
-        if (run / "dataset").is_dir() and any((run / "dataset").glob("part-*.parquet")):
+        if has_rows(run):
             raise CampaignError(f"{run} already holds a dataset: use `megbed campaign resume {run}` or another --out")
         run.mkdir(parents=True, exist_ok=True)
         run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{self.spec.name}"  # wall clock: a name for people only
@@ -452,7 +452,21 @@ class CampaignRunner:
                     self.orch.close()
                 if self.cluster is not None:
                     self.cluster.stop()
+        if not summary.stopped_early:
+            self._compact()
         return summary
+
+    def _compact(self) -> None:
+        """A finished run's parts become a few partitioned files (verified first; on failure the parts stay)."""
+        from measurements.compact import CompactionError, compact_dataset
+
+        try:
+            res = compact_dataset(self.run_dir)
+            log.info("dataset compacted: %d rows from %d files into %d in %s", res["rows"], res["inputs"],
+                     res["files"], res["generation"])
+        except (CompactionError, OSError) as exc:
+            log.warning("dataset left as parts (compaction failed: %s); retry with `megbed dataset compact %s`",
+                        exc, self.run_dir)
 
     def _loop(self, todo: list[RequestSpec], refs: ReferenceCache, writer: DatasetWriter, run_id: str,
               summary: RunSummary, attempts: dict[str, int]) -> None:

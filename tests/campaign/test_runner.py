@@ -10,7 +10,7 @@ import time
 import pytest
 from campaign_helpers import write_spec
 
-from measurements.dataset import read_dataset
+from measurements.dataset import data_files, read_dataset
 from measurements.manifest import read_manifest
 from testbed.campaign.runner import CampaignRunner, resume_campaign
 from testbed.campaign.spec import load_spec
@@ -55,11 +55,14 @@ def test_local_campaign_writes_a_valid_dataset_and_manifest(tmp_path, fake_model
     assert manifest["campaign"]["runs"][-1]["ok"] == 8
     assert len(list((run / "images").glob("*.png"))) == 8
     assert len(list((run / "references").glob("*.png"))) == 1  # one per (prompt, seed)
-    # Nothing left to do: a resume is a no-op that touches nothing.
-    parts = sorted(p.name for p in (run / "dataset").glob("part-*.parquet"))
+    # A completed campaign is compacted (partitioned by scheme/node, parts gone) ...
+    files = data_files(run / "dataset")
+    assert files and all("compacted-00001" in str(f) for f in files)
+    assert not list((run / "dataset").glob("part-*.parquet"))
+    # ... and, nothing being left to do, a resume is a no-op that touches nothing.
     again = resume_campaign(run, engine="synthetic", progress=False)
     assert again.skipped == 8 and again.ok == 0
-    assert sorted(p.name for p in (run / "dataset").glob("part-*.parquet")) == parts
+    assert data_files(run / "dataset") == files
 
 
 def test_killing_the_ue_mid_campaign_then_resuming_loses_nothing(tmp_path, fake_model):
