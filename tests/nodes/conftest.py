@@ -21,3 +21,16 @@ def synthetic_pair():
     yield es, ue
     ue.stop()
     es.stop()
+
+
+@pytest.fixture(autouse=True)
+def _log_every_line():
+    """Tests read log lines: let every one through (the rate limit itself is tested on its own)."""
+    from megwire.logutil import FILTERS, set_rate_limit_interval
+
+    import testbed.nodes.server  # noqa: F401 - installs its filter
+
+    old = set_rate_limit_interval(0.0)
+    yield
+    for name, interval in old.items():
+        FILTERS[name].interval_s = interval
