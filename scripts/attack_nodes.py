@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -164,7 +165,14 @@ def check(ctx: zmq.Context, node: Node, hang_s: float, row: dict) -> None:
         node.crashes += 1
         node.restart()
     elif not responsive(ctx, node, hang_s):
-        row["hangs"] += 1
+        # A node whose loop died may take a few seconds to exit (shutdown, interpreter teardown): that is a crash.
+        try:
+            node.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            row["hangs"] += 1
+        else:
+            row["crashes"] += 1
+            node.crashes += 1
         node.restart()
 
 
@@ -330,6 +338,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--slow-s", type=float, default=10.0)
     ap.add_argument("--hang-s", type=float, default=2.0)
     args = ap.parse_args(argv)
+    # A timeout (SIGTERM) must still stop the node processes (the finally below).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(124))
     args.out.mkdir(parents=True, exist_ok=True)
     ports = {k: free_port() for k in ("es", "front", "pub", "ue")}
     es_addr, front, ue_addr = (f"tcp://{HOST}:{ports[k]}" for k in ("es", "front", "ue"))

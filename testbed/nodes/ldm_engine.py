@@ -107,8 +107,10 @@ class LdmEngine(Engine):
         if name not in self._decoders:
             offered = self.decoder_names()
             if name not in offered:
-                raise ProtocolError(f"decoder {name[:64]!r} is not one this UE offers ({', '.join(offered)}); a "
-                                    "request names a decoder, never a path", request_id=request_id)
+                # Echo only what looks like a name: an answer never repeats a path (the peer's or this host's).
+                shown = repr(name) if _DECODER_NAME.fullmatch(name) else "(a path, or not a decoder name)"
+                raise ProtocolError(f"decoder {shown} is not one this UE offers ({', '.join(offered)}); a request "
+                                    "names a decoder, never a path", request_id=request_id)
             try:
                 dec = named_decoder(self.model.model_dir, name, device=self.device, dtype=self.model.dtype,
                                     latent_channels=self.model.latent_channels,

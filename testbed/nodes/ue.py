@@ -80,8 +80,8 @@ class UeNode:
     bounds : RequestBounds, optional
         What this node agrees to compute (default: the engine's safe defaults).
     lease_s : float
-        Once an orchestrator has sent heartbeats, a request waiting on the ES is given up when none arrived for
-        this long (the orchestrator died; 0 disables).
+        A request that began while an orchestrator was heartbeating (one within ``lease_s``) is given up when no
+        heartbeat arrives for this long while it waits on the ES (the orchestrator died; 0 disables).
     """
 
     role = "ue"
@@ -156,6 +156,10 @@ class UeNode:
         deadline = time.monotonic() + timeout_s
         next_probe = time.monotonic() + UNREACHABLE_PROBE_S
         unreachable = 0
+        # The lease binds only when an orchestrator was heartbeating as the request began (a one-shot client that
+        # never sends heartbeats, or sent some long ago, is waited for the whole timeout).
+        last = self.server.last_heartbeat_s
+        leased = self.lease_s > 0 and last is not None and time.monotonic() - last < self.lease_s
         try:
             msg_id = link.send(P.request_frame(spec, t_send))
             while True:
@@ -165,7 +169,7 @@ class UeNode:
                     reply = link.wait(msg_id, min(0.25, max(0.001, deadline - time.monotonic())))
                     break
                 except LinkTimeout:
-                    self._give_up_if_abandoned(rid, link)
+                    self._give_up_if_abandoned(rid, link, leased)
                     if time.monotonic() >= next_probe:
                         next_probe = time.monotonic() + UNREACHABLE_PROBE_S
                         unreachable = unreachable + 1 if tcp_listening(self.es_address) is False else 0
@@ -200,7 +204,7 @@ class UeNode:
         })
         return reply
 
-    def _give_up_if_abandoned(self, rid: str, link: RpcClient) -> None:
+    def _give_up_if_abandoned(self, rid: str, link: RpcClient, leased: bool) -> None:
         if rid in self._cancelled:
             self._cancelled.discard(rid)
             link.reconnect()
@@ -210,7 +214,7 @@ class UeNode:
             link.reconnect()
             raise P.ProtocolError(f"{rid} abandoned: the UE is stopping", request_id=rid, code=P.CODE_CANCELLED)
         last = self.server.last_heartbeat_s
-        if self.lease_s > 0 and last is not None and time.monotonic() - last > self.lease_s:
+        if leased and last is not None and time.monotonic() - last > self.lease_s:
             link.reconnect()
             raise P.ProtocolError(f"{rid} abandoned: no heartbeat from the orchestrator for {self.lease_s:.0f} s",
                                   request_id=rid, code=P.CODE_CANCELLED)
