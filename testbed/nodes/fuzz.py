@@ -23,6 +23,7 @@ Three sources, mixed by :func:`messages`:
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import struct
 import sys
@@ -266,7 +267,7 @@ def _json_tree(max_leaves: int = 10) -> Any:
     from hypothesis import strategies as st
 
     leaves = (st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False)
-              | st.text(max_size=24) | st.sampled_from(_HOSTILE_LEAVES))
+              | st.text(max_size=24) | st.sampled_from(_HOSTILE_LEAVES).map(copy.deepcopy))  # later edits mutate
     return st.recursive(leaves, lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=10), c, max_size=4),
                         max_leaves=max_leaves)
 
