@@ -19,7 +19,8 @@ from megwire import Frame, FrameError, from_parts, to_parts
 from testbed.nodes import fuzz
 from testbed.nodes import protocol as P
 
-pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
+              pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")]
 
 
 def _ask(ctx: zmq.Context, address: str, parts: list[bytes], timeout_s: float = 10.0) -> Frame | None:
