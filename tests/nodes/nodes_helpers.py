@@ -2,6 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import zmq
+
+from megwire import Frame, from_parts, to_parts
 from testbed.nodes import protocol as P
 
 
@@ -16,12 +26,6 @@ def make_spec(scheme: str = "meg", rid: str = "r1", **kw) -> P.RequestSpec:
 
 # --- live node processes ----------------------------------------------------------------------------------------------
 
-import os  # noqa: E402
-import socket  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 HOST = "127.0.0.1"
 _MAIN = "import sys; from testbed.cli.main import main; sys.exit(main())"
@@ -87,7 +91,7 @@ class LiveNode:
             self._log.close()
 
 
-def start_live_nodes(log_dir: Path, *, ue_lease_s: float | None = None) -> dict[str, LiveNode]:
+def start_live_nodes(log_dir: Path) -> dict[str, LiveNode]:
     """ES, channel broker (no warm-up) and UE as three processes on loopback, synthetic engine, UE -> broker -> ES."""
     ports = {k: free_port() for k in ("es", "front", "pub", "ue")}
     es, front, pub, ue = (f"tcp://{HOST}:{ports[k]}" for k in ("es", "front", "pub", "ue"))
@@ -110,3 +114,37 @@ def start_live_nodes(log_dir: Path, *, ue_lease_s: float | None = None) -> dict[
             node.stop()
         raise
     return nodes
+
+
+# --- talking to a node ---------------------------------------------------------------------------------------------
+
+
+def ask(ctx: zmq.Context, address: str, parts: list[bytes], timeout_s: float = 10.0) -> Frame | None:
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(address)
+    try:
+        sock.send_multipart(parts)
+        if not sock.poll(int(timeout_s * 1000)):
+            return None
+        raw = sock.recv_multipart()
+        return from_parts(raw[1:])
+    finally:
+        sock.close(0)
+
+
+def ask_frame(ctx, address, frame: Frame, timeout_s: float = 10.0) -> Frame | None:
+    return ask(ctx, address, [b"", *to_parts(frame)], timeout_s)
+
+
+def legit_request(ctx, node) -> Frame:
+    """The request each node exists for: ES and broker a MEG request, the UE a generate (UE -> broker -> ES)."""
+    rid = f"legit-{time.monotonic_ns()}"
+    if node.name == "ue":
+        reply = ask_frame(ctx, node.address, P.generate_frame(make_spec(rid=rid, link=P.LinkSpec("awgn", "analog",
+                                                                                              None, 20.0))), 30)
+        assert reply is not None and reply.kind == P.RESULT, reply
+    else:
+        reply = ask_frame(ctx, node.address, P.request_frame(make_spec(rid=rid), time.monotonic_ns()), 30)
+        assert reply is not None and reply.kind == P.HANDOFF, reply
+    return reply

@@ -8,7 +8,7 @@ import time
 
 import pytest
 import zmq
-from nodes_helpers import make_spec
+from nodes_helpers import legit_request, make_spec
 
 from megwire import Frame, from_parts
 from testbed.nodes import fuzz
@@ -50,9 +50,7 @@ def _fuzz(node, ctx, n_mixed: int, n_structured: int, seed: int) -> dict:
 
 
 def _legit(node, ctx) -> None:
-    from test_hardening import _legit as legit
-
-    legit(ctx, node)
+    legit_request(ctx, node)
 
 
 @pytest.fixture

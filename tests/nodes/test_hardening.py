@@ -13,6 +13,9 @@ import time
 
 import pytest
 import zmq
+from nodes_helpers import ask as _ask
+from nodes_helpers import ask_frame as _frame
+from nodes_helpers import legit_request as _legit
 from nodes_helpers import make_spec, rss_mb
 
 from megwire import Frame, FrameError, from_parts, to_parts
@@ -21,37 +24,6 @@ from testbed.nodes import protocol as P
 
 pytestmark = [pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
               pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")]
-
-
-def _ask(ctx: zmq.Context, address: str, parts: list[bytes], timeout_s: float = 10.0) -> Frame | None:
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(address)
-    try:
-        sock.send_multipart(parts)
-        if not sock.poll(int(timeout_s * 1000)):
-            return None
-        raw = sock.recv_multipart()
-        return from_parts(raw[1:])
-    finally:
-        sock.close(0)
-
-
-def _frame(ctx, address, frame: Frame, timeout_s: float = 10.0) -> Frame | None:
-    return _ask(ctx, address, [b"", *to_parts(frame)], timeout_s)
-
-
-def _legit(ctx, node) -> Frame:
-    """The request each node exists for: ES and broker a MEG request, the UE a generate (UE -> broker -> ES)."""
-    rid = f"legit-{time.monotonic_ns()}"
-    if node.name == "ue":
-        reply = _frame(ctx, node.address, P.generate_frame(make_spec(rid=rid, link=P.LinkSpec("awgn", "analog",
-                                                                                              None, 20.0))), 30)
-        assert reply is not None and reply.kind == P.RESULT, reply
-    else:
-        reply = _frame(ctx, node.address, P.request_frame(make_spec(rid=rid), time.monotonic_ns()), 30)
-        assert reply is not None and reply.kind == P.HANDOFF, reply
-    return reply
 
 
 @pytest.fixture
