@@ -17,7 +17,13 @@ Topology (UE requests, ES answers)::
   ``request_id``, ``t_done_ns`` / ``t_release_ns`` on the broker's monotonic clock, ``queue_s``).
 * Malformed, truncated or oversized frames never crash it and are never unpickled: they produce an error record
   (published, ``error`` set) and an ``error`` frame to the UE concerned (the sender on the uplink, the addressee on
-  the downlink); the broker keeps serving.
+  the downlink); the broker keeps serving. Each frame is handled under its own guard (whatever it holds, the socket
+  thread goes on); should the socket or emulator thread die all the same, :meth:`Broker.serve_forever` raises
+  :class:`BrokerDied` (the CLI exits non-zero, so supervision restarts the broker) instead of leaving a process up
+  with a dead link.
+* Sends never block: a peer that does not read loses its surplus frames (counted in ``stats["dropped"]``).
+* With CURVE keys every socket is authenticated: the frontend and the PUB (delivery records) admit only the
+  authorised client keys; warnings a peer can trigger are rate-limited and clip peer-chosen text.
 
 Routing is the standard ROUTER/DEALER proxy: the ES sees ``[broker id, ue id, b"", *parts]`` and answers with the
 same envelope, so the broker knows which UE to release each answer to. Neither end can tell the broker is there.
@@ -53,12 +59,19 @@ from megwire import (
     split_envelope,
     to_parts,
 )
+from megwire.logutil import clip, rate_limit
 
-log = logging.getLogger(__name__)
+log = rate_limit(logging.getLogger(__name__))
 
 BYPASS_KINDS = frozenset({"heartbeat", "error", "clock_sync"})
 DELIVERY_KIND = "delivery"
 MAX_REMEMBERED_LINKS = 4096
+MAX_REQUEST_ID_CHARS = 256
+MAX_PEER_TEXT = 300  # characters of an error text (which may quote a peer) kept in records and answers
+
+
+class BrokerDied(RuntimeError):
+    """A broker thread ended while the broker was meant to serve (the message says which and why)."""
 
 
 @dataclass
@@ -85,7 +98,7 @@ def _bypass(frame: Frame) -> bool:
 
 def _request_id(frame: Frame | None) -> str | None:
     rid = frame.meta.get("request_id") if frame is not None else None
-    return rid if isinstance(rid, str) else None
+    return rid if isinstance(rid, str) and len(rid) <= MAX_REQUEST_ID_CHARS else None
 
 
 def _link_of(frame: Frame) -> dict[str, Any] | None:
@@ -95,7 +108,10 @@ def _link_of(frame: Frame) -> dict[str, Any] | None:
         link = req.get("link") if isinstance(req, Mapping) else None
     if not isinstance(link, Mapping):
         return None
-    return {k: link.get(k) for k in ("link_model", "tx_mode", "distance_m", "snr_db") if k in link}
+    # Only short strings and plain numbers are kept: remembered links must not hold a peer's megabytes.
+    return {k: v for k in ("link_model", "tx_mode", "distance_m", "snr_db") if k in link
+            for v in (link[k],) if v is None or (isinstance(v, str) and len(v) <= 64)
+            or (isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) < 1e300)}
 
 
 class Broker:
@@ -115,6 +131,8 @@ class Broker:
         CURVE for the frontend (UEs are clients of the broker).
     curve_client : CurveConfig, optional
         CURVE for the backend (the broker is a client of the ES).
+    curve_pub : CurveConfig, optional
+        CURVE for the PUB socket (subscribers are clients); default: ``curve_server``'s keys and client list.
     warm_up : bool
         Pay the emulator's one-off costs (Sionna import, BLER table, numba kernels of every mode) in :meth:`start`,
         before the sockets open, so that the first request is not delayed by seconds (see ``warm_up_s``).
@@ -127,7 +145,7 @@ class Broker:
                  addresses: BrokerAddresses | None = None, limits: FrameLimits = DEFAULT_LIMITS,
                  curve_server: CurveConfig | None = None, curve_client: CurveConfig | None = None,
                  ctx: zmq.Context | None = None, warm_up: bool = True,
-                 warm_up_payload_bits: tuple[int, ...] = ()) -> None:
+                 warm_up_payload_bits: tuple[int, ...] = (), curve_pub: CurveConfig | None = None) -> None:
         self.emulator = ChannelEmulator(config, seed)
         self.warm_up = warm_up
         self.warm_up_payload_bits = tuple(warm_up_payload_bits)
@@ -136,6 +154,7 @@ class Broker:
         self.addresses = addresses or BrokerAddresses()
         self.limits = limits
         self.curve_server, self.curve_client = curve_server, curve_client
+        self.curve_pub = curve_pub if curve_pub is not None else curve_server
         self._own_ctx = ctx is None
         self.ctx = ctx or zmq.Context()
         self._stop = threading.Event()
@@ -146,7 +165,8 @@ class Broker:
         self._threads: list[threading.Thread] = []
         self._error: BaseException | None = None
         self.listen_address = self.pub_address = ""
-        self.stats = {"uplink": 0, "downlink": 0, "bypass": 0, "errors": 0}
+        self.stats = {"uplink": 0, "downlink": 0, "bypass": 0, "errors": 0, "dropped": 0, "loop_errors": 0}
+        self.died: str | None = None  # why a thread ended unasked (serve_forever raises BrokerDied)
         self._seq = itertools.count()
 
     # --- lifecycle -----------------------------------------------------------------------------------------------
@@ -179,13 +199,28 @@ class Broker:
             self.ctx.term()
 
     def serve_forever(self) -> None:
-        """Run until interrupted (the CLI's node loop)."""
+        """Run until interrupted (the CLI's node loop).
+
+        Raises
+        ------
+        BrokerDied
+            A socket or emulator thread ended while serving: the process must not stay up with a dead link.
+        """
         self.start()
         try:
             while not self._stop.is_set():
                 time.sleep(0.2)
+                dead = self.dead_threads()
+                if dead:
+                    raise BrokerDied(f"channel broker thread(s) {', '.join(dead)} died: {self.died or 'unknown'}")
         finally:
             self.stop()
+
+    def dead_threads(self) -> list[str]:
+        """Names of the broker's threads that ended while it was meant to serve."""
+        if self._stop.is_set():
+            return []
+        return [t.name for t in self._threads if not t.is_alive()]
 
     def __enter__(self) -> Broker:
         return self.start()
@@ -196,6 +231,14 @@ class Broker:
     # --- the emulator thread ---------------------------------------------------------------------------------------
 
     def _work(self) -> None:
+        try:
+            self._work_loop()
+        except BaseException as exc:
+            self.died = f"emulator thread: {type(exc).__name__}: {clip(str(exc))}"
+            log.critical("channel broker %s", self.died)
+            raise
+
+    def _work_loop(self) -> None:
         while True:
             job = self._jobs.get()
             if job is None:
@@ -207,7 +250,7 @@ class Broker:
                 self._done.put((envelope, out, rec, None, t_start, time.monotonic_ns()))
             except Exception as exc:  # noqa: BLE001 - a bad frame or link must not stop the broker
                 log.exception("channel emulation failed")
-                self._done.put((envelope, frame, None, f"channel emulation failed: {exc}", t_start,
+                self._done.put((envelope, frame, None, f"channel emulation failed: {clip(str(exc))}", t_start,
                                 time.monotonic_ns()))
 
     # --- the socket thread -------------------------------------------------------------------------------------------
@@ -215,8 +258,10 @@ class Broker:
     def _run(self) -> None:
         try:
             front = make_socket(self.ctx, zmq.ROUTER, timeout_s=1.0, curve=self.curve_server)
+            # A UE sending without reading is slowed by TCP back-pressure, not buffered without bound.
+            front.setsockopt(zmq.RCVHWM, 64)
             back = make_socket(self.ctx, zmq.DEALER, timeout_s=1.0, curve=self.curve_client)
-            pub = make_socket(self.ctx, zmq.PUB, timeout_s=1.0)
+            pub = make_socket(self.ctx, zmq.PUB, timeout_s=1.0, curve=self.curve_pub)
             self.listen_address = _bind(front, self.addresses.listen)
             self.pub_address = _bind(pub, self.addresses.pub)
             back.connect(self.addresses.es)
@@ -228,8 +273,9 @@ class Broker:
         poller = zmq.Poller()
         poller.register(front, zmq.POLLIN)
         poller.register(back, zmq.POLLIN)
-        pending: list[tuple[int, int, str, list, Any]] = []  # (release_ns, seq, socket, parts, record)
-        link_free_ns = 0
+        self._pending: list[tuple[int, int, str, list, Any]] = []  # (release_ns, seq, socket, parts, record)
+        self._link_free_ns = 0
+        pending = self._pending
         try:
             while not self._stop.is_set():
                 now = time.monotonic_ns()
@@ -238,50 +284,75 @@ class Broker:
                     wait_ms = max(0.0, min(wait_ms, (pending[0][0] - now) / 1e6))
                 events = dict(poller.poll(wait_ms))
                 if front in events:
-                    self._uplink(front, back, pub, pending)
+                    self._guarded("uplink", self._uplink, front, back, pub, pending)
                 if back in events:
-                    self._downlink(front, pub, back)
+                    self._guarded("downlink", self._downlink, front, pub, back)
                 while True:
                     try:
-                        envelope, out, rec, err, t_start, t_done = self._done.get_nowait()
+                        job = self._done.get_nowait()
                     except queue.Empty:
                         break
-                    if err is not None:
-                        self._error_record(pub, front, envelope, err, _request_id(out), "downlink", "internal")
-                        continue
-                    start = max(t_done, link_free_ns)
-                    release = start + int(round(rec.airtime_s * 1e9))
-                    link_free_ns = release
-                    meta = {**rec.to_dict(), "request_id": _request_id(out), "direction": "downlink",
-                            "t_done_ns": t_done, "t_release_ns": release, "queue_s": (start - t_done) / 1e9}
-                    heapq.heappush(pending, (release, next(self._seq), "front",
-                                             [*envelope, b"", *to_parts(out)], meta))
-                now = time.monotonic_ns()
-                while pending and pending[0][0] <= now:
-                    _, _, where, parts, meta = heapq.heappop(pending)
-                    sock = front if where == "front" else back
-                    self._send(sock, parts)
-                    if meta is not None:
-                        self._publish(pub, Frame(DELIVERY_KIND, meta=meta))
+                    self._guarded("emulated frame", self._schedule, job, front, pub)
+                self._release_due(front, back, pub)
+        except BaseException as exc:
+            self.died = f"socket thread: {type(exc).__name__}: {clip(str(exc))}"
+            log.critical("channel broker %s", self.died)
+            raise
         finally:
             for s in (front, back, pub):
                 s.close(0)
 
+    def _guarded(self, what: str, fn, *args: Any) -> None:
+        """Run one frame's handling; nothing a frame holds escapes into the socket loop."""
+        try:
+            fn(*args)
+        except Exception as exc:  # noqa: BLE001 - one frame must not end the broker
+            self.stats["loop_errors"] += 1
+            log.error("channel broker: handling a %s frame failed: %s: %s", what, type(exc).__name__, clip(str(exc)),
+                      exc_info=log.isEnabledFor(logging.DEBUG))
+
+    def _schedule(self, job: tuple, front: zmq.Socket, pub: zmq.Socket) -> None:
+        envelope, out, rec, err, t_start, t_done = job
+        if err is not None:
+            self._error_record(pub, front, envelope, err, _request_id(out), "downlink", "internal")
+            return
+        start = max(t_done, self._link_free_ns)
+        release = start + int(round(rec.airtime_s * 1e9))
+        parts = [*envelope, b"", *to_parts(out)]
+        self._link_free_ns = release
+        meta = {**rec.to_dict(), "request_id": _request_id(out), "direction": "downlink",
+                "t_done_ns": t_done, "t_release_ns": release, "queue_s": (start - t_done) / 1e9}
+        heapq.heappush(self._pending, (release, next(self._seq), "front", parts, meta))
+
+    def _release_due(self, front: zmq.Socket, back: zmq.Socket, pub: zmq.Socket) -> None:
+        now = time.monotonic_ns()
+        pending = self._pending
+        while pending and pending[0][0] <= now:
+            _, _, where, parts, meta = heapq.heappop(pending)
+            sock = front if where == "front" else back
+            self._send(sock, parts)
+            if meta is not None:
+                self._publish(pub, Frame(DELIVERY_KIND, meta=meta))
+
     def _send(self, sock: zmq.Socket, parts: list) -> None:
         try:
-            sock.send_multipart(parts, copy=False)
-        except zmq.ZMQError as exc:  # peer gone or queue full: drop, keep serving
-            log.warning("channel broker could not forward a frame: %s", exc)
+            sock.send_multipart(parts, copy=False, flags=zmq.NOBLOCK)
+        except zmq.ZMQError as exc:  # peer gone or its queue full (not reading): drop, count, keep serving
+            self.stats["dropped"] += 1
+            log.warning("channel broker could not forward a frame (%d dropped so far): %s", self.stats["dropped"],
+                        exc)
 
     def _publish(self, pub: zmq.Socket, frame: Frame) -> None:
         try:
             pub.send_multipart(to_parts(frame), flags=zmq.NOBLOCK)
         except (zmq.ZMQError, FrameError) as exc:
-            log.warning("channel broker could not publish a record: %s", exc)
+            log.warning("channel broker could not publish a record: %s", clip(str(exc)))
 
     def _error_record(self, pub, front, envelope: list[bytes], message: str, rid: str | None, direction: str,
                       code: str) -> None:
         self.stats["errors"] += 1
+        message = clip(message, MAX_PEER_TEXT)
+        log.warning("channel broker: %s (%s)", message, direction)
         rec = DeliveryRecord(mode=self.config.mode, model=self.config.model, error=message)
         self._publish(pub, Frame(DELIVERY_KIND, meta={**rec.to_dict(), "request_id": rid, "direction": direction,
                                                       "code": code}))
@@ -305,6 +376,8 @@ class Broker:
             return envelope, from_parts(parts, self.limits), parts, None
         except FrameError as exc:
             return envelope, None, [], str(exc)
+        except Exception as exc:  # noqa: BLE001 - total: anything else is a malformed frame as well
+            return envelope, None, [], f"malformed frame: {type(exc).__name__}: {clip(str(exc))}"
 
     def _uplink(self, front, back, pub, pending) -> None:
         try:

@@ -75,7 +75,7 @@ def register(subparsers) -> None:
 def _node(args: argparse.Namespace) -> int:
     import logging
 
-    from channel_emu.broker import Broker, BrokerAddresses
+    from channel_emu.broker import Broker, BrokerAddresses, BrokerDied
     from channel_emu.config import LinkConfig, LinkConfigError
     from megwire import CurveConfig, FrameLimits
 
@@ -85,17 +85,33 @@ def _node(args: argparse.Namespace) -> int:
         raise _error(str(exc)) from exc
     server = client = None
     if args.curve_secret:
+        # A secret key means "authenticate": the frontend and the PUB admit only --curve-clients, unless the
+        # operator says --allow-any-client (encryption without authentication) in so many words.
         if args.curve_clients:
             server = CurveConfig(secret_key_file=args.curve_secret, authorized_clients_dir=args.curve_clients)
+        elif args.allow_any_client:
+            server = CurveConfig(secret_key_file=args.curve_secret, allow_any_client=True)
+        else:
+            raise _error("--curve-secret without --curve-clients would leave the frontend and the record feed open "
+                         "to any peer; pass --curve-clients DIR (the authorised UE / subscriber keys) or "
+                         "--allow-any-client to accept any CURVE client explicitly")
         if args.curve_es_public:
             client = CurveConfig(secret_key_file=args.curve_secret, server_public_key_file=args.curve_es_public)
+    elif args.curve_clients or args.allow_any_client:
+        raise _error("--curve-clients / --allow-any-client need --curve-secret (this broker's secret key)")
     broker = Broker(config, seed=args.seed, addresses=BrokerAddresses(args.listen, args.es, args.pub),
                     limits=FrameLimits(max_total_bytes=int(args.max_mb * (1 << 20))), curve_server=server,
-                    curve_client=client, warm_up_payload_bits=tuple(args.warm_payload_bits))
+                    curve_client=client, warm_up_payload_bits=tuple(args.warm_payload_bits),
+                    warm_up=not args.no_warm_up)
     logging.getLogger(__name__).warning("channel broker: UEs -> %s, ES at %s, records on %s (%s over %s); warming "
                                         "up (Sionna, BLER table, numba kernels) before serving", args.listen, args.es,
                                         args.pub, config.mode, config.model)
-    broker.serve_forever()
+    try:
+        broker.serve_forever()
+    except BrokerDied as exc:
+        # Exit non-zero: a supervisor (the campaign runner, systemd) sees a dead broker and restarts it.
+        logging.getLogger(__name__).critical("%s; exiting", exc)
+        return 3
     return 0
 
 
@@ -111,6 +127,11 @@ def add_node_parser(node_subparsers) -> None:
     p.add_argument("--curve-secret", default=None, help="this broker's CURVE secret key file")
     p.add_argument("--curve-clients", default=None, help="folder of authorised UE public keys (frontend)")
     p.add_argument("--curve-es-public", default=None, help="the ES's public key file (backend)")
+    p.add_argument("--no-warm-up", action="store_true",
+                   help="serve at once; the first delivery of each mode pays the one-off costs (tests, protocol runs)")
+    p.add_argument("--allow-any-client", action="store_true",
+                   help="with --curve-secret and no --curve-clients: encrypt but admit any CURVE client "
+                        "(otherwise refused at start)")
     p.add_argument("--warm-payload-bits", type=int, nargs="*", default=[], metavar="BITS",
                    help="payload sizes whose LDPC codes are built at start for every MCS the link may use (coded "
                         "mode; e.g. 262144 for an SD-1.5 fp16 latent); the BLER table and numba kernels always are")

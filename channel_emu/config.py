@@ -45,6 +45,8 @@ EQUALIZERS = ("mmse", "zf")
 # 5G NR PDSCH MCS table 1 (38.214 Table 5.1.3.1-1). Indices 0-2 have code rates below 1/5, which Sionna's
 # LDPC5GEncoder refuses (and its BLER tables leave empty), so the usable range starts at 3.
 MIN_MCS, MAX_MCS = 3, 28
+# Fixed-SNR range a link accepts (dB): the broker refuses others, the ES checks requests against it first.
+SNR_DB_RANGE = (-50.0, 80.0)
 
 
 class LinkConfigError(ValueError):
@@ -307,7 +309,8 @@ def validate(cfg: LinkConfig) -> None:
     """Check ranges and choices; raises :class:`LinkConfigError` naming the first bad key."""
     _check(cfg.mode in MODES, "mode", f"{cfg.mode!r} is not one of {MODES}")
     _check(cfg.model in MODELS, "model", f"{cfg.model!r} is not one of {MODELS}")
-    _check(cfg.snr_db is None or -50 <= cfg.snr_db <= 80, "snr_db", f"{cfg.snr_db} outside [-50, 80] dB")
+    lo, hi = SNR_DB_RANGE
+    _check(cfg.snr_db is None or lo <= cfg.snr_db <= hi, "snr_db", f"{cfg.snr_db} outside [{lo:g}, {hi:g}] dB")
     _check(cfg.bandwidth_hz > 0, "bandwidth_hz", "must be > 0")
     _check(cfg.symbol_rate_hz is None or cfg.symbol_rate_hz > 0, "symbol_rate_hz", "must be > 0")
     if isinstance(cfg.mcs, str):

@@ -13,11 +13,19 @@ Two encodings of the same frame:
 
 Layout of the prefix (little endian, 12 bytes): magic ``b"MGWB"``, protocol version (u16), flags (u16, reserved),
 header length in bytes (u32).
+
+Decoding is total: whatever bytes arrive, :func:`from_parts` / :func:`unpack` return a frame or raise
+:class:`FrameError` -- never another exception. Every limit (:class:`FrameLimits`: header size, JSON nesting depth,
+integer digits, string and kind lengths, buffer count, dimensions, elements, bytes) is checked before the thing it
+bounds is allocated: nesting depth is measured on the raw bytes before ``json.loads`` runs, integers longer than the
+limit are refused by the parser's hook before ``int()`` sees them, and a shape's size is computed with exact integers
+before any array exists.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import struct
 import zlib
 from collections.abc import Mapping, Sequence
@@ -55,11 +63,26 @@ class FrameLimits:
         Largest accepted number of buffers.
     max_total_bytes : int
         Largest accepted sum of buffer sizes (bytes).
+    max_json_depth : int
+        Deepest accepted nesting of JSON arrays / objects in the header (the header itself is depth 1).
+    max_int_digits : int
+        Longest accepted JSON integer literal (digits; nanosecond stamps and 63-bit seeds need 19).
+    max_dims : int
+        Most dimensions of one buffer.
+    max_kind_chars : int
+        Longest accepted frame kind.
+    max_name_chars : int
+        Longest accepted buffer name.
     """
 
     max_header_bytes: int = 1 << 20
     max_buffers: int = 64
     max_total_bytes: int = 512 << 20
+    max_json_depth: int = 32
+    max_int_digits: int = 40
+    max_dims: int = 16
+    max_kind_chars: int = 64
+    max_name_chars: int = 128
 
 
 DEFAULT_LIMITS = FrameLimits()
@@ -156,39 +179,129 @@ def _parse_head(head: bytes | memoryview, limits: FrameLimits) -> tuple[int, dic
     end = _PREFIX.size + header_len
     if len(head) < end:
         raise FrameError(f"truncated frame: header needs {header_len} bytes, {len(head) - _PREFIX.size} present")
+    body = head[_PREFIX.size:end]
+    depth = json_depth(body)
+    if depth > limits.max_json_depth:
+        raise FrameError(f"header nests {depth} levels deep, over the limit of {limits.max_json_depth}")
     try:
-        header = json.loads(head[_PREFIX.size:end].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FrameError(f"corrupted header: {exc}") from exc
+        header = json.loads(body.decode("utf-8"), parse_int=_int_parser(limits.max_int_digits))
+    except _IntTooLong as exc:
+        raise FrameError(f"header integer of {exc.args[0]} digits exceeds the limit of {limits.max_int_digits}") \
+            from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
+        raise FrameError(f"corrupted header: {_clip(exc)}") from None
     if not isinstance(header, dict) or not isinstance(header.get("kind"), str) or not header["kind"]:
         raise FrameError("corrupted header: missing frame kind")
+    if len(header["kind"]) > limits.max_kind_chars:
+        raise FrameError(f"frame kind of {len(header['kind'])} characters exceeds the limit of "
+                         f"{limits.max_kind_chars}")
     if not isinstance(header.get("meta", {}), dict) or not isinstance(header.get("buffers", []), list):
         raise FrameError("corrupted header: meta must be an object and buffers a list")
     return version, header, end
 
 
+_MAX_CLIP = 120
+
+
+def _clip(value: object) -> str:
+    """Short text of a peer-chosen value for an error message (never megabytes, never a failing repr)."""
+    if isinstance(value, (list, tuple, dict)) and len(value) > 8:
+        text = f"<{type(value).__name__} of {len(value)} items>"
+    else:
+        try:
+            text = repr(value) if not isinstance(value, BaseException) else str(value)
+        except Exception:  # noqa: BLE001 - a deeply nested value's repr can itself fail
+            text = f"<{type(value).__name__}>"
+    return text if len(text) <= _MAX_CLIP else f"{text[:_MAX_CLIP]}...(+{len(text) - _MAX_CLIP} chars)"
+
+
+class _IntTooLong(ValueError):
+    pass
+
+
+def _int_parser(max_digits: int) -> Any:
+    def parse(literal: str) -> int:
+        if len(literal.lstrip("-")) > max_digits:
+            raise _IntTooLong(len(literal.lstrip("-")))
+        return int(literal)
+
+    return parse
+
+
+# Escapes inside strings (\" \\ \uXXXX ...) hide quotes from the depth scan: they are blanked first.
+_ESCAPE = re.compile(rb"\\.", re.DOTALL)
+_DEPTH_TABLE = np.zeros(256, dtype=np.int8)
+_DEPTH_TABLE[[ord("["), ord("{")]] = 1
+_DEPTH_TABLE[[ord("]"), ord("}")]] = -1
+
+
+def json_depth(data: bytes) -> int:
+    """Deepest nesting of arrays / objects in JSON text ``data`` (brackets inside strings ignored), in O(n) numpy
+    work and no recursion; meaningless (but bounded) for text that is not JSON."""
+    if not data:
+        return 0
+    data = bytes(data)
+    opens = data.count(b"[") + data.count(b"{")
+    if opens <= 8:  # cannot nest deeper than its number of openers: most headers stop here, in C
+        return opens
+    raw = np.frombuffer(_ESCAPE.sub(b"__", data), dtype=np.uint8)
+    in_string = np.bitwise_xor.accumulate(raw == ord('"'), dtype=np.uint8).astype(bool)
+    steps = _DEPTH_TABLE[raw].astype(np.int32)
+    steps[in_string] = 0
+    return int(np.cumsum(steps).max(initial=0))
+
+
+def _dim(value: object) -> int | None:
+    # bool is an int subclass; JSON true must not pass as a dimension of 1.
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return None
+    return value
+
+
 def _buffer_specs(header: Mapping[str, Any], limits: FrameLimits) -> list[tuple[str, np.dtype, tuple[int, ...], int]]:
     specs = header.get("buffers", [])
+    if not isinstance(specs, list):
+        raise FrameError("corrupted header: buffers must be a list")
     if len(specs) > limits.max_buffers:
         raise FrameError(f"{len(specs)} buffers exceed the limit of {limits.max_buffers}")
     out = []
+    names: set[str] = set()
     total = 0
     for i, spec in enumerate(specs):
         if not isinstance(spec, dict):
             raise FrameError(f"buffer #{i}: descriptor is not an object")
         name, dtype_name, shape = spec.get("name"), spec.get("dtype"), spec.get("shape")
-        if not isinstance(name, str):
+        if not isinstance(name, str) or not name:
             raise FrameError(f"buffer #{i}: missing name")
-        if dtype_name not in ALLOWED_DTYPES:
-            raise FrameError(f"buffer {name!r}: dtype {dtype_name!r} is not allowed on the wire")
-        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-            raise FrameError(f"buffer {name!r}: bad shape {shape!r}")
+        if len(name) > limits.max_name_chars:
+            raise FrameError(f"buffer #{i}: name of {len(name)} characters exceeds the limit of "
+                             f"{limits.max_name_chars}")
+        if name in names:
+            raise FrameError(f"buffer #{i}: duplicate buffer name {name!r}")
+        names.add(name)
+        if not isinstance(dtype_name, str) or dtype_name not in ALLOWED_DTYPES:
+            raise FrameError(f"buffer {name!r}: dtype {_clip(dtype_name)} is not allowed on the wire")
+        if not isinstance(shape, list):
+            raise FrameError(f"buffer {name!r}: shape must be a list, got {type(shape).__name__}")
+        if len(shape) > limits.max_dims:
+            raise FrameError(f"buffer {name!r}: {len(shape)} dimensions exceed the limit of {limits.max_dims}")
+        dims = [_dim(d) for d in shape]
+        if any(d is None for d in dims):
+            raise FrameError(f"buffer {name!r}: bad shape {_clip(shape)} (dimensions must be integers >= 0)")
         dtype = np.dtype(dtype_name).newbyteorder("<")
-        nbytes = int(np.prod(shape, dtype=np.float64) * dtype.itemsize)
+        # Exact integer arithmetic, stopping as soon as the product passes the limit: no float rounding, no
+        # overflow, no allocation (a shape of [0, 2**63] is 0 bytes but no numpy shape either).
+        elements = 1
+        for d in dims:
+            if d > limits.max_total_bytes:
+                raise FrameError(f"buffer {name!r}: dimension {_clip(d)} exceeds the limit of "
+                                 f"{limits.max_total_bytes} (oversized frame)")
+            elements *= d
+        nbytes = elements * dtype.itemsize
         total += nbytes
         if total > limits.max_total_bytes:
             raise FrameError(f"payload exceeds the limit of {limits.max_total_bytes} bytes (oversized frame)")
-        out.append((name, dtype, tuple(shape), nbytes))
+        out.append((name, dtype, tuple(dims), nbytes))
     return out
 
 
@@ -198,8 +311,18 @@ def from_parts(parts: Sequence[bytes | memoryview], limits: FrameLimits = DEFAUL
     Raises
     ------
     FrameError
-        Wrong magic or version, corrupted header, wrong buffer count or sizes, disallowed dtype, over a limit.
+        Wrong magic or version, corrupted header, wrong buffer count or sizes, disallowed dtype, over a limit --
+        and nothing else, whatever the parts hold.
     """
+    try:
+        return _from_parts(parts, limits)
+    except FrameError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the decoder is total: any other failure is a malformed frame
+        raise FrameError(f"malformed frame: {type(exc).__name__}: {_clip(exc)}") from None
+
+
+def _from_parts(parts: Sequence[bytes | memoryview], limits: FrameLimits) -> Frame:
     if not parts:
         raise FrameError("empty message")
     version, header, end = _parse_head(parts[0], limits)
@@ -234,7 +357,17 @@ def packed_size(frame: Frame) -> int:
 
 
 def unpack(data: bytes | bytearray | memoryview, limits: FrameLimits = DEFAULT_LIMITS) -> Frame:
-    """Decode ``pack`` output. Truncated or corrupted input raises :class:`FrameError` naming the problem."""
+    """Decode ``pack`` output. Truncated or corrupted input raises :class:`FrameError` naming the problem (and
+    nothing else raises)."""
+    try:
+        return _unpack(data, limits)
+    except FrameError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - total, as from_parts
+        raise FrameError(f"malformed frame: {type(exc).__name__}: {_clip(exc)}") from None
+
+
+def _unpack(data: bytes | bytearray | memoryview, limits: FrameLimits) -> Frame:
     data = memoryview(data).cast("B")
     if len(data) < _PREFIX.size + _CRC.size:
         raise FrameError(f"truncated frame: {len(data)} bytes")

@@ -7,6 +7,7 @@ only adds routing ids, so neither end can tell whether it talks to its peer dire
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from pathlib import Path
 import zmq
 
 from megwire.frames import DEFAULT_LIMITS, Frame, FrameError, FrameLimits, from_parts, to_parts
+from megwire.logutil import rate_limit
 
 DEFAULT_TIMEOUT_S = 10.0
 
@@ -35,11 +37,15 @@ class CurveConfig:
         Client side only: the server's ``.key`` file.
     authorized_clients_dir : Path or None
         Server side only: folder of client ``.key`` files allowed to connect; any other peer is refused.
+    allow_any_client : bool
+        Server side only, and only when asked for explicitly: encrypt, but admit any client key (no
+        ``authorized_clients_dir``). A server with a secret key and neither setting refuses to start.
     """
 
     secret_key_file: Path
     server_public_key_file: Path | None = None
     authorized_clients_dir: Path | None = None
+    allow_any_client: bool = False
 
 
 def generate_keys(directory: str | os.PathLike, name: str) -> tuple[Path, Path]:
@@ -63,18 +69,21 @@ def _load_keys(path: Path) -> tuple[bytes, bytes | None]:
 _AUTHENTICATORS: dict[int, object] = {}
 
 
-def _authorize(ctx: zmq.Context, clients_dir: Path) -> None:
-    """Start (once per context) the ZAP authenticator that admits only the keys in ``clients_dir``."""
+def _authorize(ctx: zmq.Context, clients_dir: Path | None) -> None:
+    """Start (once per context) the ZAP authenticator that admits only the keys in ``clients_dir`` (None: any
+    CURVE client, for a server explicitly told ``allow_any_client``)."""
+    from zmq.auth.base import CURVE_ALLOW_ANY
     from zmq.auth.thread import ThreadAuthenticator
 
-    if not Path(clients_dir).is_dir():
+    if clients_dir is not None and not Path(clients_dir).is_dir():
         raise FileNotFoundError(f"authorized clients folder not found: {clients_dir}")
     auth = _AUTHENTICATORS.get(id(ctx))
     if auth is None:
-        auth = ThreadAuthenticator(ctx)
+        # Its "invalid credentials" errors are peer-triggered: rate-limited like every network-facing warning.
+        auth = ThreadAuthenticator(ctx, log=rate_limit(logging.getLogger("megwire.zap"), 10.0))
         auth.start()
         _AUTHENTICATORS[id(ctx)] = auth
-    auth.configure_curve(domain="*", location=str(clients_dir))
+    auth.configure_curve(domain="*", location=CURVE_ALLOW_ANY if clients_dir is None else str(clients_dir))
 
 
 def stop_authenticator(ctx: zmq.Context) -> None:
@@ -124,9 +133,10 @@ def make_socket(
             server_public, _ = _load_keys(curve.server_public_key_file)
             sock.curve_serverkey = server_public
         else:
-            if curve.authorized_clients_dir is None:
+            if curve.authorized_clients_dir is None and not curve.allow_any_client:
                 sock.close(0)
-                raise ValueError("a CURVE server needs authorized_clients_dir (which client keys to admit)")
+                raise ValueError("a CURVE server needs authorized_clients_dir (which client keys to admit), or "
+                                 "allow_any_client set explicitly")
             _authorize(ctx, curve.authorized_clients_dir)
             sock.curve_server = True
     return sock

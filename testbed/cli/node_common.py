@@ -41,7 +41,14 @@ def add_common_flags(p: argparse.ArgumentParser, role: str) -> None:
     p.add_argument("--idle-s", type=float, default=2.0, help="idle baseline window at start-up (s; 0 = skip)")
     p.add_argument("--keys", type=Path, default=None,
                    help="CURVE keys folder (from `megbed keys generate`): require authenticated peers")
+    p.add_argument("--allow-any-client", action="store_true",
+                   help="with --keys: encrypt but admit any CURVE client (no KEYS/authorized list); without this a "
+                        "keys folder lacking authorized/ is refused at start")
     p.add_argument("--max-message-mb", type=float, default=256.0, help="largest accepted message (MiB)")
+    p.add_argument("--max-buffers", type=int, default=64, help="most arrays in one accepted frame (default 64)")
+    p.add_argument("--max-side-px", type=int, default=None,
+                   help="largest image side this node computes (default: 2x the model's native resolution)")
+    p.add_argument("--max-steps", type=int, default=200, help="most denoising steps this node computes (default 200)")
 
 
 def build_engine(args: argparse.Namespace, *, decoder: str | None = None) -> Any:
@@ -120,7 +127,7 @@ def server_curve(args: argparse.Namespace, name: str) -> Any:
     from testbed.nodes.keys import KeysError, server_curve
 
     try:
-        return server_curve(args.keys, name)
+        return server_curve(args.keys, name, allow_any_client=bool(getattr(args, "allow_any_client", False)))
     except KeysError as exc:
         raise CliError(str(exc)) from exc
 
@@ -143,7 +150,21 @@ def client_curve(args: argparse.Namespace, name: str, server: str, server_key: P
 def limits(args: argparse.Namespace) -> Any:
     from megwire import FrameLimits
 
-    return FrameLimits(max_total_bytes=int(args.max_message_mb * (1 << 20)))
+    if args.max_buffers < 1:
+        raise CliError(f"--max-buffers {args.max_buffers}: must be >= 1")
+    return FrameLimits(max_total_bytes=int(args.max_message_mb * (1 << 20)), max_buffers=int(args.max_buffers))
+
+
+def bounds(args: argparse.Namespace, engine: Any) -> Any:
+    """The node's request bounds: the engine's safe defaults, narrowed or widened by --max-side-px / --max-steps."""
+    from testbed.nodes.protocol import RequestBounds
+
+    if args.max_steps < 1 or (args.max_side_px is not None and args.max_side_px < 8):
+        raise CliError("--max-steps must be >= 1 and --max-side-px >= 8")
+    default = engine.default_bounds(max_steps=args.max_steps)
+    if args.max_side_px is None:
+        return default
+    return RequestBounds(max_side_px=args.max_side_px, max_pixels=args.max_side_px ** 2, max_steps=args.max_steps)
 
 
 def serve(node: Any, meter: Any) -> int:

@@ -23,5 +23,5 @@ def run(args: argparse.Namespace) -> int:
     engine = C.build_engine(args)
     meter, info = C.build_meter(args, profile)
     node = EsNode(engine, meter=meter, name=args.name, bind=args.bind, curve=C.server_curve(args, "es"),
-                  limits=C.limits(args), info=info)
+                  limits=C.limits(args), info=info, bounds=C.bounds(args, engine))
     return C.serve(node, meter)

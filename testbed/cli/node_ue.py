@@ -36,5 +36,6 @@ def run(args: argparse.Namespace) -> int:
     meter, info = C.build_meter(args, profile)
     node = UeNode(engine, es_address=args.es, meter=meter, name=args.name, bind=args.bind,
                   curve=C.server_curve(args, "ue"), es_curve=C.client_curve(args, "ue", "es", args.es_key),
-                  limits=C.limits(args), request_timeout_s=args.request_timeout_s, info=info)
+                  limits=C.limits(args), request_timeout_s=args.request_timeout_s, info=info,
+                  bounds=C.bounds(args, engine))
     return C.serve(node, meter)

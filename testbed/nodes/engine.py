@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from megwire import Frame
-from testbed.nodes.protocol import ProtocolError, RequestSpec
+from testbed.nodes.protocol import ProtocolError, RequestBounds, RequestSpec
 from testbed.nodes.records import StageRecorder
 
 
@@ -33,6 +33,11 @@ class Engine(ABC):
 
     info: dict[str, Any]
     sync: Callable[[], Any] | None = None  # device synchronisation before each stage stamp (CUDA); None on CPU
+    native_px: int = 128  # the model's native image side (px): a request without a size gets it; bounds derive
+
+    def default_bounds(self, max_steps: int = 200) -> RequestBounds:
+        """Safe request bounds for this engine: sides up to 2x the native resolution, at most ``max_steps``."""
+        return RequestBounds.for_native(self.native_px, max_steps=max_steps)
 
     @abstractmethod
     def es(self, req: RequestSpec, rec: StageRecorder) -> Frame:
@@ -59,7 +64,8 @@ class Engine(ABC):
         :class:`ProtocolError`."""
         default = str(self.info.get("decoder", "base"))
         if name and name != default:
-            raise ProtocolError(f"this UE has only the {default!r} decoder, not {name!r}", request_id=request_id)
+            raise ProtocolError(f"this UE has only the {default!r} decoder, not {name[:64]!r}",
+                                request_id=request_id)
         return default
 
     def close(self) -> None:  # noqa: B027 - optional

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import asdict
 from typing import Any
 
 from megwire import DEFAULT_LIMITS, CurveConfig, Frame, FrameLimits, packed_size
@@ -43,16 +44,21 @@ class EsNode:
         See :class:`~testbed.nodes.server.NodeServer`.
     info : dict, optional
         Extra facts for ``hello`` (firmware profile and its verification, host).
+    bounds : RequestBounds, optional
+        What this node agrees to compute (image size, steps); default: the engine's safe defaults (sides up to 2x
+        the model's native resolution, at most 200 steps). Checked, with the link fields, before any compute.
     """
 
     role = "es"
 
     def __init__(self, engine: Engine, *, meter: Any = None, name: str = "es", bind: str = DEFAULT_ES_BIND,
                  curve: CurveConfig | None = None, limits: FrameLimits = DEFAULT_LIMITS,
-                 info: dict[str, Any] | None = None, ctx: Any = None) -> None:
+                 info: dict[str, Any] | None = None, ctx: Any = None, bounds: P.RequestBounds | None = None) -> None:
         self.engine, self.meter = engine, meter
+        self.bounds = bounds or engine.default_bounds()
         self.server = NodeServer(name, bind, curve=curve, limits=limits, ctx=ctx)
-        self.server.info.update({"role": self.role, "engine": engine.info, **(info or {})})
+        self.server.info.update({"role": self.role, "engine": engine.info, "bounds": asdict(self.bounds),
+                                 **(info or {})})
         if meter is not None:
             self.server.info["meter"] = meter.settings()
         self.server.handle(P.REQUEST, self._on_request, blocking=True)
@@ -68,6 +74,7 @@ class EsNode:
         spec = P.parse_request_meta(frame)
         if spec.scheme == "ue_local":
             raise P.ProtocolError("a ue_local request has nothing to run on the ES", request_id=spec.request_id)
+        self.bounds.check(spec, self.engine.native_px)
         rec = StageRecorder("es", self.meter, sync=self.engine.sync)
         out = self.engine.es(spec, rec)
         payload = packed_size(out)
@@ -88,6 +95,7 @@ class EsNode:
         if isinstance(n_steps, bool) or not isinstance(n_steps, int) or not 1 <= n_steps <= 1000:
             raise P.ProtocolError(f"reference: field 'n_steps'={n_steps!r} must be an integer in [1, 1000]",
                                   request_id=spec.request_id)
+        self.bounds.check(spec, self.engine.native_px, n_steps=n_steps)
         t0 = time.monotonic_ns()
         image = self.engine.reference(spec, n_steps)
         return Frame(P.REFERENCE_IMAGE, meta={"request_id": spec.request_id, "n_steps": n_steps,

@@ -7,15 +7,28 @@ Used by the tests (>= 1,000 messages per node) and usable against a running node
 Each generated message is a list of ZeroMQ parts as a DEALER would send them (``[b"", *frame_parts]``, or
 deliberately without the delimiter). :func:`must_be_refused` checks locally that a mutation is really invalid for the
 target (a bit flip inside a prompt can leave a valid request, which a node would rightly serve).
+
+Three sources, mixed by :func:`messages`:
+
+* random bytes and byte-level mutations of valid frames (bit flips, truncation, wrong version, ...);
+* the hostile classes of :data:`HOSTILE_CLASSES` -- each one crashed or stalled a node once (issue 20): JSON nested
+  100,000 lists or 50,000 objects deep, an integer of > 4,300 digits, ``"shape": [true]``, ``"dtype": ["float32"]``,
+  65 dimensions, ``[0, 2**63]``, ``[10**400]``, duplicate buffer names, a 0.9 MB ``kind``, a 200 KB ``msg_id``, wrong
+  JSON types in every header field;
+* :func:`structured_messages`: structure-aware mutation of valid frames driven by ``hypothesis`` -- a path in the
+  header's JSON tree is chosen and its value replaced, deleted, re-typed or given a sibling, buffers re-declared or
+  resized -- so the mutations reach the field checks behind the frame decoder.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import struct
 import sys
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -123,9 +136,77 @@ def _mutations(rng: np.random.Generator, seeds: list[Frame], kinds: list[str]) -
             buffers.pop(next(iter(buffers)), None)
         return _with_delim(Frame(base.kind, meta=dict(base.meta), buffers=buffers))
 
+    hostile = _hostile_classes()
+    cache: dict[tuple[str, str], list[bytes]] = {}
+
+    def hostile_class() -> list[bytes]:
+        # The large classes cost a megabyte to build: each (class, kind) is built once and resent.
+        key = (str(rng.choice(sorted(hostile))), str(rng.choice(kinds)))
+        if key not in cache:
+            cache[key] = hostile[key[0]](key[1])
+        return list(cache[key])
+
     return [garbage, many_garbage, no_delimiter, only_delimiter, bit_flip, truncate_head, truncate_buffer,
             drop_buffer, wrong_version, oversized, bad_dtype, bad_json, unknown_kind, bad_meta, bad_meta,
-            wrong_buffers]
+            wrong_buffers, hostile_class, hostile_class, hostile_class]
+
+
+def _raw_head(body: bytes, version: int = PROTOCOL_VERSION) -> bytes:
+    return _PREFIX.pack(MAGIC, version, 0, len(body)) + body
+
+
+def _hostile_classes() -> dict[str, Callable[[str], list[bytes]]]:
+    """Message makers by attack class (``kind`` is a kind the target serves)."""
+    def spec_frame(kind: str, specs: list, parts: list[bytes] | None = None, meta: dict | None = None) -> list[bytes]:
+        body = json.dumps({"kind": kind, "meta": meta or {}, "buffers": specs}).encode()
+        return [b"", _raw_head(body), *(parts if parts is not None else [b""] * len(specs))]
+
+    deep_lists = b'{"kind":"%s","meta":{"x":' + b"[" * 100_000 + b"]" * 100_000 + b"}}"
+    deep_objects = b'{"kind":"%s","meta":' + b'{"a":' * 50_000 + b"1" + b"}" * 50_000 + b"}"
+    big_int = b'{"kind":"%s","meta":{"request_id":"r","n":' + b"7" * 5000 + b"}}"
+    return {
+        "deep_lists": lambda k: [b"", _raw_head(deep_lists.replace(b"%s", k.encode(), 1))],
+        "deep_objects": lambda k: [b"", _raw_head(deep_objects.replace(b"%s", k.encode(), 1))],
+        "big_int": lambda k: [b"", _raw_head(big_int.replace(b"%s", k.encode(), 1))],
+        "big_int_in_shape": lambda k: [b"", _raw_head(
+            b'{"kind":"%s","meta":{},"buffers":[{"name":"x","dtype":"uint8","shape":[' % k.encode()
+            + b"9" * 4400 + b"]}]}"), b""],
+        "shape_true": lambda k: spec_frame(k, [{"name": "x", "dtype": "uint8", "shape": [True]}], [b"\0"]),
+        "dtype_list": lambda k: spec_frame(k, [{"name": "x", "dtype": ["float32"], "shape": [1]}], [b"\0" * 4]),
+        "dims_65": lambda k: spec_frame(k, [{"name": "x", "dtype": "uint8", "shape": [1] * 65}], [b"\0"]),
+        "shape_0_2e63": lambda k: spec_frame(k, [{"name": "x", "dtype": "uint8", "shape": [0, 2**63]}], [b""]),
+        "shape_1e400": lambda k: spec_frame(k, [{"name": "x", "dtype": "uint8", "shape": [10**400]}], [b""]),
+        "shape_negative": lambda k: spec_frame(k, [{"name": "x", "dtype": "uint8", "shape": [-1]}], [b""]),
+        "duplicate_names": lambda k: spec_frame(k, [{"name": "x", "dtype": "uint8", "shape": [1]}] * 2,
+                                                [b"\1", b"\2"]),
+        "huge_kind": lambda k: [b"", _raw_head(json.dumps({"kind": "k" * 900_000, "meta": {}}).encode())],
+        "huge_msg_id": lambda k: [b"", _raw_head(json.dumps(
+            {"kind": k, "meta": {"msg_id": "m" * 200_000, "request_id": "r"}}).encode())],
+        "msg_id_object": lambda k: [b"", _raw_head(json.dumps({"kind": k, "meta": {"msg_id": {"a": [1]}}}).encode())],
+        "wrong_types": lambda k: [b"", _raw_head(json.dumps(_WRONG_TYPE_HEADERS[hash(k) % len(_WRONG_TYPE_HEADERS)]
+                                                            | {"kind": k}).encode())],
+        "wrong_types_kind": lambda k: [b"", _raw_head(json.dumps({"kind": [k], "meta": {}}).encode())],
+        "wrong_types_meta": lambda k: [b"", _raw_head(json.dumps({"kind": k, "meta": [1, 2]}).encode())],
+        "wrong_types_buffers": lambda k: [b"", _raw_head(json.dumps({"kind": k, "buffers": {"x": 1}}).encode())],
+        "wrong_types_spec": lambda k: spec_frame(k, [{"name": 3, "dtype": 1, "shape": "12"}], [b""]),
+        "wrong_types_request": lambda k: [b"", _raw_head(json.dumps(
+            {"kind": k, "meta": {"request_id": 5, "request": [1, {"scheme": None}]}}).encode())],
+    }
+
+
+_WRONG_TYPE_HEADERS = [
+    {"meta": {"request": {"request_id": ["r"], "scheme": 1, "n_steps": "4", "link": "awgn"}}},
+    {"meta": {"request": {"request_id": "r", "scheme": "meg", "n_steps": True, "es_steps": None}}},
+    {"meta": {"request_id": {"x": 1}, "request": None}},
+]
+
+HOSTILE_CLASSES = tuple(_hostile_classes())
+
+
+def hostile_messages(kinds: list[str]) -> dict[str, list[bytes]]:
+    """One message of every hostile class (see :data:`HOSTILE_CLASSES`), aimed at the first served kind."""
+    kind = sorted(kinds)[0] if kinds else "request"
+    return {name: make(kind) for name, make in _hostile_classes().items()}
 
 
 def _with_delim(frame: Frame) -> list[bytes]:
@@ -176,6 +257,122 @@ def messages(seed_frames: list[Frame], count: int, *, seed: int = 0,
             yield parts
 
 
+# --- structure-aware mutation (hypothesis) ---------------------------------------------------------------------------
+
+_HOSTILE_LEAVES = [True, False, None, -1, 0, 2**63, 2**64, 10**30, -(10**30), 1e308, "", "x" * 300, "float32",
+                   "../../../etc/passwd", "/tmp", "\x00", "NaN", [], {}, [True], ["float32"], [0, 2**63]]
+
+
+def _json_tree(max_leaves: int = 10) -> Any:
+    from hypothesis import strategies as st
+
+    leaves = (st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False)
+              | st.text(max_size=24) | st.sampled_from(_HOSTILE_LEAVES).map(copy.deepcopy))  # later edits mutate
+    return st.recursive(leaves, lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=10), c, max_size=4),
+                        max_leaves=max_leaves)
+
+
+def _paths(obj: Any, prefix: tuple = ()) -> list[tuple]:
+    out = [prefix]
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            out.extend(_paths(v, (*prefix, k)))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            out.extend(_paths(v, (*prefix, i)))
+    return out
+
+
+def _set(obj: Any, path: tuple, value: Any, *, delete: bool = False) -> Any:
+    if not path:
+        return value
+    parent = obj
+    for key in path[:-1]:
+        parent = parent[key]
+    if delete:
+        del parent[path[-1]]
+    else:
+        parent[path[-1]] = value
+    return obj
+
+
+def _structured_one(data: Any, seeds: list[Frame]) -> list[bytes]:
+    """Draw one mutated message from valid ``seeds`` (``data``: hypothesis's ``st.data()`` object)."""
+    from hypothesis import strategies as st
+
+    seed = seeds[data.draw(st.integers(0, len(seeds) - 1), label="seed")]
+    parts = _parts(seed)
+    header = json.loads(bytes(parts[0][_PREFIX.size:]))
+    buffers = list(parts[1:])
+    for _ in range(data.draw(st.integers(1, 3), label="n_mutations")):
+        paths = _paths(header)
+        path = paths[data.draw(st.integers(0, len(paths) - 1), label="path")]
+        op = data.draw(st.sampled_from(["replace", "replace", "delete", "add_key", "retype", "buffer"]), label="op")
+        if op == "replace" or (op == "delete" and not path):
+            header = _set(header, path, data.draw(_json_tree(), label="value"))
+        elif op == "delete":
+            header = _set(header, path, None, delete=True)
+        elif op == "add_key":
+            target = header
+            for key in path:
+                target = target[key]
+            if isinstance(target, dict):
+                target[data.draw(st.text(max_size=12), label="key")] = data.draw(_json_tree(4), label="value")
+            elif isinstance(target, list):
+                target.append(data.draw(_json_tree(4), label="value"))
+        elif op == "retype":
+            node = header
+            for key in path:
+                node = node[key]
+            swapped = {dict: lambda v: list(v.values()), list: lambda v: {str(i): x for i, x in enumerate(v)},
+                       str: lambda v: [v], int: lambda v: str(v), float: lambda v: [v], bool: lambda v: int(v)}
+            header = _set(header, path, swapped.get(type(node), lambda v: {"v": v})(node))
+        else:
+            what = data.draw(st.sampled_from(["drop", "add", "resize", "redeclare"]), label="buffer_op")
+            if what == "drop" and buffers:
+                buffers.pop()
+            elif what == "add":
+                buffers.append(data.draw(st.binary(max_size=64), label="raw"))
+            elif what == "resize" and buffers:
+                i = data.draw(st.integers(0, len(buffers) - 1), label="i")
+                buffers[i] = bytes(buffers[i])[: data.draw(st.integers(0, max(0, len(buffers[i]) - 1)), label="n")]
+            elif isinstance(header, dict):
+                header["buffers"] = data.draw(st.lists(st.fixed_dictionaries(
+                    {"name": st.text(max_size=4), "dtype": st.sampled_from(["uint8", "float32", "object", "f8"]),
+                     "shape": st.lists(st.integers(-2, 2**64), max_size=4)}), max_size=3), label="specs")
+    try:
+        body = json.dumps(header, allow_nan=True).encode()
+    except (TypeError, ValueError):
+        body = b"{"
+    return [b"", _PREFIX.pack(MAGIC, PROTOCOL_VERSION, 0, len(body)) + body, *buffers]
+
+
+def structured_messages(seed_frames: list[Frame], count: int, *, seed: int = 0,
+                        is_valid: Callable[[Frame], bool] | None = None) -> list[list[bytes]]:
+    """``count`` structure-aware mutations of ``seed_frames`` drawn by ``hypothesis`` (seeded, no example database),
+    each one the target must refuse (as :func:`messages`)."""
+    from hypothesis import HealthCheck, Phase, given, settings
+    from hypothesis import seed as hseed
+    from hypothesis import strategies as st
+
+    out: list[list[bytes]] = []
+    drawn: list[list[bytes]] = []
+
+    def draw(data: Any) -> None:
+        drawn.append(_structured_one(data, seed_frames))
+
+    rounds = 0
+    while len(out) < count and rounds < 20:
+        drawn.clear()
+        seeded_settings = settings(max_examples=count - len(out), database=None, deadline=None,
+                                   phases=[Phase.generate], suppress_health_check=list(HealthCheck))
+        run = hseed(seed * 1000 + rounds)(seeded_settings(given(st.data())(draw)))
+        run()
+        out.extend(p for p in drawn if must_be_refused(p, is_valid))
+        rounds += 1
+    return out[:count]
+
+
 def must_be_refused(parts: list[bytes], is_valid: Callable[[Frame], bool] | None,
                     limits: FrameLimits = DEFAULT_LIMITS) -> bool:
     if not parts or parts[0] != b"":
@@ -197,6 +394,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--count", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--timeout-s", type=float, default=5.0)
+    ap.add_argument("--structured", action="store_true",
+                    help="structure-aware mutations (hypothesis) instead of the random / hostile mix")
     args = ap.parse_args(argv)
     seeds = [Frame("request", meta={"request_id": "r", "request": {"prompt": "x"}}), Frame("heartbeat")]
     ctx = zmq.Context()
@@ -204,7 +403,10 @@ def main(argv: list[str] | None = None) -> int:
     sock.connect(args.address)
     errors = 0
     try:
-        for parts in messages(seeds, args.count, seed=args.seed, is_valid=lambda f: f.kind == "heartbeat"):
+        valid = lambda f: f.kind == "heartbeat"  # noqa: E731
+        stream = structured_messages(seeds, args.count, seed=args.seed, is_valid=valid) if args.structured \
+            else messages(seeds, args.count, seed=args.seed, is_valid=valid)
+        for parts in stream:
             sock.send_multipart(parts)
             _, reply = recv_frame(sock)
             errors += reply.kind == "error"

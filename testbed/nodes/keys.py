@@ -5,10 +5,14 @@ Layout of a keys folder::
     DIR/es.key  DIR/es.key_secret            one pair per node name (es, ue, channel, orchestrator, ...)
     DIR/authorized/<name>.key                the public keys every server admits
 
-Servers (the ES's ROUTER, a UE's control ROUTER, the broker's frontend and PUB) load their own secret key and admit
-exactly the public keys in ``DIR/authorized``; clients load their own secret key and the server's public key. A peer
-whose key is not in ``authorized`` -- or that does not speak CURVE at all -- is refused at the handshake. On several
-hosts, copy the folder (secret keys only to the host that runs that node).
+Servers -- the ES's ROUTER, a UE's control ROUTER, the broker's frontend ROUTER *and* its PUB socket (the delivery
+records; ``Broker(curve_pub=...)``, by default the frontend's keys) -- load their own secret key and admit exactly the
+public keys in ``DIR/authorized``; clients (UEs, the broker's backend, the orchestrator's control connections and
+its subscription to the records) load their own secret key and the server's public key. A peer whose key is not in
+``authorized`` -- or that does not speak CURVE at all -- is refused at the handshake. A server given a secret key but
+no client list refuses to start, unless told ``allow_any_client`` (``--allow-any-client``) explicitly: then it
+encrypts but admits any CURVE client. On several hosts, copy the folder (secret keys only to the host that runs
+that node).
 """
 
 from __future__ import annotations
@@ -50,9 +54,12 @@ def _need(path: Path) -> Path:
     return path
 
 
-def server_curve(directory: str | Path, name: str) -> CurveConfig:
-    """CURVE settings of a server socket run by node ``name``."""
+def server_curve(directory: str | Path, name: str, *, allow_any_client: bool = False) -> CurveConfig:
+    """CURVE settings of a server socket run by node ``name`` (``allow_any_client``: no client list, any CURVE
+    client admitted -- only when asked for explicitly)."""
     directory = Path(directory)
+    if allow_any_client:
+        return CurveConfig(_need(directory / f"{name}.key_secret"), allow_any_client=True)
     authorized = directory / AUTHORIZED
     if not authorized.is_dir():
         raise KeysError(f"authorized keys folder missing: {authorized}")

@@ -7,7 +7,10 @@ cover its kernels, not just their launch.
 
 from __future__ import annotations
 
+import json
 import logging
+import re
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,10 @@ from testbed.nodes.protocol import ProtocolError, RequestSpec
 from testbed.nodes.records import StageRecorder
 
 log = logging.getLogger(__name__)
+
+BUILTIN_DECODERS = ("base", "distilled", "auto")
+MAX_CACHED_DECODERS = 4  # decoders kept loaded besides the node's default (least recently used evicted)
+_DECODER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 def image_to_uint8(image: torch.Tensor) -> np.ndarray:
@@ -44,7 +51,9 @@ class LdmEngine(Engine):
         Default: float16 on CUDA, float32 on CPU.
     decoder : str, optional
         The UE's default decoder: ``base`` (the pipeline's VAE, also for None), ``distilled`` (``<model>/ue_decoder``)
-        or a decoder folder. A request naming another decoder (``RequestSpec.decoder``) gets it, loaded once and kept.
+        or a decoder folder (the operator's choice at start-up). A request may name another decoder only by name:
+        ``base``, ``distilled``, ``auto`` or a decoder folder listed inside the model folder (:meth:`decoder_names`);
+        never by a path. Requested decoders are kept loaded, at most :data:`MAX_CACHED_DECODERS` besides the default.
     """
 
     def __init__(self, model_dir: str | Path, device: str = "cpu", dtype: torch.dtype | None = None,
@@ -63,20 +72,58 @@ class LdmEngine(Engine):
             "device": str(self.device), "dtype": str(self.model.dtype).replace("torch.", ""),
             "decoder": str(decoder or "base"), "torch": torch.__version__,
         }
-        self._decoders: dict[str, Any] = {self.info["decoder"]: self.model.decoder}
+        self.native_px = int(self.model.default_size()[0])
+        self._default_decoder = (self.info["decoder"], self.model.decoder)
+        self._decoders: OrderedDict[str, Any] = OrderedDict()
+
+    def decoder_names(self) -> list[str]:
+        """The decoders a request may name: the built-in names and every AutoencoderKL folder directly inside
+        the model folder (``ue_decoder`` is offered as ``distilled``)."""
+        names = list(BUILTIN_DECODERS)
+        root = Path(self.model.model_dir)
+        try:
+            entries = sorted(root.iterdir())
+        except OSError:
+            return names
+        for entry in entries:
+            if entry.name in ("vae", "ue_decoder") or not _DECODER_NAME.fullmatch(entry.name) or entry.is_symlink():
+                continue
+            try:
+                config = json.loads((entry / "config.json").read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            if isinstance(config, dict) and config.get("_class_name") == "AutoencoderKL":
+                names.append(entry.name)
+        return names
 
     def select_decoder(self, name: str, request_id: str | None = None) -> str:
         from testbed.ldm.model import ModelLoadError, named_decoder
 
-        name = name or self.info["decoder"]
+        default_name, default_decoder = self._default_decoder
+        name = name or default_name
+        if name == default_name:
+            self.model.decoder = default_decoder
+            return name
         if name not in self._decoders:
+            offered = self.decoder_names()
+            if name not in offered:
+                # Echo only what looks like a name: an answer never repeats a path (the peer's or this host's).
+                shown = repr(name) if _DECODER_NAME.fullmatch(name) else "(a path, or not a decoder name)"
+                raise ProtocolError(f"decoder {shown} is not one this UE offers ({', '.join(offered)}); a request "
+                                    "names a decoder, never a path", request_id=request_id)
             try:
                 dec = named_decoder(self.model.model_dir, name, device=self.device, dtype=self.model.dtype,
                                     latent_channels=self.model.latent_channels,
                                     vae_scale_factor=self.model.vae_scale_factor, base=self.model.base_decoder)
             except ModelLoadError as exc:
-                raise ProtocolError(f"decoder {name!r}: {exc}", request_id=request_id) from exc
+                # The full reason (with this host's paths) stays in the node's log.
+                log.warning("decoder %r could not be loaded: %s", name, exc)
+                raise ProtocolError(f"decoder {name!r} is not available on this UE (see its log)",
+                                    request_id=request_id) from None
             self._decoders[name] = self.model.base_decoder if dec is None else dec
+            while len(self._decoders) > MAX_CACHED_DECODERS:
+                self._decoders.popitem(last=False)
+        self._decoders.move_to_end(name)
         self.model.decoder = self._decoders[name]
         return name
 

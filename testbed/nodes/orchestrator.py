@@ -401,6 +401,8 @@ def client_curves(keys_dir: str | Path | None) -> dict[str, CurveConfig]:
     from testbed.nodes.keys import client_curve
 
     keys_dir = Path(keys_dir)
-    # The broker's PUB carries measurement records only and is not CURVE-protected (channel_emu.broker): no
-    # "channel" entry, so the subscriber connects in the clear.
-    return {"es": client_curve(keys_dir, "orchestrator", "es"), "ue": client_curve(keys_dir, "orchestrator", "ue")}
+    curves = {"es": client_curve(keys_dir, "orchestrator", "es"), "ue": client_curve(keys_dir, "orchestrator", "ue")}
+    # The broker's PUB (delivery records) is CURVE-protected like its frontend: subscribe with the channel's key.
+    if (keys_dir / "channel.key").is_file():
+        curves["channel"] = client_curve(keys_dir, "orchestrator", "channel")
+    return curves

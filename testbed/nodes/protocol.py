@@ -24,6 +24,9 @@ from typing import Any
 
 import numpy as np
 
+from channel_emu.config import MODELS as LINK_MODELS
+from channel_emu.config import MODES as TX_MODES
+from channel_emu.config import SNR_DB_RANGE
 from megwire import Frame
 
 # Frame kinds.
@@ -41,6 +44,8 @@ ERROR = "error"
 CANCEL = "cancel"  # orchestrator -> UE: stop waiting for the ES on this request (the ES died)
 
 SCHEMES = ("meg", "ceg", "ue_local")
+MAX_REQUEST_ID_CHARS = 256
+MAX_DISTANCE_M = 1e7
 WIRE_DTYPES = ("float16", "float32")
 
 # Error codes carried in error frames' meta["code"].
@@ -102,8 +107,16 @@ def _rid(meta: Mapping[str, Any]) -> str | None:
     return rid if isinstance(rid, str) else None
 
 
+def _short(value: object, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}...(+{len(text) - limit} chars)"
+
+
 def _finite(value: float, key: str, where: str, lo: float, hi: float, rid: str | None) -> float:
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # a JSON integer too large for a float
+        raise ProtocolError(f"{where}: field {key!r} outside [{lo}, {hi}]", request_id=rid) from None
     if not math.isfinite(value) or not lo <= value <= hi:
         raise ProtocolError(f"{where}: field {key!r}={value!r} outside [{lo}, {hi}]", request_id=rid)
     return value
@@ -140,13 +153,23 @@ class LinkSpec:
     def from_meta(cls, meta: Any, where: str = "link", rid: str | None = None) -> LinkSpec:
         if not isinstance(meta, Mapping):
             raise ProtocolError(f"{where}: must be an object", request_id=rid)
+        # The channel broker's vocabulary and ranges (channel_emu.config), checked here so a node refuses a
+        # request the broker would refuse before computing anything.
         model = _req(meta, "link_model", str, where)
+        if model not in LINK_MODELS:
+            raise ProtocolError(f"{where}: field 'link_model'={_short(model)} is not one of {LINK_MODELS}",
+                                request_id=rid)
         mode = _req(meta, "tx_mode", str, where)
+        if mode not in TX_MODES:
+            raise ProtocolError(f"{where}: field 'tx_mode'={_short(mode)} is not one of {TX_MODES}", request_id=rid)
         dist, snr = meta.get("distance_m"), meta.get("snr_db")
         if dist is not None:
-            dist = _finite(_req(meta, "distance_m", (int, float), where), "distance_m", where, 0.0, 1e7, rid)
+            dist = _finite(_req(meta, "distance_m", (int, float), where), "distance_m", where, 0.0, MAX_DISTANCE_M,
+                           rid)
+            if dist <= 0:
+                raise ProtocolError(f"{where}: field 'distance_m'={dist} must be > 0", request_id=rid)
         if snr is not None:
-            snr = _finite(_req(meta, "snr_db", (int, float), where), "snr_db", where, -100.0, 100.0, rid)
+            snr = _finite(_req(meta, "snr_db", (int, float), where), "snr_db", where, *SNR_DB_RANGE, rid)
         if (dist is None) == (snr is None):
             raise ProtocolError(f"{where}: exactly one of distance_m and snr_db must be set", request_id=rid)
         return cls(model, mode, dist, snr)
@@ -226,11 +249,12 @@ class RequestSpec:
         if not isinstance(meta, Mapping):
             raise ProtocolError(f"{where}: request must be an object")
         rid = _req(meta, "request_id", str, where)
-        if not rid or len(rid) > 256:
-            raise ProtocolError(f"{where}: field 'request_id' must be 1..256 characters", request_id=None)
+        if not rid or len(rid) > MAX_REQUEST_ID_CHARS:
+            raise ProtocolError(f"{where}: field 'request_id' must be 1..{MAX_REQUEST_ID_CHARS} characters",
+                                request_id=None)
         scheme = _req(meta, "scheme", str, where)
         if scheme not in SCHEMES:
-            raise ProtocolError(f"{where}: field 'scheme'={scheme!r} is not one of {SCHEMES}", request_id=rid)
+            raise ProtocolError(f"{where}: field 'scheme'={_short(scheme)} is not one of {SCHEMES}", request_id=rid)
         n = _req(meta, "n_steps", int, where)
         if not 1 <= n <= 1000:
             raise ProtocolError(f"{where}: field 'n_steps'={n} outside [1, 1000]", request_id=rid)
@@ -246,7 +270,8 @@ class RequestSpec:
                                     request_id=rid)
         wire = _req(meta, "wire_dtype", str, where)
         if wire not in WIRE_DTYPES:
-            raise ProtocolError(f"{where}: field 'wire_dtype'={wire!r} is not one of {WIRE_DTYPES}", request_id=rid)
+            raise ProtocolError(f"{where}: field 'wire_dtype'={_short(wire)} is not one of {WIRE_DTYPES}",
+                                request_id=rid)
         link_meta = meta.get("link")
         link = None if link_meta is None else LinkSpec.from_meta(link_meta, f"{where}.link", rid)
         if scheme != "ue_local" and link is None:
@@ -329,6 +354,45 @@ class RequestSpec:
             "distance_m": float("nan") if link is None or link.distance_m is None else link.distance_m,
             "snr_db_set": float("nan") if link is None or link.snr_db is None else link.snr_db,
         }
+
+
+@dataclass(frozen=True)
+class RequestBounds:
+    """What one node agrees to compute: requests outside these are refused before any work.
+
+    Attributes
+    ----------
+    max_side_px : int
+        Largest image height / width (px).
+    max_pixels : int
+        Largest height x width (px).
+    max_steps : int
+        Most denoising steps N (a reference's N_max included).
+    """
+
+    max_side_px: int
+    max_pixels: int
+    max_steps: int = 200
+
+    @classmethod
+    def for_native(cls, native_px: int, *, max_steps: int = 200, side_factor: int = 2) -> RequestBounds:
+        """Safe defaults for a model whose native resolution is ``native_px``: sides up to ``side_factor`` x
+        native (square at most)."""
+        side = int(native_px) * int(side_factor)
+        return cls(max_side_px=side, max_pixels=side * side, max_steps=int(max_steps))
+
+    def check(self, spec: RequestSpec, native_px: int, *, n_steps: int | None = None) -> None:
+        """Raise :class:`ProtocolError` when ``spec`` (or a reference of ``n_steps``) is over a bound."""
+        rid = spec.request_id
+        h = spec.height_px or native_px
+        w = spec.width_px or native_px
+        if h > self.max_side_px or w > self.max_side_px or h * w > self.max_pixels:
+            raise ProtocolError(f"{h}x{w} px is over this node's bounds (sides <= {self.max_side_px} px, "
+                                f"<= {self.max_pixels} px in all)", request_id=rid)
+        steps = spec.n_steps if n_steps is None else n_steps
+        if steps > self.max_steps:
+            raise ProtocolError(f"{steps} denoising steps is over this node's bound of {self.max_steps}",
+                                request_id=rid)
 
 
 # --- stage records --------------------------------------------------------------------------------------------------

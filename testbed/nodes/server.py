@@ -11,7 +11,15 @@ Every testbed node (ES, UE) is a :class:`NodeServer`: a ROUTER socket bound to o
 * hands long jobs (generation) to one worker thread, in arrival order (a node computes one request at a time, like
   one GPU), and sends their replies when they finish, through an inproc socket (ZeroMQ sockets are not shared
   between threads);
-* watches the socket's monitor for refused CURVE handshakes and logs them.
+* watches the socket's monitor for refused CURVE handshakes and logs them (rate-limited: a flood of refused peers
+  writes one line per interval with a count);
+* never blocks on a peer: answers go out non-blocking into the peer's bounded pipe (``SNDHWM``); a peer that does not
+  read gets its surplus answers dropped and counted (``stats.dropped_replies``), while everyone else -- heartbeats
+  included -- is answered on time;
+* is total: whatever a message holds, the peer gets an ``error`` frame (or nothing, when the message carries no
+  routing id) and the loop goes on; every peer-chosen string (``kind``, ``msg_id``, error text) is clipped before it
+  reaches a log line or an answer, and a ``msg_id`` that is not a short string or a 63-bit integer is refused rather
+  than echoed.
 
 Handlers are plain functions ``fn(frame, peer) -> Frame | None``; raising :class:`~testbed.nodes.protocol.ProtocolError`
 turns into a ``bad_request`` error answer naming the field, any other exception into an ``internal`` error answer
@@ -39,18 +47,21 @@ from megwire import (
     Frame,
     FrameError,
     FrameLimits,
-    LinkTimeout,
     error_frame,
     from_parts,
     make_socket,
-    send_frame,
     split_envelope,
     stop_authenticator,
     to_parts,
 )
+from megwire.logutil import clip, rate_limit
 from testbed.nodes import protocol as P
 
-log = logging.getLogger(__name__)
+log = rate_limit(logging.getLogger(__name__))
+
+MAX_MSG_ID_CHARS = 128
+DEFAULT_SEND_HWM = 256  # answers queued per peer before the surplus is dropped (a peer that does not read)
+DEFAULT_RECV_HWM = 64  # messages buffered per peer before libzmq stops reading its connection (TCP back-pressure)
 
 _IDS = itertools.count()
 
@@ -94,12 +105,21 @@ class ServerStats:
     by_kind: Counter = field(default_factory=Counter)
     refused_handshakes: int = 0
     jobs_done: int = 0
+    dropped_replies: int = 0
+    loop_errors: int = 0
 
     def to_meta(self) -> dict:
         return {
             "received": self.received, "replied": self.replied, "rejected": dict(self.rejected),
             "by_kind": dict(self.by_kind), "refused_handshakes": self.refused_handshakes, "jobs_done": self.jobs_done,
+            "dropped_replies": self.dropped_replies, "loop_errors": self.loop_errors,
         }
+
+
+def _valid_msg_id(value: object) -> bool:
+    if isinstance(value, str):
+        return len(value) <= MAX_MSG_ID_CHARS
+    return isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63
 
 
 def normalise_bind(address: str) -> str:
@@ -129,7 +149,14 @@ class NodeServer:
     queue_max : int
         Jobs that may wait for the worker; more are refused with a ``busy`` error.
     send_timeout_s : float
-        SNDTIMEO for answers (a peer that stopped reading cannot block the loop longer).
+        SNDTIMEO of the socket (answers themselves are sent non-blocking; kept for the socket's other uses).
+    send_hwm : int
+        Answers queued per peer (``SNDHWM``); past it a non-reading peer's answers are dropped and counted.
+    recv_hwm : int
+        Messages buffered per peer (``RCVHWM``); a peer sending faster than the node serves is slowed by TCP
+        back-pressure instead of filling the node's memory.
+    shutdown_grace_s : float
+        How long :meth:`stop` waits for a running job before leaving it to die with the process.
     clock : callable
         The node's monotonic clock (ns) for receive stamps (clock sync's ``t2``); injected in tests.
     """
@@ -145,6 +172,9 @@ class NodeServer:
         max_message_bytes: int | None = None,
         queue_max: int = 64,
         send_timeout_s: float = 5.0,
+        send_hwm: int = DEFAULT_SEND_HWM,
+        recv_hwm: int = DEFAULT_RECV_HWM,
+        shutdown_grace_s: float = 5.0,
         clock: Callable[[], int] = time.monotonic_ns,
     ) -> None:
         self.name = name
@@ -160,13 +190,17 @@ class NodeServer:
         self.stats = ServerStats()
         self.t0_ns = time.monotonic_ns()
         self.busy_with: str | None = None
+        self.shutdown_grace_s = float(shutdown_grace_s)
+        self.last_heartbeat_s: float | None = None  # time.monotonic() of the last heartbeat served
         self._inproc = f"inproc://megbed-node-{os.getpid()}-{next(_IDS)}"
         max_bytes = max_message_bytes or (limits.max_total_bytes + limits.max_header_bytes + 65536)
         self.max_message_bytes = max_bytes
         self._router = make_socket(self.ctx, zmq.ROUTER, timeout_s=1.0, send_timeout_s=send_timeout_s,
                                    max_message_bytes=max_bytes, curve=curve)
-        # Sending to a peer that left raises instead of dropping silently, so it is logged.
+        # Sending to a peer that left raises instead of dropping silently, so it is counted.
         self._router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self._router.setsockopt(zmq.SNDHWM, int(send_hwm))
+        self._router.setsockopt(zmq.RCVHWM, int(recv_hwm))
         self._router.bind(normalise_bind(bind))
         self.address = self._router.getsockopt(zmq.LAST_ENDPOINT).decode()
         self._monitor = self._router.get_monitor_socket(
@@ -196,6 +230,7 @@ class NodeServer:
     # --- built-in control handlers ----------------------------------------------------------------------------------
 
     def _heartbeat(self, frame: Frame, peer: Peer) -> Frame:
+        self.last_heartbeat_s = time.monotonic()
         return Frame(P.HEARTBEAT, meta={
             "node": self.name, "t_ns": time.monotonic_ns(), "uptime_s": (time.monotonic_ns() - self.t0_ns) / 1e9,
             "busy_with": self.busy_with, "queued": self._jobs.qsize(), "stats": self.stats.to_meta(),
@@ -223,6 +258,11 @@ class NodeServer:
     def request_stop(self) -> None:
         self._stop.set()
 
+    @property
+    def stopping(self) -> bool:
+        """True once a stop was requested (long jobs poll it to give up early)."""
+        return self._stop.is_set()
+
     def serve_forever(self) -> None:
         """The loop; returns after :meth:`stop` (sockets closed, worker joined)."""
         self._worker = threading.Thread(target=self._work, name=f"{self.name}-worker", daemon=True)
@@ -239,7 +279,10 @@ class NodeServer:
                 if self._results in events:
                     self._drain_results()
                 if self._router in events:
-                    self._serve_one()
+                    # A burst is served in one go, but bounded, so job answers and the monitor are not starved.
+                    for _ in range(64):
+                        if not self._serve_one_guarded():
+                            break
                 if self._monitor in events:
                     self._drain_monitor()
         finally:
@@ -251,7 +294,9 @@ class NodeServer:
         except queue.Full:
             pass
         if self._worker is not None:
-            self._worker.join(30)
+            self._worker.join(self.shutdown_grace_s)
+            if self._worker.is_alive():
+                log.warning("%s: a job was still running at shutdown; left to end with the process", self.name)
         self._router.disable_monitor()
         for sock in (self._monitor, self._results, self._router):
             sock.close(0)
@@ -262,36 +307,60 @@ class NodeServer:
 
     # --- one message ------------------------------------------------------------------------------------------------
 
-    def _serve_one(self) -> None:
+    def _serve_one_guarded(self) -> bool:
+        """Serve one message if one is waiting; False when none was. Nothing a message holds escapes this."""
         try:
             raw = self._router.recv_multipart(copy=False, flags=zmq.NOBLOCK)
         except zmq.Again:
-            return
+            return False
+        except zmq.ZMQError as exc:
+            log.warning("%s: receive failed: %s", self.name, exc)
+            return False
+        envelope: list[bytes] = []
+        try:
+            envelope = [bytes(raw[0].buffer)] if raw else []
+            self._serve_one(raw, envelope)
+        except Exception as exc:  # noqa: BLE001 - last line of defence: log, answer, keep serving
+            self.stats.loop_errors += 1
+            log.error("%s: serving a message failed: %s: %s", self.name, type(exc).__name__, clip(exc),
+                      exc_info=log.isEnabledFor(logging.DEBUG))
+            try:
+                self._reject(envelope, P.CODE_INTERNAL, "the node could not process this message", None)
+            except Exception:  # noqa: BLE001 - even the error answer failed: the message is dropped
+                pass
+        return True
+
+    def _serve_one(self, raw: list, envelope: list[bytes]) -> None:
         t_recv_ns = self.clock()
         self.stats.received += 1
-        envelope: list[bytes] = [bytes(raw[0].buffer)] if raw else []
         try:
             envelope, parts = split_envelope(raw)
             frame = from_parts(parts, self.limits)
         except FrameError as exc:
             code = P.classify_frame_error(str(exc))
-            self._reject(envelope, code, f"rejected frame: {exc}", None, raw_len=len(raw))
+            self._reject(envelope, code, f"rejected frame: {clip(str(exc))}", None, raw_len=len(raw))
             return
         peer = Peer(envelope, t_recv_ns)
-        self.stats.by_kind[frame.kind] += 1
+        msg_id = frame.meta.get("msg_id")
         rid = frame.meta.get("request_id") if isinstance(frame.meta.get("request_id"), str) else None
+        rid = rid if rid is None or len(rid) <= P.MAX_REQUEST_ID_CHARS else None
+        if msg_id is not None and not _valid_msg_id(msg_id):
+            self._reject(envelope, P.CODE_MALFORMED, f"field 'msg_id' must be a string of at most "
+                         f"{MAX_MSG_ID_CHARS} characters or a 63-bit integer, got {clip(msg_id, 60)}", rid)
+            return
         route = self._routes.get(frame.kind)
         if route is None:
             self._reject(envelope, P.CODE_UNKNOWN_KIND,
-                         f"unknown frame kind {frame.kind!r} (this node serves: {', '.join(self.kinds)})",
-                         rid, msg_id=frame.meta.get("msg_id"))
+                         f"unknown frame kind {clip(frame.kind, 64)!r} (this node serves: {', '.join(self.kinds)})",
+                         rid, msg_id=msg_id)
             return
+        self.stats.by_kind[frame.kind] += 1
         if route.blocking:
             try:
                 self._jobs.put_nowait((route.fn, frame, peer))
             except queue.Full:
                 self._reject(envelope, P.CODE_BUSY, f"{self.name} is busy: {self._jobs.maxsize} jobs queued", rid,
-                             msg_id=frame.meta.get("msg_id"))
+                             msg_id=msg_id)
             return
         self._reply(envelope, frame, self._run(route.fn, frame, peer))
 
@@ -301,12 +370,13 @@ class NodeServer:
             return fn(frame, peer)
         except P.ProtocolError as exc:
             self.stats.rejected[exc.code] += 1
-            log.warning("%s: refused %r from %s: %s", self.name, frame.kind, peer.label, exc)
-            return error_frame(str(exc), request_id=exc.request_id or rid, code=exc.code, node=self.name)
+            log.warning("%s: refused %r from %s: %s", self.name, frame.kind, peer.label, clip(str(exc), 500))
+            return error_frame(clip(str(exc), 500), request_id=exc.request_id or rid, code=exc.code, node=self.name)
         except Exception as exc:  # noqa: BLE001 - one bad request must not kill the node
             self.stats.rejected[P.CODE_INTERNAL] += 1
             log.exception("%s: %r from %s failed", self.name, frame.kind, peer.label)
-            return error_frame(f"{type(exc).__name__}: {exc}", request_id=rid, code=P.CODE_INTERNAL, node=self.name)
+            return error_frame(f"{type(exc).__name__}: {clip(str(exc), 300)}", request_id=rid, code=P.CODE_INTERNAL,
+                               node=self.name)
 
     def _reject(self, envelope: list[bytes], code: str, message: str, rid: str | None, *,
                 msg_id: object = None, raw_len: int | None = None) -> None:
@@ -328,11 +398,24 @@ class NodeServer:
 
     def _send(self, envelope: list[bytes], frame: Frame) -> None:
         try:
-            send_frame(self._router, frame, envelope)
+            parts = to_parts(frame)
+        except FrameError as exc:
+            log.error("%s: answer %r is not encodable: %s", self.name, frame.kind, clip(str(exc)))
+            return
+        self._send_parts([*envelope, b"", *parts], frame.kind)
+
+    def _send_parts(self, parts: list, what: str) -> None:
+        """Non-blocking send; a peer whose pipe is full (not reading) or gone loses this answer, counted."""
+        try:
+            self._router.send_multipart(parts, copy=False, flags=zmq.NOBLOCK)
             self.stats.replied += 1
-        except (LinkTimeout, zmq.ZMQError, FrameError) as exc:
-            log.warning("%s: could not answer %r to %s: %s", self.name, frame.kind,
-                        "/".join(e.hex()[:10] for e in envelope), exc)
+        except zmq.Again:
+            self.stats.dropped_replies += 1
+            log.warning("%s: dropped an answer (%s) to %s: the peer is not reading (%d dropped so far)", self.name,
+                        clip(what, 64), "/".join(bytes(e).hex()[:10] for e in parts[:1]), self.stats.dropped_replies)
+        except zmq.ZMQError as exc:
+            self.stats.dropped_replies += 1
+            log.warning("%s: could not answer (%s): %s", self.name, clip(what, 64), exc)
 
     # --- worker -----------------------------------------------------------------------------------------------------
 
@@ -379,11 +462,7 @@ class NodeServer:
                 parts = self._results.recv_multipart(copy=False, flags=zmq.NOBLOCK)
             except zmq.Again:
                 return
-            try:
-                self._router.send_multipart(parts, copy=False)
-                self.stats.replied += 1
-            except zmq.ZMQError as exc:
-                log.warning("%s: could not deliver a job's answer (peer gone?): %s", self.name, exc)
+            self._send_parts(parts, "job answer")
 
     def _drain_monitor(self) -> None:
         while True:
@@ -400,6 +479,7 @@ class NodeServer:
                         zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL):
                 self.stats.refused_handshakes += 1
                 why = "unauthenticated peer (CURVE)" if kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH else "bad handshake"
-                log.warning("%s: refused a connection on %s: %s", self.name, endpoint, why)
+                log.warning("%s: refused a connection on %s: %s (%d refused so far)", self.name, endpoint, why,
+                            self.stats.refused_handshakes)
             elif kind == zmq.EVENT_DISCONNECTED:
                 log.debug("%s: a peer disconnected from %s", self.name, endpoint)

@@ -41,6 +41,7 @@ class SyntheticEngine(Engine):
         # Import the runtime now (seconds), not inside the first measured request.
         import testbed.ldm.handoff  # noqa: F401
         import testbed.ldm.stages  # noqa: F401
+        self.native_px = DEFAULT_SIZE_PX
         self.info = {"engine": "synthetic", "model": "synthetic", "device": "cpu",
                      "compute_s_per_step": self.compute_s_per_step, "decode_s": self.decode_s}
 
@@ -71,11 +72,15 @@ class SyntheticEngine(Engine):
     def es(self, req: RequestSpec, rec: StageRecorder) -> Frame:
         from testbed.ldm.handoff import Handoff
         from testbed.ldm.merging import merge
+        from testbed.ldm.request import LdmError
         from testbed.ldm.stages import ImageEncodeStage
 
-        gen_req = req.generation_request()
         h, w = self._size(req)
-        gen_req = gen_req.replace(height=h, width=w, scheduler=gen_req.scheduler or "ddim")
+        try:
+            gen_req = req.generation_request()
+            gen_req = gen_req.replace(height=h, width=w, scheduler=gen_req.scheduler or "ddim")
+        except (LdmError, ValueError) as exc:  # an unknown scheduler, a bad size: the request's fault
+            raise ProtocolError(f"request {req.request_id}: {exc}", request_id=req.request_id) from exc
         with rec.stage("text_encode"):
             pass
         if req.scheme == "meg":

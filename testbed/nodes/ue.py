@@ -11,14 +11,18 @@ thread
 3. answers the orchestrator with a ``result`` frame: the image (``uint8 [H, W, 3]``), the ES and UE stage records, the
    delivery record and its timestamps (UE clock), ``t_done_ns`` last.
 
-A dead or silent ES surfaces as a ``timeout`` error after the request's timeout; an ES error as ``upstream``; the UE
-keeps serving either way.
+A dead or silent ES surfaces as a ``timeout`` error after the request's timeout (or sooner, when nothing listens at
+the ES address: a dead broker or ES is named as unreachable); an ES error as ``upstream``; the UE keeps serving
+either way. A UE that is stopped (its orchestrator died: SIGTERM by the parent-death signal) or whose orchestrator
+stopped sending heartbeats for ``lease_s`` gives up the request it waits on at once instead of waiting it out.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 import time
+from dataclasses import asdict
 from typing import Any
 
 import zmq
@@ -37,6 +41,23 @@ log = logging.getLogger(__name__)
 DEFAULT_UE_BIND = "tcp://127.0.0.1:5557"
 DEFAULT_UE_ES = "tcp://127.0.0.1:5556"  # the broker's frontend in a local run
 DEFAULT_REQUEST_TIMEOUT_S = 600.0
+DEFAULT_LEASE_S = 10.0
+UNREACHABLE_PROBE_S = 2.0  # how often a waiting request checks that something still listens at the ES address
+
+
+def tcp_listening(address: str, timeout_s: float = 0.3) -> bool | None:
+    """Whether something accepts TCP connections at a ZeroMQ ``tcp://host:port`` address (None: not TCP)."""
+    if not address.startswith("tcp://"):
+        return None
+    host, _, port = address[len("tcp://"):].rpartition(":")
+    host = host.strip("[]")
+    if host in ("*", "0.0.0.0", ""):
+        host = "127.0.0.1"
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            return True
+    except (OSError, ValueError):
+        return False
 
 
 class UeNode:
@@ -56,6 +77,11 @@ class UeNode:
         Client keys for the data connection when the ES (or broker) requires CURVE.
     request_timeout_s : float
         Default wait for the ES's answer (a ``generate`` may carry its own ``timeout_s``).
+    bounds : RequestBounds, optional
+        What this node agrees to compute (default: the engine's safe defaults).
+    lease_s : float
+        A request that began while an orchestrator was heartbeating (one within ``lease_s``) is given up when no
+        heartbeat arrives for this long while it waits on the ES (the orchestrator died; 0 disables).
     """
 
     role = "ue"
@@ -63,12 +89,16 @@ class UeNode:
     def __init__(self, engine: Engine, *, es_address: str = DEFAULT_UE_ES, meter: Any = None, name: str = "ue",
                  bind: str = DEFAULT_UE_BIND, curve: CurveConfig | None = None, es_curve: CurveConfig | None = None,
                  limits: FrameLimits = DEFAULT_LIMITS, request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
-                 info: dict[str, Any] | None = None, ctx: zmq.Context | None = None) -> None:
+                 info: dict[str, Any] | None = None, ctx: zmq.Context | None = None,
+                 bounds: P.RequestBounds | None = None, lease_s: float = DEFAULT_LEASE_S) -> None:
         self.engine, self.meter = engine, meter
         self.es_address, self.es_curve, self.limits = es_address, es_curve, limits
         self.request_timeout_s = float(request_timeout_s)
+        self.bounds = bounds or engine.default_bounds()
+        self.lease_s = float(lease_s)
         self.server = NodeServer(name, bind, curve=curve, limits=limits, ctx=ctx)
-        self.server.info.update({"role": self.role, "engine": engine.info, "es_address": es_address, **(info or {})})
+        self.server.info.update({"role": self.role, "engine": engine.info, "es_address": es_address,
+                                 "bounds": asdict(self.bounds), **(info or {})})
         if meter is not None:
             self.server.info["meter"] = meter.settings()
         self.server.handle(P.GENERATE, self._on_generate, blocking=True)
@@ -104,6 +134,7 @@ class UeNode:
         if isinstance(timeout_s, bool) or not isinstance(timeout_s, int | float) or not 0 < timeout_s <= 86400:
             raise P.ProtocolError(f"generate: field 'timeout_s'={timeout_s!r} must be in (0, 86400]",
                                   request_id=spec.request_id)
+        self.bounds.check(spec, self.engine.native_px)
         rec = StageRecorder("ue", self.meter, sync=self.engine.sync)
         meta: dict[str, Any] = {"request_id": spec.request_id, "scheme": spec.scheme, "t_begin_ns": t_begin,
                                 "es_records": [], "delivery": None}
@@ -123,25 +154,38 @@ class UeNode:
         rid = spec.request_id
         t_send = time.monotonic_ns()
         deadline = time.monotonic() + timeout_s
+        next_probe = time.monotonic() + UNREACHABLE_PROBE_S
+        unreachable = 0
+        # The lease binds only when an orchestrator was heartbeating as the request began (a one-shot client that
+        # never sends heartbeats, or sent some long ago, is waited for the whole timeout).
+        last = self.server.last_heartbeat_s
+        leased = self.lease_s > 0 and last is not None and time.monotonic() - last < self.lease_s
         try:
             msg_id = link.send(P.request_frame(spec, t_send))
             while True:
-                # Wait in slices so a cancel from the orchestrator (dead ES) frees the worker at once.
+                # Wait in slices so a cancel from the orchestrator (dead ES), a stop or a lapsed lease frees the
+                # worker at once.
                 try:
                     reply = link.wait(msg_id, min(0.25, max(0.001, deadline - time.monotonic())))
                     break
                 except LinkTimeout:
-                    if rid in self._cancelled:
-                        self._cancelled.discard(rid)
-                        link.reconnect()
-                        raise P.ProtocolError(f"{rid} cancelled by the orchestrator while waiting for the ES",
-                                              request_id=rid, code=P.CODE_CANCELLED) from None
+                    self._give_up_if_abandoned(rid, link, leased)
+                    if time.monotonic() >= next_probe:
+                        next_probe = time.monotonic() + UNREACHABLE_PROBE_S
+                        unreachable = unreachable + 1 if tcp_listening(self.es_address) is False else 0
+                        if unreachable >= 2:
+                            link.reconnect()
+                            raise P.ProtocolError(
+                                f"the ES address {self.es_address} (the channel broker's frontend, or the ES) is "
+                                "unreachable: nothing accepts connections there", request_id=rid,
+                                code=P.CODE_TIMEOUT) from None
                     if time.monotonic() >= deadline:
                         raise
         except LinkTimeout as exc:
             # A fresh socket drops the request still queued for a dead ES.
             link.reconnect()
-            raise P.ProtocolError(f"no answer from the ES at {self.es_address} within {timeout_s:.1f} s",
+            raise P.ProtocolError(f"no answer through {self.es_address} within {timeout_s:.1f} s (the address "
+                                  "accepts connections; the ES behind it is silent)",
                                   request_id=rid, code=P.CODE_TIMEOUT) from exc
         except NodeError as exc:
             raise P.ProtocolError(f"the ES refused the request: {exc} ({exc.code})", request_id=spec.request_id,
@@ -159,6 +203,21 @@ class UeNode:
             "answer_kind": reply.kind,
         })
         return reply
+
+    def _give_up_if_abandoned(self, rid: str, link: RpcClient, leased: bool) -> None:
+        if rid in self._cancelled:
+            self._cancelled.discard(rid)
+            link.reconnect()
+            raise P.ProtocolError(f"{rid} cancelled by the orchestrator while waiting for the ES",
+                                  request_id=rid, code=P.CODE_CANCELLED)
+        if self.server.stopping:
+            link.reconnect()
+            raise P.ProtocolError(f"{rid} abandoned: the UE is stopping", request_id=rid, code=P.CODE_CANCELLED)
+        last = self.server.last_heartbeat_s
+        if leased and last is not None and time.monotonic() - last > self.lease_s:
+            link.reconnect()
+            raise P.ProtocolError(f"{rid} abandoned: no heartbeat from the orchestrator for {self.lease_s:.0f} s",
+                                  request_id=rid, code=P.CODE_CANCELLED)
 
     def start(self) -> UeNode:
         self.server.start()

@@ -51,3 +51,32 @@ def test_decoder_field_round_trips_and_is_checked():
     assert P.RequestSpec.from_meta(old).decoder == ""
     with pytest.raises(P.ProtocolError, match="'decoder'"):
         P.RequestSpec.from_meta({**spec.to_meta(), "decoder": 3})
+
+
+def test_decoders_are_chosen_by_name_never_by_path(engine):
+    import shutil
+
+    model_dir = engine.model.model_dir
+    folder = model_dir / "ue_decoder"
+    for path in (str(folder), str(folder.resolve()), "../" + model_dir.name + "/ue_decoder", "/etc", "ue_decoder/.."):
+        with pytest.raises(P.ProtocolError) as err:
+            engine.select_decoder(path, "r1")
+        assert "/" not in str(err.value)
+    # A decoder folder listed inside the model folder is offered by its name.
+    shutil.copytree(folder, model_dir / "alt_decoder", dirs_exist_ok=True)
+    assert "alt_decoder" in engine.decoder_names()
+    assert engine.select_decoder("alt_decoder", "r2") == "alt_decoder"
+
+
+def test_the_decoder_cache_is_bounded(engine, monkeypatch):
+    import shutil
+
+    from testbed.nodes import ldm_engine
+
+    monkeypatch.setattr(ldm_engine, "MAX_CACHED_DECODERS", 1)
+    folder = engine.model.model_dir / "ue_decoder"
+    for i in range(3):
+        shutil.copytree(folder, engine.model.model_dir / f"dec{i}", dirs_exist_ok=True)
+        engine.select_decoder(f"dec{i}", "r3")
+        assert len(engine._decoders) <= 1
+    assert list(engine._decoders) == ["dec2"]
