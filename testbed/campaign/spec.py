@@ -43,13 +43,13 @@ import hashlib
 import itertools
 import json
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from megwire.safe_yaml import YamlError, load_yaml_file
 from testbed.nodes.protocol import LinkSpec, RequestSpec
 
 SCHEMES = ("meg", "ceg", "ue_local")
@@ -58,6 +58,9 @@ TX_MODES = ("analog", "coded", "abstraction")
 WIRE_DTYPES = ("float16", "float32")
 KEEP_IMAGES = ("all", "first", "none")
 MAX_BETA = 0.75
+# A run's folder is RUNS/<timestamp>-<name>: the name must stay one plain path component.
+RUN_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}")
+MAX_PROMPTS_FILE_BYTES = 16 * 1024 * 1024
 MAX_TOME = 0.75
 
 TOP_KEYS = {
@@ -76,7 +79,10 @@ class SpecError(ValueError):
 
     def __init__(self, source: str, problems: list[str]) -> None:
         self.problems = problems
-        super().__init__(f"invalid campaign spec {source}:\n  - " + "\n  - ".join(problems))
+        if len(problems) == 1:  # one problem, one line
+            super().__init__(f"invalid campaign spec {source}: {problems[0]}")
+        else:
+            super().__init__(f"invalid campaign spec {source}:\n  - " + "\n  - ".join(problems))
 
 
 @dataclass(frozen=True)
@@ -279,6 +285,16 @@ class CampaignSpec:
 # --- validation -----------------------------------------------------------------------------------------------------
 
 
+def _short(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters (a spec value may be huge or deeply nested)."""
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxstring, r.maxother, r.maxlevel, r.maxlist, r.maxdict = limit, limit, 3, 6, 6
+    text = r.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 class _Checker:
     def __init__(self) -> None:
         self.problems: list[str] = []
@@ -293,19 +309,20 @@ class _Checker:
     def number(self, key: str, value: Any, lo: float, hi: float, *, integer: bool = False) -> Any:
         ok_type = isinstance(value, int) if integer else isinstance(value, int | float)
         if isinstance(value, bool) or not ok_type:
-            self.bad(key, f"must be {'an integer' if integer else 'a number'}, got {value!r}")
+            self.bad(key, f"must be {'an integer' if integer else 'a number'}, got {_short(value)}")
             return None
-        if not math.isfinite(float(value)) or not lo <= value <= hi:
-            self.bad(key, f"{value!r} is outside [{lo}, {hi}]")
+        # Compare before float(): an integer of 400 digits is out of range, not an OverflowError.
+        if not lo <= value <= hi or not math.isfinite(float(value)):
+            self.bad(key, f"{_short(value)} is outside [{lo}, {hi}]")
             return None
         return value
 
     def string(self, key: str, value: Any, choices: tuple[str, ...] | None = None) -> str | None:
         if not isinstance(value, str):
-            self.bad(key, f"must be a string, got {value!r}")
+            self.bad(key, f"must be a string, got {_short(value)}")
             return None
         if choices is not None and value not in choices:
-            self.bad(key, f"{value!r} is not one of {', '.join(choices)}")
+            self.bad(key, f"{_short(value)} is not one of {', '.join(choices)}")
             return None
         return value
 
@@ -340,7 +357,7 @@ def resolve_model(model: str, base: Path) -> Path:
 
 def _check_profile(chk: _Checker, key: str, name: Any) -> None:
     if not isinstance(name, str) or not name:
-        chk.bad(key, f"must be a profile name, got {name!r}")
+        chk.bad(key, f"must be a profile name, got {_short(name)}")
         return
     try:
         from firmware_profiles import load_profile
@@ -349,7 +366,34 @@ def _check_profile(chk: _Checker, key: str, name: Any) -> None:
     try:
         load_profile(name)
     except Exception as exc:  # noqa: BLE001 - every loader failure is a spec problem to report
-        chk.bad(key, f"profile {name!r} cannot be loaded: {exc}")
+        chk.bad(key, f"profile {_short(name)} cannot be loaded: {exc}")
+
+
+def _read_prompts_file(chk: _Checker, path: Path) -> str | None:
+    """The prompts file's text, or None with the problem recorded (missing, a folder, too big, binary, not UTF-8)."""
+    if path.is_dir():
+        chk.bad("prompts_file", f"{path} is a directory, not a file of prompts")
+        return None
+    if not path.is_file():
+        chk.bad("prompts_file", f"{path} does not exist")
+        return None
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_PROMPTS_FILE_BYTES + 1)
+    except OSError as exc:
+        chk.bad("prompts_file", f"cannot read {path}: {exc.strerror or exc}")
+        return None
+    if len(data) > MAX_PROMPTS_FILE_BYTES:
+        chk.bad("prompts_file", f"{path} is larger than {MAX_PROMPTS_FILE_BYTES} bytes")
+        return None
+    if b"\x00" in data:
+        chk.bad("prompts_file", f"{path} is a binary file, not UTF-8 text with one prompt per line")
+        return None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        chk.bad("prompts_file", f"{path} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})")
+        return None
 
 
 def validate_spec(data: Any, *, base_dir: Path, source: str = "<spec>", check_paths: bool = True) -> CampaignSpec:
@@ -371,6 +415,10 @@ def validate_spec(data: Any, *, base_dir: Path, source: str = "<spec>", check_pa
     d = dict(data)
 
     name = chk.string("name", d.get("name", Path(source).stem or "campaign")) or "campaign"
+    if not RUN_NAME_RE.fullmatch(name):
+        chk.bad("name", f"{_short(name)} is not a plain run name (1-64 of letters, digits, '.', '_', '-', not "
+                        "starting with '.' or '-'): it names the run's folder under --runs")
+        name = "campaign"
     model = chk.string("model", d.get("model", "default")) or "default"
     model_dir = resolve_model(model, base_dir)
     if check_paths and not (model_dir / "model_index.json").is_file():
@@ -386,7 +434,7 @@ def validate_spec(data: Any, *, base_dir: Path, source: str = "<spec>", check_pa
         if role in device:
             value = chk.string(f"device.{role}", device[role])
             if value is not None and not (value == "cpu" or value.startswith("cuda") or value == "mps"):
-                chk.bad(f"device.{role}", f"{value!r} is not a torch device (cpu, cuda, cuda:N, mps)")
+                chk.bad(f"device.{role}", f"{_short(value)} is not a torch device (cpu, cuda, cuda:N, mps)")
             elif value is not None:
                 dev[role] = value
 
@@ -399,10 +447,9 @@ def validate_spec(data: Any, *, base_dir: Path, source: str = "<spec>", check_pa
         pf = chk.string("prompts_file", d["prompts_file"])
         if pf is not None:
             path = _resolve_path(base_dir, pf)
-            if not path.is_file():
-                chk.bad("prompts_file", f"{path} does not exist")
-            else:
-                prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()
+            text = _read_prompts_file(chk, path)
+            if text is not None:
+                prompts = [line.strip() for line in text.splitlines()
                            if line.strip() and not line.lstrip().startswith("#")]
                 if not prompts:
                     chk.bad("prompts_file", f"{path} holds no prompt")
@@ -435,7 +482,7 @@ def validate_spec(data: Any, *, base_dir: Path, source: str = "<spec>", check_pa
             except ImportError:
                 SCHEDULERS = None  # noqa: N806 - the runtime checks again when it lands
             if SCHEDULERS is not None and scheduler not in SCHEDULERS:
-                chk.bad("image.scheduler", f"unknown scheduler {scheduler!r}; known: {', '.join(sorted(SCHEDULERS))}")
+                chk.bad("image.scheduler", f"unknown scheduler {_short(scheduler)}; known: {', '.join(sorted(SCHEDULERS))}")
     wire = chk.string("image.wire_dtype", image.get("wire_dtype", "float16"), WIRE_DTYPES) or "float16"
 
     schemes = chk.values("schemes", d.get("schemes", list(SCHEMES)), lambda k, v: chk.string(k, v, SCHEMES))
@@ -516,7 +563,7 @@ def validate_spec(data: Any, *, base_dir: Path, source: str = "<spec>", check_pa
     chk.unknown("order", order, {"randomize", "seed"})
     randomize = order.get("randomize", True)
     if not isinstance(randomize, bool):
-        chk.bad("order.randomize", f"must be true or false, got {randomize!r}")
+        chk.bad("order.randomize", f"must be true or false, got {_short(randomize)}")
     order_seed = chk.number("order.seed", order.get("seed", 0), 0, 2**32 - 1, integer=True)
 
     nodes = _nodes(chk, d.get("nodes", "local"))
@@ -589,14 +636,14 @@ def _nodes(chk: _Checker, value: Any) -> NodeAddresses:
     if value == "local":
         return NodeAddresses(local=True)
     if not isinstance(value, Mapping):
-        chk.bad("nodes", f"must be 'local' or a mapping {{es, ue, channel_pub}}, got {value!r}")
+        chk.bad("nodes", f"must be 'local' or a mapping {{es, ue, channel_pub}}, got {_short(value)}")
         return NodeAddresses()
     chk.unknown("nodes", value, {"es", "ue", "channel_pub"})
 
     def address(key: str, v: Any) -> str | None:
         v = chk.string(key, v)
         if v is not None and not v.startswith(("tcp://", "ipc://", "inproc://")):
-            chk.bad(key, f"{v!r} is not a ZeroMQ address (tcp://HOST:PORT)")
+            chk.bad(key, f"{_short(v)} is not a ZeroMQ address (tcp://HOST:PORT)")
             return None
         return v
 
@@ -607,13 +654,18 @@ def _nodes(chk: _Checker, value: Any) -> NodeAddresses:
     return NodeAddresses(local=False, es=es, ue=tuple(ue), channel_pub=pub)
 
 
+def read_spec_yaml(path: str | Path) -> Any:
+    """The parsed YAML of a spec file (bounded, duplicate keys refused; raises :class:`SpecError`)."""
+    try:
+        return load_yaml_file(path)
+    except YamlError as exc:
+        text = str(exc)
+        prefix = f"{path}: "
+        raise SpecError(str(path), [text[len(prefix):] if text.startswith(prefix) else text]) from None
+
+
 def load_spec(path: str | Path, *, check_paths: bool = True) -> CampaignSpec:
     """Read and validate a campaign YAML file (raises :class:`SpecError`)."""
     path = Path(path)
-    if not path.is_file():
-        raise SpecError(str(path), [f"(file): {path} does not exist"])
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise SpecError(str(path), [f"(yaml): {exc}"]) from exc
+    data = read_spec_yaml(path)
     return validate_spec(data, base_dir=path.resolve().parent, source=str(path), check_paths=check_paths)

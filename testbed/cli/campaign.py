@@ -51,6 +51,9 @@ def wrap_errors() -> Iterator[None]:
         yield
     except (SpecError, CampaignError) as exc:
         raise CliError(str(exc)) from exc
+    except OSError as exc:  # a file system refusal not foreseen above: one line naming the file, no traceback
+        where = f"{exc.filename}: " if exc.filename else ""
+        raise CliError(f"{where}{exc.strerror or exc}") from exc
 
 
 def print_summary(summary) -> int:
