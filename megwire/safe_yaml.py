@@ -132,9 +132,10 @@ def load_yaml_text(text: str, source: str = "<yaml>", *, max_nodes: int = MAX_YA
     YamlError
         One line: ``SOURCE: line L, column C: PROBLEM``.
     """
-    loader = LimitedSafeLoader(text)
-    loader.max_nodes = int(max_nodes)
+    loader = None
     try:
+        loader = LimitedSafeLoader(text)  # the reader already refuses control characters here
+        loader.max_nodes = int(max_nodes)
         return loader.get_single_data()
     except YamlError as exc:
         raise YamlError(f"{source}: {exc}") from None
@@ -142,6 +143,9 @@ def load_yaml_text(text: str, source: str = "<yaml>", *, max_nodes: int = MAX_YA
         mark = exc.problem_mark or exc.context_mark
         problem = exc.problem or exc.context or "invalid YAML"
         raise YamlError(f"{source}: {_where(mark)}{_one_line(problem)}") from None
+    except yaml.reader.ReaderError as exc:
+        raise YamlError(f"{source}: character #x{exc.character:04x} at offset {exc.position} is not allowed in "
+                        "YAML (binary data?)") from None
     except yaml.YAMLError as exc:
         raise YamlError(f"{source}: {_one_line(str(exc))}") from None
     except RecursionError:
@@ -150,7 +154,8 @@ def load_yaml_text(text: str, source: str = "<yaml>", *, max_nodes: int = MAX_YA
         # Scalars PyYAML cannot convert: integers over Python's digit limit, impossible dates, ...
         raise YamlError(f"{source}: {_one_line(str(exc))}") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def load_yaml_file(path: str | Path, *, max_bytes: int = MAX_YAML_BYTES, max_nodes: int = MAX_YAML_NODES) -> Any:

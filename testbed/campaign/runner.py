@@ -311,8 +311,13 @@ class CampaignRunner:
                                         profiles=dict(spec.profiles), link_config=spec.link_config,
                                         engine=self.engine, keys_dir=spec.curve_keys_dir,
                                         extra_args=self.local_extra_args, use_broker=self.use_broker)
-            self.cluster.start()
-            wait_ready(self.cluster, 30)
+            try:
+                self.cluster.start()
+                wait_ready(self.cluster, 30)
+            except CampaignError:
+                raise
+            except (RuntimeError, OSError) as exc:  # a node exited at start-up: its log tail says why
+                raise CampaignError(f"local nodes did not start: {exc}") from None
             addr = self.cluster.addresses
             es, ues, pub = addr["es"], [addr["ue"]], addr.get("channel_pub")
         else:
@@ -324,7 +329,10 @@ class CampaignRunner:
             orch.connect(wait_s=max(120.0, spec.timeouts.request_s))
         except NodeDead as exc:
             if self.cluster is not None:
-                self.cluster.check_started()
+                try:
+                    self.cluster.check_started()
+                except RuntimeError as died:
+                    raise CampaignError(f"local nodes did not start: {died}") from None
             raise CampaignError(f"cannot reach the nodes: {exc}") from exc
         orch.sync_clocks(bursts=1)
         self._probes = self._path_probes(orch)
@@ -356,7 +364,17 @@ class CampaignRunner:
         try:
             if self.cluster is not None:
                 if self.cluster.broker is not None:
-                    probes.append(PathProbe(self.cluster.broker, orch.ctx, curve_for("channel"), hb, "channel"))
+                    probe = PathProbe(self.cluster.broker, orch.ctx, curve_for("channel"), hb, "channel")
+                    probes.append(probe)
+                    # The hello reached the ES and the UE; the broker between them must be up too before warm-up.
+                    wait_s = max(120.0, self.spec.timeouts.request_s)
+                    if not probe.ping(wait_s):
+                        try:
+                            self.cluster.check_started()
+                        except RuntimeError as died:
+                            raise CampaignError(f"local nodes did not start: {died}") from None
+                        raise CampaignError(f"the local channel broker at {probe.address} did not answer within "
+                                            f"{wait_s:.0f} s; see {self.cluster.nodes['channel'].log_path}")
                 return probes
             seen = {orch.es.address}
             for ue in orch.ues:

@@ -61,6 +61,7 @@ MAX_BETA = 0.75
 # A run's folder is RUNS/<timestamp>-<name>: the name must stay one plain path component.
 RUN_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}")
 MAX_PROMPTS_FILE_BYTES = 16 * 1024 * 1024
+MAX_PROBLEMS_SHOWN = 30
 MAX_TOME = 0.75
 
 TOP_KEYS = {
@@ -82,7 +83,10 @@ class SpecError(ValueError):
         if len(problems) == 1:  # one problem, one line
             super().__init__(f"invalid campaign spec {source}: {problems[0]}")
         else:
-            super().__init__(f"invalid campaign spec {source}:\n  - " + "\n  - ".join(problems))
+            shown = problems[:MAX_PROBLEMS_SHOWN]
+            more = len(problems) - len(shown)
+            tail = f"\n  ... and {more} more problems" if more else ""
+            super().__init__(f"invalid campaign spec {source}:\n  - " + "\n  - ".join(shown) + tail)
 
 
 @dataclass(frozen=True)
@@ -300,7 +304,9 @@ class _Checker:
         self.problems: list[str] = []
 
     def bad(self, key: str, message: str) -> None:
-        self.problems.append(f"{key}: {message}")
+        text = " ".join(f"{_short(key, 120) if not isinstance(key, str) else key[:120]}: {message}".split())
+        # A problem is one bounded line: a 20 kB path or prompt in the spec must not become a 20 kB message.
+        self.problems.append(text if len(text) <= 400 else f"{text[:260]}...{text[-120:]}")
 
     def unknown(self, key: str, data: Mapping, allowed: set[str]) -> None:
         for extra in sorted(set(data) - allowed, key=str):
@@ -321,6 +327,9 @@ class _Checker:
         if not isinstance(value, str):
             self.bad(key, f"must be a string, got {_short(value)}")
             return None
+        if "\x00" in value:  # no prompt, name or path holds one; the OS refuses it in paths
+            self.bad(key, "holds a NUL character")
+            return None
         if choices is not None and value not in choices:
             self.bad(key, f"{_short(value)} is not one of {', '.join(choices)}")
             return None
@@ -339,6 +348,22 @@ class _Checker:
         if len({json.dumps(v) for v in out}) != len(out):
             self.bad(key, "lists a value twice")
         return tuple(out)
+
+
+def _is_file(path: Path) -> bool:
+    """``path.is_file()``, False where the OS refuses the name itself (too long, bad bytes) instead of raising."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def _is_dir(path: Path) -> bool:
+    """``path.is_dir()``, False where the OS refuses the name itself."""
+    try:
+        return path.is_dir()
+    except (OSError, ValueError):
+        return False
 
 
 def _resolve_path(base: Path, value: str) -> Path:
@@ -371,10 +396,10 @@ def _check_profile(chk: _Checker, key: str, name: Any) -> None:
 
 def _read_prompts_file(chk: _Checker, path: Path) -> str | None:
     """The prompts file's text, or None with the problem recorded (missing, a folder, too big, binary, not UTF-8)."""
-    if path.is_dir():
+    if _is_dir(path):
         chk.bad("prompts_file", f"{path} is a directory, not a file of prompts")
         return None
-    if not path.is_file():
+    if not _is_file(path):
         chk.bad("prompts_file", f"{path} does not exist")
         return None
     try:
@@ -414,14 +439,18 @@ def validate_spec(data: Any, *, base_dir: Path, source: str = "<spec>", check_pa
     chk.unknown("", data, TOP_KEYS)
     d = dict(data)
 
-    name = chk.string("name", d.get("name", Path(source).stem or "campaign")) or "campaign"
-    if not RUN_NAME_RE.fullmatch(name):
+    # No name: the file's stem made safe (an explicit name must already be one).
+    stem = re.sub(r"[^A-Za-z0-9._-]", "_", Path(source).stem).lstrip(".-")[:64] or "campaign"
+    name = chk.string("name", d.get("name", stem))
+    if name is None:
+        name = "campaign"
+    elif not RUN_NAME_RE.fullmatch(name):
         chk.bad("name", f"{_short(name)} is not a plain run name (1-64 of letters, digits, '.', '_', '-', not "
                         "starting with '.' or '-'): it names the run's folder under --runs")
         name = "campaign"
     model = chk.string("model", d.get("model", "default")) or "default"
     model_dir = resolve_model(model, base_dir)
-    if check_paths and not (model_dir / "model_index.json").is_file():
+    if check_paths and not _is_file(model_dir / "model_index.json"):
         chk.bad("model", f"{model_dir} is not a diffusers model folder (no model_index.json)")
 
     device = d.get("device", {"es": "cpu", "ue": "cpu"})
@@ -515,7 +544,7 @@ def validate_spec(data: Any, *, base_dir: Path, source: str = "<spec>", check_pa
     if "decoder" in grid_in:
         grid["decoder"] = chk.values("grid.decoder", grid_in["decoder"], lambda k, v: chk.string(k, v, DECODERS))
         wants = {"distilled", "auto"} & set(grid["decoder"])
-        if check_paths and wants and not (model_dir / "ue_decoder").is_dir():
+        if check_paths and wants and not _is_dir(model_dir / "ue_decoder"):
             chk.bad("grid.decoder", f"{model_dir} has no distilled UE decoder (ue_decoder/); train one with "
                                     f"`megbed distill train --install` or leave {sorted(wants)} out")
         elif check_paths and "auto" in wants:
@@ -572,9 +601,9 @@ def validate_spec(data: Any, *, base_dir: Path, source: str = "<spec>", check_pa
         lc = chk.string("link_config", d["link_config"])
         if lc is not None:
             link_config = _resolve_path(base_dir, lc)
-            if check_paths and not link_config.is_file():
+            if check_paths and not _is_file(link_config):
                 chk.bad("link_config", f"{link_config} does not exist")
-            elif link_config.is_file():
+            elif _is_file(link_config):
                 try:
                     from channel_emu.config import LinkConfig
 
@@ -616,7 +645,7 @@ def validate_spec(data: Any, *, base_dir: Path, source: str = "<spec>", check_pa
             kd = chk.string("curve.keys_dir", curve["keys_dir"])
             if kd is not None:
                 curve_dir = _resolve_path(base_dir, kd)
-                if check_paths and not curve_dir.is_dir():
+                if check_paths and not _is_dir(curve_dir):
                     chk.bad("curve.keys_dir", f"{curve_dir} does not exist (create it with `megbed keys generate`)")
 
     if chk.problems:

@@ -52,8 +52,8 @@ def wrap_errors() -> Iterator[None]:
     except (SpecError, CampaignError) as exc:
         raise CliError(str(exc)) from exc
     except OSError as exc:  # a file system refusal not foreseen above: one line naming the file, no traceback
-        where = f"{exc.filename}: " if exc.filename else ""
-        raise CliError(f"{where}{exc.strerror or exc}") from exc
+        where = f"{str(exc.filename)[:200]}: " if exc.filename else ""
+        raise CliError(" ".join(f"{where}{exc.strerror or exc}".split())[:500]) from exc
 
 
 def print_summary(summary) -> int:
