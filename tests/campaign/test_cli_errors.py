@@ -13,6 +13,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from campaign_helpers import alias_bomb
 
 from measurements.dataset import DatasetWriter
 from testbed.campaign.runner import CampaignRunner
@@ -201,15 +202,6 @@ def test_duplicate_keys_are_refused_naming_key_and_line(capsys, tmp_path, fake_m
     one_line_error(capsys, ["campaign", "check", path], "duplicate key 'seeds'", "line 8", "first on line 4")
     path.write_text(SPEC.replace("{height_px: 64, width_px: 64}", "{height_px: 64, height_px: 32}"))
     one_line_error(capsys, ["campaign", "check", path], "duplicate key 'height_px'")
-
-
-def alias_bomb(levels: int = 9, fan: int = 9) -> str:
-    lines = ['a: &a ["' + '","'.join(["lol"] * fan) + '"]']
-    prev = "a"
-    for name in "bcdefghijklmnop"[: levels - 1]:
-        lines.append(f"{name}: &{name} [" + ",".join([f"*{prev}"] * fan) + "]")
-        prev = name
-    return "\n".join(lines) + "\n"
 
 
 def test_yaml_alias_bomb_is_refused_at_once(tmp_path):
