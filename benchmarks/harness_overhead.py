@@ -95,13 +95,12 @@ def summarise(hops: pd.DataFrame) -> dict:
 
 def run_campaign(spec_path: Path, out: Path, engine: str, model: Path | None = None,
                  use_broker: bool = True) -> tuple[pd.DataFrame, dict]:
-    import yaml
-
     from measurements.dataset import read_dataset
+    from megwire.safe_yaml import load_yaml_file
     from testbed.campaign.runner import CampaignRunner
     from testbed.campaign.spec import validate_spec
 
-    data = yaml.safe_load(spec_path.read_text())
+    data = load_yaml_file(spec_path)
     if model is not None:
         data["model"] = str(model)
     spec = validate_spec(data, base_dir=spec_path.parent, source=str(spec_path))

@@ -277,21 +277,26 @@ def from_dict(data: Mapping[str, Any] | None) -> LinkConfig:
 
 def load(path: str | Path) -> LinkConfig:
     """Load a YAML (``.yaml``/``.yml``), TOML (``.toml``) or JSON file."""
+    from megwire.safe_yaml import YamlError, load_yaml_file
+
     path = Path(path)
+    if path.is_dir():
+        raise LinkConfigError(f"link configuration {path} is a directory, not a file")
     if not path.is_file():
         raise LinkConfigError(f"link configuration file not found: {path}")
-    text = path.read_text(encoding="utf-8")
     try:
-        if path.suffix == ".toml":
-            data = tomllib.loads(text)
-        elif path.suffix == ".json":
-            import json
+        if path.suffix in (".toml", ".json"):
+            text = path.read_text(encoding="utf-8")
+            if path.suffix == ".toml":
+                data = tomllib.loads(text)
+            else:
+                import json
 
-            data = json.loads(text)
+                data = json.loads(text)
         else:
-            import yaml
-
-            data = yaml.safe_load(text)
+            data = load_yaml_file(path)  # bounded, duplicate keys refused (megwire.safe_yaml)
+    except YamlError as exc:
+        raise LinkConfigError(f"cannot parse: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - any parser error becomes a config error naming the file
         raise LinkConfigError(f"{path}: cannot parse: {exc}") from exc
     try:

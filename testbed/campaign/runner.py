@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import random
 import re
 import signal
@@ -54,6 +55,61 @@ class CampaignError(RuntimeError):
     """The campaign cannot start or continue; the message says why and what to do."""
 
 
+def one_line(exc: BaseException, limit: int = 400) -> str:
+    """An exception's message on one line (Arrow's and the OS's texts may span several)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def read_run_manifest(run: Path) -> dict[str, Any]:
+    """``run``'s manifest, or :class:`CampaignError` naming what is wrong with it (unreadable, not JSON, binary)."""
+    try:
+        return M.read_manifest(run)
+    except (M.ManifestError, OSError, ValueError) as exc:
+        raise CampaignError(f"{run / 'manifest.json'} is damaged: {one_line(exc)}") from None
+
+
+def check_out_dir(run: Path, spec_source: str | None) -> None:
+    """Refuse an ``--out`` that cannot become a fresh run directory, before anything is written.
+
+    Raises
+    ------
+    CampaignError
+        ``run`` is a file, lies under a file, cannot be created or written, or holds the user's own spec (the
+        frozen copy ``campaign.yaml`` would overwrite it).
+    """
+    if run.exists() and not run.is_dir():
+        raise CampaignError(f"--out {run} is a file, not a directory")
+    for parent in run.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise CampaignError(f"--out {run} lies under {parent}, which is a file")
+            break
+    try:
+        run.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CampaignError(f"cannot create run directory {run}: {exc.strerror or one_line(exc)}") from None
+    probe = run / f".megbed-write-test-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise CampaignError(f"cannot write into run directory {run}: {exc.strerror or one_line(exc)}") from None
+    frozen = run / SPEC_COPY
+    if frozen.exists():
+        source = Path(spec_source) if spec_source else None
+        same = False
+        if source is not None and source.exists():
+            try:
+                same = frozen.samefile(source)
+            except OSError:
+                same = False
+        if same or not (run / "manifest.json").is_file():
+            raise CampaignError(f"--out {run} already holds {frozen.name}{' (your spec)' if same else ''}, which "
+                                f"the run would overwrite with its frozen copy: choose another --out "
+                                f"(e.g. {run / 'run1'})")
+
+
 def base_request_id(request_id: str) -> str:
     """``<request>`` of ``<request>-a<n>`` (a retry attempt), else the id itself."""
     return ATTEMPT_RE.sub("", request_id)
@@ -69,12 +125,22 @@ def ordered_requests(spec: CampaignSpec) -> list[RequestSpec]:
 
 def completed_requests(run_dir: Path) -> tuple[set[str], dict[str, int]]:
     """Base ids with an ``ok`` end_to_end row, and the number of attempts already made per base id."""
-    from measurements.dataset import has_rows, read_dataset
+    from measurements.dataset import DatasetError, has_rows, read_dataset
+    from measurements.schema import SchemaError
 
     if not has_rows(run_dir):  # parts or a compacted copy
         return set(), {}
+    folder = run_dir / "dataset"
 
-    df = read_dataset(run_dir, validate=False)
+    try:
+        df = read_dataset(run_dir, validate=False)
+    except (DatasetError, SchemaError, M.ManifestError, OSError, ValueError) as exc:
+        # The same checks `megbed report` and `megbed train` rely on; resume writes nothing next to a damaged part.
+        raise CampaignError(f"cannot resume {run_dir}: {one_line(exc)} (move the damaged part out of "
+                            f"{folder} to re-run its requests)") from None
+    if "stage" not in df.columns or "request_id" not in df.columns or "status" not in df.columns:
+        raise CampaignError(f"cannot resume {run_dir}: its dataset parts hold no campaign rows "
+                            "(stage, request_id, status)")
     e2e = df[df["stage"] == "end_to_end"]
     done = {base_request_id(r) for r, s in zip(e2e["request_id"], e2e["status"], strict=True) if s == "ok"}
     attempts: dict[str, int] = {}
@@ -154,13 +220,14 @@ class RunSummary:
     ok: int = 0
     failed: int = 0
     retried: int = 0
+    restarts: int = 0
     stopped_early: str | None = None
     wall_s: float = 0.0
     failures: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "total": self.total, "skipped": self.skipped, "ok": self.ok,
-                "failed": self.failed, "retried": self.retried, "stopped_early": self.stopped_early,
+                "failed": self.failed, "retried": self.retried, "restarts": self.restarts, "stopped_early": self.stopped_early,
                 "wall_s": self.wall_s, "failures": self.failures[:50]}
 
 
@@ -206,13 +273,15 @@ class CampaignRunner:
         self._refs: ReferenceCache | None = None
         self._next_ue = 0
         self._tx_dbm = spec.tx_power_dbm()
+        self._probes: list[Any] = []
+        self._summary: RunSummary | None = None
 
     # --- setup ------------------------------------------------------------------------------------------------------
 
     def _prepare_dir(self, resume: bool) -> str:
         run = self.run_dir
         if resume:
-            manifest = M.read_manifest(run)
+            manifest = read_run_manifest(run)
             if not manifest.get("run_id"):
                 raise CampaignError(f"{run} holds no campaign manifest to resume")
             if manifest.get("config_hash") != M.config_hash(self.spec.resolved()):
@@ -221,7 +290,7 @@ class CampaignRunner:
             return str(manifest["run_id"])
         if has_rows(run):
             raise CampaignError(f"{run} already holds a dataset: use `megbed campaign resume {run}` or another --out")
-        run.mkdir(parents=True, exist_ok=True)
+        check_out_dir(run, self.spec.source)
         run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{self.spec.name}"  # wall clock: a name for people only
         import yaml
 
@@ -243,8 +312,13 @@ class CampaignRunner:
                                         profiles=dict(spec.profiles), link_config=spec.link_config,
                                         engine=self.engine, keys_dir=spec.curve_keys_dir,
                                         extra_args=self.local_extra_args, use_broker=self.use_broker)
-            self.cluster.start()
-            wait_ready(self.cluster, 30)
+            try:
+                self.cluster.start()
+                wait_ready(self.cluster, 30)
+            except CampaignError:
+                raise
+            except (RuntimeError, OSError) as exc:  # a node exited at start-up: its log tail says why
+                raise CampaignError(f"local nodes did not start: {exc}") from None
             addr = self.cluster.addresses
             es, ues, pub = addr["es"], [addr["ue"]], addr.get("channel_pub")
         else:
@@ -256,10 +330,114 @@ class CampaignRunner:
             orch.connect(wait_s=max(120.0, spec.timeouts.request_s))
         except NodeDead as exc:
             if self.cluster is not None:
-                self.cluster.check_started()
+                try:
+                    self.cluster.check_started()
+                except RuntimeError as died:
+                    raise CampaignError(f"local nodes did not start: {died}") from None
             raise CampaignError(f"cannot reach the nodes: {exc}") from exc
         orch.sync_clocks(bursts=1)
+        self._probes = self._path_probes(orch)
         return orch
+
+    def _path_probes(self, orch: Orchestrator) -> list[Any]:
+        """Heartbeat probes of each UE's path to the ES when a broker sits on it (:mod:`testbed.campaign.liveness`).
+
+        Local runs probe the broker the cluster started. Remote runs probe the address each UE reports for its ES
+        when it differs from the ES's own, and only if this host reaches it now (so an address that means something
+        else from here never stops a campaign)."""
+        from testbed.campaign.liveness import PathProbe
+
+        hb = self.spec.timeouts.heartbeat_s
+        keys = self.spec.curve_keys_dir
+
+        def curve_for(server: str):
+            if keys is None:
+                return None
+            from testbed.nodes.keys import client_curve
+
+            try:
+                return client_curve(keys, "orchestrator", server)
+            except (OSError, ValueError) as exc:
+                log.warning("no CURVE keys to probe the %s path (%s): not probed", server, exc)
+                raise LookupError(server) from None
+
+        probes: list[PathProbe] = []
+        try:
+            if self.cluster is not None:
+                if self.cluster.broker is not None:
+                    probe = PathProbe(self.cluster.broker, orch.ctx, curve_for("channel"), hb, "channel")
+                    probes.append(probe)
+                    # The hello reached the ES and the UE; the broker between them must be up too before warm-up.
+                    wait_s = max(120.0, self.spec.timeouts.request_s)
+                    if not probe.ping(wait_s):
+                        try:
+                            self.cluster.check_started()
+                        except RuntimeError as died:
+                            raise CampaignError(f"local nodes did not start: {died}") from None
+                        raise CampaignError(f"the local channel broker at {probe.address} did not answer within "
+                                            f"{wait_s:.0f} s; see {self.cluster.nodes['channel'].log_path}")
+                return probes
+            seen = {orch.es.address}
+            for ue in orch.ues:
+                addr = ue.info.get("es_address")
+                if not isinstance(addr, str) or addr in seen:
+                    continue
+                seen.add(addr)
+                probe = PathProbe(addr, orch.ctx, curve_for("channel"), hb)
+                if probe.ping(orch.dead_after_s):
+                    probes.append(probe)
+                else:
+                    log.warning("%s's ES address %s does not answer heartbeats from this host: its path is not "
+                                "probed between requests", ue.name, addr)
+                    probe.close()
+        except LookupError:
+            pass
+        return probes
+
+    def _nodes_ready(self) -> bool:
+        """Before a request (and before a retry): every node answers heartbeats and so does each UE's path to the ES.
+
+        An unresponsive node is treated like a dead one: a local node is restarted (the broker included, whatever
+        state its process is in), a remote one waited for; False (with the stop reason set) when one stays silent.
+        No request is sent, and no row written, while a node is down.
+        """
+        orch = self.orch
+        for node in orch.nodes:
+            if orch.alive(node):
+                continue
+            exc = NodeDead(node.name, f"{node.name} at {node.address} stopped answering heartbeats")
+            log.warning("%s before the next request: treating it as dead", exc)
+            if not self._recover(exc):
+                self._stop_reason = (f"{node.name} is dead ({exc}); fix it and run "
+                                     f"`megbed campaign resume {self.run_dir}`")
+                return False
+            self._count_restart()
+        for probe in self._probes:
+            window_s = orch.dead_after_s
+            if probe.ping(window_s) or not orch.alive(orch.es):
+                continue  # answered, or the ES itself is down (its heartbeats say so at the next request)
+            if probe.local_name is not None and self.cluster is not None and self.restart_dead_nodes:
+                proc = self.cluster.nodes[probe.local_name]
+                log.warning("the channel broker at %s (pid %s, process %s) did not answer heartbeats for %.1f s: "
+                            "restarting it", probe.address, proc.pid, "running" if proc.alive() else "gone",
+                            window_s)
+                self.cluster.restart(probe.local_name)
+                if probe.ping(max(60.0, 3 * window_s)):
+                    self._count_restart()
+                    self._record_nodes_safely()
+                    continue
+                self._stop_reason = (f"the channel broker at {probe.address} does not answer even after a restart "
+                                     f"(log: {proc.log_path}); fix it and run `megbed campaign resume {self.run_dir}`")
+                return False
+            self._stop_reason = (f"the UEs' path to the ES through {probe.address} (the channel broker) has not "
+                                 f"answered heartbeats for {window_s:.1f} s while the ES and UE do: restart the "
+                                 f"broker and run `megbed campaign resume {self.run_dir}`")
+            return False
+        return True
+
+    def _count_restart(self) -> None:
+        if self._summary is not None:
+            self._summary.restarts += 1
 
     def _record_nodes(self, run_id: str) -> None:
         orch = self.orch
@@ -288,6 +466,8 @@ class CampaignRunner:
         spec = self.spec
         extra = {"model": spec.model_dir.name}
         attempt = attempt0
+        if not self._nodes_ready():
+            return  # nothing sent, nothing written: the stop reason says why, and resume runs the request
         for trial in range(spec.retries + 1):
             rid = req.request_id if attempt == 0 else f"{req.request_id}-a{attempt}"
             this = with_request_id(req, rid)
@@ -314,7 +494,7 @@ class CampaignRunner:
                 writer.flush()
                 summary.failures.append(f"{rid}: {error}")
                 attempt += 1
-                retry = trial < spec.retries and self._recover(exc)
+                retry = trial < spec.retries and self._recover(exc) and self._nodes_ready()
                 if not retry:
                     summary.failed += 1
                     if isinstance(exc, NodeDead) and not self._alive_after(exc):
@@ -417,8 +597,11 @@ class CampaignRunner:
         plan = ordered_requests(self.spec)
         done, attempts = completed_requests(self.run_dir) if resume else (set(), {})
         todo = [r for r in plan if r.request_id not in done]
-        summary = RunSummary(self.run_dir, run_id, total=len(plan), skipped=len(plan) - len(todo))
-        runs = M.read_manifest(self.run_dir).get("campaign", {}).get("runs", [])
+        summary = self._summary = RunSummary(self.run_dir, run_id, total=len(plan), skipped=len(plan) - len(todo))
+        campaign = read_run_manifest(self.run_dir).get("campaign", {})
+        runs = campaign.get("runs", []) if isinstance(campaign, dict) else None
+        if not isinstance(runs, list):
+            raise CampaignError(f"{self.run_dir / 'manifest.json'} is damaged: campaign.runs is not a list")
         if not todo:
             log.info("nothing to do: all %d requests of %s are complete", len(plan), self.run_dir)
             return summary
@@ -448,6 +631,8 @@ class CampaignRunner:
                     "runs": [*runs, {"resume": resume, **summary.to_dict(),
                                      "references_computed": getattr(self._refs, "computed", 0)}]})
             finally:
+                for probe in self._probes:
+                    probe.close()
                 if self.orch is not None:
                     self.orch.close()
                 if self.cluster is not None:

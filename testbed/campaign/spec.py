@@ -43,13 +43,13 @@ import hashlib
 import itertools
 import json
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from megwire.safe_yaml import YamlError, load_yaml_file
 from testbed.nodes.protocol import LinkSpec, RequestSpec
 
 SCHEMES = ("meg", "ceg", "ue_local")
@@ -58,6 +58,10 @@ TX_MODES = ("analog", "coded", "abstraction")
 WIRE_DTYPES = ("float16", "float32")
 KEEP_IMAGES = ("all", "first", "none")
 MAX_BETA = 0.75
+# A run's folder is RUNS/<timestamp>-<name>: the name must stay one plain path component.
+RUN_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}")
+MAX_PROMPTS_FILE_BYTES = 16 * 1024 * 1024
+MAX_PROBLEMS_SHOWN = 30
 MAX_TOME = 0.75
 
 TOP_KEYS = {
@@ -76,7 +80,13 @@ class SpecError(ValueError):
 
     def __init__(self, source: str, problems: list[str]) -> None:
         self.problems = problems
-        super().__init__(f"invalid campaign spec {source}:\n  - " + "\n  - ".join(problems))
+        if len(problems) == 1:  # one problem, one line
+            super().__init__(f"invalid campaign spec {source}: {problems[0]}")
+        else:
+            shown = problems[:MAX_PROBLEMS_SHOWN]
+            more = len(problems) - len(shown)
+            tail = f"\n  ... and {more} more problems" if more else ""
+            super().__init__(f"invalid campaign spec {source}:\n  - " + "\n  - ".join(shown) + tail)
 
 
 @dataclass(frozen=True)
@@ -279,12 +289,24 @@ class CampaignSpec:
 # --- validation -----------------------------------------------------------------------------------------------------
 
 
+def _short(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters (a spec value may be huge or deeply nested)."""
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxstring, r.maxother, r.maxlevel, r.maxlist, r.maxdict = limit, limit, 3, 6, 6
+    text = r.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 class _Checker:
     def __init__(self) -> None:
         self.problems: list[str] = []
 
     def bad(self, key: str, message: str) -> None:
-        self.problems.append(f"{key}: {message}")
+        text = " ".join(f"{_short(key, 120) if not isinstance(key, str) else key[:120]}: {message}".split())
+        # A problem is one bounded line: a 20 kB path or prompt in the spec must not become a 20 kB message.
+        self.problems.append(text if len(text) <= 400 else f"{text[:260]}...{text[-120:]}")
 
     def unknown(self, key: str, data: Mapping, allowed: set[str]) -> None:
         for extra in sorted(set(data) - allowed, key=str):
@@ -293,19 +315,23 @@ class _Checker:
     def number(self, key: str, value: Any, lo: float, hi: float, *, integer: bool = False) -> Any:
         ok_type = isinstance(value, int) if integer else isinstance(value, int | float)
         if isinstance(value, bool) or not ok_type:
-            self.bad(key, f"must be {'an integer' if integer else 'a number'}, got {value!r}")
+            self.bad(key, f"must be {'an integer' if integer else 'a number'}, got {_short(value)}")
             return None
-        if not math.isfinite(float(value)) or not lo <= value <= hi:
-            self.bad(key, f"{value!r} is outside [{lo}, {hi}]")
+        # Compare before float(): an integer of 400 digits is out of range, not an OverflowError.
+        if not lo <= value <= hi or not math.isfinite(float(value)):
+            self.bad(key, f"{_short(value)} is outside [{lo}, {hi}]")
             return None
         return value
 
     def string(self, key: str, value: Any, choices: tuple[str, ...] | None = None) -> str | None:
         if not isinstance(value, str):
-            self.bad(key, f"must be a string, got {value!r}")
+            self.bad(key, f"must be a string, got {_short(value)}")
+            return None
+        if "\x00" in value:  # no prompt, name or path holds one; the OS refuses it in paths
+            self.bad(key, "holds a NUL character")
             return None
         if choices is not None and value not in choices:
-            self.bad(key, f"{value!r} is not one of {', '.join(choices)}")
+            self.bad(key, f"{_short(value)} is not one of {', '.join(choices)}")
             return None
         return value
 
@@ -324,6 +350,22 @@ class _Checker:
         return tuple(out)
 
 
+def _is_file(path: Path) -> bool:
+    """``path.is_file()``, False where the OS refuses the name itself (too long, bad bytes) instead of raising."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def _is_dir(path: Path) -> bool:
+    """``path.is_dir()``, False where the OS refuses the name itself."""
+    try:
+        return path.is_dir()
+    except (OSError, ValueError):
+        return False
+
+
 def _resolve_path(base: Path, value: str) -> Path:
     p = Path(value).expanduser()
     return p if p.is_absolute() else (base / p).resolve()
@@ -340,7 +382,7 @@ def resolve_model(model: str, base: Path) -> Path:
 
 def _check_profile(chk: _Checker, key: str, name: Any) -> None:
     if not isinstance(name, str) or not name:
-        chk.bad(key, f"must be a profile name, got {name!r}")
+        chk.bad(key, f"must be a profile name, got {_short(name)}")
         return
     try:
         from firmware_profiles import load_profile
@@ -349,7 +391,34 @@ def _check_profile(chk: _Checker, key: str, name: Any) -> None:
     try:
         load_profile(name)
     except Exception as exc:  # noqa: BLE001 - every loader failure is a spec problem to report
-        chk.bad(key, f"profile {name!r} cannot be loaded: {exc}")
+        chk.bad(key, f"profile {_short(name)} cannot be loaded: {exc}")
+
+
+def _read_prompts_file(chk: _Checker, path: Path) -> str | None:
+    """The prompts file's text, or None with the problem recorded (missing, a folder, too big, binary, not UTF-8)."""
+    if _is_dir(path):
+        chk.bad("prompts_file", f"{path} is a directory, not a file of prompts")
+        return None
+    if not _is_file(path):
+        chk.bad("prompts_file", f"{path} does not exist")
+        return None
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_PROMPTS_FILE_BYTES + 1)
+    except OSError as exc:
+        chk.bad("prompts_file", f"cannot read {path}: {exc.strerror or exc}")
+        return None
+    if len(data) > MAX_PROMPTS_FILE_BYTES:
+        chk.bad("prompts_file", f"{path} is larger than {MAX_PROMPTS_FILE_BYTES} bytes")
+        return None
+    if b"\x00" in data:
+        chk.bad("prompts_file", f"{path} is a binary file, not UTF-8 text with one prompt per line")
+        return None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        chk.bad("prompts_file", f"{path} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})")
+        return None
 
 
 def validate_spec(data: Any, *, base_dir: Path, source: str = "<spec>", check_paths: bool = True) -> CampaignSpec:
@@ -370,10 +439,18 @@ def validate_spec(data: Any, *, base_dir: Path, source: str = "<spec>", check_pa
     chk.unknown("", data, TOP_KEYS)
     d = dict(data)
 
-    name = chk.string("name", d.get("name", Path(source).stem or "campaign")) or "campaign"
+    # No name: the file's stem made safe (an explicit name must already be one).
+    stem = re.sub(r"[^A-Za-z0-9._-]", "_", Path(source).stem).lstrip(".-")[:64] or "campaign"
+    name = chk.string("name", d.get("name", stem))
+    if name is None:
+        name = "campaign"
+    elif not RUN_NAME_RE.fullmatch(name):
+        chk.bad("name", f"{_short(name)} is not a plain run name (1-64 of letters, digits, '.', '_', '-', not "
+                        "starting with '.' or '-'): it names the run's folder under --runs")
+        name = "campaign"
     model = chk.string("model", d.get("model", "default")) or "default"
     model_dir = resolve_model(model, base_dir)
-    if check_paths and not (model_dir / "model_index.json").is_file():
+    if check_paths and not _is_file(model_dir / "model_index.json"):
         chk.bad("model", f"{model_dir} is not a diffusers model folder (no model_index.json)")
 
     device = d.get("device", {"es": "cpu", "ue": "cpu"})
@@ -386,7 +463,7 @@ def validate_spec(data: Any, *, base_dir: Path, source: str = "<spec>", check_pa
         if role in device:
             value = chk.string(f"device.{role}", device[role])
             if value is not None and not (value == "cpu" or value.startswith("cuda") or value == "mps"):
-                chk.bad(f"device.{role}", f"{value!r} is not a torch device (cpu, cuda, cuda:N, mps)")
+                chk.bad(f"device.{role}", f"{_short(value)} is not a torch device (cpu, cuda, cuda:N, mps)")
             elif value is not None:
                 dev[role] = value
 
@@ -399,10 +476,9 @@ def validate_spec(data: Any, *, base_dir: Path, source: str = "<spec>", check_pa
         pf = chk.string("prompts_file", d["prompts_file"])
         if pf is not None:
             path = _resolve_path(base_dir, pf)
-            if not path.is_file():
-                chk.bad("prompts_file", f"{path} does not exist")
-            else:
-                prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()
+            text = _read_prompts_file(chk, path)
+            if text is not None:
+                prompts = [line.strip() for line in text.splitlines()
                            if line.strip() and not line.lstrip().startswith("#")]
                 if not prompts:
                     chk.bad("prompts_file", f"{path} holds no prompt")
@@ -435,7 +511,7 @@ def validate_spec(data: Any, *, base_dir: Path, source: str = "<spec>", check_pa
             except ImportError:
                 SCHEDULERS = None  # noqa: N806 - the runtime checks again when it lands
             if SCHEDULERS is not None and scheduler not in SCHEDULERS:
-                chk.bad("image.scheduler", f"unknown scheduler {scheduler!r}; known: {', '.join(sorted(SCHEDULERS))}")
+                chk.bad("image.scheduler", f"unknown scheduler {_short(scheduler)}; known: {', '.join(sorted(SCHEDULERS))}")
     wire = chk.string("image.wire_dtype", image.get("wire_dtype", "float16"), WIRE_DTYPES) or "float16"
 
     schemes = chk.values("schemes", d.get("schemes", list(SCHEMES)), lambda k, v: chk.string(k, v, SCHEMES))
@@ -468,7 +544,7 @@ def validate_spec(data: Any, *, base_dir: Path, source: str = "<spec>", check_pa
     if "decoder" in grid_in:
         grid["decoder"] = chk.values("grid.decoder", grid_in["decoder"], lambda k, v: chk.string(k, v, DECODERS))
         wants = {"distilled", "auto"} & set(grid["decoder"])
-        if check_paths and wants and not (model_dir / "ue_decoder").is_dir():
+        if check_paths and wants and not _is_dir(model_dir / "ue_decoder"):
             chk.bad("grid.decoder", f"{model_dir} has no distilled UE decoder (ue_decoder/); train one with "
                                     f"`megbed distill train --install` or leave {sorted(wants)} out")
         elif check_paths and "auto" in wants:
@@ -516,7 +592,7 @@ def validate_spec(data: Any, *, base_dir: Path, source: str = "<spec>", check_pa
     chk.unknown("order", order, {"randomize", "seed"})
     randomize = order.get("randomize", True)
     if not isinstance(randomize, bool):
-        chk.bad("order.randomize", f"must be true or false, got {randomize!r}")
+        chk.bad("order.randomize", f"must be true or false, got {_short(randomize)}")
     order_seed = chk.number("order.seed", order.get("seed", 0), 0, 2**32 - 1, integer=True)
 
     nodes = _nodes(chk, d.get("nodes", "local"))
@@ -525,9 +601,9 @@ def validate_spec(data: Any, *, base_dir: Path, source: str = "<spec>", check_pa
         lc = chk.string("link_config", d["link_config"])
         if lc is not None:
             link_config = _resolve_path(base_dir, lc)
-            if check_paths and not link_config.is_file():
+            if check_paths and not _is_file(link_config):
                 chk.bad("link_config", f"{link_config} does not exist")
-            elif link_config.is_file():
+            elif _is_file(link_config):
                 try:
                     from channel_emu.config import LinkConfig
 
@@ -569,7 +645,7 @@ def validate_spec(data: Any, *, base_dir: Path, source: str = "<spec>", check_pa
             kd = chk.string("curve.keys_dir", curve["keys_dir"])
             if kd is not None:
                 curve_dir = _resolve_path(base_dir, kd)
-                if check_paths and not curve_dir.is_dir():
+                if check_paths and not _is_dir(curve_dir):
                     chk.bad("curve.keys_dir", f"{curve_dir} does not exist (create it with `megbed keys generate`)")
 
     if chk.problems:
@@ -589,14 +665,14 @@ def _nodes(chk: _Checker, value: Any) -> NodeAddresses:
     if value == "local":
         return NodeAddresses(local=True)
     if not isinstance(value, Mapping):
-        chk.bad("nodes", f"must be 'local' or a mapping {{es, ue, channel_pub}}, got {value!r}")
+        chk.bad("nodes", f"must be 'local' or a mapping {{es, ue, channel_pub}}, got {_short(value)}")
         return NodeAddresses()
     chk.unknown("nodes", value, {"es", "ue", "channel_pub"})
 
     def address(key: str, v: Any) -> str | None:
         v = chk.string(key, v)
         if v is not None and not v.startswith(("tcp://", "ipc://", "inproc://")):
-            chk.bad(key, f"{v!r} is not a ZeroMQ address (tcp://HOST:PORT)")
+            chk.bad(key, f"{_short(v)} is not a ZeroMQ address (tcp://HOST:PORT)")
             return None
         return v
 
@@ -607,13 +683,18 @@ def _nodes(chk: _Checker, value: Any) -> NodeAddresses:
     return NodeAddresses(local=False, es=es, ue=tuple(ue), channel_pub=pub)
 
 
+def read_spec_yaml(path: str | Path) -> Any:
+    """The parsed YAML of a spec file (bounded, duplicate keys refused; raises :class:`SpecError`)."""
+    try:
+        return load_yaml_file(path)
+    except YamlError as exc:
+        text = str(exc)
+        prefix = f"{path}: "
+        raise SpecError(str(path), [text[len(prefix):] if text.startswith(prefix) else text]) from None
+
+
 def load_spec(path: str | Path, *, check_paths: bool = True) -> CampaignSpec:
     """Read and validate a campaign YAML file (raises :class:`SpecError`)."""
     path = Path(path)
-    if not path.is_file():
-        raise SpecError(str(path), [f"(file): {path} does not exist"])
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise SpecError(str(path), [f"(yaml): {exc}"]) from exc
+    data = read_spec_yaml(path)
     return validate_spec(data, base_dir=path.resolve().parent, source=str(path), check_paths=check_paths)

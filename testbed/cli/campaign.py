@@ -51,6 +51,9 @@ def wrap_errors() -> Iterator[None]:
         yield
     except (SpecError, CampaignError) as exc:
         raise CliError(str(exc)) from exc
+    except OSError as exc:  # a file system refusal not foreseen above: one line naming the file, no traceback
+        where = f"{str(exc.filename)[:200]}: " if exc.filename else ""
+        raise CliError(" ".join(f"{where}{exc.strerror or exc}".split())[:500]) from exc
 
 
 def print_summary(summary) -> int:

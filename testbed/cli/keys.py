@@ -29,8 +29,13 @@ def _generate(args: argparse.Namespace) -> int:
 
     try:
         made = generate(args.dir, tuple(args.names or DEFAULT_NAMES), overwrite=args.force)
-    except (FileExistsError, ValueError) as exc:
+    except ValueError as exc:
         raise CliError(str(exc)) from exc
+    except OSError as exc:  # unwritable, under a file, a file in the way, disk full: one line naming the place
+        if exc.errno is None:  # the keys module's own message (a key exists and --force is not given)
+            raise CliError(str(exc)) from exc
+        where = exc.filename or args.dir
+        raise CliError(f"cannot write keys into {args.dir}: {where}: {exc.strerror or exc}") from None
     for name, (public, secret) in made.items():
         print(f"{name}: {public} (public), {secret} (secret)")
     print(f"authorised public keys: {args.dir / 'authorized'}")

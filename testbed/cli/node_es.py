@@ -19,6 +19,7 @@ def add_node_parser(kinds) -> None:
 def run(args: argparse.Namespace) -> int:
     from testbed.nodes.es import EsNode
 
+    C.check_bind(args.bind)
     profile = C.load_profile_arg(args)
     engine = C.build_engine(args)
     meter, info = C.build_meter(args, profile)

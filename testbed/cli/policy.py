@@ -57,9 +57,12 @@ def _load_mapping(path: str | None) -> dict | None:
         raise CliError(f"channel config {p} does not exist")
     text = p.read_text(encoding="utf-8")
     if p.suffix in (".yaml", ".yml"):
-        import yaml
+        from megwire.safe_yaml import YamlError, load_yaml_text
 
-        return yaml.safe_load(text)
+        try:
+            return load_yaml_text(text, str(p))
+        except YamlError as exc:
+            raise CliError(str(exc)) from None
     if p.suffix == ".toml":
         import tomllib
 

@@ -41,15 +41,14 @@ def register(sub) -> None:
 
 
 def _load(args: argparse.Namespace):
-    import yaml
-
-    from testbed.campaign.spec import SpecError, load_spec, validate_spec
+    from testbed.campaign.spec import SpecError, load_spec, read_spec_yaml, validate_spec
 
     try:
         if args.model is None:
             return load_spec(args.spec)
-        data = yaml.safe_load(args.spec.read_text(encoding="utf-8"))
-        data["model"] = str(args.model.resolve())
+        data = read_spec_yaml(args.spec)
+        if isinstance(data, dict):
+            data["model"] = str(args.model.resolve())
         return validate_spec(data, base_dir=args.spec.resolve().parent, source=str(args.spec))
     except SpecError as exc:
         hint = ""
@@ -68,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
 
     console = Console()
     spec = _load(args)
-    out = args.out or args.runs / f"{time.strftime('%Y%m%d-%H%M%S')}-{spec.name}"
+    out = args.out or run_dir_under(args.runs, f"{time.strftime('%Y%m%d-%H%M%S')}-{spec.name}")
     console.print(f"[bold]megbed run[/]: campaign {spec.name} ({len(spec.requests())} requests) -> {out}")
     try:
         summary = CampaignRunner(spec, out, engine=args.engine, progress=not args.no_progress).run()
@@ -92,6 +91,20 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"[red]stopped early[/]: {summary.stopped_early}")
         return 1
     return 0
+
+
+def run_dir_under(runs: Path, name: str) -> Path:
+    """``runs / name``, refusing any name that would leave ``runs`` (the spec validates names; this is the backstop).
+
+    Raises
+    ------
+    CliError
+        ``name`` is not one plain path component.
+    """
+    out = runs / name
+    if Path(name).name != name or name in (".", "..") or out.resolve().parent != runs.resolve():
+        raise CliError(f"run name {name!r} would write outside --runs {runs}")
+    return out
 
 
 def _report(out: Path) -> str:
