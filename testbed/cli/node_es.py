@@ -20,7 +20,7 @@ def run(args: argparse.Namespace) -> int:
     from testbed.nodes.es import EsNode
 
     profile = C.load_profile_arg(args)
-    engine = C.build_engine(args)
+    engine = C.build_engine(args, role="es")
     meter, info = C.build_meter(args, profile)
     node = EsNode(engine, meter=meter, name=args.name, bind=args.bind, curve=C.server_curve(args, "es"),
                   limits=C.limits(args), info=info)

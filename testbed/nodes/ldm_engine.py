@@ -45,13 +45,21 @@ class LdmEngine(Engine):
     decoder : str, optional
         The UE's default decoder: ``base`` (the pipeline's VAE, also for None), ``distilled`` (``<model>/ue_decoder``)
         or a decoder folder. A request naming another decoder (``RequestSpec.decoder``) gets it, loaded once and kept.
+    role : str, optional
+        ``es`` or ``ue``: role-aware loading (each pipeline component when a stage first needs it,
+        :mod:`testbed.ldm.components`); None: the whole pipeline now.
+    plans : sequence of str, optional
+        With ``role``: the plans this node serves; the folder must hold their components (checked now, the error
+        naming the component and the plan).
     """
 
     def __init__(self, model_dir: str | Path, device: str = "cpu", dtype: torch.dtype | None = None,
-                 decoder: str | None = None) -> None:
+                 decoder: str | None = None, role: str | None = None,
+                 plans: tuple[str, ...] | list[str] | None = None) -> None:
         from testbed.ldm.model import load_pipeline
 
-        self.model = load_pipeline(model_dir, device=device, dtype=dtype, decoder=decoder)
+        self.role = role
+        self.model = load_pipeline(model_dir, device=device, dtype=dtype, decoder=decoder, role=role, plans=plans)
         self.device = self.model.device
         if self.device.type in ("cuda", "mps"):
             from testbed.ldm.model import device_sync
@@ -62,23 +70,34 @@ class LdmEngine(Engine):
             "model_fingerprint": self.model.fingerprint(), "pipeline": type(self.model.pipe).__name__,
             "device": str(self.device), "dtype": str(self.model.dtype).replace("torch.", ""),
             "decoder": str(decoder or "base"), "torch": torch.__version__,
+            "loading": "role-aware (lazy)" if role else "whole pipeline", "plans": list(plans or []),
         }
-        self._decoders: dict[str, Any] = {self.info["decoder"]: self.model.decoder}
+        # The default decoder is built when first used: an ES (or a CEG-only UE) never loads a VAE it does not run.
+        self._decoders: dict[str, Any] = {}
+        if decoder not in (None, "base"):
+            self._decoders[self.info["decoder"]] = self.model.decoder
 
     def select_decoder(self, name: str, request_id: str | None = None) -> str:
         from testbed.ldm.model import ModelLoadError, named_decoder
 
         name = name or self.info["decoder"]
+        if name == "base" and name not in self._decoders:
+            self.model.decoder = None  # the base VAE, loaded by the decode stage when it first runs
+            return name
         if name not in self._decoders:
             try:
                 dec = named_decoder(self.model.model_dir, name, device=self.device, dtype=self.model.dtype,
                                     latent_channels=self.model.latent_channels,
-                                    vae_scale_factor=self.model.vae_scale_factor, base=self.model.base_decoder)
+                                    vae_scale_factor=self.model.vae_scale_factor,
+                                    base=self.model.base_decoder if name == "auto" else None)
             except ModelLoadError as exc:
                 raise ProtocolError(f"decoder {name!r}: {exc}", request_id=request_id) from exc
             self._decoders[name] = self.model.base_decoder if dec is None else dec
         self.model.decoder = self._decoders[name]
         return name
+
+    def set_vae_tiling(self, enabled: bool) -> None:
+        self.model.set_vae_tiling(bool(enabled))
 
     # --- plumbing ---------------------------------------------------------------------------------------------------
 
@@ -92,9 +111,23 @@ class LdmEngine(Engine):
 
     def _run(self, scheme: str, node: str, state: dict[str, Any], rec: StageRecorder | None,
              decoder: Any = None) -> dict[str, Any]:
-        from testbed.ldm.plan import build_stages, plan_for
+        from testbed.ldm.components import MissingComponentError
+        from testbed.ldm.plan import plan_for
 
         plan = plan_for(scheme, state["request"])
+        try:
+            return self._run_stages(plan, node, state, rec, decoder)
+        except MissingComponentError as exc:
+            # The ES renders references with the UE-local plan: name it as the ES's 'reference' plan.
+            reference = self.role == "es" and node == "ue"
+            name = "reference" if reference else ("hybrid" if plan.hybrid else plan.scheme)
+            raise ProtocolError(f"plan '{name}' on the {(self.role or node).upper()}: {exc}",
+                                request_id=getattr(state.get("request"), "request_id", None)) from exc
+
+    def _run_stages(self, plan: Any, node: str, state: dict[str, Any], rec: StageRecorder | None,
+                    decoder: Any) -> dict[str, Any]:
+        from testbed.ldm.plan import build_stages
+
         for stage in build_stages(plan, node, self.model, decoder=decoder):
             if rec is None:
                 state.update(stage(state))
@@ -119,8 +152,14 @@ class LdmEngine(Engine):
 
     def reference(self, req: RequestSpec, n_steps: int) -> np.ndarray:
         # The reference is the stock decoder's image whatever decoder the UEs use.
+        from testbed.ldm.components import MissingComponentError
+
+        try:
+            base = self.model.base_decoder
+        except MissingComponentError as exc:
+            raise ProtocolError(f"plan 'reference' on the ES: {exc}", request_id=req.request_id) from exc
         state = self._run("ue_local", "ue", {"request": self._gen(req, reference_n_steps=n_steps)}, None,
-                          decoder=self.model.base_decoder)
+                          decoder=base)
         return image_to_uint8(state["image"])
 
     # --- UE ---------------------------------------------------------------------------------------------------------
