@@ -49,7 +49,7 @@ EXTRA_OF_IMPORT: dict[str, str] = {
 # The extra a whole command needs (named even when the failing import is not in EXTRA_OF_IMPORT).
 EXTRA_OF_COMMAND: dict[str, str] = {
     "channel": "channel", "train": "policy", "evaluate": "policy", "report": "analysis", "run": "all",
-    "campaign": "orchestrator", "distill": "all", "model": "all",
+    "campaign": "orchestrator", "distill": "all",
 }
 
 

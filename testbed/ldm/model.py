@@ -579,6 +579,10 @@ def load_pipeline(model_dir: str | Path, *, device: torch.device | str | None = 
         extra["feature_extractor"] = None
     if "image_encoder" in index:
         extra["image_encoder"] = None
+    for name, entry in index.items():
+        # A partial folder (`megbed model slice`): its left-out components load as None.
+        if not name.startswith("_") and isinstance(entry, list) and entry and entry[0] is None:
+            extra.setdefault(name, None)
     try:
         pipe = DiffusionPipeline.from_pretrained(model_dir, local_files_only=True, **_dtype_kwarg(dtype), **extra)
     except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
