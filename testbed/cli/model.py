@@ -57,13 +57,14 @@ def register(sub) -> None:
 def _slice(args) -> int:
     from testbed.cli.main import CliError
     from testbed.cli.node_common import parse_plans
+    from testbed.ldm.components import MissingComponentError
     from testbed.ldm.request import LdmError
     from testbed.ldm.slicing import slice_model
 
     plans = parse_plans(args.plans, args.role)
     try:
         info = slice_model(args.model_dir, args.out_dir, role=args.role, plans=plans, decoder=args.decoder)
-    except LdmError as exc:
+    except (LdmError, MissingComponentError) as exc:
         raise CliError(str(exc)) from exc
     print(f"{args.out_dir}: {args.role.upper()} slice for plans {', '.join(info['plans'])}: "
           f"{', '.join(info['components'])} ({info['size_mb']:.1f} MB of {info['source_size_mb']:.1f} MB)")

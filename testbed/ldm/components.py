@@ -22,6 +22,9 @@ A decoder named ``distilled`` needs ``ue_decoder/`` instead of the VAE; ``auto``
 A *partial* model folder (``megbed model slice``) is an ordinary diffusers folder whose ``model_index.json`` lists
 the left-out components as ``[null, null]``; ``megbed_slice.json`` records the role, plans and the U-Net geometry a
 U-Net-less node still needs (latent channels, native size).
+
+This module imports neither torch nor diffusers at import time (``megbed doctor`` checks folders with it on a board
+whose torch may be missing).
 """
 
 from __future__ import annotations
@@ -29,8 +32,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any
-
-from testbed.ldm.request import LdmError
 
 ROLES = ("es", "ue")
 PLANS = ("meg", "hybrid", "ceg", "ue_local", "reference")
@@ -41,7 +42,7 @@ UE_DECODER = "ue_decoder"
 UNUSED_COMPONENTS = ("safety_checker", "feature_extractor", "image_encoder")
 
 
-class MissingComponentError(LdmError):
+class MissingComponentError(Exception):
     """A component a plan needs is not in the model folder (e.g. a sliced folder for another role)."""
 
 
@@ -155,6 +156,8 @@ def load_component(model_dir: Path, index: dict[str, Any], name: str, *, device:
     if not isinstance(entry, list) or len(entry) != 2 or entry[0] is None or not folder.is_dir():
         raise MissingComponentError(f"{model_dir} has no component '{name}'")
     library, cls_name = entry
+    from testbed.ldm.request import LdmError
+
     if library not in ("diffusers", "transformers"):
         raise LdmError(f"{model_dir}/model_index.json: component '{name}' from unsupported library {library!r}")
     import importlib
