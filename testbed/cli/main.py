@@ -57,10 +57,37 @@ EXTRA_OF_COMMAND: dict[str, str] = {
 REQUESTED_ARGV: list[str] = []
 
 
+# Modules each extra brings, checked before a command that needs the extra runs (so the user gets one line up
+# front, not an ImportError halfway through, whichever module the command happens to import first).
+EXTRA_MODULES: dict[str, tuple[str, ...]] = {
+    "channel": ("sionna", "numba", "scipy"), "policy": ("gymnasium", "pandas", "pyarrow"),
+    "analysis": ("matplotlib", "pandas", "pyarrow", "scipy"), "orchestrator": ("pandas", "pyarrow", "yaml", "rich"),
+}
+
+
+def _missing_module(extra: str) -> str | None:
+    """The first module of ``extra`` that is not importable here (None when all are)."""
+    import importlib.util
+
+    modules = (sorted({m for ms in EXTRA_MODULES.values() for m in ms}) if extra == "all"
+               else EXTRA_MODULES.get(extra, ()))
+    for module in modules:
+        if module in sys.modules:
+            if sys.modules[module] is None:
+                return module
+            continue
+        try:
+            if importlib.util.find_spec(module) is None:
+                return module
+        except (ImportError, ValueError):
+            return module
+    return None
+
+
 def missing_extra_message(command: str | None, exc: ModuleNotFoundError) -> str:
     """One line naming the install extra that brings the missing module ``exc.name``."""
     top = (exc.name or "").split(".")[0]
-    extra = EXTRA_OF_IMPORT.get(top) or EXTRA_OF_COMMAND.get(command or "", "all")
+    extra = EXTRA_OF_COMMAND.get(command or "") or EXTRA_OF_IMPORT.get(top) or "all"
     what = f"`megbed {command}`" if command else "this command"
     return (f"{what} needs the '{extra}' install extra (missing module {top!r}): "
             f"pip install 'megbed[{extra}]' (or '.[{extra}]' from a checkout)")
@@ -94,6 +121,11 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     owner = COMMAND_OWNERS.get(command or "")
     for name in ([owner] if owner else COMMAND_MODULES):
+        if not owner:
+            missing = _module_missing_extra(name)
+            if missing is not None:
+                _unavailable(sub, name, ModuleNotFoundError(f"No module named {missing!r}", name=missing))
+                continue
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
@@ -104,6 +136,13 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
             continue
         module.register(sub)
     return parser
+
+
+def _module_missing_extra(module: str) -> str | None:
+    """A module missing for the extra of every command ``module`` adds (None: at least one can run)."""
+    commands = [c for c, owner in COMMAND_OWNERS.items() if owner == module]
+    missing = [_missing_module(EXTRA_OF_COMMAND[c]) if c in EXTRA_OF_COMMAND else None for c in commands]
+    return missing[0] if missing and all(m is not None for m in missing) else None
 
 
 def _unavailable(sub: Any, module: str, exc: ModuleNotFoundError) -> None:
@@ -126,6 +165,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     command = _command_of(argv)
     REQUESTED_ARGV[:] = argv
+    extra = EXTRA_OF_COMMAND.get(command or "")
+    missing = _missing_module(extra) if extra else None
+    if missing is not None:
+        return _fail(missing_extra_message(command, ModuleNotFoundError(f"No module named {missing!r}", name=missing)))
     try:
         parser = build_parser(command)
     except ModuleNotFoundError as exc:
