@@ -141,7 +141,11 @@ def summary_text(data: RunData, comp: Comparison, result_figs: dict, skipped: di
     ident.append(f"{len(req)} requests ok, {data.n_failed} failed")
     ident.append("schemes " + ", ".join(scheme_label(s) for s in data.schemes))
     lines.append("  " + "; ".join(ident))
-    for col, unit, name in (("latency_s", "s", "latency"), ("energy_j", "J", "energy")):
+    costs = [("latency_s", "s", "latency"), ("energy_j", "J", "energy")]
+    costs += [(f"{node}_{col}", "MB", f"{node.upper()} peak {what}") for node in ("es", "ue")
+              for col, what in (("mem_peak_mb", "RSS"), ("gpu_mem_peak_mb", "GPU memory"))
+              if req[f"{node}_{col}"].notna().any()]
+    for col, unit, name in costs:
         parts = []
         for s in data.schemes:
             est = mean_ci(req.loc[req["scheme"] == s, col])

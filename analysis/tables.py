@@ -32,6 +32,16 @@ def request_costs(data: RunData) -> pd.DataFrame:
     valid = req["energy_valid"].astype(bool) & req["energy_method"].ne("none")
     req["energy_j"] = np.where(valid, req["energy_mj_total"].astype(float) / 1e3, np.nan)
     req["energy_net_j"] = np.where(valid, req["energy_net_mj_total"].astype(float) / 1e3, np.nan)
+    # Peak memory per node over the request: the largest mem_peak_mb of its stage rows (ES / UE process RSS).
+    stages = data.stages
+    for node in ("es", "ue"):
+        for col in ("mem_peak_mb", "gpu_mem_peak_mb"):
+            name = f"{node}_{col}"
+            if col in stages.columns:
+                peak = stages[stages["node"] == node].groupby("request_id")[col].max()
+                req[name] = req["request_id"].map(peak).astype(float)
+            else:
+                req[name] = np.nan
     return req
 
 

@@ -27,11 +27,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
+
+try:  # Python 3.11+; tomli is the same parser, for 3.10 (JetPack 6)
+    import tomllib  # novermin (tomli below on 3.10)
+except ModuleNotFoundError:  # pragma: no cover - exercised under Python 3.10
+    import tomli as tomllib
 
 MODES = ("analog", "coded", "abstraction")
 MODELS = ("awgn", "rayleigh_block", "rayleigh_symbol", "tdl_a", "tdl_b", "tdl_c", "tdl_d", "tdl_e")

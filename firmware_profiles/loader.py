@@ -14,11 +14,15 @@ The loader checks every key and type and names the bad key in its error. It impo
 from __future__ import annotations
 
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+try:  # Python 3.11+; tomli is the same parser, for 3.10 (JetPack 6)
+    import tomllib  # novermin (tomli below on 3.10)
+except ModuleNotFoundError:  # pragma: no cover - exercised under Python 3.10
+    import tomli as tomllib
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
 KINDS = ("gpu_host", "jetson", "rpi", "cpu_host")

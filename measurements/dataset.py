@@ -386,7 +386,8 @@ def _read_part(path: Path):
 
 
 def _restore_ints(df) -> None:
-    """Int columns that pandas turned into float because of missing values become nullable Int64."""
+    """Int columns that pandas turned into float because of missing values become nullable Int64 (bool columns with
+    missing values: nullable boolean)."""
     import pandas as pd
 
     for name in df.columns:
@@ -395,6 +396,9 @@ def _restore_ints(df) -> None:
             finite = vals[~np.isnan(vals)]
             if np.all(finite == np.round(finite)):
                 df[name] = df[name].astype("Int64")
+        elif schema.column_kind(name) == "bool" and pd.api.types.is_object_dtype(df[name].dtype):
+            # An optional bool column absent from some parts reads as object (True/False/None): nullable boolean.
+            df[name] = df[name].astype("boolean")
 
 
 def read_dataset(run_dir: str | os.PathLike, *, strict_extra: bool = False, validate: bool = True):

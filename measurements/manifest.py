@@ -189,7 +189,7 @@ def build_manifest(
         "schema_version": schema.SCHEMA_VERSION,
         "run_id": run_id,
         # Wall clock on purpose: when the run happened, for people; never used for any measured duration.
-        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "commit": state["commit"],
         "dirty": state["dirty"],
         "config": config,

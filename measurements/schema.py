@@ -78,6 +78,12 @@ COLUMNS: tuple[Column, ...] = (
     _c("energy_valid", "bool", "whether the energy figure can be trusted", True),
     _c("energy_invalid_reason", "string", "why not, when energy_valid is false", True),
     _c("probe", "string", "probe backend that measured the stage (nvml, rapl, jetson_ina3221, ...)"),
+    # memory (measurements.memory)
+    _c("mem_peak_mb", "float", "peak resident memory of the node's process during the stage (MiB)"),
+    _c("mem_method", "string", "how mem_peak_mb was measured: vmhwm_reset | rss_sampled | ru_maxrss | none"),
+    _c("gpu_mem_peak_mb", "float", "peak CUDA memory allocated by tensors during the stage (MiB); NaN off CUDA"),
+    _c("gpu_mem_method", "string", "cuda_max_allocated | none"),
+    _c("vae_tiling", "bool", "the UE decoded with VAE tiling (memory-bound UEs)"),
     # request configuration
     _c("model", "string", "model folder name"),
     _c("prompt", "string", "text prompt"),

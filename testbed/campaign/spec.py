@@ -8,7 +8,8 @@ Example (every key shown; ``campaigns/default.yaml`` is the one ``make run`` use
     prompts: ["a red apple on a table"]   # or prompts_file: prompts.txt (one prompt per line)
     negative_prompt: ""
     seeds: [0, 1]
-    image: {height_px: null, width_px: null, guidance_scale: 5.0, scheduler: null, wire_dtype: float16}
+    image: {height_px: null, width_px: null, guidance_scale: 5.0, scheduler: null, wire_dtype: float16,
+            vae_tiling: false}  # vae_tiling: the UE decodes in tiles (bounded memory on small boards)
     schemes: [meg, ceg, ue_local]
     grid:
       n_steps: [4, 8]               # N
@@ -72,7 +73,7 @@ TOP_KEYS = {
 GRID_KEYS = {"n_steps", "es_steps", "merge_ratio", "tome_ratio_es", "tome_ratio_ue", "link_model", "distance_m",
              "snr_db", "tx_mode", "decoder"}
 DECODERS = ("base", "distilled", "auto")
-IMAGE_KEYS = {"height_px", "width_px", "guidance_scale", "scheduler", "wire_dtype"}
+IMAGE_KEYS = {"height_px", "width_px", "guidance_scale", "scheduler", "wire_dtype", "vae_tiling"}
 
 
 class SpecError(ValueError):
@@ -153,6 +154,7 @@ class CampaignSpec:
     guidance_scale: float = 5.0
     scheduler: str | None = None
     wire_dtype: str = "float16"
+    vae_tiling: bool = False  # the UE decodes with VAE tiling (memory-bound UEs)
     reference_n_steps: int = 12
     repetitions: int = 1
     warmup: int = 1
@@ -226,7 +228,7 @@ class CampaignSpec:
             height_px=self.height_px, width_px=self.width_px, guidance_scale=self.guidance_scale,
             scheduler=self.scheduler or "", tome_ratio_es=point.tome_ratio_es, tome_ratio_ue=point.tome_ratio_ue,
             wire_dtype=self.wire_dtype, link=point.link, point_id=point.point_id, repetition=repetition,
-            decoder=point.decoder or "",
+            decoder=point.decoder or "", vae_tiling=self.vae_tiling,
         )
 
     def resolved(self) -> dict[str, Any]:
@@ -246,6 +248,8 @@ class CampaignSpec:
             "keep_images": self.keep_images,
             "curve_keys_dir": None if self.curve_keys_dir is None else str(self.curve_keys_dir),
         }
+        if self.vae_tiling:  # only when set: hashes of specs without it stay what they were
+            out["vae_tiling"] = True
         return out
 
     def frozen(self) -> dict[str, Any]:
@@ -513,6 +517,10 @@ def validate_spec(data: Any, *, base_dir: Path, source: str = "<spec>", check_pa
             if SCHEDULERS is not None and scheduler not in SCHEDULERS:
                 chk.bad("image.scheduler", f"unknown scheduler {_short(scheduler)}; known: {', '.join(sorted(SCHEDULERS))}")
     wire = chk.string("image.wire_dtype", image.get("wire_dtype", "float16"), WIRE_DTYPES) or "float16"
+    vae_tiling = image.get("vae_tiling", False)
+    if not isinstance(vae_tiling, bool):
+        chk.bad("image.vae_tiling", f"must be true or false, not {vae_tiling!r}")
+        vae_tiling = False
 
     schemes = chk.values("schemes", d.get("schemes", list(SCHEMES)), lambda k, v: chk.string(k, v, SCHEMES))
 
@@ -653,7 +661,7 @@ def validate_spec(data: Any, *, base_dir: Path, source: str = "<spec>", check_pa
     return CampaignSpec(
         name=name, model=model, model_dir=model_dir, prompts=tuple(prompts), seeds=tuple(seeds),
         schemes=tuple(schemes), grid=grid, negative_prompt=negative, device=dev, height_px=height, width_px=width,
-        guidance_scale=float(guidance), scheduler=scheduler, wire_dtype=wire, reference_n_steps=int(ref_n),
+        guidance_scale=float(guidance), scheduler=scheduler, wire_dtype=wire, vae_tiling=vae_tiling, reference_n_steps=int(ref_n),
         repetitions=int(reps), warmup=int(warmup), cooldown_s=float(cooldown), randomize=bool(randomize),
         order_seed=int(order_seed), nodes=nodes, link_config=link_config, profiles=profiles,
         timeouts=Timeouts(float(t_req), float(t_hb), float(t_dead)), retries=int(retries), keep_images=keep,

@@ -52,6 +52,8 @@ def register(sub) -> None:
                    help="model precision (default: float16 on CUDA, float32 on CPU)")
     p.add_argument("--ue-decoder", default=None,
                    help="decoder folder for the UE (AutoencoderKL; relative paths are looked up in the model first)")
+    p.add_argument("--vae-tiling", action="store_true",
+                   help="decode with VAE tiling (bounded decoder memory on memory-bound UEs)")
     p.add_argument("--out", "-o", type=Path, required=True, help="output PNG file")
     p.set_defaults(func=run)
 
@@ -102,6 +104,10 @@ def run(args: argparse.Namespace) -> int:
             candidate = Path(model_dir) / args.ue_decoder
             decoder = load_decoder(candidate if candidate.is_dir() else Path(args.ue_decoder), device=model.device,
                                    dtype=model.dtype)
+        if args.vae_tiling:
+            model.set_vae_tiling(True)
+            if decoder is not None:
+                decoder.vae.enable_tiling()
         result = run_split(request, model, scheme=args.scheme, ue_decoder=decoder)
     except (LdmError, MergeError) as exc:
         raise CliError(str(exc)) from exc

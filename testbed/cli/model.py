@@ -1,9 +1,11 @@
-"""``megbed model train`` and ``megbed model eval``: the embedded default model's training and its adherence test.
+"""``megbed model train|eval|slice``: the embedded default model's training, its adherence test, and partial folders.
 
 * ``megbed model train --out DIR [--seed S] [--resume] [--install] [--set KEY=VALUE ...]``: run or resume the
   training phases (see :mod:`testbed.modeltrain.runner`); ``--install`` replaces the shipped default model.
 * ``megbed model eval [--model DIR] [--prompts N] [--steps N] [--guidance G]``: generate the fixed held-out prompts
   and print the color-correct and position-correct rates measured by the pixel-statistics scorer.
+* ``megbed model slice MODEL_DIR OUT_DIR --role ue|es [--plans meg,hybrid,...]``: a diffusers folder with only the
+  components that role's plans need (:mod:`testbed.ldm.slicing`), for a board with little memory or storage.
 """
 
 from __future__ import annotations
@@ -39,7 +41,34 @@ def register(sub) -> None:
     ev.add_argument("--json", type=Path, default=None, help="also write the rates and per-prompt verdicts as JSON")
     ev.add_argument("--verbose-prompts", action="store_true", help="print each prompt's verdict")
     ev.set_defaults(func=_eval)
+
+    sl = cmds.add_parser("slice", help="write a partial model folder with only what a node role's plans need")
+    sl.add_argument("model_dir", type=Path, metavar="MODEL_DIR", help="the whole diffusers model folder")
+    sl.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="new folder to write (must not exist or be empty)")
+    sl.add_argument("--role", choices=("ue", "es"), required=True, help="the node role the folder is for")
+    sl.add_argument("--plans", default=None, metavar="PLAN,...",
+                    help="plans to cover (UE: meg, hybrid, ceg, ue_local; ES: meg, hybrid, ceg, reference; "
+                         "default: all of the role's)")
+    sl.add_argument("--decoder", default=None, help="the UE decoder the plans use: base, distilled or auto")
+    sl.set_defaults(func=_slice)
     parser.set_defaults(func=lambda args: parser.print_help() or 2)
+
+
+def _slice(args) -> int:
+    from testbed.cli.main import CliError
+    from testbed.cli.node_common import parse_plans
+    from testbed.ldm.components import MissingComponentError
+    from testbed.ldm.request import LdmError
+    from testbed.ldm.slicing import slice_model
+
+    plans = parse_plans(args.plans, args.role)
+    try:
+        info = slice_model(args.model_dir, args.out_dir, role=args.role, plans=plans, decoder=args.decoder)
+    except (LdmError, MissingComponentError) as exc:
+        raise CliError(str(exc)) from exc
+    print(f"{args.out_dir}: {args.role.upper()} slice for plans {', '.join(info['plans'])}: "
+          f"{', '.join(info['components'])} ({info['size_mb']:.1f} MB of {info['source_size_mb']:.1f} MB)")
+    return 0
 
 
 def _train(args) -> int:

@@ -44,6 +44,9 @@ def add_common_flags(p: argparse.ArgumentParser, role: str) -> None:
     p.add_argument("--allow-any-client", action="store_true",
                    help="with --keys: encrypt but admit any CURVE client (no KEYS/authorized list); without this a "
                         "keys folder lacking authorized/ is refused at start")
+    p.add_argument("--plans", default=None, metavar="PLAN,...",
+                   help="plans this node serves (meg, hybrid, ceg, ue_local; the ES also 'reference'): the model "
+                        "folder must hold their components, checked at start-up (default: checked per request)")
     p.add_argument("--max-message-mb", type=float, default=256.0, help="largest accepted message (MiB)")
     p.add_argument("--max-buffers", type=int, default=64, help="most arrays in one accepted frame (default 64)")
     p.add_argument("--max-side-px", type=int, default=None,
@@ -51,7 +54,21 @@ def add_common_flags(p: argparse.ArgumentParser, role: str) -> None:
     p.add_argument("--max-steps", type=int, default=200, help="most denoising steps this node computes (default 200)")
 
 
-def build_engine(args: argparse.Namespace, *, decoder: str | None = None) -> Any:
+def parse_plans(text: str | None, role: str) -> list[str] | None:
+    """``--plans meg,hybrid`` -> ``["meg", "hybrid"]`` (None when not given); unknown names are a CliError."""
+    if not text:
+        return None
+    from testbed.ldm.components import ROLE_PLANS
+
+    plans = [p.strip() for p in text.split(",") if p.strip()]
+    bad = [p for p in plans if p not in ROLE_PLANS[role]]
+    if bad or not plans:
+        raise CliError(f"--plans {text!r}: the {role.upper()} serves {', '.join(ROLE_PLANS[role])}")
+    return plans
+
+
+def build_engine(args: argparse.Namespace, *, decoder: str | None = None, role: str | None = None) -> Any:
+    """The node's engine; the LDM loads role-aware (only what ``role``'s plans need, each part when first used)."""
     if args.engine == "synthetic":
         from testbed.nodes.synthetic_engine import SyntheticEngine
 
@@ -65,8 +82,9 @@ def build_engine(args: argparse.Namespace, *, decoder: str | None = None) -> Any
     if not (Path(model) / "model_index.json").is_file():
         raise CliError(f"{model} is not a diffusers model folder (no model_index.json); pass --model DIR")
     dtype = None if args.dtype is None else getattr(torch, args.dtype)
+    plans = parse_plans(getattr(args, "plans", None), role) if role else None
     try:
-        return LdmEngine(model, device=args.device, dtype=dtype, decoder=decoder)
+        return LdmEngine(model, device=args.device, dtype=dtype, decoder=decoder, role=role, plans=plans)
     except Exception as exc:  # noqa: BLE001 - any load failure is a user-facing start-up error
         raise CliError(f"cannot load the model in {model}: {exc}") from exc
 

@@ -21,7 +21,7 @@ def run(args: argparse.Namespace) -> int:
 
     C.check_bind(args.bind)
     profile = C.load_profile_arg(args)
-    engine = C.build_engine(args)
+    engine = C.build_engine(args, role="es")
     meter, info = C.build_meter(args, profile)
     node = EsNode(engine, meter=meter, name=args.name, bind=args.bind, curve=C.server_curve(args, "es"),
                   limits=C.limits(args), info=info, bounds=C.bounds(args, engine))

@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
 
     C.check_bind(args.bind)
     profile = C.load_profile_arg(args)
-    engine = C.build_engine(args, decoder=args.decoder)
+    engine = C.build_engine(args, decoder=args.decoder, role="ue")
     meter, info = C.build_meter(args, profile)
     node = UeNode(engine, es_address=args.es, meter=meter, name=args.name, bind=args.bind,
                   curve=C.server_curve(args, "ue"), es_curve=C.client_curve(args, "ue", "es", args.es_key),

@@ -64,7 +64,10 @@ def _load_mapping(path: str | None) -> dict | None:
         except YamlError as exc:
             raise CliError(str(exc)) from None
     if p.suffix == ".toml":
-        import tomllib
+        try:
+            import tomllib  # novermin (tomli below on 3.10)
+        except ModuleNotFoundError:  # Python 3.10
+            import tomli as tomllib
 
         return tomllib.loads(text)
     return json.loads(text)

@@ -11,6 +11,11 @@ The decoder is an object with ``decode(latents) -> image`` (:class:`LatentDecode
 ``load_pipeline(..., decoder="base" | "distilled" | "auto")`` names the choices a UE has (:data:`DECODER_CHOICES`;
 ``auto`` gates between the two per latent, :mod:`testbed.ldm.gate`), and
 every decoder folder is checked against the model's latent geometry (:func:`check_decoder_fits`).
+
+``load_pipeline(..., role="es" | "ue", plans=[...])`` is the node's *role-aware* load: nothing but configs is read
+at start-up (after checking that the folder holds every component the plans need,
+:func:`testbed.ldm.components.check_components`), and each component loads when a stage first uses it (a decode-only
+UE loads only the VAE; see :mod:`testbed.ldm.components`). Without ``role`` the whole pipeline loads eagerly.
 """
 
 from __future__ import annotations
@@ -228,8 +233,8 @@ def _read_model_index(model_dir: Path) -> dict[str, Any]:
     return data
 
 
-def _first_attention_downsample(unet: Any) -> int:
-    for i, block in enumerate(unet.config.down_block_types):
+def _first_attention_downsample(unet_config: dict[str, Any]) -> int:
+    for i, block in enumerate(unet_config.get("down_block_types", ())):
         if "CrossAttn" in block:
             return 2**i
     return 1
@@ -251,47 +256,143 @@ class LdmModel:
         1.x/2.x, 2 for SDXL), i.e. merging in the highest-resolution attention layers as tomesd recommends.
     model_dir : Path, optional
         Where the model came from (for fingerprints and messages).
+    lazy_index : dict, optional
+        The folder's model_index.json when components load lazily (``pipe`` then starts with None components and
+        :meth:`ensure` loads each from ``model_dir`` on first use).
     """
 
     def __init__(self, pipe: Any, *, device: torch.device, dtype: torch.dtype,
                  decoder: LatentDecoder | None = None, tome_max_downsample: int | None = None,
-                 model_dir: Path | None = None) -> None:
+                 model_dir: Path | None = None, lazy_index: dict[str, Any] | None = None) -> None:
         name = type(pipe).__name__
         if name not in SUPPORTED_PIPELINES:
             raise ModelLoadError(f"unsupported pipeline {name}; supported: {', '.join(SUPPORTED_PIPELINES)}")
         self.pipe = pipe
         self.family = "sdxl" if name == "StableDiffusionXLPipeline" else "sd"
         self.device, self.dtype = torch.device(device), dtype
-        self._base_decoder: VaeDecoder | None = None
-        self.decoder: LatentDecoder = decoder if decoder is not None else self.base_decoder
-        self.tome_max_downsample = tome_max_downsample or _first_attention_downsample(pipe.unet)
         self.model_dir = model_dir
+        self.lazy_index = lazy_index
+        self.loaded_components: list[str] = []
+        self._base_decoder: VaeDecoder | None = None
+        self._decoder: LatentDecoder | None = decoder
+        self.vae_tiling = False
+        self.tome_max_downsample = tome_max_downsample or _first_attention_downsample(self._config("unet"))
         pipe.set_progress_bar_config(disable=True)
+
+    # --- lazily loaded components ----------------------------------------------------------------------------
+
+    def ensure(self, *names: str) -> None:
+        """Load the named pipeline components not loaded yet (lazy models only; a whole pipeline has them all).
+
+        Raises
+        ------
+        testbed.ldm.components.MissingComponentError
+            A component the folder does not hold (a partial folder).
+        """
+        if self.lazy_index is None:
+            return
+        from testbed.ldm.components import load_component
+
+        for name in names:
+            if getattr(self.pipe, name, None) is not None:
+                continue
+            log.info("loading component %s from %s", name, self.model_dir)
+            module = load_component(self.model_dir, self.lazy_index, name, device=self.device, dtype=self.dtype)
+            self.pipe.register_modules(**{name: module})
+            self.loaded_components.append(name)
+
+    def has_component(self, name: str) -> bool:
+        """Whether ``name`` is loaded or can be (listed in the folder)."""
+        if getattr(self.pipe, name, None) is not None:
+            return True
+        if self.lazy_index is None:
+            return False
+        from testbed.ldm.components import present_components
+
+        return name in present_components(self.model_dir, self.lazy_index)
+
+    def _config(self, name: str) -> dict[str, Any]:
+        """``unet`` / ``vae`` config without loading the weights: the loaded module's, else its config.json, else the
+        geometry a sliced folder recorded (``megbed_slice.json``)."""
+        module = getattr(self.pipe, name, None)
+        if module is not None:
+            return dict(module.config)
+        if self.model_dir is not None:
+            path = self.model_dir / name / "config.json"
+            if path.is_file():
+                try:
+                    return json.loads(path.read_text(encoding="utf-8"))
+                except (OSError, ValueError) as exc:
+                    raise ModelLoadError(f"{path} is not valid JSON: {exc}") from exc
+            from testbed.ldm.components import read_slice
+
+            recorded = read_slice(self.model_dir).get(f"{name}_config")
+            if isinstance(recorded, dict):
+                return recorded
+        raise ModelLoadError(f"{self.model_dir} holds no {name} config (a partial folder without its geometry)")
+
+    @property
+    def decoder(self) -> LatentDecoder:
+        """The decode stage's decoder (default: the pipeline's VAE, loaded when first asked for)."""
+        return self._decoder if self._decoder is not None else self.base_decoder
+
+    @decoder.setter
+    def decoder(self, value: LatentDecoder | None) -> None:
+        self._decoder = value
 
     @property
     def base_decoder(self) -> VaeDecoder:
         """The pipeline's own VAE as a decoder (what reference images are decoded with), whatever ``decoder`` is."""
         if self._base_decoder is None:
+            self.ensure("vae")
             self._base_decoder = VaeDecoder(self.pipe.vae)
+            self._apply_tiling(self._base_decoder)
         return self._base_decoder
+
+    def set_vae_tiling(self, enabled: bool) -> None:
+        """Decode with the VAE's tiled decoder (bounded activation memory on memory-bound UEs) or not.
+
+        Applies to the base VAE and any AutoencoderKL-backed decoder (the distilled one) already built.
+        """
+        self.vae_tiling = bool(enabled)
+        for dec in (self._base_decoder, self._decoder, getattr(self._decoder, "distilled", None),
+                    getattr(self._decoder, "base", None)):
+            if dec is not None:
+                self._apply_tiling(dec)
+
+    def _apply_tiling(self, decoder: Any) -> None:
+        vae = getattr(decoder, "vae", None)
+        if vae is None or not hasattr(vae, "enable_tiling"):
+            return
+        if self.vae_tiling:
+            vae.enable_tiling()
+        else:
+            vae.disable_tiling()
 
     # --- geometry and defaults -------------------------------------------------------------------------------
 
     @property
     def unet(self) -> Any:
+        self.ensure("unet")
         return self.pipe.unet
 
     @property
     def vae_scale_factor(self) -> int:
-        return int(self.pipe.vae_scale_factor)
+        if self.lazy_index is None:
+            return int(self.pipe.vae_scale_factor)
+        return decoder_geometry(self._config("vae"))[1]
 
     @property
     def latent_channels(self) -> int:
-        return int(self.unet.config.in_channels)
+        try:
+            return int(self._config("unet")["in_channels"])
+        except ModelLoadError:
+            # A U-Net-less partial folder (decode-only UE): the latents it gets are the VAE's.
+            return decoder_geometry(self._config("vae"))[0]
 
     def default_size(self) -> tuple[int, int]:
         """Native image size ``(height, width)`` in pixels."""
-        side = int(self.unet.config.sample_size) * self.vae_scale_factor
+        side = int(self._config("unet")["sample_size"]) * self.vae_scale_factor
         return side, side
 
     def resolve(self, request: GenerationRequest) -> GenerationRequest:
@@ -308,6 +409,10 @@ class LdmModel:
         if height % step or width % step:
             raise RequestError(f"image size {height}x{width} must be a multiple of {step} px for this model "
                                f"(VAE factor {self.vae_scale_factor}, 2x2 latent tokens)")
+        if request.scheduler and not self.has_component("scheduler"):
+            # A decode-only node (no scheduler in its partial folder) takes the name the ES resolved.
+            return request.replace(height=height, width=width)
+        self.ensure("scheduler")
         name = resolve_scheduler_name(request.scheduler, self.pipe.scheduler)
         return request.replace(height=height, width=width, scheduler=name)
 
@@ -318,6 +423,7 @@ class LdmModel:
 
     def new_sampler(self, request: GenerationRequest) -> SamplerState:
         """A fresh sampler at step 0 for a resolved request."""
+        self.ensure("scheduler")
         return new_sampler(request.scheduler, self.pipe.scheduler.config, request.num_steps, request.seed,
                            device=self.device)
 
@@ -325,11 +431,14 @@ class LdmModel:
 
     def do_cfg(self, request: GenerationRequest) -> bool:
         """CFG runs when guidance > 1 and the U-Net has no guidance embedding (as in the stock pipelines)."""
-        return request.guidance_scale > 1.0 and self.unet.config.time_cond_proj_dim is None
+        return request.guidance_scale > 1.0 and self._config("unet").get("time_cond_proj_dim") is None
 
     @torch.no_grad()
     def encode_text(self, request: GenerationRequest) -> TextConditioning:
         """Prompt (and negative prompt) -> conditioning, through the pipeline's own ``encode_prompt``."""
+        from testbed.ldm.components import text_components
+
+        self.ensure(*text_components(self.family), *(("unet",) if self.family == "sdxl" else ()))
         do_cfg = self.do_cfg(request)
         pipe = self.pipe
         added = None
@@ -417,7 +526,8 @@ class LdmModel:
 
 def load_pipeline(model_dir: str | Path, *, device: torch.device | str | None = None,
                   dtype: torch.dtype | None = None, decoder: LatentDecoder | str | Path | None = None,
-                  tome_max_downsample: int | None = None) -> LdmModel:
+                  tome_max_downsample: int | None = None, role: str | None = None,
+                  plans: tuple[str, ...] | list[str] | None = None) -> LdmModel:
     """Load an SD-family diffusers pipeline from a local folder (never the network).
 
     Parameters
@@ -437,6 +547,12 @@ def load_pipeline(model_dir: str | Path, *, device: torch.device | str | None = 
         (:func:`check_decoder_fits`).
     tome_max_downsample : int, optional
         Override tomesd's ``max_downsample`` (see :class:`LdmModel`).
+    role : str, optional
+        ``"es"`` or ``"ue"``: load role-aware and lazily (each component when first used); None: the whole
+        pipeline now.
+    plans : sequence of str, optional
+        With ``role``: the plans this node will serve (``meg``, ``hybrid``, ``ceg``, ``ue_local``, ``reference``);
+        the folder must hold every component they need (checked now, before anything loads).
 
     Raises
     ------
@@ -444,6 +560,8 @@ def load_pipeline(model_dir: str | Path, *, device: torch.device | str | None = 
         Missing folder, no/invalid model_index.json, unsupported pipeline class, unreadable components, a
         ``"distilled"`` request on a model without ``ue_decoder/``, or a decoder folder that does not fit
         (:class:`DecoderMismatchError`).
+    testbed.ldm.components.MissingComponentError
+        With ``plans``: a component a plan needs is not in the folder (named with the plan).
     """
     from diffusers import DiffusionPipeline
 
@@ -451,6 +569,9 @@ def load_pipeline(model_dir: str | Path, *, device: torch.device | str | None = 
     index = _read_model_index(model_dir)
     device = resolve_device(device)
     dtype = dtype or default_dtype(device)
+    if role is not None:
+        return _load_role_aware(model_dir, index, device=device, dtype=dtype, decoder=decoder,
+                                tome_max_downsample=tome_max_downsample, role=role, plans=plans)
     extra: dict[str, Any] = {}
     if "safety_checker" in index:
         extra.update(safety_checker=None, requires_safety_checker=False)
@@ -458,6 +579,10 @@ def load_pipeline(model_dir: str | Path, *, device: torch.device | str | None = 
         extra["feature_extractor"] = None
     if "image_encoder" in index:
         extra["image_encoder"] = None
+    for name, entry in index.items():
+        # A partial folder (`megbed model slice`): its left-out components load as None.
+        if not name.startswith("_") and isinstance(entry, list) and entry and entry[0] is None:
+            extra.setdefault(name, None)
     try:
         pipe = DiffusionPipeline.from_pretrained(model_dir, local_files_only=True, **_dtype_kwarg(dtype), **extra)
     except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
@@ -469,6 +594,46 @@ def load_pipeline(model_dir: str | Path, *, device: torch.device | str | None = 
                                 vae_scale_factor=int(pipe.vae_scale_factor), base=VaeDecoder(pipe.vae))
     return LdmModel(pipe, device=device, dtype=dtype, decoder=decoder, tome_max_downsample=tome_max_downsample,
                     model_dir=model_dir.resolve())
+
+
+def _load_role_aware(model_dir: Path, index: dict[str, Any], *, device: torch.device, dtype: torch.dtype,
+                     decoder: LatentDecoder | str | Path | None, tome_max_downsample: int | None, role: str,
+                     plans: tuple[str, ...] | list[str] | None) -> LdmModel:
+    """An :class:`LdmModel` whose pipeline starts empty; components load on first use (:meth:`LdmModel.ensure`)."""
+    import inspect
+
+    import diffusers
+
+    from testbed.ldm.components import check_components
+
+    decoder_name = decoder if isinstance(decoder, str) else None
+    if plans:
+        check_components(model_dir, index, role, plans, decoder_name)
+    cls = getattr(diffusers, index["_class_name"])
+    params = inspect.signature(cls.__init__).parameters
+    kwargs: dict[str, Any] = {name: None for name in params if name != "self"}
+    for name in params:
+        value = index.get(name)
+        if name != "self" and not name.startswith("_") and not isinstance(value, list) and value is not None:
+            kwargs[name] = value  # config entries (requires_safety_checker, force_zeros_for_empty_prompt, ...)
+    if "requires_safety_checker" in kwargs:
+        kwargs["requires_safety_checker"] = False
+    if "add_watermarker" in kwargs:
+        kwargs["add_watermarker"] = False
+    try:
+        pipe = cls(**kwargs)
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise ModelLoadError(f"cannot set up the {index['_class_name']} of {model_dir}: {exc}") from exc
+    model = LdmModel(pipe, device=device, dtype=dtype, tome_max_downsample=tome_max_downsample,
+                     model_dir=model_dir.resolve(), lazy_index=index)
+    if isinstance(decoder, str | Path):
+        model.decoder = named_decoder(model_dir, decoder, device=device, dtype=dtype,
+                                      latent_channels=model.latent_channels,
+                                      vae_scale_factor=model.vae_scale_factor,
+                                      base=model.base_decoder if decoder == "auto" else None)
+    elif decoder is not None:
+        model.decoder = decoder
+    return model
 
 
 def decoder_folder(model_dir: str | Path, name: str | Path) -> Path:

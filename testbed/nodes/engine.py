@@ -68,5 +68,8 @@ class Engine(ABC):
                                 request_id=request_id)
         return default
 
+    def set_vae_tiling(self, enabled: bool) -> None:  # noqa: B027 - optional
+        """Decode the next requests with VAE tiling (bounded decoder memory) or not; engines without a VAE ignore it."""
+
     def close(self) -> None:  # noqa: B027 - optional
         """Release the model."""

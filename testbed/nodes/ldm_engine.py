@@ -54,13 +54,21 @@ class LdmEngine(Engine):
         or a decoder folder (the operator's choice at start-up). A request may name another decoder only by name:
         ``base``, ``distilled``, ``auto`` or a decoder folder listed inside the model folder (:meth:`decoder_names`);
         never by a path. Requested decoders are kept loaded, at most :data:`MAX_CACHED_DECODERS` besides the default.
+    role : str, optional
+        ``es`` or ``ue``: role-aware loading (each pipeline component when a stage first needs it,
+        :mod:`testbed.ldm.components`); None: the whole pipeline now.
+    plans : sequence of str, optional
+        With ``role``: the plans this node serves; the folder must hold their components (checked now, the error
+        naming the component and the plan).
     """
 
     def __init__(self, model_dir: str | Path, device: str = "cpu", dtype: torch.dtype | None = None,
-                 decoder: str | None = None) -> None:
+                 decoder: str | None = None, role: str | None = None,
+                 plans: tuple[str, ...] | list[str] | None = None) -> None:
         from testbed.ldm.model import load_pipeline
 
-        self.model = load_pipeline(model_dir, device=device, dtype=dtype, decoder=decoder)
+        self.role = role
+        self.model = load_pipeline(model_dir, device=device, dtype=dtype, decoder=decoder, role=role, plans=plans)
         self.device = self.model.device
         if self.device.type in ("cuda", "mps"):
             from testbed.ldm.model import device_sync
@@ -71,9 +79,12 @@ class LdmEngine(Engine):
             "model_fingerprint": self.model.fingerprint(), "pipeline": type(self.model.pipe).__name__,
             "device": str(self.device), "dtype": str(self.model.dtype).replace("torch.", ""),
             "decoder": str(decoder or "base"), "torch": torch.__version__,
+            "loading": "role-aware (lazy)" if role else "whole pipeline", "plans": list(plans or []),
         }
         self.native_px = int(self.model.default_size()[0])
-        self._default_decoder = (self.info["decoder"], self.model.decoder)
+        # A base default decoder is None here: the decode stage loads the VAE when it first runs, so an ES (or a
+        # CEG-only UE) never loads a VAE it does not run.
+        self._default_decoder = (self.info["decoder"], None if self.info["decoder"] == "base" else self.model.decoder)
         self._decoders: OrderedDict[str, Any] = OrderedDict()
 
     def decoder_names(self) -> list[str]:
@@ -114,7 +125,8 @@ class LdmEngine(Engine):
             try:
                 dec = named_decoder(self.model.model_dir, name, device=self.device, dtype=self.model.dtype,
                                     latent_channels=self.model.latent_channels,
-                                    vae_scale_factor=self.model.vae_scale_factor, base=self.model.base_decoder)
+                                    vae_scale_factor=self.model.vae_scale_factor,
+                                    base=self.model.base_decoder if name == "auto" else None)
             except ModelLoadError as exc:
                 # The full reason (with this host's paths) stays in the node's log.
                 log.warning("decoder %r could not be loaded: %s", name, exc)
@@ -126,6 +138,9 @@ class LdmEngine(Engine):
         self._decoders.move_to_end(name)
         self.model.decoder = self._decoders[name]
         return name
+
+    def set_vae_tiling(self, enabled: bool) -> None:
+        self.model.set_vae_tiling(bool(enabled))
 
     # --- plumbing ---------------------------------------------------------------------------------------------------
 
@@ -139,9 +154,23 @@ class LdmEngine(Engine):
 
     def _run(self, scheme: str, node: str, state: dict[str, Any], rec: StageRecorder | None,
              decoder: Any = None) -> dict[str, Any]:
-        from testbed.ldm.plan import build_stages, plan_for
+        from testbed.ldm.components import MissingComponentError
+        from testbed.ldm.plan import plan_for
 
         plan = plan_for(scheme, state["request"])
+        try:
+            return self._run_stages(plan, node, state, rec, decoder)
+        except MissingComponentError as exc:
+            # The ES renders references with the UE-local plan: name it as the ES's 'reference' plan.
+            reference = self.role == "es" and node == "ue"
+            name = "reference" if reference else ("hybrid" if plan.hybrid else plan.scheme)
+            raise ProtocolError(f"plan '{name}' on the {(self.role or node).upper()}: {exc}",
+                                request_id=getattr(state.get("request"), "request_id", None)) from exc
+
+    def _run_stages(self, plan: Any, node: str, state: dict[str, Any], rec: StageRecorder | None,
+                    decoder: Any) -> dict[str, Any]:
+        from testbed.ldm.plan import build_stages
+
         for stage in build_stages(plan, node, self.model, decoder=decoder):
             if rec is None:
                 state.update(stage(state))
@@ -166,8 +195,14 @@ class LdmEngine(Engine):
 
     def reference(self, req: RequestSpec, n_steps: int) -> np.ndarray:
         # The reference is the stock decoder's image whatever decoder the UEs use.
+        from testbed.ldm.components import MissingComponentError
+
+        try:
+            base = self.model.base_decoder
+        except MissingComponentError as exc:
+            raise ProtocolError(f"plan 'reference' on the ES: {exc}", request_id=req.request_id) from exc
         state = self._run("ue_local", "ue", {"request": self._gen(req, reference_n_steps=n_steps)}, None,
-                          decoder=self.model.base_decoder)
+                          decoder=base)
         return image_to_uint8(state["image"])
 
     # --- UE ---------------------------------------------------------------------------------------------------------

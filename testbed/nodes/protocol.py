@@ -236,6 +236,7 @@ class RequestSpec:
     point_id: str = ""
     repetition: int = 0
     decoder: str = ""
+    vae_tiling: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_meta(self) -> dict[str, Any]:
@@ -283,6 +284,9 @@ class RequestSpec:
         if not isinstance(decoder, str) or len(decoder) > 256 or "\x00" in decoder:
             raise ProtocolError(f"{where}: field 'decoder' must be a string of at most 256 characters",
                                 request_id=rid)
+        vae_tiling = meta.get("vae_tiling", False)
+        if not isinstance(vae_tiling, bool):
+            raise ProtocolError(f"{where}: field 'vae_tiling' must be true or false", request_id=rid)
         seed = _req(meta, "seed", int, where)
         if not 0 <= seed < 2**63:
             raise ProtocolError(f"{where}: field 'seed'={seed} outside [0, 2**63)", request_id=rid)
@@ -309,6 +313,7 @@ class RequestSpec:
             point_id=_req(meta, "point_id", str, where),
             repetition=_req(meta, "repetition", int, where),
             decoder=decoder,
+            vae_tiling=vae_tiling,
             extra=dict(extra),
         )
 
@@ -349,6 +354,7 @@ class RequestSpec:
             "height_px": self.height_px,
             "width_px": self.width_px,
             "wire_dtype": self.wire_dtype,
+            "vae_tiling": bool(self.vae_tiling),
             "link_model": link.link_model if link else "none",
             "tx_mode": link.tx_mode if link else "none",
             "distance_m": float("nan") if link is None or link.distance_m is None else link.distance_m,

@@ -10,6 +10,10 @@ that wait must not stretch the next stage's start.
 
 Without a meter (a node started with ``--probe none``) energy is recorded as absent, never as zero:
 ``energy_method = "none"``, ``energy_valid = False`` with the reason.
+
+Every stage also records the process's peak memory during it (``mem_peak_mb`` / ``gpu_mem_peak_mb`` with their
+``mem_method`` / ``gpu_mem_method``, :mod:`measurements.memory`); a node's peak over a request is the maximum over
+its stage rows.
 """
 
 from __future__ import annotations
@@ -17,9 +21,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
+
+from measurements.memory import MemoryMeter
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +52,14 @@ class StageRecorder:
         Device synchronisation (``torch.cuda.synchronize``) run before each edge stamp.
     clock : callable
         Monotonic nanosecond clock used without a meter (the meter's probes share the same clock).
+    memory : measurements.memory.MemoryMeter, optional
+        Peak-memory meter; default: the process's own (:func:`process_memory_meter`).
     """
 
     def __init__(self, node: str, meter: Any = None, *, sync: Callable[[], Any] | None = None,
-                 clock: Callable[[], int] = time.monotonic_ns) -> None:
+                 clock: Callable[[], int] = time.monotonic_ns, memory: MemoryMeter | None = None) -> None:
         self.node, self.meter, self.sync, self.clock = node, meter, sync, clock
+        self.memory = memory if memory is not None else process_memory_meter()
         self.records: list[dict[str, Any]] = []
         self._windows: list[tuple[dict[str, Any], Any]] = []
 
@@ -57,12 +67,20 @@ class StageRecorder:
     def stage(self, name: str, **extra: Any) -> Iterator[dict[str, Any]]:
         """Measure one stage; the yielded dict takes extra columns (e.g. ``payload_bytes``) inside the block."""
         rec: dict[str, Any] = {"node": self.node, "stage": name, **extra}
+        # The memory window encloses the timed one, so the device is synchronised before the peak is read.
+        with self.memory.window() as peak:
+            with self._timed(name, rec):
+                yield rec
+        rec.update(peak.to_columns())
+
+    @contextlib.contextmanager
+    def _timed(self, name: str, rec: dict[str, Any]) -> Iterator[None]:
         if self.meter is None:
             if self.sync is not None:
                 self.sync()
             t0 = self.clock()
             try:
-                yield rec
+                yield
             finally:
                 if self.sync is not None:
                     self.sync()
@@ -71,7 +89,7 @@ class StageRecorder:
                 self._close(rec, t0, t1)
             return
         with self.meter.window(name, sync=self.sync) as window:
-            yield rec
+            yield
         self._close(rec, int(window.t_start_ns), int(window.t_end_ns))
         self._windows.append((rec, window))
 
@@ -93,6 +111,21 @@ class StageRecorder:
             rec.update(_energy_columns(window))
         self._windows.clear()
         return json_safe(self.records)
+
+
+_PROCESS_METER: MemoryMeter | None = None
+
+
+def process_memory_meter() -> MemoryMeter:
+    """The process's memory meter (host RSS; CUDA peak allocations when torch has initialised CUDA)."""
+    global _PROCESS_METER
+    cuda_device = None
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        cuda_device = torch.device("cuda", torch.cuda.current_device())
+    if _PROCESS_METER is None or _PROCESS_METER.cuda_device != cuda_device:
+        _PROCESS_METER = MemoryMeter(cuda_device=cuda_device)
+    return _PROCESS_METER
 
 
 def _energy_columns(window: Any) -> dict[str, Any]:

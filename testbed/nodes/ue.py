@@ -140,6 +140,7 @@ class UeNode:
                                 "es_records": [], "delivery": None}
         # CEG sends the image: no decoder of the UE's runs.
         meta["decoder"] = None if spec.scheme == "ceg" else self.engine.select_decoder(spec.decoder, spec.request_id)
+        self.engine.set_vae_tiling(spec.vae_tiling)
         if spec.scheme == "ue_local":
             image = self.engine.ue_local(spec, rec)
         else:
