@@ -7,7 +7,7 @@ Header (``frame.meta``, JSON):
 * ``request``: the resolved :class:`~testbed.ldm.request.GenerationRequest` (prompt, negative prompt, guidance,
   seed, N, k, beta, tomesd ratios, ...). The UE computes its own text embeddings from it; CFG embeddings are never
   sent (they would cost ~7x the latent).
-* ``step`` / ``num_steps``: k and N. ``merge``: the merged latent's geometry (shape, beta, seed, r).
+* ``step`` / ``num_steps``: k and N. ``merge``: the merged latent's geometry (shape, beta, seed, r, method).
 * ``sampler``: class, config, scalar history and list masks of the sampler when the UE must finish steps k..N
   (``None`` when k = N: the UE only decodes).
 * ``channel_roles``: ``{buffer name: "values" | "side"}``. ``values`` buffers are float latent data the link may
@@ -15,7 +15,8 @@ Header (``frame.meta``, JSON):
   map, timesteps, generator state).
 * ``delivery``: written by the channel emulator (its delivery record); kept as is.
 
-Buffers (raw little-endian arrays, no pickle): ``merge.tokens`` (wire dtype), ``merge.map`` (uint8), then the
+Buffers (raw little-endian arrays, no pickle): ``merge.tokens`` (wire dtype), ``merge.map`` (uint8), for the global
+merge methods ``merge.dst`` (uint8, the packed destination index of every merged source), then the
 sampler's ``solver.*`` buffers. ``len(handoff.to_bytes())`` is what the link carries.
 """
 
@@ -99,7 +100,8 @@ class Handoff:
     @property
     def channel_roles(self) -> dict[str, str]:
         """``{buffer: "values" | "side"}`` for every buffer of the frame."""
-        return {f"{MERGE_PREFIX}tokens": "values", f"{MERGE_PREFIX}map": "side", **self.sampler_roles}
+        side = {name: "side" for name in MergedLatent.side_buffer_names(self.merged.method, MERGE_PREFIX)}
+        return {f"{MERGE_PREFIX}tokens": "values", **side, **self.sampler_roles}
 
     def resume_sampler(self, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> SamplerState:
         """The sampler at step k on this node (only when k < N)."""
