@@ -79,6 +79,9 @@ class Handoff:
         HandoffError
             The sampler is missing, or not at step k, while k < N.
         """
+        if merged.num_merged and merged.method != request.merge_method:
+            raise HandoffError(f"the latent was merged with merge method {merged.method!r}, "
+                               f"the request asks for {request.merge_method!r}")
         if not request.ue_denoises:
             return cls(request, merged)
         if sampler is None:
@@ -140,7 +143,8 @@ class Handoff:
         Raises
         ------
         HandoffError
-            Wrong frame kind, another handoff version, missing or inconsistent fields.
+            Wrong frame kind, another handoff version, missing or inconsistent fields, merge side information
+            that does not fit (truncated or extended index buffer, a destination index out of range).
         """
         if frame.kind != HANDOFF_KIND:
             raise HandoffError(f"expected a {HANDOFF_KIND!r} frame, got {frame.kind!r}")
@@ -158,6 +162,9 @@ class Handoff:
                                    f"its request says k={request.k} of N={request.num_steps}")
             merged = MergedLatent.from_buffers(meta["merge"], frame.buffers, prefix=MERGE_PREFIX,
                                                device=device, dtype=dtype)
+            if merged.num_merged and merged.method != request.merge_method:
+                raise HandoffError(f"handoff merge method {merged.method!r} differs from its request's "
+                                   f"{request.merge_method!r}")
         except KeyError as exc:
             raise HandoffError(f"handoff header lacks {exc}") from exc
         except (RequestError, MergeError, TypeError, ValueError) as exc:

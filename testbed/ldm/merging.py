@@ -56,13 +56,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from testbed.ldm.merge_methods import DEFAULT_MERGE_METHOD, GLOBAL_METHODS, MERGE_METHODS
+
 PATCH = 2
 WINDOW = 2
 MAX_BETA = 0.75
 MAP_BITORDER = "little"
-MERGE_METHODS = ("global_l2", "global", "window")
-DEFAULT_MERGE_METHOD = "global_l2"
-GLOBAL_METHODS = ("global", "global_l2")
 
 _WIRE_DTYPES = {"float16": np.float16, "float32": np.float32}
 
