@@ -10,7 +10,14 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from testbed.ldm.merging import DEFAULT_MERGE_METHOD, MAX_BETA, MERGE_METHODS, MergeError, check_beta, check_method
+from testbed.ldm.merging import (
+    DEFAULT_MERGE_METHOD,
+    MAX_BETA,
+    MERGE_METHODS,
+    MergeError,
+    check_beta,
+    check_method,
+)
 
 WIRE_DTYPES = ("float16", "float32")
 # tomesd's own bound for 2x2 strides: at most 1 - 1/(sx*sy) of the tokens can be merged.

@@ -14,11 +14,12 @@ from testbed.ldm.merging import (
     merge,
     merge_layout,
     merged_payload_nbytes,
+    pack_indices,
     patchify,
     unmerge,
+    unpack_indices,
     unpatchify,
 )
-from testbed.ldm.merging import pack_indices, unpack_indices
 
 
 def _latent(shape=(2, 4, 16, 16), seed=0) -> torch.Tensor:
