@@ -6,6 +6,7 @@ import torch
 
 from testbed.ldm.merging import (
     DEFAULT_MERGE_METHOD,
+    LLOYD_ITERATIONS,
     MAX_BETA,
     MERGE_METHODS,
     MergedLatent,
@@ -198,30 +199,37 @@ def test_index_packing_round_trips_at_every_width():
         assert np.array_equal(unpack_indices(packed, 37, bits), idx)
 
 
-def _reference_global(tokens: np.ndarray, src_index, dst_index, r: int, metric: str):
-    """The paper's rule written out as plain loops (no torch, no vectorised matching): per source, the best
-    destination over all destinations; the r best sources, ties to the lower source; destinations average
-    themselves with their merged sources (tomesd's ``mean`` with the destination included)."""
-    best_dst, best_score = [], []
-    for s in src_index:
-        scores = []
-        for d in dst_index:
-            a, b = tokens[s].astype(np.float64), tokens[d].astype(np.float64)
-            if metric == "cosine":
-                scores.append(float(a @ b / (np.sqrt(a @ a) * np.sqrt(b @ b))))
-            else:
-                scores.append(-float(((a - b) ** 2).sum()))
-        j = int(np.argmax(scores))
-        best_dst.append(j)
-        best_score.append(scores[j])
-    order = sorted(range(len(src_index)), key=lambda i: (-best_score[i], i))
-    merged = sorted(order[:r])
-    out = tokens.astype(np.float64).copy()
+def _reference_global(tokens: np.ndarray, src_index, dst_index, r: int, metric: str, passes: int):
+    """The rule written out as plain loops (no torch, nothing vectorised): per source, the best target over all
+    destinations; the r best sources, ties to the lower source; every destination becomes the mean of itself and
+    the sources merged into it (tomesd's ``mean`` with the destination included). ``passes`` more rounds match
+    the sources against those means instead of the destinations (global_l2's Lloyd refinement)."""
+    tokens = tokens.astype(np.float64)
+    targets = [tokens[d] for d in dst_index]
+    for _ in range(passes + 1):
+        best_dst, best_score = [], []
+        for s in src_index:
+            scores = []
+            for t in targets:
+                a = tokens[s]
+                if metric == "cosine":
+                    scores.append(float(a @ t / (np.sqrt(a @ a) * np.sqrt(t @ t))))
+                else:
+                    scores.append(-float(((a - t) ** 2).sum()))
+            j = int(np.argmax(scores))
+            best_dst.append(j)
+            best_score.append(scores[j])
+        order = sorted(range(len(src_index)), key=lambda i: (-best_score[i], i))
+        merged = sorted(order[:r])
+        targets = []
+        for j, d in enumerate(dst_index):
+            members = [int(src_index[i]) for i in merged if best_dst[i] == j]
+            targets.append(tokens[[int(d), *members]].mean(axis=0))
+    out = tokens.copy()
     for j, d in enumerate(dst_index):
-        members = [int(src_index[i]) for i in merged if best_dst[i] == j]
-        out[d] = tokens[[int(d), *members]].astype(np.float64).mean(axis=0)
+        out[d] = targets[j]
     for i in merged:
-        out[src_index[i]] = out[dst_index[best_dst[i]]]
+        out[src_index[i]] = targets[best_dst[i]]
     return merged, [best_dst[i] for i in merged], out
 
 
@@ -231,7 +239,9 @@ def test_global_rule_matches_an_independent_reference(method, metric):
     layout = merge_layout(4, 12, 8, 5)
     tokens = patchify(x)[0].numpy()
     r = round(0.5 * layout.num_tokens)
-    merged_src, merged_dst, expected = _reference_global(tokens, layout.src_index, layout.dst_index, r, metric)
+    passes = LLOYD_ITERATIONS if method == "global_l2" else 0
+    merged_src, merged_dst, expected = _reference_global(tokens, layout.src_index, layout.dst_index, r, metric,
+                                                         passes)
     m = merge(x, 0.5, 5, method)
     assert m.num_merged == r == 12
     mask = m.source_mask[0].numpy()
@@ -272,3 +282,18 @@ def test_truncated_extended_or_out_of_range_indices_are_merge_errors(method):
         MergedLatent.from_buffers(meta, dict(bufs, **{"merge.dst": bad}))
     with pytest.raises(MergeError, match="unknown merge method"):
         MergedLatent.from_buffers(dict(meta, method="nearest"), bufs)
+
+
+def test_lloyd_passes_never_raise_the_error():
+    x = _latent((2, 4, 32, 32), seed=8)
+    import testbed.ldm.merging as M
+
+    errs = []
+    for passes in range(4):
+        old, M.LLOYD_ITERATIONS = M.LLOYD_ITERATIONS, passes
+        try:
+            errs.append(float(((unmerge(merge(x, 0.6, 2, "global_l2")) - x) ** 2).sum()))
+        finally:
+            M.LLOYD_ITERATIONS = old
+    assert all(b <= a * (1 + 1e-6) for a, b in zip(errs, errs[1:], strict=False)), errs
+    assert errs[-1] < errs[0]
