@@ -52,3 +52,17 @@ def test_bad_destination_indices_are_refused_and_the_ue_stays_up(tampering_pair,
         ok = client.call(P.generate_frame(make_spec(rid=f"fine-{method}", merge_method=method)))
         assert ok.kind == P.RESULT
     ctx.term()
+
+
+def test_request_spec_carries_and_checks_the_merge_method():
+    spec = make_spec(merge_method="window")
+    back = P.RequestSpec.from_meta(spec.to_meta())
+    assert back.merge_method == "window" and back.generation_request().merge_method == "window"
+    assert back.config_columns()["merge_method"] == "window"
+    assert make_spec("ceg").config_columns()["merge_method"] == "none"
+    legacy = {k: v for k, v in spec.to_meta().items() if k != "merge_method"}
+    assert P.RequestSpec.from_meta(legacy).merge_method == "global_l2"  # a sender from before the field
+    with pytest.raises(P.ProtocolError, match="merge_method"):
+        P.RequestSpec.from_meta({**spec.to_meta(), "merge_method": "nearest"})
+    with pytest.raises(P.ProtocolError, match="merge_method"):
+        P.RequestSpec.from_meta({**spec.to_meta(), "merge_method": 3})
