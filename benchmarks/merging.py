@@ -48,6 +48,7 @@ import math  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
+import textwrap  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -235,7 +236,7 @@ def plot(result: dict, path: Path) -> None:
         ax.set_yscale("log")
         ax.set_xlabel("handoff bytes (kB, side information included)")
         ax.set_ylabel("NMSE after un-merge")
-        ax.set_title(f"{set_name}: {result['sets'][set_name]}", fontsize=9)
+        ax.set_title(textwrap.fill(f"{set_name}: {result['sets'][set_name]}", 60), fontsize=8)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
