@@ -34,7 +34,7 @@ from testbed.ldm.request import GenerationRequest, LdmError, RequestError
 from testbed.ldm.schedulers import SamplerState, SamplerStateError
 
 HANDOFF_KIND = "handoff"
-HANDOFF_VERSION = 1
+HANDOFF_VERSION = 2  # 2: merge methods (header "merge.method", the "merge.dst" index buffer)
 MERGE_PREFIX = "merge."
 SOLVER_PREFIX = "solver."
 
