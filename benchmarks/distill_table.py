@@ -39,6 +39,7 @@ from testbed.distill.decoder import TrainableDecoder  # noqa: E402
 from testbed.distill.evaluate import conditions, evaluate, format_tables, summarize  # noqa: E402
 from testbed.distill.link import TrainingLink  # noqa: E402
 from testbed.distill.prompts import heldout_prompts  # noqa: E402
+from testbed.ldm.merge_methods import DEFAULT_MERGE_METHOD  # noqa: E402
 from testbed.ldm.model import UE_DECODER_SUBFOLDER, check_decoder_fits, load_decoder, load_pipeline  # noqa: E402
 
 
@@ -71,10 +72,12 @@ def table(args: argparse.Namespace, model, model_dir: Path) -> None:
     if auto is not None:  # the 'auto' decoder: the calibrated gate between base and distilled
         decoders["auto"] = auto
     rows = evaluate(cache, decoders, steps=steps, betas=args.betas,
-                    conds=conditions(args.snr_db, args.sigma), link=link, seed=0, progress=True)
+                    conds=conditions(args.snr_db, args.sigma), link=link, seed=0, progress=True,
+                    merge_method=args.merge_method)
     t2 = time.perf_counter_ns()
     table_steps = [n for n in steps if n != args.n_ref]
-    print(f"model {model_dir} | decoder {folder} | held-out prompts: {len(prompts)} | N_ref = {args.n_ref} | "
+    print(f"model {model_dir} | decoder {folder} | merge method {args.merge_method or DEFAULT_MERGE_METHOD} | "
+          f"held-out prompts: {len(prompts)} | N_ref = {args.n_ref} | "
           f"wire float16 | link: channel_emu analog AWGN, MMSE")
     print(f"(latents cached in {(t1 - t0) / 1e9:.1f} s, {len(rows)} decodes scored in {(t2 - t1) / 1e9:.1f} s, "
           f"{torch.get_num_threads()} torch threads)\n")
@@ -149,6 +152,7 @@ def main() -> int:
     p.add_argument("--snr-db", type=_floats, default=[20.0, 10.0, 5.0, 0.0, -4.0])
     p.add_argument("--sigma", type=_floats, default=[], help="also the paper's Gaussian noise at these std")
     p.add_argument("--guidance", type=float, default=5.0)
+    p.add_argument("--merge-method", default=None, help="merge method of the handoffs (default: the runtime's)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none")
     p.add_argument("--threads", type=int, default=2)

@@ -91,6 +91,7 @@ COLUMNS: tuple[Column, ...] = (
     _c("n_steps", "int", "total denoising steps N"),
     _c("es_steps", "int", "denoising steps run on the ES (k); k == N: the UE only decodes"),
     _c("merge_ratio", "float", "feature-merging ratio beta"),
+    _c("merge_method", "string", "feature-merging method: global_l2 | global | window (none: not MEG)"),
     _c("tome_ratio_es", "float", "tomesd token-merging ratio in the ES U-Net"),
     _c("tome_ratio_ue", "float", "tomesd token-merging ratio in the UE U-Net"),
     _c("guidance_scale", "float", "classifier-free guidance scale"),

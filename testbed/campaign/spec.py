@@ -15,6 +15,7 @@ Example (every key shown; ``campaigns/default.yaml`` is the one ``make run`` use
       n_steps: [4, 8]               # N
       es_steps: [null]              # k; null means k = N (the UE only decodes)
       merge_ratio: [0.0, 0.5]       # beta (MEG only)
+      merge_method: [global_l2]     # MEG only: global_l2 (default) | global (the paper's rule) | window
       tome_ratio_es: [0.0]
       tome_ratio_ue: [0.0]
       link_model: [awgn]
@@ -51,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from megwire.safe_yaml import YamlError, load_yaml_file
+from testbed.ldm.merge_methods import DEFAULT_MERGE_METHOD, MERGE_METHODS
 from testbed.nodes.protocol import LinkSpec, RequestSpec
 
 SCHEMES = ("meg", "ceg", "ue_local")
@@ -70,8 +72,8 @@ TOP_KEYS = {
     "reference", "repetitions", "warmup", "cooldown_s", "order", "nodes", "link_config", "profiles", "timeouts",
     "retries", "keep_images", "curve",
 }
-GRID_KEYS = {"n_steps", "es_steps", "merge_ratio", "tome_ratio_es", "tome_ratio_ue", "link_model", "distance_m",
-             "snr_db", "tx_mode", "decoder"}
+GRID_KEYS = {"n_steps", "es_steps", "merge_ratio", "merge_method", "tome_ratio_es", "tome_ratio_ue", "link_model",
+             "distance_m", "snr_db", "tx_mode", "decoder"}
 DECODERS = ("base", "distilled", "auto")
 IMAGE_KEYS = {"height_px", "width_px", "guidance_scale", "scheduler", "wire_dtype", "vae_tiling"}
 
@@ -121,6 +123,7 @@ class Point:
     tome_ratio_ue: float
     link: LinkSpec | None
     decoder: str | None = None
+    merge_method: str | None = None
 
     @property
     def point_id(self) -> str:
@@ -133,6 +136,8 @@ class Point:
         out["link"] = None if self.link is None else self.link.to_meta()
         if self.decoder is None:
             del out["decoder"]  # ids of points without a decoder axis stay what they were before it existed
+        if self.merge_method is None:
+            del out["merge_method"]  # likewise for the merge-method axis
         return out
 
 
@@ -196,12 +201,14 @@ class CampaignSpec:
         for scheme in self.schemes:
             for n in g["n_steps"]:
                 if scheme == "meg":
-                    for k, beta, te, tu, link, dec in itertools.product(
-                            g["es_steps"], g["merge_ratio"], g["tome_ratio_es"], g["tome_ratio_ue"], self.links(),
-                            decoders):
+                    for k, beta, method, te, tu, link, dec in itertools.product(
+                            g["es_steps"], g["merge_ratio"], g.get("merge_method", (None,)), g["tome_ratio_es"],
+                            g["tome_ratio_ue"], self.links(), decoders):
                         kk = n if k is None else k
-                        # The UE's tomesd ratio only matters when it denoises.
-                        add(Point("meg", n, kk, float(beta), float(te), float(tu) if kk < n else 0.0, link, dec))
+                        # The UE's tomesd ratio only matters when it denoises; no merge method merges nothing.
+                        method = None if method is None or float(beta) == 0.0 else method
+                        add(Point("meg", n, kk, float(beta), float(te), float(tu) if kk < n else 0.0, link, dec,
+                                  method))
                 elif scheme == "ceg":
                     # CEG sends the image: no UE decoder runs.
                     for te, link in itertools.product(g["tome_ratio_es"], self.links()):
@@ -229,6 +236,7 @@ class CampaignSpec:
             scheduler=self.scheduler or "", tome_ratio_es=point.tome_ratio_es, tome_ratio_ue=point.tome_ratio_ue,
             wire_dtype=self.wire_dtype, link=point.link, point_id=point.point_id, repetition=repetition,
             decoder=point.decoder or "", vae_tiling=self.vae_tiling,
+            merge_method=point.merge_method or DEFAULT_MERGE_METHOD,
         )
 
     def resolved(self) -> dict[str, Any]:
@@ -543,6 +551,9 @@ def validate_spec(data: Any, *, base_dir: Path, source: str = "<spec>", check_pa
             chk.bad(f"grid.es_steps[{i}]", f"k={k} exceeds the smallest N={min_n} in grid.n_steps")
     grid["merge_ratio"] = chk.values("grid.merge_ratio", grid_in.get("merge_ratio", [0.0]),
                                      lambda k, v: chk.number(k, v, 0.0, MAX_BETA))
+    if "merge_method" in grid_in:
+        grid["merge_method"] = chk.values("grid.merge_method", grid_in["merge_method"],
+                                          lambda k, v: chk.string(k, v, MERGE_METHODS))
     for key in ("tome_ratio_es", "tome_ratio_ue"):
         grid[key] = chk.values(f"grid.{key}", grid_in.get(key, [0.0]), lambda k, v: chk.number(k, v, 0.0, MAX_TOME))
     grid["link_model"] = chk.values("grid.link_model", grid_in.get("link_model", ["awgn"]),

@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 from testbed.cli.main import CliError
+from testbed.ldm.merge_methods import DEFAULT_MERGE_METHOD, MERGE_METHODS
 
 
 def _default_model() -> Path | None:
@@ -34,6 +35,9 @@ def register(sub) -> None:
     p.add_argument("--steps", "-n", type=int, default=8, help="N, denoising steps (default 8)")
     p.add_argument("--split", "-k", type=int, default=None, help="K, steps on the ES (default N: UE only decodes)")
     p.add_argument("--merge", "-b", type=float, default=0.0, help="beta, latent merge ratio in [0, 0.75]")
+    p.add_argument("--merge-method", choices=MERGE_METHODS, default=DEFAULT_MERGE_METHOD,
+                   help=f"how tokens merge (default {DEFAULT_MERGE_METHOD}; global = the paper's rule, "
+                        "window = window-local)")
     p.add_argument("--tome-es", type=float, default=0.0, help="tomesd ratio in the ES U-Net (0 = off)")
     p.add_argument("--tome-ue", type=float, default=0.0, help="tomesd ratio in the UE U-Net (0 = off)")
     p.add_argument("--seed", type=int, default=0, help="seed (noise, ancestral samplers, merge layout)")
@@ -93,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         request = GenerationRequest(
             prompt=args.prompt, num_steps=args.steps, split_step=args.split, merge_ratio=args.merge, seed=args.seed,
+            merge_method=args.merge_method,
             negative_prompt=args.negative_prompt, height=args.height, width=args.width, guidance_scale=args.guidance,
             scheduler=args.scheduler, tome_ratio_es=args.tome_es, tome_ratio_ue=args.tome_ue,
             wire_dtype=args.wire_dtype, request_id="cli",
@@ -117,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     req = result.request
     print(f"model {model_dir} ({model.family}, {model.device}, {str(model.dtype).removeprefix('torch.')}); "
           f"scheme {result.plan.scheme}{' (hybrid)' if result.plan.hybrid else ''}; scheduler {req.scheduler}; "
-          f"N={req.num_steps} k={req.k} beta={req.merge_ratio:g} tome es/ue={req.tome_ratio_es:g}/"
+          f"N={req.num_steps} k={req.k} beta={req.merge_ratio:g} ({req.merge_method}) tome es/ue={req.tome_ratio_es:g}/"
           f"{req.tome_ratio_ue:g}; {req.width}x{req.height}")
     print(f"{'node':<4}  {'stage':<13}  {'latency_s':>10}")
     for t in result.timings:

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from testbed.ldm.merging import MAX_BETA
+from testbed.ldm.merging import DEFAULT_MERGE_METHOD, MAX_BETA, MERGE_METHODS
 from testbed.ldm.request import WIRE_DTYPES
 
 NOISE_KINDS = ("sigma", "snr", "link", "none")
@@ -95,6 +95,8 @@ class DistillConfig:
         Only every ``n_stride``-th N of the range is cached (fewer denoising runs; ``n_max`` is always included).
     beta_max : float
         beta ~ U[0, beta_max] per sample (at most 0.75, the merging's cap).
+    merge_method : str
+        Merge method of the training samples (:data:`testbed.ldm.merging.MERGE_METHODS`; the runtime's default).
     guidance_scale : float
         CFG scale of the cached generations (5.0: the campaigns' default; SD-1.5 is usually run at 7.5).
     scheduler : str or None
@@ -151,6 +153,7 @@ class DistillConfig:
     n_ref: int | None = None
     n_stride: int = 2
     beta_max: float = MAX_BETA
+    merge_method: str = DEFAULT_MERGE_METHOD
     guidance_scale: float = 5.0
     scheduler: str | None = None
     wire_dtype: str = "float16"
@@ -267,6 +270,7 @@ def validate(cfg: DistillConfig) -> None:
     _check(cfg.n_ref is None or (_is_int(cfg.n_ref) and cfg.n_ref >= cfg.n_max), "n_ref",
            f"reference steps {cfg.n_ref!r} must be an integer >= n_max={cfg.n_max}")
     _check(_is_num(cfg.beta_max) and 0.0 <= cfg.beta_max <= MAX_BETA, "beta_max", f"must be in [0, {MAX_BETA}]")
+    _check(cfg.merge_method in MERGE_METHODS, "merge_method", f"{cfg.merge_method!r} is not one of {MERGE_METHODS}")
     _check(_is_num(cfg.guidance_scale) and cfg.guidance_scale >= 0, "guidance_scale", "must be a number >= 0")
     _check(cfg.wire_dtype in WIRE_DTYPES, "wire_dtype", f"{cfg.wire_dtype!r} is not one of {WIRE_DTYPES}")
     _check(_is_num(cfg.tome_ratio_es) and 0.0 <= cfg.tome_ratio_es <= 0.75, "tome_ratio_es", "must be in [0, 0.75]")

@@ -86,7 +86,7 @@ def _scores(images: torch.Tensor, targets: torch.Tensor) -> dict[str, np.ndarray
 @torch.no_grad()
 def evaluate(cache: LatentCache, decoders: dict[str, Any], *, steps: Sequence[int], betas: Sequence[float],
              conds: Sequence[Condition], link: TrainingLink, seed: int = 0, batch_size: int = 16,
-             progress: bool = False) -> pd.DataFrame:
+             progress: bool = False, merge_method: str | None = None) -> pd.DataFrame:
     """Score every decoder on every (prompt, N, beta, condition); one row per decoded image.
 
     Parameters
@@ -103,6 +103,8 @@ def evaluate(cache: LatentCache, decoders: dict[str, Any], *, steps: Sequence[in
         Seeds the noise draws.
     batch_size : int
         Latents per decode call.
+    merge_method : str, optional
+        Merge method of the handoffs (default: the runtime's default).
 
     Returns
     -------
@@ -129,7 +131,8 @@ def evaluate(cache: LatentCache, decoders: dict[str, Any], *, steps: Sequence[in
                 for i, n in chunk:
                     spec = cache.prompts[i]
                     draw = cond.draw(_seed(seed, i, n, bi, ci))
-                    r = link.receive(cache.latent(i, n), beta, spec.seed, draw)
+                    r = (link.receive(cache.latent(i, n), beta, spec.seed, draw) if merge_method is None
+                         else link.receive(cache.latent(i, n), beta, spec.seed, draw, merge_method))
                     received.append(r.latent)
                     meta.append((i, n, r))
                 x = torch.stack(received)

@@ -26,7 +26,7 @@ import torch
 
 from testbed.distill.config import NoiseConfig
 from testbed.ldm.handoff import MERGE_PREFIX, Handoff
-from testbed.ldm.merging import merge, unmerge
+from testbed.ldm.merging import DEFAULT_MERGE_METHOD, merge, unmerge
 from testbed.ldm.request import GenerationRequest
 
 _TOKENS = f"{MERGE_PREFIX}tokens"
@@ -155,11 +155,13 @@ class TrainingLink:
         received, record = emulator.deliver(frame, state)
         return received, float(record.snr_db), float(record.nmse)
 
-    def receive(self, latent: torch.Tensor, beta: float, merge_seed: int, draw: NoiseDraw) -> Received:
-        """Merge ``latent`` (``[C, h, w]``) at ``beta``, send it as a handoff under ``draw``, un-merge it."""
+    def receive(self, latent: torch.Tensor, beta: float, merge_seed: int, draw: NoiseDraw,
+                method: str = DEFAULT_MERGE_METHOD) -> Received:
+        """Merge ``latent`` (``[C, h, w]``) at ``beta`` with ``method``, send it as a handoff under ``draw``,
+        un-merge it."""
         request = GenerationRequest("", num_steps=1, merge_ratio=float(beta), seed=int(merge_seed),
-                                    wire_dtype=self.wire_dtype)
-        merged = merge(latent.detach().float().cpu().unsqueeze(0), float(beta), int(merge_seed))
+                                    merge_method=method, wire_dtype=self.wire_dtype)
+        merged = merge(latent.detach().float().cpu().unsqueeze(0), float(beta), int(merge_seed), method)
         frame = Handoff.build(request, merged, None).to_frame()
         received, snr_db, nmse = self.deliver_frame(frame, draw)
         back = Handoff.from_frame(received, device="cpu", dtype=torch.float32)

@@ -189,7 +189,8 @@ class Distiller:
         f = self.factor
         for s in samples:
             seed = self.cache.prompts[s.prompt_index].seed
-            x = self.link.receive(self.cache.latent(s.prompt_index, s.n_steps), s.beta, seed, s.draw).latent
+            x = self.link.receive(self.cache.latent(s.prompt_index, s.n_steps), s.beta, seed, s.draw,
+                                  self.cfg.merge_method).latent
             y = self.cache.target(s.prompt_index)
             if s.crop is not None:
                 c, (r0, c0) = self._crop_side(), s.crop

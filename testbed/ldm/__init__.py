@@ -2,7 +2,8 @@
 
 Modules (import what you need; this package imports nothing heavy by itself):
 
-* ``merging``: ``merge(latent, beta, seed) -> MergedLatent``, ``unmerge(merged) -> latent``.
+* ``merging``: ``merge(latent, beta, seed, method) -> MergedLatent``, ``unmerge(merged) -> latent``; the methods
+  (``merge_methods``): ``global_l2`` (default), ``global`` (the paper's rule), ``window``.
 * ``metrics``: ``mse``, ``neg_log_mse``, ``psnr_db``, ``ms_ssim``, ``quality``; ``feature_metrics`` for the
   optional FD / LPIPS / CLIP-score path; ``reference`` for cached N_max reference images.
 * ``request``: ``GenerationRequest``. ``schedulers``: resumable samplers. ``handoff``: ``Handoff``.

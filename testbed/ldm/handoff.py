@@ -7,7 +7,7 @@ Header (``frame.meta``, JSON):
 * ``request``: the resolved :class:`~testbed.ldm.request.GenerationRequest` (prompt, negative prompt, guidance,
   seed, N, k, beta, tomesd ratios, ...). The UE computes its own text embeddings from it; CFG embeddings are never
   sent (they would cost ~7x the latent).
-* ``step`` / ``num_steps``: k and N. ``merge``: the merged latent's geometry (shape, beta, seed, r).
+* ``step`` / ``num_steps``: k and N. ``merge``: the merged latent's geometry (shape, beta, seed, r, method).
 * ``sampler``: class, config, scalar history and list masks of the sampler when the UE must finish steps k..N
   (``None`` when k = N: the UE only decodes).
 * ``channel_roles``: ``{buffer name: "values" | "side"}``. ``values`` buffers are float latent data the link may
@@ -15,7 +15,8 @@ Header (``frame.meta``, JSON):
   map, timesteps, generator state).
 * ``delivery``: written by the channel emulator (its delivery record); kept as is.
 
-Buffers (raw little-endian arrays, no pickle): ``merge.tokens`` (wire dtype), ``merge.map`` (uint8), then the
+Buffers (raw little-endian arrays, no pickle): ``merge.tokens`` (wire dtype), ``merge.map`` (uint8), for the global
+merge methods ``merge.dst`` (uint8, the packed destination index of every merged source), then the
 sampler's ``solver.*`` buffers. ``len(handoff.to_bytes())`` is what the link carries.
 """
 
@@ -33,7 +34,7 @@ from testbed.ldm.request import GenerationRequest, LdmError, RequestError
 from testbed.ldm.schedulers import SamplerState, SamplerStateError
 
 HANDOFF_KIND = "handoff"
-HANDOFF_VERSION = 1
+HANDOFF_VERSION = 2  # 2: merge methods (header "merge.method", the "merge.dst" index buffer)
 MERGE_PREFIX = "merge."
 SOLVER_PREFIX = "solver."
 
@@ -78,6 +79,9 @@ class Handoff:
         HandoffError
             The sampler is missing, or not at step k, while k < N.
         """
+        if merged.num_merged and merged.method != request.merge_method:
+            raise HandoffError(f"the latent was merged with merge method {merged.method!r}, "
+                               f"the request asks for {request.merge_method!r}")
         if not request.ue_denoises:
             return cls(request, merged)
         if sampler is None:
@@ -99,7 +103,8 @@ class Handoff:
     @property
     def channel_roles(self) -> dict[str, str]:
         """``{buffer: "values" | "side"}`` for every buffer of the frame."""
-        return {f"{MERGE_PREFIX}tokens": "values", f"{MERGE_PREFIX}map": "side", **self.sampler_roles}
+        side = {name: "side" for name in MergedLatent.side_buffer_names(self.merged.method, MERGE_PREFIX)}
+        return {f"{MERGE_PREFIX}tokens": "values", **side, **self.sampler_roles}
 
     def resume_sampler(self, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> SamplerState:
         """The sampler at step k on this node (only when k < N)."""
@@ -138,7 +143,8 @@ class Handoff:
         Raises
         ------
         HandoffError
-            Wrong frame kind, another handoff version, missing or inconsistent fields.
+            Wrong frame kind, another handoff version, missing or inconsistent fields, merge side information
+            that does not fit (truncated or extended index buffer, a destination index out of range).
         """
         if frame.kind != HANDOFF_KIND:
             raise HandoffError(f"expected a {HANDOFF_KIND!r} frame, got {frame.kind!r}")
@@ -156,6 +162,9 @@ class Handoff:
                                    f"its request says k={request.k} of N={request.num_steps}")
             merged = MergedLatent.from_buffers(meta["merge"], frame.buffers, prefix=MERGE_PREFIX,
                                                device=device, dtype=dtype)
+            if merged.num_merged and merged.method != request.merge_method:
+                raise HandoffError(f"handoff merge method {merged.method!r} differs from its request's "
+                                   f"{request.merge_method!r}")
         except KeyError as exc:
             raise HandoffError(f"handoff header lacks {exc}") from exc
         except (RequestError, MergeError, TypeError, ValueError) as exc:

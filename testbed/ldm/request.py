@@ -10,7 +10,14 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from testbed.ldm.merging import MAX_BETA, MergeError, check_beta
+from testbed.ldm.merging import (
+    DEFAULT_MERGE_METHOD,
+    MAX_BETA,
+    MERGE_METHODS,
+    MergeError,
+    check_beta,
+    check_method,
+)
 
 WIRE_DTYPES = ("float16", "float32")
 # tomesd's own bound for 2x2 strides: at most 1 - 1/(sx*sy) of the tokens can be merged.
@@ -45,6 +52,9 @@ class GenerationRequest:
         With k < N the UE finishes steps k..N, computing its own text embeddings.
     merge_ratio : float
         beta in [0, 0.75], share of latent tokens merged away before sending.
+    merge_method : str
+        How tokens are merged (:data:`testbed.ldm.merging.MERGE_METHODS`): ``global_l2`` (default), ``global`` (the
+        paper's rule) or ``window`` (window-local).
     seed : int
         Seed of the initial noise, of ancestral samplers' noise and of the merge layout (0 <= seed < 2**63).
     negative_prompt : str or None
@@ -68,6 +78,7 @@ class GenerationRequest:
     split_step: int | None = None
     merge_ratio: float = 0.0
     seed: int = 0
+    merge_method: str = DEFAULT_MERGE_METHOD
     negative_prompt: str | None = None
     height: int | None = None
     width: int | None = None
@@ -94,6 +105,7 @@ class GenerationRequest:
                 raise RequestError(f"split step k={self.split_step} exceeds the number of steps N={self.num_steps}")
         try:
             object.__setattr__(self, "merge_ratio", check_beta(self.merge_ratio))
+            check_method(self.merge_method)
         except MergeError as exc:
             raise RequestError(str(exc)) from exc
         if not _is_int(self.seed) or not 0 <= self.seed < MAX_SEED:
@@ -151,4 +163,4 @@ class GenerationRequest:
         return cls(**meta)
 
 
-__all__ = ["MAX_BETA", "MAX_TOME_RATIO", "WIRE_DTYPES", "GenerationRequest", "LdmError", "RequestError"]
+__all__ = ["DEFAULT_MERGE_METHOD", "MAX_BETA", "MERGE_METHODS", "MAX_TOME_RATIO", "WIRE_DTYPES", "GenerationRequest", "LdmError", "RequestError"]

@@ -142,7 +142,7 @@ class DenoiseStage(Stage):
 
 
 class MergeStage(Stage):
-    """Latents -> merged tokens + merge map at the request's beta (seeded by the request's seed)."""
+    """Latents -> merged tokens + side information at the request's beta and method (seeded by the request's seed)."""
 
     name = "merge"
     inputs = ("request", "latents")
@@ -150,7 +150,7 @@ class MergeStage(Stage):
 
     def run(self, state: Mapping[str, Any]) -> dict[str, Any]:
         request: GenerationRequest = state["request"]
-        return {"merged": merge(state["latents"], request.merge_ratio, request.seed)}
+        return {"merged": merge(state["latents"], request.merge_ratio, request.seed, request.merge_method)}
 
 
 class SerializeStage(Stage):

@@ -28,6 +28,7 @@ from channel_emu.config import MODELS as LINK_MODELS
 from channel_emu.config import MODES as TX_MODES
 from channel_emu.config import SNR_DB_RANGE
 from megwire import Frame
+from testbed.ldm.merge_methods import DEFAULT_MERGE_METHOD, MERGE_METHODS
 
 # Frame kinds.
 HEARTBEAT = "heartbeat"
@@ -202,6 +203,8 @@ class RequestSpec:
         Steps run on the ES, k (k == N: the UE only decodes). Ignored by ``ceg`` (ES runs all) and ``ue_local``.
     merge_ratio : float
         Feature-merging ratio beta in [0, 0.75] (MEG only).
+    merge_method : str
+        Feature-merging method (``testbed.ldm.merge_methods.MERGE_METHODS``; MEG only).
     tome_ratio_es, tome_ratio_ue : float
         tomesd ratios in the U-Net on each node.
     wire_dtype : str
@@ -224,6 +227,7 @@ class RequestSpec:
     n_steps: int
     es_steps: int
     merge_ratio: float = 0.0
+    merge_method: str = DEFAULT_MERGE_METHOD
     negative_prompt: str = ""
     height_px: int | None = None
     width_px: int | None = None
@@ -263,6 +267,10 @@ class RequestSpec:
         if not 0 <= k <= n:
             raise ProtocolError(f"{where}: field 'es_steps'={k} outside [0, n_steps={n}]", request_id=rid)
         beta = _finite(_req(meta, "merge_ratio", (int, float), where), "merge_ratio", where, 0.0, 0.75, rid)
+        method = meta.get("merge_method", DEFAULT_MERGE_METHOD)
+        if not isinstance(method, str) or method not in MERGE_METHODS:
+            raise ProtocolError(f"{where}: field 'merge_method'={method!r} is not one of {MERGE_METHODS}",
+                                request_id=rid)
         height = None if meta.get("height_px") is None else _req(meta, "height_px", int, where)
         width = None if meta.get("width_px") is None else _req(meta, "width_px", int, where)
         for key, value in (("height_px", height), ("width_px", width)):
@@ -304,6 +312,7 @@ class RequestSpec:
             n_steps=n,
             es_steps=k,
             merge_ratio=beta,
+            merge_method=method,
             tome_ratio_es=_finite(_req(meta, "tome_ratio_es", (int, float), where), "tome_ratio_es", where,
                                   0.0, 0.75, rid),
             tome_ratio_ue=_finite(_req(meta, "tome_ratio_ue", (int, float), where), "tome_ratio_ue", where,
@@ -331,7 +340,7 @@ class RequestSpec:
             return GenerationRequest(num_steps=reference_n_steps, split_step=None, merge_ratio=0.0, **common)
         if self.scheme == "meg":
             return GenerationRequest(num_steps=self.n_steps, split_step=self.es_steps, merge_ratio=self.merge_ratio,
-                                     tome_ratio_es=self.tome_ratio_es, tome_ratio_ue=self.tome_ratio_ue, **common)
+                                     merge_method=self.merge_method, tome_ratio_es=self.tome_ratio_es, tome_ratio_ue=self.tome_ratio_ue, **common)
         if self.scheme == "ceg":
             return GenerationRequest(num_steps=self.n_steps, split_step=None, merge_ratio=0.0,
                                      tome_ratio_es=self.tome_ratio_es, **common)
@@ -347,6 +356,7 @@ class RequestSpec:
             "n_steps": self.n_steps,
             "es_steps": self.es_steps if self.scheme == "meg" else (self.n_steps if self.scheme == "ceg" else 0),
             "merge_ratio": self.merge_ratio if self.scheme == "meg" else 0.0,
+            "merge_method": self.merge_method if self.scheme == "meg" else "none",
             "tome_ratio_es": self.tome_ratio_es,
             "tome_ratio_ue": self.tome_ratio_ue,
             "guidance_scale": self.guidance_scale,

@@ -91,7 +91,7 @@ class SyntheticEngine(Engine):
                 latent = self._latent(req)
                 self._denoise(req.es_steps)
             with rec.stage("merge"):
-                merged = merge(latent, req.merge_ratio, req.seed)
+                merged = merge(latent, req.merge_ratio, req.seed, req.merge_method)
             with rec.stage("serialize"):
                 return Handoff.build(gen_req, merged, None).to_frame()
         if req.scheme != "ceg":

@@ -163,3 +163,24 @@ def test_the_shipped_default_campaign_validates():
     assert spec.model == "default" and set(spec.schemes) == {"meg", "ceg", "ue_local"}
     assert set(spec.grid["decoder"]) == {"base", "distilled", "auto"}
     assert spec.reference_n_steps >= max(spec.grid["n_steps"])
+
+
+def test_merge_method_axis_crosses_merging_meg_points_only(tmp_path):
+    _model(tmp_path)
+    plain = _validate(tmp_path, GOOD)
+    both = {**GOOD, "grid": {**GOOD["grid"], "merge_method": ["global_l2", "window"]}}
+    spec = _validate(tmp_path, both)
+    meg = [p for p in spec.points() if p.scheme == "meg"]
+    # beta 0 merges nothing: one point per (N, k, distance) whatever the method; beta 0.5: one per method
+    assert len(meg) == 8 + 16
+    assert {p.merge_method for p in meg if p.merge_ratio == 0.0} == {None}
+    assert {p.merge_method for p in meg if p.merge_ratio == 0.5} == {"global_l2", "window"}
+    reqs = spec.requests()
+    assert {r.merge_method for r in reqs if r.scheme == "meg" and r.merge_ratio == 0.5} == {"global_l2", "window"}
+    assert {r.merge_method for r in reqs if r.merge_ratio == 0.0} == {"global_l2"}  # the default
+    assert {r.config_columns()["merge_method"] for r in reqs} == {"global_l2", "window", "none"}
+    # No axis: ids as before the axis existed, requests carry the default method.
+    assert "merge_method" not in plain.points()[0].to_dict()
+    assert {r.merge_method for r in plain.requests()} == {"global_l2"}
+    with pytest.raises(SpecError, match=r"grid.merge_method\[1\].*not one of"):
+        _validate(tmp_path, {**GOOD, "grid": {**GOOD["grid"], "merge_method": ["global", "nearest"]}})

@@ -34,7 +34,9 @@ def test_each_step_draws_its_own_reproducible_tuples(tiny, tiny_cache, recipe, t
 
 
 def test_a_few_steps_reduce_the_loss_on_a_fixed_batch(tiny, tiny_cache, recipe, tmp_path):
-    dist = Distiller(tiny, tiny_cache, recipe.replace(warmup_steps=0, lr=2e-3, lr_min=2e-3), tmp_path)
+    # Window-local merging: the thresholds below were set on its (larger) distortion of the fixed batch.
+    dist = Distiller(tiny, tiny_cache, recipe.replace(warmup_steps=0, lr=2e-3, lr_min=2e-3, merge_method="window"),
+                     tmp_path)
     batch = dist.assemble(dist.plan(0))
     recs = [dist.train_step(batch) for _ in range(8)]
     losses, mses = [r["loss"] for r in recs], [r["mse"] for r in recs]

@@ -57,3 +57,15 @@ def test_generate_without_model(tmp_path, capsys, monkeypatch):
     assert "not a diffusers model folder" in capsys.readouterr().err
     assert main(["generate", "x", "--model", str(tmp_path), "--out", str(tmp_path / "a.jpg")]) == 2
     assert "*.png" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", ["global", "window"])
+def test_generate_merge_method_flag(tiny_sd15_dir, tmp_path, capsys, method):
+    out = tmp_path / "img.png"
+    rc = main(["generate", "a green cone", "--model", str(tiny_sd15_dir), "--steps", "2", "--merge", "0.5",
+               "--merge-method", method, "--height", "64", "--width", "64", "--out", str(out)])
+    text = capsys.readouterr().out
+    assert rc == 0 and f"beta=0.5 ({method})" in text
+    assert ("merge.dst" in text) == (method == "global")
+    with pytest.raises(SystemExit):
+        main(["generate", "x", "--merge-method", "nearest"])

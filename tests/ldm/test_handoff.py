@@ -116,7 +116,7 @@ def test_version_and_kind_mismatch_are_rejected():
     _, _, _, h = _handoff()
     frame = h.to_frame()
     frame.meta["handoff_version"] = HANDOFF_VERSION + 1
-    with pytest.raises(HandoffError, match="version mismatch.*v2.*v1"):
+    with pytest.raises(HandoffError, match=f"version mismatch.*v{HANDOFF_VERSION + 1}.*v{HANDOFF_VERSION}"):
         Handoff.from_bytes(pack(frame))
     del frame.meta["handoff_version"]
     with pytest.raises(HandoffError, match="no handoff_version"):
@@ -165,3 +165,57 @@ def test_request_validation_names_the_problem():
     with pytest.raises(RequestError, match="unknown fields"):
         GenerationRequest.from_meta({"prompt": "p", "colour": 1})
     assert GenerationRequest("p", num_steps=4).k == 4
+
+
+@pytest.mark.parametrize("method", ["global_l2", "global", "window"])
+def test_merge_side_information_round_trips_through_the_bytes(method):
+    x = torch.randn(1, 4, 32, 32, generator=torch.Generator().manual_seed(1))
+    req = GenerationRequest("a red cube", num_steps=4, merge_ratio=0.5, seed=9, merge_method=method,
+                            wire_dtype="float32", request_id="r-side")
+    merged = merge(x, 0.5, req.seed, method)
+    h = Handoff.build(req, merged, None)
+    data = h.to_bytes()
+    assert len(data) == h.nbytes
+    back = Handoff.from_bytes(data)
+    assert back.request.merge_method == method and back.merged.method == method
+    assert np.array_equal(back.merged.merge_map, merged.merge_map)
+    assert np.array_equal(back.merged.dst_map, merged.dst_map)
+    assert np.array_equal(back.merged.merged_destinations(), merged.merged_destinations())
+    assert torch.equal(unmerge(back.merged), unmerge(merged))
+    roles = h.channel_roles
+    if method == "window":
+        assert "merge.dst" not in roles
+    else:  # 64 destinations: 6 bits for each of the 128 merged sources, counted in the bytes the link carries
+        assert roles["merge.dst"] == "side" and h.to_frame().buffers["merge.dst"].nbytes == 128 * 6 // 8
+        window = Handoff.build(req.replace(merge_method="window"), merge(x, 0.5, req.seed, "window"), None)
+        # the indices and their buffer's framing are in the handoff's byte count (and so in the airtime)
+        assert h.nbytes - window.nbytes >= 128 * 6 // 8
+
+
+@pytest.mark.parametrize("method", ["global_l2", "global"])
+def test_truncated_or_out_of_range_indices_are_handoff_errors(method):
+    x = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(2))
+    req = GenerationRequest("a red cube", num_steps=4, merge_ratio=0.5, seed=3, merge_method=method)
+    frame = Handoff.build(req, merge(x, 0.5, req.seed, method), None).to_frame()
+    frame.buffers["merge.dst"] = np.ascontiguousarray(frame.buffers["merge.dst"][:, :-1])
+    with pytest.raises(HandoffError, match="destination indices have shape"):
+        Handoff.from_bytes(pack(frame))
+    # 6 destinations (an 8x12 latent: 4x6 tokens) need 3 bits; the value 7 is past the last destination
+    x = torch.randn(1, 4, 8, 12, generator=torch.Generator().manual_seed(4))
+    req = GenerationRequest("a", num_steps=4, merge_ratio=0.5, seed=1, merge_method=method, request_id="r-oor")
+    frame = Handoff.build(req, merge(x, 0.5, 1, method), None).to_frame()
+    frame.buffers["merge.dst"] = np.full_like(frame.buffers["merge.dst"], 0xFF)
+    with pytest.raises(HandoffError, match="out of range"):
+        Handoff.from_bytes(pack(frame))
+    frame.buffers.pop("merge.dst")
+    with pytest.raises(HandoffError, match="missing"):
+        Handoff.from_bytes(pack(frame))
+
+
+def test_request_and_merged_latent_must_agree_on_the_method():
+    x = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(2))
+    req = GenerationRequest("a", num_steps=4, merge_ratio=0.5, seed=3, merge_method="window")
+    with pytest.raises(HandoffError, match="merge method"):
+        Handoff.build(req, merge(x, 0.5, 3, "global"), None)
+    with pytest.raises(RequestError, match="unknown merge method"):
+        GenerationRequest("a", merge_method="nearest")
