@@ -182,7 +182,7 @@ def setup_lines(data: RunData) -> list[str]:
     m, rows = data.manifest, data.rows
     out = []
     link = m.get("link") or {}
-    modes = sorted(set(rows["tx_mode"].dropna())) if "tx_mode" in rows.columns else []
+    modes = sorted(set(rows["tx_mode"].dropna()) - {"none", ""}) if "tx_mode" in rows.columns else []  # UE-local: none
     phys = link.get("bandwidth_physical_hz", _first(rows, "ch_bandwidth_physical_hz"))
     scale = link.get("bandwidth_scale", _first(rows, "ch_bandwidth_scale"))
     bw = link.get("bandwidth_hz", _first(rows, "ch_bandwidth_hz"))

@@ -225,7 +225,7 @@ class LocalCluster:
             return
         self.emulation = UeEmulation.start(parse_emulation(value), self.run_dir)
         if self.engine == "ldm":
-            self.emulation.calibrate(self.model_dir, self.env(), k=4)
+            self.emulation.calibrate(self.model_dir, self.env(), k=8)
 
     def start(self) -> LocalCluster:
         self.start_emulation()
