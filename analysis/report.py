@@ -7,10 +7,12 @@ skipped with its reason; a figure that fails is reported with its error and the 
 from __future__ import annotations
 
 import logging
+import math
 import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import matplotlib.pyplot as plt
 import pandas as pd
@@ -141,6 +143,7 @@ def summary_text(data: RunData, comp: Comparison, result_figs: dict, skipped: di
     ident.append(f"{len(req)} requests ok, {data.n_failed} failed")
     ident.append("schemes " + ", ".join(scheme_label(s) for s in data.schemes))
     lines.append("  " + "; ".join(ident))
+    lines += setup_lines(data)
     costs = [("latency_s", "s", "latency"), ("energy_j", "J", "energy")]
     costs += [(f"{node}_{col}", "MB", f"{node.upper()} peak {what}") for node in ("es", "ue")
               for col, what in (("mem_peak_mb", "RSS"), ("gpu_mem_peak_mb", "GPU memory"))
@@ -169,6 +172,43 @@ def summary_text(data: RunData, comp: Comparison, result_figs: dict, skipped: di
     if html_path is not None:
         lines.append(f"  report: {html_path}")
     return "\n".join(lines)
+
+
+def _first(rows: pd.DataFrame, col: str) -> Any:
+    if col not in rows.columns:
+        return None
+    vals = rows[col].dropna()
+    return None if vals.empty else vals.iloc[0]
+
+
+def setup_lines(data: RunData) -> list[str]:
+    """How the link was charged and how the UE ran (manifest sections ``link`` / ``ue_emulation``, else columns)."""
+    m, rows = data.manifest, data.rows
+    out = []
+    link = m.get("link") or {}
+    modes = sorted(set(rows["tx_mode"].dropna()) - {"none", ""}) if "tx_mode" in rows.columns else []  # UE-local: none
+    phys = link.get("bandwidth_physical_hz", _first(rows, "ch_bandwidth_physical_hz"))
+    scale = link.get("bandwidth_scale", _first(rows, "ch_bandwidth_scale"))
+    bw = link.get("bandwidth_hz", _first(rows, "ch_bandwidth_hz"))
+    if modes or bw is not None:
+        text = f"  link: mode {'/'.join(modes) or link.get('mode', '?')}"
+        if bw is not None and scale is not None and float(scale) != 1.0:
+            ref = link.get("scale_to_latent")
+            text += (f", bandwidth {float(phys or math.nan) / 1e6:.3g} MHz physical scaled x{float(scale):.4g} to "
+                     f"{float(bw) / 1e3:.4g} kHz (model latent {link.get('model_latent', '?')} charged as "
+                     f"{ref if ref else 'the reference latent'})")
+        elif bw is not None:
+            text += f", bandwidth {float(bw) / 1e6:.3g} MHz (physical, unscaled)"
+        out.append(text)
+    emu = m.get("ue_emulation") or {}
+    method = emu.get("method", _first(rows, "ue_emulation"))
+    if method and method != "none":
+        target = emu.get("target_slowdown", _first(rows, "ue_slowdown_target"))
+        achieved = emu.get("achieved_slowdown", _first(rows, "ue_slowdown_achieved"))
+        out.append(f"  UE: emulated ({method}), target {float(target):.2f}x slower than the ES, achieved "
+                   f"{float(achieved):.2f}x on the U-Net step; UE energy modeled"
+                   + (f" from {emu['power_profile']}'s power figures" if emu.get("power_profile") else ""))
+    return out
 
 
 def cost_model_frame(ctx: FigureContext) -> pd.DataFrame:

@@ -10,8 +10,8 @@ The link returns s_hat = s + e with E|e|^2 = no_eff; the receiver forms the MMSE
 Distortion is therefore the link's real analog noise: on AWGN the delivered NMSE is 1/SNR (ZF) or 1/(1 + SNR)
 (MMSE). Airtime is the analog symbols' own: ceil(n / 2) symbols at the symbol rate -- no bits are counted for the
 values. This is *not* the paper's accounting, which charges 16 digital bits per value for latency while adding
-analog Gaussian noise for distortion; to reproduce that, use the ``coded`` or ``abstraction`` mode (latency from the
-real digital bits) and add the paper's noise in the runtime, never both silently.
+analog Gaussian noise for distortion; that mix is the emulator's ``shannon`` mode, which calls this module for
+the distortion and charges the bits at capacity.
 
 Speed: on an additive link (AWGN, flat and per-symbol Rayleigh with perfect CSI) the whole chain collapses to
 y = c (v + r sqrt(no_eff) w) per value, with c the equaliser's shrinkage and w the link's standard normal draw

@@ -2,7 +2,7 @@
 
 Layout (every section optional; defaults are the paper's link)::
 
-    mode: analog            # analog | coded | abstraction
+    mode: analog            # analog | coded | abstraction | shannon (the paper's: bits at capacity + analog noise)
     model: awgn             # awgn | rayleigh_block | rayleigh_symbol | tdl_a .. tdl_e
     snr_db: null            # set -> fixed-SNR link (path loss ignored); null -> distance-based path loss
     bandwidth_hz: 1.0e6
@@ -21,6 +21,8 @@ Layout (every section optional; defaults are the paper's link)::
     impl: fast              # fast | sionna: hand-written equivalents of Sionna's blocks, or Sionna's own
     analog:   {equalizer: mmse}
     uplink_delay_s: 0.0
+    scale_to_latent: null   # e.g. [4, 128, 128]: bandwidth x (model latent elements / these), see bandwidth_scale
+    model_latent: null      # the model's latent [C, H, W]; the campaign runner fills it in
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ try:  # Python 3.11+; tomli is the same parser, for 3.10 (JetPack 6)
 except ModuleNotFoundError:  # pragma: no cover - exercised under Python 3.10
     import tomli as tomllib
 
-MODES = ("analog", "coded", "abstraction")
+MODES = ("analog", "coded", "abstraction", "shannon")
 MODELS = ("awgn", "rayleigh_block", "rayleigh_symbol", "tdl_a", "tdl_b", "tdl_c", "tdl_d", "tdl_e")
 RESIDUALS = ("corrupt", "harq")
 DISTANCES = ("uniform", "random_walk", "fixed")
@@ -152,6 +154,8 @@ class LinkConfig:
     max_cb_bits: int = 8448
     uplink_delay_s: float = 0.0
     impl: str = "fast"
+    scale_to_latent: list[int] | None = None
+    model_latent: list[int] | None = None
     pathloss: PathLossConfig = field(default_factory=PathLossConfig)
     process: ProcessConfig = field(default_factory=ProcessConfig)
     ofdm: OfdmConfig = field(default_factory=OfdmConfig)
@@ -173,6 +177,26 @@ class LinkConfig:
     def symbol_rate(self) -> float:
         """Complex symbols per second (defaults to the bandwidth)."""
         return float(self.symbol_rate_hz or self.bandwidth_hz)
+
+    @property
+    def bandwidth_scale(self) -> float:
+        """Factor on ``bandwidth_hz`` (and the symbol rate): model latent elements / reference latent elements.
+
+        1 without ``scale_to_latent``. With it, a payload of the model's latent size takes the airtime a payload of
+        the reference latent's size (e.g. SDXL's 4x128x128) would take at ``bandwidth_hz``: airtime scales as
+        1 / bandwidth, so every byte counts as reference/model bytes would.
+        """
+        if not self.scale_to_latent:
+            return 1.0
+        if not self.model_latent:
+            raise LinkConfigError("model_latent: scale_to_latent needs the model's latent shape (the campaign "
+                                  "runner fills it in from the model)")
+        return float(math.prod(self.model_latent)) / float(math.prod(self.scale_to_latent))
+
+    @property
+    def effective_bandwidth_hz(self) -> float:
+        """The bandwidth airtime is charged at (Hz): ``bandwidth_hz * bandwidth_scale``."""
+        return self.bandwidth_hz * self.bandwidth_scale
 
     @property
     def fixed_snr(self) -> bool:
@@ -335,6 +359,10 @@ def validate(cfg: LinkConfig) -> None:
     _check(100 <= cfg.max_cb_bits <= 8448, "max_cb_bits", "must be in [100, 8448] (5G LDPC BG1 limit)")
     _check(cfg.uplink_delay_s >= 0, "uplink_delay_s", "must be >= 0")
     _check(cfg.impl in IMPLS, "impl", f"{cfg.impl!r} is not one of {IMPLS}")
+    for key in ("scale_to_latent", "model_latent"):
+        shape = getattr(cfg, key)
+        _check(shape is None or (len(shape) >= 1 and all(v > 0 for v in shape)), key,
+               f"must be a list of positive integers (a latent shape such as [4, 128, 128]), got {shape!r}")
     p = cfg.process
     _check(p.distance in DISTANCES, "process.distance", f"{p.distance!r} is not one of {DISTANCES}")
     _check(0 < p.d_min_m <= p.d_max_m, "process.d_min_m", "need 0 < d_min_m <= d_max_m")

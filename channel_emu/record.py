@@ -24,6 +24,8 @@ COLUMN_MAP = {
     "ber": "ch_ber",
     "bler": "ch_bler",
     "nmse": "ch_nmse",
+    "bandwidth_hz": "ch_bandwidth_hz",
+    "bandwidth_scale": "ch_bandwidth_scale",
 }
 COLUMNS = tuple(COLUMN_MAP.values())
 
@@ -35,7 +37,7 @@ class DeliveryRecord:
     Attributes
     ----------
     mode, model : str
-        Transmission mode (``analog`` | ``coded`` | ``abstraction``) and small-scale model.
+        Transmission mode (``analog`` | ``coded`` | ``abstraction`` | ``shannon``) and small-scale model.
     distance_m : float
         ES-UE distance (m); NaN for a fixed-SNR link.
     snr_db : float
@@ -64,6 +66,10 @@ class DeliveryRecord:
         NMSE of the delivered analog values (sum of squared errors / sum of squares); NaN when none were analog.
     processing_s : float
         Time the emulator spent on the frame (s, monotonic).
+    bandwidth_hz : float
+        Bandwidth the airtime was charged at (Hz): the configured one times ``bandwidth_scale``.
+    bandwidth_scale : float
+        Model latent elements / reference latent elements with ``scale_to_latent``, else 1.
     """
 
     mode: str
@@ -82,6 +88,8 @@ class DeliveryRecord:
     bler: float = math.nan
     nmse: float = math.nan
     processing_s: float = 0.0
+    bandwidth_hz: float = math.nan
+    bandwidth_scale: float = 1.0
     modulation_order: int = 0
     analog_values: int = 0
     data_bits: int = 0

@@ -114,6 +114,13 @@ class Profile:
     aliases: tuple[str, ...] = ()
     source: str = ""
     verified_on_hardware: bool = False
+    emulation: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def relative_throughput(self) -> float | None:
+        """Throughput vs the desktop-class ES named in ``[emulation].reference`` (1/slowdown); None if not given."""
+        value = self.emulation.get("relative_throughput")
+        return None if value is None else float(value)
 
     @property
     def rail_map(self) -> list[dict[str, Any]]:
@@ -138,6 +145,7 @@ class Profile:
             "apply": [{"cmd": list(c.cmd), "needs_root": c.needs_root, "why": c.why} for c in self.apply],
             "verify": [{k: (list(v) if isinstance(v, tuple) else v) for k, v in c.__dict__.items()}
                        for c in self.verify],
+            "emulation": dict(self.emulation),
         }
 
 
@@ -179,7 +187,9 @@ class _V:
 
 
 TOP = {"name", "kind", "board", "description", "aliases", "source", "verified_on_hardware", "probes", "rails",
-       "power_model", "nvpmodel", "jetson_clocks", "cpu", "gpu", "apply", "verify", "notes"}
+       "power_model", "nvpmodel", "jetson_clocks", "cpu", "gpu", "apply", "verify", "notes", "emulation"}
+# [emulation]: the board's throughput relative to a desktop-class ES, for an emulated UE (``emulate:<profile>``).
+EMULATION_KEYS = {"relative_throughput", "reference", "source", "note"}
 SETTINGS = {
     "nvpmodel": {"id", "name", "jetpack"},
     "jetson_clocks": {"enabled"},
@@ -320,6 +330,15 @@ def parse_profile(data: Mapping[str, Any], *, path: Path, name_hint: str | None 
     for section, allowed in SETTINGS.items():
         if section in data and v.keys(section, data[section], allowed):
             settings[section] = dict(data[section])
+    emulation: dict[str, Any] = {}
+    if "emulation" in data and v.keys("emulation", data["emulation"], EMULATION_KEYS,
+                                      {"relative_throughput", "reference", "source"}):
+        emulation = dict(data["emulation"])
+        rt = emulation.get("relative_throughput")
+        if isinstance(rt, bool) or not isinstance(rt, (int, float)) or not 0 < rt <= 1000:
+            v.bad("emulation.relative_throughput", f"must be a number in (0, 1000] (1/slowdown), got {rt!r}")
+        for key in ("reference", "source"):
+            v.typed(f"emulation.{key}", emulation.get(key), (str,), "a string")
     applies = _commands(v, data.get("apply", []))
     checks = _checks(v, data.get("verify", []))
     aliases = v.str_list("aliases", data.get("aliases", []))
@@ -333,7 +352,7 @@ def parse_profile(data: Mapping[str, Any], *, path: Path, name_hint: str | None 
         raise ProfileError(f"{where} is invalid:\n  - " + "\n  - ".join(v.problems))
     return Profile(str(name), str(kind), str(data.get("board", "")), str(data.get("description", "")), path,
                    probes, rails, power, settings, applies, checks, aliases, str(data.get("source", "")),
-                   bool(verified))
+                   bool(verified), emulation)
 
 
 def _load_file(path: Path) -> Profile:

@@ -103,7 +103,7 @@ COLUMNS: tuple[Column, ...] = (
     _c("payload_bytes", "int", "bytes handed to the link for this request"),
     # link configuration and realisation
     _c("link_model", "string", "small-scale model: awgn | rayleigh_block | rayleigh_symbol | tdl_a..tdl_e"),
-    _c("tx_mode", "string", "analog | coded | abstraction"),
+    _c("tx_mode", "string", "analog | coded | abstraction | shannon"),
     _c("distance_m", "float", "ES-UE distance (m); NaN for a fixed-SNR link"),
     _c("snr_db_set", "float", "configured SNR (dB) for a fixed-SNR link; NaN for distance-based links"),
     _c("ch_snr_db", "float", "realised SNR of the delivery (dB)"),
@@ -119,6 +119,14 @@ COLUMNS: tuple[Column, ...] = (
     _c("ch_bler", "float", "block error rate after decoding"),
     _c("ch_nmse", "float", "NMSE of the delivered analog values"),
     _c("ch_processing_s", "float", "emulator compute time for the frame (s, monotonic), overlapped with airtime"),
+    _c("ch_bandwidth_hz", "float", "bandwidth the airtime is charged at (Hz): configured x ch_bandwidth_scale"),
+    _c("ch_bandwidth_scale", "float", "bandwidth scale: model latent elements / reference latent elements "
+       "(scale_to_latent), 1 for the physical link"),
+    _c("ch_bandwidth_physical_hz", "float", "the link's configured (physical, unscaled) bandwidth (Hz)"),
+    _c("ue_emulation", "string", "how the UE ran: none (its own hardware) | cgroup_v2 | cgroup_v1 | "
+       "sigstop_duty (an emulated UE under a CPU-bandwidth limit or duty cycle)"),
+    _c("ue_slowdown_target", "float", "emulated UE: slowdown vs the ES the emulation aims at (x); NaN when none"),
+    _c("ue_slowdown_achieved", "float", "emulated UE: slowdown measured at startup on the model's U-Net step (x)"),
     _c("ue_name", "string", "which UE served the request when a campaign drives several"),
     # quality against the reference (N_max steps, beta = 0, no tomesd, noiseless link)
     _c("q_mse", "float", "mean squared error of the image in [0, 1] against the reference"),

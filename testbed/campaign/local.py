@@ -73,6 +73,8 @@ class NodeProcess:
     log_path: Path
     proc: subprocess.Popen | None = None
     restarts: int = 0
+    # Runs in the child before exec (after the parent-death signal): pinning, joining an emulated UE's cgroup.
+    preexec: Any = None
 
     @property
     def pid(self) -> int | None:
@@ -88,9 +90,14 @@ class NodeProcess:
         fh.flush()
         try:
             self.proc = subprocess.Popen(self.argv, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         env=env, start_new_session=True, preexec_fn=_die_with_parent)
+                                         env=env, start_new_session=True, preexec_fn=self._preexec)
         finally:
             fh.close()
+
+    def _preexec(self) -> None:
+        _die_with_parent()
+        if self.preexec is not None:
+            self.preexec()
 
     def stop(self, grace_s: float = 10.0) -> None:
         if self.proc is None or self.proc.poll() is not None:
@@ -150,6 +157,7 @@ class LocalCluster:
     use_broker: bool = True
     nodes: dict[str, NodeProcess] = field(default_factory=dict)
     addresses: dict[str, str] = field(default_factory=dict)
+    emulation: Any = None  # testbed.campaign.emulate.UeEmulation when profiles.ue is emulate:<...>
 
     def _argv(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "testbed.cli.main", *args]
@@ -172,13 +180,18 @@ class LocalCluster:
         for role in ("es", "ue"):
             args = ["node", role, "--bind", self.addresses[role], *common, "--device", self.devices.get(role, "cpu"),
                     *keys, *self.extra_args.get(role, [])]
-            if self.profiles.get(role):
+            if role == "ue" and self.emulation is not None:
+                args += ["--profile", str(self.emulation.profile_path)]  # the modeled-only profile
+            elif self.profiles.get(role):
                 args += ["--profile", str(self.profiles[role])]
             if role == "ue":
                 args += ["--es", self.addresses.get("channel_front", self.addresses["es"])]
                 if broker and self.keys_dir is not None:
                     args += ["--es-key", str(self.keys_dir / "channel.key")]
             self.nodes[role] = NodeProcess(role, self._argv(*args), logs / f"{role}.log")
+            if self.emulation is not None:
+                self.nodes[role].preexec = (self.emulation.ue_preexec() if role == "ue"
+                                            else self.emulation.es_preexec())
         if broker:
             args = ["node", "channel", "--listen", self.addresses["channel_front"], "--es", self.addresses["es"],
                     "--pub", self.addresses["channel_pub"], *self.extra_args.get("channel", [])]
@@ -203,13 +216,27 @@ class LocalCluster:
         env.setdefault("MKL_NUM_THREADS", "1")
         return env
 
+    def start_emulation(self) -> None:
+        """``profiles.ue: emulate:<...>``: set up the UE's CPU limit and measure the achieved slowdown."""
+        from testbed.campaign.emulate import UeEmulation, is_emulated, parse_emulation
+
+        value = self.profiles.get("ue")
+        if self.emulation is not None or not is_emulated(value):
+            return
+        self.emulation = UeEmulation.start(parse_emulation(value), self.run_dir)
+        if self.engine == "ldm":
+            self.emulation.calibrate(self.model_dir, self.env(), k=8)
+
     def start(self) -> LocalCluster:
+        self.start_emulation()
         if not self.nodes:
             self.plan()
         env = self.env()
         for name in ("es", "channel", "ue"):
             if name in self.nodes:
                 self.nodes[name].start(env)
+                if name == "ue" and self.emulation is not None:
+                    self.emulation.attach(self.nodes[name].pid)
                 log.info("started %s (pid %s): %s", name, self.nodes[name].pid, " ".join(self.nodes[name].argv[3:]))
         return self
 
@@ -226,15 +253,20 @@ class LocalCluster:
         node.stop(grace_s=2.0)
         node.restarts += 1
         node.start(self.env())
+        if name == "ue" and self.emulation is not None:
+            self.emulation.attach(node.pid)
         log.warning("restarted %s (pid %s, restart #%d)", name, node.pid, node.restarts)
 
     def stop(self) -> None:
         for name in ("ue", "channel", "es"):
             if name in self.nodes:
                 self.nodes[name].stop()
+        if self.emulation is not None:
+            self.emulation.close()
 
     def manifest_section(self) -> dict[str, Any]:
         return {"addresses": dict(self.addresses), "engine": self.engine, "broker": self.broker is not None,
+                "ue_emulation": None if self.emulation is None else self.emulation.manifest(),
                 "processes": {n: {"argv": p.argv[3:], "pid": p.pid, "restarts": p.restarts, "log": str(p.log_path)}
                               for n, p in self.nodes.items()}}
 

@@ -275,6 +275,7 @@ class CampaignRunner:
         self._tx_dbm = spec.tx_power_dbm()
         self._probes: list[Any] = []
         self._summary: RunSummary | None = None
+        self._row_extra: dict[str, Any] = {}  # link bandwidth and UE emulation columns, set when the nodes start
 
     # --- setup ------------------------------------------------------------------------------------------------------
 
@@ -305,15 +306,26 @@ class CampaignRunner:
     def _start_nodes(self) -> Orchestrator:
         spec = self.spec
         curves = client_curves(spec.curve_keys_dir)
+        from testbed.campaign.emulate import no_emulation_columns
+        from testbed.campaign.linkscale import resolve_link
+
+        link_file, link_section, self._row_extra = resolve_link(spec.link_config, spec.model_dir, self.run_dir,
+                                                                spec.height_px, spec.width_px)
+        link_section["grid_tx_modes"] = list(spec.grid["tx_mode"]) if "tx_mode" in spec.grid else None
+        M.update_manifest(self.run_dir, {"link": link_section})
+        self._row_extra.update(no_emulation_columns())
         if self.addresses is None and spec.nodes.local:
             from testbed.campaign.local import LocalCluster, wait_ready
 
             self.cluster = LocalCluster(self.run_dir, spec.model_dir, devices=dict(spec.device),
-                                        profiles=dict(spec.profiles), link_config=spec.link_config,
+                                        profiles=dict(spec.profiles), link_config=link_file,
                                         engine=self.engine, keys_dir=spec.curve_keys_dir,
                                         extra_args=self.local_extra_args, use_broker=self.use_broker)
             try:
                 self.cluster.start()
+                if self.cluster.emulation is not None:
+                    self._row_extra.update(self.cluster.emulation.columns())
+                    M.update_manifest(self.run_dir, {"ue_emulation": self.cluster.emulation.manifest()})
                 wait_ready(self.cluster, 30)
             except CampaignError:
                 raise
@@ -464,7 +476,7 @@ class CampaignRunner:
     def _run_one(self, req: RequestSpec, refs: ReferenceCache, writer: DatasetWriter, run_id: str,
                  summary: RunSummary, attempt0: int) -> None:
         spec = self.spec
-        extra = {"model": spec.model_dir.name}
+        extra = {"model": spec.model_dir.name, **self._row_extra}
         attempt = attempt0
         if not self._nodes_ready():
             return  # nothing sent, nothing written: the stop reason says why, and resume runs the request

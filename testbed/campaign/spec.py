@@ -57,7 +57,7 @@ from testbed.nodes.protocol import LinkSpec, RequestSpec
 
 SCHEMES = ("meg", "ceg", "ue_local")
 LINK_MODELS = ("awgn", "rayleigh_block", "rayleigh_symbol", "tdl_a", "tdl_b", "tdl_c", "tdl_d", "tdl_e")
-TX_MODES = ("analog", "coded", "abstraction")
+TX_MODES = ("analog", "coded", "abstraction", "shannon")
 WIRE_DTYPES = ("float16", "float32")
 KEEP_IMAGES = ("all", "first", "none")
 MAX_BETA = 0.75
@@ -73,7 +73,7 @@ TOP_KEYS = {
     "retries", "keep_images", "curve",
 }
 GRID_KEYS = {"n_steps", "es_steps", "merge_ratio", "merge_method", "tome_ratio_es", "tome_ratio_ue", "link_model",
-             "distance_m", "snr_db", "tx_mode", "decoder"}
+             "distance_m", "snr_db", "tx_mode", "decoder", "ceg_n_steps"}
 DECODERS = ("base", "distilled", "auto")
 IMAGE_KEYS = {"height_px", "width_px", "guidance_scale", "scheduler", "wire_dtype", "vae_tiling"}
 
@@ -199,7 +199,8 @@ class CampaignSpec:
 
         decoders = g.get("decoder", (None,))
         for scheme in self.schemes:
-            for n in g["n_steps"]:
+            # CEG may run at fewer N (grid.ceg_n_steps): its image airtime dominates a campaign's wall time.
+            for n in (g.get("ceg_n_steps") or g["n_steps"]) if scheme == "ceg" else g["n_steps"]:
                 if scheme == "meg":
                     for k, beta, method, te, tu, link, dec in itertools.product(
                             g["es_steps"], g["merge_ratio"], g.get("merge_method", (None,)), g["tome_ratio_es"],
@@ -396,6 +397,17 @@ def _check_profile(chk: _Checker, key: str, name: Any) -> None:
     if not isinstance(name, str) or not name:
         chk.bad(key, f"must be a profile name, got {_short(name)}")
         return
+    if name.startswith("emulate:"):  # an emulated UE (testbed.campaign.emulate)
+        if key != "profiles.ue":
+            chk.bad(key, "only the UE can be emulated (emulate:<profile> or emulate:<factor>x)")
+            return
+        from testbed.campaign.emulate import EmulationError, parse_emulation
+
+        try:
+            parse_emulation(name, key)
+        except EmulationError as exc:
+            chk.bad(key, str(exc).removeprefix(f"{key}: "))
+        return
     try:
         from firmware_profiles import load_profile
     except ImportError:
@@ -540,6 +552,10 @@ def validate_spec(data: Any, *, base_dir: Path, source: str = "<spec>", check_pa
     chk.unknown("grid", grid_in, GRID_KEYS)
     grid["n_steps"] = chk.values("grid.n_steps", grid_in.get("n_steps", [8]),
                                  lambda k, v: chk.number(k, v, 1, 1000, integer=True))
+
+    if grid_in.get("ceg_n_steps") is not None:  # absent: CEG runs at every n_steps
+        grid["ceg_n_steps"] = chk.values("grid.ceg_n_steps", grid_in["ceg_n_steps"],
+                                         lambda k, v: chk.number(k, v, 1, 1000, integer=True))
 
     def es_step(k: str, v: Any) -> Any:
         return None if v is None else chk.number(k, v, 0, 1000, integer=True)

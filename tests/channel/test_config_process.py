@@ -12,7 +12,8 @@ from channel_emu.process import ChannelProcess, ReplayProcess, ar1_rho
 from channel_emu.record import COLUMNS, DeliveryRecord
 
 SCHEMA_LINK_COLUMNS = ("link_model, tx_mode, distance_m, ch_snr_db, ch_gain_db, ch_mcs, ch_code_rate, ch_payload_bits, "
-                       "ch_coded_bits, ch_symbols, ch_airtime_s, ch_retransmissions, ch_ber, ch_bler, ch_nmse")
+                       "ch_coded_bits, ch_symbols, ch_airtime_s, ch_retransmissions, ch_ber, ch_bler, ch_nmse, "
+                       "ch_bandwidth_hz, ch_bandwidth_scale")
 
 
 def test_pathloss_matches_the_paper_formula():
