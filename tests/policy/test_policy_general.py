@@ -112,3 +112,20 @@ def test_cmdp_summary_says_within_or_over():
     assert "energy_j 113 vs limit 100" in lines[2] and "over by 13.0 %" in lines[2]
     lo, hi = mean_ci95([1.0, 2.0, 3.0])
     assert lo == pytest.approx(2 - 4.303 / np.sqrt(3), rel=1e-3) and hi == pytest.approx(2 + 4.303 / np.sqrt(3), rel=1e-3)
+
+
+def test_train_on_a_campaign_that_compared_decoders_picks_the_policy_steps_decoder(tmp_path, capsys):
+    from testbed.policy.synthetic import SyntheticCampaign, synthetic_rows
+
+    df = synthetic_rows(SyntheticCampaign(n_steps=(4, 8), merge_ratios=(0.0, 0.5), distances_m=(200.0,),
+                                          repetitions=4, include_baselines=False))
+    df["decoder"] = np.where(df.repetition % 2 == 0, "base", "auto")
+    (tmp_path / "run" / "dataset").mkdir(parents=True)
+    df.to_parquet(tmp_path / "run" / "dataset" / "part-00000.parquet", index=False)
+    (tmp_path / "run" / "manifest.json").write_text(json.dumps({"run_id": "t", "schema_version": "1.0"}))
+    out = tmp_path / "out"
+    assert main(["train", "--dataset", str(tmp_path / "run"), "--limit", "latency_s=3", "--steps", "16",
+                 "--episode-length", "8", "--channel", "dataset", "--out", str(out), "--no-progress",
+                 "--eval-episodes", "1", "--final-eval-episodes", "2", *TINY]) == 0
+    assert "training on decoder=auto, the one its policy step uses" in capsys.readouterr().out
+    assert json.loads((out / "policy" / "policy.json").read_text())["env"]["fixed"] == {"decoder": "auto"}
