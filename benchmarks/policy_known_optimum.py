@@ -87,6 +87,11 @@ def run_one(cmdp: str, variant: str, seed: int, steps: int, max_wall_s: float, e
                       **{f"cost_ratio_{n}": float(v) for n, v in zip(cls.cost_names, c / limits, strict=True)},
                       **{k: float(v) for k, v in mult.items() if k.startswith("lambda_")},
                       "wall_s": time.perf_counter() - t_wall})
+        if len(trace) % 5 == 0:  # progress, so a run cut short still says where it was
+            row = trace[-1]
+            print(f"  .. {cmdp} {variant} s{seed} collection {len(trace)} "
+                  + " ".join(f"{k}={v:.3f}" for k, v in row.items() if k != "env_steps" and v is not None),
+                  file=sys.stderr, flush=True)
         return stats
 
     learner.learn = learn

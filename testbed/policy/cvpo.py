@@ -80,6 +80,9 @@ class CVPOConfig:
         that all execute the same boundary action widen the std without limit; a lower cap keeps exploration local.
     mu_max : float or None
         Bound of the squashed policy's pre-tanh mean (None: unbounded, FSRL; see :mod:`testbed.policy.nets`).
+    fused_duals : bool
+        E-step dual gradient in closed form and the M-step duals' Adam written out (default), or both by autograd
+        and torch optimisers as before issue 17 (the same mathematics; kept to measure the speed-up side by side).
     reward_norm : bool
         Scale rewards by 1 / their standard deviation in the first collection (fixed from then on, so the critics'
         targets never shift). Costs are already in units of their limit; with rewards in units of their spread the
@@ -116,6 +119,7 @@ class CVPOConfig:
     squash: bool = True
     reward_scale: float = 1.0
     reward_norm: bool = False
+    fused_duals: bool = True
     warmup_steps: int = 0
     log_std_max: float = 2.0
     mu_max: float | None = None
@@ -262,10 +266,18 @@ class CVPO(Learner):
             q_vals = torch.stack([q(obs_k, flat).reshape(k, b) for q in self.critics])  # (1+m, K, B): all K at once
             # The dual's gradient in closed form on the precomputed Q values (no autograd graph per iteration),
             # applied by the same Adam optimiser and projection as before.
-            for _ in range(c.estep_iters):
+            for _ in range(c.estep_iters if c.fused_duals else 0):
                 self.estep_dual.grad = self.estep_dual_grad(q_vals)
                 self.estep_optim.step()
                 self.estep_dual.clamp_(DUAL_EPS, c.estep_dual_max)
+        for _ in range(0 if c.fused_duals else c.estep_iters):
+            loss = self.estep_dual_loss(q_vals)
+            self.estep_optim.zero_grad()
+            loss.backward()
+            self.estep_optim.step()
+            with torch.no_grad():
+                self.estep_dual.clamp_(DUAL_EPS, c.estep_dual_max)
+        with torch.no_grad():
             eta = self.estep_dual[0]
             combined = q_vals[0] - (self.estep_dual[1:, None, None] * q_vals[1:]).sum(0)
             weights = torch.softmax(combined / eta, dim=0)  # (K, B)
@@ -275,16 +287,29 @@ class CVPO(Learner):
         duals = np.zeros(2)
         adam_m, adam_v = np.zeros(2), np.zeros(2)
         bounds = np.array([c.mstep_kl_mu, c.mstep_kl_std])
+        if not c.fused_duals:
+            t_duals = torch.zeros(2, requires_grad=True)
+            mstep_optim = torch.optim.Adam([t_duals], lr=c.mstep_dual_lr)
         for it in range(1, c.mstep_iters + 1):
             mu, std = self.actor(obs)
             loglik = normal_log_prob(samples, mu, std_old) + normal_log_prob(samples, mu_old, std)  # (K, B)
             loss_mle = -(weights * loglik).mean()
             kl_mu, kl_std = gaussian_kl_decoupled(mu_old, std_old, mu, std)
-            grad = bounds - np.array([kl_mu.item(), kl_std.item()])
-            adam_m = 0.9 * adam_m + 0.1 * grad
-            adam_v = 0.999 * adam_v + 0.001 * grad**2
-            step = c.mstep_dual_lr * (adam_m / (1 - 0.9**it)) / (np.sqrt(adam_v / (1 - 0.999**it)) + 1e-8)
-            duals = np.clip(duals - step, 0.0, c.mstep_dual_max)
+            if c.fused_duals:
+                grad = bounds - np.array([kl_mu.item(), kl_std.item()])
+                adam_m = 0.9 * adam_m + 0.1 * grad
+                adam_v = 0.999 * adam_v + 0.001 * grad**2
+                step = c.mstep_dual_lr * (adam_m / (1 - 0.9**it)) / (np.sqrt(adam_v / (1 - 0.999**it)) + 1e-8)
+                duals = np.clip(duals - step, 0.0, c.mstep_dual_max)
+            else:
+                kls = torch.stack([kl_mu, kl_std]).detach()
+                dual_loss = (t_duals * (torch.as_tensor(bounds, dtype=torch.float32) - kls)).sum()
+                mstep_optim.zero_grad()
+                dual_loss.backward()
+                mstep_optim.step()
+                with torch.no_grad():
+                    t_duals.clamp_(0.0, c.mstep_dual_max)
+                duals = t_duals.detach().numpy().astype(float)
             dual_mu, dual_std = float(duals[0]), float(duals[1])
             loss_kl = dual_mu * (kl_mu - c.mstep_kl_mu) + dual_std * (kl_std - c.mstep_kl_std)
             actor_loss = loss_mle + loss_kl.sum()
