@@ -11,6 +11,7 @@ baselines (``oracle``, ``oracle:per_request``, ``fixed:max_quality``, ``fixed:mi
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -229,6 +230,10 @@ def cmd_evaluate(args) -> int:
         oracle_reward = _oracle_reward(summary, env, constraints)
     except (PolicyDatasetError, CheckpointError, ValueError, TypeError) as exc:
         raise CliError(str(exc)) from exc
+    finally:
+        bed = getattr(args, "_live_testbed", None)
+        if bed is not None and hasattr(bed, "close"):
+            bed.close()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     pd.concat(frames, ignore_index=True).to_parquet(out / "outcomes.parquet", index=False)
@@ -285,9 +290,9 @@ def _live_env(args, base: dict, trained):
     from testbed.policy.env import RequestSpace, channel_process
     from testbed.policy.live import LiveEnv, load_testbed
 
-    if not args.testbed:
-        raise CliError("--env live needs the orchestrator binding: --testbed module:factory (a LiveTestbed; see "
-                       "testbed.policy.live)")
+    if not args.testbed and not args.campaign:
+        raise CliError("--env live needs a campaign spec (--campaign SPEC.yaml: its local nodes are started as "
+                       "`make run` starts them, or its nodes: section is used) or a binding (--testbed module:factory)")
     if "space" in base:
         space = RequestSpace.from_json(base["space"])
     elif args.dataset or base.get("dataset"):
@@ -296,12 +301,32 @@ def _live_env(args, base: dict, trained):
         space = build_env(_meg_spec(args, base), seed=args.seed).unwrapped.space
     else:
         raise CliError("--env live needs a trained policy or --dataset to know the action / observation conventions")
-    testbed = load_testbed(args.testbed, args.testbed_kwargs)
+    testbed = _campaign_testbed(args) if args.campaign else load_testbed(args.testbed, args.testbed_kwargs)
+    args._live_testbed = testbed
     channel_config = _load_mapping(args.channel_config) if args.channel_config else base.get("channel_config")
     costs = tuple(base.get("costs") or ()) or ("latency_s", "energy_j")
     return LiveEnv(testbed, channel_process(channel_config, args.seed), space,
                    episode_length=args.episode_length or base.get("episode_length", 64),
                    reward=args.reward or base.get("reward", "neg_log_mse"), costs=costs)
+
+
+def _campaign_testbed(args):
+    """The live testbed of a campaign spec: local nodes started like `make run`'s, or the spec's remote nodes; the
+    requests' rows go into ``--out`` as a dataset like any campaign's (``megbed report OUT`` shows them)."""
+    from testbed.campaign.live import OrchestratorTestbed
+    from testbed.campaign.spec import SpecError, load_spec
+
+    try:
+        spec = load_spec(args.campaign)
+    except (SpecError, OSError) as exc:
+        raise CliError(f"--campaign {args.campaign}: {exc}") from exc
+    kwargs: dict = {"engine": args.engine}
+    if not spec.nodes.local:
+        kwargs.update(es=spec.nodes.es, ue=list(spec.nodes.ue), channel_pub=spec.nodes.channel_pub)
+    try:
+        return OrchestratorTestbed(str(args.out), spec=str(args.campaign), **kwargs)
+    except Exception as exc:  # noqa: BLE001 - node start-up / connection failures of any kind
+        raise CliError(f"cannot start or reach the campaign's nodes: {type(exc).__name__}: {exc}") from exc
 
 
 def _live_oracle(args, base, live_env, constraints, name):
@@ -369,6 +394,10 @@ def register(sub) -> None:
     e.add_argument("--episodes", type=int, default=50, help="evaluation episodes per policy (default 50)")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--out", required=True, metavar="DIR", help="where outcomes.parquet and summary.json go")
+    e.add_argument("--campaign", metavar="SPEC.yaml",
+                   help="--env live: the campaign whose nodes run the requests (local nodes started as `make run` "
+                        "starts them, or the spec's nodes: section); the outcomes are a dataset in --out")
+    e.add_argument("--engine", choices=("ldm", "synthetic"), default="ldm", help=argparse.SUPPRESS)
     e.add_argument("--testbed", metavar="MODULE:FACTORY", help="live testbed binding (a LiveTestbed factory)")
     e.add_argument("--testbed-kwargs", metavar="JSON", help="keyword arguments for --testbed")
     _env_options(e)

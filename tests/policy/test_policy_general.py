@@ -129,3 +129,28 @@ def test_train_on_a_campaign_that_compared_decoders_picks_the_policy_steps_decod
                  "--eval-episodes", "1", "--final-eval-episodes", "2", *TINY]) == 0
     assert "training on decoder=auto, the one its policy step uses" in capsys.readouterr().out
     assert json.loads((out / "policy" / "policy.json").read_text())["env"]["fixed"] == {"decoder": "auto"}
+
+
+def test_evaluate_live_on_a_campaigns_local_nodes(synthetic_run, tmp_path, capsys):
+    """`megbed evaluate --env live --campaign SPEC.yaml`: local ES + broker + UE (synthetic engine) as `make run`
+    starts them; the live requests are a dataset in --out."""
+    pytest.importorskip("channel_emu.process")
+    from measurements.dataset import read_dataset
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "model_index.json").write_text("{}")
+    spec = tmp_path / "c.yaml"
+    spec.write_text("model: model\nprompts: [a cat]\nimage: {height_px: 64, width_px: 64}\n"
+                    "grid: {n_steps: [4], distance_m: [200]}\nreference: {n_steps: 4}\n")
+    ev = tmp_path / "live"
+    assert main(["evaluate", "fixed:N=4,beta=0.375", "--env", "live", "--campaign", str(spec), "--engine",
+                 "synthetic", "--dataset", str(synthetic_run), "--limit", "latency_s=30", "--episode-length", "2",
+                 "--episodes", "1", "--out", str(ev)]) == 0
+    outcomes = pd.read_parquet(ev / "outcomes.parquet")
+    assert len(outcomes) == 2 and (outcomes.n_steps == 4).all()
+    rows = read_dataset(ev)
+    assert {"live-000000", "live-000001"} <= set(rows.request_id)
+    assert (ev / "manifest.json").is_file()
+    assert "latency_s" in capsys.readouterr().out
+    assert main(["evaluate", "oracle", "--env", "live", "--campaign", str(tmp_path / "missing.yaml"),
+                 "--dataset", str(synthetic_run), "--limit", "latency_s=3", "--out", str(ev)]) == 2
