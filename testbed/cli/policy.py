@@ -11,6 +11,7 @@ baselines (``oracle``, ``oracle:per_request``, ``fixed:max_quality``, ``fixed:mi
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -123,10 +124,15 @@ def cmd_train(args) -> int:
     if args.env and args.dataset:
         raise CliError("--dataset and --env are exclusive")
     if args.env:
-        kwargs = json.loads(args.env_kwargs) if args.env_kwargs else {}
-        spec = gym_env_spec(args.env, kwargs, args.episode_length)
+        spec = gym_env_spec(args.env, _env_kwargs(args), args.episode_length)
     else:
         spec = _meg_spec(args)
+        if not any(k == "decoder" for k in spec["fixed"]):
+            picked = _campaign_decoder(spec["dataset"])
+            if picked:
+                spec["fixed"].update(picked)
+                print(f"the campaign compared UE decoders; training on decoder={picked['decoder']}, the one its "
+                      "policy step uses (pass --fixed decoder=VALUE for another)")
     overrides = {}
     for item in args.set or []:
         k, v = _kv(item, "--set")
@@ -136,17 +142,43 @@ def cmd_train(args) -> int:
                               overrides=overrides, preset=args.preset, resume=args.resume,
                               progress=not args.no_progress,
                               eval_every=args.eval_every, eval_episodes=args.eval_episodes,
-                              checkpoint_every=args.checkpoint_every, max_wall_s=args.max_wall_s)
+                              checkpoint_every=args.checkpoint_every, max_wall_s=args.max_wall_s,
+                              final_eval_episodes=args.final_eval_episodes)
     except (PolicyDatasetError, CheckpointError) as exc:
         raise CliError(str(exc)) from exc
     except ValueError as exc:
         raise CliError(str(exc)) from exc
     ev = result.final_eval
     print(f"trained {args.algo}: {result.env_steps} steps, {result.iterations} iterations, {result.wall_s:.0f} s")
-    print(f"  evaluation: reward {ev.get('reward_mean', float('nan')):.4g} per request, "
-          + ", ".join(f"{k[len('cost_ratio_'):]} {v:.3f} x limit" for k, v in ev.items() if k.startswith("cost_ratio_")))
+    from testbed.policy.evaluate import cmdp_summary_lines
+
+    for line in cmdp_summary_lines(f"final evaluation of {args.algo}", ev, result.constraints,
+                                   ev.get("oracle_reward_mean")):
+        print(line)
     print(f"  policy: {Path(args.out) / 'policy'}   log: {Path(args.out) / 'train_log.csv'}")
     return 0
+
+
+def _env_kwargs(args) -> dict:
+    if not args.env_kwargs:
+        return {}
+    try:
+        kwargs = json.loads(args.env_kwargs)
+    except json.JSONDecodeError as exc:
+        raise CliError(f"--env-kwargs is not JSON: {exc}") from exc
+    if not isinstance(kwargs, dict):
+        raise CliError("--env-kwargs must be a JSON object")
+    return kwargs
+
+
+def _campaign_decoder(run_dir: str) -> dict | None:
+    from testbed.policy.data import PolicyDatasetError
+    from testbed.policy.quick import fixed_decoder
+
+    try:
+        return fixed_decoder(Path(run_dir))
+    except (PolicyDatasetError, OSError, KeyError, ValueError):
+        return None  # the dataset's own checks report what is wrong with it
 
 
 def cmd_evaluate(args) -> int:
@@ -169,16 +201,26 @@ def cmd_evaluate(args) -> int:
             break
     base = trained.meta["env"] if trained else {}
     limits = parse_limits(args.limit) or (trained.meta["constraints"]["limits"] if trained else {})
+    # The episode length: --episode-length, else the policy's (its training constraints), else the environment's.
+    trained_t = trained.meta.get("constraints", {}).get("episode_length") if trained else None
     try:
         if args.env == "dataset":
             if base.get("type") == "gym":
-                spec = base
+                spec = dict(base)
             else:
                 spec = _meg_spec(args, base)
             env = build_env(spec, seed=args.seed)
-        else:
+        elif args.env == "live":
             env = _live_env(args, base, trained)
-        episode_length = episode_length_of(env, None)
+        else:
+            from testbed.policy.api import gym_env_spec
+
+            kwargs = _env_kwargs(args) if args.env_kwargs else (
+                base.get("kwargs", {}) if base.get("entry") == args.env else {})
+            spec = gym_env_spec(args.env, kwargs, args.episode_length or trained_t)
+            env = build_env(spec, seed=args.seed)
+        episode_length = int(args.episode_length or trained_t or episode_length_of(env, None))
+        env = _limit_episodes(env, episode_length)
         constraints = Constraints.from_mapping(cost_names_of(env), limits, episode_length) if limits else None
         frames, summary = [], {}
         for name in args.policies:
@@ -191,26 +233,72 @@ def cmd_evaluate(args) -> int:
             records["policy"] = key
             frames.append(records)
             summary[key] = summarise(records, constraints)
+        oracle_reward = _oracle_reward(summary, env, constraints)
     except (PolicyDatasetError, CheckpointError, ValueError, TypeError) as exc:
         raise CliError(str(exc)) from exc
+    finally:
+        bed = getattr(args, "_live_testbed", None)
+        if bed is not None and hasattr(bed, "close"):
+            bed.close()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     pd.concat(frames, ignore_index=True).to_parquet(out / "outcomes.parquet", index=False)
-    meta = {"env": args.env, "episodes": args.episodes, "seed": args.seed,
-            "constraints": constraints.to_json() if constraints else None, "policies": summary}
+    meta = {"env": args.env, "episodes": args.episodes, "seed": args.seed, "episode_length": int(episode_length),
+            "constraints": constraints.to_json() if constraints else None, "oracle_reward_mean": oracle_reward,
+            "policies": summary}
     (out / "summary.json").write_text(json.dumps(meta, indent=1, default=float), encoding="utf-8")
+    from testbed.policy.evaluate import cmdp_summary_lines
+
+    for key, s in summary.items():
+        for line in cmdp_summary_lines(key, s, constraints, None if key.startswith("oracle") else oracle_reward):
+            print(line)
     _print_table(summary, constraints)
     print(f"outcomes: {out / 'outcomes.parquet'}   summary: {out / 'summary.json'}")
     return 0
+
+
+class _EpisodeLimit:
+    """Truncate episodes at T steps (where the environment does not end them itself)."""
+
+    def __init__(self, env, episode_length: int) -> None:
+        self.env, self.episode_length, self._t = env, int(episode_length), 0
+
+    def __getattr__(self, name):
+        return getattr(self.env, name)
+
+    def reset(self, **kwargs):
+        self._t = 0
+        return self.env.reset(**kwargs)
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self._t += 1
+        return obs, reward, terminated, truncated or self._t >= self.episode_length, info
+
+
+def _limit_episodes(env, episode_length: int):
+    own = getattr(env.unwrapped, "episode_length", None)
+    return env if own is not None and int(own) == episode_length else _EpisodeLimit(env, episode_length)
+
+
+def _oracle_reward(summary: dict, env, constraints) -> float | None:
+    """The oracle's mean reward: the evaluated ``oracle`` policy, else a closed-form optimum the environment offers
+    (``optimal_reward(limits)``, e.g. :mod:`testbed.policy.reference_cmdps`)."""
+    if "oracle" in summary:
+        return float(summary["oracle"]["reward_mean"])
+    fn = getattr(env.unwrapped, "optimal_reward", None)
+    if constraints is not None and callable(fn):
+        return float(fn(constraints.as_dict))
+    return None
 
 
 def _live_env(args, base: dict, trained):
     from testbed.policy.env import RequestSpace, channel_process
     from testbed.policy.live import LiveEnv, load_testbed
 
-    if not args.testbed:
-        raise CliError("--env live needs the orchestrator binding: --testbed module:factory (a LiveTestbed; see "
-                       "testbed.policy.live)")
+    if not args.testbed and not args.campaign:
+        raise CliError("--env live needs a campaign spec (--campaign SPEC.yaml: its local nodes are started as "
+                       "`make run` starts them, or its nodes: section is used) or a binding (--testbed module:factory)")
     if "space" in base:
         space = RequestSpace.from_json(base["space"])
     elif args.dataset or base.get("dataset"):
@@ -219,12 +307,32 @@ def _live_env(args, base: dict, trained):
         space = build_env(_meg_spec(args, base), seed=args.seed).unwrapped.space
     else:
         raise CliError("--env live needs a trained policy or --dataset to know the action / observation conventions")
-    testbed = load_testbed(args.testbed, args.testbed_kwargs)
+    testbed = _campaign_testbed(args) if args.campaign else load_testbed(args.testbed, args.testbed_kwargs)
+    args._live_testbed = testbed
     channel_config = _load_mapping(args.channel_config) if args.channel_config else base.get("channel_config")
     costs = tuple(base.get("costs") or ()) or ("latency_s", "energy_j")
     return LiveEnv(testbed, channel_process(channel_config, args.seed), space,
                    episode_length=args.episode_length or base.get("episode_length", 64),
                    reward=args.reward or base.get("reward", "neg_log_mse"), costs=costs)
+
+
+def _campaign_testbed(args):
+    """The live testbed of a campaign spec: local nodes started like `make run`'s, or the spec's remote nodes; the
+    requests' rows go into ``--out`` as a dataset like any campaign's (``megbed report OUT`` shows them)."""
+    from testbed.campaign.live import OrchestratorTestbed
+    from testbed.campaign.spec import SpecError, load_spec
+
+    try:
+        spec = load_spec(args.campaign)
+    except (SpecError, OSError) as exc:
+        raise CliError(f"--campaign {args.campaign}: {exc}") from exc
+    kwargs: dict = {"engine": args.engine}
+    if not spec.nodes.local:
+        kwargs.update(es=spec.nodes.es, ue=list(spec.nodes.ue), channel_pub=spec.nodes.channel_pub)
+    try:
+        return OrchestratorTestbed(str(args.out), spec=str(args.campaign), **kwargs)
+    except Exception as exc:  # noqa: BLE001 - node start-up / connection failures of any kind
+        raise CliError(f"cannot start or reach the campaign's nodes: {type(exc).__name__}: {exc}") from exc
 
 
 def _live_oracle(args, base, live_env, constraints, name):
@@ -273,7 +381,8 @@ def register(sub) -> None:
                    help="auto: the paper's settings with megbed's MEG adjustments (CVPO gamma 0.5, see "
                         "testbed.policy.api.MEG_OVERRIDES); paper: exactly the paper's / FSRL's")
     p.add_argument("--eval-every", type=int, default=1, help="deterministic evaluation every N iterations")
-    p.add_argument("--eval-episodes", type=int, default=4)
+    p.add_argument("--eval-episodes", type=int, default=4, help="episodes of each evaluation during training")
+    p.add_argument("--final-eval-episodes", type=int, default=50, help="episodes of the final evaluation")
     p.add_argument("--checkpoint-every", type=int, default=10, help="iterations between checkpoints")
     p.add_argument("--max-wall-s", type=float, default=None, help="stop after this much training time (s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -283,11 +392,18 @@ def register(sub) -> None:
     e = sub.add_parser("evaluate", help="evaluate trained policies and baselines (dataset model or live testbed)")
     e.add_argument("policies", nargs="+", metavar="POLICY",
                    help="trained policy dir, oracle, oracle:per_request, fixed:max_quality|min_cost|best_fixed|N=8,beta=0.5")
-    e.add_argument("--env", choices=("dataset", "live"), default="dataset")
+    e.add_argument("--env", default="dataset", metavar="dataset|live|MODULE:CLASS",
+                   help="the campaign's dataset model (default), the live testbed, or any gymnasium environment "
+                        "reporting info['cost'] (episode length from the policy unless --episode-length)")
+    e.add_argument("--env-kwargs", metavar="JSON", help="keyword arguments for --env MODULE:CLASS")
     e.add_argument("--limit", action="append", metavar="COST=VALUE", help="per-request limits (default: the policy's)")
-    e.add_argument("--episodes", type=int, default=20)
+    e.add_argument("--episodes", type=int, default=50, help="evaluation episodes per policy (default 50)")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--out", required=True, metavar="DIR", help="where outcomes.parquet and summary.json go")
+    e.add_argument("--campaign", metavar="SPEC.yaml",
+                   help="--env live: the campaign whose nodes run the requests (local nodes started as `make run` "
+                        "starts them, or the spec's nodes: section); the outcomes are a dataset in --out")
+    e.add_argument("--engine", choices=("ldm", "synthetic"), default="ldm", help=argparse.SUPPRESS)
     e.add_argument("--testbed", metavar="MODULE:FACTORY", help="live testbed binding (a LiveTestbed factory)")
     e.add_argument("--testbed-kwargs", metavar="JSON", help="keyword arguments for --testbed")
     _env_options(e)

@@ -131,9 +131,11 @@ def _policy(out: Path, seconds: float) -> str:
     except Exception as exc:  # noqa: BLE001 - as above: the dataset stands on its own
         log.exception("policy training failed")
         return f"failed: {type(exc).__name__}: {exc}"
-    pol = res.get("policies", {}).get("cvpo", {})
-    ratio = res.get("cvpo_reward_vs_oracle", math.nan)
-    return (f"CVPO {res.get('train', {}).get('steps', '?')} steps: reward {pol.get('reward_mean', math.nan):.3g} "
-            f"({100 * ratio:.0f}% of the oracle), request violation rate "
-            f"{100 * pol.get('request_violation_rate', math.nan):.1f}% (limits {res.get('limits')}); "
-            f"details in {res.get('out_dir')}")
+    lines = list(res.get("summary_lines") or [])
+    if not res.get("within_limits", False):
+        train = res.get("train", {})
+        lines.append(f"  the policy did NOT end within its limits after {train.get('steps', '?')} steps "
+                     f"({train.get('wall_s', math.nan):.0f} s of a {train.get('budget_s', seconds):.0f} s budget; "
+                     "--policy-seconds trains longer)")
+    lines.append(f"  details in {res.get('out_dir')}")
+    return "\n".join(lines)

@@ -80,6 +80,14 @@ class CVPOConfig:
         that all execute the same boundary action widen the std without limit; a lower cap keeps exploration local.
     mu_max : float or None
         Bound of the squashed policy's pre-tanh mean (None: unbounded, FSRL; see :mod:`testbed.policy.nets`).
+    fused_duals : bool
+        E-step dual gradient in closed form and the M-step duals' Adam written out (default), or both by autograd
+        and torch optimisers as before issue 17 (the same mathematics; kept to measure the speed-up side by side).
+    reward_norm : bool
+        Scale rewards by 1 / their standard deviation in the first collection (fixed from then on, so the critics'
+        targets never shift). Costs are already in units of their limit; with rewards in units of their spread the
+        multipliers are O(1) whatever the environment's reward units, so the dual's step size and cap
+        (``estep_dual_lr``, ``estep_dual_max``) mean the same on every environment.
     warmup_steps : int
         Environment steps at the start that act uniformly at random over the action box (in executed units) and
         train only the critics (0 = off, as FSRL). Without it the first E-steps follow critics fitted on a few
@@ -110,6 +118,8 @@ class CVPOConfig:
     conditioned_sigma: bool = True
     squash: bool = True
     reward_scale: float = 1.0
+    reward_norm: bool = False
+    fused_duals: bool = True
     warmup_steps: int = 0
     log_std_max: float = 2.0
     mu_max: float | None = None
@@ -152,6 +162,8 @@ class CVPO(Learner):
         self.n_costs = len(constraints.constrained)
         self.actor = GaussianActor(obs_dim, act_dim, c.hidden, conditioned_sigma=c.conditioned_sigma, squash=c.squash,
                                    log_std_max=c.log_std_max, mu_max=c.mu_max)
+        # Member 0 the reward critic, then one per constrained cost. (Stacked into one batched network with
+        # torch.baddbmm they ran 2.1x slower on CPU than separate nn.Linear calls, measured for issue 17.)
         self.critics = torch.nn.ModuleList([QCritic(obs_dim, act_dim, c.hidden) for _ in range(1 + self.n_costs)])
         self.critics_targ = torch.nn.ModuleList([QCritic(obs_dim, act_dim, c.hidden) for _ in range(1 + self.n_costs)])
         self.critics_targ.load_state_dict(self.critics.state_dict())
@@ -169,6 +181,7 @@ class CVPO(Learner):
         self.updates = 0
         self.env_steps = 0
         self._last_mstep = {"mstep_dual_mu": 0.0, "mstep_dual_std": 0.0}
+        self.reward_norm_scale = 1.0  # set from the first collection when cfg.reward_norm
 
     @property
     def warming_up(self) -> bool:
@@ -185,7 +198,10 @@ class CVPO(Learner):
 
     # ---------------------------------------------------------------- learning
     def learn(self, rollout: Rollout) -> dict[str, float]:
-        sig = np.concatenate([rollout.reward[:, None] * self.cfg.reward_scale, rollout.cost], axis=1)
+        if self.cfg.reward_norm and self.env_steps == 0 and len(rollout.reward) > 1:
+            self.reward_norm_scale = 1.0 / max(float(np.std(rollout.reward)), 1e-6)
+        scale = self.cfg.reward_scale * self.reward_norm_scale
+        sig = np.concatenate([rollout.reward[:, None] * scale, rollout.cost], axis=1)
         # The buffer holds the executed (clipped) actions, so critics never extrapolate outside the action box.
         executed = self.unit_action(rollout.act)
         self.buffer.add(rollout.obs, executed, sig, rollout.obs_next, rollout.terminated, rollout.done)
@@ -221,7 +237,7 @@ class CVPO(Learner):
 
         # Critics.
         target = self.critic_targets(batch)
-        q_pred = torch.stack([q(obs, act) for q in self.critics], dim=1)
+        q_pred = torch.stack([q(obs, act) for q in self.critics], dim=1)  # (B, 1 + m)
         critic_loss = (q_pred - target).pow(2).mean(0).sum()
         self.critic_optim.zero_grad()
         critic_loss.backward()
@@ -247,8 +263,14 @@ class CVPO(Learner):
             # Q of the actions the environment would execute (see the module docstring).
             obs_k = obs.unsqueeze(0).expand(k, -1, -1).reshape(k * b, -1)
             flat = self.actor.to_unit(samples).reshape(k * b, -1)
-            q_vals = torch.stack([q(obs_k, flat).reshape(k, b) for q in self.critics])  # (1+m, K, B)
-        for _ in range(c.estep_iters):
+            q_vals = torch.stack([q(obs_k, flat).reshape(k, b) for q in self.critics])  # (1+m, K, B): all K at once
+            # The dual's gradient in closed form on the precomputed Q values (no autograd graph per iteration),
+            # applied by the same Adam optimiser and projection as before.
+            for _ in range(c.estep_iters if c.fused_duals else 0):
+                self.estep_dual.grad = self.estep_dual_grad(q_vals)
+                self.estep_optim.step()
+                self.estep_dual.clamp_(DUAL_EPS, c.estep_dual_max)
+        for _ in range(0 if c.fused_duals else c.estep_iters):
             loss = self.estep_dual_loss(q_vals)
             self.estep_optim.zero_grad()
             loss.backward()
@@ -260,29 +282,42 @@ class CVPO(Learner):
             combined = q_vals[0] - (self.estep_dual[1:, None, None] * q_vals[1:]).sum(0)
             weights = torch.softmax(combined / eta, dim=0)  # (K, B)
 
-        # M-step: weighted maximum likelihood with decoupled KL trust regions.
-        dual_mu = torch.zeros(1, requires_grad=True)
-        dual_std = torch.zeros(1, requires_grad=True)
-        mstep_optim = torch.optim.Adam([dual_mu, dual_std], lr=c.mstep_dual_lr)
-        for _ in range(c.mstep_iters):
+        # M-step: weighted maximum likelihood with decoupled KL trust regions. The two duals' loss is linear in
+        # them, so their Adam step is written out (gradient: bound - KL) instead of an optimiser per update.
+        duals = np.zeros(2)
+        adam_m, adam_v = np.zeros(2), np.zeros(2)
+        bounds = np.array([c.mstep_kl_mu, c.mstep_kl_std])
+        if not c.fused_duals:
+            t_duals = torch.zeros(2, requires_grad=True)
+            mstep_optim = torch.optim.Adam([t_duals], lr=c.mstep_dual_lr)
+        for it in range(1, c.mstep_iters + 1):
             mu, std = self.actor(obs)
             loglik = normal_log_prob(samples, mu, std_old) + normal_log_prob(samples, mu_old, std)  # (K, B)
             loss_mle = -(weights * loglik).mean()
             kl_mu, kl_std = gaussian_kl_decoupled(mu_old, std_old, mu, std)
-            dual_loss = dual_mu * (c.mstep_kl_mu - kl_mu.detach()) + dual_std * (c.mstep_kl_std - kl_std.detach())
-            mstep_optim.zero_grad()
-            dual_loss.sum().backward()
-            mstep_optim.step()
-            with torch.no_grad():
-                dual_mu.clamp_(0.0, c.mstep_dual_max)
-                dual_std.clamp_(0.0, c.mstep_dual_max)
-            loss_kl = dual_mu.detach() * (kl_mu - c.mstep_kl_mu) + dual_std.detach() * (kl_std - c.mstep_kl_std)
+            if c.fused_duals:
+                grad = bounds - np.array([kl_mu.item(), kl_std.item()])
+                adam_m = 0.9 * adam_m + 0.1 * grad
+                adam_v = 0.999 * adam_v + 0.001 * grad**2
+                step = c.mstep_dual_lr * (adam_m / (1 - 0.9**it)) / (np.sqrt(adam_v / (1 - 0.999**it)) + 1e-8)
+                duals = np.clip(duals - step, 0.0, c.mstep_dual_max)
+            else:
+                kls = torch.stack([kl_mu, kl_std]).detach()
+                dual_loss = (t_duals * (torch.as_tensor(bounds, dtype=torch.float32) - kls)).sum()
+                mstep_optim.zero_grad()
+                dual_loss.backward()
+                mstep_optim.step()
+                with torch.no_grad():
+                    t_duals.clamp_(0.0, c.mstep_dual_max)
+                duals = t_duals.detach().numpy().astype(float)
+            dual_mu, dual_std = float(duals[0]), float(duals[1])
+            loss_kl = dual_mu * (kl_mu - c.mstep_kl_mu) + dual_std * (kl_std - c.mstep_kl_std)
             actor_loss = loss_mle + loss_kl.sum()
             self.actor_optim.zero_grad()
             actor_loss.backward()
             self.actor_optim.step()
 
-        self._last_mstep = {"mstep_dual_mu": dual_mu.item(), "mstep_dual_std": dual_std.item()}
+        self._last_mstep = {"mstep_dual_mu": dual_mu, "mstep_dual_std": dual_std}
         return {"actor_loss": actor_loss.item(), "kl_mu": kl_mu.item(), "kl_std": kl_std.item(),
                 "policy_std": std_old.mean().item()}
 
@@ -300,6 +335,22 @@ class CVPO(Learner):
         combined = q_vals[0] - (lam[:, None, None] * q_vals[1:]).sum(0)  # (K, B)
         lse = torch.logsumexp(combined / eta, dim=0) - np.log(k)  # (B,)
         return eta * self.cfg.estep_kl + (lam * self.qc_threshold).sum() + eta * lse.mean()
+
+    def estep_dual_grad(self, q_vals: torch.Tensor) -> torch.Tensor:
+        """Gradient of :meth:`estep_dual_loss` in (eta, lambda), in closed form.
+
+        With w = softmax_K(A / eta), A = Q_r - sum_i lambda_i Q_ci and L = logsumexp_K(A / eta) - log K:
+        dg/deta = eps + E_B[L] - E_B[E_w[A]] / eta and dg/dlambda_i = d_i - E_B[E_w[Q_ci]].
+        """
+        eta = self.estep_dual[0].detach()
+        lam = self.estep_dual[1:].detach()
+        combined = q_vals[0] - (lam[:, None, None] * q_vals[1:]).sum(0)  # (K, B)
+        z = combined / eta
+        lse = torch.logsumexp(z, dim=0) - np.log(q_vals.shape[1])
+        w = torch.softmax(z, dim=0)
+        g_eta = self.cfg.estep_kl + lse.mean() - (w * combined).sum(0).mean() / eta
+        g_lam = self.qc_threshold - (w.unsqueeze(0) * q_vals[1:]).sum(1).mean(-1)
+        return torch.cat([g_eta.reshape(1), g_lam]).to(self.estep_dual.dtype)
 
     # ---------------------------------------------------------------- state
     def multipliers(self) -> dict[str, float]:
@@ -327,7 +378,8 @@ class CVPO(Learner):
 
     def state_json(self) -> dict:
         meta = {"algo": self.algo, "config": asdict(self.cfg), "updates": self.updates, "env_steps": self.env_steps,
-                "buffer_ptr": self.buffer.ptr, "last_mstep": self._last_mstep, "qc_threshold": self.qc_threshold}
+                "buffer_ptr": self.buffer.ptr, "last_mstep": self._last_mstep, "qc_threshold": self.qc_threshold,
+                "reward_norm_scale": self.reward_norm_scale}
         for name, opt in (("actor_optim", self.actor_optim), ("critic_optim", self.critic_optim),
                           ("estep_optim", self.estep_optim)):
             meta[name] = optimizer_state(name, opt)[1]
@@ -348,4 +400,5 @@ class CVPO(Learner):
         self.updates = int(meta["updates"])
         self.env_steps = int(meta.get("env_steps", 0))
         self._last_mstep = dict(meta["last_mstep"])
+        self.reward_norm_scale = float(meta.get("reward_norm_scale", 1.0))
         self._load_rng(tensors, meta)

@@ -10,6 +10,12 @@ Metrics (per-request limits, see :mod:`testbed.policy.limits`):
   the CMDP's expected-cost constraint is exceeded (0.05 = 5 % over the limit).
 * ``episode_violation_rate``: fraction of episodes whose mean cost per request exceeds a limit (any constraint).
 * ``request_violation_rate``: fraction of requests whose own cost exceeds its per-request limit.
+* ``cost_ci_low_<c>`` / ``cost_ci_high_<c>``: 95 % confidence interval of the mean cost per request, from the
+  per-episode means (Student t over episodes: requests within an episode share a channel trajectory).
+
+:func:`cmdp_summary_lines` states the outcome in the CMDP's own terms (reward vs the oracle's, each cost's mean vs
+its limit with its CI, "within limits" or "over by X %"); ``megbed evaluate``, ``megbed train`` and ``make run``'s
+policy step print it.
 """
 
 from __future__ import annotations
@@ -92,6 +98,8 @@ def summarise(records, constraints: Constraints | None) -> dict[str, float]:
         out[f"cost_mean_{name}"] = mean
         out[f"cost_ratio_{name}"] = mean / limit
         out[f"cost_p95_{name}"] = float(np.percentile(records[col], 95))
+        lo, hi = mean_ci95(per_episode[col].mean().to_numpy())
+        out[f"cost_ci_low_{name}"], out[f"cost_ci_high_{name}"] = lo, hi
         ep_bad |= (per_episode[col].mean() > limit).to_numpy()
         req_bad |= (records[col] > limit).to_numpy()
         worst = max(worst, mean / limit - 1.0)
@@ -109,3 +117,58 @@ def evaluate(env, policy: EvalPolicy, constraints: Constraints | None, episodes:
     """Run and summarise: returns ``(summary dict, records DataFrame)``."""
     records = run_episodes(env, policy, episodes, seed=seed)
     return summarise(records, constraints), records
+
+
+def mean_ci95(values) -> tuple[float, float]:
+    """95 % Student-t confidence interval of the mean of ``values`` (n,); (mean, mean) for n < 2."""
+    v = np.asarray(values, dtype=float)
+    m = float(v.mean()) if len(v) else math.nan
+    if len(v) < 2:
+        return m, m
+    from scipy.stats import t
+
+    half = float(t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
+    return m - half, m + half
+
+
+def cmdp_verdict(summary: dict, constraints: Constraints) -> tuple[bool, list[str]]:
+    """Per constrained cost: "mean vs limit [CI]: within limit | over by X %"; and whether all are within.
+
+    A cost is within its limit when its mean is (the CMDP's constraint is on the expected cost); the CI says how
+    sure that is (an upper bound above the limit is flagged as "not certain").
+    """
+    ok, parts = True, []
+    for name, limit in zip(constraints.constrained, constraints.limits, strict=True):
+        mean = summary.get(f"cost_mean_{name}", math.nan)
+        lo, hi = summary.get(f"cost_ci_low_{name}", math.nan), summary.get(f"cost_ci_high_{name}", math.nan)
+        text = f"{name} {mean:.4g} vs limit {limit:.4g} (95 % CI {lo:.4g}..{hi:.4g}): "
+        if mean <= limit:
+            text += "within limit" + (" (CI reaches over it)" if hi > limit else "")
+        else:
+            ok = False
+            text += f"over by {100 * (mean / limit - 1):.1f} %"
+        parts.append(text)
+    return ok, parts
+
+
+def cmdp_summary_lines(name: str, summary: dict, constraints: Constraints | None,
+                       oracle_reward: float | None = None) -> list[str]:
+    """The evaluation of one policy in the CMDP's terms, leading line first.
+
+    ``oracle_reward``: the oracle's mean reward per request where one exists (the dataset environment's oracle, a
+    reference CMDP's closed-form optimum); the per-request share over a per-request limit follows, labelled.
+    """
+    reward = summary.get("reward_mean", math.nan)
+    head = f"{name}: reward {reward:.4g} per request"
+    if oracle_reward is not None and math.isfinite(oracle_reward) and oracle_reward != 0:
+        head += f" ({100 * reward / oracle_reward:.1f} % of the oracle's {oracle_reward:.4g})"
+    if constraints is None:
+        return [head + " (no limits given)"]
+    ok, parts = cmdp_verdict(summary, constraints)
+    head += ", " + ("WITHIN LIMITS" if ok else "NOT WITHIN LIMITS")
+    lines = [head] + [f"  {p}" for p in parts]
+    lines.append(f"  ({summary.get('episodes', 0):.0f} episodes; episodes over the episodic limit "
+                 f"{100 * summary.get('episode_violation_rate', math.nan):.0f} %; per-request share over the "
+                 f"per-request limit, not the CMDP's constraint: "
+                 f"{100 * summary.get('request_violation_rate', math.nan):.0f} %)")
+    return lines

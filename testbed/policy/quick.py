@@ -34,7 +34,7 @@ def _channel_default() -> str:
 
 def quick_train_and_evaluate(run_dir: str | Path, out_dir: str | Path | None = None, *,
                              limits: dict[str, float] | None = None, steps: int = 6400, max_wall_s: float = 90.0,
-                             seed: int = 0, episodes: int = 8, channel: str = "auto",
+                             seed: int = 0, episodes: int = 50, channel: str = "auto",
                              overrides: dict | None = None, progress: bool = False) -> dict:
     """Train CVPO briefly on ``run_dir``'s dataset and evaluate it beside the oracle and fixed schemes.
 
@@ -48,7 +48,9 @@ def quick_train_and_evaluate(run_dir: str | Path, out_dir: str | Path | None = N
     limits : dict, optional
         Per-request limits, e.g. ``{"latency_s": 3.0}``; default: :func:`default_limits`.
     steps, max_wall_s : int, float
-        Training length: at most ``steps`` requests and about ``max_wall_s`` seconds (whichever comes first).
+        Training length: ``steps`` requests, then, while the policy's mean costs are not within their limits
+        (judged on ``episodes`` evaluation episodes), ``steps`` more at a time, until about ``max_wall_s`` seconds
+        of training have passed. The summary says plainly whether the policy ended within its limits.
     seed : int
     episodes : int
         Evaluation episodes per policy.
@@ -67,7 +69,7 @@ def quick_train_and_evaluate(run_dir: str | Path, out_dir: str | Path | None = N
     from testbed.policy.api import build_env, meg_env_spec, resolve_policy, train_policy
     from testbed.policy.checkpoint import LearnedPolicy
     from testbed.policy.costmodel import MeasuredCostModel
-    from testbed.policy.evaluate import run_episodes, summarise
+    from testbed.policy.evaluate import cmdp_summary_lines, cmdp_verdict, run_episodes, summarise
     from testbed.policy.limits import Constraints
 
     t0 = time.perf_counter()
@@ -83,9 +85,20 @@ def quick_train_and_evaluate(run_dir: str | Path, out_dir: str | Path | None = N
                         costs=tuple(limits), fixed=fixed)
     env = build_env(spec, seed=seed, cost_model=cost_model)
     eval_env = build_env(spec, seed=seed + 1, cost_model=cost_model)
-    result = train_policy("cvpo", spec, limits, out / "train", steps=steps, seed=seed, progress=progress,
-                          overrides=overrides, eval_every=0, max_wall_s=max_wall_s, env=env, eval_env=eval_env)
     constraints = Constraints.from_mapping(env.cost_names, limits, env.episode_length)
+    # Train, check the CMDP's constraints, and keep training while they are broken and the budget lasts.
+    target, rounds = steps, 0
+    while True:
+        result = train_policy("cvpo", spec, limits, out / "train", steps=target, seed=seed, progress=progress,
+                              overrides=overrides, eval_every=0, max_wall_s=max_wall_s, env=env, eval_env=eval_env,
+                              resume=rounds > 0, final_eval_episodes=episodes)
+        rounds += 1
+        within, _ = cmdp_verdict(result.final_eval, constraints)
+        if within or result.wall_s >= max_wall_s:
+            break
+        log.info("policy over its limits after %d steps; training on (%.0f of %.0f s used)", result.env_steps,
+                 result.wall_s, max_wall_s)
+        target = result.env_steps + steps
     policies = {"cvpo": LearnedPolicy.load(out / "train" / "policy")}
     for name in BASELINES:
         policies[name] = resolve_policy(name, eval_env, constraints)
@@ -103,10 +116,15 @@ def quick_train_and_evaluate(run_dir: str | Path, out_dir: str | Path | None = N
         "run_dir": str(run_dir), "out_dir": str(out), "synthetic": bool(cost_model.source.get("synthetic", False)),
         "limits": limits, "limits_derived": derived, "channel": spec["channel"],
         "train": {"steps": result.env_steps, "iterations": result.iterations, "wall_s": result.wall_s,
+                  "budget_s": max_wall_s,
                   "multipliers": {k: float(v) for k, v in (result.log[-1] if result.log else {}).items()
                                   if k.startswith("lambda_")}},
         "policies": summaries,
         "cvpo_reward_vs_oracle": summaries["cvpo"]["reward_mean"] / oracle_r if oracle_r else float("nan"),
+        "within_limits": cmdp_verdict(summaries["cvpo"], constraints)[0],
+        "training_rounds": rounds,
+        "summary_lines": cmdp_summary_lines(f"CVPO ({result.env_steps} steps)", summaries["cvpo"], constraints,
+                                            oracle_r),
         "wall_s": time.perf_counter() - t0,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=float), encoding="utf-8")

@@ -50,16 +50,20 @@ class TrainOptions:
     eval_every : int
         Deterministic evaluation every this many iterations (0: never, except at the end).
     eval_episodes : int
-        Episodes per evaluation (fixed seeds, so evaluations are comparable).
+        Episodes per evaluation during training (fixed seeds, so evaluations are comparable).
+    final_eval_episodes : int
+        Episodes of the final evaluation (its mean costs carry 95 % CIs over episodes).
     checkpoint_every : int
         Checkpoint every this many iterations (and at the end).
     progress : bool
         Show a rich progress bar.
     max_wall_s : float, optional
         Stop after the iteration during which this much training wall time (s) has passed.
-    torch_threads : int, optional
-        Intra-op threads for torch while training (restored afterwards). 1 by default: the networks are small,
-        and on a shared 2-core machine a second thread mostly waits (backward passes ran ~10x slower with 2).
+    torch_threads : int or "auto", optional
+        Intra-op threads for torch while training (restored afterwards). ``"auto"`` (:func:`auto_threads`): all
+        idle cores when an update's largest matrix product is big enough to split (CVPO's K x B critic pass), else
+        1. On a busy machine a second thread mostly waits: on the shared 2-core box at load ~10, CVPO's update took
+        ~15x the CPU time with 2 threads (spinning), so "idle" is judged by the load average.
     """
 
     total_steps: int
@@ -70,7 +74,8 @@ class TrainOptions:
     checkpoint_every: int = 10
     progress: bool = True
     max_wall_s: float | None = None
-    torch_threads: int | None = 1
+    torch_threads: int | str | None = "auto"
+    final_eval_episodes: int = 50
 
 
 @dataclass
@@ -83,6 +88,7 @@ class TrainResult:
     wall_s: float
     log: list[dict] = field(default_factory=list)
     final_eval: dict = field(default_factory=dict)
+    constraints: Constraints | None = None
 
 
 class _Policy:
@@ -239,17 +245,26 @@ class Trainer:
         pd.DataFrame(self.rows).to_parquet(self.out / LOG_PARQUET, index=False)
 
     # ---------------------------------------------------------------- the loop
-    def evaluate(self) -> dict:
-        records = run_episodes(self.eval_env, _Policy(self.learner, self.scaler), len(self.eval_seeds),
-                               seeds=self.eval_seeds)
+    def evaluate(self, episodes: int | None = None) -> dict:
+        seeds = self.eval_seeds if episodes is None else episode_seeds(self.opt.seed, episodes, offset=1_000_000)
+        records = run_episodes(self.eval_env, _Policy(self.learner, self.scaler), len(seeds), seeds=seeds)
         return summarise(records, self.constraints)
+
+    def final_evaluation(self) -> dict:
+        """The trained policy on ``final_eval_episodes`` episodes, with the oracle's reward where one exists."""
+        out = self.evaluate(self.opt.final_eval_episodes)
+        oracle = oracle_reward(self.eval_env, self.constraints, self.opt.final_eval_episodes, self.opt.seed)
+        if oracle is not None:
+            out["oracle_reward_mean"] = oracle
+        return out
 
     def run(self, resume: bool = False) -> TrainResult:
         import torch
 
         previous = torch.get_num_threads()
-        if self.opt.torch_threads:
-            torch.set_num_threads(self.opt.torch_threads)
+        threads = auto_threads(self.learner) if self.opt.torch_threads == "auto" else self.opt.torch_threads
+        if threads:
+            torch.set_num_threads(int(threads))
         try:
             return self._run(resume)
         finally:
@@ -290,15 +305,15 @@ class Trainer:
                 if self.opt.max_wall_s is not None and self.wall_s >= self.opt.max_wall_s:
                     log.info("stopping at the wall-time budget (%.0f s)", self.opt.max_wall_s)
                     break
-        if not final_eval or not (self.opt.eval_every and self.iteration % self.opt.eval_every == 0):
-            final_eval = self.evaluate()
+        final_eval = self.final_evaluation()
         self.save()
         self.export()
         summary = {"algo": self.learner.algo, "iterations": self.iteration, "env_steps": self.env_steps,
                    "wall_s": self.wall_s, "final_eval": final_eval, "constraints": self.constraints.to_json(),
                    "multipliers": self.learner.multipliers()}
         (self.out / "train_summary.json").write_text(json.dumps(summary, indent=1, default=float), encoding="utf-8")
-        return TrainResult(self.out, self.iteration, self.env_steps, self.wall_s, self.rows, final_eval)
+        return TrainResult(self.out, self.iteration, self.env_steps, self.wall_s, self.rows, final_eval,
+                           self.constraints)
 
     def export(self) -> None:
         actor = self.learner.actor
@@ -333,6 +348,38 @@ class Trainer:
         for name in self.constraints.constrained:
             parts.append(f"{name}/lim={row[f'cost_ratio_{name}']:.2f}")
         return " ".join(parts)
+
+
+def auto_threads(learner: Learner, min_rows: int = 4096) -> int:
+    """Threads for torch: the cores the load average leaves idle (at least 1) when the learner's largest batched
+    pass has at least ``min_rows`` rows (CVPO: K x B sampled actions), else 1."""
+    import os
+
+    cfg = getattr(learner, "cfg", None)
+    rows = int(getattr(cfg, "batch_size", 0)) * int(getattr(cfg, "sample_actions", 1))
+    if rows < min_rows:
+        return 1
+    cores = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        return 1
+    return max(1, min(cores, int(cores - load + 0.5)))
+
+
+def oracle_reward(env, constraints: Constraints, episodes: int, seed: int) -> float | None:
+    """The oracle's mean reward per step on ``env``: a closed-form optimum the environment offers
+    (``optimal_reward(limits)``), else the CMDP oracle of a dataset environment run for ``episodes``; None if
+    neither exists."""
+    fn = getattr(env.unwrapped, "optimal_reward", None)
+    if callable(fn):
+        return float(fn(constraints.as_dict))
+    if hasattr(env.unwrapped, "cost_model"):
+        from testbed.policy.baselines import OraclePolicy
+
+        policy = OraclePolicy(env.unwrapped, constraints, mode="cmdp")
+        return float(run_episodes(env, policy, episodes, seed=seed)["reward"].mean())
+    return None
 
 
 def _num(v: str):

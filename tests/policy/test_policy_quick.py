@@ -20,6 +20,12 @@ def test_quick_train_and_evaluate(synthetic_run, tmp_path):
     assert summary["train"]["steps"] >= 64 and summary["cvpo_reward_vs_oracle"] > 0
     assert json.loads((tmp_path / "quick" / "summary.json").read_text())["limits"] == summary["limits"]
     assert (tmp_path / "quick" / "train" / "policy" / "policy.json").is_file()
+    # the CMDP's terms lead: reward vs the oracle's, each cost vs its limit with a CI, a plain verdict
+    lines = summary["summary_lines"]
+    assert "of the oracle's" in lines[0] and ("WITHIN LIMITS" in lines[0]) == summary["within_limits"]
+    assert any("latency_s" in ln and "vs limit" in ln and "95 % CI" in ln for ln in lines)
+    # over its limits with budget left, it trained more than one round
+    assert summary["training_rounds"] >= 1 and summary["train"]["budget_s"] == 30
 
 
 def test_a_campaign_comparing_decoders_trains_on_the_distilled_rows(monkeypatch, tmp_path):
