@@ -118,7 +118,10 @@ def child(model: str, case: str, threads: int, size_px: int, save: Path | None) 
     else:
         decoder, latents, _keep = _default_case(case, out, size_px)
     if case == "tiled":
-        decoder.vae.enable_tiling()
+        from testbed.ldm.model import set_vae_tiling
+
+        set_vae_tiling(decoder.vae, True)  # what LdmModel.set_vae_tiling does (512 px tiles at most)
+        out["tile_px"] = int(decoder.vae.tile_sample_min_size)
     out["load_s"] = time.monotonic() - t0
     out["rss_after_load_mb"] = _vmhwm_mb()
     if model != "sdxl":

@@ -320,7 +320,7 @@ class CampaignRunner:
             self.cluster = LocalCluster(self.run_dir, spec.model_dir, devices=dict(spec.device),
                                         profiles=dict(spec.profiles), link_config=link_file,
                                         engine=self.engine, keys_dir=spec.curve_keys_dir,
-                                        extra_args=self.local_extra_args, use_broker=self.use_broker)
+                                        extra_args=self._node_args(), use_broker=self.use_broker)
             try:
                 self.cluster.start()
                 if self.cluster.emulation is not None:
@@ -472,6 +472,15 @@ class CampaignRunner:
                             name, prof.get("name"), verify.get("mismatches"))
 
     # --- one request ------------------------------------------------------------------------------------------------
+
+    def _node_args(self) -> dict[str, list[str]]:
+        """Extra node arguments: the caller's, then ``--plans`` from the grid (a folder missing a component one of
+        the campaign's plans needs stops the run at start-up, naming both)."""
+        args = {role: list(extra) for role, extra in self.local_extra_args.items()}
+        for role, plans in self.spec.node_plans().items():
+            if "--plans" not in args.get(role, []):
+                args.setdefault(role, []).extend(["--plans", ",".join(plans)])
+        return args
 
     def _run_one(self, req: RequestSpec, refs: ReferenceCache, writer: DatasetWriter, run_id: str,
                  summary: RunSummary, attempt0: int) -> None:

@@ -219,6 +219,16 @@ class CampaignSpec:
                         add(Point("ue_local", n, 0, 0.0, 0.0, float(tu), None, dec))
         return out
 
+    def node_plans(self) -> dict[str, list[str]]:
+        """The plans each role serves in this campaign (``--plans`` of its nodes: the model folder is checked for
+        their components at start-up, before the first request). The ES always serves ``reference``."""
+        used: list[str] = []
+        for p in self.points():
+            plan = "hybrid" if p.scheme == "meg" and p.es_steps < p.n_steps else p.scheme
+            if plan not in used:
+                used.append(plan)
+        return {"es": [p for p in used if p != "ue_local"] + ["reference"], "ue": used}
+
     def requests(self) -> list[RequestSpec]:
         """Every request (point x prompt x seed x repetition) in a stable, unshuffled order."""
         out = []

@@ -112,7 +112,9 @@ def run(args: argparse.Namespace) -> int:
         if args.vae_tiling:
             model.set_vae_tiling(True)
             if decoder is not None:
-                decoder.vae.enable_tiling()
+                from testbed.ldm.model import set_vae_tiling
+
+                set_vae_tiling(decoder.vae, True)
         result = run_split(request, model, scheme=args.scheme, ue_decoder=decoder)
     except (LdmError, MergeError) as exc:
         raise CliError(str(exc)) from exc

@@ -126,6 +126,32 @@ class VaeDecoder:
         return (image.float() / 2 + 0.5).clamp(0, 1)
 
 
+# Tiles no larger than SD-1.5's native side. diffusers sizes a VAE's tiles from its config's sample_size, which is
+# SDXL's whole 1024 px output: "tiling" an SDXL latent would then decode it in one piece and bound nothing.
+VAE_TILE_PX = 512
+
+
+def set_vae_tiling(vae: Any, enabled: bool, tile_px: int = VAE_TILE_PX) -> None:
+    """Turn an ``AutoencoderKL``'s tiled decoding on (tiles of at most ``tile_px`` pixels a side) or off.
+
+    Parameters
+    ----------
+    vae : diffusers.AutoencoderKL
+    enabled : bool
+    tile_px : int
+        Largest tile side in image pixels; a VAE whose own tile (its config's ``sample_size``) is smaller keeps it.
+    """
+    if not enabled:
+        vae.disable_tiling()
+        return
+    vae.enable_tiling()
+    own = getattr(vae, "tile_sample_min_size", None)
+    if isinstance(own, int) and own > tile_px:
+        downsample = 2 ** (len(vae.config.block_out_channels) - 1)
+        vae.tile_sample_min_size = int(tile_px)
+        vae.tile_latent_min_size = int(tile_px) // downsample
+
+
 def _dtype_kwarg(dtype: torch.dtype) -> dict[str, torch.dtype]:
     # diffusers renamed from_pretrained's torch_dtype to dtype (deprecating the old name); speak whichever it knows.
     try:
@@ -364,10 +390,7 @@ class LdmModel:
         vae = getattr(decoder, "vae", None)
         if vae is None or not hasattr(vae, "enable_tiling"):
             return
-        if self.vae_tiling:
-            vae.enable_tiling()
-        else:
-            vae.disable_tiling()
+        set_vae_tiling(vae, self.vae_tiling)
 
     # --- geometry and defaults -------------------------------------------------------------------------------
 

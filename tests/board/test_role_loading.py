@@ -151,3 +151,22 @@ def test_vae_tiling_is_a_request_option(es_engine):
     assert spec.vae_tiling and spec.config_columns()["vae_tiling"] is True
     with pytest.raises(P.ProtocolError, match="vae_tiling"):
         P.RequestSpec.from_meta({**_spec("t", 3).to_meta(), "vae_tiling": "yes"})
+
+
+def test_vae_tiling_caps_the_tile_at_512_px_so_an_sdxl_latent_is_tiled():
+    """SDXL's VAE config asks for 1024 px tiles: its own 1024 px output would be decoded in one piece."""
+    from diffusers import AutoencoderKL
+
+    from testbed.ldm.model import VAE_TILE_PX, set_vae_tiling
+
+    small = dict(block_out_channels=[8, 8, 8, 8], down_block_types=["DownEncoderBlock2D"] * 4,
+                 up_block_types=["UpDecoderBlock2D"] * 4, layers_per_block=1, norm_num_groups=4, latent_channels=4)
+    sdxl_like = AutoencoderKL(sample_size=1024, **small)
+    set_vae_tiling(sdxl_like, True)
+    assert sdxl_like.use_tiling
+    assert (sdxl_like.tile_sample_min_size, sdxl_like.tile_latent_min_size) == (VAE_TILE_PX, VAE_TILE_PX // 8)
+    set_vae_tiling(sdxl_like, False)
+    assert not sdxl_like.use_tiling
+    native_small = AutoencoderKL(sample_size=256, **small)  # already below the cap: its own tile is kept
+    set_vae_tiling(native_small, True)
+    assert (native_small.tile_sample_min_size, native_small.tile_latent_min_size) == (256, 32)

@@ -190,3 +190,12 @@ def test_merge_method_axis_crosses_merging_meg_points_only(tmp_path):
     assert {r.merge_method for r in plain.requests()} == {"global_l2"}
     with pytest.raises(SpecError, match=r"grid.merge_method\[1\].*not one of"):
         _validate(tmp_path, {**GOOD, "grid": {**GOOD["grid"], "merge_method": ["global", "nearest"]}})
+
+
+def test_node_plans_follow_the_grid(tmp_path):
+    """What local nodes get as --plans: the ES serves references besides its share of the grid's plans."""
+    _model(tmp_path)
+    plans = _validate(tmp_path, GOOD).node_plans()
+    assert plans == {"es": ["meg", "hybrid", "ceg", "reference"], "ue": ["meg", "hybrid", "ceg", "ue_local"]}
+    only_meg = _validate(tmp_path, {**GOOD, "schemes": ["meg"], "grid": {**GOOD["grid"], "es_steps": [None]}})
+    assert only_meg.node_plans() == {"es": ["meg", "reference"], "ue": ["meg"]}
