@@ -141,14 +141,16 @@ def test_merge_methods_follow_the_merging_module(monkeypatch):
 
 def test_sdxl_model_builds_at_sdxl_base_size_through_the_runtime():
     """build_sdxl on the meta device (no memory, no init) through LdmModel: SDXL-base's U-Net is 2.567 G parameters
-    in float16, its VAE (force_upcast) is moved to float32 by the runtime, the family is recognised."""
+    in float16, its VAE (force_upcast) is moved to float32 by the runtime when its decoder is first built (the UE's
+    decode stage; role-aware loading builds nothing earlier), the family is recognised."""
     import ldm_stages
 
     model = ldm_stages.build_sdxl(torch.device("meta"), torch.float16)
     assert model.family == "sdxl" and model.dtype == torch.float16
     assert sum(p.numel() for p in model.unet.parameters()) == 2_567_463_684
     assert next(model.unet.parameters()).dtype == torch.float16
-    assert model.pipe.vae.dtype == torch.float32 and model.pipe.vae.config.scaling_factor == 0.13025
+    decoder = model.base_decoder
+    assert decoder.vae.dtype == torch.float32 and decoder.vae.config.scaling_factor == 0.13025
 
 
 def test_nvml_percent_difference_survives_a_zero_counter_window():
