@@ -383,6 +383,8 @@ def oracle_reward(env, constraints: Constraints, episodes: int, seed: int) -> fl
 
 
 def _num(v: str):
+    if v == "":  # a column this row did not have (an actor loss during critic warm-up): missing, not text
+        return None
     try:
         f = float(v)
     except (TypeError, ValueError):

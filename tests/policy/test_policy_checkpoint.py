@@ -57,6 +57,20 @@ def test_resume_continues_exactly(tmp_path, algo):
         assert f.suffix not in (".pt", ".pth", ".pkl", ".pickle")
 
 
+def test_resume_after_a_critic_warm_up_writes_the_log(tmp_path):
+    """Warm-up rows have no actor statistics: read back from the CSV they are missing values, not text, so the
+    Parquet log of the resumed run still writes (make run's train-until-within-limits resumes like this)."""
+    first = _trainer("cvpo", tmp_path, 32, extra={"warmup_steps": 16})
+    first.run()
+    resumed = _trainer("cvpo", tmp_path, 64, extra={"warmup_steps": 16})
+    resumed.run(resume=True)
+    import pandas as pd
+
+    log = pd.read_parquet(tmp_path / "train_log.parquet")
+    assert len(log) == 4 and log["actor_loss"].dtype.kind == "f"
+    assert log["actor_loss"].isna().iloc[0] and log["actor_loss"].notna().iloc[-1]
+
+
 def test_fresh_run_refuses_an_existing_one_and_resume_checks_the_setup(tmp_path):
     _trainer("cvpo", tmp_path, 16).run()
     with pytest.raises(CheckpointError, match="already"):
