@@ -166,7 +166,7 @@ def build_tiny(family: str, device: torch.device, dtype: torch.dtype, folder: Pa
 def stage_latencies(model: LdmModel, repeats: int, side_px: int = 512) -> dict[str, list[float]]:
     device = model.device
     base = Request(PROMPT, n_steps=1, seed=0, scheduler="dpmpp_2m",
-                             guidance_scale=7.5, height_px=side_px, width_px=side_px, wire_dtype="float16")
+                   guidance_scale=7.5, height_px=side_px, width_px=side_px, wire_dtype="float16")
     req = model.resolve(base)
     results: dict[str, list[float]] = {}
     text = TextEncodeStage(model)({"request": req})["text"]
@@ -205,7 +205,7 @@ def stage_latencies(model: LdmModel, repeats: int, side_px: int = 512) -> dict[s
 def es_request_latency(model: LdmModel, n_steps: list[int], side_px: int) -> dict[str, list[float]]:
     """The ES's U-Net time for a whole N-step request (CFG, k = N, tomesd 0), after one warm-up step."""
     req0 = model.resolve(Request(PROMPT, n_steps=1, seed=0, scheduler="dpmpp_2m", guidance_scale=7.5,
-                                           height_px=side_px, width_px=side_px, wire_dtype="float16"))
+                                 height_px=side_px, width_px=side_px, wire_dtype="float16"))
     text = TextEncodeStage(model)({"request": req0})["text"]
     denoise = DenoiseStage(model, stop="end", tome_node="es")
     denoise({"request": req0, "text": text})  # warm-up (kernels, allocator)
@@ -279,7 +279,7 @@ def handoff_bytes(families: tuple[tuple[str, tuple[int, int, int]], ...] = (("SD
                              "vs_raw_fp16_latent": h.nbytes / raw})
         # hybrid: DPM++ 2M at k = N/2 carries its two model outputs as well
         req = Request(PROMPT, n_steps=8, es_steps=4, merge_ratio=0.5, seed=0, scheduler="dpmpp_2m",
-                                height_px=8 * shape[1], width_px=8 * shape[2])
+                      height_px=8 * shape[1], width_px=8 * shape[2])
         sampler = new_sampler("dpmpp_2m", SD_NOISE_SCHEDULE, 8, 0)
         x = latent.clone()
         for i in range(4):

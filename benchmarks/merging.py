@@ -91,7 +91,7 @@ def real_latents(model, n: int, n_steps: int) -> torch.Tensor:
     out = []
     for p in heldout_prompts(n):
         req = model.resolve(Request(p.prompt, n_steps=n_steps, seed=p.seed,
-                                              guidance_scale=DEFAULT_GUIDANCE_SCALE))
+                                    guidance_scale=DEFAULT_GUIDANCE_SCALE))
         es = build_stages(plan_for("meg", req), "es", model)
         cut = [s.name for s in es].index("merge")
         state, _ = run_node(es[:cut], {"request": req}, "es")
@@ -102,7 +102,7 @@ def real_latents(model, n: int, n_steps: int) -> torch.Tensor:
 def send(x: torch.Tensor, beta: float, method: str, seed: int) -> dict:
     """One latent ``[1, C, H, W]`` through merge -> handoff bytes -> un-merge."""
     req = Request("bench", n_steps=1, merge_ratio=beta, seed=seed, merge_method=method,
-                            wire_dtype="float16")
+                  wire_dtype="float16")
     t0 = time.perf_counter_ns()
     merged = merge(x, beta, seed, method)
     t1 = time.perf_counter_ns()

@@ -69,9 +69,9 @@ def rss_mb(pid: int, field: str = "VmRSS") -> float:
 
 
 def spec(rid: str) -> Request:
-    return Request(request_id=rid, scheme="meg", prompt="a cat", seed=3, n_steps=4, es_steps=4,
-                         merge_ratio=0.5, link_model="awgn", tx_mode="analog", distance_m=None, snr_db_set=20.0, height_px=64, width_px=64,
-                         point_id="attack", repetition=0)
+    return Request(request_id=rid, scheme="meg", prompt="a cat", seed=3, n_steps=4, es_steps=4, merge_ratio=0.5,
+                   link_model="awgn", tx_mode="analog", snr_db_set=20.0, height_px=64, width_px=64,
+                   point_id="attack", repetition=0)
 
 
 class Node:

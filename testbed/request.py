@@ -257,9 +257,16 @@ class Request:
         """JSON-able form: every field, by name (what frames carry under ``meta["request"]``)."""
         return dict(zip(FIELDS, _get_all(self), strict=True))
 
+    def runtime_meta(self) -> dict[str, Any]:
+        """The fields the runtime on the far node computes with (:data:`RUNTIME_FIELDS`): what a handoff or image
+        frame carries, without the link, decoder and campaign bookkeeping the orchestrator already holds (each
+        handoff's bytes are counted on the link and in the dataset)."""
+        return dict(zip(RUNTIME_FIELDS, _get_runtime(self), strict=True))
+
     @classmethod
-    def from_meta(cls, meta: Any) -> Request:
-        """Inverse of :meth:`to_meta`: no field may be unknown, and only :data:`OPTIONAL_ON_WIRE` ones missing.
+    def from_meta(cls, meta: Any, *, runtime: bool = False) -> Request:
+        """Inverse of :meth:`to_meta` (``runtime``: of :meth:`runtime_meta`): no field may be unknown, and only
+        :data:`OPTIONAL_ON_WIRE` ones (with ``runtime``, also those :meth:`runtime_meta` leaves out) missing.
 
         Raises
         ------
@@ -275,7 +282,8 @@ class Request:
             unknown = sorted(str(k)[:60] for k in keys if k not in _FIELD_SET)
             if unknown:
                 raise RequestError(f"unknown field {unknown[0]!r}", field=unknown[0], request_id=rid)
-            missing = [f for f in FIELDS if f not in keys and f not in OPTIONAL_ON_WIRE]
+            optional = _OPTIONAL_IN_RUNTIME if runtime else OPTIONAL_ON_WIRE
+            missing = [f for f in FIELDS if f not in keys and f not in optional]
             if missing:
                 raise RequestError(f"missing field {missing[0]!r}", field=missing[0], request_id=rid)
         try:
@@ -293,6 +301,13 @@ OPTIONAL_ON_WIRE = frozenset({"merge_method", "decoder", "vae_tiling", "height_p
                               "tx_mode", "distance_m", "snr_db_set"})
 _FIELD_SET = frozenset(FIELDS)
 _get_all = attrgetter(*FIELDS)
+# What the far node's runtime needs of a request (Request.runtime_meta): not the link (the broker applies it), the
+# decoder asked for (the UE chose it before running), VAE tiling (set on the UE by the generate frame) or the ids
+# of the campaign point.
+RUNTIME_FIELDS = tuple(f for f in FIELDS if f not in (
+    "link_model", "tx_mode", "distance_m", "snr_db_set", "decoder", "vae_tiling", "point_id", "repetition"))
+_get_runtime = attrgetter(*RUNTIME_FIELDS)
+_OPTIONAL_IN_RUNTIME = frozenset(FIELDS) - frozenset(RUNTIME_FIELDS) | OPTIONAL_ON_WIRE
 # The columns a request fills in every one of its rows: all its fields but the decoder (the dataset records the one
 # the UE answers it used, not the one asked for) and the negative prompt (not recorded, as the prompt's companion).
 NOT_COLUMNS = ("decoder", "negative_prompt")
@@ -333,4 +348,4 @@ def _number(value: Any, name: str, lo: float, hi: float, rid: str | None) -> flo
     return value
 
 
-__all__ = ["FIELDS", "NO_LINK", "NO_MERGE", "SCHEDULER_NAMES", "Request", "RequestError"]
+__all__ = ["FIELDS", "RUNTIME_FIELDS", "NO_LINK", "NO_MERGE", "SCHEDULER_NAMES", "Request", "RequestError"]

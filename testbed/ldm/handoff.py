@@ -124,7 +124,7 @@ class Handoff:
         meta: dict[str, Any] = {
             "handoff_version": HANDOFF_VERSION,
             "request_id": self.request.request_id,
-            "request": self.request.to_meta(),
+            "request": self.request.runtime_meta(),
             "step": self.step,
             "num_steps": self.num_steps,
             "merge": self.merged.to_meta(),
@@ -157,7 +157,7 @@ class Handoff:
             raise HandoffError(f"handoff format version mismatch: frame has v{version}, "
                                f"this node speaks v{HANDOFF_VERSION}")
         try:
-            request = Request.from_meta(meta["request"])
+            request = Request.from_meta(meta["request"], runtime=True)
             if (int(meta["step"]), int(meta["num_steps"])) != (request.es_steps, request.n_steps):
                 raise HandoffError(f"handoff header says step {meta['step']} of {meta['num_steps']}, "
                                    f"its request says k={request.es_steps} of N={request.n_steps}")

@@ -117,7 +117,7 @@ def plan_for(scheme: str, request: Request) -> SplitPlan:
 
 def ue_plan_for_frame(frame: Frame) -> SplitPlan:
     """The plan a UE follows for a frame it received (a handoff -> MEG, an image -> CEG)."""
-    request = Request.from_meta(frame.meta.get("request"))
+    request = Request.from_meta(frame.meta.get("request"), runtime=True)
     return plan_for("ceg" if frame.kind == IMAGE_KIND else "meg", request)
 
 

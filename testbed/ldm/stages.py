@@ -255,7 +255,7 @@ class ImageEncodeStage(Stage):
 
     def run(self, state: Mapping[str, Any]) -> dict[str, Any]:
         request: Request = state["request"]
-        meta = {"image_version": IMAGE_VERSION, "request_id": request.request_id, "request": request.to_meta(),
+        meta = {"image_version": IMAGE_VERSION, "request_id": request.request_id, "request": request.runtime_meta(),
                 "channel_roles": {"png": "side"}}
         return {"image_frame": Frame(kind=IMAGE_KIND, meta=meta, buffers={"png": image_to_png(state["image"])})}
 
@@ -280,7 +280,7 @@ class ImageDecodeStage(Stage):
         if "png" not in frame.buffers:
             raise HandoffError("image frame has no 'png' buffer")
         try:
-            request = Request.from_meta(frame.meta.get("request"))
+            request = Request.from_meta(frame.meta.get("request"), runtime=True)
         except RequestError as exc:
             raise HandoffError(f"image frame request: {exc}") from exc
         return {"request": request, "image": png_to_image(frame.buffers["png"], self.device)}

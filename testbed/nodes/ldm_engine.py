@@ -224,7 +224,7 @@ class LdmEngine(Engine):
 
     @staticmethod
     def _request_of(frame: Frame) -> Request:
-        return Request.from_meta(frame.meta.get("request"))
+        return Request.from_meta(frame.meta.get("request"), runtime=True)
 
     def ue_local(self, req: Request, rec: StageRecorder) -> np.ndarray:
         state = self._run("ue_local", "ue", {"request": self._gen(req)}, rec)

@@ -46,6 +46,7 @@ from testbed.cli.main import REQUESTED_ARGV, build_parser
 from testbed.cli import node_common as C
 from testbed.nodes import protocol as P
 from testbed.nodes.records import StageRecorder
+from testbed.request import Request
 engines = {}
 for role in ("es", "ue"):
     argv = ["node", role, "--probe", "none", "--idle-s", "0", "--plans", "meg,hybrid"]
@@ -54,11 +55,10 @@ for role in ("es", "ue"):
     engines[role] = C.build_engine(args, role=role)
 for k in (3, 1):
     spec = Request(request_id=f"r{k}", scheme="meg", prompt="a cat", seed=1, n_steps=3, es_steps=k,
-                         link_model="awgn", tx_mode="analog", distance_m=20.0, snr_db_set=None, height_px=64, width_px=64)
+                   link_model="awgn", tx_mode="analog", distance_m=20.0, snr_db_set=None, height_px=64, width_px=64)
     engines["ue"].select_decoder("", spec.request_id)
     engines["ue"].ue_receive(engines["es"].es(spec, StageRecorder("es")), StageRecorder("ue"))
 from testbed.doctor import DoctorOptions, run_checks
-from testbed.request import Request
 run_checks(DoctorOptions(role="ue", bind="tcp://127.0.0.1:0"))
 bad = sorted({m for m in sys.modules if (m.split(".")[0] in FORBIDDEN or m.startswith(FORBIDDEN))
               and m not in ALLOWED})

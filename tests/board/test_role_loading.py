@@ -22,8 +22,8 @@ MODEL = default_model_dir()
 
 def _spec(rid: str, es_steps: int, **kw) -> Request:
     return Request(request_id=rid, scheme=kw.pop("scheme", "meg"), prompt="a red circle", seed=2, n_steps=3,
-                         es_steps=es_steps, merge_ratio=0.25, link_model="awgn", tx_mode="analog", distance_m=20.0, snr_db_set=None,
-                         height_px=64, width_px=64, point_id=rid, repetition=0, **kw)
+                   es_steps=es_steps, merge_ratio=0.25, link_model="awgn", tx_mode="analog", distance_m=20.0, snr_db_set=None,
+                   height_px=64, width_px=64, point_id=rid, repetition=0, **kw)
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,7 @@ def _run(sampler, x, k0, k1):
 
 def _handoff(name="dpmpp_2m", n=6, k=3, beta=0.0, wire="float32"):
     req = Request("a red cube", n_steps=n, es_steps=k, merge_ratio=beta, seed=5, scheduler=name,
-                            wire_dtype=wire, request_id="r-1")
+                  wire_dtype=wire, request_id="r-1")
     sampler = new_sampler(name, BASE_CONFIG, n, req.seed)
     x = _run(sampler, sampler.initial_noise(SHAPE, torch.device("cpu"), torch.float32), 0, k)
     return req, sampler, x, Handoff.build(req, merge(x, beta, req.seed), sampler)
@@ -171,7 +171,7 @@ def test_request_validation_names_the_problem():
 def test_merge_side_information_round_trips_through_the_bytes(method):
     x = torch.randn(1, 4, 32, 32, generator=torch.Generator().manual_seed(1))
     req = Request("a red cube", n_steps=4, merge_ratio=0.5, seed=9, merge_method=method,
-                            wire_dtype="float32", request_id="r-side")
+                  wire_dtype="float32", request_id="r-side")
     merged = merge(x, 0.5, req.seed, method)
     h = Handoff.build(req, merged, None)
     data = h.to_bytes()
