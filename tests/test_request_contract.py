@@ -45,6 +45,20 @@ def test_round_trip_through_meta_json_and_a_frame(request_):
     assert request_.replace() == request_
 
 
+def test_handoffs_carry_the_runtime_fields_only():
+    from testbed.request import RUNTIME_FIELDS
+
+    req = _meg()
+    meta = req.runtime_meta()
+    assert tuple(meta) == RUNTIME_FIELDS and "link_model" not in meta and "point_id" not in meta
+    back = Request.from_meta(meta, runtime=True)
+    assert {f: getattr(back, f) for f in RUNTIME_FIELDS} == meta
+    with pytest.raises(RequestError, match="missing field 'point_id'"):
+        Request.from_meta(meta)  # a node's request must say which grid point it is for
+    with pytest.raises(RequestError, match="missing field 'n_steps'"):
+        Request.from_meta({k: v for k, v in meta.items() if k != "n_steps"}, runtime=True)
+
+
 def test_fields_that_do_not_apply_are_neutral_as_the_dataset_records_them():
     ceg = _meg(scheme="ceg")
     assert (ceg.es_steps, ceg.merge_ratio, ceg.merge_method) == (8, 0.0, "none")
