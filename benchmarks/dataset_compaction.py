@@ -33,8 +33,7 @@ import pandas as pd
 
 from measurements.compact import compact_dataset
 from measurements.dataset import DatasetWriter, data_files, read_dataset
-
-SCHEMES = ("meg", "ceg", "ue_local")
+from megwire.vocab import SCHEMES
 
 
 def write_run(run: Path, requests: int, stages: int, seed: int = 0) -> None:

@@ -1,6 +1,6 @@
 """The embedded default model: size, generation latency at 20 steps, and the quality trade-off vs N, beta, noise.
 
-Everything runs through the project's runtime (``testbed.ldm``: ``load_pipeline``, ``GenerationRequest``, the split
+Everything runs through the project's runtime (``testbed.ldm``: ``load_pipeline``, ``Request``, the split
 plans' stages, ``run_split``, ``merging``, ``metrics``, ``ReferenceCache``), so the figures are those a campaign
 measures.
 
@@ -55,10 +55,10 @@ from testbed.ldm.metrics import neg_log_mse, psnr_db  # noqa: E402
 from testbed.ldm.model import LdmModel, load_pipeline  # noqa: E402
 from testbed.ldm.plan import build_stages, plan_for  # noqa: E402
 from testbed.ldm.reference import ReferenceCache  # noqa: E402
-from testbed.ldm.request import GenerationRequest  # noqa: E402
 from testbed.ldm.runner import identity_link, run_node, run_split  # noqa: E402
 from testbed.modeltrain.config import DEFAULT_GUIDANCE_SCALE, DEFAULT_NUM_STEPS  # noqa: E402
 from testbed.modeltrain.export import read_model_meta  # noqa: E402
+from testbed.request import Request  # noqa: E402
 from testbed.shapes.dataset import heldout_prompts  # noqa: E402
 
 STEPS = (2, 4, 8, 12, 20)
@@ -96,8 +96,8 @@ def _timed(fn) -> tuple[float, float]:
 
 def latency(model: LdmModel, steps: int, guidance: float, repeats: int) -> dict:
     """Median wall / CPU seconds of a whole generation, through the runtime and through the stock pipeline."""
-    def request(seed: int) -> GenerationRequest:
-        return GenerationRequest(LATENCY_PROMPT, num_steps=steps, guidance_scale=guidance, seed=seed)
+    def request(seed: int) -> Request:
+        return Request(LATENCY_PROMPT, n_steps=steps, guidance_scale=guidance, seed=seed)
 
     stage_s: dict[str, list[float]] = {}
 
@@ -146,9 +146,9 @@ class MegSweep:
     """MEG with k = N for one prompt and N: the ES's text encoding and denoising run once, then every (beta, sigma)
     goes through the ES's merge + serialize stages, the wire (bytes), the link and the UE's stages."""
 
-    def __init__(self, model: LdmModel, request: GenerationRequest) -> None:
+    def __init__(self, model: LdmModel, request: Request) -> None:
         self.model = model
-        self.request = model.resolve(request.replace(split_step=None, merge_ratio=0.0))
+        self.request = model.resolve(request.replace(es_steps=None, merge_ratio=0.0))
         plan = plan_for("meg", self.request)
         es = build_stages(plan, "es", model)
         names = [s.name for s in es]
@@ -174,10 +174,10 @@ def quality_tables(model: LdmModel, n_prompts: int, guidance: float, n_max: int,
     t0 = time.perf_counter()
     checked = False
     for i, p in enumerate(prompts):
-        req = GenerationRequest(p.prompt, num_steps=n_max, seed=p.seed, guidance_scale=guidance)
+        req = Request(p.prompt, n_steps=n_max, seed=p.seed, guidance_scale=guidance)
         ref = cache.get(model, req, n_max)
         for n in STEPS:
-            sweep = MegSweep(model, req.replace(num_steps=n))
+            sweep = MegSweep(model, req.replace(n_steps=n))
             images: dict[tuple[float, float], torch.Tensor] = {}
             for b in sorted(set(BETAS) | set(NOISE_BETAS)):
                 for s in SIGMAS if b in NOISE_BETAS else (0.0,):
@@ -205,7 +205,7 @@ def quality_tables(model: LdmModel, n_prompts: int, guidance: float, n_max: int,
     latent_shape = (model.latent_channels, *[d // model.vae_scale_factor for d in model.default_size()])
     return {
         "n_prompts": n_prompts, "n_max": n_max, "guidance_scale": guidance,
-        "scheduler": model.resolve(GenerationRequest("", num_steps=1)).scheduler,
+        "scheduler": model.resolve(Request("", n_steps=1)).scheduler,
         "wall_s": time.perf_counter() - t0,
         "payload_bytes_by_beta": {b: merged_payload_nbytes(latent_shape, b) for b in BETAS},
         "by_beta": {n: {b: mean(v) for b, v in row.items()} for n, row in by_beta.items()},
@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     steps = int(meta.get("default_num_inference_steps", DEFAULT_NUM_STEPS))
     guidance = float(meta.get("default_guidance_scale", DEFAULT_GUIDANCE_SCALE))
     model = load_pipeline(model_dir, device="cpu", dtype=torch.float32)
-    scheduler = model.resolve(GenerationRequest("", num_steps=1)).scheduler
+    scheduler = model.resolve(Request("", n_steps=1)).scheduler
     out: dict = {"model": str(model_dir), "threads": torch.get_num_threads(),
                  "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "scheduler": scheduler,
                  "scheduler_class": type(model.pipe.scheduler).__name__, "default_steps": steps,

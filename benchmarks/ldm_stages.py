@@ -45,7 +45,6 @@ from testbed.ldm import merging  # noqa: E402
 from testbed.ldm.handoff import Handoff  # noqa: E402
 from testbed.ldm.merging import merged_payload_nbytes  # noqa: E402
 from testbed.ldm.model import LdmModel, default_dtype, device_sync, load_pipeline  # noqa: E402
-from testbed.ldm.request import GenerationRequest  # noqa: E402
 from testbed.ldm.schedulers import new_sampler  # noqa: E402
 from testbed.ldm.stages import (  # noqa: E402
     DecodeStage,
@@ -65,6 +64,7 @@ from testbed.ldm.synthetic import (  # noqa: E402
     sd15_unet,
     sd15_vae,
 )
+from testbed.request import Request  # noqa: E402
 
 BETAS = (0.0, 0.1, 0.25, 0.5, 0.75)
 PROMPT = "a photograph of an astronaut riding a horse"
@@ -165,8 +165,8 @@ def build_tiny(family: str, device: torch.device, dtype: torch.dtype, folder: Pa
 
 def stage_latencies(model: LdmModel, repeats: int, side_px: int = 512) -> dict[str, list[float]]:
     device = model.device
-    base = GenerationRequest(PROMPT, num_steps=1, seed=0, scheduler="dpmpp_2m",
-                             guidance_scale=7.5, height=side_px, width=side_px, wire_dtype="float16")
+    base = Request(PROMPT, n_steps=1, seed=0, scheduler="dpmpp_2m",
+                   guidance_scale=7.5, height_px=side_px, width_px=side_px, wire_dtype="float16")
     req = model.resolve(base)
     results: dict[str, list[float]] = {}
     text = TextEncodeStage(model)({"request": req})["text"]
@@ -204,14 +204,14 @@ def stage_latencies(model: LdmModel, repeats: int, side_px: int = 512) -> dict[s
 
 def es_request_latency(model: LdmModel, n_steps: list[int], side_px: int) -> dict[str, list[float]]:
     """The ES's U-Net time for a whole N-step request (CFG, k = N, tomesd 0), after one warm-up step."""
-    req0 = model.resolve(GenerationRequest(PROMPT, num_steps=1, seed=0, scheduler="dpmpp_2m", guidance_scale=7.5,
-                                           height=side_px, width=side_px, wire_dtype="float16"))
+    req0 = model.resolve(Request(PROMPT, n_steps=1, seed=0, scheduler="dpmpp_2m", guidance_scale=7.5,
+                                 height_px=side_px, width_px=side_px, wire_dtype="float16"))
     text = TextEncodeStage(model)({"request": req0})["text"]
     denoise = DenoiseStage(model, stop="end", tome_node="es")
     denoise({"request": req0, "text": text})  # warm-up (kernels, allocator)
     out = {}
     for n in n_steps:
-        req = model.resolve(req0.replace(num_steps=n))
+        req = model.resolve(req0.replace(n_steps=n))
         out[f"ES denoise, N = {n} (CFG, batch 2)"] = _time(lambda r=req: denoise({"request": r, "text": text}),
                                                             model.device, 1, warmup=0)
     return out
@@ -242,10 +242,10 @@ def _merge(latent: torch.Tensor, beta: float, method: str | None):
     return merging.merge(latent, beta, 0, **{key: method})
 
 
-def _request(method: str | None, **kwargs) -> GenerationRequest:
-    if method is not None and "merge_method" in inspect.signature(GenerationRequest).parameters:
+def _request(method: str | None, **kwargs) -> Request:
+    if method is not None and "merge_method" in inspect.signature(Request).parameters:
         kwargs["merge_method"] = method
-    return GenerationRequest(PROMPT, **kwargs)
+    return Request(PROMPT, **kwargs)
 
 
 def _payload_closed_form(shape: tuple[int, int, int], beta: float, method: str | None) -> int | None:
@@ -266,8 +266,8 @@ def handoff_bytes(families: tuple[tuple[str, tuple[int, int, int]], ...] = (("SD
         raw = latent.numel() * 2
         for method in merge_methods():
             for beta in BETAS:
-                req = _request(method, num_steps=8, merge_ratio=beta, seed=0, scheduler="ddim",
-                               height=8 * shape[1], width=8 * shape[2])
+                req = _request(method, n_steps=8, merge_ratio=beta, seed=0, scheduler="ddim",
+                               height_px=8 * shape[1], width_px=8 * shape[2])
                 h = Handoff.build(req, _merge(latent, beta, method), None)
                 frame = h.to_frame()
                 rows.append({"latent": family, "shape": "x".join(map(str, shape)), "beta": beta,
@@ -278,8 +278,8 @@ def handoff_bytes(families: tuple[tuple[str, tuple[int, int, int]], ...] = (("SD
                              "closed_form_payload_bytes": _payload_closed_form(shape, beta, method),
                              "vs_raw_fp16_latent": h.nbytes / raw})
         # hybrid: DPM++ 2M at k = N/2 carries its two model outputs as well
-        req = GenerationRequest(PROMPT, num_steps=8, split_step=4, merge_ratio=0.5, seed=0, scheduler="dpmpp_2m",
-                                height=8 * shape[1], width=8 * shape[2])
+        req = Request(PROMPT, n_steps=8, es_steps=4, merge_ratio=0.5, seed=0, scheduler="dpmpp_2m",
+                      height_px=8 * shape[1], width_px=8 * shape[2])
         sampler = new_sampler("dpmpp_2m", SD_NOISE_SCHEDULE, 8, 0)
         x = latent.clone()
         for i in range(4):

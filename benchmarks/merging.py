@@ -61,7 +61,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from testbed.ldm.handoff import Handoff  # noqa: E402
 from testbed.ldm.merge_methods import DEFAULT_MERGE_METHOD, MERGE_METHODS  # noqa: E402
 from testbed.ldm.merging import merge, unmerge  # noqa: E402
-from testbed.ldm.request import GenerationRequest  # noqa: E402
+from testbed.request import Request  # noqa: E402
 
 BETAS = (0.25, 0.5, 0.75)
 FRONTIER_BETAS = tuple(round(0.05 * i, 2) for i in range(1, 16))
@@ -90,8 +90,8 @@ def real_latents(model, n: int, n_steps: int) -> torch.Tensor:
 
     out = []
     for p in heldout_prompts(n):
-        req = model.resolve(GenerationRequest(p.prompt, num_steps=n_steps, seed=p.seed,
-                                              guidance_scale=DEFAULT_GUIDANCE_SCALE))
+        req = model.resolve(Request(p.prompt, n_steps=n_steps, seed=p.seed,
+                                    guidance_scale=DEFAULT_GUIDANCE_SCALE))
         es = build_stages(plan_for("meg", req), "es", model)
         cut = [s.name for s in es].index("merge")
         state, _ = run_node(es[:cut], {"request": req}, "es")
@@ -101,8 +101,8 @@ def real_latents(model, n: int, n_steps: int) -> torch.Tensor:
 
 def send(x: torch.Tensor, beta: float, method: str, seed: int) -> dict:
     """One latent ``[1, C, H, W]`` through merge -> handoff bytes -> un-merge."""
-    req = GenerationRequest("bench", num_steps=1, merge_ratio=beta, seed=seed, merge_method=method,
-                            wire_dtype="float16")
+    req = Request("bench", n_steps=1, merge_ratio=beta, seed=seed, merge_method=method,
+                  wire_dtype="float16")
     t0 = time.perf_counter_ns()
     merged = merge(x, beta, seed, method)
     t1 = time.perf_counter_ns()

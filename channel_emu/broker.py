@@ -6,8 +6,8 @@ Topology (UE requests, ES answers)::
                                                           [PUB (--pub)] --> measurement layer (delivery records)
 
 * **Uplink** (UE -> ES): validated and forwarded at once (or after ``uplink_delay_s``). A ``request`` frame's
-  ``meta["request"]["link"]`` (the testbed's LinkSpec: ``link_model``, ``tx_mode``, ``distance_m`` | ``snr_db``) is
-  remembered per ``request_id`` and applied to the answer.
+  ``meta["link"]`` (or ``meta["request"]["link"]``: ``link_model``, ``tx_mode``, ``distance_m`` | ``snr_db``; the
+  testbed's ``Request.link_meta()``) is remembered per ``request_id`` and applied to the answer.
 * **Downlink** (ES -> UE): each frame goes through :meth:`ChannelEmulator.deliver` on a worker thread and is released
   to the UE after its emulated airtime in wall-clock (monotonic) time. The link is FIFO: a frame goes on air when it
   is processed *and* the previous one has left (``start = max(done, link_free)``, ``release = start + airtime``);

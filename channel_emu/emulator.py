@@ -54,7 +54,7 @@ from channel_emu.record import DeliveryRecord
 from megwire import Frame, to_parts
 
 # Per-request link fields a frame may carry (``meta["link"]`` or ``meta["request"]["link"]``), as the testbed's
-# LinkSpec spells them.
+# ``Request.link_meta()`` spells them.
 OVERRIDE_KEYS = ("link_model", "tx_mode", "distance_m", "snr_db")
 
 
@@ -237,7 +237,7 @@ class ChannelEmulator:
         state : ChannelState, optional
             The channel of this delivery; None: the emulator's own process advances one step.
         link : mapping, optional
-            Per-request overrides with the testbed's ``LinkSpec`` keys (``link_model``, ``tx_mode``,
+            Per-request overrides with the testbed's ``Request.link_meta()`` keys (``link_model``, ``tx_mode``,
             ``distance_m`` or ``snr_db``).
 
         Returns

@@ -13,14 +13,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from megwire.vocab import SCHEMES, STAGES  # noqa: F401 - the dataset's vocabularies, read as schema.STAGES
+
 SCHEMA_VERSION = "1.0"
 
-SCHEMES = ("meg", "ceg", "ue_local")
 NODES = ("es", "ue", "channel", "orchestrator")
-STAGES = (
-    "text_encode", "denoise", "merge", "serialize", "link", "deserialize", "unmerge", "decode",
-    "image_encode", "image_decode", "end_to_end",
-)
 ENERGY_METHODS = ("counter", "integrated", "modeled", "none")
 
 # Families of columns, one per rail: energy_mj_<rail> (gross) and energy_net_mj_<rail> (idle subtracted).

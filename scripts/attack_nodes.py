@@ -47,6 +47,7 @@ sys.path.insert(0, str(REPO))
 from megwire import Frame, FrameError, from_parts, to_parts  # noqa: E402
 from testbed.nodes import fuzz  # noqa: E402
 from testbed.nodes import protocol as P  # noqa: E402
+from testbed.request import Request  # noqa: E402
 
 HOST = "127.0.0.1"
 
@@ -67,10 +68,10 @@ def rss_mb(pid: int, field: str = "VmRSS") -> float:
     return float("nan")
 
 
-def spec(rid: str) -> P.RequestSpec:
-    return P.RequestSpec(request_id=rid, scheme="meg", prompt="a cat", seed=3, n_steps=4, es_steps=4,
-                         merge_ratio=0.5, link=P.LinkSpec("awgn", "analog", None, 20.0), height_px=64, width_px=64,
-                         point_id="attack", repetition=0)
+def spec(rid: str) -> Request:
+    return Request(request_id=rid, scheme="meg", prompt="a cat", seed=3, n_steps=4, es_steps=4, merge_ratio=0.5,
+                   link_model="awgn", tx_mode="analog", snr_db_set=20.0, height_px=64, width_px=64,
+                   point_id="attack", repetition=0)
 
 
 class Node:

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-SCHEME_ORDER = ("meg", "ceg", "ue_local")
+from megwire.vocab import SCHEMES as SCHEME_ORDER
 
 
 def scheme_summary(run_dir: str | Path) -> dict[str, Any]:

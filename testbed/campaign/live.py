@@ -22,10 +22,9 @@ from typing import Any
 from measurements import manifest as M
 from measurements.dataset import DatasetWriter
 from testbed.campaign.runner import ReferenceCache
-from testbed.campaign.spec import Point, load_spec
+from testbed.campaign.spec import load_spec
 from testbed.nodes import rows as R
 from testbed.nodes.orchestrator import Orchestrator, client_curves
-from testbed.nodes.protocol import LinkSpec
 
 log = logging.getLogger(__name__)
 
@@ -88,9 +87,13 @@ class OrchestratorTestbed:
         i = next(self._count)
         spec = self.spec
         snr = float(getattr(state, "snr_db", math.nan))
-        link = LinkSpec(self._link[0], self._link[1], None, snr) if math.isfinite(snr) else \
-            LinkSpec(self._link[0], self._link[1], float(getattr(state, "distance_m", 250.0)), None)
-        point = Point("meg", int(n_steps), int(n_steps), round(float(merge_ratio), 4), 0.0, 0.0, link)
+        model, mode = self._link
+        if math.isfinite(snr):
+            link = {"link_model": model, "tx_mode": mode, "distance_m": None, "snr_db_set": snr}
+        else:
+            link = {"link_model": model, "tx_mode": mode, "distance_m": float(getattr(state, "distance_m", 250.0)),
+                    "snr_db_set": None}
+        point = spec.point("meg", int(n_steps), int(n_steps), round(float(merge_ratio), 4), link=link)
         prompt = spec.prompts[i % len(spec.prompts)]
         seed = spec.seeds[(i // len(spec.prompts)) % len(spec.seeds)]
         req = spec.request_for(point, prompt, seed, 0, f"live-{i:06d}")

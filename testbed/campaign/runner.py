@@ -43,7 +43,7 @@ from megwire import LinkTimeout
 from testbed.campaign.spec import CampaignSpec, load_spec
 from testbed.nodes import rows as R
 from testbed.nodes.orchestrator import NodeDead, Orchestrator, RequestFailed, client_curves
-from testbed.nodes.protocol import RequestSpec
+from testbed.request import Request
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ def base_request_id(request_id: str) -> str:
     return ATTEMPT_RE.sub("", request_id)
 
 
-def ordered_requests(spec: CampaignSpec) -> list[RequestSpec]:
+def ordered_requests(spec: CampaignSpec) -> list[Request]:
     """Every request in the campaign's (seeded) order."""
     reqs = spec.requests()
     if spec.randomize:
@@ -150,7 +150,7 @@ def completed_requests(run_dir: Path) -> tuple[set[str], dict[str, int]]:
     return done, attempts
 
 
-def with_request_id(req: RequestSpec, request_id: str) -> RequestSpec:
+def with_request_id(req: Request, request_id: str) -> Request:
     from dataclasses import replace
 
     return replace(req, request_id=request_id)
@@ -169,13 +169,13 @@ class ReferenceCache:
         self._memory: dict[str, np.ndarray] = {}
         self.computed = 0
 
-    def key(self, req: RequestSpec) -> str:
+    def key(self, req: Request) -> str:
         blob = json.dumps({"prompt": req.prompt, "negative": req.negative_prompt, "seed": req.seed,
                            "n": self.n_steps, "h": req.height_px, "w": req.width_px, "g": req.guidance_scale,
                            "scheduler": req.scheduler, "model": self.model_key}, sort_keys=True)
         return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
-    def get(self, req: RequestSpec, orch: Orchestrator, timeout_s: float) -> np.ndarray:
+    def get(self, req: Request, orch: Orchestrator, timeout_s: float) -> np.ndarray:
         key = self.key(req)
         if key in self._memory:
             return self._memory[key]
@@ -482,7 +482,7 @@ class CampaignRunner:
                 args.setdefault(role, []).extend(["--plans", ",".join(plans)])
         return args
 
-    def _run_one(self, req: RequestSpec, refs: ReferenceCache, writer: DatasetWriter, run_id: str,
+    def _run_one(self, req: Request, refs: ReferenceCache, writer: DatasetWriter, run_id: str,
                  summary: RunSummary, attempt0: int) -> None:
         spec = self.spec
         extra = {"model": spec.model_dir.name, **self._row_extra}
@@ -530,7 +530,7 @@ class CampaignRunner:
             return {"q_mse": math.nan, "q_neg_log_mse": math.nan, "q_psnr_db": math.nan, "q_ms_ssim": math.nan}
         return R.quality_columns(image, ref)
 
-    def _keep_image(self, req: RequestSpec, image: np.ndarray) -> None:
+    def _keep_image(self, req: Request, image: np.ndarray) -> None:
         keep = self.spec.keep_images
         if keep == "none" or (keep == "first" and req.repetition != 0):
             return
@@ -591,7 +591,7 @@ class CampaignRunner:
 
     # --- warm-up ----------------------------------------------------------------------------------------------------
 
-    def _warmup(self, todo: list[RequestSpec]) -> None:
+    def _warmup(self, todo: list[Request]) -> None:
         seen: dict[str, int] = {}
         for req in todo:
             if seen.get(req.scheme, 0) >= self.spec.warmup:
@@ -674,7 +674,7 @@ class CampaignRunner:
             log.warning("dataset left as parts (compaction failed: %s); retry with `megbed dataset compact %s`",
                         exc, self.run_dir)
 
-    def _loop(self, todo: list[RequestSpec], refs: ReferenceCache, writer: DatasetWriter, run_id: str,
+    def _loop(self, todo: list[Request], refs: ReferenceCache, writer: DatasetWriter, run_id: str,
               summary: RunSummary, attempts: dict[str, int]) -> None:
         from rich.progress import (
             BarColumn,

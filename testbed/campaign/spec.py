@@ -48,24 +48,24 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
+from dataclasses import replace as _replace
 from pathlib import Path
 from typing import Any
 
+from channel_emu.config import MODELS as LINK_MODELS
+from channel_emu.config import MODES as TX_MODES
 from megwire.safe_yaml import YamlError, load_yaml_file
+from megwire.vocab import MAX_MERGE_RATIO as MAX_BETA
+from megwire.vocab import MAX_TOME_RATIO as MAX_TOME
+from megwire.vocab import SCHEMES, WIRE_DTYPES
 from testbed.ldm.merge_methods import DEFAULT_MERGE_METHOD, MERGE_METHODS
-from testbed.nodes.protocol import LinkSpec, RequestSpec
+from testbed.request import NO_LINK, Request
 
-SCHEMES = ("meg", "ceg", "ue_local")
-LINK_MODELS = ("awgn", "rayleigh_block", "rayleigh_symbol", "tdl_a", "tdl_b", "tdl_c", "tdl_d", "tdl_e")
-TX_MODES = ("analog", "coded", "abstraction", "shannon")
-WIRE_DTYPES = ("float16", "float32")
 KEEP_IMAGES = ("all", "first", "none")
-MAX_BETA = 0.75
 # A run's folder is RUNS/<timestamp>-<name>: the name must stay one plain path component.
 RUN_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}")
 MAX_PROMPTS_FILE_BYTES = 16 * 1024 * 1024
 MAX_PROBLEMS_SHOWN = 30
-MAX_TOME = 0.75
 
 TOP_KEYS = {
     "name", "model", "device", "prompts", "prompts_file", "negative_prompt", "seeds", "image", "schemes", "grid",
@@ -113,17 +113,28 @@ class NodeAddresses:
 
 @dataclass(frozen=True)
 class Point:
-    """One grid point: a scheme and its configuration (fields that do not apply to the scheme are neutral)."""
+    """One grid point: the request its prompts x seeds x repetitions share (fields that do not apply to the scheme
+    are neutral), without prompt, seed or ids.
 
-    scheme: str
-    n_steps: int
-    es_steps: int
-    merge_ratio: float
-    tome_ratio_es: float
-    tome_ratio_ue: float
-    link: LinkSpec | None
-    decoder: str | None = None
-    merge_method: str | None = None
+    Attributes
+    ----------
+    request : Request
+        The point's configuration as a request template (``prompt=""``, ``seed=0``, no ids).
+    decoder_axis : bool
+        The grid has a decoder axis (the id then includes ``request.decoder``).
+    method_axis : bool
+        The grid names merge methods (the id then includes ``request.merge_method`` when beta > 0).
+    """
+
+    request: Request
+    decoder_axis: bool = False
+    method_axis: bool = False
+
+    def __getattr__(self, name: str) -> Any:
+        # A point reads as its request (point.scheme, point.n_steps, ...): one set of names for the configuration.
+        if name.startswith("__") or name in ("request", "decoder_axis", "method_axis"):
+            raise AttributeError(name)
+        return getattr(self.request, name)
 
     @property
     def point_id(self) -> str:
@@ -132,12 +143,16 @@ class Point:
         return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["link"] = None if self.link is None else self.link.to_meta()
-        if self.decoder is None:
-            del out["decoder"]  # ids of points without a decoder axis stay what they were before it existed
-        if self.merge_method is None:
-            del out["merge_method"]  # likewise for the merge-method axis
+        """The fields the id hashes, in the layout ids have always been computed from (runs resume by them)."""
+        r = self.request
+        out: dict[str, Any] = {
+            "scheme": r.scheme, "n_steps": r.n_steps, "es_steps": r.es_steps, "merge_ratio": r.merge_ratio,
+            "tome_ratio_es": r.tome_ratio_es, "tome_ratio_ue": r.tome_ratio_ue, "link": r.link_meta(),
+        }
+        if self.decoder_axis:  # ids of points without a decoder axis stay what they were before it existed
+            out["decoder"] = r.decoder
+        if self.method_axis and r.merge_ratio > 0.0:  # likewise for the merge-method axis
+            out["merge_method"] = r.merge_method
         return out
 
 
@@ -178,13 +193,29 @@ class CampaignSpec:
 
     # --- the grid ---------------------------------------------------------------------------------------------------
 
-    def links(self) -> list[LinkSpec]:
+    def links(self) -> list[dict[str, Any]]:
+        """The grid's link conditions as request fields (``link_model``, ``tx_mode``, ``distance_m``,
+        ``snr_db_set``)."""
         g = self.grid
         if g.get("distance_m"):
-            return [LinkSpec(m, t, float(d), None) for m, d, t in
-                    itertools.product(g["link_model"], g["distance_m"], g["tx_mode"])]
-        return [LinkSpec(m, t, None, float(s)) for m, s, t in
-                itertools.product(g["link_model"], g["snr_db"], g["tx_mode"])]
+            return [{"link_model": m, "tx_mode": t, "distance_m": float(d), "snr_db_set": None}
+                    for m, d, t in itertools.product(g["link_model"], g["distance_m"], g["tx_mode"])]
+        return [{"link_model": m, "tx_mode": t, "distance_m": None, "snr_db_set": float(s)}
+                for m, s, t in itertools.product(g["link_model"], g["snr_db"], g["tx_mode"])]
+
+    def point(self, scheme: str, n_steps: int, es_steps: int, merge_ratio: float = 0.0, tome_ratio_es: float = 0.0,
+              tome_ratio_ue: float = 0.0, link: Mapping[str, Any] | None = None, decoder: str | None = None,
+              merge_method: str | None = None) -> Point:
+        """A grid point of this campaign (its image settings, the given configuration). ``decoder`` /
+        ``merge_method`` None: no such axis (the UE's own decoder, the default method)."""
+        no_link = {"link_model": NO_LINK, "tx_mode": NO_LINK, "distance_m": None, "snr_db_set": None}
+        request = Request(
+            prompt="", scheme=scheme, n_steps=int(n_steps), es_steps=int(es_steps), merge_ratio=float(merge_ratio),
+            merge_method=merge_method or DEFAULT_MERGE_METHOD, tome_ratio_es=float(tome_ratio_es),
+            tome_ratio_ue=float(tome_ratio_ue), negative_prompt=self.negative_prompt, height_px=self.height_px,
+            width_px=self.width_px, guidance_scale=self.guidance_scale, scheduler=self.scheduler or "",
+            wire_dtype=self.wire_dtype, vae_tiling=self.vae_tiling, decoder=decoder or "", **(link or no_link))
+        return Point(request, decoder_axis=decoder is not None, method_axis=merge_method is not None)
 
     def points(self) -> list[Point]:
         """Every grid point, schemes in spec order; parameters that do not apply to a scheme are collapsed."""
@@ -208,15 +239,14 @@ class CampaignSpec:
                         kk = n if k is None else k
                         # The UE's tomesd ratio only matters when it denoises; no merge method merges nothing.
                         method = None if method is None or float(beta) == 0.0 else method
-                        add(Point("meg", n, kk, float(beta), float(te), float(tu) if kk < n else 0.0, link, dec,
-                                  method))
+                        add(self.point("meg", n, kk, beta, te, tu if kk < n else 0.0, link, dec, method))
                 elif scheme == "ceg":
                     # CEG sends the image: no UE decoder runs.
                     for te, link in itertools.product(g["tome_ratio_es"], self.links()):
-                        add(Point("ceg", n, n, 0.0, float(te), 0.0, link))
+                        add(self.point("ceg", n, n, 0.0, te, 0.0, link))
                 else:
                     for tu, dec in itertools.product(g["tome_ratio_ue"], decoders):
-                        add(Point("ue_local", n, 0, 0.0, 0.0, float(tu), None, dec))
+                        add(self.point("ue_local", n, 0, 0.0, 0.0, tu, None, dec))
         return out
 
     def node_plans(self) -> dict[str, list[str]]:
@@ -229,7 +259,7 @@ class CampaignSpec:
                 used.append(plan)
         return {"es": [p for p in used if p != "ue_local"] + ["reference"], "ue": used}
 
-    def requests(self) -> list[RequestSpec]:
+    def requests(self) -> list[Request]:
         """Every request (point x prompt x seed x repetition) in a stable, unshuffled order."""
         out = []
         for point in self.points():
@@ -239,16 +269,10 @@ class CampaignSpec:
                 out.append(self.request_for(point, prompt, seed, rep, f"{pid}-p{pi}-s{seed}-r{rep}"))
         return out
 
-    def request_for(self, point: Point, prompt: str, seed: int, repetition: int, request_id: str) -> RequestSpec:
-        return RequestSpec(
-            request_id=request_id, scheme=point.scheme, prompt=prompt, seed=int(seed), n_steps=point.n_steps,
-            es_steps=point.es_steps, merge_ratio=point.merge_ratio, negative_prompt=self.negative_prompt,
-            height_px=self.height_px, width_px=self.width_px, guidance_scale=self.guidance_scale,
-            scheduler=self.scheduler or "", tome_ratio_es=point.tome_ratio_es, tome_ratio_ue=point.tome_ratio_ue,
-            wire_dtype=self.wire_dtype, link=point.link, point_id=point.point_id, repetition=repetition,
-            decoder=point.decoder or "", vae_tiling=self.vae_tiling,
-            merge_method=point.merge_method or DEFAULT_MERGE_METHOD,
-        )
+    def request_for(self, point: Point, prompt: str, seed: int, repetition: int, request_id: str) -> Request:
+        """The point's request for one prompt x seed x repetition."""
+        return _replace(point.request, prompt=prompt, seed=int(seed), repetition=int(repetition),
+                        request_id=request_id, point_id=point.point_id)
 
     def resolved(self) -> dict[str, Any]:
         """The spec with defaults filled in, as JSON-able data (recorded in the run manifest and hashed)."""

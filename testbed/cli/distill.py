@@ -156,8 +156,8 @@ def _recipe(args: argparse.Namespace, run_dir: Path | None) -> Any:
 def _load_model(model_dir: Path, device: str, dtype_name: str) -> Any:
     import torch
 
+    from testbed.ldm.errors import LdmError
     from testbed.ldm.model import load_pipeline
-    from testbed.ldm.request import LdmError
 
     try:
         return load_pipeline(model_dir, device=device, dtype=getattr(torch, dtype_name))
@@ -197,7 +197,7 @@ def run_train(args: argparse.Namespace) -> int:
     from testbed.distill.config import DistillConfigError
     from testbed.distill.decoder import install_decoder
     from testbed.distill.train import Distiller
-    from testbed.ldm.request import LdmError
+    from testbed.ldm.errors import LdmError
 
     run_dir: Path = args.run
     cfg = _recipe(args, run_dir)
@@ -236,8 +236,8 @@ def _eval_cache_dir(model: Any, prompts: list, steps: list[int], n_ref: int, gui
 def _model_and_decoder(args: argparse.Namespace) -> tuple[Any, Path, Any]:
     """``(model, decoder folder, distilled decoder)`` of ``eval`` / ``calibrate`` (``--model``, ``--decoder``,
     ``--threads``, ``--device``, ``--model-dtype``); a decoder that cannot load or fit is a :class:`CliError`."""
+    from testbed.ldm.errors import LdmError
     from testbed.ldm.model import check_decoder_fits, decoder_folder, load_decoder
-    from testbed.ldm.request import LdmError
 
     model_dir = _model_dir(args)
     if args.threads:
@@ -262,8 +262,8 @@ def run_eval(args: argparse.Namespace) -> int:
     from testbed.distill.evaluate import conditions, evaluate, format_tables, summarize
     from testbed.distill.link import TrainingLink
     from testbed.distill.prompts import PromptSourceError, heldout_prompts
+    from testbed.ldm.errors import LdmError
     from testbed.ldm.gate import gated_decoder
-    from testbed.ldm.request import LdmError
 
     model, folder, distilled = _model_and_decoder(args)
     try:
@@ -311,8 +311,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
     from testbed.distill.gate_fit import GateFitError, fit_gate
     from testbed.distill.link import TrainingLink
     from testbed.distill.prompts import PromptSourceError, training_prompts
+    from testbed.ldm.errors import LdmError
     from testbed.ldm.gate import GATE_KEY
-    from testbed.ldm.request import LdmError
 
     model, folder, distilled = _model_and_decoder(args)
     meta_path = folder / "distill.json"
@@ -356,7 +356,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
 
 def run_install(args: argparse.Namespace) -> int:
     from testbed.distill.decoder import install_decoder
-    from testbed.ldm.request import LdmError
+    from testbed.ldm.errors import LdmError
 
     try:
         target = install_decoder(args.decoder_dir, _model_dir(args))

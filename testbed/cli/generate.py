@@ -2,10 +2,13 @@
 
 Example::
 
-    megbed generate "a red cube on a table" --model ./sd15 --steps 8 --split 8 --merge 0.5 --seed 1 --out cube.png
+    megbed generate "a red cube on a table" --model ./sd15 --n-steps 8 --es-steps 8 --merge-ratio 0.5 --seed 1 \
+        --out cube.png
 
-``--split K`` < ``--steps N`` makes it a hybrid split (the UE finishes steps K..N); ``--scheme ceg`` sends the
-PNG image instead, ``--scheme ue_local`` runs everything on the UE side.
+The request flags are the request contract's fields (:class:`testbed.request.Request`, the dataset's column names),
+with its defaults; ``--es-steps K`` < ``--n-steps N`` makes it a hybrid split (the UE finishes steps K..N);
+``--scheme ceg`` sends the PNG image instead, ``--scheme ue_local`` runs everything on the UE side. ``--decoder``
+takes what ``megbed node ue --decoder`` takes: ``base``, ``distilled``, ``auto`` or a decoder folder.
 """
 
 from __future__ import annotations
@@ -13,10 +16,39 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
+from dataclasses import fields
 from pathlib import Path
 
+from megwire.vocab import WIRE_DTYPES
 from testbed.cli.main import CliError
-from testbed.ldm.merge_methods import DEFAULT_MERGE_METHOD, MERGE_METHODS
+from testbed.ldm.merge_methods import MERGE_METHODS
+from testbed.request import SCHEDULER_NAMES, Request
+
+# The request's defaults: the CLI's are these (a test keeps them equal).
+REQUEST_DEFAULTS = {f.name: f.default for f in fields(Request)}
+
+# (field, flag, earlier spellings kept as hidden aliases, argparse options, help). The flag is the field's name.
+REQUEST_FLAGS: tuple[tuple[str, str, tuple[str, ...], dict, str], ...] = (
+    ("n_steps", "--n-steps", ("--steps", "-n"), {"type": int}, "N, denoising steps"),
+    ("es_steps", "--es-steps", ("--split", "-k"), {"type": int},
+     "k, steps on the ES (default N: the UE only decodes; k < N: hybrid)"),
+    ("merge_ratio", "--merge-ratio", ("--merge", "-b"), {"type": float}, "beta, latent merge ratio in [0, 0.75]"),
+    ("merge_method", "--merge-method", (), {"choices": MERGE_METHODS},
+     "how tokens merge (global = the paper's rule, window = window-local)"),
+    ("tome_ratio_es", "--tome-ratio-es", ("--tome-es",), {"type": float}, "tomesd ratio in the ES U-Net (0 = off)"),
+    ("tome_ratio_ue", "--tome-ratio-ue", ("--tome-ue",), {"type": float}, "tomesd ratio in the UE U-Net (0 = off)"),
+    ("seed", "--seed", (), {"type": int}, "seed (noise, ancestral samplers, merge layout)"),
+    ("scheduler", "--scheduler", (), {}, f"{', '.join(SCHEDULER_NAMES)}; empty: the model's own"),
+    ("guidance_scale", "--guidance-scale", ("--guidance",), {"type": float}, "classifier-free guidance scale"),
+    ("negative_prompt", "--negative-prompt", (), {}, "negative prompt"),
+    ("height_px", "--height-px", ("--height",), {"type": int}, "image height in px (default: the model's)"),
+    ("width_px", "--width-px", ("--width",), {"type": int}, "image width in px (default: the model's)"),
+    ("wire_dtype", "--wire-dtype", (), {"choices": WIRE_DTYPES}, "dtype of latent values on the wire"),
+    ("decoder", "--decoder", ("--ue-decoder",), {},
+     "the UE's decoder: base, distilled (<model>/ue_decoder), auto (the gate between them) or a decoder folder "
+     "(relative paths are looked up in the model first); empty: base"),
+)
+FLAG_OF = {name: flag for name, flag, *_ in REQUEST_FLAGS}
 
 
 def _default_model() -> Path | None:
@@ -32,34 +64,33 @@ def register(sub) -> None:
     p.add_argument("prompt", help="text prompt")
     p.add_argument("--model", type=Path, default=None,
                    help="diffusers model folder (default: the embedded default model, once installed)")
-    p.add_argument("--steps", "-n", type=int, default=8, help="N, denoising steps (default 8)")
-    p.add_argument("--split", "-k", type=int, default=None, help="K, steps on the ES (default N: UE only decodes)")
-    p.add_argument("--merge", "-b", type=float, default=0.0, help="beta, latent merge ratio in [0, 0.75]")
-    p.add_argument("--merge-method", choices=MERGE_METHODS, default=DEFAULT_MERGE_METHOD,
-                   help=f"how tokens merge (default {DEFAULT_MERGE_METHOD}; global = the paper's rule, "
-                        "window = window-local)")
-    p.add_argument("--tome-es", type=float, default=0.0, help="tomesd ratio in the ES U-Net (0 = off)")
-    p.add_argument("--tome-ue", type=float, default=0.0, help="tomesd ratio in the UE U-Net (0 = off)")
-    p.add_argument("--seed", type=int, default=0, help="seed (noise, ancestral samplers, merge layout)")
-    p.add_argument("--scheduler", default=None, help="ddim, euler, euler_a, dpmpp_2m, unipc, lcm "
-                                                     "(default: the model's own)")
-    p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (default 7.5)")
-    p.add_argument("--negative-prompt", default=None, help="negative prompt")
-    p.add_argument("--height", type=int, default=None, help="image height in px (default: the model's)")
-    p.add_argument("--width", type=int, default=None, help="image width in px (default: the model's)")
-    p.add_argument("--wire-dtype", choices=("float16", "float32"), default="float16",
-                   help="dtype of latent values on the wire (default float16)")
-    p.add_argument("--scheme", choices=("meg", "hybrid", "ceg", "ue_local"), default="meg",
-                   help="split preset (default meg; hybrid = meg with --split < --steps)")
+    for name, flag, aliases, options, text in REQUEST_FLAGS:
+        default = REQUEST_DEFAULTS[name]
+        shown = "" if default in (None, "") else f" (default {default})"
+        p.add_argument(flag, dest=name, default=default, help=text + shown, **options)
+        if aliases:  # the spellings README and scripts used before the flags followed the contract
+            p.add_argument(*aliases, dest=name, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **options)
+    p.add_argument("--vae-tiling", action="store_true", default=REQUEST_DEFAULTS["vae_tiling"],
+                   help="decode with VAE tiling (bounded decoder memory on memory-bound UEs)")
+    p.add_argument("--scheme", choices=("meg", "hybrid", "ceg", "ue_local"), default=REQUEST_DEFAULTS["scheme"],
+                   help="split preset (default meg; hybrid = meg with --es-steps < --n-steps)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--dtype", choices=("float16", "float32"), default=None,
                    help="model precision (default: float16 on CUDA, float32 on CPU)")
-    p.add_argument("--ue-decoder", default=None,
-                   help="decoder folder for the UE (AutoencoderKL; relative paths are looked up in the model first)")
-    p.add_argument("--vae-tiling", action="store_true",
-                   help="decode with VAE tiling (bounded decoder memory on memory-bound UEs)")
     p.add_argument("--out", "-o", type=Path, required=True, help="output PNG file")
     p.set_defaults(func=run)
+
+
+def request_of(args: argparse.Namespace) -> Request:
+    """The request the flags describe (validated by the contract; its error names the flag)."""
+    from testbed.request import RequestError
+
+    values = {name: getattr(args, name) for name, *_ in REQUEST_FLAGS}
+    try:
+        return Request(prompt=args.prompt, scheme="meg" if args.scheme == "hybrid" else args.scheme,
+                       vae_tiling=bool(args.vae_tiling), request_id="cli", **values)
+    except RequestError as exc:
+        raise CliError(f"{FLAG_OF.get(exc.field, exc.field)}: {exc}") from None
 
 
 def _write_png_atomic(image, out: Path) -> None:
@@ -87,34 +118,29 @@ def run(args: argparse.Namespace) -> int:
     if not out.parent.is_dir():
         raise CliError(f"--out {out}: folder {out.parent} does not exist")
 
+    request = request_of(args)
+
     import torch
 
+    from testbed.ldm.errors import LdmError
     from testbed.ldm.merging import MergeError
-    from testbed.ldm.model import load_decoder, load_pipeline
-    from testbed.ldm.request import GenerationRequest, LdmError
+    from testbed.ldm.model import load_pipeline, named_decoder, set_vae_tiling
     from testbed.ldm.runner import run_split
 
     try:
-        request = GenerationRequest(
-            prompt=args.prompt, num_steps=args.steps, split_step=args.split, merge_ratio=args.merge, seed=args.seed,
-            merge_method=args.merge_method,
-            negative_prompt=args.negative_prompt, height=args.height, width=args.width, guidance_scale=args.guidance,
-            scheduler=args.scheduler, tome_ratio_es=args.tome_es, tome_ratio_ue=args.tome_ue,
-            wire_dtype=args.wire_dtype, request_id="cli",
-        )
         dtype = getattr(torch, args.dtype) if args.dtype else None
         model = load_pipeline(model_dir, device=args.device, dtype=dtype)
         decoder = None
-        if args.ue_decoder:
-            candidate = Path(model_dir) / args.ue_decoder
-            decoder = load_decoder(candidate if candidate.is_dir() else Path(args.ue_decoder), device=model.device,
-                                   dtype=model.dtype)
-        if args.vae_tiling:
+        if request.decoder not in ("", "base"):  # the UE's decoder only: the ES (CEG) keeps the pipeline's VAE
+            decoder = named_decoder(model_dir, request.decoder, device=model.device, dtype=model.dtype,
+                                    latent_channels=model.latent_channels, vae_scale_factor=model.vae_scale_factor,
+                                    base=model.base_decoder if request.decoder == "auto" else None)
+        if request.vae_tiling:
             model.set_vae_tiling(True)
-            if decoder is not None:
-                from testbed.ldm.model import set_vae_tiling
-
-                set_vae_tiling(decoder.vae, True)
+            for part in (decoder, getattr(decoder, "distilled", None)):  # a folder's decoder, or the gate's
+                vae = getattr(part, "vae", None)
+                if vae is not None:
+                    set_vae_tiling(vae, True)
         result = run_split(request, model, scheme=args.scheme, ue_decoder=decoder)
     except (LdmError, MergeError) as exc:
         raise CliError(str(exc)) from exc
@@ -124,8 +150,8 @@ def run(args: argparse.Namespace) -> int:
     req = result.request
     print(f"model {model_dir} ({model.family}, {model.device}, {str(model.dtype).removeprefix('torch.')}); "
           f"scheme {result.plan.scheme}{' (hybrid)' if result.plan.hybrid else ''}; scheduler {req.scheduler}; "
-          f"N={req.num_steps} k={req.k} beta={req.merge_ratio:g} ({req.merge_method}) tome es/ue={req.tome_ratio_es:g}/"
-          f"{req.tome_ratio_ue:g}; {req.width}x{req.height}")
+          f"N={req.n_steps} k={req.es_steps} beta={req.merge_ratio:g} ({req.merge_method}) tome es/ue={req.tome_ratio_es:g}/"
+          f"{req.tome_ratio_ue:g}; {req.width_px}x{req.height_px}")
     print(f"{'node':<4}  {'stage':<13}  {'latency_s':>10}")
     for t in result.timings:
         print(f"{t.node:<4}  {t.stage:<13}  {t.latency_s:>10.4f}")

@@ -58,7 +58,7 @@ def _slice(args) -> int:
     from testbed.cli.main import CliError
     from testbed.cli.node_common import parse_plans
     from testbed.ldm.components import MissingComponentError
-    from testbed.ldm.request import LdmError
+    from testbed.ldm.errors import LdmError
     from testbed.ldm.slicing import slice_model
 
     plans = parse_plans(args.plans, args.role)

@@ -33,7 +33,7 @@ import torch
 
 from testbed.distill.prompts import PromptSpec, digest
 from testbed.ldm.model import LdmModel
-from testbed.ldm.request import GenerationRequest
+from testbed.request import Request
 
 log = logging.getLogger(__name__)
 
@@ -75,16 +75,16 @@ class CacheKey:
 
 
 def _request(model: LdmModel, spec: PromptSpec, n: int, guidance_scale: float, scheduler: str | None,
-             tome_ratio_es: float) -> GenerationRequest:
-    return model.resolve(GenerationRequest(spec.prompt, num_steps=n, seed=spec.seed, guidance_scale=guidance_scale,
-                                           scheduler=scheduler, tome_ratio_es=tome_ratio_es))
+             tome_ratio_es: float) -> Request:
+    return model.resolve(Request(spec.prompt, n_steps=n, seed=spec.seed, guidance_scale=guidance_scale,
+                                 scheduler=scheduler or "", tome_ratio_es=tome_ratio_es))
 
 
 def make_key(model: LdmModel, prompts: list[PromptSpec], steps: list[int], n_ref: int, guidance_scale: float,
              scheduler: str | None, tome_ratio_es: float, target_dtype: str = "float16") -> CacheKey:
     req = _request(model, prompts[0], n_ref, guidance_scale, scheduler, tome_ratio_es)
     return CacheKey(model.fingerprint(), digest(prompts), len(prompts), tuple(int(n) for n in steps), int(n_ref),
-                    float(guidance_scale), str(req.scheduler), int(req.height), int(req.width), float(tome_ratio_es),
+                    float(guidance_scale), str(req.scheduler), int(req.height_px), int(req.width_px), float(tome_ratio_es),
                     str(model.dtype).removeprefix("torch."), model.device.type, target_dtype)
 
 
@@ -107,8 +107,8 @@ def generate_one(model: LdmModel, spec: PromptSpec, steps: list[int], n_ref: int
     denoise = DenoiseStage(model, stop="end", tome_node="es")
     out: dict[int, torch.Tensor] = {}
     for n in steps:
-        out[n] = denoise({"request": req.replace(num_steps=n), "text": text})["latents"]
-    ref_req = req.replace(num_steps=n_ref, tome_ratio_es=0.0)
+        out[n] = denoise({"request": req.replace(n_steps=n), "text": text})["latents"]
+    ref_req = req.replace(n_steps=n_ref, tome_ratio_es=0.0)
     if n_ref in out and tome_ratio_es == 0.0:
         ref_latents = out[n_ref]
     else:

@@ -31,8 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from testbed.ldm.merging import DEFAULT_MERGE_METHOD, MAX_BETA, MERGE_METHODS
-from testbed.ldm.request import WIRE_DTYPES
+from megwire.vocab import MAX_MERGE_RATIO as MAX_BETA
+from megwire.vocab import MAX_TOME_RATIO, WIRE_DTYPES
+from testbed.ldm.merge_methods import DEFAULT_MERGE_METHOD, MERGE_METHODS
 
 NOISE_KINDS = ("sigma", "snr", "link", "none")
 AMP_DTYPES = ("none", "bf16", "fp16")
@@ -273,7 +274,8 @@ def validate(cfg: DistillConfig) -> None:
     _check(cfg.merge_method in MERGE_METHODS, "merge_method", f"{cfg.merge_method!r} is not one of {MERGE_METHODS}")
     _check(_is_num(cfg.guidance_scale) and cfg.guidance_scale >= 0, "guidance_scale", "must be a number >= 0")
     _check(cfg.wire_dtype in WIRE_DTYPES, "wire_dtype", f"{cfg.wire_dtype!r} is not one of {WIRE_DTYPES}")
-    _check(_is_num(cfg.tome_ratio_es) and 0.0 <= cfg.tome_ratio_es <= 0.75, "tome_ratio_es", "must be in [0, 0.75]")
+    _check(_is_num(cfg.tome_ratio_es) and 0.0 <= cfg.tome_ratio_es <= MAX_TOME_RATIO, "tome_ratio_es",
+           f"must be in [0, {MAX_TOME_RATIO}]")
     for key in ("lr", "lr_min"):
         _check(_is_num(getattr(cfg, key)) and getattr(cfg, key) >= 0, key, "must be a number >= 0")
     _check(cfg.lr_min <= cfg.lr, "lr_min", f"{cfg.lr_min} exceeds lr={cfg.lr}")

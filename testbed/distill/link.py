@@ -27,7 +27,7 @@ import torch
 from testbed.distill.config import NoiseConfig
 from testbed.ldm.handoff import MERGE_PREFIX, Handoff
 from testbed.ldm.merging import DEFAULT_MERGE_METHOD, merge, unmerge
-from testbed.ldm.request import GenerationRequest
+from testbed.request import Request
 
 _TOKENS = f"{MERGE_PREFIX}tokens"
 
@@ -159,8 +159,8 @@ class TrainingLink:
                 method: str = DEFAULT_MERGE_METHOD) -> Received:
         """Merge ``latent`` (``[C, h, w]``) at ``beta`` with ``method``, send it as a handoff under ``draw``,
         un-merge it."""
-        request = GenerationRequest("", num_steps=1, merge_ratio=float(beta), seed=int(merge_seed),
-                                    merge_method=method, wire_dtype=self.wire_dtype)
+        request = Request("", n_steps=1, merge_ratio=float(beta), seed=int(merge_seed), merge_method=method,
+                          wire_dtype=self.wire_dtype)
         merged = merge(latent.detach().float().cpu().unsqueeze(0), float(beta), int(merge_seed), method)
         frame = Handoff.build(request, merged, None).to_frame()
         received, snr_db, nmse = self.deliver_frame(frame, draw)

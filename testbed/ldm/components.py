@@ -156,7 +156,7 @@ def load_component(model_dir: Path, index: dict[str, Any], name: str, *, device:
     if not isinstance(entry, list) or len(entry) != 2 or entry[0] is None or not folder.is_dir():
         raise MissingComponentError(f"{model_dir} has no component '{name}'")
     library, cls_name = entry
-    from testbed.ldm.request import LdmError
+    from testbed.ldm.errors import LdmError
 
     if library not in ("diffusers", "transformers"):
         raise LdmError(f"{model_dir}/model_index.json: component '{name}' from unsupported library {library!r}")

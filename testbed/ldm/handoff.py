@@ -4,7 +4,7 @@ Header (``frame.meta``, JSON):
 
 * ``handoff_version``: format of this object (:data:`HANDOFF_VERSION`), separate from megwire's protocol version;
   a receiver rejects any other version.
-* ``request``: the resolved :class:`~testbed.ldm.request.GenerationRequest` (prompt, negative prompt, guidance,
+* ``request``: the resolved :class:`~testbed.request.Request` (prompt, negative prompt, guidance,
   seed, N, k, beta, tomesd ratios, ...). The UE computes its own text embeddings from it; CFG embeddings are never
   sent (they would cost ~7x the latent).
 * ``step`` / ``num_steps``: k and N. ``merge``: the merged latent's geometry (shape, beta, seed, r, method).
@@ -29,9 +29,10 @@ import numpy as np
 import torch
 
 from megwire import Frame, FrameError, pack, packed_size, unpack
+from testbed.ldm.errors import LdmError
 from testbed.ldm.merging import MergedLatent, MergeError
-from testbed.ldm.request import GenerationRequest, LdmError, RequestError
 from testbed.ldm.schedulers import SamplerState, SamplerStateError
+from testbed.request import Request, RequestError
 
 HANDOFF_KIND = "handoff"
 HANDOFF_VERSION = 2  # 2: merge methods (header "merge.method", the "merge.dst" index buffer)
@@ -49,10 +50,10 @@ class Handoff:
 
     Attributes
     ----------
-    request : GenerationRequest
+    request : Request
         The resolved request (model defaults filled in).
     merged : MergedLatent
-        The latent after ``request.k`` steps, merged at ``request.merge_ratio``.
+        The latent after ``request.es_steps`` steps, merged at ``request.merge_ratio``.
     sampler_meta : dict or None
         JSON part of the sampler snapshot (None when k = N).
     sampler_buffers : dict[str, numpy.ndarray]
@@ -63,7 +64,7 @@ class Handoff:
         The channel emulator's delivery record, when the frame went through it.
     """
 
-    request: GenerationRequest
+    request: Request
     merged: MergedLatent
     sampler_meta: dict[str, Any] | None = None
     sampler_buffers: dict[str, np.ndarray] = field(default_factory=dict)
@@ -71,8 +72,8 @@ class Handoff:
     delivery: dict[str, Any] | None = None
 
     @classmethod
-    def build(cls, request: GenerationRequest, merged: MergedLatent, sampler: SamplerState | None) -> Handoff:
-        """Assemble a handoff at step ``request.k``; the sampler snapshot is taken only when the UE must denoise.
+    def build(cls, request: Request, merged: MergedLatent, sampler: SamplerState | None) -> Handoff:
+        """Assemble a handoff at step ``request.es_steps``; the sampler snapshot is taken only when the UE must denoise.
 
         Raises
         ------
@@ -85,20 +86,20 @@ class Handoff:
         if not request.ue_denoises:
             return cls(request, merged)
         if sampler is None:
-            raise HandoffError(f"k={request.k} < N={request.num_steps} but no sampler state was given")
-        if (sampler.step, sampler.num_steps) != (request.k, request.num_steps):
+            raise HandoffError(f"k={request.es_steps} < N={request.n_steps} but no sampler state was given")
+        if (sampler.step, sampler.num_steps) != (request.es_steps, request.n_steps):
             raise HandoffError(f"sampler is at step {sampler.step} of {sampler.num_steps}, "
-                               f"the request splits at k={request.k} of N={request.num_steps}")
+                               f"the request splits at k={request.es_steps} of N={request.n_steps}")
         meta, buffers, roles = sampler.snapshot(request.wire_dtype, prefix=SOLVER_PREFIX)
         return cls(request, merged, meta, buffers, roles)
 
     @property
     def step(self) -> int:
-        return self.request.k
+        return self.request.es_steps
 
     @property
     def num_steps(self) -> int:
-        return self.request.num_steps
+        return self.request.n_steps
 
     @property
     def channel_roles(self) -> dict[str, str]:
@@ -123,7 +124,7 @@ class Handoff:
         meta: dict[str, Any] = {
             "handoff_version": HANDOFF_VERSION,
             "request_id": self.request.request_id,
-            "request": self.request.to_meta(),
+            "request": self.request.runtime_meta(),
             "step": self.step,
             "num_steps": self.num_steps,
             "merge": self.merged.to_meta(),
@@ -156,10 +157,10 @@ class Handoff:
             raise HandoffError(f"handoff format version mismatch: frame has v{version}, "
                                f"this node speaks v{HANDOFF_VERSION}")
         try:
-            request = GenerationRequest.from_meta(meta["request"])
-            if (int(meta["step"]), int(meta["num_steps"])) != (request.k, request.num_steps):
+            request = Request.from_meta(meta["request"], runtime=True)
+            if (int(meta["step"]), int(meta["num_steps"])) != (request.es_steps, request.n_steps):
                 raise HandoffError(f"handoff header says step {meta['step']} of {meta['num_steps']}, "
-                                   f"its request says k={request.k} of N={request.num_steps}")
+                                   f"its request says k={request.es_steps} of N={request.n_steps}")
             merged = MergedLatent.from_buffers(meta["merge"], frame.buffers, prefix=MERGE_PREFIX,
                                                device=device, dtype=dtype)
             if merged.num_merged and merged.method != request.merge_method:
@@ -173,7 +174,7 @@ class Handoff:
             raise HandoffError(f"bad handoff: {exc}") from exc
         sampler_meta = meta.get("sampler")
         if request.ue_denoises and not isinstance(sampler_meta, dict):
-            raise HandoffError(f"k={request.k} < N={request.num_steps} but the handoff carries no sampler state")
+            raise HandoffError(f"k={request.es_steps} < N={request.n_steps} but the handoff carries no sampler state")
         if not request.ue_denoises:
             sampler_meta = None
         roles = dict(meta.get("channel_roles") or {})

@@ -58,15 +58,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from megwire.vocab import MAX_MERGE_RATIO, WIRE_DTYPES
 from testbed.ldm.merge_methods import DEFAULT_MERGE_METHOD, GLOBAL_METHODS, MERGE_METHODS
 
 PATCH = 2
 WINDOW = 2
-MAX_BETA = 0.75
+MAX_BETA = MAX_MERGE_RATIO
 MAP_BITORDER = "little"
 LLOYD_ITERATIONS = 2  # global_l2's refinement passes (a third gained < 1 % NMSE on the benchmark's latents)
 
-_WIRE_DTYPES = {"float16": np.float16, "float32": np.float32}
+_WIRE_DTYPES = {name: np.dtype(name).type for name in WIRE_DTYPES}
 
 
 class MergeError(ValueError):

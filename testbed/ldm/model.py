@@ -31,8 +31,9 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from testbed.ldm.request import GenerationRequest, LdmError, RequestError
+from testbed.ldm.errors import LdmError
 from testbed.ldm.schedulers import SamplerState, new_sampler, resolve_scheduler_name
+from testbed.request import Request, RequestError
 
 log = logging.getLogger(__name__)
 
@@ -418,7 +419,7 @@ class LdmModel:
         side = int(self._config("unet")["sample_size"]) * self.vae_scale_factor
         return side, side
 
-    def resolve(self, request: GenerationRequest) -> GenerationRequest:
+    def resolve(self, request: Request) -> Request:
         """Fill in the model-dependent defaults (size, scheduler) and check the size fits the model.
 
         Raises
@@ -427,37 +428,37 @@ class LdmModel:
             Size not a multiple of ``2 * vae_scale_factor`` (tokens are 2x2 latent patches), or no usable scheduler.
         """
         h, w = self.default_size()
-        height, width = request.height or h, request.width or w
+        height, width = request.height_px or h, request.width_px or w
         step = 2 * self.vae_scale_factor
         if height % step or width % step:
             raise RequestError(f"image size {height}x{width} must be a multiple of {step} px for this model "
                                f"(VAE factor {self.vae_scale_factor}, 2x2 latent tokens)")
         if request.scheduler and not self.has_component("scheduler"):
             # A decode-only node (no scheduler in its partial folder) takes the name the ES resolved.
-            return request.replace(height=height, width=width)
+            return request.replace(height_px=height, width_px=width)
         self.ensure("scheduler")
-        name = resolve_scheduler_name(request.scheduler, self.pipe.scheduler)
-        return request.replace(height=height, width=width, scheduler=name)
+        name = resolve_scheduler_name(request.scheduler or None, self.pipe.scheduler)
+        return request.replace(height_px=height, width_px=width, scheduler=name)
 
-    def latent_shape(self, request: GenerationRequest) -> tuple[int, int, int, int]:
+    def latent_shape(self, request: Request) -> tuple[int, int, int, int]:
         """``(1, C, H/f, W/f)`` for a resolved request."""
         f = self.vae_scale_factor
-        return (1, self.latent_channels, int(request.height) // f, int(request.width) // f)
+        return (1, self.latent_channels, int(request.height_px) // f, int(request.width_px) // f)
 
-    def new_sampler(self, request: GenerationRequest) -> SamplerState:
+    def new_sampler(self, request: Request) -> SamplerState:
         """A fresh sampler at step 0 for a resolved request."""
         self.ensure("scheduler")
-        return new_sampler(request.scheduler, self.pipe.scheduler.config, request.num_steps, request.seed,
+        return new_sampler(request.scheduler, self.pipe.scheduler.config, request.n_steps, request.seed,
                            device=self.device)
 
     # --- compute ---------------------------------------------------------------------------------------------
 
-    def do_cfg(self, request: GenerationRequest) -> bool:
+    def do_cfg(self, request: Request) -> bool:
         """CFG runs when guidance > 1 and the U-Net has no guidance embedding (as in the stock pipelines)."""
         return request.guidance_scale > 1.0 and self._config("unet").get("time_cond_proj_dim") is None
 
     @torch.no_grad()
-    def encode_text(self, request: GenerationRequest) -> TextConditioning:
+    def encode_text(self, request: Request) -> TextConditioning:
         """Prompt (and negative prompt) -> conditioning, through the pipeline's own ``encode_prompt``."""
         from testbed.ldm.components import text_components
 
@@ -468,17 +469,17 @@ class LdmModel:
         if self.family == "sdxl":
             pe, npe, pooled, npooled = pipe.encode_prompt(
                 prompt=request.prompt, device=self.device, num_images_per_prompt=1,
-                do_classifier_free_guidance=do_cfg, negative_prompt=request.negative_prompt,
+                do_classifier_free_guidance=do_cfg, negative_prompt=request.negative_prompt or None,
             )
             proj = (int(pooled.shape[-1]) if pipe.text_encoder_2 is None
                     else pipe.text_encoder_2.config.projection_dim)
-            size = (int(request.height), int(request.width))
+            size = (int(request.height_px), int(request.width_px))
             time_ids = pipe._get_add_time_ids(size, (0, 0), size, dtype=pe.dtype, text_encoder_projection_dim=proj)
             if do_cfg:
                 pe, pooled, time_ids = torch.cat([npe, pe]), torch.cat([npooled, pooled]), torch.cat([time_ids, time_ids])
             added = {"text_embeds": pooled.to(self.device), "time_ids": time_ids.to(self.device)}
         else:
-            pe, npe = pipe.encode_prompt(request.prompt, self.device, 1, do_cfg, request.negative_prompt)
+            pe, npe = pipe.encode_prompt(request.prompt, self.device, 1, do_cfg, request.negative_prompt or None)
             if do_cfg:
                 pe = torch.cat([npe, pe])
         timestep_cond = None

@@ -21,8 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from megwire import Frame
+from megwire.vocab import NODE_STAGES, SCHEMES
 from testbed.ldm.model import LatentDecoder, LdmModel
-from testbed.ldm.request import GenerationRequest, RequestError
 from testbed.ldm.stages import (
     IMAGE_KIND,
     DecodeStage,
@@ -37,12 +37,11 @@ from testbed.ldm.stages import (
     TextEncodeStage,
     UnmergeStage,
 )
+from testbed.request import Request, RequestError
 
-SCHEMES = ("meg", "ceg", "ue_local")
 PRESETS = ("meg", "hybrid", "ceg", "ue_local")
 NODES = ("es", "ue")
-STAGE_NAMES = ("text_encode", "denoise", "merge", "serialize", "deserialize", "unmerge", "decode",
-               "image_encode", "image_decode")
+STAGE_NAMES = NODE_STAGES
 
 
 @dataclass(frozen=True)
@@ -90,7 +89,7 @@ class SplitPlan:
         return None
 
 
-def plan_for(scheme: str, request: GenerationRequest) -> SplitPlan:
+def plan_for(scheme: str, request: Request) -> SplitPlan:
     """The preset plan of ``scheme`` (``meg``, ``hybrid``, ``ceg``, ``ue_local``) for ``request``'s N and k.
 
     Raises
@@ -98,7 +97,7 @@ def plan_for(scheme: str, request: GenerationRequest) -> SplitPlan:
     RequestError
         Unknown preset, or ``hybrid`` with k = N.
     """
-    k, n = request.k, request.num_steps
+    k, n = request.es_steps, request.n_steps
     if scheme == "hybrid":
         if k >= n:
             raise RequestError(f"hybrid split needs k < N, got k={k}, N={n}")
@@ -118,7 +117,7 @@ def plan_for(scheme: str, request: GenerationRequest) -> SplitPlan:
 
 def ue_plan_for_frame(frame: Frame) -> SplitPlan:
     """The plan a UE follows for a frame it received (a handoff -> MEG, an image -> CEG)."""
-    request = GenerationRequest.from_meta(frame.meta.get("request"))
+    request = Request.from_meta(frame.meta.get("request"), runtime=True)
     return plan_for("ceg" if frame.kind == IMAGE_KIND else "meg", request)
 
 

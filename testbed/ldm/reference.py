@@ -19,18 +19,18 @@ from pathlib import Path
 import torch
 
 from testbed.ldm.model import LdmModel
-from testbed.ldm.request import GenerationRequest, RequestError
+from testbed.request import Request, RequestError
 
 log = logging.getLogger(__name__)
 
 REFERENCE_FORMAT = 1
 
 
-def reference_request(request: GenerationRequest, n_max: int) -> GenerationRequest:
+def reference_request(request: Request, n_max: int) -> Request:
     """The reference twin of ``request``: N_max steps, k = N, beta = 0, no tomesd, float32 on the wire."""
     if not isinstance(n_max, int) or n_max < 1:
         raise RequestError(f"reference steps N_max={n_max!r} must be an integer >= 1")
-    return request.replace(num_steps=n_max, split_step=None, merge_ratio=0.0, tome_ratio_es=0.0, tome_ratio_ue=0.0,
+    return request.replace(n_steps=n_max, es_steps=None, merge_ratio=0.0, tome_ratio_es=0.0, tome_ratio_ue=0.0,
                            wire_dtype="float32")
 
 
@@ -52,17 +52,17 @@ class ReferenceKey:
     format: int = REFERENCE_FORMAT
 
     @classmethod
-    def of(cls, model: LdmModel, request: GenerationRequest, n_max: int) -> ReferenceKey:
+    def of(cls, model: LdmModel, request: Request, n_max: int) -> ReferenceKey:
         req = model.resolve(reference_request(request, n_max))
-        return cls(model.fingerprint(), req.prompt, req.negative_prompt, req.seed, n_max, int(req.height),
-                   int(req.width), req.guidance_scale, str(req.scheduler), str(model.dtype).removeprefix("torch."),
+        return cls(model.fingerprint(), req.prompt, req.negative_prompt or None, req.seed, n_max, int(req.height_px),
+                   int(req.width_px), req.guidance_scale, str(req.scheduler), str(model.dtype).removeprefix("torch."),
                    model.device.type)
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:32]
 
 
-def compute_reference(model: LdmModel, request: GenerationRequest, n_max: int) -> torch.Tensor:
+def compute_reference(model: LdmModel, request: Request, n_max: int) -> torch.Tensor:
     """Generate the reference image ``[1, 3, H, W]`` float32 in [0, 1] (on the CPU), always decoded with the
     pipeline's own VAE (a model loaded with a distilled UE decoder still has the stock reference)."""
     from testbed.ldm.runner import run_split
@@ -86,7 +86,7 @@ class ReferenceCache:
     def path_for(self, key: ReferenceKey) -> Path:
         return self.root / f"{key.digest()}.safetensors"
 
-    def get(self, model: LdmModel, request: GenerationRequest, n_max: int) -> torch.Tensor:
+    def get(self, model: LdmModel, request: Request, n_max: int) -> torch.Tensor:
         """The reference for ``request`` at ``n_max`` steps: from the cache, or computed and stored."""
         from safetensors import SafetensorError
         from safetensors.torch import load_file, safe_open

@@ -23,8 +23,8 @@ import torch
 from megwire import Frame, pack, unpack
 from testbed.ldm.model import LatentDecoder, LdmModel, device_sync
 from testbed.ldm.plan import SplitPlan, build_stages, plan_for
-from testbed.ldm.request import GenerationRequest
 from testbed.ldm.stages import Stage
+from testbed.request import Request
 
 StageHook = Callable[[str, str], contextlib.AbstractContextManager]
 Link = Callable[[Frame], Frame]
@@ -105,7 +105,7 @@ class SplitResult:
     ----------
     image : torch.Tensor
         ``[1, 3, H, W]`` float32 in [0, 1], on the UE.
-    request : GenerationRequest
+    request : Request
         The resolved request.
     plan : SplitPlan
     timings : list[StageTiming]
@@ -119,7 +119,7 @@ class SplitResult:
     """
 
     image: torch.Tensor
-    request: GenerationRequest
+    request: Request
     plan: SplitPlan
     timings: list[StageTiming] = field(default_factory=list)
     transfer_nbytes: int | None = None
@@ -135,7 +135,7 @@ class SplitResult:
 
 
 def run_split(
-    request: GenerationRequest,
+    request: Request,
     es_model: LdmModel,
     ue_model: LdmModel | None = None,
     *,
@@ -149,7 +149,7 @@ def run_split(
 
     Parameters
     ----------
-    request : GenerationRequest
+    request : Request
     es_model : LdmModel
         The ES's model.
     ue_model : LdmModel, optional

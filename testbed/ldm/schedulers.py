@@ -30,7 +30,8 @@ from diffusers import (
 )
 from diffusers.utils.torch_utils import randn_tensor
 
-from testbed.ldm.request import LdmError, RequestError
+from testbed.ldm.errors import LdmError
+from testbed.request import RequestError
 
 _WIRE = {"float16": np.float16, "float32": np.float32}
 
@@ -104,6 +105,8 @@ SCHEDULERS: dict[str, SchedulerSpec] = {
         SchedulerSpec("lcm", LCMScheduler, stochastic=_always),
     )
 }
+# testbed.request.SCHEDULER_NAMES names these for the request contract without importing diffusers (a test keeps
+# the two equal).
 _BY_CLASS = {spec.cls.__name__: spec for spec in SCHEDULERS.values()}
 
 

@@ -7,7 +7,7 @@ in-process runner wrap each call with their own probes.
 State names used by the stages:
 
 =================  =====================================================================================
-``request``        :class:`~testbed.ldm.request.GenerationRequest` (resolved by ``LdmModel.resolve``)
+``request``        :class:`~testbed.request.Request` (resolved by ``LdmModel.resolve``)
 ``text``           :class:`~testbed.ldm.model.TextConditioning`
 ``latents``        ``torch.Tensor [1, C, h, w]``, U-Net latent space, on the node's device
 ``sampler``        :class:`~testbed.ldm.schedulers.SamplerState` (scheduler + generator at some step)
@@ -32,10 +32,11 @@ import numpy as np
 import torch
 
 from megwire import Frame
+from testbed.ldm.errors import LdmError
 from testbed.ldm.handoff import Handoff, HandoffError
 from testbed.ldm.merging import merge, unmerge
 from testbed.ldm.model import LatentDecoder, LdmModel
-from testbed.ldm.request import GenerationRequest, LdmError, RequestError
+from testbed.request import Request, RequestError
 
 IMAGE_KIND = "image"
 IMAGE_VERSION = 1
@@ -118,7 +119,7 @@ class DenoiseStage(Stage):
     def run(self, state: Mapping[str, Any]) -> dict[str, Any]:
         model = self.model
         request = model.resolve(state["request"])
-        stop = request.k if self.stop == "split" else request.num_steps
+        stop = request.es_steps if self.stop == "split" else request.n_steps
         if "latents" in state:
             sampler = state.get("sampler")
             if sampler is None:
@@ -127,8 +128,8 @@ class DenoiseStage(Stage):
         else:
             sampler = model.new_sampler(request)
             latents = sampler.initial_noise(model.latent_shape(request), model.device, model.dtype)
-        if sampler.num_steps != request.num_steps or not 0 <= sampler.step <= stop:
-            raise StageError(f"denoise to step {stop} of N={request.num_steps} cannot continue a sampler at step "
+        if sampler.num_steps != request.n_steps or not 0 <= sampler.step <= stop:
+            raise StageError(f"denoise to step {stop} of N={request.n_steps} cannot continue a sampler at step "
                              f"{sampler.step} of {sampler.num_steps}")
         if sampler.step < stop:
             text = state.get("text")
@@ -149,7 +150,7 @@ class MergeStage(Stage):
     outputs = ("merged",)
 
     def run(self, state: Mapping[str, Any]) -> dict[str, Any]:
-        request: GenerationRequest = state["request"]
+        request: Request = state["request"]
         return {"merged": merge(state["latents"], request.merge_ratio, request.seed, request.merge_method)}
 
 
@@ -253,8 +254,8 @@ class ImageEncodeStage(Stage):
     outputs = ("image_frame",)
 
     def run(self, state: Mapping[str, Any]) -> dict[str, Any]:
-        request: GenerationRequest = state["request"]
-        meta = {"image_version": IMAGE_VERSION, "request_id": request.request_id, "request": request.to_meta(),
+        request: Request = state["request"]
+        meta = {"image_version": IMAGE_VERSION, "request_id": request.request_id, "request": request.runtime_meta(),
                 "channel_roles": {"png": "side"}}
         return {"image_frame": Frame(kind=IMAGE_KIND, meta=meta, buffers={"png": image_to_png(state["image"])})}
 
@@ -279,7 +280,7 @@ class ImageDecodeStage(Stage):
         if "png" not in frame.buffers:
             raise HandoffError("image frame has no 'png' buffer")
         try:
-            request = GenerationRequest.from_meta(frame.meta.get("request"))
+            request = Request.from_meta(frame.meta.get("request"), runtime=True)
         except RequestError as exc:
             raise HandoffError(f"image frame request: {exc}") from exc
         return {"request": request, "image": png_to_image(frame.buffers["png"], self.device)}

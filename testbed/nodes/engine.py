@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 
 from megwire import Frame
-from testbed.nodes.protocol import ProtocolError, RequestBounds, RequestSpec
+from testbed.nodes.protocol import ProtocolError, RequestBounds
 from testbed.nodes.records import StageRecorder
+from testbed.request import Request
 
 
 class Engine(ABC):
@@ -40,7 +41,7 @@ class Engine(ABC):
         return RequestBounds.for_native(self.native_px, max_steps=max_steps)
 
     @abstractmethod
-    def es(self, req: RequestSpec, rec: StageRecorder) -> Frame:
+    def es(self, req: Request, rec: StageRecorder) -> Frame:
         """The ES's part. MEG: text_encode, denoise (steps 0..k), merge, serialize -> the ``handoff`` frame.
         CEG: text_encode, denoise (all N), decode, image_encode -> the ``image`` frame."""
 
@@ -50,11 +51,11 @@ class Engine(ABC):
         Image: image_decode. Returns ``uint8 [H, W, 3]``."""
 
     @abstractmethod
-    def ue_local(self, req: RequestSpec, rec: StageRecorder) -> np.ndarray:
+    def ue_local(self, req: Request, rec: StageRecorder) -> np.ndarray:
         """UE-local: text_encode, denoise (all N steps), decode. Returns ``uint8 [H, W, 3]``."""
 
     @abstractmethod
-    def reference(self, req: RequestSpec, n_steps: int) -> np.ndarray:
+    def reference(self, req: Request, n_steps: int) -> np.ndarray:
         """The quality reference for ``req``'s prompt and seed: ``n_steps`` (N_max) steps, beta = 0, no tomesd,
         no link, one node. Returns ``uint8 [H, W, 3]``."""
 

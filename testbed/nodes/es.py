@@ -82,7 +82,7 @@ class EsNode:
         out.meta.update({
             "request_id": spec.request_id,
             "es_records": records,
-            "link": None if spec.link is None else spec.link.to_meta(),
+            "link": spec.link_meta(),
             "payload_bytes": payload,
             "t_recv_ns": peer.t_recv_ns,
             "t_reply_ns": time.monotonic_ns(),

@@ -19,8 +19,9 @@ import torch
 
 from megwire import Frame
 from testbed.nodes.engine import Engine
-from testbed.nodes.protocol import ProtocolError, RequestSpec
+from testbed.nodes.protocol import ProtocolError
 from testbed.nodes.records import StageRecorder
+from testbed.request import Request
 
 log = logging.getLogger(__name__)
 
@@ -144,11 +145,12 @@ class LdmEngine(Engine):
 
     # --- plumbing ---------------------------------------------------------------------------------------------------
 
-    def _gen(self, req: RequestSpec, **kw: Any) -> Any:
-        from testbed.ldm.request import RequestError
+    def _gen(self, req: Request, reference_n_steps: int | None = None) -> Request:
+        """The request resolved for this model (size, scheduler), or its quality reference of N_max steps."""
+        from testbed.request import RequestError
 
         try:
-            return self.model.resolve(req.generation_request(**kw))
+            return self.model.resolve(req if reference_n_steps is None else req.reference(reference_n_steps))
         except RequestError as exc:
             raise ProtocolError(f"request {req.request_id}: {exc}", request_id=req.request_id) from exc
 
@@ -179,7 +181,7 @@ class LdmEngine(Engine):
             if stage.name == "denoise":
                 req = state["request"]
                 start = state["sampler"].step if "sampler" in state else 0
-                stop = req.k if (plan.scheme == "meg" and node == "es") else req.num_steps
+                stop = req.es_steps if (plan.scheme == "meg" and node == "es") else req.n_steps
                 extra = {"steps": stop - start}
             with rec.stage(stage.name, **extra):
                 state.update(stage(state))
@@ -187,13 +189,13 @@ class LdmEngine(Engine):
 
     # --- ES ---------------------------------------------------------------------------------------------------------
 
-    def es(self, req: RequestSpec, rec: StageRecorder) -> Frame:
+    def es(self, req: Request, rec: StageRecorder) -> Frame:
         if req.scheme not in ("meg", "ceg"):
             raise ProtocolError(f"the ES serves meg and ceg requests, not {req.scheme!r}", request_id=req.request_id)
         state = self._run(req.scheme, "es", {"request": self._gen(req)}, rec)
         return state["handoff_frame"] if req.scheme == "meg" else state["image_frame"]
 
-    def reference(self, req: RequestSpec, n_steps: int) -> np.ndarray:
+    def reference(self, req: Request, n_steps: int) -> np.ndarray:
         # The reference is the stock decoder's image whatever decoder the UEs use.
         from testbed.ldm.components import MissingComponentError
 
@@ -208,8 +210,8 @@ class LdmEngine(Engine):
     # --- UE ---------------------------------------------------------------------------------------------------------
 
     def ue_receive(self, frame: Frame, rec: StageRecorder) -> np.ndarray:
+        from testbed.ldm.errors import LdmError
         from testbed.ldm.handoff import HandoffError
-        from testbed.ldm.request import LdmError
         from testbed.ldm.stages import IMAGE_KIND
 
         key = "image_frame" if frame.kind == IMAGE_KIND else "handoff_frame"
@@ -221,12 +223,10 @@ class LdmEngine(Engine):
         return image_to_uint8(state["image"])
 
     @staticmethod
-    def _request_of(frame: Frame) -> Any:
-        from testbed.ldm.request import GenerationRequest
+    def _request_of(frame: Frame) -> Request:
+        return Request.from_meta(frame.meta.get("request"), runtime=True)
 
-        return GenerationRequest.from_meta(frame.meta.get("request"))
-
-    def ue_local(self, req: RequestSpec, rec: StageRecorder) -> np.ndarray:
+    def ue_local(self, req: Request, rec: StageRecorder) -> np.ndarray:
         state = self._run("ue_local", "ue", {"request": self._gen(req)}, rec)
         return image_to_uint8(state["image"])
 

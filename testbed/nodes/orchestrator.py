@@ -26,6 +26,7 @@ from megwire import CurveConfig, Frame, FrameError, LinkTimeout, from_parts, mak
 from testbed.nodes import protocol as P
 from testbed.nodes.clock import ClockMap, NodeClock
 from testbed.nodes.rpc import NodeError, RpcClient
+from testbed.request import Request
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ class Outcome:
 
     Attributes
     ----------
-    spec : RequestSpec
+    spec : Request
     result : dict
         The UE's ``result`` meta (validated records, ``image`` array, UE timestamps, ES timestamps).
     image : numpy.ndarray
@@ -80,7 +81,7 @@ class Outcome:
         The maps in force for this request (by role: ``es``, ``ue``).
     """
 
-    spec: P.RequestSpec
+    spec: Request
     result: dict[str, Any]
     image: np.ndarray
     delivery: dict[str, Any] | None
@@ -293,7 +294,7 @@ class Orchestrator:
     def ue(self, index: int = 0) -> NodeHandle:
         return self.ues[index]
 
-    def generate(self, spec: P.RequestSpec, *, ue: int = 0, timeout_s: float = 600.0) -> Outcome:
+    def generate(self, spec: Request, *, ue: int = 0, timeout_s: float = 600.0) -> Outcome:
         """Have UE ``ue`` run ``spec``; returns its outcome.
 
         Raises
@@ -350,7 +351,7 @@ class Orchestrator:
         except (LinkTimeout, NodeError) as exc:
             log.warning("could not cancel %s on %s: %s", request_id, handle.name, exc)
 
-    def reference(self, spec: P.RequestSpec, n_steps: int, timeout_s: float = 600.0) -> np.ndarray:
+    def reference(self, spec: Request, n_steps: int, timeout_s: float = 600.0) -> np.ndarray:
         """The ES's reference image for ``spec``'s prompt and seed at ``n_steps`` (``uint8 [H, W, 3]``)."""
         frame = P.reference_frame(spec)
         frame.meta["n_steps"] = int(n_steps)

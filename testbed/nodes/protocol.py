@@ -17,18 +17,14 @@ can drop stale replies (a reply that arrives after its call timed out).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from channel_emu.config import MODELS as LINK_MODELS
-from channel_emu.config import MODES as TX_MODES
-from channel_emu.config import SNR_DB_RANGE
 from megwire import Frame
-from testbed.ldm.merge_methods import DEFAULT_MERGE_METHOD, MERGE_METHODS
+from testbed.request import MAX_ID_CHARS, Request, RequestError
 
 # Frame kinds.
 HEARTBEAT = "heartbeat"
@@ -44,10 +40,7 @@ REFERENCE_IMAGE = "reference_image"  # ES -> orchestrator
 ERROR = "error"
 CANCEL = "cancel"  # orchestrator -> UE: stop waiting for the ES on this request (the ES died)
 
-SCHEMES = ("meg", "ceg", "ue_local")
-MAX_REQUEST_ID_CHARS = 256
-MAX_DISTANCE_M = 1e7
-WIRE_DTYPES = ("float16", "float32")
+MAX_REQUEST_ID_CHARS = MAX_ID_CHARS
 
 # Error codes carried in error frames' meta["code"].
 CODE_MALFORMED = "malformed"
@@ -108,268 +101,10 @@ def _rid(meta: Mapping[str, Any]) -> str | None:
     return rid if isinstance(rid, str) else None
 
 
-def _short(value: object, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}...(+{len(text) - limit} chars)"
+# --- the request ----------------------------------------------------------------------------------------------------
 
-
-def _finite(value: float, key: str, where: str, lo: float, hi: float, rid: str | None) -> float:
-    try:
-        value = float(value)
-    except OverflowError:  # a JSON integer too large for a float
-        raise ProtocolError(f"{where}: field {key!r} outside [{lo}, {hi}]", request_id=rid) from None
-    if not math.isfinite(value) or not lo <= value <= hi:
-        raise ProtocolError(f"{where}: field {key!r}={value!r} outside [{lo}, {hi}]", request_id=rid)
-    return value
-
-
-# --- the request configuration --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LinkSpec:
-    """The link condition a request is sent under (read by the channel broker from the ES's answer).
-
-    Attributes
-    ----------
-    link_model : str
-        Small-scale model (``awgn``, ``rayleigh_block``, ``rayleigh_symbol``, ``tdl_a`` .. ``tdl_e``).
-    tx_mode : str
-        ``analog`` | ``coded`` | ``abstraction``.
-    distance_m : float or None
-        ES-UE distance (m) for a path-loss link; None for a fixed-SNR link.
-    snr_db : float or None
-        Fixed SNR (dB); None for a distance-based link.
-    """
-
-    link_model: str = "awgn"
-    tx_mode: str = "analog"
-    distance_m: float | None = None
-    snr_db: float | None = None
-
-    def to_meta(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_meta(cls, meta: Any, where: str = "link", rid: str | None = None) -> LinkSpec:
-        if not isinstance(meta, Mapping):
-            raise ProtocolError(f"{where}: must be an object", request_id=rid)
-        # The channel broker's vocabulary and ranges (channel_emu.config), checked here so a node refuses a
-        # request the broker would refuse before computing anything.
-        model = _req(meta, "link_model", str, where)
-        if model not in LINK_MODELS:
-            raise ProtocolError(f"{where}: field 'link_model'={_short(model)} is not one of {LINK_MODELS}",
-                                request_id=rid)
-        mode = _req(meta, "tx_mode", str, where)
-        if mode not in TX_MODES:
-            raise ProtocolError(f"{where}: field 'tx_mode'={_short(mode)} is not one of {TX_MODES}", request_id=rid)
-        dist, snr = meta.get("distance_m"), meta.get("snr_db")
-        if dist is not None:
-            dist = _finite(_req(meta, "distance_m", (int, float), where), "distance_m", where, 0.0, MAX_DISTANCE_M,
-                           rid)
-            if dist <= 0:
-                raise ProtocolError(f"{where}: field 'distance_m'={dist} must be > 0", request_id=rid)
-        if snr is not None:
-            snr = _finite(_req(meta, "snr_db", (int, float), where), "snr_db", where, *SNR_DB_RANGE, rid)
-        if (dist is None) == (snr is None):
-            raise ProtocolError(f"{where}: exactly one of distance_m and snr_db must be set", request_id=rid)
-        return cls(model, mode, dist, snr)
-
-
-@dataclass(frozen=True)
-class RequestSpec:
-    """One generation request as it travels between the nodes.
-
-    Attributes
-    ----------
-    request_id : str
-        Unique per request (a grid point x prompt x seed x repetition).
-    scheme : str
-        ``meg`` (split: ES runs k of N steps, merges, sends the latent), ``ceg`` (ES generates the image and sends it)
-        or ``ue_local`` (the UE does everything).
-    prompt, negative_prompt : str
-        Text prompts.
-    seed : int
-        Generation seed.
-    height_px, width_px : int or None
-        Image size (px); None: the model's native size.
-    guidance_scale : float
-        Classifier-free guidance scale.
-    scheduler : str
-        Scheduler name (as the runtime knows it) or ``""`` for the model folder's own.
-    n_steps : int
-        Total denoising steps N.
-    es_steps : int
-        Steps run on the ES, k (k == N: the UE only decodes). Ignored by ``ceg`` (ES runs all) and ``ue_local``.
-    merge_ratio : float
-        Feature-merging ratio beta in [0, 0.75] (MEG only).
-    merge_method : str
-        Feature-merging method (``testbed.ldm.merge_methods.MERGE_METHODS``; MEG only).
-    tome_ratio_es, tome_ratio_ue : float
-        tomesd ratios in the U-Net on each node.
-    wire_dtype : str
-        Latent dtype on the wire.
-    link : LinkSpec or None
-        Link condition (None for ``ue_local``).
-    point_id : str
-        The grid point the request belongs to.
-    repetition : int
-        Repetition index.
-    decoder : str
-        The UE decoder for MEG / UE-local (``base``, ``distilled`` or a decoder folder); "" = the UE's default.
-        The UE reports the one it used in its result (``decoder``), which is what the dataset records.
-    """
-
-    request_id: str
-    scheme: str
-    prompt: str
-    seed: int
-    n_steps: int
-    es_steps: int
-    merge_ratio: float = 0.0
-    merge_method: str = DEFAULT_MERGE_METHOD
-    negative_prompt: str = ""
-    height_px: int | None = None
-    width_px: int | None = None
-    guidance_scale: float = 5.0
-    scheduler: str = ""
-    tome_ratio_es: float = 0.0
-    tome_ratio_ue: float = 0.0
-    wire_dtype: str = "float16"
-    link: LinkSpec | None = None
-    point_id: str = ""
-    repetition: int = 0
-    decoder: str = ""
-    vae_tiling: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_meta(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["link"] = None if self.link is None else self.link.to_meta()
-        return out
-
-    @classmethod
-    def from_meta(cls, meta: Any, where: str = "request") -> RequestSpec:
-        """Validate a request's fields; raises :class:`ProtocolError` naming the first bad one."""
-        if not isinstance(meta, Mapping):
-            raise ProtocolError(f"{where}: request must be an object")
-        rid = _req(meta, "request_id", str, where)
-        if not rid or len(rid) > MAX_REQUEST_ID_CHARS:
-            raise ProtocolError(f"{where}: field 'request_id' must be 1..{MAX_REQUEST_ID_CHARS} characters",
-                                request_id=None)
-        scheme = _req(meta, "scheme", str, where)
-        if scheme not in SCHEMES:
-            raise ProtocolError(f"{where}: field 'scheme'={_short(scheme)} is not one of {SCHEMES}", request_id=rid)
-        n = _req(meta, "n_steps", int, where)
-        if not 1 <= n <= 1000:
-            raise ProtocolError(f"{where}: field 'n_steps'={n} outside [1, 1000]", request_id=rid)
-        k = _req(meta, "es_steps", int, where)
-        if not 0 <= k <= n:
-            raise ProtocolError(f"{where}: field 'es_steps'={k} outside [0, n_steps={n}]", request_id=rid)
-        beta = _finite(_req(meta, "merge_ratio", (int, float), where), "merge_ratio", where, 0.0, 0.75, rid)
-        method = meta.get("merge_method", DEFAULT_MERGE_METHOD)
-        if not isinstance(method, str) or method not in MERGE_METHODS:
-            raise ProtocolError(f"{where}: field 'merge_method'={method!r} is not one of {MERGE_METHODS}",
-                                request_id=rid)
-        height = None if meta.get("height_px") is None else _req(meta, "height_px", int, where)
-        width = None if meta.get("width_px") is None else _req(meta, "width_px", int, where)
-        for key, value in (("height_px", height), ("width_px", width)):
-            if value is not None and (not 8 <= value <= 8192 or value % 8):
-                raise ProtocolError(f"{where}: field {key!r}={value} must be a multiple of 8 in [8, 8192]",
-                                    request_id=rid)
-        wire = _req(meta, "wire_dtype", str, where)
-        if wire not in WIRE_DTYPES:
-            raise ProtocolError(f"{where}: field 'wire_dtype'={_short(wire)} is not one of {WIRE_DTYPES}",
-                                request_id=rid)
-        link_meta = meta.get("link")
-        link = None if link_meta is None else LinkSpec.from_meta(link_meta, f"{where}.link", rid)
-        if scheme != "ue_local" and link is None:
-            raise ProtocolError(f"{where}: scheme {scheme!r} needs a 'link'", request_id=rid)
-        extra = meta.get("extra", {})
-        if not isinstance(extra, Mapping):
-            raise ProtocolError(f"{where}: field 'extra' must be an object", request_id=rid)
-        decoder = meta.get("decoder", "")
-        if not isinstance(decoder, str) or len(decoder) > 256 or "\x00" in decoder:
-            raise ProtocolError(f"{where}: field 'decoder' must be a string of at most 256 characters",
-                                request_id=rid)
-        vae_tiling = meta.get("vae_tiling", False)
-        if not isinstance(vae_tiling, bool):
-            raise ProtocolError(f"{where}: field 'vae_tiling' must be true or false", request_id=rid)
-        seed = _req(meta, "seed", int, where)
-        if not 0 <= seed < 2**63:
-            raise ProtocolError(f"{where}: field 'seed'={seed} outside [0, 2**63)", request_id=rid)
-        return cls(
-            request_id=rid,
-            scheme=scheme,
-            prompt=_req(meta, "prompt", str, where),
-            negative_prompt=_req(meta, "negative_prompt", str, where),
-            seed=seed,
-            height_px=height,
-            width_px=width,
-            guidance_scale=_finite(_req(meta, "guidance_scale", (int, float), where), "guidance_scale", where,
-                                   0.0, 100.0, rid),
-            scheduler=_req(meta, "scheduler", str, where),
-            n_steps=n,
-            es_steps=k,
-            merge_ratio=beta,
-            merge_method=method,
-            tome_ratio_es=_finite(_req(meta, "tome_ratio_es", (int, float), where), "tome_ratio_es", where,
-                                  0.0, 0.75, rid),
-            tome_ratio_ue=_finite(_req(meta, "tome_ratio_ue", (int, float), where), "tome_ratio_ue", where,
-                                  0.0, 0.75, rid),
-            wire_dtype=wire,
-            link=link,
-            point_id=_req(meta, "point_id", str, where),
-            repetition=_req(meta, "repetition", int, where),
-            decoder=decoder,
-            vae_tiling=vae_tiling,
-            extra=dict(extra),
-        )
-
-    def generation_request(self, *, reference_n_steps: int | None = None) -> Any:
-        """The runtime's :class:`testbed.ldm.request.GenerationRequest` for this request.
-
-        ``reference_n_steps`` gives the quality reference instead: N_max steps, beta = 0, no tomesd, all on one node.
-        """
-        from testbed.ldm.request import GenerationRequest
-
-        common = dict(prompt=self.prompt, seed=self.seed, negative_prompt=self.negative_prompt or None,
-                      height=self.height_px, width=self.width_px, guidance_scale=self.guidance_scale,
-                      scheduler=self.scheduler or None, wire_dtype=self.wire_dtype, request_id=self.request_id)
-        if reference_n_steps is not None:
-            return GenerationRequest(num_steps=reference_n_steps, split_step=None, merge_ratio=0.0, **common)
-        if self.scheme == "meg":
-            return GenerationRequest(num_steps=self.n_steps, split_step=self.es_steps, merge_ratio=self.merge_ratio,
-                                     merge_method=self.merge_method, tome_ratio_es=self.tome_ratio_es, tome_ratio_ue=self.tome_ratio_ue, **common)
-        if self.scheme == "ceg":
-            return GenerationRequest(num_steps=self.n_steps, split_step=None, merge_ratio=0.0,
-                                     tome_ratio_es=self.tome_ratio_es, **common)
-        return GenerationRequest(num_steps=self.n_steps, split_step=None, merge_ratio=0.0,
-                                 tome_ratio_es=self.tome_ratio_ue, tome_ratio_ue=self.tome_ratio_ue, **common)
-
-    def config_columns(self) -> dict[str, Any]:
-        """The request's configuration as dataset columns (``measurements.schema`` names)."""
-        link = self.link
-        return {
-            "prompt": self.prompt,
-            "seed": self.seed,
-            "n_steps": self.n_steps,
-            "es_steps": self.es_steps if self.scheme == "meg" else (self.n_steps if self.scheme == "ceg" else 0),
-            "merge_ratio": self.merge_ratio if self.scheme == "meg" else 0.0,
-            "merge_method": self.merge_method if self.scheme == "meg" else "none",
-            "tome_ratio_es": self.tome_ratio_es,
-            "tome_ratio_ue": self.tome_ratio_ue,
-            "guidance_scale": self.guidance_scale,
-            "scheduler": self.scheduler,
-            "height_px": self.height_px,
-            "width_px": self.width_px,
-            "wire_dtype": self.wire_dtype,
-            "vae_tiling": bool(self.vae_tiling),
-            "link_model": link.link_model if link else "none",
-            "tx_mode": link.tx_mode if link else "none",
-            "distance_m": float("nan") if link is None or link.distance_m is None else link.distance_m,
-            "snr_db_set": float("nan") if link is None or link.snr_db is None else link.snr_db,
-        }
+# A request is a :class:`testbed.request.Request` (the contract: its fields are its dataset columns); it validates
+# itself, and :func:`parse_request_meta` turns its RequestError into this module's ProtocolError.
 
 
 @dataclass(frozen=True)
@@ -397,7 +132,7 @@ class RequestBounds:
         side = int(native_px) * int(side_factor)
         return cls(max_side_px=side, max_pixels=side * side, max_steps=int(max_steps))
 
-    def check(self, spec: RequestSpec, native_px: int, *, n_steps: int | None = None) -> None:
+    def check(self, spec: Request, native_px: int, *, n_steps: int | None = None) -> None:
         """Raise :class:`ProtocolError` when ``spec`` (or a reference of ``n_steps``) is over a bound."""
         rid = spec.request_id
         h = spec.height_px or native_px
@@ -450,27 +185,48 @@ def image_to_buffer(image: Any) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
-def generate_frame(spec: RequestSpec) -> Frame:
+def generate_frame(spec: Request) -> Frame:
     return Frame(GENERATE, meta={"request_id": spec.request_id, "request": spec.to_meta()})
 
 
-def request_frame(spec: RequestSpec, t_send_ns: int) -> Frame:
-    # The link condition rides along so the broker can apply it to the answer without knowing the campaign.
-    meta: dict[str, Any] = {"request_id": spec.request_id, "request": spec.to_meta(), "t_send_ns": int(t_send_ns)}
+def request_frame(spec: Request, t_send_ns: int) -> Frame:
+    # The link condition rides along (as channel_emu spells it) so the broker can apply it to the answer without
+    # knowing the campaign.
+    meta: dict[str, Any] = {"request_id": spec.request_id, "request": spec.to_meta(), "link": spec.link_meta(),
+                            "t_send_ns": int(t_send_ns)}
     return Frame(REQUEST, meta=meta)
 
 
-def reference_frame(spec: RequestSpec) -> Frame:
+def reference_frame(spec: Request) -> Frame:
     return Frame(REFERENCE, meta={"request_id": spec.request_id, "request": spec.to_meta()})
 
 
-def parse_request_meta(frame: Frame) -> RequestSpec:
-    """The :class:`RequestSpec` of a ``generate``, ``request`` or ``reference`` frame."""
+def parse_request_meta(frame: Frame) -> Request:
+    """The :class:`~testbed.request.Request` of a ``generate``, ``request`` or ``reference`` frame.
+
+    Raises
+    ------
+    ProtocolError
+        The request's own :class:`~testbed.request.RequestError` (naming the field), an empty ``request_id``, a
+        MEG / CEG request without a link, or a frame ``link`` / ``request_id`` that differs from the request's.
+    """
     meta = frame.meta
     rid = _rid(meta)
+    where = f"{frame.kind}.request"
     if "request" not in meta:
         raise ProtocolError(f"{frame.kind}: missing field 'request'", request_id=rid)
-    spec = RequestSpec.from_meta(meta["request"], f"{frame.kind}.request")
+    try:
+        spec = Request.from_meta(meta["request"])
+    except RequestError as exc:
+        raise ProtocolError(f"{where}: {exc}", request_id=exc.request_id) from None
+    if not spec.request_id:
+        raise ProtocolError(f"{where}: field 'request_id' must be 1..{MAX_ID_CHARS} characters")
+    if spec.scheme != "ue_local" and not spec.has_link:
+        raise ProtocolError(f"{where}: scheme {spec.scheme!r} needs a link (link_model, tx_mode and distance_m or "
+                            "snr_db_set)", request_id=spec.request_id)
+    # The broker applies meta["link"]; the dataset records the request's: a frame where they differ is refused.
+    if "link" in meta and meta["link"] != spec.link_meta():
+        raise ProtocolError(f"{frame.kind}: field 'link' differs from the request's link", request_id=spec.request_id)
     if rid is not None and rid != spec.request_id:
         raise ProtocolError(f"{frame.kind}: request_id {rid!r} differs from request.request_id", request_id=rid)
     return spec

@@ -23,7 +23,7 @@ from typing import Any
 
 from measurements.schema import COLUMN_BY_NAME, ENERGY_NET_PREFIX, ENERGY_PREFIX
 from testbed.nodes.clock import ClockMap
-from testbed.nodes.protocol import RequestSpec
+from testbed.request import Request
 
 DEFAULT_TX_POWER_DBM = 30.0  # the paper's ES transmit power
 _METHOD_RANK = {"none": -1, "modeled": 0, "integrated": 1, "counter": 2}
@@ -41,11 +41,10 @@ def _num(value: Any) -> float:
     return math.nan if value is None else float(value)
 
 
-def base_columns(spec: RequestSpec, run_id: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def base_columns(spec: Request, run_id: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Identity and configuration columns shared by every row of a request."""
     return {
-        "run_id": run_id, "point_id": spec.point_id, "request_id": spec.request_id,
-        "repetition": int(spec.repetition), "scheme": spec.scheme, **spec.config_columns(), **(extra or {}),
+        "run_id": run_id, **spec.columns(), **(extra or {}),
     }
 
 
@@ -164,7 +163,7 @@ def outcome_rows(outcome: Any, run_id: str, *, quality: dict[str, float] | None 
     return rows
 
 
-def failed_row(spec: RequestSpec, run_id: str, error: str, t_start_ns: int, t_end_ns: int, *,
+def failed_row(spec: Request, run_id: str, error: str, t_start_ns: int, t_end_ns: int, *,
                extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """The single row a failed request leaves (orchestrator clock), saying why."""
     base = base_columns(spec, run_id, extra)

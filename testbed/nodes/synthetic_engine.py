@@ -19,8 +19,9 @@ import torch
 
 from megwire import Frame
 from testbed.nodes.engine import Engine
-from testbed.nodes.protocol import ProtocolError, RequestSpec
+from testbed.nodes.protocol import ProtocolError
 from testbed.nodes.records import StageRecorder
+from testbed.request import Request
 
 DEFAULT_SIZE_PX = 128
 
@@ -48,10 +49,10 @@ class SyntheticEngine(Engine):
     # --- helpers ----------------------------------------------------------------------------------------------------
 
     @staticmethod
-    def _size(req: RequestSpec) -> tuple[int, int]:
+    def _size(req: Request) -> tuple[int, int]:
         return req.height_px or DEFAULT_SIZE_PX, req.width_px or DEFAULT_SIZE_PX
 
-    def _latent(self, req: RequestSpec) -> torch.Tensor:
+    def _latent(self, req: Request) -> torch.Tensor:
         h, w = self._size(req)
         gen = torch.Generator().manual_seed(req.seed)
         return torch.randn(1, 4, h // 8, w // 8, generator=gen)
@@ -69,16 +70,15 @@ class SyntheticEngine(Engine):
 
     # --- ES ---------------------------------------------------------------------------------------------------------
 
-    def es(self, req: RequestSpec, rec: StageRecorder) -> Frame:
+    def es(self, req: Request, rec: StageRecorder) -> Frame:
+        from testbed.ldm.errors import LdmError
         from testbed.ldm.handoff import Handoff
         from testbed.ldm.merging import merge
-        from testbed.ldm.request import LdmError
         from testbed.ldm.stages import ImageEncodeStage
 
         h, w = self._size(req)
         try:
-            gen_req = req.generation_request()
-            gen_req = gen_req.replace(height=h, width=w, scheduler=gen_req.scheduler or "ddim")
+            gen_req = req.replace(height_px=h, width_px=w, scheduler=req.scheduler or "ddim")
         except (LdmError, ValueError) as exc:  # an unknown scheduler, a bad size: the request's fault
             raise ProtocolError(f"request {req.request_id}: {exc}", request_id=req.request_id) from exc
         with rec.stage("text_encode"):
@@ -105,15 +105,15 @@ class SyntheticEngine(Engine):
             tensor = torch.from_numpy(image).permute(2, 0, 1).unsqueeze(0).float() / 255
             return ImageEncodeStage()({"request": gen_req, "image": tensor})["image_frame"]
 
-    def reference(self, req: RequestSpec, n_steps: int) -> np.ndarray:
+    def reference(self, req: Request, n_steps: int) -> np.ndarray:
         return self._decode(self._latent(req))
 
     # --- UE ---------------------------------------------------------------------------------------------------------
 
     def ue_receive(self, frame: Frame, rec: StageRecorder) -> np.ndarray:
+        from testbed.ldm.errors import LdmError
         from testbed.ldm.handoff import Handoff
         from testbed.ldm.merging import unmerge
-        from testbed.ldm.request import LdmError
         from testbed.ldm.stages import IMAGE_KIND, ImageDecodeStage
 
         try:
@@ -130,7 +130,7 @@ class SyntheticEngine(Engine):
         with rec.stage("decode"):
             return self._decode(latent)
 
-    def ue_local(self, req: RequestSpec, rec: StageRecorder) -> np.ndarray:
+    def ue_local(self, req: Request, rec: StageRecorder) -> np.ndarray:
         with rec.stage("text_encode"):
             pass
         with rec.stage("denoise", steps=req.n_steps):

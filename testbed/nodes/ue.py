@@ -35,6 +35,7 @@ from testbed.nodes.records import StageRecorder
 from testbed.nodes.rpc import NodeError, RpcClient
 from testbed.nodes.server import NodeServer
 from testbed.nodes.traces import register_traces
+from testbed.request import Request
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +151,7 @@ class UeNode:
         meta["ue_records"] = rec.finish()
         return Frame(P.RESULT, meta=meta, buffers={"image": P.image_to_buffer(image)})
 
-    def _ask_es(self, spec: P.RequestSpec, timeout_s: float, meta: dict[str, Any]) -> Frame:
+    def _ask_es(self, spec: Request, timeout_s: float, meta: dict[str, Any]) -> Frame:
         link = self._data_link()
         rid = spec.request_id
         t_send = time.monotonic_ns()

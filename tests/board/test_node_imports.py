@@ -46,6 +46,7 @@ from testbed.cli.main import REQUESTED_ARGV, build_parser
 from testbed.cli import node_common as C
 from testbed.nodes import protocol as P
 from testbed.nodes.records import StageRecorder
+from testbed.request import Request
 engines = {}
 for role in ("es", "ue"):
     argv = ["node", role, "--probe", "none", "--idle-s", "0", "--plans", "meg,hybrid"]
@@ -53,8 +54,8 @@ for role in ("es", "ue"):
     args = build_parser("node").parse_args(argv)
     engines[role] = C.build_engine(args, role=role)
 for k in (3, 1):
-    spec = P.RequestSpec(request_id=f"r{k}", scheme="meg", prompt="a cat", seed=1, n_steps=3, es_steps=k,
-                         link=P.LinkSpec("awgn", "analog", 20.0, None), height_px=64, width_px=64)
+    spec = Request(request_id=f"r{k}", scheme="meg", prompt="a cat", seed=1, n_steps=3, es_steps=k,
+                   link_model="awgn", tx_mode="analog", distance_m=20.0, snr_db_set=None, height_px=64, width_px=64)
     engines["ue"].select_decoder("", spec.request_id)
     engines["ue"].ue_receive(engines["es"].es(spec, StageRecorder("es")), StageRecorder("ue"))
 from testbed.doctor import DoctorOptions, run_checks

@@ -19,6 +19,7 @@ from board_helpers import LEFT_OUT, copy_source, free_port, start_node, stop_nod
 
 from testbed.nodes import protocol as P
 from testbed.nodes.rpc import RpcClient
+from testbed.request import Request
 
 TORCH_SPEC = "torch==2.13.0"
 
@@ -31,9 +32,9 @@ def _pip(venv, *args, timeout=600):
 
 
 def _spec(rid, es_steps):
-    return P.RequestSpec(request_id=rid, scheme="meg", prompt="a red circle above a blue square", seed=1,
-                         n_steps=4, es_steps=es_steps, merge_ratio=0.25, link=P.LinkSpec("awgn", "analog", 20.0, None),
-                         height_px=128, width_px=128, point_id=rid, repetition=0)
+    return Request(request_id=rid, scheme="meg", prompt="a red circle above a blue square", seed=1,
+                   n_steps=4, es_steps=es_steps, merge_ratio=0.25, link_model="awgn", tx_mode="analog", distance_m=20.0, snr_db_set=None,
+                   height_px=128, width_px=128, point_id=rid, repetition=0)
 
 
 @pytest.mark.skipif(sys.version_info[:2] != (3, 11), reason="the node-install check runs under Python 3.11")

@@ -15,14 +15,15 @@ from testbed.ldm.slicing import slice_model
 from testbed.nodes import protocol as P
 from testbed.nodes.ldm_engine import LdmEngine
 from testbed.nodes.records import StageRecorder
+from testbed.request import Request, RequestError
 
 MODEL = default_model_dir()
 
 
-def _spec(rid: str, es_steps: int, **kw) -> P.RequestSpec:
-    return P.RequestSpec(request_id=rid, scheme=kw.pop("scheme", "meg"), prompt="a red circle", seed=2, n_steps=3,
-                         es_steps=es_steps, merge_ratio=0.25, link=P.LinkSpec("awgn", "analog", 20.0, None),
-                         height_px=64, width_px=64, point_id=rid, repetition=0, **kw)
+def _spec(rid: str, es_steps: int, **kw) -> Request:
+    return Request(request_id=rid, scheme=kw.pop("scheme", "meg"), prompt="a red circle", seed=2, n_steps=3,
+                   es_steps=es_steps, merge_ratio=0.25, link_model="awgn", tx_mode="analog", distance_m=20.0, snr_db_set=None,
+                   height_px=64, width_px=64, point_id=rid, repetition=0, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -147,10 +148,10 @@ def test_vae_tiling_is_a_request_option(es_engine):
     plain = ue.ue_receive(frame, StageRecorder("ue"))
     # 64 px is below the VAE's tile size: tiling changes nothing here (its effect is measured in the benchmark).
     assert np.array_equal(tiled, plain)
-    spec = P.RequestSpec.from_meta({**_spec("t", 3, vae_tiling=True).to_meta()})
-    assert spec.vae_tiling and spec.config_columns()["vae_tiling"] is True
-    with pytest.raises(P.ProtocolError, match="vae_tiling"):
-        P.RequestSpec.from_meta({**_spec("t", 3).to_meta(), "vae_tiling": "yes"})
+    spec = Request.from_meta({**_spec("t", 3, vae_tiling=True).to_meta()})
+    assert spec.vae_tiling and spec.columns()["vae_tiling"] is True
+    with pytest.raises(RequestError, match="vae_tiling"):
+        Request.from_meta({**_spec("t", 3).to_meta(), "vae_tiling": "yes"})
 
 
 def test_vae_tiling_caps_the_tile_at_512_px_so_an_sdxl_latent_is_tiled():

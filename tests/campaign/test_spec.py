@@ -131,7 +131,8 @@ def test_decoder_axis_crosses_meg_and_ue_local_only(tmp_path):
     spec = _validate(tmp_path, both)
     points = spec.points()
     assert len([p for p in points if p.scheme == "meg"]) == 32 and len([p for p in points if p.scheme == "ue_local"]) == 4
-    assert {p.decoder for p in points if p.scheme == "ceg"} == {None} and len(points) == 32 + 4 + 4
+    assert {(p.decoder, p.decoder_axis) for p in points if p.scheme == "ceg"} == {("", False)}
+    assert len(points) == 32 + 4 + 4
     assert {r.decoder for r in spec.requests() if r.scheme != "ceg"} == {"base", "distilled"}
     assert {r.decoder for r in plain.requests()} == {""}  # no axis: each UE's own --decoder
     # A spec without the axis keeps its point ids (runs made before the axis existed still resume).
@@ -179,15 +180,16 @@ def test_merge_method_axis_crosses_merging_meg_points_only(tmp_path):
     meg = [p for p in spec.points() if p.scheme == "meg"]
     # beta 0 merges nothing: one point per (N, k, distance) whatever the method; beta 0.5: one per method
     assert len(meg) == 8 + 16
-    assert {p.merge_method for p in meg if p.merge_ratio == 0.0} == {None}
-    assert {p.merge_method for p in meg if p.merge_ratio == 0.5} == {"global_l2", "window"}
+    assert all("merge_method" not in p.to_dict() for p in meg if p.merge_ratio == 0.0)
+    assert {p.to_dict()["merge_method"] for p in meg if p.merge_ratio == 0.5} == {"global_l2", "window"}
     reqs = spec.requests()
     assert {r.merge_method for r in reqs if r.scheme == "meg" and r.merge_ratio == 0.5} == {"global_l2", "window"}
-    assert {r.merge_method for r in reqs if r.merge_ratio == 0.0} == {"global_l2"}  # the default
-    assert {r.config_columns()["merge_method"] for r in reqs} == {"global_l2", "window", "none"}
+    assert {r.merge_method for r in reqs if r.scheme == "meg" and r.merge_ratio == 0.0} == {"global_l2"}  # default
+    assert {r.merge_method for r in reqs if r.scheme != "meg"} == {"none"}  # as the dataset records it
+    assert {r.columns()["merge_method"] for r in reqs} == {"global_l2", "window", "none"}
     # No axis: ids as before the axis existed, requests carry the default method.
     assert "merge_method" not in plain.points()[0].to_dict()
-    assert {r.merge_method for r in plain.requests()} == {"global_l2"}
+    assert {r.merge_method for r in plain.requests() if r.scheme == "meg"} == {"global_l2"}
     with pytest.raises(SpecError, match=r"grid.merge_method\[1\].*not one of"):
         _validate(tmp_path, {**GOOD, "grid": {**GOOD["grid"], "merge_method": ["global", "nearest"]}})
 

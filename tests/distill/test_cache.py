@@ -8,17 +8,17 @@ import torch
 from testbed.distill.cache import LatentCache, LatentCacheError, build_cache
 from testbed.distill.prompts import PromptSpec, heldout_prompts, training_prompts
 from testbed.ldm.reference import compute_reference
-from testbed.ldm.request import GenerationRequest
 from testbed.ldm.runner import run_split
+from testbed.request import Request
 
 
 def test_cached_tensors_are_the_es_latents_and_the_reference(tiny, tiny_cache):
     spec = tiny_cache.prompts[1]
     for n in (2, 3):
-        req = GenerationRequest(spec.prompt, num_steps=n, seed=spec.seed, guidance_scale=5.0)
+        req = Request(spec.prompt, n_steps=n, seed=spec.seed, guidance_scale=5.0)
         es = run_split(req, tiny, scheme="meg").es_state["latents"]  # the ES at k = N, before merging
         assert torch.equal(tiny_cache.latent(1, n), es[0])
-    ref = compute_reference(tiny, GenerationRequest(spec.prompt, seed=spec.seed, guidance_scale=5.0), 3)
+    ref = compute_reference(tiny, Request(spec.prompt, seed=spec.seed, guidance_scale=5.0), 3)
     assert torch.equal(tiny_cache.target(1), ref[0].half().float())  # training targets are stored in float16
     assert tiny_cache.latent_shape == (4, 8, 8) and tiny_cache.image_shape == (3, 64, 64)
     with pytest.raises(LatentCacheError, match="not cached"):
@@ -37,7 +37,7 @@ def test_an_interrupted_cache_resumes_at_the_missing_shard(tiny, tmp_path):
     again = build_cache(tmp_path / "a", tiny, prompts, **kw)
     assert (tmp_path / "a" / "shard-00000.safetensors").stat().st_mtime_ns == first  # not regenerated
     assert all(torch.equal(again.latent(i, 2), reference[i]) for i in range(3))
-    ref = compute_reference(tiny, GenerationRequest(prompts[0].prompt, seed=prompts[0].seed, guidance_scale=5.0), 2)
+    ref = compute_reference(tiny, Request(prompts[0].prompt, seed=prompts[0].seed, guidance_scale=5.0), 2)
     assert torch.equal(again.target(0), ref[0])  # float32 targets: the reference itself
     with pytest.raises(LatentCacheError, match="another configuration"):
         build_cache(tmp_path / "a", tiny, prompts, **{**kw, "steps": [1, 2]})

@@ -33,10 +33,10 @@ def test_generate_ceg_and_model_default(tiny_sd15_dir, tmp_path, capsys, monkeyp
 
 
 @pytest.mark.parametrize("extra,message", [
-    (["--steps", "0"], "N=0"),
-    (["--steps", "2", "--split", "3"], "k=3 exceeds"),
-    (["--merge", "0.9"], "beta"),
-    (["--scheduler", "heun"], "unknown scheduler 'heun'"),
+    (["--steps", "0"], "--n-steps: field 'n_steps'=0 outside"),
+    (["--n-steps", "2", "--es-steps", "3"], "--es-steps: field 'es_steps'=3 outside [0, 2]"),
+    (["--merge", "0.9"], "--merge-ratio: field 'merge_ratio'"),
+    (["--scheduler", "heun"], "--scheduler: field 'scheduler'='heun'"),
     (["--height", "40"], "multiple of 16"),
 ])
 def test_generate_bad_input_is_a_clear_error_and_writes_nothing(tiny_sd15_dir, tmp_path, capsys, extra, message):
@@ -69,3 +69,16 @@ def test_generate_merge_method_flag(tiny_sd15_dir, tmp_path, capsys, method):
     assert ("merge.dst" in text) == (method == "global")
     with pytest.raises(SystemExit):
         main(["generate", "x", "--merge-method", "nearest"])
+
+
+def test_generate_decoder_takes_the_node_s_names(tiny_sd15_dir, tmp_path, capsys):
+    """--decoder base|distilled|auto|FOLDER as `megbed node ue --decoder`; --ue-decoder is its old spelling."""
+    out = tmp_path / "d.png"
+    base = ["generate", "x", "--model", str(tiny_sd15_dir), "--n-steps", "2", "--out", str(out)]
+    assert main([*base, "--decoder", "base"]) == 0 and out.is_file()
+    out.unlink()
+    for flag in ("--decoder", "--ue-decoder"):
+        assert main([*base, flag, "auto"]) == 2  # the tiny model has no distilled decoder to gate with
+        err = capsys.readouterr().err
+        assert "distilled" in err and "no config.json" not in err
+    assert not out.exists()

@@ -8,8 +8,8 @@ from diffusers import DDPMScheduler
 from megwire import Frame, FrameError, pack, unpack
 from testbed.ldm.handoff import HANDOFF_VERSION, Handoff, HandoffError
 from testbed.ldm.merging import merge, unmerge
-from testbed.ldm.request import GenerationRequest, RequestError
 from testbed.ldm.schedulers import SCHEDULERS, new_sampler
+from testbed.request import Request, RequestError
 
 BASE_CONFIG = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012).config
 SHAPE = (1, 4, 8, 8)
@@ -29,8 +29,8 @@ def _run(sampler, x, k0, k1):
 
 
 def _handoff(name="dpmpp_2m", n=6, k=3, beta=0.0, wire="float32"):
-    req = GenerationRequest("a red cube", num_steps=n, split_step=k, merge_ratio=beta, seed=5, scheduler=name,
-                            wire_dtype=wire, request_id="r-1")
+    req = Request("a red cube", n_steps=n, es_steps=k, merge_ratio=beta, seed=5, scheduler=name,
+                  wire_dtype=wire, request_id="r-1")
     sampler = new_sampler(name, BASE_CONFIG, n, req.seed)
     x = _run(sampler, sampler.initial_noise(SHAPE, torch.device("cpu"), torch.float32), 0, k)
     return req, sampler, x, Handoff.build(req, merge(x, beta, req.seed), sampler)
@@ -45,7 +45,7 @@ def test_bytes_round_trip_resumes_bit_exactly(name, k):
     back = Handoff.from_bytes(data)
     assert back.request == req
     assert torch.equal(unmerge(back.merged), x)
-    if k == req.num_steps:
+    if k == req.n_steps:
         assert back.sampler_meta is None
         with pytest.raises(HandoffError, match="no sampler state"):
             back.resume_sampler()
@@ -145,33 +145,33 @@ def test_inconsistent_fields_are_rejected():
         Handoff.from_frame(frame).resume_sampler()
     frame = h.to_frame()
     frame.meta["request"]["merge_ratio"] = 0.9
-    with pytest.raises(HandoffError, match="beta"):
+    with pytest.raises(HandoffError, match="merge_ratio"):
         Handoff.from_frame(frame)
 
 
 def test_request_validation_names_the_problem():
-    with pytest.raises(RequestError, match="N=0"):
-        GenerationRequest("p", num_steps=0)
-    with pytest.raises(RequestError, match="k=5 exceeds.*N=4"):
-        GenerationRequest("p", num_steps=4, split_step=5)
-    with pytest.raises(RequestError, match="beta"):
-        GenerationRequest("p", merge_ratio=0.8)
-    with pytest.raises(RequestError, match="unknown scheduler 'pndm'"):
-        GenerationRequest("p", scheduler="pndm")
-    with pytest.raises(RequestError, match="tomesd ratio"):
-        GenerationRequest("p", tome_ratio_es=0.9)
-    with pytest.raises(RequestError, match="wire dtype"):
-        GenerationRequest("p", wire_dtype="bfloat16")
-    with pytest.raises(RequestError, match="unknown fields"):
-        GenerationRequest.from_meta({"prompt": "p", "colour": 1})
-    assert GenerationRequest("p", num_steps=4).k == 4
+    with pytest.raises(RequestError, match="'n_steps'=0 outside"):
+        Request("p", n_steps=0)
+    with pytest.raises(RequestError, match=r"'es_steps'=5 outside \[0, 4\]"):
+        Request("p", n_steps=4, es_steps=5)
+    with pytest.raises(RequestError, match="'merge_ratio'"):
+        Request("p", merge_ratio=0.8)
+    with pytest.raises(RequestError, match="'scheduler'='pndm'"):
+        Request("p", scheduler="pndm")
+    with pytest.raises(RequestError, match="'tome_ratio_es'"):
+        Request("p", tome_ratio_es=0.9)
+    with pytest.raises(RequestError, match="'wire_dtype'"):
+        Request("p", wire_dtype="bfloat16")
+    with pytest.raises(RequestError, match="unknown field 'colour'"):
+        Request.from_meta({**Request("p").to_meta(), "colour": 1})
+    assert Request("p", n_steps=4).es_steps == 4
 
 
 @pytest.mark.parametrize("method", ["global_l2", "global", "window"])
 def test_merge_side_information_round_trips_through_the_bytes(method):
     x = torch.randn(1, 4, 32, 32, generator=torch.Generator().manual_seed(1))
-    req = GenerationRequest("a red cube", num_steps=4, merge_ratio=0.5, seed=9, merge_method=method,
-                            wire_dtype="float32", request_id="r-side")
+    req = Request("a red cube", n_steps=4, merge_ratio=0.5, seed=9, merge_method=method,
+                  wire_dtype="float32", request_id="r-side")
     merged = merge(x, 0.5, req.seed, method)
     h = Handoff.build(req, merged, None)
     data = h.to_bytes()
@@ -195,14 +195,14 @@ def test_merge_side_information_round_trips_through_the_bytes(method):
 @pytest.mark.parametrize("method", ["global_l2", "global"])
 def test_truncated_or_out_of_range_indices_are_handoff_errors(method):
     x = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(2))
-    req = GenerationRequest("a red cube", num_steps=4, merge_ratio=0.5, seed=3, merge_method=method)
+    req = Request("a red cube", n_steps=4, merge_ratio=0.5, seed=3, merge_method=method)
     frame = Handoff.build(req, merge(x, 0.5, req.seed, method), None).to_frame()
     frame.buffers["merge.dst"] = np.ascontiguousarray(frame.buffers["merge.dst"][:, :-1])
     with pytest.raises(HandoffError, match="destination indices have shape"):
         Handoff.from_bytes(pack(frame))
     # 6 destinations (an 8x12 latent: 4x6 tokens) need 3 bits; the value 7 is past the last destination
     x = torch.randn(1, 4, 8, 12, generator=torch.Generator().manual_seed(4))
-    req = GenerationRequest("a", num_steps=4, merge_ratio=0.5, seed=1, merge_method=method, request_id="r-oor")
+    req = Request("a", n_steps=4, merge_ratio=0.5, seed=1, merge_method=method, request_id="r-oor")
     frame = Handoff.build(req, merge(x, 0.5, 1, method), None).to_frame()
     frame.buffers["merge.dst"] = np.full_like(frame.buffers["merge.dst"], 0xFF)
     with pytest.raises(HandoffError, match="out of range"):
@@ -214,8 +214,8 @@ def test_truncated_or_out_of_range_indices_are_handoff_errors(method):
 
 def test_request_and_merged_latent_must_agree_on_the_method():
     x = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(2))
-    req = GenerationRequest("a", num_steps=4, merge_ratio=0.5, seed=3, merge_method="window")
+    req = Request("a", n_steps=4, merge_ratio=0.5, seed=3, merge_method="window")
     with pytest.raises(HandoffError, match="merge method"):
         Handoff.build(req, merge(x, 0.5, 3, "global"), None)
-    with pytest.raises(RequestError, match="unknown merge method"):
-        GenerationRequest("a", merge_method="nearest")
+    with pytest.raises(RequestError, match="'merge_method'='nearest'"):
+        Request("a", merge_method="nearest")

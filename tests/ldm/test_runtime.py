@@ -14,18 +14,18 @@ from megwire import pack, unpack
 from testbed.ldm.handoff import Handoff, HandoffError
 from testbed.ldm.model import ModelLoadError, VaeDecoder, device_sync, load_decoder, load_pipeline
 from testbed.ldm.plan import SplitPlan, build_stages, plan_for, ue_plan_for_frame
-from testbed.ldm.request import GenerationRequest, RequestError
 from testbed.ldm.runner import run_node, run_split
 from testbed.ldm.stages import DenoiseStage, StageError
+from testbed.request import Request, RequestError
 
 N = 3
 
 
-def _req(**kw) -> GenerationRequest:
-    base = dict(prompt="a blue sphere", num_steps=N, seed=2, scheduler="dpmpp_2m", wire_dtype="float32",
+def _req(**kw) -> Request:
+    base = dict(prompt="a blue sphere", n_steps=N, seed=2, scheduler="dpmpp_2m", wire_dtype="float32",
                 guidance_scale=4.0, request_id="t-1")
     base.update(kw)
-    return GenerationRequest(**base)
+    return Request(**base)
 
 
 # --- plans ---------------------------------------------------------------------------------------------------------
@@ -34,11 +34,11 @@ def test_plan_presets():
     meg = plan_for("meg", _req())
     assert meg.es == ("text_encode", "denoise", "merge", "serialize")
     assert meg.ue == ("deserialize", "unmerge", "decode") and not meg.hybrid and meg.transfer == "handoff_frame"
-    hyb = plan_for("hybrid", _req(split_step=1))
+    hyb = plan_for("hybrid", _req(es_steps=1))
     assert hyb.scheme == "meg" and hyb.hybrid
     assert hyb.ue == ("deserialize", "unmerge", "text_encode", "denoise", "decode")
     assert hyb.nodes_of("denoise") == ("es", "ue")
-    assert plan_for("meg", _req(split_step=0)).es == ("denoise", "merge", "serialize")
+    assert plan_for("meg", _req(es_steps=0)).es == ("denoise", "merge", "serialize")
     ceg = plan_for("ceg", _req())
     assert ceg.ue == ("image_decode",) and ceg.transfer == "image_frame"
     local = plan_for("ue_local", _req())
@@ -73,8 +73,8 @@ def test_stage_hook_wraps_every_stage_and_link_sees_the_frame(sd15):
         out.meta["delivery"] = {"mode": "analog", "snr_db": 10.0}
         return out
 
-    clean = run_split(_req(split_step=2, merge_ratio=0.25), sd15)
-    noisy = run_split(_req(split_step=2, merge_ratio=0.25), sd15, stage_hook=hook, link=noisy_link)
+    clean = run_split(_req(es_steps=2, merge_ratio=0.25), sd15)
+    noisy = run_split(_req(es_steps=2, merge_ratio=0.25), sd15, stage_hook=hook, link=noisy_link)
     plan = noisy.plan
     expected = [(n, s) for n in ("es", "ue") for s in plan.stages_of(n)]
     assert [(n, s) for n, s, e in calls if e == "enter"] == expected
@@ -89,7 +89,7 @@ def test_stage_hook_wraps_every_stage_and_link_sees_the_frame(sd15):
 
 
 def test_halves_run_standalone_from_request_and_frame_bytes(sd15, tiny_sd15_dir):
-    req = sd15.resolve(_req(split_step=1, merge_ratio=0.5, scheduler="euler_a"))
+    req = sd15.resolve(_req(es_steps=1, merge_ratio=0.5, scheduler="euler_a"))
     plan = plan_for("meg", req)
     es_state, _ = run_node(build_stages(plan, "es", sd15), {"request": req}, "es")
     data = pack(es_state["handoff_frame"])
@@ -139,18 +139,18 @@ def test_tomesd_on_off(sd15):
         if stage == "denoise":
             seen_patched.append(any(type(m).__name__ == "ToMeBlock" for m in sd15.unet.modules()))
 
-    off = run_split(_req(split_step=1), sd15)
-    zero = run_split(_req(split_step=1, tome_ratio_es=0.0, tome_ratio_ue=0.0), sd15)
-    on = run_split(_req(split_step=1, tome_ratio_es=0.5, tome_ratio_ue=0.5), sd15)
-    on_again = run_split(_req(split_step=1, tome_ratio_es=0.5, tome_ratio_ue=0.5), sd15)
-    es_only = run_split(_req(split_step=1, tome_ratio_es=0.5), sd15)
+    off = run_split(_req(es_steps=1), sd15)
+    zero = run_split(_req(es_steps=1, tome_ratio_es=0.0, tome_ratio_ue=0.0), sd15)
+    on = run_split(_req(es_steps=1, tome_ratio_es=0.5, tome_ratio_ue=0.5), sd15)
+    on_again = run_split(_req(es_steps=1, tome_ratio_es=0.5, tome_ratio_ue=0.5), sd15)
+    es_only = run_split(_req(es_steps=1, tome_ratio_es=0.5), sd15)
     assert torch.equal(off.image, zero.image)
     assert not torch.equal(on.image, off.image)
     assert torch.equal(on.image, on_again.image)  # use_rand=False: reproducible
     assert not torch.equal(es_only.image, on.image) and not torch.equal(es_only.image, off.image)
     # the patch lives only inside the denoise stage: afterwards the U-Net is exactly what it was
     assert not any(type(m).__name__ == "ToMeBlock" for m in sd15.unet.modules())
-    assert torch.equal(run_split(_req(split_step=1), sd15).image, off.image)
+    assert torch.equal(run_split(_req(es_steps=1), sd15).image, off.image)
     patched = []
 
     class Probe(DenoiseStage):
@@ -159,15 +159,15 @@ def test_tomesd_on_off(sd15):
                 patched.append(any(type(m).__name__ == "ToMeBlock" for m in self.model.unet.modules()))
             return super().run(state)
 
-    Probe(sd15, stop="end")({"request": _req(num_steps=1), "text": sd15.encode_text(sd15.resolve(_req()))})
+    Probe(sd15, stop="end")({"request": _req(n_steps=1), "text": sd15.encode_text(sd15.resolve(_req()))})
     assert patched == [True]
     assert sd15.tome_max_downsample == 1
 
 
 def test_sdxl_tome_targets_its_first_attention_level(sdxl):
     assert sdxl.tome_max_downsample == 2
-    off = run_split(_req(num_steps=2), sdxl)
-    on = run_split(_req(num_steps=2, tome_ratio_es=0.5), sdxl)
+    off = run_split(_req(n_steps=2), sdxl)
+    on = run_split(_req(n_steps=2, tome_ratio_es=0.5), sdxl)
     assert not torch.equal(on.image, off.image)
 
 
@@ -237,17 +237,17 @@ def test_bad_model_folders(tmp_path, tiny_sd15_dir):
 
 def test_model_dependent_request_errors(sd15):
     with pytest.raises(RequestError, match="multiple of 16"):
-        sd15.resolve(_req(height=72))
+        sd15.resolve(_req(height_px=72))
     from diffusers import PNDMScheduler
 
     original = sd15.pipe.scheduler
     try:
         sd15.pipe.scheduler = PNDMScheduler.from_config(original.config)
         with pytest.raises(RequestError, match="PNDMScheduler cannot be stopped"):
-            sd15.resolve(_req(scheduler=None))
+            sd15.resolve(_req(scheduler=""))
     finally:
         sd15.pipe.scheduler = original
-    assert sd15.resolve(_req(scheduler=None)).scheduler == "ddim"  # the model's own
+    assert sd15.resolve(_req(scheduler="")).scheduler == "ddim"  # the model's own
 
 
 def test_stage_errors_name_what_is_missing(sd15):
@@ -256,7 +256,7 @@ def test_stage_errors_name_what_is_missing(sd15):
         stages[0]({})
     with pytest.raises(StageError, match="need 'text'"):
         DenoiseStage(sd15)({"request": _req()})
-    es = sd15.resolve(_req(split_step=1))
+    es = sd15.resolve(_req(es_steps=1))
     plan = plan_for("meg", es)
     state, _ = run_node(build_stages(plan, "es", sd15), {"request": es}, "es")
     frame = state["handoff_frame"]
@@ -273,7 +273,7 @@ def test_stage_errors_name_what_is_missing(sd15):
 def test_split_on_cuda_fp16_is_close_to_cpu(tiny_sd15_dir, sd15):
     gpu = load_pipeline(tiny_sd15_dir, device="cuda")
     assert gpu.dtype == torch.float16
-    req = _req(split_step=1, wire_dtype="float16")
+    req = _req(es_steps=1, wire_dtype="float16")
     on_gpu = run_split(req, gpu)
     on_cpu = run_split(req, sd15)
     assert on_gpu.image.device.type == "cuda"

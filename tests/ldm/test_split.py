@@ -5,25 +5,25 @@ from __future__ import annotations
 import pytest
 import torch
 
-from testbed.ldm.request import GenerationRequest
 from testbed.ldm.runner import run_split
+from testbed.request import Request
 
 N = 4
 SAMPLERS = ["ddim", "euler", "euler_a", "dpmpp_2m", "unipc"]
 
 
-def _request(scheduler: str, **kw) -> GenerationRequest:
-    base = dict(prompt="a small red cube", num_steps=N, seed=11, scheduler=scheduler, wire_dtype="float32",
+def _request(scheduler: str, **kw) -> Request:
+    base = dict(prompt="a small red cube", n_steps=N, seed=11, scheduler=scheduler, wire_dtype="float32",
                 guidance_scale=5.0)
     base.update(kw)
-    return GenerationRequest(**base)
+    return Request(**base)
 
 
 @pytest.mark.parametrize("scheduler", SAMPLERS)
 def test_split_equals_unsplit_bit_for_bit_sd15(sd15, scheduler):
     unsplit = run_split(_request(scheduler), sd15, scheme="ue_local")
     for k in (0, 1, 3, N):
-        split = run_split(_request(scheduler, split_step=k), sd15)
+        split = run_split(_request(scheduler, es_steps=k), sd15)
         assert split.plan.hybrid == (k < N)
         assert torch.equal(split.image, unsplit.image), f"{scheduler} k={k}"
         assert torch.equal(split.ue_state["latents"], unsplit.ue_state["latents"]), f"{scheduler} k={k}"
@@ -33,7 +33,7 @@ def test_split_equals_unsplit_bit_for_bit_sd15(sd15, scheduler):
 def test_split_equals_unsplit_bit_for_bit_sdxl(sdxl, scheduler, k):
     assert sdxl.family == "sdxl"
     unsplit = run_split(_request(scheduler), sdxl, scheme="ue_local")
-    split = run_split(_request(scheduler, split_step=k), sdxl)
+    split = run_split(_request(scheduler, es_steps=k), sdxl)
     assert torch.equal(split.image, unsplit.image)
 
 
@@ -50,8 +50,8 @@ def test_stage_path_matches_stock_pipeline(request, family, scheduler):
     original = pipe.scheduler
     try:
         pipe.scheduler = build_scheduler(scheduler, original.config)
-        stock = pipe(req.prompt, num_inference_steps=N, guidance_scale=req.guidance_scale, height=req.height,
-                     width=req.width, generator=torch.Generator("cpu").manual_seed(req.seed), output_type="pt").images
+        stock = pipe(req.prompt, num_inference_steps=N, guidance_scale=req.guidance_scale, height=req.height_px,
+                     width=req.width_px, generator=torch.Generator("cpu").manual_seed(req.seed), output_type="pt").images
     finally:
         pipe.scheduler = original
     assert stock.shape == ours.shape
@@ -59,8 +59,8 @@ def test_stage_path_matches_stock_pipeline(request, family, scheduler):
 
 
 def test_fp16_wire_changes_the_image_a_little(sd15):
-    exact = run_split(_request("dpmpp_2m", split_step=2), sd15)
-    half = run_split(_request("dpmpp_2m", split_step=2, wire_dtype="float16"), sd15)
+    exact = run_split(_request("dpmpp_2m", es_steps=2), sd15)
+    half = run_split(_request("dpmpp_2m", es_steps=2, wire_dtype="float16"), sd15)
     diff = (exact.image - half.image).abs().max().item()
     assert 0 < diff <= 1e-2
     assert half.transfer_nbytes < exact.transfer_nbytes

@@ -122,16 +122,16 @@ def test_quality_falls_with_fewer_steps_and_more_merging():
     from testbed.ldm.metrics import neg_log_mse
     from testbed.ldm.model import load_pipeline
     from testbed.ldm.reference import compute_reference
-    from testbed.ldm.request import GenerationRequest
     from testbed.ldm.runner import run_split
+    from testbed.request import Request
 
     model = load_pipeline(MODEL, device="cpu", dtype=torch.float32)
     scores: dict[tuple[int, float], list[float]] = {}
     for p in heldout_prompts(2):
-        req = GenerationRequest(p.prompt, num_steps=12, seed=p.seed, guidance_scale=5.0)
+        req = Request(p.prompt, n_steps=12, seed=p.seed, guidance_scale=5.0)
         ref = compute_reference(model, req, 12)
         for n, beta in ((12, 0.0), (12, 0.75), (3, 0.0)):
-            img = run_split(req.replace(num_steps=n, merge_ratio=beta), model, scheme="meg").image
+            img = run_split(req.replace(n_steps=n, merge_ratio=beta), model, scheme="meg").image
             scores.setdefault((n, beta), []).append(float(neg_log_mse(img, ref)[0]))
     mean = {k: float(np.mean(v)) for k, v in scores.items()}
     assert mean[12, 0.0] > 12.0, mean  # only the float16 wire separates it from the reference

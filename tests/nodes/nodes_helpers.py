@@ -13,15 +13,16 @@ import zmq
 
 from megwire import Frame, from_parts, to_parts
 from testbed.nodes import protocol as P
+from testbed.request import Request
 
 
-def make_spec(scheme: str = "meg", rid: str = "r1", **kw) -> P.RequestSpec:
+def make_spec(scheme: str = "meg", rid: str = "r1", **kw) -> Request:
     base = dict(request_id=rid, scheme=scheme, prompt="a cat", seed=3, n_steps=4,
                 es_steps=0 if scheme == "ue_local" else 4, merge_ratio=0.5 if scheme == "meg" else 0.0,
-                link=None if scheme == "ue_local" else P.LinkSpec("awgn", "analog", 200.0, None),
+                link_model="awgn", tx_mode="analog", distance_m=200.0,  # a ue_local request drops it
                 height_px=64, width_px=64, point_id=f"p-{scheme}", repetition=0)
     base.update(kw)
-    return P.RequestSpec(**base)
+    return Request(**base)
 
 
 # --- live node processes ----------------------------------------------------------------------------------------------
@@ -141,8 +142,8 @@ def legit_request(ctx, node) -> Frame:
     """The request each node exists for: ES and broker a MEG request, the UE a generate (UE -> broker -> ES)."""
     rid = f"legit-{time.monotonic_ns()}"
     if node.name == "ue":
-        reply = ask_frame(ctx, node.address, P.generate_frame(make_spec(rid=rid, link=P.LinkSpec("awgn", "analog",
-                                                                                              None, 20.0))), 30)
+        reply = ask_frame(ctx, node.address, P.generate_frame(make_spec(rid=rid, distance_m=None, snr_db_set=20.0)),
+                           30)
         assert reply is not None and reply.kind == P.RESULT, reply
     else:
         reply = ask_frame(ctx, node.address, P.request_frame(make_spec(rid=rid), time.monotonic_ns()), 30)

@@ -18,9 +18,9 @@ NODES = ("es", "broker", "ue")
 
 
 def _seeds(name: str) -> list[Frame]:
-    link = P.LinkSpec("awgn", "analog", None, 20.0)
-    main = P.generate_frame(make_spec(rid="g", link=link)) if name == "ue" else \
-        P.request_frame(make_spec(rid="q", link=link), 1)
+    link = {"distance_m": None, "snr_db_set": 20.0}
+    main = P.generate_frame(make_spec(rid="g", **link)) if name == "ue" else \
+        P.request_frame(make_spec(rid="q", **link), 1)
     return [Frame(P.HEARTBEAT), Frame(P.HELLO), main]
 
 

@@ -383,16 +383,18 @@ def test_6_clip_and_rate_limit_filter():
     (dict(height_px=1024, width_px=1024), "over this node's bounds"),
     (dict(height_px=8192, width_px=64), "over this node's bounds"),
     (dict(n_steps=500, es_steps=500), "steps"),
-    (dict(link=P.LinkSpec("nope", "analog", 200.0, None)), "link_model"),
-    (dict(link=P.LinkSpec("awgn", "digital", 200.0, None)), "tx_mode"),
-    (dict(link=P.LinkSpec("awgn", "analog", None, 95.0)), "snr_db"),
-    (dict(link=P.LinkSpec("awgn", "analog", 0.0, None)), "distance_m"),
+    (dict(link_model="nope", tx_mode="analog", distance_m=200.0, snr_db_set=None), "link_model"),
+    (dict(link_model="awgn", tx_mode="digital", distance_m=200.0, snr_db_set=None), "tx_mode"),
+    (dict(link_model="awgn", tx_mode="analog", distance_m=None, snr_db_set=95.0), "snr_db"),
+    (dict(link_model="awgn", tx_mode="analog", distance_m=0.0, snr_db_set=None), "distance_m"),
 ])
 def test_7_the_es_refuses_out_of_bounds_requests_before_computing(live_nodes, ctx, change, match):
     es = live_nodes["es"]
-    spec = make_spec(rid=f"b-{abs(hash(str(change)))}", **change)
+    # Built as a peer would send it: past this process's own contract check.
+    frame = P.request_frame(make_spec(rid=f"b-{abs(hash(str(change)))}"), 1)
+    frame.meta["request"].update(change)
     t0 = time.monotonic()
-    reply = _frame(ctx, es.address, P.request_frame(spec, 1))
+    reply = _frame(ctx, es.address, frame)
     assert reply.kind == P.ERROR and reply.meta["code"] == P.CODE_BAD_REQUEST, reply.meta
     assert match in reply.meta["error"]
     assert time.monotonic() - t0 < 2.0
@@ -405,7 +407,9 @@ def test_7_bounds_derive_from_the_model_and_the_link_vocabulary_from_channel_emu
 
     bounds = SyntheticEngine().default_bounds()
     assert bounds.max_side_px == 2 * 128 and bounds.max_steps == 200
-    assert P.LINK_MODELS is MODELS and P.TX_MODES is MODES
+    import testbed.request
+
+    assert testbed.request.LINK_MODELS is MODELS and testbed.request.TX_MODES is MODES
 
 
 # --- 9. minor --------------------------------------------------------------------------------------------------------
@@ -420,7 +424,9 @@ def test_9_duplicate_buffer_names_are_refused(live_nodes, ctx):
 
 
 def test_9_unknown_scheduler_on_the_synthetic_engine_is_a_bad_request(live_nodes, ctx):
-    reply = _frame(ctx, live_nodes["es"].address, P.request_frame(make_spec(rid="sch", scheduler="nope"), 1))
+    frame = P.request_frame(make_spec(rid="sch"), 1)
+    frame.meta["request"]["scheduler"] = "nope"  # as a peer would send it: past this process's contract check
+    reply = _frame(ctx, live_nodes["es"].address, frame)
     assert reply.kind == P.ERROR and reply.meta["code"] == P.CODE_BAD_REQUEST, reply.meta
     assert "scheduler" in reply.meta["error"]
 

@@ -8,6 +8,7 @@ from nodes_helpers import make_spec
 
 from testbed.nodes import protocol as P
 from testbed.nodes.records import StageRecorder
+from testbed.request import Request, RequestError
 
 
 @pytest.fixture(scope="module")
@@ -45,12 +46,12 @@ def test_a_decoder_the_model_lacks_is_a_protocol_error(engine):
 
 def test_decoder_field_round_trips_and_is_checked():
     spec = make_spec("meg", decoder="distilled")
-    assert P.RequestSpec.from_meta(spec.to_meta()).decoder == "distilled"
+    assert Request.from_meta(spec.to_meta()).decoder == "distilled"
     old = spec.to_meta()
     del old["decoder"]  # a peer that predates the field: the UE's default
-    assert P.RequestSpec.from_meta(old).decoder == ""
-    with pytest.raises(P.ProtocolError, match="'decoder'"):
-        P.RequestSpec.from_meta({**spec.to_meta(), "decoder": 3})
+    assert Request.from_meta(old).decoder == ""
+    with pytest.raises(RequestError, match="'decoder'"):
+        Request.from_meta({**spec.to_meta(), "decoder": 3})
 
 
 def test_decoders_are_chosen_by_name_never_by_path(engine):

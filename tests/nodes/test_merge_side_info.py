@@ -13,6 +13,7 @@ from testbed.nodes.es import EsNode
 from testbed.nodes.rpc import NodeError, RpcClient
 from testbed.nodes.synthetic_engine import SyntheticEngine
 from testbed.nodes.ue import UeNode
+from testbed.request import Request, RequestError
 
 
 class TamperingEngine(SyntheticEngine):
@@ -54,15 +55,15 @@ def test_bad_destination_indices_are_refused_and_the_ue_stays_up(tampering_pair,
     ctx.term()
 
 
-def test_request_spec_carries_and_checks_the_merge_method():
+def test_request_carries_and_checks_the_merge_method():
     spec = make_spec(merge_method="window")
-    back = P.RequestSpec.from_meta(spec.to_meta())
-    assert back.merge_method == "window" and back.generation_request().merge_method == "window"
-    assert back.config_columns()["merge_method"] == "window"
-    assert make_spec("ceg").config_columns()["merge_method"] == "none"
+    back = Request.from_meta(spec.to_meta())
+    assert back.merge_method == "window"
+    assert back.columns()["merge_method"] == "window"
+    assert make_spec("ceg").columns()["merge_method"] == "none"
     legacy = {k: v for k, v in spec.to_meta().items() if k != "merge_method"}
-    assert P.RequestSpec.from_meta(legacy).merge_method == "global_l2"  # a sender from before the field
-    with pytest.raises(P.ProtocolError, match="merge_method"):
-        P.RequestSpec.from_meta({**spec.to_meta(), "merge_method": "nearest"})
-    with pytest.raises(P.ProtocolError, match="merge_method"):
-        P.RequestSpec.from_meta({**spec.to_meta(), "merge_method": 3})
+    assert Request.from_meta(legacy).merge_method == "global_l2"  # a sender from before the field
+    with pytest.raises(RequestError, match="merge_method"):
+        Request.from_meta({**spec.to_meta(), "merge_method": "nearest"})
+    with pytest.raises(RequestError, match="merge_method"):
+        Request.from_meta({**spec.to_meta(), "merge_method": 3})

@@ -21,13 +21,14 @@ from testbed.nodes import fuzz
 from testbed.nodes import protocol as P
 from testbed.nodes.rpc import NodeError, RpcClient
 from testbed.nodes.server import NodeServer
+from testbed.request import Request
 
 
 def _spec(**kw):
     base = dict(request_id="r1", scheme="meg", prompt="a cat", seed=1, n_steps=4, es_steps=4, merge_ratio=0.5,
-                link=P.LinkSpec("awgn", "analog", 200.0, None), point_id="p", repetition=0)
+                link_model="awgn", tx_mode="analog", distance_m=200.0, snr_db_set=None, point_id="p", repetition=0)
     base.update(kw)
-    return P.RequestSpec(**base)
+    return Request(**base)
 
 
 @pytest.fixture
@@ -70,7 +71,7 @@ def test_errors_keep_the_server_alive(server, caplog):
         assert info.value.code == P.CODE_INTERNAL and "ZeroDivisionError" in str(info.value)
         with pytest.raises(NodeError) as info:
             client.call(Frame(P.REQUEST, meta={"request_id": "x", "request": {"request_id": "x"}}))
-        assert info.value.code == P.CODE_BAD_REQUEST and "scheme" in str(info.value)
+        assert info.value.code == P.CODE_BAD_REQUEST and "missing field" in str(info.value)
         assert info.value.meta["request_id"] == "x"
         assert client.call(Frame(P.HEARTBEAT)).kind == P.HEARTBEAT
     assert "ZeroDivisionError" in caplog.text
@@ -101,7 +102,7 @@ def _is_valid(frame: Frame) -> bool:
 def test_fuzz_1000_messages_all_refused(server, caplog):
     srv, ctx, gate = server
     gate.set()
-    seeds = [P.request_frame(_spec(), 123), P.request_frame(_spec(scheme="ue_local", link=None, es_steps=0), 5),
+    seeds = [P.request_frame(_spec(), 123), P.request_frame(_spec(scheme="ue_local", es_steps=0), 5),
              Frame(P.HEARTBEAT, buffers={"x": np.arange(4, dtype=np.float32)})]
     sock = make_socket(ctx, zmq.DEALER, timeout_s=5)
     sock.connect(srv.address)
