@@ -16,7 +16,7 @@ import reprlib
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, ClassVar, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -28,6 +28,7 @@ from pydantic import (
     ValidationInfo,
     WrapValidator,
 )
+from typing_extensions import Self
 
 M = TypeVar("M", bound=BaseModel)
 MAX_LINE_CHARS = 400  # one problem is one bounded line: a 20 kB value must not become a 20 kB message
@@ -58,9 +59,10 @@ def _keep_int(value: Any, handler: Callable[[Any], Any]) -> Any:
     return value if isinstance(value, int) and not isinstance(value, bool) else checked
 
 
-def number(lo: float | None = None, hi: float | None = None, *, gt: float | None = None) -> Any:
-    """A finite number in ``[lo, hi]`` (or ``> gt``); integers are kept as integers."""
-    return Annotated[float, Field(ge=lo, le=hi, gt=gt), WrapValidator(_keep_int)]
+def number(lo: float | None = None, hi: float | None = None, *, gt: float | None = None,
+           lt: float | None = None) -> Any:
+    """A finite number in ``[lo, hi]`` (bounds ``gt``/``lt`` exclusive); integers are kept as integers."""
+    return Annotated[float, Field(ge=lo, le=hi, gt=gt, lt=lt), WrapValidator(_keep_int)]
 
 
 def integer(lo: int | None = None, hi: int | None = None) -> Any:
@@ -89,7 +91,7 @@ def _unique(values: list) -> list:
 
 def values_of(item: Any) -> Any:
     """A non-empty list without repeats of ``item``; a single value is read as a list of one."""
-    return Annotated[list[item], Field(min_length=1), BeforeValidator(_as_list, json_schema_input_type=item | list[item]),
+    return Annotated[list[item], Field(min_length=1), BeforeValidator(_as_list, json_schema_input_type=item | Annotated[list[item], Field(min_length=1)]),
                      AfterValidator(_unique)]
 
 
@@ -131,6 +133,8 @@ def _message(err: Mapping[str, Any]) -> str:
     if kind in bounds:
         limit = next(iter(ctx.values()), "")
         return f"{short(got)} is outside the allowed range (must be {bounds[kind]} {limit})"
+    if kind == "string_pattern_mismatch":
+        return f"{short(got)} does not match {ctx.get('pattern')}"
     if kind == "multiple_of":
         return f"{short(got)} is not a multiple of {ctx.get('multiple_of')}"
     if kind == "finite_number":
@@ -272,10 +276,28 @@ def collect(model: type[M], data: Any, *, context: Mapping[str, Any] | None = No
     return None, problems
 
 
-def first_problem(model: type[M], data: Any, error: type[Exception], *, prefix: str = "",
-                  context: Mapping[str, Any] | None = None) -> M:
-    """Validate ``data`` or raise ``error`` with the problems (one per line after the first)."""
-    validated, problems = collect(model, data, context=context, prefix=prefix)
-    if problems or validated is None:
-        raise error("; ".join(problems) or "invalid configuration")
-    return validated
+class _RaisesOwnError(type(BaseModel)):
+    # Keyword construction (LinkConfig(process={...})) raises the config's own error. Done here, not in __init__:
+    # pydantic calls an overridden __init__ while validating nested sections, which would nest the messages.
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().__call__(*args, **kwargs)
+        except ValidationError as exc:
+            raise cls.error("; ".join(text for _, text in problems_of(exc, cls))) from None
+
+
+class ConfigModel(StrictModel, metaclass=_RaisesOwnError):
+    """A config whose every failure -- from a file, a mapping or keyword arguments -- is one ``error`` naming the
+    key(s), never a pydantic ``ValidationError`` (callers catch their own error type)."""
+
+    error: ClassVar[type[Exception]] = ValueError
+
+    @classmethod
+    def parse(cls, data: Any, *, what: str = "configuration") -> Self:
+        """Validate a parsed document (every problem listed, ``; ``-separated)."""
+        if not isinstance(data, Mapping):
+            raise cls.error(f"{what} must be a mapping, got {type(data).__name__}")
+        validated, problems = collect(cls, dict(data))
+        if problems or validated is None:
+            raise cls.error("; ".join(problems) or f"invalid {what}")
+        return validated

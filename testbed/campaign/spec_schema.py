@@ -25,7 +25,6 @@ MAX_BETA = 0.75
 MAX_TOME = 0.75
 # A run's folder is RUNS/<timestamp>-<name>: the name must stay one plain path component.
 RUN_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}")
-SCHEMA_ID = "https://megbed.invalid/campaign.schema.json"  # editors key on $schema; the id only names it
 
 Steps = integer(1, 1000)
 
@@ -146,8 +145,7 @@ class Curve(StrictModel):
 class CampaignFile(StrictModel):
     """A campaign spec file (``megbed campaign check FILE`` validates one; see ``testbed.campaign.spec``)."""
 
-    model_config = StrictModel.model_config | {"title": "megbed campaign spec",
-                                               "json_schema_extra": {"$id": SCHEMA_ID}}
+    model_config = StrictModel.model_config | {"title": "megbed campaign spec"}
 
     name: RunName | None = None
     model: Text = "default"
