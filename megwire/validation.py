@@ -140,7 +140,8 @@ def _message(err: Mapping[str, Any]) -> str:
     if kind == "finite_number":
         return f"must be finite, got {short(got)}"
     if kind == "too_short":
-        return "must list at least one value" if ctx.get("min_length") == 1 else err["msg"]
+        return "must list at least one value" if ctx.get("min_length") == 1 else \
+            f"must hold at least {ctx.get('min_length')} values"
     if kind == "too_long":
         return f"must hold at most {ctx.get('max_length')} values"
     if kind in ("value_error", "assertion_error"):
@@ -199,6 +200,7 @@ def problems_of(exc: ValidationError, model: type[BaseModel], prefix: str = "") 
         seen.add(loc)
         message = _message(err)
         if err["type"] == "extra_forbidden":
+            message = f"unknown {getattr(model, 'key_word', 'key')}"
             allowed = _allowed_keys(model, loc[:-1])
             message += f" (allowed: {', '.join(sorted(allowed))})" if allowed else ""
         out.append((loc, line(key_path(loc, prefix), message)))
@@ -291,6 +293,7 @@ class ConfigModel(StrictModel, metaclass=_RaisesOwnError):
     key(s), never a pydantic ``ValidationError`` (callers catch their own error type)."""
 
     error: ClassVar[type[Exception]] = ValueError
+    key_word: ClassVar[str] = "key"  # what an unknown one is called in messages ("unknown setting")
 
     @classmethod
     def parse(cls, data: Any, *, what: str = "configuration") -> Self:

@@ -26,13 +26,18 @@ favours the farthest samples, and the std grows each update faster than the boun
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
+from pydantic import Field
 
 from testbed.policy.learner import (
+    Count,
+    HiddenSizes,
     Learner,
+    LearnerConfig,
+    Positive,
     Rollout,
     load_module,
     load_optimizer_state,
@@ -46,8 +51,7 @@ from testbed.policy.replay import ReplayBuffer
 DUAL_EPS = 1e-6
 
 
-@dataclass
-class CVPOConfig:
+class CVPOConfig(LearnerConfig):
     """CVPO hyperparameters (defaults: the paper's run, FSRL's settings).
 
     Attributes
@@ -94,46 +98,35 @@ class CVPOConfig:
         hundred samples, the policy commits to whatever corner they favour and its std shrinks with it.
     """
 
-    gamma: float = 0.97
-    n_step: int = 2
-    tau: float = 0.05
-    actor_lr: float = 5e-4
-    critic_lr: float = 1e-3
-    hidden: tuple[int, ...] = (128, 128)
-    estep_iters: int = 10
-    estep_kl: float = 0.02
-    estep_dual_max: float = 20.0
-    estep_dual_lr: float = 0.02
-    sample_actions: int = 32
-    mstep_iters: int = 5
-    mstep_kl_mu: float = 0.005
-    mstep_kl_std: float = 0.0005
-    mstep_dual_max: float = 0.5
-    mstep_dual_lr: float = 0.1
-    batch_size: int = 256
-    buffer_size: int = 200_000
-    episodes_per_collect: int = 10
-    update_per_step: float = 0.2
-    threshold_rule: str = "fsrl"
+    gamma: Annotated[float, Field(ge=0.0, le=1.0)] = 0.97
+    n_step: Count = 2
+    tau: Annotated[float, Field(gt=0.0, le=1.0)] = 0.05
+    actor_lr: Positive = 5e-4
+    critic_lr: Positive = 1e-3
+    hidden: HiddenSizes = (128, 128)
+    estep_iters: Count = 10
+    estep_kl: Positive = 0.02
+    estep_dual_max: Positive = 20.0
+    estep_dual_lr: Positive = 0.02
+    sample_actions: Count = 32
+    mstep_iters: Count = 5
+    mstep_kl_mu: Positive = 0.005
+    mstep_kl_std: Positive = 0.0005
+    mstep_dual_max: Positive = 0.5
+    mstep_dual_lr: Positive = 0.1
+    batch_size: Count = 256
+    buffer_size: Count = 200_000
+    episodes_per_collect: Count = 10
+    update_per_step: Positive = 0.2
+    threshold_rule: Literal["fsrl", "stationary"] = "fsrl"
     conditioned_sigma: bool = True
     squash: bool = True
-    reward_scale: float = 1.0
+    reward_scale: Positive = 1.0
     reward_norm: bool = False
     fused_duals: bool = True
-    warmup_steps: int = 0
+    warmup_steps: Annotated[int, Field(ge=0)] = 0
     log_std_max: float = 2.0
-    mu_max: float | None = None
-
-    @classmethod
-    def from_dict(cls, data: dict) -> CVPOConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown CVPO settings: {sorted(unknown)}")
-        data = dict(data)
-        if "hidden" in data:
-            data["hidden"] = tuple(data["hidden"])
-        return cls(**data)
+    mu_max: Positive | None = None
 
 
 def gaussian_kl_decoupled(mu_old, std_old, mu, std) -> tuple[torch.Tensor, torch.Tensor]:
@@ -377,7 +370,7 @@ class CVPO(Learner):
         return t
 
     def state_json(self) -> dict:
-        meta = {"algo": self.algo, "config": asdict(self.cfg), "updates": self.updates, "env_steps": self.env_steps,
+        meta = {"algo": self.algo, "config": self.cfg.to_dict(), "updates": self.updates, "env_steps": self.env_steps,
                 "buffer_ptr": self.buffer.ptr, "last_mstep": self._last_mstep, "qc_threshold": self.qc_threshold,
                 "reward_norm_scale": self.reward_norm_scale}
         for name, opt in (("actor_optim", self.actor_optim), ("critic_optim", self.critic_optim),

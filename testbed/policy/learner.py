@@ -3,13 +3,48 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Annotated, Any
 
 import numpy as np
 import torch
+from pydantic import BeforeValidator, Field
 
+from megwire.validation import ConfigModel
 from testbed.policy.limits import Constraints
 from testbed.policy.nets import GaussianActor
+
+
+class LearnerConfigError(ValueError):
+    """A learner setting is unknown or invalid; the message names it."""
+
+
+def _as_tuple(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value  # JSON and --set give lists
+
+
+Positive = Annotated[float, Field(gt=0.0)]
+Count = Annotated[int, Field(ge=1)]
+# MLP hidden sizes: at least one layer, each of at least one unit.
+HiddenSizes = Annotated[tuple[Annotated[int, Field(ge=1)], ...], BeforeValidator(_as_tuple), Field(min_length=1)]
+Gains = Annotated[tuple[Annotated[float, Field(ge=0.0)], ...], BeforeValidator(_as_tuple),
+                  Field(min_length=3, max_length=3)]
+
+
+class LearnerConfig(ConfigModel):
+    """Hyperparameters of a learner: an unknown or mistyped setting raises :class:`LearnerConfigError` naming it."""
+
+    error = LearnerConfigError
+    key_word = "setting"
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]):
+        """The defaults updated by ``data`` (a checkpoint's ``config`` or the CLI's ``--set`` overrides)."""
+        return cls.parse(data, what=f"{cls.__name__} settings")
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump()
 
 
 @dataclass
