@@ -95,6 +95,15 @@ def values_of(item: Any) -> Any:
                      AfterValidator(_unique)]
 
 
+def _as_tuple(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value  # JSON, YAML and --set give lists
+
+
+def tuple_of(item: Any, *, min_length: int | None = None, max_length: int | None = None) -> Any:
+    """A tuple of ``item`` (a list is accepted: what JSON gives back of a saved tuple)."""
+    return Annotated[tuple[item, ...], BeforeValidator(_as_tuple), Field(min_length=min_length, max_length=max_length)]
+
+
 def _none_to_empty(value: Any) -> Any:
     return {} if value is None else value
 

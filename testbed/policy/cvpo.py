@@ -145,14 +145,12 @@ class CVPO(Learner):
     """CVPO on a continuous Box action space with any number of constrained costs."""
 
     algo = "cvpo"
+    config_type = CVPOConfig
 
     def __init__(self, obs_dim: int, act_dim: int, constraints: Constraints, config: CVPOConfig | None = None,
                  seed: int = 0) -> None:
-        super().__init__(obs_dim, act_dim, constraints, seed)
-        self.cfg = config or CVPOConfig()
+        super().__init__(obs_dim, act_dim, constraints, seed, config)
         c = self.cfg
-        torch.manual_seed(self.seed)
-        self.n_costs = len(constraints.constrained)
         self.actor = GaussianActor(obs_dim, act_dim, c.hidden, conditioned_sigma=c.conditioned_sigma, squash=c.squash,
                                    log_std_max=c.log_std_max, mu_max=c.mu_max)
         # Member 0 the reward critic, then one per constrained cost. (Stacked into one batched network with

@@ -9,9 +9,9 @@ from typing import Annotated, Any
 
 import numpy as np
 import torch
-from pydantic import BeforeValidator, Field
+from pydantic import Field
 
-from megwire.validation import ConfigModel
+from megwire.validation import ConfigModel, tuple_of
 from testbed.policy.limits import Constraints
 from testbed.policy.nets import GaussianActor
 
@@ -20,16 +20,11 @@ class LearnerConfigError(ValueError):
     """A learner setting is unknown or invalid; the message names it."""
 
 
-def _as_tuple(value: Any) -> Any:
-    return tuple(value) if isinstance(value, list) else value  # JSON and --set give lists
-
-
 Positive = Annotated[float, Field(gt=0.0)]
 Count = Annotated[int, Field(ge=1)]
 # MLP hidden sizes: at least one layer, each of at least one unit.
-HiddenSizes = Annotated[tuple[Annotated[int, Field(ge=1)], ...], BeforeValidator(_as_tuple), Field(min_length=1)]
-Gains = Annotated[tuple[Annotated[float, Field(ge=0.0)], ...], BeforeValidator(_as_tuple),
-                  Field(min_length=3, max_length=3)]
+HiddenSizes = tuple_of(Annotated[int, Field(ge=1)], min_length=1)
+Gains = tuple_of(Annotated[float, Field(ge=0.0)], min_length=3, max_length=3)  # (K_P, K_I, K_D)
 
 
 class LearnerConfig(ConfigModel):
@@ -85,12 +80,18 @@ class Learner(ABC):
     algo: str = "base"
     actor: GaussianActor
 
-    def __init__(self, obs_dim: int, act_dim: int, constraints: Constraints, seed: int) -> None:
+    config_type: type[LearnerConfig] = LearnerConfig
+
+    def __init__(self, obs_dim: int, act_dim: int, constraints: Constraints, seed: int,
+                 config: LearnerConfig | None = None) -> None:
         self.obs_dim, self.act_dim = int(obs_dim), int(act_dim)
         self.constraints = constraints
+        self.n_costs = len(constraints.constrained)
+        self.cfg = config if config is not None else self.config_type()
         self.seed = int(seed)
         self.torch_gen = torch.Generator().manual_seed(self.seed)
         self.np_rng = np.random.default_rng(self.seed)
+        torch.manual_seed(self.seed)  # the networks a subclass builds next start from the seed
 
     @torch.no_grad()
     def act(self, obs: np.ndarray, deterministic: bool = False) -> tuple[np.ndarray, float]:

@@ -131,14 +131,12 @@ class PPOLagrangian(Learner):
     """PPO-Lagrangian on a continuous Box action space with any number of constrained costs."""
 
     algo = "ppo-lag"
+    config_type = PPOLagConfig
 
     def __init__(self, obs_dim: int, act_dim: int, constraints: Constraints, config: PPOLagConfig | None = None,
                  seed: int = 0) -> None:
-        super().__init__(obs_dim, act_dim, constraints, seed)
-        self.cfg = config or PPOLagConfig()
+        super().__init__(obs_dim, act_dim, constraints, seed, config)
         c = self.cfg
-        torch.manual_seed(self.seed)
-        self.n_costs = len(constraints.constrained)
         self.actor = GaussianActor(obs_dim, act_dim, c.hidden, conditioned_sigma=False, init_log_std=c.init_log_std,
                                    squash=c.squash)
         self.critics = torch.nn.ModuleList([VCritic(obs_dim, c.hidden) for _ in range(1 + self.n_costs)])
