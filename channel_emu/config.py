@@ -36,7 +36,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, PlainValidator, ValidationInfo, WithJsonSchema, field_validator
 
 from megwire.safe_yaml import YamlError, load_yaml_file
-from megwire.validation import ConfigModel, StrictModel, number
+from megwire.validation import ConfigModel, StrictModel, not_below, number
 
 try:  # Python 3.11+; tomli is the same parser, for 3.10 (JetPack 6)
     import tomllib  # novermin (tomli below on 3.10)
@@ -114,7 +114,7 @@ class ProcessConfig(_Section):
 
     distance: Literal[DISTANCES] = "uniform"
     d_min_m: Positive = 200.0
-    d_max_m: Positive = 300.0
+    d_max_m: Annotated[Positive, not_below("d_min_m")] = 300.0
     distance_m: Positive = 250.0
     distance_step_m: NonNegative = 5.0
     fading: Literal[FADINGS] = "auto"
@@ -122,12 +122,6 @@ class ProcessConfig(_Section):
     request_interval_s: Positive = 3.0
     rho: number(-1.0, 1.0) | None = None
 
-    @field_validator("d_max_m")
-    @classmethod
-    def _range(cls, d_max_m: float, info: ValidationInfo) -> float:
-        if d_max_m < info.data.get("d_min_m", 0.0):
-            raise ValueError(f"need 0 < d_min_m <= d_max_m, got d_min_m={info.data['d_min_m']}")
-        return d_max_m
 
 
 class OfdmConfig(_Section):

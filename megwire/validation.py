@@ -104,6 +104,28 @@ def tuple_of(item: Any, *, min_length: int | None = None, max_length: int | None
     return Annotated[tuple[item, ...], BeforeValidator(_as_tuple), Field(min_length=min_length, max_length=max_length)]
 
 
+def not_below(other: str) -> AfterValidator:
+    """The value must be >= the setting ``other`` (declared before it), when that one is valid."""
+    def check(value: Any, info: ValidationInfo) -> Any:
+        low = info.data.get(other)
+        if low is not None and value < low:
+            raise ValueError(f"{short(value)} is below {other}={short(low)}")
+        return value
+
+    return AfterValidator(check)
+
+
+def not_above(other: str) -> AfterValidator:
+    """The value must be <= the setting ``other`` (declared before it), when that one is valid."""
+    def check(value: Any, info: ValidationInfo) -> Any:
+        high = info.data.get(other)
+        if high is not None and value > high:
+            raise ValueError(f"{short(value)} exceeds {other}={short(high)}")
+        return value
+
+    return AfterValidator(check)
+
+
 def _none_to_empty(value: Any) -> Any:
     return {} if value is None else value
 

@@ -31,7 +31,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, ValidationInfo, field_validator
 
 from channel_emu.config import LinkConfig, LinkConfigError
-from megwire.validation import ConfigModel, number, tuple_of
+from megwire.validation import ConfigModel, not_above, not_below, number, tuple_of
 from testbed.ldm.merging import DEFAULT_MERGE_METHOD, MAX_BETA, MERGE_METHODS
 from testbed.ldm.request import WIRE_DTYPES
 
@@ -77,23 +77,11 @@ class NoiseConfig(_Recipe):
 
     kind: Literal[NOISE_KINDS] = "snr"
     sigma_min: NonNegative = 0.05
-    sigma_max: NonNegative = 0.32
+    sigma_max: Annotated[NonNegative, not_below("sigma_min")] = 0.32
     snr_min_db: number(-50.0, 80.0) = -5.0
-    snr_max_db: number(-50.0, 80.0) = 20.0
+    snr_max_db: Annotated[number(-50.0, 80.0), not_below("snr_min_db")] = 20.0
     clean_fraction: number(0.0, 1.0) = 0.2
     link: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("sigma_max")
-    @classmethod
-    def _sigma_range(cls, sigma_max: float, info: ValidationInfo) -> float:
-        _ordered(info, "sigma_min", sigma_max, "sigma_max")
-        return sigma_max
-
-    @field_validator("snr_max_db")
-    @classmethod
-    def _snr_range(cls, snr_max_db: float, info: ValidationInfo) -> float:
-        _ordered(info, "snr_min_db", snr_max_db, "snr_max_db")
-        return snr_max_db
 
     @field_validator("link")
     @classmethod
@@ -104,12 +92,6 @@ class NoiseConfig(_Recipe):
             except LinkConfigError as exc:
                 raise ValueError(str(exc)) from None
         return link
-
-
-def _ordered(info: ValidationInfo, low_key: str, high: Any, high_key: str) -> None:
-    low = info.data.get(low_key)
-    if low is not None and low > high:
-        raise ValueError(f"need {low_key} <= {high_key}, got {low_key}={low} > {high}")
 
 
 class DistillConfig(_Recipe):
@@ -188,8 +170,8 @@ class DistillConfig(_Recipe):
     val_prompts: Index = 8
     prompt_seed: Index = 1
     n_min: Count = 4
-    n_max: Count = 12
-    n_ref: Count | None = None
+    n_max: Annotated[Count, not_below("n_min")] = 12
+    n_ref: Annotated[Count, not_below("n_max")] | None = None
     n_stride: Count = 2
     beta_max: number(0.0, MAX_BETA) = MAX_BETA
     merge_method: Literal[MERGE_METHODS] = DEFAULT_MERGE_METHOD
@@ -201,7 +183,7 @@ class DistillConfig(_Recipe):
     steps: Count = 600
     batch_size: Count = 16
     lr: NonNegative = 1e-4
-    lr_min: NonNegative = 1e-5
+    lr_min: Annotated[NonNegative, not_above("lr")] = 1e-5
     warmup_steps: Index = 40
     weight_decay: NonNegative = 0.01
     betas_adam: tuple_of(number(0.0, lt=1.0), min_length=2, max_length=2) = (0.9, 0.999)
@@ -219,26 +201,6 @@ class DistillConfig(_Recipe):
     val_every: Index = 100
     export_dtype: Literal[EXPORT_DTYPES] = "auto"
     threads: Count | None = None
-
-    @field_validator("n_max")
-    @classmethod
-    def _n_range(cls, n_max: int, info: ValidationInfo) -> int:
-        _ordered(info, "n_min", n_max, "n_max")
-        return n_max
-
-    @field_validator("n_ref")
-    @classmethod
-    def _n_ref(cls, n_ref: int | None, info: ValidationInfo) -> int | None:
-        if n_ref is not None and n_ref < info.data.get("n_max", 0):
-            raise ValueError(f"reference steps {n_ref} must be >= n_max={info.data['n_max']}")
-        return n_ref
-
-    @field_validator("lr_min")
-    @classmethod
-    def _lr_range(cls, lr_min: float, info: ValidationInfo) -> float:
-        if lr_min > info.data.get("lr", lr_min):
-            raise ValueError(f"{lr_min} exceeds lr={info.data['lr']}")
-        return lr_min
 
     @field_validator("amp")
     @classmethod
