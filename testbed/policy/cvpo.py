@@ -44,7 +44,6 @@ from testbed.policy.learner import (
     module_tensors,
     optimizer_state,
 )
-from testbed.policy.limits import Constraints
 from testbed.policy.nets import GaussianActor, QCritic, normal_log_prob
 from testbed.policy.replay import ReplayBuffer
 
@@ -147,10 +146,8 @@ class CVPO(Learner):
     algo = "cvpo"
     config_type = CVPOConfig
 
-    def __init__(self, obs_dim: int, act_dim: int, constraints: Constraints, config: CVPOConfig | None = None,
-                 seed: int = 0) -> None:
-        super().__init__(obs_dim, act_dim, constraints, seed, config)
-        c = self.cfg
+    def build(self) -> None:
+        c, obs_dim, act_dim = self.cfg, self.obs_dim, self.act_dim
         self.actor = GaussianActor(obs_dim, act_dim, c.hidden, conditioned_sigma=c.conditioned_sigma, squash=c.squash,
                                    log_std_max=c.log_std_max, mu_max=c.mu_max)
         # Member 0 the reward critic, then one per constrained cost. (Stacked into one batched network with
@@ -167,7 +164,7 @@ class CVPO(Learner):
         init[0] = 1.0
         self.estep_dual = torch.tensor(init, requires_grad=True)
         self.estep_optim = torch.optim.Adam([self.estep_dual], lr=c.estep_dual_lr)
-        self.qc_threshold = constraints.q_threshold(c.gamma, c.threshold_rule)
+        self.qc_threshold = self.constraints.q_threshold(c.gamma, c.threshold_rule)
         self.buffer = ReplayBuffer(c.buffer_size, obs_dim, act_dim, 1 + self.n_costs)
         self.updates = 0
         self.env_steps = 0

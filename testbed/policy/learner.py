@@ -82,8 +82,8 @@ class Learner(ABC):
 
     config_type: type[LearnerConfig] = LearnerConfig
 
-    def __init__(self, obs_dim: int, act_dim: int, constraints: Constraints, seed: int,
-                 config: LearnerConfig | None = None) -> None:
+    def __init__(self, obs_dim: int, act_dim: int, constraints: Constraints, config: LearnerConfig | None = None,
+                 seed: int = 0) -> None:
         self.obs_dim, self.act_dim = int(obs_dim), int(act_dim)
         self.constraints = constraints
         self.n_costs = len(constraints.constrained)
@@ -91,7 +91,12 @@ class Learner(ABC):
         self.seed = int(seed)
         self.torch_gen = torch.Generator().manual_seed(self.seed)
         self.np_rng = np.random.default_rng(self.seed)
-        torch.manual_seed(self.seed)  # the networks a subclass builds next start from the seed
+        torch.manual_seed(self.seed)  # the networks start from the seed
+        self.build()
+
+    @abstractmethod
+    def build(self) -> None:
+        """Create the networks, optimisers and state from ``self.cfg`` (called once by ``__init__``)."""
 
     @torch.no_grad()
     def act(self, obs: np.ndarray, deterministic: bool = False) -> tuple[np.ndarray, float]:

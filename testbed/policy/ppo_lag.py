@@ -29,7 +29,6 @@ from testbed.policy.learner import (
     module_tensors,
     optimizer_state,
 )
-from testbed.policy.limits import Constraints
 from testbed.policy.nets import GaussianActor, VCritic, normal_log_prob
 
 
@@ -133,10 +132,8 @@ class PPOLagrangian(Learner):
     algo = "ppo-lag"
     config_type = PPOLagConfig
 
-    def __init__(self, obs_dim: int, act_dim: int, constraints: Constraints, config: PPOLagConfig | None = None,
-                 seed: int = 0) -> None:
-        super().__init__(obs_dim, act_dim, constraints, seed, config)
-        c = self.cfg
+    def build(self) -> None:
+        c, obs_dim, act_dim = self.cfg, self.obs_dim, self.act_dim
         self.actor = GaussianActor(obs_dim, act_dim, c.hidden, conditioned_sigma=False, init_log_std=c.init_log_std,
                                    squash=c.squash)
         self.critics = torch.nn.ModuleList([VCritic(obs_dim, c.hidden) for _ in range(1 + self.n_costs)])
