@@ -15,7 +15,7 @@ import copy
 import reprlib
 import types
 import typing
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any, ClassVar, TypeVar
 
 from pydantic import (
@@ -135,11 +135,6 @@ def section(model: type[BaseModel]) -> Any:
     return Annotated[model, BeforeValidator(_none_to_empty, json_schema_input_type=model | None)]
 
 
-def context(info: ValidationInfo, key: str, default: Any = None) -> Any:
-    """A value of the validation context (a spec's folder, whether paths must exist)."""
-    return (info.context or {}).get(key, default)
-
-
 # --- errors -----------------------------------------------------------------------------------------------------
 
 _TYPE_WORDS = {
@@ -148,94 +143,70 @@ _TYPE_WORDS = {
     "list_type": "a list", "tuple_type": "a list", "dict_type": "a mapping", "model_type": "a mapping",
     "model_attributes_type": "a mapping", "none_required": "null",
 }
+_TEMPLATES = {  # pydantic's error type -> our wording ({got}: the value, the rest from the error's context)
+    "missing": "is required", "literal_error": "{got} is not one of {expected}", "finite_number": "must be finite, got {got}",
+    "greater_than_equal": "{got} is outside the allowed range (must be >= {ge})",
+    "greater_than": "{got} is outside the allowed range (must be > {gt})",
+    "less_than_equal": "{got} is outside the allowed range (must be <= {le})",
+    "less_than": "{got} is outside the allowed range (must be < {lt})",
+    "string_pattern_mismatch": "{got} does not match {pattern}", "multiple_of": "{got} is not a multiple of {multiple_of}",
+    "too_short": "must hold at least {min_length} values", "too_long": "must hold at most {max_length} values",
+}
 
 
 def _message(err: Mapping[str, Any]) -> str:
-    kind, ctx, got = err["type"], err.get("ctx") or {}, err.get("input")
+    kind, ctx, got = err["type"], dict(err.get("ctx") or {}), short(err.get("input"))
     if kind in _TYPE_WORDS:
-        return f"must be {_TYPE_WORDS[kind]}, got {short(got)}"
-    if kind == "missing":
-        return "is required"
-    if kind == "extra_forbidden":
-        return "unknown key"
-    if kind == "literal_error":
-        return f"{short(got)} is not one of {ctx.get('expected', '').replace(chr(39), '')}"
-    bounds = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}
-    if kind in bounds:
-        limit = next(iter(ctx.values()), "")
-        return f"{short(got)} is outside the allowed range (must be {bounds[kind]} {limit})"
-    if kind == "string_pattern_mismatch":
-        return f"{short(got)} does not match {ctx.get('pattern')}"
-    if kind == "multiple_of":
-        return f"{short(got)} is not a multiple of {ctx.get('multiple_of')}"
-    if kind == "finite_number":
-        return f"must be finite, got {short(got)}"
-    if kind == "too_short":
-        return "must list at least one value" if ctx.get("min_length") == 1 else \
-            f"must hold at least {ctx.get('min_length')} values"
-    if kind == "too_long":
-        return f"must hold at most {ctx.get('max_length')} values"
+        return f"must be {_TYPE_WORDS[kind]}, got {got}"
+    if kind == "too_short" and ctx.get("min_length") == 1:
+        return "must list at least one value"
     if kind in ("value_error", "assertion_error"):
         return str(ctx.get("error", err["msg"]))
-    return err["msg"]
+    ctx["expected"] = str(ctx.get("expected", "")).replace("'", "")
+    return _TEMPLATES[kind].format(got=got, **ctx) if kind in _TEMPLATES else err["msg"]
 
 
-def key_path(loc: Iterable[Any], prefix: str = "") -> str:
+def _key(loc: tuple) -> str:
     """``("grid", "merge_ratio", 2)`` -> ``grid.merge_ratio[2]``."""
-    out = prefix
+    out = ""
     for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
+        out += f"[{part}]" if isinstance(part, int) else f".{part}" if out else str(part)
     return out or "(top level)"
 
 
 def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
     """The keys the (sub)model at ``loc`` accepts, to list beside an unknown key."""
     hint: Any = model
-    for part in loc:
+    for part in (*loc, None):
         hint = _unwrap(hint)
         if isinstance(hint, type) and issubclass(hint, BaseModel) and isinstance(part, str):
-            field = hint.model_fields.get(part)
-            hint = field.annotation if field else None
+            hint = getattr(hint.model_fields.get(part), "annotation", None)
         elif isinstance(part, int):
             hint = next(iter(typing.get_args(hint)), None)
-    hint = _unwrap(hint)
-    if isinstance(hint, type) and issubclass(hint, BaseModel):
-        return [f.alias or name for name, f in hint.model_fields.items()]
-    return []
+    return sorted(hint.model_fields) if isinstance(hint, type) and issubclass(hint, BaseModel) else []
 
 
 def _unwrap(hint: Any) -> Any:
-    while True:
-        origin = typing.get_origin(hint)
-        if origin is Annotated:
-            hint = typing.get_args(hint)[0]
-        elif origin in (typing.Union, types.UnionType):
-            args = [a for a in typing.get_args(hint) if a is not type(None)]
-            models = [a for a in args if isinstance(_unwrap(a), type) and issubclass(_unwrap(a), BaseModel)]
-            hint = models[0] if models else args[0]
-        else:
-            return hint
+    """The model (or item type) under Annotated[...] and Optional[...]."""
+    while typing.get_origin(hint) in (Annotated, typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        models = [a for a in args if isinstance(_unwrap(a), type) and issubclass(_unwrap(a), BaseModel)]
+        hint = args[0] if typing.get_origin(hint) is Annotated or not models else models[0]
+    return hint
 
 
-def problems_of(exc: ValidationError, model: type[BaseModel], prefix: str = "") -> list[tuple[tuple, str]]:
-    """``(loc, "key.path: message")`` for each error of ``exc`` (one per location, bounded)."""
-    out: list[tuple[tuple, str]] = []
-    seen: set[tuple] = set()
+def problems_of(exc: ValidationError, model: type[BaseModel]) -> list[tuple[tuple, str]]:
+    """``(loc, "key.path: message")`` for each error of ``exc`` (the first per location, bounded)."""
+    out: dict[tuple, str] = {}
     for err in exc.errors(include_url=False):
         loc = tuple(err["loc"])
-        if loc in seen:
-            continue
-        seen.add(loc)
-        message = _message(err)
-        if err["type"] == "extra_forbidden":
-            message = f"unknown {getattr(model, 'key_word', 'key')}"
-            allowed = _allowed_keys(model, loc[:-1])
-            message += f" (allowed: {', '.join(sorted(allowed))})" if allowed else ""
-        out.append((loc, line(key_path(loc, prefix), message)))
-    return out
+        if loc not in out and err["type"] == "extra_forbidden":
+            allowed = ", ".join(_allowed_keys(model, loc[:-1]))
+            out[loc] = line(_key(loc), f"unknown {getattr(model, 'key_word', 'key')}" +
+                            (f" (allowed: {allowed})" if allowed else ""))
+        elif loc not in out:
+            out[loc] = line(_key(loc), _message(err))
+    return list(out.items())
 
 
 def line(key: str, message: str) -> str:
@@ -244,43 +215,29 @@ def line(key: str, message: str) -> str:
     return text if len(text) <= MAX_LINE_CHARS else f"{text[:260]}...{text[-120:]}"
 
 
-def _prune(data: Any, loc: tuple) -> bool:
-    """Remove the value at ``loc`` (or its nearest existing parent) from ``data``; False when nothing could go."""
-    path: list[Any] = []
-    node = data
-    for part in loc:
-        if isinstance(node, dict) and part in node or isinstance(node, list) and isinstance(part, int) \
-                and 0 <= part < len(node):
-            path.append(part)
-            node = node[part]
-        else:
-            break
-    if not path:
-        return False
-    parent = data
-    for part in path[:-1]:
-        parent = parent[part]
-    if isinstance(parent, list):
-        parent[path[-1]] = _PRUNED
-    else:
-        del parent[path[-1]]
-    return True
+def _prune(data: Any, locs: list[tuple]) -> bool:
+    """Remove the values at ``locs`` (or their nearest existing parents) from ``data``; False when none could go.
+    Deepest and last list items first, so that removing one does not move the next."""
+    pruned = False
+    for loc in sorted(locs, key=lambda lc: [(0, p) if isinstance(p, int) else (1, str(p)) for p in lc], reverse=True):
+        parent, node, last = None, data, None
+        for part in loc:
+            if isinstance(node, dict) and part in node or isinstance(node, list) and isinstance(part, int) \
+                    and 0 <= part < len(node):
+                parent, node, last = node, node[part], part
+            else:
+                break
+        if parent is not None:
+            del parent[last]
+            pruned = True
+    return pruned
 
 
-_PRUNED = object()
+def _field(loc: tuple) -> tuple:
+    return tuple(p for p in loc if not isinstance(p, int))
 
 
-def _drop_pruned(node: Any) -> Any:
-    if isinstance(node, dict):
-        return {k: _drop_pruned(v) for k, v in node.items()}
-    if isinstance(node, list):
-        kept = [_drop_pruned(v) for v in node if v is not _PRUNED]
-        return kept
-    return node
-
-
-def collect(model: type[M], data: Any, *, context: Mapping[str, Any] | None = None,
-            prefix: str = "") -> tuple[M | None, list[str]]:
+def collect(model: type[M], data: Any) -> tuple[M | None, list[str]]:
     """Validate ``data``; return the model (None when invalid) and every problem.
 
     The model of the *valid* part is also returned when there were problems: the bad values are pruned and the rest
@@ -289,23 +246,16 @@ def collect(model: type[M], data: Any, *, context: Mapping[str, Any] | None = No
     """
     problems: list[str] = []
     reported: list[tuple] = []
-    work = copy.deepcopy(data) if isinstance(data, dict | list) else data
+    work = copy.deepcopy(data)
     for _ in range(MAX_ROUNDS):
         try:
-            validated = model.model_validate(work, context=dict(context or {}))
+            return model.model_validate(work), problems
         except ValidationError as exc:
-            pruned = False
-            for loc, text in problems_of(exc, model, prefix):
-                field = tuple(p for p in loc if not isinstance(p, int))
-                if not any(field[: len(r)] == r for r in reported):
-                    problems.append(text)
-                pruned = _prune(work, loc) or pruned
-            reported.extend(tuple(p for p in loc if not isinstance(p, int)) for loc, _ in problems_of(exc, model))
-            if not pruned:
-                return None, problems
-            work = _drop_pruned(work)
-        else:
-            return validated, problems
+            found = problems_of(exc, model)
+        problems += [text for loc, text in found if not any(_field(loc)[: len(r)] == r for r in reported)]
+        reported += [_field(loc) for loc, _ in found]
+        if not _prune(work, [loc for loc, _ in found]):
+            break
     return None, problems
 
 
