@@ -150,7 +150,7 @@ _TEMPLATES = {  # pydantic's error type -> our wording ({got}: the value, the re
     "less_than_equal": "{got} is outside the allowed range (must be <= {le})",
     "less_than": "{got} is outside the allowed range (must be < {lt})",
     "string_pattern_mismatch": "{got} does not match {pattern}", "multiple_of": "{got} is not a multiple of {multiple_of}",
-    "too_short": "must hold at least {min_length} values", "too_long": "must hold at most {max_length} values",
+    "too_short": "must hold at least {min_length} values", "string_too_short": "must not be empty", "too_long": "must hold at most {max_length} values",
 }
 
 
