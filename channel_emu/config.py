@@ -1,4 +1,5 @@
-"""Link configuration: one dataclass tree, loadable from YAML / TOML / a dict, with errors that name the bad key.
+"""Link configuration: one pydantic model tree, loadable from YAML / TOML / a dict, with errors that name the bad key
+(its JSON Schema: ``megbed campaign schema --link`` -> ``campaigns/link.schema.json``).
 
 Layout (every section optional; defaults are the paper's link)::
 
@@ -27,12 +28,15 @@ Layout (every section optional; defaults are the paper's link)::
 
 from __future__ import annotations
 
-import dataclasses
+import json
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, PlainValidator, ValidationInfo, WithJsonSchema, field_validator
+
+from megwire.safe_yaml import YamlError, load_yaml_file
+from megwire.validation import ConfigModel, StrictModel, not_below, number
 
 try:  # Python 3.11+; tomli is the same parser, for 3.10 (JetPack 6)
     import tomllib  # novermin (tomli below on 3.10)
@@ -59,18 +63,41 @@ class LinkConfigError(ValueError):
     """A link configuration is invalid; the message names the key (``process.d_min_m``) and what is wrong."""
 
 
-@dataclass
-class PathLossConfig:
+class _Section(ConfigModel):
+    # Sections are built by the code too (PathLossConfig(...)): their failures are LinkConfigErrors as well.
+    # Defaults are validated too: a check comparing two keys runs when only one of them is given.
+    model_config = ConfigModel.model_config | {"validate_default": True}
+    error = LinkConfigError
+
+
+def _mcs(value: Any) -> int | str:
+    if value == "auto":
+        return value
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"must be an integer in [{MIN_MCS}, {MAX_MCS}] or 'auto', got {value!r}")
+    if not MIN_MCS <= value <= MAX_MCS:
+        raise ValueError(f"{value} outside [{MIN_MCS}, {MAX_MCS}] (PDSCH table 1; indices 0-2 have code rates below "
+                         "1/5, unsupported by the 5G LDPC encoder)")
+    return value
+
+
+Mcs = Annotated[int | str, PlainValidator(_mcs), WithJsonSchema(
+    {"anyOf": [{"type": "integer", "minimum": MIN_MCS, "maximum": MAX_MCS}, {"const": "auto"}]})]
+LatentShape = Annotated[list[Annotated[int, Field(gt=0)]], Field(min_length=1)]
+Positive = number(gt=0.0)
+NonNegative = number(0.0)
+
+
+class PathLossConfig(_Section):
     """Log-distance path loss and the link budget (the paper: PL = 35.3 + 37.6 log10(d/m), 30 dBm, -94 dBm)."""
 
-    intercept_db: float = 35.3
-    slope_db: float = 37.6
-    tx_power_dbm: float = 30.0
-    noise_dbm: float = -94.0
+    intercept_db: number() = 35.3
+    slope_db: number() = 37.6
+    tx_power_dbm: number() = 30.0
+    noise_dbm: number() = -94.0
 
 
-@dataclass
-class ProcessConfig:
+class ProcessConfig(_Section):
     """The request-to-request channel process (see :mod:`channel_emu.process`).
 
     Attributes
@@ -85,53 +112,65 @@ class ProcessConfig:
         Set the AR(1) coefficient rho = J0(2 pi f_D T) (Jakes); ``rho`` overrides it when given.
     """
 
-    distance: str = "uniform"
-    d_min_m: float = 200.0
-    d_max_m: float = 300.0
-    distance_m: float = 250.0
-    distance_step_m: float = 5.0
-    fading: str = "auto"
-    doppler_hz: float = 0.05
-    request_interval_s: float = 3.0
-    rho: float | None = None
+    distance: Literal[DISTANCES] = "uniform"
+    d_min_m: Positive = 200.0
+    d_max_m: Annotated[Positive, not_below("d_min_m")] = 300.0
+    distance_m: Positive = 250.0
+    distance_step_m: NonNegative = 5.0
+    fading: Literal[FADINGS] = "auto"
+    doppler_hz: NonNegative = 0.05
+    request_interval_s: Positive = 3.0
+    rho: number(-1.0, 1.0) | None = None
 
 
-@dataclass
-class OfdmConfig:
+
+class OfdmConfig(_Section):
     """OFDM resource grid for the TDL models (subcarrier spacing = bandwidth / fft_size)."""
 
-    fft_size: int = 64
-    num_ofdm_symbols: int = 14
-    cp_length: int = 8
-    pilot_ofdm_symbols: list[int] = field(default_factory=lambda: [2, 11])
-    delay_spread_s: float = 100e-9
-    carrier_hz: float = 2.4e9
-    csi: str = "ls_lmmse"
+    fft_size: Annotated[int, Field(ge=8, le=4096)] = 64
+    num_ofdm_symbols: Annotated[int, Field(ge=2)] = 14
+    cp_length: Annotated[int, Field(ge=0)] = 8
+    pilot_ofdm_symbols: list[Annotated[int, Field(ge=0)]] = Field(default_factory=lambda: [2, 11], min_length=1)
+    delay_spread_s: Positive = 100e-9
+    carrier_hz: Positive = 2.4e9
+    csi: Literal[CSI] = "ls_lmmse"
+
+    @field_validator("cp_length")
+    @classmethod
+    def _cp(cls, cp_length: int, info: ValidationInfo) -> int:
+        if cp_length >= info.data.get("fft_size", 4097):
+            raise ValueError(f"must be in [0, fft_size), got {cp_length}")
+        return cp_length
+
+    @field_validator("pilot_ofdm_symbols")
+    @classmethod
+    def _pilots(cls, pilots: list[int], info: ValidationInfo) -> list[int]:
+        n = info.data.get("num_ofdm_symbols")
+        if n is not None and not (all(i < n for i in pilots) and len(set(pilots)) == len(pilots) < n):
+            raise ValueError("need distinct indices within the slot, fewer than num_ofdm_symbols")
+        return pilots
 
 
-@dataclass
-class DecoderConfig:
+class DecoderConfig(_Section):
     """LDPC decoding: ``fast`` (layered normalised min-sum with early stop) or ``sionna`` (LDPC5GDecoder).
 
     ``threads``: numba threads for the fast encoder and decoder (codewords in parallel); 0 = all cores. 1 by default:
     on two cores shared with other work a second thread rarely finds a free core and the first then waits for it.
     """
 
-    kind: str = "fast"
-    num_iter: int = 20
-    device: str = "auto"
-    threads: int = 1
+    kind: Literal[DECODERS] = "fast"
+    num_iter: Annotated[int, Field(ge=1, le=200)] = 20
+    device: Annotated[str, Field(pattern=r"^(auto|cpu|cuda.*)$")] = "auto"
+    threads: Annotated[int, Field(ge=0, le=256)] = 1
 
 
-@dataclass
-class AnalogConfig:
+class AnalogConfig(_Section):
     """Analog transmission: equaliser for the fading models (``mmse`` gives NMSE 1/(1+SNR) on AWGN, ``zf`` 1/SNR)."""
 
-    equalizer: str = "mmse"
+    equalizer: Literal[EQUALIZERS] = "mmse"
 
 
-@dataclass
-class LinkConfig:
+class LinkConfig(ConfigModel):
     """Everything that defines the emulated ES -> UE link (see the module docstring for the file layout).
 
     ``impl`` picks how the physical-layer blocks run: ``fast`` (default) uses hand-written equivalents where Sionna's
@@ -140,38 +179,30 @@ class LinkConfig:
     Sionna's blocks as they come, for side-by-side comparison. The LDPC decoder is chosen by ``decoder.kind``.
     """
 
-    mode: str = "analog"
-    model: str = "awgn"
-    snr_db: float | None = None
-    bandwidth_hz: float = 1e6
-    symbol_rate_hz: float | None = None
-    mcs: int | str = 9
-    bler_target: float = 0.1
-    residual: str = "corrupt"
-    max_retransmissions: int = 3
-    side_mcs: int = 3
-    side_max_retransmissions: int = 16
-    max_cb_bits: int = 8448
-    uplink_delay_s: float = 0.0
-    impl: str = "fast"
-    scale_to_latent: list[int] | None = None
-    model_latent: list[int] | None = None
-    pathloss: PathLossConfig = field(default_factory=PathLossConfig)
-    process: ProcessConfig = field(default_factory=ProcessConfig)
-    ofdm: OfdmConfig = field(default_factory=OfdmConfig)
-    decoder: DecoderConfig = field(default_factory=DecoderConfig)
-    analog: AnalogConfig = field(default_factory=AnalogConfig)
+    model_config = ConfigModel.model_config | {"title": "megbed link configuration"}
+    error = LinkConfigError
 
-    def __post_init__(self) -> None:
-        # Sections may be given as mappings (LinkConfig(process={"distance": "fixed"})): build them here.
-        for name, cls in (("pathloss", PathLossConfig), ("process", ProcessConfig), ("ofdm", OfdmConfig),
-                          ("decoder", DecoderConfig), ("analog", AnalogConfig)):
-            value = getattr(self, name)
-            if isinstance(value, Mapping):
-                setattr(self, name, _build(cls, value, name))
-            elif not isinstance(value, cls):
-                raise LinkConfigError(f"{name}: must be a mapping or {cls.__name__}, got {type(value).__name__}")
-        validate(self)
+    mode: Literal[MODES] = "analog"
+    model: Literal[MODELS] = "awgn"
+    snr_db: number(*SNR_DB_RANGE) | None = None
+    bandwidth_hz: Positive = 1e6
+    symbol_rate_hz: Positive | None = None
+    mcs: Mcs = 9
+    bler_target: number(gt=0.0, lt=1.0) = 0.1
+    residual: Literal[RESIDUALS] = "corrupt"
+    max_retransmissions: Annotated[int, Field(ge=0, le=32)] = 3
+    side_mcs: Annotated[int, Field(ge=MIN_MCS, le=MAX_MCS)] = 3
+    side_max_retransmissions: Annotated[int, Field(ge=0, le=64)] = 16
+    max_cb_bits: Annotated[int, Field(ge=100, le=8448)] = 8448  # 5G LDPC base graph 1's limit
+    uplink_delay_s: NonNegative = 0.0
+    impl: Literal[IMPLS] = "fast"
+    scale_to_latent: LatentShape | None = None
+    model_latent: LatentShape | None = None
+    pathloss: PathLossConfig = Field(default_factory=PathLossConfig)
+    process: ProcessConfig = Field(default_factory=ProcessConfig)
+    ofdm: OfdmConfig = Field(default_factory=OfdmConfig)
+    decoder: DecoderConfig = Field(default_factory=DecoderConfig)
+    analog: AnalogConfig = Field(default_factory=AnalogConfig)
 
     @property
     def symbol_rate(self) -> float:
@@ -209,22 +240,21 @@ class LinkConfig:
         return f == "rayleigh" or (f == "auto" and self.model == "rayleigh_block")
 
     def replace(self, **changes: Any) -> LinkConfig:
-        """A validated copy with top-level fields changed (nested sections as dicts or dataclasses)."""
-        data = to_dict(self)
+        """A validated copy with top-level fields changed (nested sections as mappings merged into the current ones,
+        or section objects)."""
+        data = self.to_dict()
         for key, value in changes.items():
-            if dataclasses.is_dataclass(value):
-                value = to_dict(value)
-            if isinstance(value, Mapping) and isinstance(data.get(key), dict):
-                data[key] = {**data[key], **value}
-            else:
-                data[key] = value
+            if isinstance(value, StrictModel):
+                value = value.model_dump()
+            data[key] = {**data[key], **value} if isinstance(value, dict) and isinstance(data.get(key), dict) \
+                else value
         return from_dict(data)
 
     def to_dict(self) -> dict[str, Any]:
-        return to_dict(self)
+        return self.model_dump()
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any] | None) -> LinkConfig:
+    def from_dict(cls, data: Any) -> LinkConfig:
         return from_dict(data)
 
     @classmethod
@@ -232,81 +262,21 @@ class LinkConfig:
         return load(path)
 
 
-def to_dict(obj: Any) -> dict[str, Any]:
-    return dataclasses.asdict(obj)
+def to_dict(obj: StrictModel) -> dict[str, Any]:
+    return obj.model_dump()
 
 
-def _coerce(value: Any, hint: Any, where: str) -> Any:
-    """Check and convert one leaf value against its annotation (strings from ``from __future__`` resolved)."""
-    text = str(hint)
-    if dataclasses.is_dataclass(hint):
-        if dataclasses.is_dataclass(value):
-            return value
-        if not isinstance(value, Mapping):
-            raise LinkConfigError(f"{where}: must be a table/mapping, got {type(value).__name__}")
-        return _build(hint, value, where)
-    if value is None:
-        if "None" in text:
-            return None
-        raise LinkConfigError(f"{where}: must not be null")
-    if text.startswith("list"):
-        if not isinstance(value, (list, tuple)) or not all(isinstance(v, int) and not isinstance(v, bool)
-                                                            for v in value):
-            raise LinkConfigError(f"{where}: must be a list of integers, got {value!r}")
-        return [int(v) for v in value]
-    if "int | str" in text:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise LinkConfigError(f"{where}: must be an integer or a string, got {value!r}")
-    if text.startswith("float"):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise LinkConfigError(f"{where}: must be a number, got {value!r}")
-        if not math.isfinite(float(value)):
-            raise LinkConfigError(f"{where}: must be finite, got {value!r}")
-        return float(value)
-    if text.startswith("int"):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise LinkConfigError(f"{where}: must be an integer, got {value!r}")
-        return value
-    if text.startswith("str"):
-        if not isinstance(value, str):
-            raise LinkConfigError(f"{where}: must be a string, got {value!r}")
-        return value
-    return value
-
-
-def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
-    hints = get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(map(str, data)) - set(names))
-    if unknown:
-        where = f"{prefix}." if prefix else ""
-        raise LinkConfigError(f"unknown key(s) {', '.join(where + k for k in unknown)}; "
-                              f"allowed: {', '.join(names)}")
-    kwargs = {}
-    for name in names:
-        if name in data:
-            kwargs[name] = _coerce(data[name], hints[name], f"{prefix}.{name}" if prefix else name)
-    return cls(**kwargs)
-
-
-def from_dict(data: Mapping[str, Any] | None) -> LinkConfig:
+def from_dict(data: Any) -> LinkConfig:
     """Build and validate a :class:`LinkConfig`; unknown or mistyped keys raise :class:`LinkConfigError`."""
     if data is None:
         return LinkConfig()
-    if not isinstance(data, Mapping):
-        raise LinkConfigError(f"link configuration must be a mapping, got {type(data).__name__}")
-    if "link" in data and len(data) == 1 and isinstance(data["link"], Mapping):
+    if isinstance(data, dict) and "link" in data and len(data) == 1 and isinstance(data["link"], dict):
         data = data["link"]  # allow a file with a top-level [link] table
-    return _build(LinkConfig, data, "")
+    return LinkConfig.parse(data, what="link configuration")
 
 
 def load(path: str | Path) -> LinkConfig:
     """Load a YAML (``.yaml``/``.yml``), TOML (``.toml``) or JSON file."""
-    from megwire.safe_yaml import YamlError, load_yaml_file
-
     path = Path(path)
     if path.is_dir():
         raise LinkConfigError(f"link configuration {path} is a directory, not a file")
@@ -315,14 +285,9 @@ def load(path: str | Path) -> LinkConfig:
     try:
         if path.suffix in (".toml", ".json"):
             text = path.read_text(encoding="utf-8")
-            if path.suffix == ".toml":
-                data = tomllib.loads(text)
-            else:
-                import json
-
-                data = json.loads(text)
+            data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
         else:
-            data = load_yaml_file(path)  # bounded, duplicate keys refused (megwire.safe_yaml)
+            data = load_yaml_file(path)  # bounded, duplicate keys refused, 1.0e6 read as a number (megwire.safe_yaml)
     except YamlError as exc:
         raise LinkConfigError(f"cannot parse: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - any parser error becomes a config error naming the file
@@ -333,59 +298,6 @@ def load(path: str | Path) -> LinkConfig:
         raise LinkConfigError(f"{path}: {exc}") from exc
 
 
-def _check(cond: bool, where: str, message: str) -> None:
-    if not cond:
-        raise LinkConfigError(f"{where}: {message}")
-
-
-def validate(cfg: LinkConfig) -> None:
-    """Check ranges and choices; raises :class:`LinkConfigError` naming the first bad key."""
-    _check(cfg.mode in MODES, "mode", f"{cfg.mode!r} is not one of {MODES}")
-    _check(cfg.model in MODELS, "model", f"{cfg.model!r} is not one of {MODELS}")
-    lo, hi = SNR_DB_RANGE
-    _check(cfg.snr_db is None or lo <= cfg.snr_db <= hi, "snr_db", f"{cfg.snr_db} outside [{lo:g}, {hi:g}] dB")
-    _check(cfg.bandwidth_hz > 0, "bandwidth_hz", "must be > 0")
-    _check(cfg.symbol_rate_hz is None or cfg.symbol_rate_hz > 0, "symbol_rate_hz", "must be > 0")
-    if isinstance(cfg.mcs, str):
-        _check(cfg.mcs == "auto", "mcs", f"must be an integer in [{MIN_MCS}, {MAX_MCS}] or 'auto', got {cfg.mcs!r}")
-    else:
-        _check(MIN_MCS <= cfg.mcs <= MAX_MCS, "mcs", f"{cfg.mcs} outside [{MIN_MCS}, {MAX_MCS}] (PDSCH table 1; "
-               "indices 0-2 have code rates below 1/5, unsupported by the 5G LDPC encoder)")
-    _check(0 < cfg.bler_target < 1, "bler_target", "must be in (0, 1)")
-    _check(cfg.residual in RESIDUALS, "residual", f"{cfg.residual!r} is not one of {RESIDUALS}")
-    _check(0 <= cfg.max_retransmissions <= 32, "max_retransmissions", "must be in [0, 32]")
-    _check(MIN_MCS <= cfg.side_mcs <= MAX_MCS, "side_mcs", f"outside [{MIN_MCS}, {MAX_MCS}]")
-    _check(0 <= cfg.side_max_retransmissions <= 64, "side_max_retransmissions", "must be in [0, 64]")
-    _check(100 <= cfg.max_cb_bits <= 8448, "max_cb_bits", "must be in [100, 8448] (5G LDPC BG1 limit)")
-    _check(cfg.uplink_delay_s >= 0, "uplink_delay_s", "must be >= 0")
-    _check(cfg.impl in IMPLS, "impl", f"{cfg.impl!r} is not one of {IMPLS}")
-    for key in ("scale_to_latent", "model_latent"):
-        shape = getattr(cfg, key)
-        _check(shape is None or (len(shape) >= 1 and all(v > 0 for v in shape)), key,
-               f"must be a list of positive integers (a latent shape such as [4, 128, 128]), got {shape!r}")
-    p = cfg.process
-    _check(p.distance in DISTANCES, "process.distance", f"{p.distance!r} is not one of {DISTANCES}")
-    _check(0 < p.d_min_m <= p.d_max_m, "process.d_min_m", "need 0 < d_min_m <= d_max_m")
-    _check(p.distance_m > 0, "process.distance_m", "must be > 0")
-    _check(p.distance_step_m >= 0, "process.distance_step_m", "must be >= 0")
-    _check(p.fading in FADINGS, "process.fading", f"{p.fading!r} is not one of {FADINGS}")
-    _check(p.doppler_hz >= 0, "process.doppler_hz", "must be >= 0")
-    _check(p.request_interval_s > 0, "process.request_interval_s", "must be > 0")
-    _check(p.rho is None or -1 <= p.rho <= 1, "process.rho", "must be in [-1, 1]")
-    o = cfg.ofdm
-    _check(8 <= o.fft_size <= 4096, "ofdm.fft_size", "must be in [8, 4096]")
-    _check(o.num_ofdm_symbols >= 2, "ofdm.num_ofdm_symbols", "must be >= 2")
-    _check(0 <= o.cp_length < o.fft_size, "ofdm.cp_length", "must be in [0, fft_size)")
-    _check(len(o.pilot_ofdm_symbols) >= 1 and all(0 <= i < o.num_ofdm_symbols for i in o.pilot_ofdm_symbols)
-           and len(set(o.pilot_ofdm_symbols)) == len(o.pilot_ofdm_symbols) < o.num_ofdm_symbols,
-           "ofdm.pilot_ofdm_symbols", "need distinct indices within the slot, fewer than num_ofdm_symbols")
-    _check(o.delay_spread_s > 0, "ofdm.delay_spread_s", "must be > 0")
-    _check(o.carrier_hz > 0, "ofdm.carrier_hz", "must be > 0")
-    _check(o.csi in CSI, "ofdm.csi", f"{o.csi!r} is not one of {CSI}")
-    d = cfg.decoder
-    _check(d.kind in DECODERS, "decoder.kind", f"{d.kind!r} is not one of {DECODERS}")
-    _check(1 <= d.num_iter <= 200, "decoder.num_iter", "must be in [1, 200]")
-    _check(0 <= d.threads <= 256, "decoder.threads", "must be in [0, 256] (0: all cores)")
-    _check(d.device in ("auto", "cpu") or d.device.startswith("cuda"), "decoder.device", "auto | cpu | cuda[:N]")
-    _check(cfg.analog.equalizer in EQUALIZERS, "analog.equalizer",
-           f"{cfg.analog.equalizer!r} is not one of {EQUALIZERS}")
+def link_json_schema() -> dict[str, Any]:
+    """The JSON Schema (Draft 2020-12) of a link file (``megbed campaign schema --link``)."""
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **LinkConfig.model_json_schema()}

@@ -20,6 +20,7 @@ This module lives in megwire because megwire is the one package every layer may 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +114,13 @@ class LimitedSafeLoader(yaml.SafeLoader):
                         None, None, f"duplicate key {_key_text(key)} (first on line {first})", key_node.start_mark)
                 seen[key] = line
         return super().construct_mapping(node, deep=deep)
+
+
+# YAML 1.1 (PyYAML) reads 1e6 and 1.0e6 as strings: its floats need a dot and a signed exponent. A config file's
+# `bandwidth_hz: 1.0e6` is a number to anyone writing it (and in YAML 1.2, JSON, TOML): resolve it as one.
+LimitedSafeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
 
 
 def load_yaml_text(text: str, source: str = "<yaml>", *, max_nodes: int = MAX_YAML_NODES) -> Any:

@@ -44,38 +44,38 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from dataclasses import replace as _replace
 from pathlib import Path
 from typing import Any
 
-from channel_emu.config import MODELS as LINK_MODELS
-from channel_emu.config import MODES as TX_MODES
+from channel_emu.config import LinkConfig, LinkConfigError
 from megwire.safe_yaml import YamlError, load_yaml_file
-from megwire.vocab import MAX_MERGE_RATIO as MAX_BETA
-from megwire.vocab import MAX_TOME_RATIO as MAX_TOME
-from megwire.vocab import SCHEMES, WIRE_DTYPES
-from testbed.ldm.merge_methods import DEFAULT_MERGE_METHOD, MERGE_METHODS
+from megwire.validation import collect, line, short
+from testbed.campaign.spec_schema import (  # noqa: F401 - the vocabularies, re-exported for the spec's users
+    DECODERS,
+    KEEP_IMAGES,
+    LINK_MODELS,
+    MAX_BETA,
+    MAX_TOME,
+    RUN_NAME_RE,
+    SCHEMES,
+    TX_MODES,
+    WIRE_DTYPES,
+    CampaignFile,
+    Grid,
+    Image,
+)
+from testbed.ldm.merge_methods import DEFAULT_MERGE_METHOD
 from testbed.request import NO_LINK, Request
 
-KEEP_IMAGES = ("all", "first", "none")
-# A run's folder is RUNS/<timestamp>-<name>: the name must stay one plain path component.
-RUN_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}")
 MAX_PROMPTS_FILE_BYTES = 16 * 1024 * 1024
 MAX_PROBLEMS_SHOWN = 30
-
-TOP_KEYS = {
-    "name", "model", "device", "prompts", "prompts_file", "negative_prompt", "seeds", "image", "schemes", "grid",
-    "reference", "repetitions", "warmup", "cooldown_s", "order", "nodes", "link_config", "profiles", "timeouts",
-    "retries", "keep_images", "curve",
-}
-GRID_KEYS = {"n_steps", "es_steps", "merge_ratio", "merge_method", "tome_ratio_es", "tome_ratio_ue", "link_model",
-             "distance_m", "snr_db", "tx_mode", "decoder", "ceg_n_steps"}
-DECODERS = ("base", "distilled", "auto")
-IMAGE_KEYS = {"height_px", "width_px", "guidance_scale", "scheduler", "wire_dtype", "vae_tiling"}
+TOP_KEYS = set(CampaignFile.model_fields)
+GRID_KEYS = set(Grid.model_fields)
+IMAGE_KEYS = set(Image.model_fields)
 
 
 class SpecError(ValueError):
@@ -321,8 +321,6 @@ class CampaignSpec:
     def tx_power_dbm(self) -> float:
         """The ES's transmit power of the link (dBm): the link config's, else the emulator's default (the paper's
         30 dBm). Used for the link rows' modeled transmit energy (P_tx x airtime)."""
-        from channel_emu.config import LinkConfig
-
         config = LinkConfig.load(self.link_config) if self.link_config is not None else LinkConfig()
         return float(config.pathloss.tx_power_dbm)
 
@@ -333,68 +331,23 @@ class CampaignSpec:
         return config_hash(self.resolved())
 
 
-# --- validation -----------------------------------------------------------------------------------------------------
+# --- validation: the file's shape is checked by the models of spec_schema; here what compares keys or reads files --
 
 
-def _short(value: Any, limit: int = 80) -> str:
-    """``repr(value)`` cut to ``limit`` characters (a spec value may be huge or deeply nested)."""
-    import reprlib
+class _Problems:
+    """Problems found so far; a check on a key already reported (its value was invalid) adds nothing."""
 
-    r = reprlib.Repr()
-    r.maxstring, r.maxother, r.maxlevel, r.maxlist, r.maxdict = limit, limit, 3, 6, 6
-    text = r.repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    def __init__(self, found: list[str]) -> None:
+        self.lines = list(found)
+        self._keys = {self._field(text.split(": ", 1)[0]) for text in found}
 
-
-class _Checker:
-    def __init__(self) -> None:
-        self.problems: list[str] = []
+    @staticmethod
+    def _field(key: str) -> str:
+        return re.sub(r"\[\d+\]", "", key)
 
     def bad(self, key: str, message: str) -> None:
-        text = " ".join(f"{_short(key, 120) if not isinstance(key, str) else key[:120]}: {message}".split())
-        # A problem is one bounded line: a 20 kB path or prompt in the spec must not become a 20 kB message.
-        self.problems.append(text if len(text) <= 400 else f"{text[:260]}...{text[-120:]}")
-
-    def unknown(self, key: str, data: Mapping, allowed: set[str]) -> None:
-        for extra in sorted(set(data) - allowed, key=str):
-            self.bad(f"{key}.{extra}" if key else str(extra), f"unknown key (allowed: {', '.join(sorted(allowed))})")
-
-    def number(self, key: str, value: Any, lo: float, hi: float, *, integer: bool = False) -> Any:
-        ok_type = isinstance(value, int) if integer else isinstance(value, int | float)
-        if isinstance(value, bool) or not ok_type:
-            self.bad(key, f"must be {'an integer' if integer else 'a number'}, got {_short(value)}")
-            return None
-        # Compare before float(): an integer of 400 digits is out of range, not an OverflowError.
-        if not lo <= value <= hi or not math.isfinite(float(value)):
-            self.bad(key, f"{_short(value)} is outside [{lo}, {hi}]")
-            return None
-        return value
-
-    def string(self, key: str, value: Any, choices: tuple[str, ...] | None = None) -> str | None:
-        if not isinstance(value, str):
-            self.bad(key, f"must be a string, got {_short(value)}")
-            return None
-        if "\x00" in value:  # no prompt, name or path holds one; the OS refuses it in paths
-            self.bad(key, "holds a NUL character")
-            return None
-        if choices is not None and value not in choices:
-            self.bad(key, f"{_short(value)} is not one of {', '.join(choices)}")
-            return None
-        return value
-
-    def values(self, key: str, value: Any, check: Callable[[str, Any], Any], *, allow_empty: bool = False) -> tuple:
-        if not isinstance(value, list):
-            value = [value]
-        if not value and not allow_empty:
-            self.bad(key, "must list at least one value")
-        out = []
-        for i, item in enumerate(value):
-            got = check(f"{key}[{i}]", item)
-            if got is not None or item is None:
-                out.append(got)
-        if len({json.dumps(v) for v in out}) != len(out):
-            self.bad(key, "lists a value twice")
-        return tuple(out)
+        if self._field(key) not in self._keys:
+            self.lines.append(line(key, message))
 
 
 def _is_file(path: Path) -> bool:
@@ -427,56 +380,103 @@ def resolve_model(model: str, base: Path) -> Path:
     return _resolve_path(base, model)
 
 
-def _check_profile(chk: _Checker, key: str, name: Any) -> None:
-    if not isinstance(name, str) or not name:
-        chk.bad(key, f"must be a profile name, got {_short(name)}")
-        return
+
+
+def _check_profile(found: _Problems, key: str, name: str) -> None:
     if name.startswith("emulate:"):  # an emulated UE (testbed.campaign.emulate)
         if key != "profiles.ue":
-            chk.bad(key, "only the UE can be emulated (emulate:<profile> or emulate:<factor>x)")
+            found.bad(key, "only the UE can be emulated (emulate:<profile> or emulate:<factor>x)")
             return
         from testbed.campaign.emulate import EmulationError, parse_emulation
 
         try:
             parse_emulation(name, key)
         except EmulationError as exc:
-            chk.bad(key, str(exc).removeprefix(f"{key}: "))
+            found.bad(key, str(exc).removeprefix(f"{key}: "))
         return
-    try:
-        from firmware_profiles import load_profile
-    except ImportError:
-        return  # the loader has not landed: profiles are checked again when the nodes start
+    from firmware_profiles import load_profile
+
     try:
         load_profile(name)
     except Exception as exc:  # noqa: BLE001 - every loader failure is a spec problem to report
-        chk.bad(key, f"profile {_short(name)} cannot be loaded: {exc}")
+        found.bad(key, f"profile {short(name)} cannot be loaded: {exc}")
 
 
-def _read_prompts_file(chk: _Checker, path: Path) -> str | None:
-    """The prompts file's text, or None with the problem recorded (missing, a folder, too big, binary, not UTF-8)."""
+def _read_prompts_file(found: _Problems, path: Path) -> list[str]:
+    """The prompts of the file (one a line, ``#`` comments), or [] with the problem recorded (missing, a folder,
+    too big, binary, not UTF-8, empty)."""
     if _is_dir(path):
-        chk.bad("prompts_file", f"{path} is a directory, not a file of prompts")
-        return None
+        found.bad("prompts_file", f"{path} is a directory, not a file of prompts")
+        return []
     if not _is_file(path):
-        chk.bad("prompts_file", f"{path} does not exist")
-        return None
+        found.bad("prompts_file", f"{path} does not exist")
+        return []
     try:
         with open(path, "rb") as fh:
             data = fh.read(MAX_PROMPTS_FILE_BYTES + 1)
     except OSError as exc:
-        chk.bad("prompts_file", f"cannot read {path}: {exc.strerror or exc}")
-        return None
+        found.bad("prompts_file", f"cannot read {path}: {exc.strerror or exc}")
+        return []
     if len(data) > MAX_PROMPTS_FILE_BYTES:
-        chk.bad("prompts_file", f"{path} is larger than {MAX_PROMPTS_FILE_BYTES} bytes")
-        return None
+        found.bad("prompts_file", f"{path} is larger than {MAX_PROMPTS_FILE_BYTES} bytes")
+        return []
     if b"\x00" in data:
-        chk.bad("prompts_file", f"{path} is a binary file, not UTF-8 text with one prompt per line")
-        return None
+        found.bad("prompts_file", f"{path} is a binary file, not UTF-8 text with one prompt per line")
+        return []
     try:
-        return data.decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        chk.bad("prompts_file", f"{path} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})")
-        return None
+        found.bad("prompts_file", f"{path} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})")
+        return []
+    prompts = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    if not prompts:
+        found.bad("prompts_file", f"{path} holds no prompt")
+    return prompts
+
+
+def _check_decoders(found: _Problems, decoders: list[str], model_dir: Path) -> None:
+    wants = {"distilled", "auto"} & set(decoders)
+    if wants and not _is_dir(model_dir / "ue_decoder"):
+        found.bad("grid.decoder", f"{model_dir} has no distilled UE decoder (ue_decoder/); train one with "
+                                  f"`megbed distill train --install` or leave {sorted(wants)} out")
+    elif "auto" in wants:
+        from testbed.ldm.gate import read_gate
+
+        try:
+            gate = read_gate(model_dir / "ue_decoder")
+        except (ValueError, OSError) as exc:
+            gate, why = None, f"its gate is unreadable ({exc})"
+        else:
+            why = "it has no calibrated gate (run `megbed distill calibrate`)"
+        if gate is None:
+            found.bad("grid.decoder", f"'auto' needs the distilled decoder's gate: {model_dir}/ue_decoder: {why}")
+
+
+def _grid(found: _Problems, g: Grid, schemes: list[str]) -> dict[str, tuple]:
+    """The grid's axes as tuples, in the order the run manifest has always listed them."""
+    min_n = min(g.n_steps)
+    for i, k in enumerate(g.es_steps):
+        if k is not None and k > min_n:
+            found.bad(f"grid.es_steps[{i}]", f"k={k} exceeds the smallest N={min_n} in grid.n_steps")
+    grid: dict[str, tuple] = {"n_steps": tuple(g.n_steps)}
+    if g.ceg_n_steps is not None:  # absent: CEG runs at every n_steps
+        grid["ceg_n_steps"] = tuple(g.ceg_n_steps)
+    grid |= {"es_steps": tuple(g.es_steps), "merge_ratio": tuple(g.merge_ratio)}
+    if g.merge_method is not None:
+        grid["merge_method"] = tuple(g.merge_method)
+    grid |= {"tome_ratio_es": tuple(g.tome_ratio_es), "tome_ratio_ue": tuple(g.tome_ratio_ue),
+             "link_model": tuple(g.link_model), "tx_mode": tuple(g.tx_mode)}
+    if g.decoder is not None:
+        grid["decoder"] = tuple(g.decoder)
+    if g.distance_m is not None and g.snr_db is not None:
+        found.bad("grid.distance_m", "give distance_m or snr_db, not both")
+    if g.snr_db is not None:
+        grid["snr_db"] = tuple(g.snr_db)
+    else:
+        if g.distance_m is None and any(s in ("meg", "ceg") for s in schemes):
+            found.bad("grid.distance_m", "the link needs distance_m (path loss) or snr_db (fixed SNR)")
+        grid["distance_m"] = tuple(g.distance_m or (250.0,))
+    return grid
 
 
 def validate_spec(data: Any, *, base_dir: Path, source: str = "<spec>", check_paths: bool = True) -> CampaignSpec:
@@ -491,265 +491,65 @@ def validate_spec(data: Any, *, base_dir: Path, source: str = "<spec>", check_pa
     check_paths : bool
         Whether the model folder, prompts file and link config must exist.
     """
-    chk = _Checker()
     if not isinstance(data, Mapping):
         raise SpecError(source, [f"(top level): must be a mapping of keys, got {type(data).__name__}"])
-    chk.unknown("", data, TOP_KEYS)
-    d = dict(data)
-
+    f, shape_problems = collect(CampaignFile, dict(data))
+    if f is None:
+        raise SpecError(source, shape_problems)
+    found = _Problems(shape_problems)
     # No name: the file's stem made safe (an explicit name must already be one).
-    stem = re.sub(r"[^A-Za-z0-9._-]", "_", Path(source).stem).lstrip(".-")[:64] or "campaign"
-    name = chk.string("name", d.get("name", stem))
-    if name is None:
-        name = "campaign"
-    elif not RUN_NAME_RE.fullmatch(name):
-        chk.bad("name", f"{_short(name)} is not a plain run name (1-64 of letters, digits, '.', '_', '-', not "
-                        "starting with '.' or '-'): it names the run's folder under --runs")
-        name = "campaign"
-    model = chk.string("model", d.get("model", "default")) or "default"
-    model_dir = resolve_model(model, base_dir)
+    name = f.name or re.sub(r"[^A-Za-z0-9._-]", "_", Path(source).stem).lstrip(".-")[:64] or "campaign"
+    model_dir = resolve_model(f.model, base_dir)
     if check_paths and not _is_file(model_dir / "model_index.json"):
-        chk.bad("model", f"{model_dir} is not a diffusers model folder (no model_index.json)")
-
-    device = d.get("device", {"es": "cpu", "ue": "cpu"})
-    if not isinstance(device, Mapping):
-        chk.bad("device", "must be a mapping {es: DEVICE, ue: DEVICE}")
-        device = {}
-    chk.unknown("device", device, {"es", "ue"})
-    dev = {"es": "cpu", "ue": "cpu"}
-    for role in ("es", "ue"):
-        if role in device:
-            value = chk.string(f"device.{role}", device[role])
-            if value is not None and not (value == "cpu" or value.startswith("cuda") or value == "mps"):
-                chk.bad(f"device.{role}", f"{_short(value)} is not a torch device (cpu, cuda, cuda:N, mps)")
-            elif value is not None:
-                dev[role] = value
-
+        found.bad("model", f"{model_dir} is not a diffusers model folder (no model_index.json)")
     prompts: list[str] = []
-    if ("prompts" in d) == ("prompts_file" in d):
-        chk.bad("prompts", "give exactly one of prompts (a list) and prompts_file")
-    elif "prompts" in d:
-        prompts = list(chk.values("prompts", d["prompts"], chk.string))
+    if (f.prompts is None) == (f.prompts_file is None):
+        found.bad("prompts", "give exactly one of prompts (a list) and prompts_file")
+    elif f.prompts is not None:
+        prompts = f.prompts
     else:
-        pf = chk.string("prompts_file", d["prompts_file"])
-        if pf is not None:
-            path = _resolve_path(base_dir, pf)
-            text = _read_prompts_file(chk, path)
-            if text is not None:
-                prompts = [line.strip() for line in text.splitlines()
-                           if line.strip() and not line.lstrip().startswith("#")]
-                if not prompts:
-                    chk.bad("prompts_file", f"{path} holds no prompt")
-    negative = chk.string("negative_prompt", d.get("negative_prompt", "")) or ""
-    seeds = chk.values("seeds", d.get("seeds", [0]), lambda k, v: chk.number(k, v, 0, 2**63 - 1, integer=True))
-
-    image = d.get("image", {}) or {}
-    if not isinstance(image, Mapping):
-        chk.bad("image", "must be a mapping")
-        image = {}
-    chk.unknown("image", image, IMAGE_KEYS)
-    height = width = None
-    for key in ("height_px", "width_px"):
-        value = image.get(key)
-        if value is not None:
-            value = chk.number(f"image.{key}", value, 8, 8192, integer=True)
-            if value is not None and value % 8:
-                chk.bad(f"image.{key}", f"{value} is not a multiple of 8")
-        if key == "height_px":
-            height = value
-        else:
-            width = value
-    guidance = chk.number("image.guidance_scale", image.get("guidance_scale", 5.0), 0.0, 100.0)
-    scheduler = image.get("scheduler")
-    if scheduler is not None:
-        scheduler = chk.string("image.scheduler", scheduler)
-        if scheduler is not None:
-            try:
-                from testbed.ldm.schedulers import SCHEDULERS
-            except ImportError:
-                SCHEDULERS = None  # noqa: N806 - the runtime checks again when it lands
-            if SCHEDULERS is not None and scheduler not in SCHEDULERS:
-                chk.bad("image.scheduler", f"unknown scheduler {_short(scheduler)}; known: {', '.join(sorted(SCHEDULERS))}")
-    wire = chk.string("image.wire_dtype", image.get("wire_dtype", "float16"), WIRE_DTYPES) or "float16"
-    vae_tiling = image.get("vae_tiling", False)
-    if not isinstance(vae_tiling, bool):
-        chk.bad("image.vae_tiling", f"must be true or false, not {vae_tiling!r}")
-        vae_tiling = False
-
-    schemes = chk.values("schemes", d.get("schemes", list(SCHEMES)), lambda k, v: chk.string(k, v, SCHEMES))
-
-    grid_in = d.get("grid")
-    grid: dict[str, tuple] = {}
-    if not isinstance(grid_in, Mapping):
-        chk.bad("grid", "missing or not a mapping")
-        grid_in = {}
-    chk.unknown("grid", grid_in, GRID_KEYS)
-    grid["n_steps"] = chk.values("grid.n_steps", grid_in.get("n_steps", [8]),
-                                 lambda k, v: chk.number(k, v, 1, 1000, integer=True))
-
-    if grid_in.get("ceg_n_steps") is not None:  # absent: CEG runs at every n_steps
-        grid["ceg_n_steps"] = chk.values("grid.ceg_n_steps", grid_in["ceg_n_steps"],
-                                         lambda k, v: chk.number(k, v, 1, 1000, integer=True))
-
-    def es_step(k: str, v: Any) -> Any:
-        return None if v is None else chk.number(k, v, 0, 1000, integer=True)
-
-    grid["es_steps"] = chk.values("grid.es_steps", grid_in.get("es_steps", [None]), es_step)
-    min_n = min((n for n in grid["n_steps"] if n is not None), default=None)
-    for i, k in enumerate(grid["es_steps"]):
-        if k is not None and min_n is not None and k > min_n:
-            chk.bad(f"grid.es_steps[{i}]", f"k={k} exceeds the smallest N={min_n} in grid.n_steps")
-    grid["merge_ratio"] = chk.values("grid.merge_ratio", grid_in.get("merge_ratio", [0.0]),
-                                     lambda k, v: chk.number(k, v, 0.0, MAX_BETA))
-    if "merge_method" in grid_in:
-        grid["merge_method"] = chk.values("grid.merge_method", grid_in["merge_method"],
-                                          lambda k, v: chk.string(k, v, MERGE_METHODS))
-    for key in ("tome_ratio_es", "tome_ratio_ue"):
-        grid[key] = chk.values(f"grid.{key}", grid_in.get(key, [0.0]), lambda k, v: chk.number(k, v, 0.0, MAX_TOME))
-    grid["link_model"] = chk.values("grid.link_model", grid_in.get("link_model", ["awgn"]),
-                                    lambda k, v: chk.string(k, v, LINK_MODELS))
-    grid["tx_mode"] = chk.values("grid.tx_mode", grid_in.get("tx_mode", ["analog"]),
-                                 lambda k, v: chk.string(k, v, TX_MODES))
-    if "decoder" in grid_in:
-        grid["decoder"] = chk.values("grid.decoder", grid_in["decoder"], lambda k, v: chk.string(k, v, DECODERS))
-        wants = {"distilled", "auto"} & set(grid["decoder"])
-        if check_paths and wants and not _is_dir(model_dir / "ue_decoder"):
-            chk.bad("grid.decoder", f"{model_dir} has no distilled UE decoder (ue_decoder/); train one with "
-                                    f"`megbed distill train --install` or leave {sorted(wants)} out")
-        elif check_paths and "auto" in wants:
-            from testbed.ldm.gate import read_gate
-
-            try:
-                gate = read_gate(model_dir / "ue_decoder")
-            except (ValueError, OSError) as exc:
-                gate, why = None, f"its gate is unreadable ({exc})"
-            else:
-                why = "it has no calibrated gate (run `megbed distill calibrate`)"
-            if gate is None:
-                chk.bad("grid.decoder", f"'auto' needs the distilled decoder's gate: {model_dir}/ue_decoder: {why}")
-    has_d, has_s = "distance_m" in grid_in, "snr_db" in grid_in
-    needs_link = any(s in ("meg", "ceg") for s in schemes)
-    if has_d and has_s:
-        chk.bad("grid.distance_m", "give distance_m or snr_db, not both")
-    elif not has_d and not has_s:
-        if needs_link:
-            chk.bad("grid.distance_m", "the link needs distance_m (path loss) or snr_db (fixed SNR)")
-        grid["distance_m"] = (250.0,)
-    if has_d:
-        grid["distance_m"] = chk.values("grid.distance_m", grid_in["distance_m"],
-                                        lambda k, v: chk.number(k, v, 1.0, 1e6))
-    elif has_s:
-        grid["snr_db"] = chk.values("grid.snr_db", grid_in["snr_db"], lambda k, v: chk.number(k, v, -50.0, 80.0))
-
-    ref = d.get("reference", {}) or {}
-    if not isinstance(ref, Mapping):
-        chk.bad("reference", "must be a mapping {n_steps: N_max}")
-        ref = {}
-    chk.unknown("reference", ref, {"n_steps"})
-    max_n = max((n for n in grid["n_steps"] if n is not None), default=1)
-    ref_n = chk.number("reference.n_steps", ref.get("n_steps", max(12, max_n)), 1, 1000, integer=True)
-    if ref_n is not None and ref_n < max_n:
-        chk.bad("reference.n_steps", f"N_max={ref_n} is below the largest N={max_n} in grid.n_steps")
-
-    reps = chk.number("repetitions", d.get("repetitions", 1), 1, 100000, integer=True)
-    warmup = chk.number("warmup", d.get("warmup", 1), 0, 1000, integer=True)
-    cooldown = chk.number("cooldown_s", d.get("cooldown_s", 0.0), 0.0, 3600.0)
-    order = d.get("order", {}) or {}
-    if not isinstance(order, Mapping):
-        chk.bad("order", "must be a mapping {randomize: BOOL, seed: INT}")
-        order = {}
-    chk.unknown("order", order, {"randomize", "seed"})
-    randomize = order.get("randomize", True)
-    if not isinstance(randomize, bool):
-        chk.bad("order.randomize", f"must be true or false, got {_short(randomize)}")
-    order_seed = chk.number("order.seed", order.get("seed", 0), 0, 2**32 - 1, integer=True)
-
-    nodes = _nodes(chk, d.get("nodes", "local"))
-    link_config = None
-    if d.get("link_config") is not None:
-        lc = chk.string("link_config", d["link_config"])
-        if lc is not None:
-            link_config = _resolve_path(base_dir, lc)
-            if check_paths and not _is_file(link_config):
-                chk.bad("link_config", f"{link_config} does not exist")
-            elif _is_file(link_config):
-                try:
-                    from channel_emu.config import LinkConfig
-
-                    LinkConfig.load(link_config)
-                except Exception as exc:  # noqa: BLE001 - the emulator's own error names the bad key
-                    chk.bad("link_config", f"{link_config}: {exc}")
-
-    profiles_in = d.get("profiles") or {}
-    profiles: dict[str, str | None] = {"es": None, "ue": None}
-    if not isinstance(profiles_in, Mapping):
-        chk.bad("profiles", "must be a mapping {es: PROFILE, ue: PROFILE} (null: auto-detect the probes)")
-    else:
-        chk.unknown("profiles", profiles_in, {"es", "ue"})
-        for role in ("es", "ue"):
-            if profiles_in.get(role) is not None:
-                _check_profile(chk, f"profiles.{role}", profiles_in[role])
-                if isinstance(profiles_in[role], str):
-                    profiles[role] = profiles_in[role]
-
-    to = d.get("timeouts", {}) or {}
-    if not isinstance(to, Mapping):
-        chk.bad("timeouts", "must be a mapping")
-        to = {}
-    chk.unknown("timeouts", to, {"request_s", "heartbeat_s", "dead_after_s"})
-    t_req = chk.number("timeouts.request_s", to.get("request_s", 600.0), 0.1, 86400.0)
-    t_hb = chk.number("timeouts.heartbeat_s", to.get("heartbeat_s", 1.0), 0.01, 60.0)
-    t_dead = chk.number("timeouts.dead_after_s", to.get("dead_after_s", 10.0), 0.05, 3600.0)
-    if t_hb is not None and t_dead is not None and t_dead < 2 * t_hb:
-        chk.bad("timeouts.dead_after_s", f"{t_dead} s must be at least two heartbeat periods ({2 * t_hb} s)")
-    retries = chk.number("retries", d.get("retries", 1), 0, 100, integer=True)
-    keep = chk.string("keep_images", d.get("keep_images", "all"), KEEP_IMAGES) or "all"
-    curve_dir = None
-    curve = d.get("curve")
-    if curve is not None:
-        if not isinstance(curve, Mapping) or "keys_dir" not in curve:
-            chk.bad("curve", "must be null or {keys_dir: DIR}")
-        else:
-            chk.unknown("curve", curve, {"keys_dir"})
-            kd = chk.string("curve.keys_dir", curve["keys_dir"])
-            if kd is not None:
-                curve_dir = _resolve_path(base_dir, kd)
-                if check_paths and not _is_dir(curve_dir):
-                    chk.bad("curve.keys_dir", f"{curve_dir} does not exist (create it with `megbed keys generate`)")
-
-    if chk.problems:
-        raise SpecError(source, chk.problems)
+        prompts = _read_prompts_file(found, _resolve_path(base_dir, f.prompts_file))
+    grid = _grid(found, f.grid, f.schemes)
+    if check_paths and f.grid.decoder is not None:
+        _check_decoders(found, f.grid.decoder, model_dir)
+    max_n = max(f.grid.n_steps)
+    ref_n = f.reference.n_steps if f.reference.n_steps is not None else max(12, max_n)
+    if ref_n < max_n:
+        found.bad("reference.n_steps", f"N_max={ref_n} is below the largest N={max_n} in grid.n_steps")
+    link_config = None if f.link_config is None else _resolve_path(base_dir, f.link_config)
+    if link_config is not None and check_paths and not _is_file(link_config):
+        found.bad("link_config", f"{link_config} does not exist")
+    elif link_config is not None and _is_file(link_config):
+        try:
+            LinkConfig.load(link_config)
+        except LinkConfigError as exc:
+            found.bad("link_config", f"{link_config}: {exc}")
+    for role in ("es", "ue"):
+        if getattr(f.profiles, role) is not None:
+            _check_profile(found, f"profiles.{role}", getattr(f.profiles, role))
+    t = f.timeouts
+    if t.dead_after_s < 2 * t.heartbeat_s:
+        found.bad("timeouts.dead_after_s", f"{t.dead_after_s} s must be at least two heartbeat periods "
+                                           f"({2 * t.heartbeat_s} s)")
+    curve_dir = None if f.curve is None else _resolve_path(base_dir, f.curve.keys_dir)
+    if curve_dir is not None and check_paths and not _is_dir(curve_dir):
+        found.bad("curve.keys_dir", f"{curve_dir} does not exist (create it with `megbed keys generate`)")
+    if found.lines:
+        raise SpecError(source, found.lines)
+    n = f.nodes
+    nodes = NodeAddresses() if n is None else NodeAddresses(False, n.es, tuple(n.ue), n.channel_pub)
     return CampaignSpec(
-        name=name, model=model, model_dir=model_dir, prompts=tuple(prompts), seeds=tuple(seeds),
-        schemes=tuple(schemes), grid=grid, negative_prompt=negative, device=dev, height_px=height, width_px=width,
-        guidance_scale=float(guidance), scheduler=scheduler, wire_dtype=wire, vae_tiling=vae_tiling, reference_n_steps=int(ref_n),
-        repetitions=int(reps), warmup=int(warmup), cooldown_s=float(cooldown), randomize=bool(randomize),
-        order_seed=int(order_seed), nodes=nodes, link_config=link_config, profiles=profiles,
-        timeouts=Timeouts(float(t_req), float(t_hb), float(t_dead)), retries=int(retries), keep_images=keep,
-        curve_keys_dir=curve_dir, source=source, raw=json.loads(json.dumps(dict(d), default=str)),
+        name=name, model=f.model, model_dir=model_dir, prompts=tuple(prompts), seeds=tuple(f.seeds),
+        schemes=tuple(f.schemes), grid=grid, negative_prompt=f.negative_prompt, device=f.device.model_dump(),
+        height_px=f.image.height_px, width_px=f.image.width_px, guidance_scale=float(f.image.guidance_scale),
+        scheduler=f.image.scheduler, wire_dtype=f.image.wire_dtype, vae_tiling=f.image.vae_tiling,
+        reference_n_steps=ref_n, repetitions=f.repetitions, warmup=f.warmup, cooldown_s=float(f.cooldown_s),
+        randomize=f.order.randomize, order_seed=f.order.seed, nodes=nodes, link_config=link_config,
+        profiles=f.profiles.model_dump(), retries=f.retries, keep_images=f.keep_images,
+        timeouts=Timeouts(float(t.request_s), float(t.heartbeat_s), float(t.dead_after_s)),
+        curve_keys_dir=curve_dir, source=source, raw=json.loads(json.dumps(dict(data), default=str)),
     )
 
-
-def _nodes(chk: _Checker, value: Any) -> NodeAddresses:
-    if value == "local":
-        return NodeAddresses(local=True)
-    if not isinstance(value, Mapping):
-        chk.bad("nodes", f"must be 'local' or a mapping {{es, ue, channel_pub}}, got {_short(value)}")
-        return NodeAddresses()
-    chk.unknown("nodes", value, {"es", "ue", "channel_pub"})
-
-    def address(key: str, v: Any) -> str | None:
-        v = chk.string(key, v)
-        if v is not None and not v.startswith(("tcp://", "ipc://", "inproc://")):
-            chk.bad(key, f"{_short(v)} is not a ZeroMQ address (tcp://HOST:PORT)")
-            return None
-        return v
-
-    es = address("nodes.es", value.get("es"))
-    ue = chk.values("nodes.ue", value.get("ue"), address)
-    pub = value.get("channel_pub")
-    pub = None if pub is None else address("nodes.channel_pub", pub)
-    return NodeAddresses(local=False, es=es, ue=tuple(ue), channel_pub=pub)
 
 
 def read_spec_yaml(path: str | Path) -> Any:

@@ -1,4 +1,5 @@
-"""``megbed campaign run SPEC --out DIR`` and ``megbed campaign resume DIR``; ``megbed campaign check SPEC``.
+"""``megbed campaign run SPEC --out DIR`` and ``megbed campaign resume DIR``; ``megbed campaign check SPEC``;
+``megbed campaign schema [--link] [--out PATH]`` writes the JSON Schema of campaign (or link) files for editors.
 
 ``run`` validates the spec completely (every problem listed, each naming its key), starts the nodes when the spec
 says ``nodes: local`` (ES, channel broker and UE as processes on 127.0.0.1), and sweeps the grid in a seeded random
@@ -38,6 +39,11 @@ def register(sub) -> None:
     c = verbs.add_parser("check", help="validate SPEC and print its grid size (runs nothing)")
     c.add_argument("spec", type=Path)
     c.set_defaults(func=check)
+    j = verbs.add_parser("schema", help="write the JSON Schema (Draft 2020-12) of campaign files (--link: of link "
+                                        "files) to stdout or --out PATH")
+    j.add_argument("--link", action="store_true", help="the link configuration's schema (campaign link_config files)")
+    j.add_argument("--out", type=Path, default=None, help="file to write (default: stdout)")
+    j.set_defaults(func=schema)
     p.set_defaults(func=lambda args: p.print_help() or 2)
 
 
@@ -94,4 +100,32 @@ def check(args: argparse.Namespace) -> int:
     by = {s: sum(p.scheme == s for p in points) for s in spec.schemes}
     print(f"{args.spec}: valid; {len(points)} grid points ({', '.join(f'{k} {v}' for k, v in by.items())}), "
           f"{len(spec.requests())} requests")
+    return 0
+
+
+def schema_text(link: bool = False) -> str:
+    """The JSON Schema of campaign files (``link``: of link files) as the repository commits it."""
+    import json
+
+    if link:
+        from channel_emu.config import link_json_schema
+
+        data = link_json_schema()
+    else:
+        from testbed.campaign.spec_schema import campaign_json_schema
+
+        data = campaign_json_schema()
+    return json.dumps(data, indent=2) + "\n"
+
+
+def schema(args: argparse.Namespace) -> int:
+    text = schema_text(args.link)
+    if args.out is None:
+        print(text, end="")
+        return 0
+    try:
+        args.out.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise CliError(f"cannot write {args.out}: {exc.strerror or exc}") from exc
+    print(f"wrote {args.out}")
     return 0

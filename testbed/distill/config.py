@@ -24,13 +24,14 @@ delivers exact values, and the decoder must stay good there.
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import math
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
+from pydantic import Field, ValidationInfo, field_validator
+
+from channel_emu.config import LinkConfig, LinkConfigError
+from megwire.validation import ConfigModel, not_above, not_below, number, tuple_of
 from megwire.vocab import MAX_MERGE_RATIO as MAX_BETA
 from megwire.vocab import MAX_TOME_RATIO, WIRE_DTYPES
 from testbed.ldm.merge_methods import DEFAULT_MERGE_METHOD, MERGE_METHODS
@@ -45,8 +46,19 @@ class DistillConfigError(ValueError):
     """A distillation setting is invalid; the message names the key (``noise.snr_min_db``) and the problem."""
 
 
-@dataclass
-class NoiseConfig:
+class _Recipe(ConfigModel):
+    # Defaults are validated too: a check comparing two settings runs when only one of them is given.
+    model_config = ConfigModel.model_config | {"validate_default": True}
+    error = DistillConfigError
+    key_word = "setting"
+
+
+Count = Annotated[int, Field(ge=1)]
+Index = Annotated[int, Field(ge=0)]
+NonNegative = number(0.0)
+
+
+class NoiseConfig(_Recipe):
     """Link noise drawn per training sample (see the module docstring).
 
     Attributes
@@ -64,17 +76,26 @@ class NoiseConfig:
         ``link``; empty means the paper's link (analog, AWGN, path loss over d ~ U[200, 300] m).
     """
 
-    kind: str = "snr"
-    sigma_min: float = 0.05
-    sigma_max: float = 0.32
-    snr_min_db: float = -5.0
-    snr_max_db: float = 20.0
-    clean_fraction: float = 0.2
-    link: dict[str, Any] = field(default_factory=dict)
+    kind: Literal[NOISE_KINDS] = "snr"
+    sigma_min: NonNegative = 0.05
+    sigma_max: Annotated[NonNegative, not_below("sigma_min")] = 0.32
+    snr_min_db: number(-50.0, 80.0) = -5.0
+    snr_max_db: Annotated[number(-50.0, 80.0), not_below("snr_min_db")] = 20.0
+    clean_fraction: number(0.0, 1.0) = 0.2
+    link: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("link")
+    @classmethod
+    def _link(cls, link: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        if info.data.get("kind") in ("snr", "link"):
+            try:
+                LinkConfig.from_dict(link)
+            except LinkConfigError as exc:
+                raise ValueError(str(exc)) from None
+        return link
 
 
-@dataclass
-class DistillConfig:
+class DistillConfig(_Recipe):
     """Everything that decides the distilled decoder (besides the model and the code).
 
     Attributes
@@ -145,48 +166,49 @@ class DistillConfig:
         torch CPU threads (None: torch's default).
     """
 
-    prompts: str = "shapes"
-    num_prompts: int = 152
-    val_prompts: int = 8
-    prompt_seed: int = 1
-    n_min: int = 4
-    n_max: int = 12
-    n_ref: int | None = None
-    n_stride: int = 2
-    beta_max: float = MAX_BETA
-    merge_method: str = DEFAULT_MERGE_METHOD
-    guidance_scale: float = 5.0
+    prompts: Annotated[str, Field(min_length=1)] = "shapes"
+    num_prompts: Count = 152
+    val_prompts: Index = 8
+    prompt_seed: Index = 1
+    n_min: Count = 4
+    n_max: Annotated[Count, not_below("n_min")] = 12
+    n_ref: Annotated[Count, not_below("n_max")] | None = None
+    n_stride: Count = 2
+    beta_max: number(0.0, MAX_BETA) = MAX_BETA
+    merge_method: Literal[MERGE_METHODS] = DEFAULT_MERGE_METHOD
+    guidance_scale: NonNegative = 5.0
     scheduler: str | None = None
-    wire_dtype: str = "float16"
-    tome_ratio_es: float = 0.0
-    noise: NoiseConfig = field(default_factory=NoiseConfig)
-    steps: int = 600
-    batch_size: int = 16
-    lr: float = 1e-4
-    lr_min: float = 1e-5
-    warmup_steps: int = 40
-    weight_decay: float = 0.01
-    betas_adam: tuple[float, float] = (0.9, 0.999)
-    grad_clip: float = 1.0
-    crop_latent: int | None = None
-    log_mse_floor: float = 1e-5
-    perceptual_weight: float = 0.0
-    seed: int = 0
-    device: str = "cpu"
-    model_dtype: str = "float32"
-    amp: str = "none"
+    wire_dtype: Literal[WIRE_DTYPES] = "float16"
+    tome_ratio_es: number(0.0, MAX_TOME_RATIO) = 0.0
+    noise: NoiseConfig = Field(default_factory=NoiseConfig)
+    steps: Count = 600
+    batch_size: Count = 16
+    lr: NonNegative = 1e-4
+    lr_min: Annotated[NonNegative, not_above("lr")] = 1e-5
+    warmup_steps: Index = 40
+    weight_decay: NonNegative = 0.01
+    betas_adam: tuple_of(number(0.0, lt=1.0), min_length=2, max_length=2) = (0.9, 0.999)
+    grad_clip: NonNegative = 1.0  # 0: off
+    crop_latent: Annotated[int, Field(ge=2, multiple_of=2)] | None = None
+    log_mse_floor: NonNegative = 1e-5
+    perceptual_weight: NonNegative = 0.0
+    seed: Index = 0
+    device: Annotated[str, Field(pattern=r"^(cpu|mps|cuda.*)$")] = "cpu"
+    model_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    amp: Literal[AMP_DTYPES] = "none"
     gradient_checkpointing: bool = False
-    checkpoint_every: int = 50
-    keep_checkpoints: int = 2
-    val_every: int = 100
-    export_dtype: str = "auto"
-    threads: int | None = None
+    checkpoint_every: Count = 50
+    keep_checkpoints: Count = 2
+    val_every: Index = 100
+    export_dtype: Literal[EXPORT_DTYPES] = "auto"
+    threads: Count | None = None
 
-    def __post_init__(self) -> None:
-        if isinstance(self.noise, dict):
-            self.noise = _build(NoiseConfig, self.noise, "noise")
-        self.betas_adam = tuple(self.betas_adam)
-        validate(self)
+    @field_validator("amp")
+    @classmethod
+    def _amp_on_cuda(cls, amp: str, info: ValidationInfo) -> str:
+        if amp != "none" and not str(info.data.get("device", "cuda")).startswith("cuda"):
+            raise ValueError("autocast is only used on CUDA devices")
+        return amp
 
     @property
     def reference_steps(self) -> int:
@@ -197,7 +219,7 @@ class DistillConfig:
         return sorted(set(range(self.n_min, self.n_max + 1, self.n_stride)) | {self.n_max})
 
     def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
+        data = self.model_dump()
         data["betas_adam"] = list(self.betas_adam)
         data["config_version"] = CONFIG_VERSION
         return data
@@ -214,7 +236,7 @@ class DistillConfig:
         version = data.pop("config_version", CONFIG_VERSION)
         if version != CONFIG_VERSION:
             raise DistillConfigError(f"distillation config version {version} is not {CONFIG_VERSION}")
-        return _build(cls, data, "")
+        return cls.parse(data, what="distillation config")
 
     @classmethod
     def load(cls, path: str | Path) -> DistillConfig:
@@ -232,81 +254,3 @@ class DistillConfig:
             else:
                 data[key] = value
         return DistillConfig.from_dict(data)
-
-
-def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        where = f"{prefix}." if prefix else ""
-        raise DistillConfigError(f"unknown setting(s) {', '.join(where + k for k in unknown)}; "
-                                 f"known: {', '.join(sorted(names))}")
-    try:
-        return cls(**data)
-    except TypeError as exc:
-        raise DistillConfigError(f"bad {prefix or 'distillation'} settings: {exc}") from exc
-
-
-def _check(cond: bool, key: str, message: str) -> None:
-    if not cond:
-        raise DistillConfigError(f"{key}: {message}")
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def validate(cfg: DistillConfig) -> None:
-    """Check ranges and choices; raises :class:`DistillConfigError` naming the first bad key."""
-    for key in ("num_prompts", "steps", "batch_size", "n_min", "n_max", "n_stride", "checkpoint_every",
-                "keep_checkpoints"):
-        _check(_is_int(getattr(cfg, key)) and getattr(cfg, key) >= 1, key, "must be an integer >= 1")
-    for key in ("val_prompts", "warmup_steps", "val_every", "seed", "prompt_seed"):
-        _check(_is_int(getattr(cfg, key)) and getattr(cfg, key) >= 0, key, "must be an integer >= 0")
-    _check(cfg.n_min <= cfg.n_max, "n_min", f"{cfg.n_min} exceeds n_max={cfg.n_max}")
-    _check(cfg.n_ref is None or (_is_int(cfg.n_ref) and cfg.n_ref >= cfg.n_max), "n_ref",
-           f"reference steps {cfg.n_ref!r} must be an integer >= n_max={cfg.n_max}")
-    _check(_is_num(cfg.beta_max) and 0.0 <= cfg.beta_max <= MAX_BETA, "beta_max", f"must be in [0, {MAX_BETA}]")
-    _check(cfg.merge_method in MERGE_METHODS, "merge_method", f"{cfg.merge_method!r} is not one of {MERGE_METHODS}")
-    _check(_is_num(cfg.guidance_scale) and cfg.guidance_scale >= 0, "guidance_scale", "must be a number >= 0")
-    _check(cfg.wire_dtype in WIRE_DTYPES, "wire_dtype", f"{cfg.wire_dtype!r} is not one of {WIRE_DTYPES}")
-    _check(_is_num(cfg.tome_ratio_es) and 0.0 <= cfg.tome_ratio_es <= MAX_TOME_RATIO, "tome_ratio_es",
-           f"must be in [0, {MAX_TOME_RATIO}]")
-    for key in ("lr", "lr_min"):
-        _check(_is_num(getattr(cfg, key)) and getattr(cfg, key) >= 0, key, "must be a number >= 0")
-    _check(cfg.lr_min <= cfg.lr, "lr_min", f"{cfg.lr_min} exceeds lr={cfg.lr}")
-    _check(_is_num(cfg.weight_decay) and cfg.weight_decay >= 0, "weight_decay", "must be >= 0")
-    _check(len(cfg.betas_adam) == 2 and all(_is_num(b) and 0 <= b < 1 for b in cfg.betas_adam), "betas_adam",
-           "must be two numbers in [0, 1)")
-    _check(_is_num(cfg.grad_clip) and cfg.grad_clip >= 0, "grad_clip", "must be >= 0 (0: off)")
-    _check(cfg.crop_latent is None or (_is_int(cfg.crop_latent) and cfg.crop_latent >= 2 and cfg.crop_latent % 2 == 0),
-           "crop_latent", "must be an even integer >= 2 or null")
-    _check(_is_num(cfg.perceptual_weight) and cfg.perceptual_weight >= 0, "perceptual_weight", "must be >= 0")
-    _check(_is_num(cfg.log_mse_floor) and cfg.log_mse_floor >= 0, "log_mse_floor", "must be >= 0")
-    _check(isinstance(cfg.device, str) and (cfg.device in ("cpu", "mps") or cfg.device.startswith("cuda")), "device",
-           f"{cfg.device!r} is not cpu, mps or cuda[:N]")
-    _check(cfg.model_dtype in ("float32", "float16", "bfloat16"), "model_dtype", "float32 | float16 | bfloat16")
-    _check(cfg.amp in AMP_DTYPES, "amp", f"{cfg.amp!r} is not one of {AMP_DTYPES}")
-    _check(cfg.amp == "none" or cfg.device.startswith("cuda"), "amp", "autocast is only used on CUDA devices")
-    _check(cfg.export_dtype in EXPORT_DTYPES, "export_dtype", f"{cfg.export_dtype!r} is not one of {EXPORT_DTYPES}")
-    _check(cfg.threads is None or (_is_int(cfg.threads) and cfg.threads >= 1), "threads", "must be >= 1 or null")
-    _check(isinstance(cfg.prompts, str) and bool(cfg.prompts), "prompts", "must be 'shapes' or a prompt file path")
-    n = cfg.noise
-    _check(n.kind in NOISE_KINDS, "noise.kind", f"{n.kind!r} is not one of {NOISE_KINDS}")
-    _check(_is_num(n.sigma_min) and _is_num(n.sigma_max) and 0 <= n.sigma_min <= n.sigma_max, "noise.sigma_min",
-           "need 0 <= sigma_min <= sigma_max")
-    _check(_is_num(n.snr_min_db) and _is_num(n.snr_max_db) and -50 <= n.snr_min_db <= n.snr_max_db <= 80,
-           "noise.snr_min_db", "need -50 <= snr_min_db <= snr_max_db <= 80 dB")
-    _check(_is_num(n.clean_fraction) and 0 <= n.clean_fraction <= 1, "noise.clean_fraction", "must be in [0, 1]")
-    _check(isinstance(n.link, dict), "noise.link", "must be a mapping (a channel_emu LinkConfig)")
-    if n.kind in ("snr", "link"):
-        from channel_emu.config import LinkConfig, LinkConfigError
-
-        try:
-            LinkConfig.from_dict(n.link)
-        except LinkConfigError as exc:
-            raise DistillConfigError(f"noise.link: {exc}") from exc

@@ -16,7 +16,6 @@ Every draw is a pure function of a numpy Generator the caller seeds, so a traini
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -126,7 +125,7 @@ class TrainingLink:
         if self.config.block_fading:
             re, im = rng.standard_normal(2) * math.sqrt(0.5)
             h = complex(re, im)
-        return ChannelProcess(dataclasses.replace(self.config, snr_db=float(snr_db))).state_at(None, h)
+        return ChannelProcess(self.config.replace(snr_db=float(snr_db))).state_at(None, h)
 
     def deliver_frame(self, frame: Any, draw: NoiseDraw) -> tuple[Any, float, float]:
         """``(received frame, realised snr_db, nmse)`` of one handoff frame under ``draw``."""

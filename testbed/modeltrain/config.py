@@ -10,10 +10,12 @@ trained jointly from step 0) followed colors but not position words: see ``UnetR
 
 from __future__ import annotations
 
-import dataclasses
 import json
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import Field
+
+from megwire.validation import ConfigModel, tuple_of
 
 IMAGE_SIZE_PX = 128
 VAE_SCALE = 8
@@ -40,11 +42,23 @@ NOISE_SCHEDULE: dict[str, Any] = {
 }
 
 
-@dataclass
-class VaeRecipe:
+class TrainConfigError(ValueError):
+    """A training setting is unknown or mistyped; the message names it (``vae.steps``)."""
+
+
+Ints = tuple_of(Annotated[int, Field(ge=0)])
+Names = tuple_of(str)
+
+
+class _Recipe(ConfigModel):
+    error = TrainConfigError
+    key_word = "setting"
+
+
+class VaeRecipe(_Recipe):
     """Phase 2: the autoencoder and how it is trained (random crops of freshly rendered scenes)."""
 
-    block_out_channels: tuple[int, ...] = (16, 32, 64, 64)
+    block_out_channels: Ints = (16, 32, 64, 64)
     layers_per_block: int = 1
     norm_num_groups: int = 4
     steps: int = 3000
@@ -63,8 +77,7 @@ class VaeRecipe:
     checkpoint_every: int = 100
 
 
-@dataclass
-class TextRecipe:
+class TextRecipe(_Recipe):
     """The text encoder (CLIPTextModel architecture, trained from scratch with the U-Net)."""
 
     hidden_size: int = 128
@@ -74,25 +87,24 @@ class TextRecipe:
     max_length: int = TEXT_MAX_LENGTH
 
 
-@dataclass
-class UnetRecipe:
+class UnetRecipe(_Recipe):
     """Phases 3-4: the latent dataset and the U-Net + text-encoder training."""
 
     # Cross-attention at 16x16, 8x8 and 4x4 and in the mid block at 2x2, where the zero padding makes every position
     # distinct; the 2x2 level is kept narrow (144) for the size budget.
-    block_out_channels: tuple[int, ...] = (48, 96, 192, 144)
+    block_out_channels: Ints = (48, 96, 192, 144)
     layers_per_block: int = 1
     attention_head_dim: int = 6
     norm_num_groups: int = 16
-    down_block_types: tuple[str, ...] = ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D",
+    down_block_types: Names = ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D",
                                          "DownBlock2D")
-    up_block_types: tuple[str, ...] = ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D")
+    up_block_types: Names = ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D")
     dataset_images: int = 16000
     pair_fraction: float = 0.5
     steps: int = 2600
     # The cosine decay of the rate first ends here (then a warm restart to the rate of the decay over `steps`):
     # the shipped model was trained 2000 steps (position 63.5 % on the 64-prompt eval), then continued to 2600.
-    lr_restart_steps: tuple[int, ...] = (2000,)
+    lr_restart_steps: Ints = (2000,)
     batch_size: int = 32
     lr: float = 5e-4
     lr_min: float = 2e-5
@@ -108,7 +120,7 @@ class UnetRecipe:
     text_lr_scale: float = 0.3
     # "epsilon" or "v_prediction"; zero_terminal_snr rescales the betas (Lin et al. 2024) so that the last training
     # step is pure noise, as sampling starts from.
-    prediction_type: str = "v_prediction"
+    prediction_type: Literal["epsilon", "v_prediction"] = "v_prediction"
     zero_terminal_snr: bool = True
     cfg_dropout: float = 0.1
     distractor_prob: float = 0.1
@@ -118,22 +130,21 @@ class UnetRecipe:
     encode_batch: int = 64
 
 
-@dataclass
-class TrainConfig:
+class TrainConfig(_Recipe):
     """Everything that decides the trained weights (besides the code)."""
 
     seed: int = 0
     image_size_px: int = IMAGE_SIZE_PX
-    vae: VaeRecipe = field(default_factory=VaeRecipe)
-    text: TextRecipe = field(default_factory=TextRecipe)
-    unet: UnetRecipe = field(default_factory=UnetRecipe)
+    vae: VaeRecipe = Field(default_factory=VaeRecipe)
+    text: TextRecipe = Field(default_factory=TextRecipe)
+    unet: UnetRecipe = Field(default_factory=UnetRecipe)
 
     @property
     def latent_size(self) -> int:
         return self.image_size_px // VAE_SCALE
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return self.model_dump()
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
@@ -141,41 +152,20 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         """Rebuild from :meth:`to_dict` output (lists back to tuples; unknown keys are an error)."""
-
-        def build(kind: type, values: dict[str, Any]) -> Any:
-            names = {f.name: f for f in dataclasses.fields(kind)}
-            unknown = set(values) - set(names)
-            if unknown:
-                raise ValueError(f"unknown {kind.__name__} setting(s): {', '.join(sorted(unknown))}")
-            return kind(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
-
-        data = dict(data)
-        parts = {"vae": VaeRecipe, "text": TextRecipe, "unet": UnetRecipe}
-        sub = {k: build(kind, data.pop(k, {})) for k, kind in parts.items()}
-        return _plain(cls, data, sub)
+        return cls.parse(data, what="training recipe")
 
     def with_overrides(self, **changes: Any) -> TrainConfig:
         """A copy with ``phase.name=value`` style overrides, e.g. ``{"vae.steps": 5}``."""
         data = self.to_dict()
         for key, value in changes.items():
             head, _, tail = key.partition(".")
-            if tail:
-                if head not in ("vae", "text", "unet") or tail not in data[head]:
-                    raise ValueError(f"unknown setting {key!r}")
-                data[head][tail] = value
+            if tail and head in ("vae", "text", "unet"):
+                data[head][tail] = value  # an unknown name is refused by the validation, naming it
+            elif tail or head in ("vae", "text", "unet"):
+                raise TrainConfigError(f"unknown setting {key!r}")
             else:
-                if head not in data or head in ("vae", "text", "unet"):
-                    raise ValueError(f"unknown setting {key!r}")
                 data[head] = value
         return TrainConfig.from_dict(data)
-
-
-def _plain(cls: type, data: dict[str, Any], sub: dict[str, Any]) -> TrainConfig:
-    names = {f.name for f in dataclasses.fields(cls)} - set(sub)
-    unknown = set(data) - names
-    if unknown:
-        raise ValueError(f"unknown TrainConfig setting(s): {', '.join(sorted(unknown))}")
-    return cls(**data, **sub)
 
 
 def noise_schedule(cfg: TrainConfig | None = None) -> dict[str, Any]:

@@ -148,18 +148,14 @@ def make_learner(algo: str, obs_dim: int, act_dim: int, constraints: Constraints
                  overrides: dict | None = None):
     """A fresh CVPO or PPO-Lagrangian learner with the default settings updated by ``overrides``."""
     if algo == "cvpo":
-        from dataclasses import asdict
-
         from testbed.policy.cvpo import CVPO, CVPOConfig
 
-        cfg = CVPOConfig.from_dict({**asdict(CVPOConfig()), **(overrides or {})})
+        cfg = CVPOConfig.from_dict(overrides or {})
         return CVPO(obs_dim, act_dim, constraints, cfg, seed=seed)
     if algo == "ppo-lag":
-        from dataclasses import asdict
-
         from testbed.policy.ppo_lag import PPOLagConfig, PPOLagrangian
 
-        cfg = PPOLagConfig.from_dict({**asdict(PPOLagConfig()), **(overrides or {})})
+        cfg = PPOLagConfig.from_dict(overrides or {})
         return PPOLagrangian(obs_dim, act_dim, constraints, cfg, seed=seed)
     raise ValueError(f"algo must be one of {ALGOS}, not {algo!r}")
 

@@ -26,28 +26,31 @@ favours the farthest samples, and the std grows each update faster than the boun
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
+from pydantic import Field
 
 from testbed.policy.learner import (
+    Count,
+    HiddenSizes,
     Learner,
+    LearnerConfig,
+    Positive,
     Rollout,
     load_module,
     load_optimizer_state,
     module_tensors,
     optimizer_state,
 )
-from testbed.policy.limits import Constraints
 from testbed.policy.nets import GaussianActor, QCritic, normal_log_prob
 from testbed.policy.replay import ReplayBuffer
 
 DUAL_EPS = 1e-6
 
 
-@dataclass
-class CVPOConfig:
+class CVPOConfig(LearnerConfig):
     """CVPO hyperparameters (defaults: the paper's run, FSRL's settings).
 
     Attributes
@@ -94,46 +97,35 @@ class CVPOConfig:
         hundred samples, the policy commits to whatever corner they favour and its std shrinks with it.
     """
 
-    gamma: float = 0.97
-    n_step: int = 2
-    tau: float = 0.05
-    actor_lr: float = 5e-4
-    critic_lr: float = 1e-3
-    hidden: tuple[int, ...] = (128, 128)
-    estep_iters: int = 10
-    estep_kl: float = 0.02
-    estep_dual_max: float = 20.0
-    estep_dual_lr: float = 0.02
-    sample_actions: int = 32
-    mstep_iters: int = 5
-    mstep_kl_mu: float = 0.005
-    mstep_kl_std: float = 0.0005
-    mstep_dual_max: float = 0.5
-    mstep_dual_lr: float = 0.1
-    batch_size: int = 256
-    buffer_size: int = 200_000
-    episodes_per_collect: int = 10
-    update_per_step: float = 0.2
-    threshold_rule: str = "fsrl"
+    gamma: Annotated[float, Field(ge=0.0, le=1.0)] = 0.97
+    n_step: Count = 2
+    tau: Annotated[float, Field(gt=0.0, le=1.0)] = 0.05
+    actor_lr: Positive = 5e-4
+    critic_lr: Positive = 1e-3
+    hidden: HiddenSizes = (128, 128)
+    estep_iters: Count = 10
+    estep_kl: Positive = 0.02
+    estep_dual_max: Positive = 20.0
+    estep_dual_lr: Positive = 0.02
+    sample_actions: Count = 32
+    mstep_iters: Count = 5
+    mstep_kl_mu: Positive = 0.005
+    mstep_kl_std: Positive = 0.0005
+    mstep_dual_max: Positive = 0.5
+    mstep_dual_lr: Positive = 0.1
+    batch_size: Count = 256
+    buffer_size: Count = 200_000
+    episodes_per_collect: Count = 10
+    update_per_step: Positive = 0.2
+    threshold_rule: Literal["fsrl", "stationary"] = "fsrl"
     conditioned_sigma: bool = True
     squash: bool = True
-    reward_scale: float = 1.0
+    reward_scale: Positive = 1.0
     reward_norm: bool = False
     fused_duals: bool = True
-    warmup_steps: int = 0
+    warmup_steps: Annotated[int, Field(ge=0)] = 0
     log_std_max: float = 2.0
-    mu_max: float | None = None
-
-    @classmethod
-    def from_dict(cls, data: dict) -> CVPOConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown CVPO settings: {sorted(unknown)}")
-        data = dict(data)
-        if "hidden" in data:
-            data["hidden"] = tuple(data["hidden"])
-        return cls(**data)
+    mu_max: Positive | None = None
 
 
 def gaussian_kl_decoupled(mu_old, std_old, mu, std) -> tuple[torch.Tensor, torch.Tensor]:
@@ -152,14 +144,10 @@ class CVPO(Learner):
     """CVPO on a continuous Box action space with any number of constrained costs."""
 
     algo = "cvpo"
+    config_type = CVPOConfig
 
-    def __init__(self, obs_dim: int, act_dim: int, constraints: Constraints, config: CVPOConfig | None = None,
-                 seed: int = 0) -> None:
-        super().__init__(obs_dim, act_dim, constraints, seed)
-        self.cfg = config or CVPOConfig()
-        c = self.cfg
-        torch.manual_seed(self.seed)
-        self.n_costs = len(constraints.constrained)
+    def build(self) -> None:
+        c, obs_dim, act_dim = self.cfg, self.obs_dim, self.act_dim
         self.actor = GaussianActor(obs_dim, act_dim, c.hidden, conditioned_sigma=c.conditioned_sigma, squash=c.squash,
                                    log_std_max=c.log_std_max, mu_max=c.mu_max)
         # Member 0 the reward critic, then one per constrained cost. (Stacked into one batched network with
@@ -176,7 +164,7 @@ class CVPO(Learner):
         init[0] = 1.0
         self.estep_dual = torch.tensor(init, requires_grad=True)
         self.estep_optim = torch.optim.Adam([self.estep_dual], lr=c.estep_dual_lr)
-        self.qc_threshold = constraints.q_threshold(c.gamma, c.threshold_rule)
+        self.qc_threshold = self.constraints.q_threshold(c.gamma, c.threshold_rule)
         self.buffer = ReplayBuffer(c.buffer_size, obs_dim, act_dim, 1 + self.n_costs)
         self.updates = 0
         self.env_steps = 0
@@ -377,7 +365,7 @@ class CVPO(Learner):
         return t
 
     def state_json(self) -> dict:
-        meta = {"algo": self.algo, "config": asdict(self.cfg), "updates": self.updates, "env_steps": self.env_steps,
+        meta = {"algo": self.algo, "config": self.cfg.to_dict(), "updates": self.updates, "env_steps": self.env_steps,
                 "buffer_ptr": self.buffer.ptr, "last_mstep": self._last_mstep, "qc_threshold": self.qc_threshold,
                 "reward_norm_scale": self.reward_norm_scale}
         for name, opt in (("actor_optim", self.actor_optim), ("critic_optim", self.critic_optim),

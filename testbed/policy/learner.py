@@ -3,13 +3,43 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Annotated, Any
 
 import numpy as np
 import torch
+from pydantic import Field
 
+from megwire.validation import ConfigModel, tuple_of
 from testbed.policy.limits import Constraints
 from testbed.policy.nets import GaussianActor
+
+
+class LearnerConfigError(ValueError):
+    """A learner setting is unknown or invalid; the message names it."""
+
+
+Positive = Annotated[float, Field(gt=0.0)]
+Count = Annotated[int, Field(ge=1)]
+# MLP hidden sizes: at least one layer, each of at least one unit.
+HiddenSizes = tuple_of(Annotated[int, Field(ge=1)], min_length=1)
+Gains = tuple_of(Annotated[float, Field(ge=0.0)], min_length=3, max_length=3)  # (K_P, K_I, K_D)
+
+
+class LearnerConfig(ConfigModel):
+    """Hyperparameters of a learner: an unknown or mistyped setting raises :class:`LearnerConfigError` naming it."""
+
+    error = LearnerConfigError
+    key_word = "setting"
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]):
+        """The defaults updated by ``data`` (a checkpoint's ``config`` or the CLI's ``--set`` overrides)."""
+        return cls.parse(data, what=f"{cls.__name__} settings")
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump()
 
 
 @dataclass
@@ -50,12 +80,23 @@ class Learner(ABC):
     algo: str = "base"
     actor: GaussianActor
 
-    def __init__(self, obs_dim: int, act_dim: int, constraints: Constraints, seed: int) -> None:
+    config_type: type[LearnerConfig] = LearnerConfig
+
+    def __init__(self, obs_dim: int, act_dim: int, constraints: Constraints, config: LearnerConfig | None = None,
+                 seed: int = 0) -> None:
         self.obs_dim, self.act_dim = int(obs_dim), int(act_dim)
         self.constraints = constraints
+        self.n_costs = len(constraints.constrained)
+        self.cfg = config if config is not None else self.config_type()
         self.seed = int(seed)
         self.torch_gen = torch.Generator().manual_seed(self.seed)
         self.np_rng = np.random.default_rng(self.seed)
+        torch.manual_seed(self.seed)  # the networks start from the seed
+        self.build()
+
+    @abstractmethod
+    def build(self) -> None:
+        """Create the networks, optimisers and state from ``self.cfg`` (called once by ``__init__``)."""
 
     @torch.no_grad()
     def act(self, obs: np.ndarray, deterministic: bool = False) -> tuple[np.ndarray, float]:

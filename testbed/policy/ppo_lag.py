@@ -10,25 +10,29 @@ gains (0.05, 0.0005, 0.1) and the discount of the CVPO runs.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from typing import Annotated
 
 import numpy as np
 import torch
+from pydantic import Field
 
 from testbed.policy.learner import (
+    Count,
+    Gains,
+    HiddenSizes,
     Learner,
+    LearnerConfig,
+    Positive,
     Rollout,
     load_module,
     load_optimizer_state,
     module_tensors,
     optimizer_state,
 )
-from testbed.policy.limits import Constraints
 from testbed.policy.nets import GaussianActor, VCritic, normal_log_prob
 
 
-@dataclass
-class PPOLagConfig:
+class PPOLagConfig(LearnerConfig):
     """PPO-Lagrangian hyperparameters.
 
     Attributes
@@ -60,34 +64,22 @@ class PPOLagConfig:
         FSRL's tanh-bounded mean with clipping.
     """
 
-    gamma: float = 0.97
-    gae_lambda: float = 0.95
-    lr: float = 5e-4
-    clip: float = 0.2
-    target_kl: float = 0.02
-    vf_coef: float = 0.25
-    max_grad_norm: float = 0.5
-    repeat: int = 4
-    batch_size: int = 256
-    episodes_per_collect: int = 20
-    pid: tuple[float, float, float] = (0.05, 0.0005, 0.1)
+    gamma: Annotated[float, Field(ge=0.0, le=1.0)] = 0.97
+    gae_lambda: Annotated[float, Field(ge=0.0, le=1.0)] = 0.95
+    lr: Positive = 5e-4
+    clip: Positive = 0.2
+    target_kl: Positive = 0.02
+    vf_coef: Annotated[float, Field(ge=0.0)] = 0.25
+    max_grad_norm: Positive = 0.5
+    repeat: Count = 4
+    batch_size: Count = 256
+    episodes_per_collect: Count = 20
+    pid: Gains = (0.05, 0.0005, 0.1)
     rescaling: bool = True
     norm_adv: bool = True
-    hidden: tuple[int, ...] = (128, 128)
+    hidden: HiddenSizes = (128, 128)
     init_log_std: float = -0.5
     squash: bool = True
-
-    @classmethod
-    def from_dict(cls, data: dict) -> PPOLagConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown PPO-Lagrangian settings: {sorted(unknown)}")
-        data = dict(data)
-        for key in ("hidden", "pid"):
-            if key in data:
-                data[key] = tuple(data[key])
-        return cls(**data)
 
 
 class PIDLagrangian:
@@ -138,14 +130,10 @@ class PPOLagrangian(Learner):
     """PPO-Lagrangian on a continuous Box action space with any number of constrained costs."""
 
     algo = "ppo-lag"
+    config_type = PPOLagConfig
 
-    def __init__(self, obs_dim: int, act_dim: int, constraints: Constraints, config: PPOLagConfig | None = None,
-                 seed: int = 0) -> None:
-        super().__init__(obs_dim, act_dim, constraints, seed)
-        self.cfg = config or PPOLagConfig()
-        c = self.cfg
-        torch.manual_seed(self.seed)
-        self.n_costs = len(constraints.constrained)
+    def build(self) -> None:
+        c, obs_dim, act_dim = self.cfg, self.obs_dim, self.act_dim
         self.actor = GaussianActor(obs_dim, act_dim, c.hidden, conditioned_sigma=False, init_log_std=c.init_log_std,
                                    squash=c.squash)
         self.critics = torch.nn.ModuleList([VCritic(obs_dim, c.hidden) for _ in range(1 + self.n_costs)])
@@ -238,7 +226,7 @@ class PPOLagrangian(Learner):
         return t
 
     def state_json(self) -> dict:
-        return {"algo": self.algo, "config": asdict(self.cfg), "iterations": self.iterations,
+        return {"algo": self.algo, "config": self.cfg.to_dict(), "iterations": self.iterations,
                 "pids": [p.state() for p in self.pids], "optim": optimizer_state("optim", self.optim)[1],
                 **self._rng_state()[1]}
 

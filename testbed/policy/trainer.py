@@ -16,7 +16,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -324,7 +324,7 @@ class Trainer:
                       action_low=self.env.action_space.low, action_high=self.env.action_space.high,
                       constraints=self.constraints, env_spec=self.env_spec,
                       extra={"env_steps": self.env_steps, "seed": self.opt.seed,
-                             "config": asdict(self.learner.cfg) if hasattr(self.learner, "cfg") else {}})
+                             "config": self.learner.cfg.to_dict() if hasattr(self.learner, "cfg") else {}})
 
     def _row(self, eps: list[dict], stats: dict) -> dict:
         c = self.constraints

@@ -28,8 +28,8 @@ TORCH_FREE_TESTS = ("tests/wire", "tests/firmware_profiles", "tests/measurements
                     "tests/board/test_doctor.py")
 # pandas is a test-only dependency here: three probe tests read Meter.traces() as DataFrames (an orchestrator-side
 # helper); the node itself serves traces as arrays and (a) shows it running without pandas.
-PURE_DEPS = ("pyzmq>=26", "numpy>=1.26,<3", "tomli>=2.0", "smbus2>=0.4", "nvidia-ml-py>=12", "pytest>=8",
-             "pandas>=2.2")
+PURE_DEPS = ("pyzmq>=26", "numpy>=1.26,<3", "tomli>=2.0", "smbus2>=0.4", "nvidia-ml-py>=12", "pydantic>=2.10,<3",
+             "pytest>=8", "pandas>=2.2")
 
 
 def _dry_run(tmp_path, name, *reqs, no_deps=False):
@@ -49,7 +49,8 @@ def test_node_dependency_set_resolves_for_python_310(tmp_path):
     resolved = _dry_run(tmp_path, "node", *[r for r in reqs if r not in torch_only])
     resolved.update(_dry_run(tmp_path, "tomesd", *torch_only, no_deps=True))
     assert "torch" not in resolved
-    assert {"diffusers", "transformers", "safetensors", "pyzmq", "numpy", "tomesd", "tomli"} <= set(resolved)
+    assert {"diffusers", "transformers", "safetensors", "pyzmq", "numpy", "tomesd", "tomli",
+            "pydantic"} <= set(resolved)
     assert not set(LEFT_OUT) & set(resolved), sorted(set(LEFT_OUT) & set(resolved))
 
 

@@ -95,3 +95,26 @@ def test_process_without_config_for_the_policy_env():
     s1 = proc.step()
     assert (s0.index, s1.index) == (0, 1) and math.isfinite(s1.snr_db)
     assert proc.reset(5) == s0
+
+
+def test_exponent_numbers_in_yaml_are_numbers(tmp_path):
+    # PyYAML (YAML 1.1) reads 1.0e6 and 1e-7 as strings; the old coercion never ran for plain float fields, so a
+    # link file's `bandwidth_hz: 1.0e6` got through as text and failed later as a comparison of str with int.
+    y = tmp_path / "link.yaml"
+    y.write_text("bandwidth_hz: 1.0e6\nsymbol_rate_hz: 2e6\nofdm: {delay_spread_s: 1e-7, carrier_hz: 2.4E+9}\n")
+    cfg = load(y)
+    assert (cfg.bandwidth_hz, cfg.symbol_rate_hz) == (1e6, 2e6)
+    assert (cfg.ofdm.delay_spread_s, cfg.ofdm.carrier_hz) == (1e-7, 2.4e9)
+    y.write_text('bandwidth_hz: "1.0e6"\n')  # quoted: text, refused naming the key
+    with pytest.raises(LinkConfigError, match=r"link.yaml: bandwidth_hz: must be a number, got '1.0e6'"):
+        load(y)
+
+
+def test_every_problem_of_a_link_file_is_named_at_once():
+    with pytest.raises(LinkConfigError) as info:
+        LinkConfig.from_dict({"mode": "digital", "process": {"d_min_m": 400.0, "fading": "rician"}, "mcs": True})
+    text = str(info.value)
+    for key in ("mode:", "process.d_max_m: 300.0 is below d_min_m=400", "process.fading:", "mcs:"):
+        assert key in text, key
+    with pytest.raises(LinkConfigError, match="process.distance: 'fixd' is not one of"):
+        LinkConfig(process={"distance": "fixd"})  # keyword construction raises the config's own error too
