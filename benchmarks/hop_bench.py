@@ -42,6 +42,8 @@ import numpy as np
 SIZES_B = (2048, 131072)
 HOPS = ("direct_up", "direct_down", "broker_up", "broker_down")
 PACED_GAP_S = 0.01
+# Where a testbed hop's time goes, on the ES's stamps: the ES loop's receipt and the answer's completion.
+SPLIT = ("up_to_es_loop_us", "es_loop_to_stage_us", "stage_to_answer_us", "answer_to_ue_us")
 _STAMPS = struct.Struct("<qqq")  # raw answer head: t_recv_ns, t_send_ns, answer head length
 
 
@@ -204,8 +206,12 @@ class _TestbedClient:
         delivery = reply.meta.get("delivery") or {}
         airtime_ns = float(delivery.get("airtime_s", 0.0)) * 1e9
         processing_ns = float(delivery.get("processing_s", 0.0)) * 1e9
+        t_in, t_out = reply.meta["t_recv_ns"], reply.meta["t_reply_ns"]  # ES loop receipt, answer ready (worker)
         return {"up_us": (records[0]["t_start_ns"] - t0) / 1e3,
                 "down_us": (t3 - records[-1]["t_end_ns"] - airtime_ns - processing_ns) / 1e3,
+                "up_to_es_loop_us": (t_in - t0) / 1e3, "es_loop_to_stage_us": (records[0]["t_start_ns"] - t_in) / 1e3,
+                "stage_to_answer_us": (t_out - records[-1]["t_end_ns"]) / 1e3,
+                "answer_to_ue_us": (t3 - t_out - airtime_ns - processing_ns) / 1e3,
                 "channel_us": processing_ns / 1e3, "airtime_us": airtime_ns / 1e3}
 
     def close(self) -> None:
@@ -278,6 +284,7 @@ def measure_hops(n: int = 300, sizes_b: tuple[int, ...] = SIZES_B, gap_s: float 
 
     load0 = os.getloadavg()[0]
     rows = []
+    split: list[dict[str, Any]] = []
     channel: dict[int, float] = {}
     for size_b in sizes_b:
         head_up, head_down = _header_sizes(size_b)
@@ -294,7 +301,7 @@ def measure_hops(n: int = 300, sizes_b: tuple[int, ...] = SIZES_B, gap_s: float 
                        ("broker", "raw"): _RawClient(proxy.address, ctx, size_b, head_up, head_down)}
             for pacing, gap in (("paced", gap_s), ("hot", 0.0)):
                 got: dict[tuple[str, str], list[dict[str, float]]] = {k: [] for k in clients}
-                for key, cli in clients.items():
+                for cli in clients.values():
                     for _ in range(warmup):
                         cli.one()
                 done = 0
@@ -314,13 +321,16 @@ def measure_hops(n: int = 300, sizes_b: tuple[int, ...] = SIZES_B, gap_s: float 
                                      "raw_median_us": r["median_us"], "raw_p90_us": r["p90_us"],
                                      "ratio": t["median_us"] / r["median_us"]})
                 channel[size_b] = float(np.median([r["channel_us"] for r in got[("broker", "testbed")]]))
+                for path in ("direct", "broker"):
+                    split.append({"payload_b": size_b, "pacing": pacing, "path": path, **{
+                        part: float(np.median([r[part] for r in got[(path, "testbed")]])) for part in SPLIT}})
         finally:
             for cli in clients.values():
                 cli.close()
             ctx.term()
             for p in (proxy, raw, broker, es):
                 _stop(p)
-    return {"rows": rows, "channel_us": channel, "load": [load0, os.getloadavg()[0]], "requests": n,
+    return {"rows": rows, "split": split, "channel_us": channel, "load": [load0, os.getloadavg()[0]], "requests": n,
             "paced_gap_s": gap_s, "cpus": os.cpu_count()}
 
 
@@ -333,5 +343,10 @@ def print_hops(res: dict[str, Any]) -> None:
         print(f"{r['payload_b'] // 1024:6d}KB {r['pacing']:>6s} {r['hop']:>12s} "
               f"{r['testbed_median_us']:7.1f} [{r['testbed_p90_us']:7.1f}] "
               f"{r['raw_median_us']:7.1f} [{r['raw_p90_us']:7.1f}] {r['ratio']:6.2f}")
+    print("testbed hops split on the ES's stamps (us, median): UE -> ES loop | ES loop -> first stage (worker hand-off, "
+          "request checks, windows) || last stage -> answer ready (records, encode size) | answer -> UE")
+    for r in res.get("split", []):
+        print(f"{r['payload_b'] // 1024:6d}KB {r['pacing']:>6s} {r['path']:>7s} " + " ".join(
+            f"{r[k]:8.1f}" for k in SPLIT))
     for size_b, us in res["channel_us"].items():
         print(f"channel processing (emulator, reported apart, not in broker_down): {int(size_b) // 1024} KB {us:.1f} us")

@@ -15,7 +15,6 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-
 from hop_bench import SIZES_B, bench_link, payload, request_spec
 
 
@@ -34,8 +33,8 @@ def _stages(size_b: int) -> list[tuple[str, str, Callable[[], Any]]]:
     import zmq
 
     from channel_emu.broker import Broker, _link_of
-    from megwire import Frame, from_parts, packed_size, split_envelope, to_parts
     from measurements.memory import MemoryMeter
+    from megwire import Frame, from_parts, packed_size, split_envelope, to_parts
     from testbed.nodes import protocol as P
     from testbed.nodes.records import StageRecorder
     from testbed.nodes.synthetic_engine import SyntheticEngine
@@ -101,7 +100,7 @@ def _stages(size_b: int) -> list[tuple[str, str, Callable[[], Any]]]:
                 "t_release_ns": 2, "queue_s": 0.0}
         return to_parts(delivered), to_parts(Frame("delivery", meta=meta))
 
-    ue_reply = from_parts(to_parts(delivered))
+    ue_parts = [bytes(p) for p in to_parts(from_parts(to_parts(delivered)))]
 
     stages = [
         ("ue send", "RequestSpec.to_meta (request type, i19contract)", spec.to_meta),
@@ -124,7 +123,7 @@ def _stages(size_b: int) -> list[tuple[str, str, Callable[[], Any]]]:
         ("broker down", "channel processing (emulator.deliver; reported apart)",
          lambda: emulator.deliver(decoded, link=link)),
         ("broker down", "re-encode answer + delivery record", schedule_encode),
-        ("ue in", "from_parts(delivered answer)", lambda: from_parts(to_parts(ue_reply))),
+        ("ue in", "from_parts(delivered answer)", lambda: from_parts(ue_parts)),
     ]
     return stages
 

@@ -35,6 +35,7 @@ import heapq
 import itertools
 import logging
 import queue
+import socket
 import threading
 import time
 from collections import OrderedDict
@@ -161,6 +162,11 @@ class Broker:
         self._ready = threading.Event()
         self._jobs: queue.Queue = queue.Queue()
         self._done: queue.Queue = queue.Queue()
+        # The emulator thread wakes the socket thread's poll through this pair the moment a frame is done (polling
+        # the queue on a timer would add up to the poll interval to every downlink frame).
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
         self._links: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._threads: list[threading.Thread] = []
         self._error: BaseException | None = None
@@ -195,6 +201,9 @@ class Broker:
         self._jobs.put(None)
         for t in self._threads:
             t.join(timeout_s)
+        if not any(t.is_alive() for t in self._threads):
+            self._wake_r.close()
+            self._wake_w.close()
         if self._own_ctx:
             self.ctx.term()
 
@@ -252,6 +261,15 @@ class Broker:
                 log.exception("channel emulation failed")
                 self._done.put((envelope, frame, None, f"channel emulation failed: {clip(str(exc))}", t_start,
                                 time.monotonic_ns()))
+            self._wake()
+
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"\0")
+        except (BlockingIOError, InterruptedError):
+            pass  # the pair is full of wake-ups already: the socket thread is bound to look at the queue
+        except OSError:
+            pass  # closed at stop: the socket thread is gone
 
     # --- the socket thread -------------------------------------------------------------------------------------------
 
@@ -273,6 +291,7 @@ class Broker:
         poller = zmq.Poller()
         poller.register(front, zmq.POLLIN)
         poller.register(back, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
         self._pending: list[tuple[int, int, str, list, Any]] = []  # (release_ns, seq, socket, parts, record)
         self._link_free_ns = 0
         pending = self._pending
@@ -287,6 +306,8 @@ class Broker:
                     self._guarded("uplink", self._uplink, front, back, pub, pending)
                 if back in events:
                     self._guarded("downlink", self._downlink, front, pub, back)
+                if self._wake_r.fileno() in events:
+                    self._drain_wake()
                 while True:
                     try:
                         job = self._done.get_nowait()
@@ -301,6 +322,13 @@ class Broker:
         finally:
             for s in (front, back, pub):
                 s.close(0)
+
+    def _drain_wake(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
 
     def _guarded(self, what: str, fn, *args: Any) -> None:
         """Run one frame's handling; nothing a frame holds escapes into the socket loop."""
@@ -424,6 +452,6 @@ class Broker:
         self.stats["downlink"] += 1
         rid = _request_id(frame)
         link = _link_of(frame) or (self._links.pop(rid, None) if rid is not None else None)
-        # The frame's arrays view zmq buffers: copy them before another thread works on them.
-        frame = Frame(frame.kind, frame.meta, {k: v.copy() for k, v in frame.buffers.items()}, frame.version)
+        # No copy: the frame's arrays are read-only views of the received zmq messages, which they keep alive, and
+        # the emulator only reads them (it builds the delivered arrays anew).
         self._jobs.put((envelope, frame, link))
