@@ -22,6 +22,11 @@ a DEALER sends ``[b"", head, payload]`` (``copy=False``), a ROUTER in another pr
 answers ``[id, b"", head, payload]``; through the broker, a Python ROUTER/DEALER forwarding loop in a third process
 sits between them. Raw and testbed requests alternate in blocks so that load changes hit both alike.
 
+"Raw+threads" is plain pyzmq again, in the testbed's thread layout: the server's socket loop hands each request to a
+worker thread through a queue and forwards its answer from an inproc PULL (as a node server does); the proxy hands
+each answer to a second thread and takes it back on a socketpair wake-up (as the broker's emulator thread does). The
+testbed's ratio to it is what its code costs; the rest of its ratio to raw is those thread hand-offs.
+
 Pacing: ``paced`` leaves a gap between requests (as a campaign does: the processes sleep between requests, and
 their wake-up is part of each hop); ``hot`` sends back to back.
 
@@ -30,6 +35,7 @@ their wake-up is part of each hop); ``hot`` sends back to back.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import struct
@@ -100,34 +106,76 @@ def _broker_process(es_address: str, conn: Any) -> None:
     broker.stop()
 
 
-def _raw_server_process(conn: Any) -> None:
+def _answer_head(parts: list, heads: dict[int, bytearray], t_recv: int) -> tuple[int, bytes]:
+    """Where the envelope ends (one routing id direct, two through a proxy) and the stamped answer head."""
+    d = next(i for i, p in enumerate(parts) if not len(p.buffer))
+    want = _STAMPS.unpack_from(parts[d + 1].buffer)[2]
+    head = heads.get(want)
+    if head is None:
+        head = heads[want] = bytearray(max(want, _STAMPS.size))
+    _STAMPS.pack_into(head, 0, t_recv, time.monotonic_ns(), want)
+    return d, bytes(head)
+
+
+def _raw_server_process(threaded: bool, conn: Any) -> None:
+    """A ROUTER that stamps each request and answers it. ``threaded``: the node's thread layout in plain pyzmq --
+    the socket loop queues each request to a worker thread, which stamps it (as the first stage would), answers
+    through an inproc PUSH that the loop forwards (the hand-offs a node server makes, none of its code)."""
+    import queue
+    import threading
+
     import zmq
 
     ctx = zmq.Context()
     sock = ctx.socket(zmq.ROUTER)
     sock.setsockopt(zmq.LINGER, 0)
     port = sock.bind_to_random_port("tcp://127.0.0.1")
-    conn.send(f"tcp://127.0.0.1:{port}")
     heads: dict[int, bytearray] = {}
     poller = zmq.Poller()
     poller.register(sock, zmq.POLLIN)
+    jobs: queue.Queue = queue.Queue()
+    if threaded:
+        results = ctx.socket(zmq.PULL)
+        results.bind(f"inproc://raw-{os.getpid()}")
+        poller.register(results, zmq.POLLIN)
+
+        def work() -> None:
+            push = ctx.socket(zmq.PUSH)
+            push.connect(f"inproc://raw-{os.getpid()}")
+            while (parts := jobs.get()) is not None:
+                d, head = _answer_head(parts, heads, time.monotonic_ns())
+                push.send_multipart([*parts[:d + 1], head, parts[d + 2]], copy=False)
+            push.close(0)
+
+        worker = threading.Thread(target=work, daemon=True)
+        worker.start()
+    conn.send(f"tcp://127.0.0.1:{port}")
     while not conn.poll(0):
-        if not poller.poll(100):
-            continue
-        parts = sock.recv_multipart(copy=False)
-        t_recv = time.monotonic_ns()
-        d = next(i for i, p in enumerate(parts) if not len(p.buffer))  # one routing id direct, two via the proxy
-        want = _STAMPS.unpack_from(parts[d + 1].buffer)[2]
-        head = heads.get(want)
-        if head is None:
-            head = heads[want] = bytearray(max(want, _STAMPS.size))
-        _STAMPS.pack_into(head, 0, t_recv, time.monotonic_ns(), want)
-        sock.send_multipart([*parts[:d + 1], bytes(head), parts[d + 2]], copy=False)
+        events = dict(poller.poll(100))
+        if threaded and results in events:
+            sock.send_multipart(results.recv_multipart(copy=False), copy=False)
+        if sock in events:
+            parts = sock.recv_multipart(copy=False)
+            if threaded:
+                jobs.put(parts)
+            else:
+                d, head = _answer_head(parts, heads, time.monotonic_ns())
+                sock.send_multipart([*parts[:d + 1], head, parts[d + 2]], copy=False)
+    if threaded:
+        jobs.put(None)
+        worker.join(5)
+        results.close(0)
     sock.close(0)
     ctx.term()
 
 
-def _raw_proxy_process(server: str, conn: Any) -> None:
+def _raw_proxy_process(server: str, threaded: bool, conn: Any) -> None:
+    """A ROUTER/DEALER forwarding loop. ``threaded``: answers take the broker's thread layout (socket thread ->
+    worker thread -> socketpair wake-up -> socket thread), with no work in between."""
+    import queue
+    import socket
+    import threading
+
     import zmq
 
     ctx = zmq.Context()
@@ -136,18 +184,44 @@ def _raw_proxy_process(server: str, conn: Any) -> None:
         s.setsockopt(zmq.LINGER, 0)
     port = front.bind_to_random_port("tcp://127.0.0.1")
     back.connect(server)
-    conn.send(f"tcp://127.0.0.1:{port}")
     poller = zmq.Poller()
     poller.register(front, zmq.POLLIN)
     poller.register(back, zmq.POLLIN)
+    jobs: queue.Queue = queue.Queue()
+    done: queue.Queue = queue.Queue()
+    wake_r, wake_w = socket.socketpair()
+    wake_r.setblocking(False)
+    poller.register(wake_r, zmq.POLLIN)
+
+    def work() -> None:
+        while (parts := jobs.get()) is not None:
+            done.put(parts)
+            wake_w.send(b"\0")
+
+    worker = threading.Thread(target=work, daemon=True)
+    worker.start()
+    conn.send(f"tcp://127.0.0.1:{port}")
     while not conn.poll(0):
         events = dict(poller.poll(100))
         if front in events:
             back.send_multipart(front.recv_multipart(copy=False), copy=False)
         if back in events:
-            front.send_multipart(back.recv_multipart(copy=False), copy=False)
+            parts = back.recv_multipart(copy=False)
+            if threaded:
+                jobs.put(parts)
+            else:
+                front.send_multipart(parts, copy=False)
+        if wake_r.fileno() in events:
+            with contextlib.suppress(BlockingIOError):
+                wake_r.recv(4096)
+            while not done.empty():
+                front.send_multipart(done.get_nowait(), copy=False)
+    jobs.put(None)
+    worker.join(5)
     for s in (front, back):
         s.close(0)
+    wake_r.close()
+    wake_w.close()
     ctx.term()
 
 
@@ -290,15 +364,19 @@ def measure_hops(n: int = 300, sizes_b: tuple[int, ...] = SIZES_B, gap_s: float 
         head_up, head_down = _header_sizes(size_b)
         es = _spawn(_es_process, size_b)
         broker = _spawn(_broker_process, es.address)
-        raw = _spawn(_raw_server_process)
-        proxy = _spawn(_raw_proxy_process, raw.address)
+        raw = _spawn(_raw_server_process, False)
+        proxy = _spawn(_raw_proxy_process, raw.address, False)
+        raw_t = _spawn(_raw_server_process, True)
+        proxy_t = _spawn(_raw_proxy_process, raw_t.address, True)
         ctx = zmq.Context()
         clients: dict[tuple[str, str], Any] = {}
         try:
             clients = {("direct", "testbed"): _TestbedClient(es.address, ctx, size_b),
                        ("broker", "testbed"): _TestbedClient(broker.address, ctx, size_b),
                        ("direct", "raw"): _RawClient(raw.address, ctx, size_b, head_up, head_down),
-                       ("broker", "raw"): _RawClient(proxy.address, ctx, size_b, head_up, head_down)}
+                       ("broker", "raw"): _RawClient(proxy.address, ctx, size_b, head_up, head_down),
+                       ("direct", "raw_threads"): _RawClient(raw_t.address, ctx, size_b, head_up, head_down),
+                       ("broker", "raw_threads"): _RawClient(proxy_t.address, ctx, size_b, head_up, head_down)}
             for pacing, gap in (("paced", gap_s), ("hot", 0.0)):
                 got: dict[tuple[str, str], list[dict[str, float]]] = {k: [] for k in clients}
                 for cli in clients.values():
@@ -316,10 +394,13 @@ def measure_hops(n: int = 300, sizes_b: tuple[int, ...] = SIZES_B, gap_s: float 
                     for way in ("up", "down"):
                         t = _summary([r[f"{way}_us"] for r in got[(path, "testbed")]])
                         r = _summary([r[f"{way}_us"] for r in got[(path, "raw")]])
+                        rt = _summary([r[f"{way}_us"] for r in got[(path, "raw_threads")]])
                         rows.append({"payload_b": size_b, "pacing": pacing, "hop": f"{path}_{way}",
                                      "testbed_median_us": t["median_us"], "testbed_p90_us": t["p90_us"],
                                      "raw_median_us": r["median_us"], "raw_p90_us": r["p90_us"],
-                                     "ratio": t["median_us"] / r["median_us"]})
+                                     "ratio": t["median_us"] / r["median_us"],
+                                     "raw_threads_median_us": rt["median_us"], "raw_threads_p90_us": rt["p90_us"],
+                                     "ratio_same_threads": t["median_us"] / rt["median_us"]})
                 channel[size_b] = float(np.median([r["channel_us"] for r in got[("broker", "testbed")]]))
                 for path in ("direct", "broker"):
                     split.append({"payload_b": size_b, "pacing": pacing, "path": path, **{
@@ -328,7 +409,7 @@ def measure_hops(n: int = 300, sizes_b: tuple[int, ...] = SIZES_B, gap_s: float 
             for cli in clients.values():
                 cli.close()
             ctx.term()
-            for p in (proxy, raw, broker, es):
+            for p in (proxy_t, raw_t, proxy, raw, broker, es):
                 _stop(p)
     return {"rows": rows, "split": split, "channel_us": channel, "load": [load0, os.getloadavg()[0]], "requests": n,
             "paced_gap_s": gap_s, "cpus": os.cpu_count()}
@@ -338,11 +419,15 @@ def print_hops(res: dict[str, Any]) -> None:
     print(f"per-hop overhead, one way (us, median of {res['requests']} per cell; p90 in brackets); raw = pyzmq "
           f"alone, same pattern, sizes, pacing and processes; load {res['load'][0]:.2f} -> {res['load'][1]:.2f} on "
           f"{res['cpus']} cpus; paced = {res['paced_gap_s'] * 1e3:.0f} ms between requests")
-    print(f"{'payload':>8s} {'pacing':>6s} {'hop':>12s} {'testbed':>17s} {'raw pyzmq':>17s} {'ratio':>6s}")
+    print("raw+threads = pyzmq in the testbed's thread layout (node: loop -> worker -> loop; broker: socket -> "
+          "emulator thread -> socket), none of its code: the ratio to it is what the code costs, the rest is hand-offs")
+    print(f"{'payload':>8s} {'pacing':>6s} {'hop':>12s} {'testbed':>17s} {'raw pyzmq':>17s} {'ratio':>6s} "
+          f"{'raw+threads':>17s} {'ratio':>6s}")
     for r in res["rows"]:
         print(f"{r['payload_b'] // 1024:6d}KB {r['pacing']:>6s} {r['hop']:>12s} "
               f"{r['testbed_median_us']:7.1f} [{r['testbed_p90_us']:7.1f}] "
-              f"{r['raw_median_us']:7.1f} [{r['raw_p90_us']:7.1f}] {r['ratio']:6.2f}")
+              f"{r['raw_median_us']:7.1f} [{r['raw_p90_us']:7.1f}] {r['ratio']:6.2f} "
+              f"{r['raw_threads_median_us']:7.1f} [{r['raw_threads_p90_us']:7.1f}] {r['ratio_same_threads']:6.2f}")
     print("testbed hops split on the ES's stamps (us, median): UE -> ES loop | ES loop -> first stage (worker hand-off, "
           "request checks, windows) || last stage -> answer ready (records, encode size) | answer -> UE")
     for r in res.get("split", []):
