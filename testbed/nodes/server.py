@@ -449,6 +449,8 @@ class NodeServer:
                     push.send_multipart([*peer.envelope, b"", *parts], copy=False)
                 except zmq.Again:
                     log.error("%s: answer to %r dropped: the server loop is not draining", self.name, frame.kind)
+                except zmq.ContextTerminated:
+                    return  # the process is shutting down under a running job: its answer has nowhere to go
         finally:
             for fn in self.worker_cleanup:
                 try:
