@@ -21,6 +21,7 @@ Part A runs the model-free engine (no compute: the harness alone); part B the de
 default model (or, when it is not installed, a tiny random-weight SD-1.5-shaped model, said so in the output).
 
     python benchmarks/harness_overhead.py [--requests 20] [--model DIR] [--skip-default] [--json]
+    python benchmarks/harness_overhead.py --hops [--profile]   # per hop next to raw pyzmq; us per stage
 """
 
 from __future__ import annotations
@@ -225,9 +226,33 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-default", action="store_true", help="part A only")
     ap.add_argument("--out", type=Path, default=None, help="keep the run directories here")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--hops", action="store_true",
+                    help="only the per-hop overhead (direct / broker, up / down, 2 KB and 128 KB, paced and hot) next "
+                         "to raw pyzmq in the same run (benchmarks/hop_bench.py)")
+    ap.add_argument("--hop-requests", type=int, default=300, help="requests per cell of --hops")
+    ap.add_argument("--profile", action="store_true",
+                    help="only the profile: microseconds per stage of one request's path (benchmarks/hop_profile.py)")
     ap.add_argument("--wire-only", action="store_true",
                     help="only the wire layer: megwire frames vs raw pyzmq round trips at 2 KB and 128 KB")
     args = ap.parse_args(argv)
+    if args.hops or args.profile:
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        out: dict = {}
+        if args.profile:
+            from hop_profile import print_profile, profile_stages
+
+            out["profile"] = profile_stages()
+            if not args.json:
+                print_profile(out["profile"])
+        if args.hops:
+            from hop_bench import measure_hops, print_hops
+
+            out["hops"] = measure_hops(args.hop_requests)
+            if not args.json:
+                print_hops(out["hops"])
+        if args.json:
+            print(json.dumps(out, indent=1, default=float))
+        return 0
     if args.wire_only:
         import os
 

@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import sys
 import threading
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,14 +34,80 @@ from typing import Any
 MB = 1024 * 1024
 
 
-def _status_kb(status_path: Path, key: str) -> float | None:
-    try:
-        for line in status_path.read_text().splitlines():
-            if line.startswith(key + ":"):
-                return float(line.split()[1])
-    except (OSError, ValueError, IndexError):
+def _kb_in(text: bytes, key: bytes) -> float | None:
+    """The ``kB`` figure of ``key`` in a ``/proc/<pid>/status`` text (None if absent or unreadable)."""
+    at = text.find(b"\n" + key + b":")
+    if at < 0:
         return None
-    return None
+    start = at + len(key) + 2
+    end = text.find(b"\n", start)
+    try:
+        return float(text[start:end if end >= 0 else None].split()[0])
+    except (ValueError, IndexError):
+        return None
+
+
+def _close_fds(fds: list[int]) -> None:
+    while fds:
+        with contextlib.suppress(OSError):
+            os.close(fds.pop())
+
+
+class _ProcFiles:
+    """``status`` and ``clear_refs`` of ``proc_root``, kept open: opening them costs more than reading them (a stage
+    window reads one and writes the other each time, on every request's hot path).
+
+    Reads and writes use ``pread`` / ``pwrite`` at offset 0 (the kernel regenerates a ``/proc`` file on each read
+    from the start), so threads can share the descriptors. A forked child reopens them: the parent's ``/proc/self``
+    descriptors name the parent.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._pid = -1
+        self._status: int | None = None
+        self._clear: int | None = None
+        self._fds: list[int] = []
+        self._lock = threading.Lock()
+        weakref.finalize(self, _close_fds, self._fds)
+
+    def _open(self) -> None:
+        with self._lock:
+            if self._pid == os.getpid():
+                return
+            _close_fds(self._fds)  # a forked child's copies of the parent's descriptors
+            self._status = self._clear = None
+            with contextlib.suppress(OSError):
+                self._status = os.open(self.root / "status", os.O_RDONLY | os.O_CLOEXEC)
+                self._fds.append(self._status)
+            with contextlib.suppress(OSError):
+                self._clear = os.open(self.root / "clear_refs", os.O_WRONLY | os.O_CLOEXEC)
+                self._fds.append(self._clear)
+            self._pid = os.getpid()
+
+    def status_kb(self, key: str) -> float | None:
+        if self._pid != os.getpid():
+            self._open()
+        if self._status is None:
+            return None
+        try:
+            return _kb_in(b"\n" + os.pread(self._status, 16384, 0), key.encode())
+        except OSError:
+            return None
+
+    def clear_refs(self, value: bytes = b"5") -> None:
+        """Write ``value`` to ``clear_refs``; raises OSError where it is not writable."""
+        if self._pid != os.getpid():
+            self._open()
+        if self._clear is None:
+            raise PermissionError(f"{self.root / 'clear_refs'} is not writable")
+        os.pwrite(self._clear, value, 0)
+
+    def close(self) -> None:
+        with self._lock:
+            _close_fds(self._fds)
+            self._status = self._clear = None
+            self._pid = -1
 
 
 @dataclass
@@ -74,20 +142,25 @@ class MemoryMeter:
         self.proc = Path(proc_root)
         self.cuda_device = cuda_device
         self.interval_s = float(interval_s)
+        self._files = _ProcFiles(self.proc)
         self.method = self._pick_method()
 
     def _pick_method(self) -> str:
-        if _status_kb(self.proc / "status", "VmHWM") is not None:
+        if self._files.status_kb("VmHWM") is not None:
             try:
-                (self.proc / "clear_refs").write_text("5")
+                self._files.clear_refs()
                 return "vmhwm_reset"
             except OSError:
                 return "rss_sampled"
         return "ru_maxrss" if sys.platform != "win32" else "none"
 
+    def close(self) -> None:
+        """Close the kept-open ``/proc`` files (they reopen if the meter is used again)."""
+        self._files.close()
+
     def rss_mb(self) -> float:
         """Current resident set (MiB), NaN where unreadable."""
-        kb = _status_kb(self.proc / "status", "VmRSS")
+        kb = self._files.status_kb("VmRSS")
         return math.nan if kb is None else kb / 1024
 
     @contextlib.contextmanager
@@ -98,7 +171,7 @@ class MemoryMeter:
         sampler = None
         if self.method == "vmhwm_reset":
             try:
-                (self.proc / "clear_refs").write_text("5")
+                self._files.clear_refs()
             except OSError:
                 peak.mem_method = "none"
         elif self.method == "rss_sampled":
@@ -108,7 +181,7 @@ class MemoryMeter:
             yield peak
         finally:
             if self.method == "vmhwm_reset" and peak.mem_method == "vmhwm_reset":
-                kb = _status_kb(self.proc / "status", "VmHWM")
+                kb = self._files.status_kb("VmHWM")
                 peak.mem_peak_mb = math.nan if kb is None else kb / 1024
             elif sampler is not None:
                 peak.mem_peak_mb = sampler.stop()

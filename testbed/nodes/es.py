@@ -23,7 +23,7 @@ from testbed.nodes import protocol as P
 from testbed.nodes.clock import register_clock_sync
 from testbed.nodes.engine import Engine
 from testbed.nodes.records import StageRecorder
-from testbed.nodes.server import NodeServer
+from testbed.nodes.server import NodeServer, ServedNode
 from testbed.nodes.traces import register_traces
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 DEFAULT_ES_BIND = "tcp://127.0.0.1:5555"
 
 
-class EsNode:
+class EsNode(ServedNode):
     """The ES process's logic (the CLI wraps it; tests run it in a thread).
 
     Parameters
@@ -66,10 +66,6 @@ class EsNode:
         register_clock_sync(self.server)
         register_traces(self.server, meter)
 
-    @property
-    def address(self) -> str:
-        return self.server.address
-
     def _on_request(self, frame: Frame, peer: Any) -> Frame:
         spec = P.parse_request_meta(frame)
         if spec.scheme == "ue_local":
@@ -103,12 +99,3 @@ class EsNode:
                                               "engine": self.engine.info},
                      buffers={"image": P.image_to_buffer(image)})
 
-    def start(self) -> EsNode:
-        self.server.start()
-        return self
-
-    def serve_forever(self) -> None:
-        self.server.serve_forever()
-
-    def stop(self) -> None:
-        self.server.stop()

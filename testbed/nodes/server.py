@@ -37,6 +37,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
@@ -448,6 +449,8 @@ class NodeServer:
                     push.send_multipart([*peer.envelope, b"", *parts], copy=False)
                 except zmq.Again:
                     log.error("%s: answer to %r dropped: the server loop is not draining", self.name, frame.kind)
+                except zmq.ContextTerminated:
+                    return  # the process is shutting down under a running job: its answer has nowhere to go
         finally:
             for fn in self.worker_cleanup:
                 try:
@@ -483,3 +486,27 @@ class NodeServer:
                             self.stats.refused_handshakes)
             elif kind == zmq.EVENT_DISCONNECTED:
                 log.debug("%s: a peer disconnected from %s", self.name, endpoint)
+
+
+_N = TypeVar("_N", bound="ServedNode")
+
+
+class ServedNode:
+    """A node whose requests a :class:`NodeServer` (``self.server``) serves: its address and life cycle."""
+
+    server: NodeServer
+
+    @property
+    def address(self) -> str:
+        return self.server.address
+
+    def start(self: _N) -> _N:
+        """Serve in background threads; returns once the node answers."""
+        self.server.start()
+        return self
+
+    def serve_forever(self) -> None:
+        self.server.serve_forever()
+
+    def stop(self) -> None:
+        self.server.stop()

@@ -33,7 +33,7 @@ from testbed.nodes.clock import register_clock_sync
 from testbed.nodes.engine import Engine
 from testbed.nodes.records import StageRecorder
 from testbed.nodes.rpc import NodeError, RpcClient
-from testbed.nodes.server import NodeServer
+from testbed.nodes.server import NodeServer, ServedNode
 from testbed.nodes.traces import register_traces
 from testbed.request import Request
 
@@ -61,7 +61,7 @@ def tcp_listening(address: str, timeout_s: float = 0.3) -> bool | None:
         return False
 
 
-class UeNode:
+class UeNode(ServedNode):
     """The UE process's logic.
 
     Parameters
@@ -109,10 +109,6 @@ class UeNode:
         register_traces(self.server, meter)
         self._data: RpcClient | None = None
         self.server.worker_cleanup.append(self._close_data)
-
-    @property
-    def address(self) -> str:
-        return self.server.address
 
     def _data_link(self) -> RpcClient:
         # Created on the worker thread, its only user (ZeroMQ sockets stay in one thread).
@@ -221,15 +217,6 @@ class UeNode:
             raise P.ProtocolError(f"{rid} abandoned: no heartbeat from the orchestrator for {self.lease_s:.0f} s",
                                   request_id=rid, code=P.CODE_CANCELLED)
 
-    def start(self) -> UeNode:
-        self.server.start()
-        return self
-
-    def serve_forever(self) -> None:
-        self.server.serve_forever()
-
-    def stop(self) -> None:
-        self.server.stop()
 
     def _close_data(self) -> None:
         if self._data is not None:

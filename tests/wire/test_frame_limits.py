@@ -72,3 +72,68 @@ def test_limits_are_configurable():
         from_parts(to_parts(Frame("x", meta={"a": {"b": {"c": 1}}})), limits)
     with pytest.raises(FrameError, match="3 dimensions"):
         from_parts(to_parts(Frame("x", buffers={"a": np.zeros((1, 1, 1), np.uint8)})), dims)
+
+
+def _depth_reference(data: bytes) -> int:
+    """The plain definition: walk the text once, tracking strings and escapes."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for c in data:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif c == ord("\\"):
+                escaped = True
+            elif c == ord('"'):
+                in_string = False
+        elif c == ord('"'):
+            in_string = True
+        elif c == ord("\\"):
+            escaped = True
+            in_string = in_string  # an escape outside a string still hides the next byte from the scan
+        elif c in b"[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif c in b"]}":
+            depth -= 1
+    return deepest
+
+
+def _depth_numpy(data: bytes) -> int:
+    """The previous implementation (escapes blanked, strings by quote parity, numpy cumsum), kept as a reference."""
+    import re
+
+    opens = data.count(b"[") + data.count(b"{")
+    if opens <= 8:
+        return opens
+    raw = np.frombuffer(re.sub(rb"\\.", b"__", data, flags=re.DOTALL), dtype=np.uint8)
+    in_string = np.bitwise_xor.accumulate(raw == ord('"'), dtype=np.uint8).astype(bool)
+    table = np.zeros(256, dtype=np.int32)
+    table[[ord("["), ord("{")]] = 1
+    table[[ord("]"), ord("}")]] = -1
+    steps = table[raw]
+    steps[in_string] = 0
+    return int(np.cumsum(steps).max(initial=0))
+
+
+def test_json_depth_agrees_with_its_references_on_random_and_real_texts():
+    rng = np.random.default_rng(7)
+    alphabet = np.frombuffer(b'[]{}"\\ab,:1', dtype=np.uint8)
+    for n in (0, 5, 40, 300, 2000):  # both the Python and the numpy skeleton walks, on garbage too
+        for _ in range(60):
+            text = bytes(rng.choice(alphabet, size=n))
+            assert json_depth(text) == _depth_numpy(text)
+    for value in ({"a": [1, {"b": ["[[", {"c": "}}\\\"{"}, [[{"d": [1]}]]]}]}, [[[[[[[[[[["x"]]]]]]]]]]],
+                  {"k": "\\\\" * 9 + "[", "l": [[[[[[[[[[0]]]]]]]]]]}, [{"x": '"'}] * 200):
+        text = json.dumps(value).encode()
+        assert json_depth(text) == _depth_reference(text) == _depth_numpy(text)
+
+
+def test_long_digit_runs_inside_strings_pass_and_long_integers_do_not():
+    from megwire import Frame, from_parts, to_parts
+
+    limits = FrameLimits(max_int_digits=19)
+    frame = Frame("request", meta={"prompt": "9" * 300, "seed": 2**63 - 1})
+    assert from_parts(to_parts(frame), limits).meta["prompt"] == "9" * 300
+    with pytest.raises(FrameError, match="integer of 20 digits"):
+        from_parts(to_parts(Frame("request", meta={"prompt": "9" * 300, "seed": 10**19})), limits)
