@@ -65,11 +65,11 @@ def bench_link() -> dict[str, Any]:
 
 
 def request_spec(i: int) -> Any:
-    from testbed.nodes.protocol import LinkSpec, RequestSpec
+    from testbed.request import Request
 
-    return RequestSpec(request_id=f"hop-{i:07d}", scheme="meg", prompt="a photo of a cat", seed=i, n_steps=4,
-                       es_steps=4, height_px=128, width_px=128, point_id="hops",
-                       link=LinkSpec("awgn", "analog", snr_db=30.0))
+    return Request(request_id=f"hop-{i:07d}", scheme="meg", prompt="a photo of a cat", seed=i, n_steps=4,
+                   es_steps=4, height_px=128, width_px=128, point_id="hops",
+                   link_model="awgn", tx_mode="analog", snr_db_set=30.0)
 
 
 # --- the processes ----------------------------------------------------------------------------------------------------
@@ -331,7 +331,7 @@ def _header_sizes(size_b: int) -> tuple[int, int]:
               "energy_valid": False, "energy_invalid_reason": "no power probe on this node", "mem_peak_mb": 300.0,
               "mem_method": "vmhwm_reset", "gpu_mem_peak_mb": None, "gpu_mem_method": "none"}
     answer = Frame("handoff", meta={"request_id": spec.request_id, "channel_roles": {"tokens": "values"},
-                                    "shape": [size_b // 2], "es_records": [record], "link": spec.link.to_meta(),
+                                    "shape": [size_b // 2], "es_records": [record], "link": spec.link_meta(),
                                     "payload_bytes": size_b + 200, "t_recv_ns": time.monotonic_ns(),
                                     "t_reply_ns": time.monotonic_ns(), "msg_id": "1234.0.1"},
                    buffers={"tokens": payload(size_b)})

@@ -1,7 +1,7 @@
 """Microseconds per stage of one request's path through the hops, each stage timed alone in this process.
 
 The stages are the functions the nodes and the broker run per request (the socket calls and thread hand-offs
-between them are what ``hop_bench`` measures end to end). ``RequestSpec`` (de)serialisation is listed on its own
+between them are what ``hop_bench`` measures end to end). ``Request`` (de)serialisation is listed on its own
 lines: it is the request type's cost, not the wire's.
 
     python benchmarks/harness_overhead.py --profile
@@ -76,7 +76,7 @@ def _stages(size_b: int) -> list[tuple[str, str, Callable[[], Any]]]:
 
     def answer() -> Frame:
         o = Frame(out.kind, dict(out.meta), out.buffers)
-        o.meta.update({"request_id": spec.request_id, "es_records": records, "link": spec.link.to_meta(),
+        o.meta.update({"request_id": spec.request_id, "es_records": records, "link": spec.link_meta(),
                        "payload_bytes": size_b + 200, "t_recv_ns": time.monotonic_ns(),
                        "t_reply_ns": time.monotonic_ns(), "msg_id": "5f3a.0.17"})
         return o
@@ -103,11 +103,11 @@ def _stages(size_b: int) -> list[tuple[str, str, Callable[[], Any]]]:
     ue_parts = [bytes(p) for p in to_parts(from_parts(to_parts(delivered)))]
 
     stages = [
-        ("ue send", "RequestSpec.to_meta (request type, i19contract)", spec.to_meta),
+        ("ue send", "Request.to_meta", spec.to_meta),
         ("ue send", "request_frame (incl. to_meta)", build_request),
         ("ue send", "to_parts(request) (header encode)", lambda: to_parts(req)),
         ("es in", "split_envelope + from_parts(request)", lambda: from_parts(split_envelope(req_frames)[1])),
-        ("es in", "parse_request_meta (RequestSpec.from_meta, i19contract)",
+        ("es in", "parse_request_meta (Request.from_meta)",
          lambda: P.parse_request_meta(from_parts(split_envelope(req_frames)[1]))),
         ("es in", "bounds.check", lambda: bounds.check(spec, 128)),
         ("es stage", "StageRecorder + stage window (memory, clock)", stage_window),
