@@ -10,6 +10,7 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+from testbed.ldm.errors import LdmError, RequestError
 from testbed.ldm.merging import (
     DEFAULT_MERGE_METHOD,
     MAX_BETA,
@@ -23,14 +24,6 @@ WIRE_DTYPES = ("float16", "float32")
 # tomesd's own bound for 2x2 strides: at most 1 - 1/(sx*sy) of the tokens can be merged.
 MAX_TOME_RATIO = 0.75
 MAX_SEED = 2**63
-
-
-class LdmError(ValueError):
-    """Base of the runtime's user-facing errors; the message names the problem."""
-
-
-class RequestError(LdmError):
-    """A request that cannot be served as given (bad N, k, beta, scheduler name, ...)."""
 
 
 def _is_int(value: Any) -> bool:

@@ -11,7 +11,7 @@ import pytest
 from board_helpers import REPO
 
 # Everything a node (and megbed doctor) runs, plus the rest of the project: requires-python is >= 3.10 throughout.
-PACKAGES = ("megwire", "firmware_profiles", "measurements", "testbed", "channel_emu", "analysis")
+PACKAGES = ("megwire", "firmware_profiles", "measurements", "testbed", "channel_emu", "analysis", "testing")
 # scipy is absent from the list: diffusers imports it by itself when it is installed (scipy.stats, for some
 # schedulers), and works without it -- the node-install test (a) serves requests with no scipy installed.
 FORBIDDEN = ("channel_emu", "analysis", "testbed.policy", "testbed.modeltrain", "testbed.distill", "sionna", "numba",

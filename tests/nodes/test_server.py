@@ -17,10 +17,10 @@ from megwire import (
     recv_frame,
     stop_authenticator,
 )
-from testbed.nodes import fuzz
 from testbed.nodes import protocol as P
 from testbed.nodes.rpc import NodeError, RpcClient
 from testbed.nodes.server import NodeServer
+from testing import node_fuzz as fuzz
 
 
 def _spec(**kw):
