@@ -23,6 +23,8 @@ testing            anything (test fixtures); no product module imports it
 "The layers below testbed" are megwire, firmware_profiles, measurements and channel_emu.
 """
 
+# rename_namespace: strings-stay (the rules below name folders; imports are compared without the megbed. prefix)
+
 from __future__ import annotations
 
 import ast

@@ -52,7 +52,7 @@ def broker_available() -> bool:
     try:
         import channel_emu.broker  # noqa: F401 - what `megbed node channel` runs
     except ModuleNotFoundError as exc:
-        if (exc.name or "").split(".")[0] in ("channel_emu", "testbed", "measurements", "megwire"):
+        if (exc.name or "").split(".")[0] in ("megbed", "channel_emu", "testbed", "measurements", "megwire"):
             raise  # a broken checkout, not a missing extra
         return False
     return True

@@ -96,8 +96,8 @@ def missing_extra_message(command: str | None, exc: ModuleNotFoundError) -> str:
 def _is_missing_dependency(exc: ModuleNotFoundError) -> bool:
     # A missing third-party package, not a bug inside megbed itself.
     top = (exc.name or "").split(".")[0]
-    return bool(top) and top not in ("testbed", "analysis", "channel_emu", "measurements", "megwire",
-                                      "firmware_profiles")
+    return bool(top) and top not in ("megbed", "testbed", "analysis", "channel_emu", "measurements", "megwire",
+                                      "firmware_profiles", "testing")
 
 
 def _command_of(argv: list[str]) -> str | None:
