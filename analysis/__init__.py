@@ -7,7 +7,7 @@ Public entry points (imported lazily, so ``import analysis`` stays cheap)::
     data = load_run("runs/2026-11-26")            # -> RunData (rows, requests, stages, traces, training_logs, ...)
 
 Figures live in :mod:`analysis.figures` (a registry: add one with ``register_figure``); the CLI is
-``megbed report RUN_DIR`` (:mod:`analysis.cli`). This package reads datasets only: it never imports node code.
+``megbed report RUN_DIR`` (:mod:`testbed.cli.report`). This package reads datasets only: it never imports node code.
 """
 
 from __future__ import annotations
@@ -26,4 +26,4 @@ def __getattr__(name: str):
         import importlib
 
         return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'analysis' has no attribute {name!r}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

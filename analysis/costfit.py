@@ -11,27 +11,46 @@ Stage work:
 * ``denoise``: steps run on the node x one U-Net step (CFG batch, the node's tomesd ratio);
 * ``decode``: one VAE decode;  ``text_encode``: the text encoders.
 
-When the model folder named in the manifest is not on this machine, FLOPs cannot be counted: the fallback is a
+FLOPs are counted by a :class:`FlopCounter` the caller hands in (``megbed report`` passes :mod:`testbed.ldm.flops`,
+which builds the networks on the meta device): this package reads data and never builds a model. When no counter is
+given or the model folder named in the manifest is not on this machine, FLOPs cannot be counted: the fallback is a
 per-step proportional model, ``latency_s = a · steps + b`` on the ``denoise`` stages only, and the result says so.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
 
-from analysis.flops import FlopCountError, find_model_dir, native_size_px, stage_flops
 from analysis.load import RunData
+from analysis.model_folder import find_model_dir
 
 log = logging.getLogger(__name__)
 
 COMPUTE_STAGES = ("text_encode", "denoise", "decode")
 COMPUTE_NODES = ("es", "ue")
 COSTS = (("latency_s", "latency (s)", 1.0), ("energy_mj_total", "energy (J)", 1e-3))
+
+
+class FlopCounter(Protocol):
+    """What the cost model needs to count a model folder's work (:mod:`testbed.ldm.flops` is one, as a module).
+
+    ``stage_flops`` returns an object with ``unet_step``, ``vae_decode`` and ``text_encode`` in FLOPs and raises
+    ``FlopCountError`` when the folder cannot be counted.
+    """
+
+    FlopCountError: type[Exception]
+
+    def native_size_px(self, model_dir: Path) -> int: ...
+
+    def stage_flops(self, model_dir: Path, height_px: int, width_px: int, cfg: bool, tome_ratio: float = 0.0,
+                    tome_max_downsample: int | None = None, disk_cache: Path | None = None) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -115,8 +134,9 @@ def _col(df: pd.DataFrame, name: str, default) -> np.ndarray:
 
 
 def stage_work(data: RunData, model_dir: Path | None = None, tome_max_downsample: int | None = None,
-               flop_cache: Path | None = None) -> tuple[pd.DataFrame, str, str, str]:
-    """Compute-stage rows with their work (TFLOP, or steps in the fallback).
+               flop_cache: Path | None = None, flop_counter: FlopCounter | None = None,
+               named_models: Mapping[str, Path] | None = None) -> tuple[pd.DataFrame, str, str, str]:
+    """Compute-stage rows with their work (TFLOP, or steps in the fallback: no ``flop_counter``, no model folder).
 
     Returns
     -------
@@ -142,11 +162,14 @@ def stage_work(data: RunData, model_dir: Path | None = None, tome_max_downsample
     model_name = None
     if "model" in st.columns and st["model"].notna().any():
         model_name = str(st["model"].dropna().iloc[0])
-    found = model_dir if model_dir is not None else find_model_dir(data.manifest, model_name, data.run_dir)[0]
+    found = (model_dir if model_dir is not None
+             else find_model_dir(data.manifest, model_name, data.run_dir, named_models)[0])
     reason = ""
-    if found is not None:
+    if flop_counter is None:
+        reason = "no FLOP counter was given (`megbed report` passes the runtime's, testbed.ldm.flops)"
+    elif found is not None:
         try:
-            side = native_size_px(found)
+            side = flop_counter.native_size_px(found)
             h = np.nan_to_num(_col(st, "height_px", side), nan=side).astype(int)
             w = np.nan_to_num(_col(st, "width_px", side), nan=side).astype(int)
             cfg = np.nan_to_num(_col(st, "guidance_scale", 1.0), nan=1.0) > 1.0
@@ -154,18 +177,19 @@ def stage_work(data: RunData, model_dir: Path | None = None, tome_max_downsample
             tome = np.nan_to_num(tome, nan=0.0)
             work = np.empty(len(st))
             for i, stage in enumerate(st["stage"].to_numpy()):
-                f = stage_flops(found, h[i], w[i], bool(cfg[i]), float(tome[i]), tome_max_downsample, flop_cache)
+                f = flop_counter.stage_flops(found, h[i], w[i], bool(cfg[i]), float(tome[i]), tome_max_downsample,
+                                             flop_cache)
                 work[i] = {"denoise": f.unet_step * steps[i], "decode": f.vae_decode,
                            "text_encode": f.text_encode}[stage] / 1e12
             st["work"] = work
             note = (f"FLOPs counted with torch FlopCounterMode on the configs of {found} (meta device, no weights)."
                     + dropped_note)
             return st, "flops", "TFLOP", note
-        except FlopCountError as exc:
+        except flop_counter.FlopCountError as exc:
             reason = str(exc)
             log.warning("FLOP counting failed, falling back to the per-step model: %s", exc)
     else:
-        tried = find_model_dir(data.manifest, model_name, data.run_dir)[1]
+        tried = find_model_dir(data.manifest, model_name, data.run_dir, named_models)[1]
         reason = ("the model folder named in the manifest is not on this machine"
                   + (f" (tried {', '.join(str(p) for p in tried[:3])})" if tried else " (the manifest names none)"))
     den = st[st["stage"] == "denoise"].copy()
@@ -175,12 +199,16 @@ def stage_work(data: RunData, model_dir: Path | None = None, tome_max_downsample
 
 
 def fit_cost_model(data: RunData, model_dir: Path | None = None, tome_max_downsample: int | None = None,
-                   flop_cache: Path | None = None) -> CostModelResult:
+                   flop_cache: Path | None = None, flop_counter: FlopCounter | None = None,
+                   named_models: Mapping[str, Path] | None = None) -> CostModelResult:
     """Fit ``cost = a · work + b`` per node for latency and (valid) energy; see the module docstring.
 
-    ``flop_cache``: a JSON file remembering FLOP counts between reports (see :func:`analysis.flops.stage_flops`).
+    ``flop_cache``: a JSON file remembering FLOP counts between reports (see ``testbed.ldm.flops.stage_flops``).
+    ``flop_counter``: counts the model folder's FLOPs (None: the per-step fallback). ``named_models``: model
+    folders known by name (``{"default": ...}``), searched after the manifest's own paths.
     """
-    rows, basis, unit, note = stage_work(data, model_dir, tome_max_downsample, flop_cache)
+    rows, basis, unit, note = stage_work(data, model_dir, tome_max_downsample, flop_cache, flop_counter,
+                                         named_models)
     result = CostModelResult(basis=basis, work_unit=unit, rows=rows, note=note)
     if rows.empty:
         return result

@@ -10,6 +10,7 @@ import logging
 import math
 import time
 import traceback
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 import pandas as pd
 
+from analysis.costfit import FlopCounter
 from analysis.figures.registry import FigureContext, FigureSkipped, figures
 from analysis.load import RunData, load_run
 from analysis.stats import DEFAULT_BOOT, mean_ci
@@ -221,7 +223,8 @@ def cost_model_frame(ctx: FigureContext) -> pd.DataFrame:
 
 def build_report(run_dir: str | Path, out_dir: str | Path | None = None, *, figure_names: list[str] | None = None,
                  seed: int = 0, n_boot: int = DEFAULT_BOOT, model_dir: str | Path | None = None,
-                 with_traces: bool = True) -> ReportResult:
+                 with_traces: bool = True, flop_counter: FlopCounter | None = None,
+                 named_models: Mapping[str, Path] | None = None) -> ReportResult:
     """Build the report of a run directory.
 
     Parameters
@@ -240,6 +243,11 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None, *, figu
         Model folder for FLOP counting (default: the one the manifest names, when present here).
     with_traces : bool
         Read raw power traces (set False to skip large traces).
+    flop_counter : analysis.costfit.FlopCounter, optional
+        Counts the model's FLOPs for the cost model (``megbed report`` passes ``testbed.ldm.flops``); without one
+        the cost model falls back to the per-step model and says so.
+    named_models : mapping of str to path, optional
+        Model folders known by name (``{"default": <embedded model>}``), searched after the manifest's paths.
 
     Returns
     -------
@@ -255,7 +263,8 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None, *, figu
     data = load_run(run_dir, with_traces=with_traces)
     out = Path(out_dir) if out_dir is not None else data.run_dir / REPORT_DIR
     out.mkdir(parents=True, exist_ok=True)
-    ctx = FigureContext(seed=seed, model_dir=Path(model_dir) if model_dir is not None else None, out_dir=out)
+    ctx = FigureContext(seed=seed, model_dir=Path(model_dir) if model_dir is not None else None, out_dir=out,
+                        flop_counter=flop_counter, named_models=dict(named_models or {}))
     comp = comparison(data, n_boot=n_boot, seed=seed)
     rendered, skipped, failed = render_figures(data, out, ctx, figure_names)
     tables = {"comparison": out / "comparison.csv"}

@@ -121,7 +121,7 @@ def _steps_per_s(decoder: TrainableDecoder, batch: int, side: int, repeats: int,
 
 
 def throughput(args: argparse.Namespace, model) -> None:
-    from testbed.ldm.synthetic import sd15_vae
+    from testing.random_weight_models import sd15_vae
 
     device = torch.device(args.device)
     print(f"\nDistillation step throughput on {device} (amp {args.amp}, {torch.get_num_threads()} torch threads): "

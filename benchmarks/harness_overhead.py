@@ -301,7 +301,7 @@ timeouts: {{request_s: 60, heartbeat_s: 1.0, dead_after_s: 10}}
         if model is None:
             model = default_model_dir()
             if not (model / "model_index.json").is_file():
-                from testbed.ldm.synthetic import build_tiny_model
+                from testing.random_weight_models import build_tiny_model
 
                 model = build_tiny_model(work / "tiny_sd15", "sd15", sample_size=16)
                 note = "embedded default model NOT installed: tiny random-weight SD-1.5-shaped model, 128 px"

@@ -55,7 +55,8 @@ from testbed.ldm.stages import (  # noqa: E402
     TextEncodeStage,
     UnmergeStage,
 )
-from testbed.ldm.synthetic import (  # noqa: E402
+from testbed.request import Request  # noqa: E402
+from testing.random_weight_models import (  # noqa: E402
     SD15_TEXT_CONFIG,
     SD15_VAE_CONFIG,
     SD_NOISE_SCHEDULE,
@@ -64,7 +65,6 @@ from testbed.ldm.synthetic import (  # noqa: E402
     sd15_unet,
     sd15_vae,
 )
-from testbed.request import Request  # noqa: E402
 
 BETAS = (0.0, 0.1, 0.25, 0.5, 0.75)
 PROMPT = "a photograph of an astronaut riding a horse"
@@ -112,7 +112,7 @@ def build_sd15(device: torch.device, dtype: torch.dtype) -> LdmModel:
     from diffusers import DDIMScheduler, StableDiffusionPipeline
     from transformers import CLIPTokenizer
 
-    from testbed.ldm.synthetic import write_clip_tokenizer
+    from testing.random_weight_models import write_clip_tokenizer
 
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -134,7 +134,7 @@ def build_sdxl(device: torch.device, dtype: torch.dtype) -> LdmModel:
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-    from testbed.ldm.synthetic import _text_config, write_clip_tokenizer
+    from testing.random_weight_models import _text_config, write_clip_tokenizer
 
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:

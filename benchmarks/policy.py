@@ -3,7 +3,7 @@
     python benchmarks/policy.py [RUN_DIR] [--limit latency_s=3 --limit energy_j=300] [--budget-s 600] [--json OUT]
 
 Without RUN_DIR the newest ``runs/*`` campaign with a dataset is used; when there is none, a SYNTHETIC dataset
-(testbed.policy.synthetic, the paper's setting modelled, not measured) is generated and the output says so.
+(testing.parametric_campaign, the paper's setting modelled, not measured) is generated and the output says so.
 
 For each learner: mean reward per request of the final deterministic policy and its ratio to the oracle's, cost per
 request over its limit, ``violation`` (by how much the expected cost exceeds the limit, the CMDP constraint),
@@ -80,10 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     synthetic_note = None
     run_dir = Path(args.run_dir) if args.run_dir else find_default_run()
     if run_dir is None:
-        from testbed.policy.synthetic import write_synthetic_campaign
+        from testing.parametric_campaign import write_synthetic_campaign
 
         run_dir = write_synthetic_campaign(Path(tempfile.mkdtemp(prefix="megbed-synthetic-")), seed=args.seed)
-        synthetic_note = "no campaign dataset found: using a SYNTHETIC dataset (testbed.policy.synthetic), not a measurement"
+        synthetic_note = "no campaign dataset found: using a SYNTHETIC dataset (testing.parametric_campaign), not a measurement"
         print(f"NOTE: {synthetic_note}\n      {run_dir}")
     from testbed.policy.quick import fixed_decoder
 

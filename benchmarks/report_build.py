@@ -28,8 +28,9 @@ def main() -> None:
     from analysis.html import write_html
     from analysis.load import load_run
     from analysis.report import render_figures, summary_text
-    from analysis.synthetic import SyntheticSpec, write_synthetic_run
     from analysis.tables import comparison
+    from testbed.ldm import flops
+    from testing.ground_truth_run import SyntheticSpec, write_synthetic_run
 
     print(f"load average {os.getloadavg()}, cpus {os.cpu_count()}")
     with tempfile.TemporaryDirectory() as tmp:
@@ -49,7 +50,7 @@ def main() -> None:
         print(f"comparison ({len(comp.table)} settings, {args.bootstrap} resamples) {time.perf_counter() - t0:7.2f} s")
         out = Path(tmp) / "report"
         out.mkdir()
-        ctx = FigureContext()
+        ctx = FigureContext(flop_counter=flops)
         t0 = time.perf_counter()
         figs, skipped, failed = render_figures(data, out, ctx)
         print(f"figures ({len(figs)} drawn, {len(skipped)} skipped, {len(failed)} failed) "

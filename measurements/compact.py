@@ -33,61 +33,25 @@ import os
 import re
 import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-GEN_RE = re.compile(r"compacted-(\d{5,})$")
-SUCCESS = "_SUCCESS.json"
+# The compacted layout is read by the dataset reader (a lower layer); this module only builds it.
+from measurements.dataset import (  # noqa: F401 - Compaction, live_compaction, GEN_RE, SUCCESS re-exported
+    GEN_RE,
+    SUCCESS,
+    Compaction,
+    data_files,
+    fsync_dir,
+    live_compaction,
+    write_table_atomic,
+)
+
 NULL_PARTITION = "__HIVE_DEFAULT_PARTITION__"
 PARTITION_COLUMNS = ("scheme", "node", "board")  # the columns users filter on, where the dataset has them
 
 
 class CompactionError(RuntimeError):
     """A compaction could not be made or verified; the parts are untouched and the message says why."""
-
-
-@dataclass(frozen=True)
-class Compaction:
-    """A committed compacted copy (the content of its ``_SUCCESS.json``).
-
-    Attributes
-    ----------
-    name : str
-        Its folder under ``RUN_DIR/dataset`` (``compacted-NNNNN``).
-    files : tuple[str, ...]
-        Its Parquet files, relative to that folder, in partition order.
-    sources : tuple[str, ...]
-        Names of the top-level parts whose rows it holds.
-    rows : int
-        Row count.
-    content_sha256 : str
-        :func:`content_hash` of its rows.
-    partition_by : tuple[str, ...]
-        The partition columns, outermost first.
-    """
-
-    name: str
-    files: tuple[str, ...]
-    sources: tuple[str, ...]
-    rows: int
-    content_sha256: str
-    partition_by: tuple[str, ...]
-
-
-def live_compaction(folder: str | os.PathLike) -> Compaction | None:
-    """The newest committed compacted copy in the dataset ``folder`` (one with a readable ``_SUCCESS.json``)."""
-    folder = Path(folder)
-    gens = sorted((p for p in folder.glob("compacted-*") if p.is_dir() and GEN_RE.search(p.name)),
-                  key=lambda p: int(GEN_RE.search(p.name).group(1)), reverse=True)
-    for gen in gens:
-        try:
-            meta = json.loads((gen / SUCCESS).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        # Earlier generations are kept (unread) until step 4 removes them: the newest committed one is live.
-        return Compaction(gen.name, tuple(meta["files"]), tuple(meta["sources"]), int(meta["rows"]),
-                          str(meta["content_sha256"]), tuple(meta["partition_by"]))
-    return None
 
 
 def content_hash(table) -> str:
@@ -140,12 +104,6 @@ def _lock(folder: Path):
     return fh
 
 
-def _fsync_dir(folder: Path) -> None:
-    from measurements.dataset import _fsync_dir as sync
-
-    sync(folder)
-
-
 def cleanup(folder: Path, live: Compaction | None) -> list[str]:
     """Step 4: remove the parts ``live`` consumed, older generations and temporary trees; returns what went."""
     removed = []
@@ -161,7 +119,7 @@ def cleanup(folder: Path, live: Compaction | None) -> list[str]:
         if p.is_dir() and (stale_gen or p.name.startswith(".compact-tmp-")):
             shutil.rmtree(p, ignore_errors=True)
             removed.append(p.name)
-    _fsync_dir(folder)
+    fsync_dir(folder)
     return removed
 
 
@@ -194,8 +152,6 @@ def compact_dataset(run_dir: str | os.PathLike, *, partition_by: Sequence[str] =
         A writer holds the lock, an input cannot be read, or the copy does not verify (parts untouched).
     """
     import pyarrow.compute as pc
-
-    from measurements.dataset import data_files, write_table_atomic
 
     check = _checkpoint or (lambda step: None)
     folder = Path(run_dir) / "dataset"
@@ -255,9 +211,9 @@ def compact_dataset(run_dir: str | os.PathLike, *, partition_by: Sequence[str] =
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp_success, tmp / SUCCESS)
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         os.rename(tmp, folder / name)  # the commit point
-        _fsync_dir(folder)
+        fsync_dir(folder)
         check("committed")
         removed = cleanup(folder, live_compaction(folder))
         check("cleaned")

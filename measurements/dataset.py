@@ -21,11 +21,13 @@ them alike. Each part carries ``megbed.schema_version`` in its key-value metadat
 from __future__ import annotations
 
 import fcntl
+import json
 import math
 import os
 import re
 import warnings
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,8 @@ import numpy as np
 from measurements import schema
 
 PART_RE = re.compile(r"part-(\d{5,})\.parquet$")
+GEN_RE = re.compile(r"compacted-(\d{5,})$")
+SUCCESS = "_SUCCESS.json"
 META_VERSION = b"megbed.schema_version"
 
 
@@ -88,7 +92,7 @@ def row_problems(row: Mapping[str, Any], *, strict_extra: bool = False) -> list[
     return found
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:
@@ -112,7 +116,7 @@ def write_table_atomic(table, path: Path) -> Path:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return path
 
 
@@ -124,8 +128,6 @@ def next_part_index(folder: Path, prefix: str = "") -> int:
     """
     highest = -1
     if not prefix:
-        from measurements.compact import live_compaction
-
         live = live_compaction(folder)
         if live is not None:
             highest = max([highest, *(int(m.group(1)) for m in map(PART_RE.search, live.sources) if m)])
@@ -349,6 +351,54 @@ def _major(version: str) -> str:
     return str(version).strip().lstrip("v").split(".")[0]
 
 
+# --------------------------------------------------------------------------------------------- compacted copies
+# (built by measurements.compact; read here, so a reader never imports the compactor)
+
+
+@dataclass(frozen=True)
+class Compaction:
+    """A committed compacted copy (the content of its ``_SUCCESS.json``).
+
+    Attributes
+    ----------
+    name : str
+        Its folder under ``RUN_DIR/dataset`` (``compacted-NNNNN``).
+    files : tuple[str, ...]
+        Its Parquet files, relative to that folder, in partition order.
+    sources : tuple[str, ...]
+        Names of the top-level parts whose rows it holds.
+    rows : int
+        Row count.
+    content_sha256 : str
+        :func:`content_hash` of its rows.
+    partition_by : tuple[str, ...]
+        The partition columns, outermost first.
+    """
+
+    name: str
+    files: tuple[str, ...]
+    sources: tuple[str, ...]
+    rows: int
+    content_sha256: str
+    partition_by: tuple[str, ...]
+
+
+def live_compaction(folder: str | os.PathLike) -> Compaction | None:
+    """The newest committed compacted copy in the dataset ``folder`` (one with a readable ``_SUCCESS.json``)."""
+    folder = Path(folder)
+    gens = sorted((p for p in folder.glob("compacted-*") if p.is_dir() and GEN_RE.search(p.name)),
+                  key=lambda p: int(GEN_RE.search(p.name).group(1)), reverse=True)
+    for gen in gens:
+        try:
+            meta = json.loads((gen / SUCCESS).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        # Earlier generations are kept (unread) until step 4 removes them: the newest committed one is live.
+        return Compaction(gen.name, tuple(meta["files"]), tuple(meta["sources"]), int(meta["rows"]),
+                          str(meta["content_sha256"]), tuple(meta["partition_by"]))
+    return None
+
+
 def data_files(folder: str | os.PathLike) -> list[Path]:
     """Every Parquet file holding the rows of ``RUN_DIR/dataset``, in row order, whichever form it is in.
 
@@ -356,8 +406,6 @@ def data_files(folder: str | os.PathLike) -> list[Path]:
     it did not consume, by index. Parts a live compaction consumed but a crash left in place are skipped (their rows
     are in the copy); temporary trees (``.compact-*``), earlier generations and ``*.tmp`` files are never read.
     """
-    from measurements.compact import live_compaction
-
     folder = Path(folder)
     if not folder.is_dir():
         return []

@@ -8,7 +8,7 @@ hung node is restarted and the attack goes on, so every class is counted.
 
 Attacks
 -------
-hostile      every class of :data:`testbed.nodes.fuzz.HOSTILE_CLASSES` (deep JSON, > 4,300-digit integers,
+hostile      every class of :data:`testing.node_fuzz.HOSTILE_CLASSES` (deep JSON, > 4,300-digit integers,
              ``shape: [true]``, 65 dimensions, ``[0, 2**63]``, ``[10**400]``, duplicate names, huge kind / msg_id,
              wrong types), ``--repeat`` times each
 fuzz         ``--fuzz-count`` frames of the fuzzer's random / mutated / hostile mix plus structure-aware
@@ -45,9 +45,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from megwire import Frame, FrameError, from_parts, to_parts  # noqa: E402
-from testbed.nodes import fuzz  # noqa: E402
 from testbed.nodes import protocol as P  # noqa: E402
 from testbed.request import Request  # noqa: E402
+from testing import node_fuzz as fuzz  # noqa: E402
 
 HOST = "127.0.0.1"
 

@@ -266,7 +266,7 @@ def campaign_spec(name: str, model: str, *, es_device: str, sdxl: bool, rehearse
 
 def build_sdxl_folder(folder: Path, *, tiny: bool) -> Path:
     """An SDXL-shaped model folder: full size (random weights, fp16, built on the GPU) or the tests' tiny one."""
-    from testbed.ldm.synthetic import build_tiny_model
+    from testing.random_weight_models import build_tiny_model
 
     if tiny:
         return build_tiny_model(folder, "sdxl")

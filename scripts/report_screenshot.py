@@ -30,11 +30,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.synthetic is not None:
         from analysis.report import build_report
-        from analysis.synthetic import SyntheticSpec, write_synthetic_run
+        from testbed.ldm import flops
+        from testing.ground_truth_run import SyntheticSpec, write_synthetic_run
 
         t0 = time.perf_counter()
         write_synthetic_run(args.synthetic, SyntheticSpec(images=True))
-        result = build_report(args.synthetic)
+        result = build_report(args.synthetic, flop_counter=flops)
         print(f"synthetic run and report built in {time.perf_counter() - t0:.1f} s")
         html = result.html_path
     elif args.target is None:

@@ -199,7 +199,7 @@ def check_probes(profile: Any, sysfs_root: Path) -> list[Check]:
 def check_profile(profile: Any, sysfs_root: Path, command_outputs: Path | None) -> list[Check]:
     if profile is None:
         return [Check("firmware profile", "skip", "no --profile given (clocks / power mode not verified)")]
-    from testbed.profiles import RecordedRunner, subprocess_runner, verify_live
+    from firmware_profiles.live import RecordedRunner, subprocess_runner, verify_live
 
     run = subprocess_runner
     if command_outputs is not None:

@@ -6,6 +6,8 @@ import os
 
 import pytest
 
+from testing.torch_threads import torch_threads
+
 
 def _cuda_available() -> bool:
     try:
@@ -28,3 +30,11 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(skip_gpu)
         if "hil" in item.keywords and os.environ.get("MEGBED_HIL") != "1":
             item.add_marker(skip_hil)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module's tests (see :mod:`testing.torch_threads`); folders of tiny-model tests
+    request it from an autouse fixture in their conftest."""
+    with torch_threads(1):
+        yield

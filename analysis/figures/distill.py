@@ -30,9 +30,9 @@ def find_table(data: RunData, ctx: FigureContext) -> tuple[Path | None, list[Pat
     tried = [data.run_dir / FILE, data.run_dir / "distill" / FILE]
     model_dir = ctx.model_dir
     if model_dir is None:
-        from analysis.flops import find_model_dir
+        from analysis.model_folder import find_model_dir
 
-        model_dir = find_model_dir(data.manifest, None, data.run_dir)[0]
+        model_dir = find_model_dir(data.manifest, None, data.run_dir, ctx.named_models)[0]
     if model_dir is not None:
         tried.append(Path(model_dir) / "ue_decoder" / FILE)
     for path in tried:

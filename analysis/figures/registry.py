@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -42,6 +43,10 @@ class FigureContext:
         Model folder for FLOP counting (None: look where the manifest says).
     out_dir : Path or None
         The report folder (holds ``flops_cache.json`` between builds).
+    flop_counter : analysis.costfit.FlopCounter or None
+        Counts the model's FLOPs for the cost model (None: the per-step fallback).
+    named_models : dict
+        Model folders known by name (``{"default": <embedded model>}``), searched after the manifest's paths.
     cache : dict
         Results shared between figures and tables.
     """
@@ -49,6 +54,8 @@ class FigureContext:
     seed: int = 0
     model_dir: Path | None = None
     out_dir: Path | None = None
+    flop_counter: Any = None
+    named_models: dict = field(default_factory=dict)
     cache: dict = field(default_factory=dict)
     _notes: list[str] = field(default_factory=list)
 
@@ -65,7 +72,8 @@ class FigureContext:
 
         if "cost_model" not in self.cache:
             cache = self.out_dir / "flops_cache.json" if self.out_dir is not None else None
-            self.cache["cost_model"] = fit_cost_model(data, self.model_dir, flop_cache=cache)
+            self.cache["cost_model"] = fit_cost_model(data, self.model_dir, flop_cache=cache,
+                                                      flop_counter=self.flop_counter, named_models=self.named_models)
         return self.cache["cost_model"]
 
 
@@ -189,9 +197,8 @@ def register_figure(name: str, *, title: str, section: str, requires: tuple[str,
 
 
 def figures() -> list[FigureSpec]:
-    """Every registered figure, in report order."""
-    import analysis.figures  # noqa: F401 - importing the package registers the built-in figures
-
+    """Every registered figure, in report order. The built-in ones are registered by the time this runs: importing
+    this module imports its package first, whose ``__init__`` imports every figure module."""
     return sorted(REGISTRY.values(), key=lambda s: (s.order, s.name))
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from measurements import manifest as M
 from measurements.dataset import DatasetWriter
+from testbed.campaign.liveness import startup_wait_s, wait_for_local_broker
 from testbed.campaign.runner import ReferenceCache
 from testbed.campaign.spec import load_spec
 from testbed.nodes import rows as R
@@ -29,6 +30,15 @@ from testbed.nodes.orchestrator import Orchestrator, client_curves
 log = logging.getLogger(__name__)
 
 DEFAULT_SPEC = Path(__file__).resolve().parents[2] / "campaigns" / "default.yaml"
+
+
+def _broker_curve(keys_dir: Path | None):
+    """The orchestrator's CURVE client keys for the local broker (None on a run without keys)."""
+    if keys_dir is None:
+        return None
+    from testbed.nodes.keys import client_curve
+
+    return client_curve(keys_dir, "orchestrator", "channel")
 
 
 class OrchestratorTestbed:
@@ -66,7 +76,14 @@ class OrchestratorTestbed:
                                  dead_after_s=self.spec.timeouts.dead_after_s,
                                  curves=client_curves(self.spec.curve_keys_dir))
         try:
-            self.orch.connect(wait_s=max(120.0, self.spec.timeouts.request_s))
+            wait_s = startup_wait_s(self.spec.timeouts.request_s)
+            self.orch.connect(wait_s=wait_s)
+            if self.cluster is not None:
+                # the broker binds after its warm-up: the first request must not race it
+                probe = wait_for_local_broker(self.cluster, self.orch.ctx, _broker_curve(self.spec.curve_keys_dir),
+                                              self.spec.timeouts.heartbeat_s, wait_s)
+                if probe is not None:
+                    probe.close()
             self.orch.sync_clocks()
         except Exception:
             self.close()

@@ -68,3 +68,39 @@ class PathProbe:
         if self._client is not None:
             self._client.close()
             self._client = None
+
+
+# How long a freshly started node may take to answer at all: its first moments pay one-off costs (imports, the
+# broker's warm-up -- Sionna, BLER tables, numba kernels -- before it binds) that a loaded machine stretches many
+# times. A node that dies meanwhile is noticed at once (its process exits), so this bound costs nothing when healthy.
+STARTUP_WAIT_S = 120.0
+
+
+def startup_wait_s(request_s: float) -> float:
+    """Seconds to wait for freshly started nodes to answer (or to serve their first, warm-up request)."""
+    return max(STARTUP_WAIT_S, float(request_s))
+
+
+def wait_for_local_broker(cluster: Any, ctx: Any, curve: CurveConfig | None, heartbeat_s: float,
+                          wait_s: float) -> PathProbe | None:
+    """Block until the local cluster's channel broker answers heartbeats through to the ES; None without a broker.
+
+    The broker binds its sockets only after its warm-up, so a request sent before that waits in the UE's queue and
+    can time out on a loaded machine: callers wait here (readiness, not a sleep) before the first request.
+
+    Raises
+    ------
+    RuntimeError
+        A node process exited (with its log tail), or the broker did not answer within ``wait_s``.
+    """
+    if cluster.broker is None:
+        return None
+    probe = PathProbe(cluster.broker, ctx, curve, heartbeat_s, "channel")
+    deadline = time.monotonic() + wait_s
+    while not probe.ping(min(5.0, max(0.0, deadline - time.monotonic()))):
+        cluster.check_started()  # a broker that exited says why, at once
+        if time.monotonic() >= deadline:
+            probe.close()
+            raise RuntimeError(f"the local channel broker at {probe.address} did not answer within {wait_s:.0f} s; "
+                               f"see {cluster.nodes['channel'].log_path}")
+    return probe

@@ -47,21 +47,15 @@ def _die_with_parent() -> None:
 
 
 def broker_available() -> bool:
-    """Whether ``megbed node channel`` exists (the channel emulator's broker)."""
+    """Whether ``megbed node channel`` can start here: the channel emulator's broker needs the 'channel' install
+    extra (sionna, numba, scipy), which a campaign host may lack (the UE then talks to the ES directly)."""
     try:
-        from testbed.cli.node import NODE_MODULES
-    except ImportError:
+        import channel_emu.broker  # noqa: F401 - what `megbed node channel` runs
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] in ("megbed", "channel_emu", "testbed", "measurements", "megwire"):
+            raise  # a broken checkout, not a missing extra
         return False
-    import importlib
-
-    for name in NODE_MODULES:
-        if "channel" in name.rsplit(".", 1)[-1] or name.startswith("channel_emu"):
-            try:
-                importlib.import_module(name)
-                return True
-            except ImportError:
-                return False
-    return False
+    return True
 
 
 @dataclass

@@ -40,6 +40,7 @@ import numpy as np
 from measurements import manifest as M
 from measurements.dataset import DatasetWriter, has_rows
 from megwire import LinkTimeout
+from testbed.campaign.liveness import startup_wait_s
 from testbed.campaign.spec import CampaignSpec, load_spec
 from testbed.nodes import rows as R
 from testbed.nodes.orchestrator import NodeDead, Orchestrator, RequestFailed, client_curves
@@ -339,7 +340,7 @@ class CampaignRunner:
         orch = Orchestrator(es, ues, pub, heartbeat_s=spec.timeouts.heartbeat_s,
                             dead_after_s=spec.timeouts.dead_after_s, curves=curves)
         try:
-            orch.connect(wait_s=max(120.0, spec.timeouts.request_s))
+            orch.connect(wait_s=startup_wait_s(spec.timeouts.request_s))
         except NodeDead as exc:
             if self.cluster is not None:
                 try:
@@ -357,7 +358,7 @@ class CampaignRunner:
         Local runs probe the broker the cluster started. Remote runs probe the address each UE reports for its ES
         when it differs from the ES's own, and only if this host reaches it now (so an address that means something
         else from here never stops a campaign)."""
-        from testbed.campaign.liveness import PathProbe
+        from testbed.campaign.liveness import PathProbe, wait_for_local_broker
 
         hb = self.spec.timeouts.heartbeat_s
         keys = self.spec.curve_keys_dir
@@ -376,19 +377,13 @@ class CampaignRunner:
         probes: list[PathProbe] = []
         try:
             if self.cluster is not None:
-                if self.cluster.broker is not None:
-                    probe = PathProbe(self.cluster.broker, orch.ctx, curve_for("channel"), hb, "channel")
-                    probes.append(probe)
-                    # The hello reached the ES and the UE; the broker between them must be up too before warm-up.
-                    wait_s = max(120.0, self.spec.timeouts.request_s)
-                    if not probe.ping(wait_s):
-                        try:
-                            self.cluster.check_started()
-                        except RuntimeError as died:
-                            raise CampaignError(f"local nodes did not start: {died}") from None
-                        raise CampaignError(f"the local channel broker at {probe.address} did not answer within "
-                                            f"{wait_s:.0f} s; see {self.cluster.nodes['channel'].log_path}")
-                return probes
+                # The hello reached the ES and the UE; the broker between them must be up too before warm-up.
+                try:
+                    probe = wait_for_local_broker(self.cluster, orch.ctx, curve_for("channel") if self.cluster.broker
+                                                  else None, hb, startup_wait_s(self.spec.timeouts.request_s))
+                except RuntimeError as exc:  # a node exited (its log tail), or the broker stayed silent
+                    raise CampaignError(f"local nodes did not start: {exc}") from None
+                return [probe] if probe is not None else []
             seen = {orch.es.address}
             for ue in orch.ues:
                 addr = ue.info.get("es_address")
@@ -599,8 +594,10 @@ class CampaignRunner:
             i = seen.get(req.scheme, 0)
             seen[req.scheme] = i + 1
             try:
+                # Warm-up requests pay the nodes' one-off costs (first imports, kernels, caches), which a loaded
+                # machine stretches far past a measured request's timeout; heartbeats still catch a dead node.
                 self.orch.generate(with_request_id(req, f"warmup-{req.scheme}-{i}"),
-                                   timeout_s=self.spec.timeouts.request_s)
+                                   timeout_s=startup_wait_s(self.spec.timeouts.request_s))
             except (NodeDead, LinkTimeout, RequestFailed) as exc:
                 raise CampaignError(f"warm-up request for {req.scheme} failed: {exc}") from exc
 

@@ -19,7 +19,7 @@ COMMAND_MODULES: list[str] = [
     "testbed.cli.policy",
     "testbed.cli.generate",
     "testbed.cli.model",
-    "analysis.cli",
+    "testbed.cli.report",
     "channel_emu.cli",
     "measurements.cli",
     "testbed.cli.campaign",
@@ -35,7 +35,7 @@ COMMAND_MODULES: list[str] = [
 COMMAND_OWNERS: dict[str, str] = {
     "node": "testbed.cli.node", "doctor": "testbed.cli.doctor", "train": "testbed.cli.policy",
     "evaluate": "testbed.cli.policy", "generate": "testbed.cli.generate", "model": "testbed.cli.model",
-    "report": "analysis.cli", "channel": "channel_emu.cli", "probe": "measurements.cli",
+    "report": "testbed.cli.report", "channel": "channel_emu.cli", "probe": "measurements.cli",
     "campaign": "testbed.cli.campaign", "profile": "testbed.cli.profile", "keys": "testbed.cli.keys",
     "run": "testbed.cli.run", "distill": "testbed.cli.distill",
 }
@@ -96,8 +96,8 @@ def missing_extra_message(command: str | None, exc: ModuleNotFoundError) -> str:
 def _is_missing_dependency(exc: ModuleNotFoundError) -> bool:
     # A missing third-party package, not a bug inside megbed itself.
     top = (exc.name or "").split(".")[0]
-    return bool(top) and top not in ("testbed", "analysis", "channel_emu", "measurements", "megwire",
-                                      "firmware_profiles")
+    return bool(top) and top not in ("megbed", "testbed", "analysis", "channel_emu", "measurements", "megwire",
+                                      "firmware_profiles", "testing")
 
 
 def _command_of(argv: list[str]) -> str | None:

@@ -132,7 +132,7 @@ def build_meter(args: argparse.Namespace, profile: Any = None) -> tuple[Any, dic
 
 def _verify_profile(profile: Any) -> Any:
     try:
-        from testbed.profiles import verify_live
+        from firmware_profiles.live import verify_live
 
         return verify_live(profile)
     except Exception as exc:  # noqa: BLE001 - verification trouble is recorded, never fatal to the node

@@ -51,7 +51,7 @@ def _load(name: str) -> Any:
 
 
 def _runner(args: argparse.Namespace) -> Any:
-    from testbed.profiles import RecordedRunner, subprocess_runner
+    from firmware_profiles.live import RecordedRunner, subprocess_runner
 
     if args.command_outputs is None:
         return subprocess_runner
@@ -111,7 +111,7 @@ def _print_verify(result: dict[str, Any]) -> None:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from testbed.profiles import verify_live
+    from firmware_profiles.live import verify_live
 
     prof = _load(args.name)
     result = verify_live(prof, run=_runner(args), sysfs_root=args.sysfs_root)
@@ -124,7 +124,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _apply(args: argparse.Namespace) -> int:
-    from testbed.profiles import PrivilegeError, apply_profile, planned_commands
+    from firmware_profiles.live import PrivilegeError, apply_profile, planned_commands
 
     prof = _load(args.name)
     if not args.apply:

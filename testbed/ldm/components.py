@@ -33,6 +33,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from testbed.ldm.errors import LdmError
+
 ROLES = ("es", "ue")
 PLANS = ("meg", "hybrid", "ceg", "ue_local", "reference")
 ROLE_PLANS = {"es": ("meg", "hybrid", "ceg", "reference"), "ue": ("meg", "hybrid", "ceg", "ue_local")}
@@ -44,6 +46,16 @@ UNUSED_COMPONENTS = ("safety_checker", "feature_extractor", "image_encoder")
 
 class MissingComponentError(Exception):
     """A component a plan needs is not in the model folder (e.g. a sliced folder for another role)."""
+
+
+def dtype_kwarg(dtype: Any) -> dict[str, Any]:
+    """``from_pretrained``'s dtype keyword for diffusers: it renamed ``torch_dtype`` to ``dtype`` (deprecating the
+    old name); speak whichever the installed version knows."""
+    try:
+        from diffusers.utils.deprecation_utils import _resolve_dtype  # noqa: F401
+    except ImportError:
+        return {"torch_dtype": dtype}
+    return {"dtype": dtype}
 
 
 def text_components(family: str) -> tuple[str, ...]:
@@ -156,8 +168,6 @@ def load_component(model_dir: Path, index: dict[str, Any], name: str, *, device:
     if not isinstance(entry, list) or len(entry) != 2 or entry[0] is None or not folder.is_dir():
         raise MissingComponentError(f"{model_dir} has no component '{name}'")
     library, cls_name = entry
-    from testbed.ldm.errors import LdmError
-
     if library not in ("diffusers", "transformers"):
         raise LdmError(f"{model_dir}/model_index.json: component '{name}' from unsupported library {library!r}")
     import importlib
@@ -171,9 +181,7 @@ def load_component(model_dir: Path, index: dict[str, Any], name: str, *, device:
             return cls.from_pretrained(folder, local_files_only=True)
         if name == "scheduler":
             return cls.from_pretrained(folder)
-        from testbed.ldm.model import _dtype_kwarg
-
-        kwargs = _dtype_kwarg(dtype) if library == "diffusers" else {"torch_dtype": dtype}
+        kwargs = dtype_kwarg(dtype) if library == "diffusers" else {"torch_dtype": dtype}
         module_obj = cls.from_pretrained(folder, local_files_only=True, use_safetensors=True, **kwargs)
     except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
         raise LdmError(f"cannot load component '{name}' from {folder}: {exc}") from exc

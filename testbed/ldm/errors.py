@@ -1,4 +1,5 @@
-"""The runtime's error base (its own module so the request contract and the runtime share it without a cycle)."""
+"""The runtime's error types, in a module that imports nothing, so every ``testbed.ldm`` module can raise them
+without importing another (the request contract and the schedulers both raise them)."""
 
 from __future__ import annotations
 

@@ -31,6 +31,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+from testbed.ldm.components import dtype_kwarg
 from testbed.ldm.errors import LdmError
 from testbed.ldm.schedulers import SamplerState, new_sampler, resolve_scheduler_name
 from testbed.request import Request, RequestError
@@ -153,15 +154,6 @@ def set_vae_tiling(vae: Any, enabled: bool, tile_px: int = VAE_TILE_PX) -> None:
         vae.tile_latent_min_size = int(tile_px) // downsample
 
 
-def _dtype_kwarg(dtype: torch.dtype) -> dict[str, torch.dtype]:
-    # diffusers renamed from_pretrained's torch_dtype to dtype (deprecating the old name); speak whichever it knows.
-    try:
-        from diffusers.utils.deprecation_utils import _resolve_dtype  # noqa: F401
-    except ImportError:
-        return {"torch_dtype": dtype}
-    return {"dtype": dtype}
-
-
 def load_decoder(folder: str | Path, *, device: torch.device | str = "cpu",
                  dtype: torch.dtype | None = None) -> VaeDecoder:
     """Load a decoder saved as an ``AutoencoderKL`` folder (config.json + safetensors), e.g. ``<model>/ue_decoder``.
@@ -179,7 +171,7 @@ def load_decoder(folder: str | Path, *, device: torch.device | str = "cpu",
     dtype = dtype or default_dtype(device)
     try:
         vae = AutoencoderKL.from_pretrained(folder, local_files_only=True, use_safetensors=True,
-                                            **_dtype_kwarg(dtype))
+                                            **dtype_kwarg(dtype))
     except (OSError, ValueError, TypeError, KeyError) as exc:
         raise ModelLoadError(f"cannot load a decoder from {folder}: {exc}") from exc
     return VaeDecoder(vae.to(device))
@@ -608,7 +600,7 @@ def load_pipeline(model_dir: str | Path, *, device: torch.device | str | None = 
         if not name.startswith("_") and isinstance(entry, list) and entry and entry[0] is None:
             extra.setdefault(name, None)
     try:
-        pipe = DiffusionPipeline.from_pretrained(model_dir, local_files_only=True, **_dtype_kwarg(dtype), **extra)
+        pipe = DiffusionPipeline.from_pretrained(model_dir, local_files_only=True, **dtype_kwarg(dtype), **extra)
     except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
         raise ModelLoadError(f"cannot load the pipeline in {model_dir}: {exc}") from exc
     pipe = pipe.to(device)

@@ -34,39 +34,24 @@ class PolicyDatasetError(ValueError):
 def read_campaign_rows(run_dir: str | Path):
     """All rows of a campaign run directory, validated against the schema.
 
-    Uses :func:`measurements.dataset.read_dataset` when the measurement layer provides it, else reads
-    ``RUN_DIR/dataset/part-*.parquet`` with pandas and validates with :func:`measurements.schema.validate`.
+    Read with :func:`measurements.dataset.read_dataset` (append-only parts or a compacted copy, validated).
 
     Raises
     ------
     PolicyDatasetError
         No such directory, no parts, or rows that do not match the schema.
     """
-    import pandas as pd
-
-    from measurements.schema import SchemaError, validate
+    from measurements.dataset import read_dataset
+    from measurements.schema import SchemaError
 
     run = Path(run_dir)
     if not run.is_dir():
         raise PolicyDatasetError(f"campaign run directory {run} does not exist")
     try:
-        from measurements.dataset import read_dataset  # the measurement layer's validating reader
-    except ImportError:
-        read_dataset = None
-    try:
-        if read_dataset is not None:
-            df = read_dataset(run)
-        else:
-            parts = sorted((run / "dataset").glob("part-*.parquet"))
-            if not parts:
-                raise PolicyDatasetError(f"no dataset parts in {run / 'dataset'} (expected part-*.parquet)")
-            df = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
-            validate(df)
+        df = read_dataset(run)  # the measurement layer's validating reader (parts or compacted copy)
     except SchemaError as exc:
         raise PolicyDatasetError(f"{run}: {exc}") from exc
     except (OSError, ValueError) as exc:
-        if isinstance(exc, PolicyDatasetError):
-            raise
         raise PolicyDatasetError(f"cannot read the dataset of {run}: {exc}") from exc
     if len(df) == 0:
         raise PolicyDatasetError(f"the dataset of {run} is empty")

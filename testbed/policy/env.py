@@ -93,33 +93,11 @@ class DatasetChannel:
 
 
 def channel_process(config: Any = None, seed: int | None = None) -> ChannelLike:
-    """The channel emulator's time-correlated process (``channel_emu.process.ChannelProcess``).
+    """The channel emulator's seeded, time-correlated process (``channel_emu.process.ChannelProcess``; its
+    dependencies are in the policy extra)."""
+    from channel_emu.process import ChannelProcess
 
-    Raises
-    ------
-    PolicyDatasetError
-        When the channel emulator's process is not installed in this checkout.
-    """
-    try:
-        from channel_emu.process import ChannelProcess
-    except ImportError as exc:
-        raise PolicyDatasetError(
-            "channel_emu.process.ChannelProcess is not available in this checkout; pass channel='dataset' to draw "
-            f"the campaign's measured channel states instead ({exc})") from exc
-    if config is None:
-        return ChannelProcess(seed=seed) if _accepts_no_config(ChannelProcess) else ChannelProcess(None, seed)
     return ChannelProcess(config, seed)
-
-
-def _accepts_no_config(cls) -> bool:
-    import inspect
-
-    try:
-        params = inspect.signature(cls).parameters
-    except (TypeError, ValueError):
-        return False
-    first = next(iter(params.values()), None)
-    return first is None or first.default is not inspect.Parameter.empty
 
 
 @dataclass

@@ -24,14 +24,6 @@ def default_limits(cost_model) -> dict[str, float]:
     return limits
 
 
-def _channel_default() -> str:
-    try:
-        import channel_emu.process  # noqa: F401
-    except ImportError:
-        return "dataset"
-    return "process"
-
-
 def quick_train_and_evaluate(run_dir: str | Path, out_dir: str | Path | None = None, *,
                              limits: dict[str, float] | None = None, steps: int = 6400, max_wall_s: float = 90.0,
                              seed: int = 0, episodes: int = 50, channel: str = "auto",
@@ -55,7 +47,7 @@ def quick_train_and_evaluate(run_dir: str | Path, out_dir: str | Path | None = N
     episodes : int
         Evaluation episodes per policy.
     channel : {"auto", "process", "dataset"}
-        Channel states; ``auto``: the emulator's process when installed.
+        Channel states; ``auto``: the emulator's process (as ``process``; the policy extra brings it).
     overrides : dict, optional
         CVPO settings to change (e.g. ``{"hidden": (64, 64)}``).
 
@@ -81,7 +73,7 @@ def quick_train_and_evaluate(run_dir: str | Path, out_dir: str | Path | None = N
     cost_model = MeasuredCostModel.from_run_dir(run_dir, fixed=fixed)
     derived = not limits
     limits = dict(limits) if limits else default_limits(cost_model)
-    spec = meg_env_spec(run_dir, channel=_channel_default() if channel == "auto" else channel,
+    spec = meg_env_spec(run_dir, channel="process" if channel == "auto" else channel,
                         costs=tuple(limits), fixed=fixed)
     env = build_env(spec, seed=seed, cost_model=cost_model)
     eval_env = build_env(spec, seed=seed + 1, cost_model=cost_model)

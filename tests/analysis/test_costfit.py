@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 
 from analysis.costfit import fit_cost_model, node_steps, ols
-from analysis.flops import find_model_dir, stage_flops, unet_step_flops, vae_decode_flops
 from analysis.load import load_run
-from analysis.synthetic import STEP_S_ES, UE_SLOWDOWN, write_tiny_model
+from analysis.model_folder import find_model_dir
+from testbed.ldm import flops
+from testbed.ldm.flops import stage_flops, unet_step_flops, vae_decode_flops
+from testing.ground_truth_run import STEP_S_ES, UE_SLOWDOWN, write_tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +46,10 @@ def test_model_folder_is_found_from_the_manifest(tiny_model, tmp_path, monkeypat
     assert found is None and tmp_path / "models" / "tiny-ldm" in tried
     monkeypatch.setenv("MEGBED_MODEL_ROOTS", str(tiny_model.parent))
     assert find_model_dir({"config": {"model": "tiny-ldm"}})[0] == tiny_model
+    # a folder the caller knows by name (`megbed report` passes the embedded default model this way)
+    monkeypatch.delenv("MEGBED_MODEL_ROOTS")
+    assert find_model_dir({"config": {"model": "default"}}, named={"default": tiny_model})[0] == tiny_model
+    assert find_model_dir({"config": {"model": "default"}})[0] is None
 
 
 def test_steps_per_node():
@@ -53,7 +59,7 @@ def test_steps_per_node():
 
 
 def test_fit_recovers_the_synthetic_cost_model(full_run):
-    res = fit_cost_model(load_run(full_run, with_traces=False))
+    res = fit_cost_model(load_run(full_run, with_traces=False), flop_counter=flops)
     assert res.basis == "flops" and res.work_unit == "TFLOP"
     assert "decode rows of other decoders (distilled) are left out" in res.note
     es, ue = res.fit("es", "latency_s"), res.fit("ue", "latency_s")
@@ -66,8 +72,13 @@ def test_fit_recovers_the_synthetic_cost_model(full_run):
     assert np.nanmean(res.rows["latency_s_residual"]) == pytest.approx(0.0, abs=1e-3)
 
 
+def test_without_a_flop_counter_the_fit_falls_back_and_says_so(full_run):
+    res = fit_cost_model(load_run(full_run, with_traces=False))  # analysis alone never builds a network
+    assert res.basis == "steps" and "no FLOP counter was given" in res.note
+
+
 def test_fallback_without_the_model_folder_says_so(bare_run):
-    res = fit_cost_model(load_run(bare_run, with_traces=False))
+    res = fit_cost_model(load_run(bare_run, with_traces=False), flop_counter=flops)
     assert res.basis == "steps" and res.work_unit == "U-Net steps"
     assert "FLOPs not counted" in res.note and "not on this machine" in res.note
     assert set(res.rows["stage"]) == {"denoise"}

@@ -11,14 +11,14 @@ import pytest
 from board_helpers import REPO
 
 # Everything a node (and megbed doctor) runs, plus the rest of the project: requires-python is >= 3.10 throughout.
-PACKAGES = ("megwire", "firmware_profiles", "measurements", "testbed", "channel_emu", "analysis")
+PACKAGES = ("megwire", "firmware_profiles", "measurements", "testbed", "channel_emu", "analysis", "testing")
 # scipy is absent from the list: diffusers imports it by itself when it is installed (scipy.stats, for some
 # schedulers), and works without it -- the node-install test (a) serves requests with no scipy installed.
-FORBIDDEN = ("channel_emu", "analysis", "testbed.policy", "testbed.modeltrain", "testbed.distill", "sionna", "numba",
+FORBIDDEN = ("megbed.channel_emu", "megbed.analysis", "testbed.policy", "testbed.modeltrain", "testbed.distill", "sionna", "numba",
              "matplotlib", "gymnasium", "pandas", "pyarrow", "pytorch_msssim")
 # The link vocabulary and ranges a node checks requests against (pure Python, no Sionna): one definition, which the
 # broker uses too. The package's __init__ is lazy, so importing it pulls nothing else of the emulator.
-ALLOWED = ("channel_emu", "channel_emu.config")
+ALLOWED = ("megbed.channel_emu", "channel_emu.config")
 
 
 def _vermin() -> list[str]:

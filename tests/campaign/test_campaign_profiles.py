@@ -8,9 +8,15 @@ import pytest
 from campaign_helpers import write_spec
 
 from firmware_profiles import load_profile
+from firmware_profiles.live import (
+    PrivilegeError,
+    RecordedRunner,
+    apply_profile,
+    planned_commands,
+    verify_live,
+)
 from measurements.manifest import read_manifest
 from testbed.campaign.spec import SpecError, load_spec
-from testbed.profiles import PrivilegeError, RecordedRunner, apply_profile, planned_commands, verify_live
 
 NANO_OUTPUTS = {
     "nvpmodel -q": "NV Power Mode: 15W\n0\n",

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import pytest
-import torch
 
 from testbed.distill.cache import build_cache
 from testbed.distill.config import DistillConfig
 from testbed.distill.prompts import training_prompts
 from testbed.ldm.model import load_pipeline
-from testbed.ldm.synthetic import build_tiny_model
+from testing.random_weight_models import build_tiny_model
+from testing.torch_threads import torch_threads
 
 # N in {2, 3}, reference at 3 steps: the smallest grid where N < N_ref exists.
 TINY_RECIPE = {"num_prompts": 4, "val_prompts": 1, "n_min": 2, "n_max": 3, "steps": 6, "batch_size": 3,
@@ -20,22 +18,9 @@ TINY_RECIPE = {"num_prompts": 4, "val_prompts": 1, "n_min": 2, "n_max": 3, "step
                                                     "clean_fraction": 0.25, "link": {"model": "awgn"}}}
 
 
-@contextlib.contextmanager
-def torch_threads(n: int):
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    # Tiny models run fastest on one thread; a second spinning OpenMP thread on a shared 2-core machine is costly.
-    # Results depend on the thread count (reduction order), so session fixtures below compute on one thread too.
-    with torch_threads(1):
-        yield
+def _one_torch_thread_here(one_torch_thread):
+    """Every test here runs on one torch thread (tests/conftest.py)."""
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ from testbed.campaign.spec import load_spec
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    from testbed.ldm.synthetic import add_stand_in_decoder, build_tiny_model
+    from testing.random_weight_models import add_stand_in_decoder, build_tiny_model
 
     model = build_tiny_model(tmp_path_factory.mktemp("model") / "sd15", "sd15", sample_size=8)
     add_stand_in_decoder(model)  # its images differ from the base decoder's

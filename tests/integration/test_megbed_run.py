@@ -12,7 +12,7 @@ import pytest
 
 @pytest.mark.slow
 def test_megbed_run_writes_run_dir_report_and_summary(tmp_path):
-    from testbed.ldm.synthetic import build_tiny_model
+    from testing.random_weight_models import build_tiny_model
 
     model = build_tiny_model(tmp_path / "sd15", "sd15", sample_size=8)
     spec = tmp_path / "small.yaml"

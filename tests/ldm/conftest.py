@@ -4,20 +4,14 @@ into a temp folder with save_pretrained and loaded back through load_pipeline (f
 from __future__ import annotations
 
 import pytest
-import torch
 
 from testbed.ldm.model import load_pipeline
-from testbed.ldm.synthetic import build_tiny_model
+from testing.random_weight_models import build_tiny_model
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    # Tiny models run fastest on one thread, and a second OpenMP thread spinning on a shared 2-core machine makes
-    # them ~50x slower when other work is running.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_torch_thread_here(one_torch_thread):
+    """Every test here runs on one torch thread (tests/conftest.py)."""
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ from testbed.ldm.feature_metrics import (
     lpips_distance,
     optional_metrics,
 )
-from testbed.ldm.synthetic import tokenizer_vocab_size, write_clip_tokenizer
+from testing.random_weight_models import tokenizer_vocab_size, write_clip_tokenizer
 
 
 @pytest.fixture(scope="module")

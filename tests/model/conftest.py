@@ -6,15 +6,9 @@ import pytest
 from model_helpers import TINY
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One torch thread per test here: on a shared CPU, waiting OpenMP threads spin and multiply CPU time."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread_here(one_torch_thread):
+    """Every test here runs on one torch thread (tests/conftest.py)."""
 
 
 @pytest.fixture(scope="session")

@@ -11,8 +11,8 @@ import zmq
 from nodes_helpers import legit_request, make_spec
 
 from megwire import Frame, from_parts
-from testbed.nodes import fuzz
 from testbed.nodes import protocol as P
+from testing import node_fuzz as fuzz
 
 NODES = ("es", "broker", "ue")
 

@@ -19,8 +19,8 @@ from nodes_helpers import legit_request as _legit
 from nodes_helpers import make_spec, rss_mb
 
 from megwire import Frame, FrameError, from_parts, to_parts
-from testbed.nodes import fuzz
 from testbed.nodes import protocol as P
+from testing import node_fuzz as fuzz
 
 pytestmark = [pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
               pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")]

@@ -13,8 +13,8 @@ from testbed.request import Request, RequestError
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory):
-    from testbed.ldm.synthetic import add_stand_in_decoder, build_tiny_model
     from testbed.nodes.ldm_engine import LdmEngine
+    from testing.random_weight_models import add_stand_in_decoder, build_tiny_model
 
     model = build_tiny_model(tmp_path_factory.mktemp("m") / "sd15", "sd15", sample_size=8)
     add_stand_in_decoder(model)

@@ -11,7 +11,6 @@ from nodes_helpers import make_spec
 
 from measurements.schema import problems
 from megwire import Frame, recv_frame
-from testbed.nodes import fuzz
 from testbed.nodes import protocol as P
 from testbed.nodes import rows as R
 from testbed.nodes.es import EsNode
@@ -19,6 +18,7 @@ from testbed.nodes.orchestrator import NodeDead, Orchestrator, RequestFailed
 from testbed.nodes.rpc import NodeError, RpcClient
 from testbed.nodes.synthetic_engine import SyntheticEngine
 from testbed.nodes.ue import UeNode
+from testing import node_fuzz as fuzz
 
 
 def test_three_schemes_through_orchestrator_give_valid_rows(synthetic_pair):

@@ -17,11 +17,11 @@ from megwire import (
     recv_frame,
     stop_authenticator,
 )
-from testbed.nodes import fuzz
 from testbed.nodes import protocol as P
 from testbed.nodes.rpc import NodeError, RpcClient
 from testbed.nodes.server import NodeServer
 from testbed.request import Request
+from testing import node_fuzz as fuzz
 
 
 def _spec(**kw):

@@ -10,7 +10,7 @@ import pytest
 
 from testbed.policy.costmodel import MeasuredCostModel
 from testbed.policy.data import PolicyDatasetError, read_campaign_rows, request_table
-from testbed.policy.synthetic import SyntheticCampaign, synthetic_rows, write_synthetic_campaign
+from testing.parametric_campaign import SyntheticCampaign, synthetic_rows, write_synthetic_campaign
 
 
 def _write(tmp_path, df: pd.DataFrame):

@@ -115,7 +115,7 @@ def test_cmdp_summary_says_within_or_over():
 
 
 def test_train_on_a_campaign_that_compared_decoders_picks_the_policy_steps_decoder(tmp_path, capsys):
-    from testbed.policy.synthetic import SyntheticCampaign, synthetic_rows
+    from testing.parametric_campaign import SyntheticCampaign, synthetic_rows
 
     df = synthetic_rows(SyntheticCampaign(n_steps=(4, 8), merge_ratios=(0.0, 0.5), distances_m=(200.0,),
                                           repetitions=4, include_baselines=False))

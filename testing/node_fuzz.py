@@ -2,7 +2,7 @@
 
 Used by the tests (>= 1,000 messages per node) and usable against a running node from the command line::
 
-    python -m testbed.nodes.fuzz tcp://127.0.0.1:5555 --count 1000
+    python -m testing.node_fuzz tcp://127.0.0.1:5555 --count 1000
 
 Each generated message is a list of ZeroMQ parts as a DEALER would send them (``[b"", *frame_parts]``, or
 deliberately without the delimiter). :func:`must_be_refused` checks locally that a mutation is really invalid for the

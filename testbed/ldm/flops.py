@@ -4,6 +4,9 @@ The networks are built from the model folder's ``config.json`` files on the ``me
 and no memory is allocated, so even SDXL counts in seconds on a CPU. FLOPs follow PyTorch's convention (a
 multiply-add is 2 FLOPs), the same as calflops' FLOPs used by the paper.
 
+Counting builds networks, so it lives with the runtime; the report's cost model (:mod:`analysis.costfit`) is handed
+this module by ``megbed report`` and never imports it (analysis reads data).
+
 Counted per request configuration:
 
 * ``unet_step``: one U-Net forward at the latent size, batch 2 under classifier-free guidance, with tomesd applied
@@ -17,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -25,7 +27,6 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 TEXT_TOKENS = 77
-MODEL_ROOTS_ENV = "MEGBED_MODEL_ROOTS"
 
 
 class FlopCountError(RuntimeError):
@@ -49,61 +50,6 @@ class StageFlops:
     unet_step: float
     vae_decode: float
     text_encode: float
-
-
-def is_model_dir(path: Path) -> bool:
-    return (path / "unet" / "config.json").is_file() and (path / "vae" / "config.json").is_file()
-
-
-def _candidates(manifest: dict, model_name: str | None, run_dir: Path | None) -> list[Path]:
-    out: list[Path] = []
-    config = manifest.get("config") if isinstance(manifest.get("config"), dict) else {}
-    model = manifest.get("model")
-    for value in (manifest.get("model_dir"), config.get("model_dir"),
-                  model.get("path") if isinstance(model, dict) else None,
-                  model.get("model_dir") if isinstance(model, dict) else None):
-        if isinstance(value, str) and value:
-            out.append(Path(value).expanduser())
-    names = [n for n in (model_name, config.get("model"), model if isinstance(model, str) else None) if n]
-    roots = [Path(p).expanduser() for p in os.environ.get(MODEL_ROOTS_ENV, "").split(os.pathsep) if p]
-    if run_dir is not None:
-        roots += [run_dir / "models", run_dir.parent / "models"]
-    for name in names:
-        p = Path(str(name)).expanduser()
-        if p.is_absolute():
-            out.append(p)
-        else:
-            out.extend(root / p for root in roots)
-            if run_dir is not None:
-                out.append(run_dir / p)
-        if name == "default":
-            try:  # the embedded default model (a data folder; no node code is imported)
-                from testbed.assets import default_model_dir
-
-                out.append(default_model_dir())
-            except ImportError:
-                pass
-    return out
-
-
-def find_model_dir(manifest: dict, model_name: str | None = None, run_dir: Path | None = None
-                   ) -> tuple[Path | None, list[Path]]:
-    """The first local diffusers folder the manifest (or the ``model`` column) points to.
-
-    Looks at ``manifest['model_dir']``, ``manifest['config']['model_dir']``, ``manifest['model']['path']``, then the
-    model name under ``$MEGBED_MODEL_ROOTS``, ``RUN_DIR/models`` and ``RUN_DIR/../models``.
-
-    Returns
-    -------
-    found : Path or None
-    tried : list of Path
-        Every candidate, for the message when none is there.
-    """
-    tried = _candidates(manifest, model_name, run_dir)
-    for path in tried:
-        if is_model_dir(path):
-            return path, tried
-    return None, tried
 
 
 def _config(folder: Path, sub: str) -> dict | None:

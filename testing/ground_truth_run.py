@@ -143,7 +143,7 @@ class _Builder:
         self.model_path: Path | None = None
         if spec.model_dir:
             self.model_path = write_tiny_model(run_dir / "models" / "tiny-ldm")
-            from analysis.flops import stage_flops
+            from testbed.ldm.flops import stage_flops
 
             self.flops = stage_flops(self.model_path, spec.height_px, spec.height_px, cfg=True)
             self.s_per_tflop_es = STEP_S_ES / (self.flops.unet_step / 1e12)

@@ -1,9 +1,12 @@
-"""``megbed report RUN_DIR``: figures, tables and a self-contained HTML report of a campaign run."""
+"""``megbed report RUN_DIR``: figures, tables and a self-contained HTML report of a campaign run.
+
+The report itself is :mod:`analysis` (it reads data); this command hands it what only the runtime has: the FLOP
+counter (:mod:`testbed.ldm.flops`, which builds networks on the meta device) and the embedded default model's folder.
+"""
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 
@@ -26,12 +29,6 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def _error(message: str) -> int:
-    # analysis may not import testbed.cli (layering), so it reports user errors the way CliError does
-    print(f"megbed: error: {message}", file=sys.stderr)
-    return 2
-
-
 def run(args: argparse.Namespace) -> int:
     if args.list_figures:
         from analysis.figures import figures
@@ -41,11 +38,15 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from analysis.load import RunDataError
     from analysis.report import build_report
+    from testbed.assets import default_model_dir
+    from testbed.cli.main import CliError
+    from testbed.ldm import flops
 
     try:
         result = build_report(args.run_dir, args.out, figure_names=args.figures, seed=args.seed,
-                              n_boot=args.bootstrap, model_dir=args.model_dir, with_traces=not args.no_traces)
+                              n_boot=args.bootstrap, model_dir=args.model_dir, with_traces=not args.no_traces,
+                              flop_counter=flops, named_models={"default": default_model_dir()})
     except (RunDataError, ValueError) as exc:  # unusable run directory, unknown figure names
-        return _error(str(exc))
+        raise CliError(str(exc)) from exc
     print(result.summary)
     return 0 if result.ok else 1
