@@ -71,7 +71,7 @@ class PathLossConfig:
 
 @dataclass
 class ProcessConfig:
-    """The request-to-request channel process (see :mod:`channel_emu.process`).
+    """The request-to-request channel process (see :mod:`megbed.channel_emu.process`).
 
     Attributes
     ----------
@@ -305,7 +305,7 @@ def from_dict(data: Mapping[str, Any] | None) -> LinkConfig:
 
 def load(path: str | Path) -> LinkConfig:
     """Load a YAML (``.yaml``/``.yml``), TOML (``.toml``) or JSON file."""
-    from megwire.safe_yaml import YamlError, load_yaml_file
+    from megbed.megwire.safe_yaml import YamlError, load_yaml_file
 
     path = Path(path)
     if path.is_dir():
@@ -322,7 +322,7 @@ def load(path: str | Path) -> LinkConfig:
 
                 data = json.loads(text)
         else:
-            data = load_yaml_file(path)  # bounded, duplicate keys refused (megwire.safe_yaml)
+            data = load_yaml_file(path)  # bounded, duplicate keys refused (megbed.megwire.safe_yaml)
     except YamlError as exc:
         raise LinkConfigError(f"cannot parse: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - any parser error becomes a config error naming the file

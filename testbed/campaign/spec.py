@@ -51,9 +51,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from megwire.safe_yaml import YamlError, load_yaml_file
-from testbed.ldm.merge_methods import DEFAULT_MERGE_METHOD, MERGE_METHODS
-from testbed.nodes.protocol import LinkSpec, RequestSpec
+from megbed.megwire.safe_yaml import YamlError, load_yaml_file
+from megbed.testbed.ldm.merge_methods import DEFAULT_MERGE_METHOD, MERGE_METHODS
+from megbed.testbed.nodes.protocol import LinkSpec, RequestSpec
 
 SCHEMES = ("meg", "ceg", "ue_local")
 LINK_MODELS = ("awgn", "rayleigh_block", "rayleigh_symbol", "tdl_a", "tdl_b", "tdl_c", "tdl_d", "tdl_e")
@@ -297,14 +297,14 @@ class CampaignSpec:
     def tx_power_dbm(self) -> float:
         """The ES's transmit power of the link (dBm): the link config's, else the emulator's default (the paper's
         30 dBm). Used for the link rows' modeled transmit energy (P_tx x airtime)."""
-        from channel_emu.config import LinkConfig
+        from megbed.channel_emu.config import LinkConfig
 
         config = LinkConfig.load(self.link_config) if self.link_config is not None else LinkConfig()
         return float(config.pathloss.tx_power_dbm)
 
     def config_hash(self) -> str:
         """SHA-256 of the resolved configuration, as the run manifest records it."""
-        from measurements.manifest import config_hash
+        from megbed.measurements.manifest import config_hash
 
         return config_hash(self.resolved())
 
@@ -397,7 +397,7 @@ def _resolve_path(base: Path, value: str) -> Path:
 def resolve_model(model: str, base: Path) -> Path:
     """``default`` -> the embedded default model's folder; anything else is a path (relative to the spec)."""
     if model == "default":
-        from testbed.assets import default_model_dir
+        from megbed.testbed.assets import default_model_dir
 
         return default_model_dir()
     return _resolve_path(base, model)
@@ -407,11 +407,11 @@ def _check_profile(chk: _Checker, key: str, name: Any) -> None:
     if not isinstance(name, str) or not name:
         chk.bad(key, f"must be a profile name, got {_short(name)}")
         return
-    if name.startswith("emulate:"):  # an emulated UE (testbed.campaign.emulate)
+    if name.startswith("emulate:"):  # an emulated UE (megbed.testbed.campaign.emulate)
         if key != "profiles.ue":
             chk.bad(key, "only the UE can be emulated (emulate:<profile> or emulate:<factor>x)")
             return
-        from testbed.campaign.emulate import EmulationError, parse_emulation
+        from megbed.testbed.campaign.emulate import EmulationError, parse_emulation
 
         try:
             parse_emulation(name, key)
@@ -419,7 +419,7 @@ def _check_profile(chk: _Checker, key: str, name: Any) -> None:
             chk.bad(key, str(exc).removeprefix(f"{key}: "))
         return
     try:
-        from firmware_profiles import load_profile
+        from megbed.firmware_profiles import load_profile
     except ImportError:
         return  # the loader has not landed: profiles are checked again when the nodes start
     try:
@@ -541,7 +541,7 @@ def validate_spec(data: Any, *, base_dir: Path, source: str = "<spec>", check_pa
         scheduler = chk.string("image.scheduler", scheduler)
         if scheduler is not None:
             try:
-                from testbed.ldm.schedulers import SCHEDULERS
+                from megbed.testbed.ldm.schedulers import SCHEDULERS
             except ImportError:
                 SCHEDULERS = None  # noqa: N806 - the runtime checks again when it lands
             if SCHEDULERS is not None and scheduler not in SCHEDULERS:
@@ -593,7 +593,7 @@ def validate_spec(data: Any, *, base_dir: Path, source: str = "<spec>", check_pa
             chk.bad("grid.decoder", f"{model_dir} has no distilled UE decoder (ue_decoder/); train one with "
                                     f"`megbed distill train --install` or leave {sorted(wants)} out")
         elif check_paths and "auto" in wants:
-            from testbed.ldm.gate import read_gate
+            from megbed.testbed.ldm.gate import read_gate
 
             try:
                 gate = read_gate(model_dir / "ue_decoder")
@@ -650,7 +650,7 @@ def validate_spec(data: Any, *, base_dir: Path, source: str = "<spec>", check_pa
                 chk.bad("link_config", f"{link_config} does not exist")
             elif _is_file(link_config):
                 try:
-                    from channel_emu.config import LinkConfig
+                    from megbed.channel_emu.config import LinkConfig
 
                     LinkConfig.load(link_config)
                 except Exception as exc:  # noqa: BLE001 - the emulator's own error names the bad key

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 
-from testbed.cli.main import CliError
+from megbed.testbed.cli.main import CliError
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +44,8 @@ def register(sub) -> None:
 @contextlib.contextmanager
 def wrap_errors() -> Iterator[None]:
     """User-facing errors (bad spec, unreachable nodes) as CliError: one clear message, no traceback."""
-    from testbed.campaign.runner import CampaignError
-    from testbed.campaign.spec import SpecError
+    from megbed.testbed.campaign.runner import CampaignError
+    from megbed.testbed.campaign.spec import SpecError
 
     try:
         yield
@@ -68,8 +68,8 @@ def print_summary(summary) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from testbed.campaign.runner import CampaignRunner
-    from testbed.campaign.spec import load_spec
+    from megbed.testbed.campaign.runner import CampaignRunner
+    from megbed.testbed.campaign.spec import load_spec
 
     with wrap_errors():
         spec = load_spec(args.spec)
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def resume(args: argparse.Namespace) -> int:
-    from testbed.campaign.runner import resume_campaign
+    from megbed.testbed.campaign.runner import resume_campaign
 
     with wrap_errors():
         summary = resume_campaign(args.run_dir, engine=args.engine, progress=not args.no_progress)
@@ -86,7 +86,7 @@ def resume(args: argparse.Namespace) -> int:
 
 
 def check(args: argparse.Namespace) -> int:
-    from testbed.campaign.spec import load_spec
+    from megbed.testbed.campaign.spec import load_spec
 
     with wrap_errors():
         spec = load_spec(args.spec)

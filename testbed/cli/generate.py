@@ -15,12 +15,12 @@ import os
 import tempfile
 from pathlib import Path
 
-from testbed.cli.main import CliError
-from testbed.ldm.merge_methods import DEFAULT_MERGE_METHOD, MERGE_METHODS
+from megbed.testbed.cli.main import CliError
+from megbed.testbed.ldm.merge_methods import DEFAULT_MERGE_METHOD, MERGE_METHODS
 
 
 def _default_model() -> Path | None:
-    from testbed.assets import default_model_dir
+    from megbed.testbed.assets import default_model_dir
 
     folder = default_model_dir()
     return folder if (folder / "model_index.json").is_file() else None
@@ -63,7 +63,7 @@ def register(sub) -> None:
 
 
 def _write_png_atomic(image, out: Path) -> None:
-    from testbed.ldm.stages import image_to_png
+    from megbed.testbed.ldm.stages import image_to_png
 
     data = image_to_png(image.cpu()).tobytes()
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
@@ -89,10 +89,10 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from testbed.ldm.merging import MergeError
-    from testbed.ldm.model import load_decoder, load_pipeline
-    from testbed.ldm.request import GenerationRequest, LdmError
-    from testbed.ldm.runner import run_split
+    from megbed.testbed.ldm.merging import MergeError
+    from megbed.testbed.ldm.model import load_decoder, load_pipeline
+    from megbed.testbed.ldm.request import GenerationRequest, LdmError
+    from megbed.testbed.ldm.runner import run_split
 
     try:
         request = GenerationRequest(
@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
         if args.vae_tiling:
             model.set_vae_tiling(True)
             if decoder is not None:
-                from testbed.ldm.model import set_vae_tiling
+                from megbed.testbed.ldm.model import set_vae_tiling
 
                 set_vae_tiling(decoder.vae, True)
         result = run_split(request, model, scheme=args.scheme, ue_decoder=decoder)

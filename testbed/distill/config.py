@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from testbed.ldm.merging import DEFAULT_MERGE_METHOD, MAX_BETA, MERGE_METHODS
-from testbed.ldm.request import WIRE_DTYPES
+from megbed.testbed.ldm.merging import DEFAULT_MERGE_METHOD, MAX_BETA, MERGE_METHODS
+from megbed.testbed.ldm.request import WIRE_DTYPES
 
 NOISE_KINDS = ("sigma", "snr", "link", "none")
 AMP_DTYPES = ("none", "bf16", "fp16")
@@ -96,7 +96,7 @@ class DistillConfig:
     beta_max : float
         beta ~ U[0, beta_max] per sample (at most 0.75, the merging's cap).
     merge_method : str
-        Merge method of the training samples (:data:`testbed.ldm.merging.MERGE_METHODS`; the runtime's default).
+        Merge method of the training samples (:data:`megbed.testbed.ldm.merging.MERGE_METHODS`; the runtime's default).
     guidance_scale : float
         CFG scale of the cached generations (5.0: the campaigns' default; SD-1.5 is usually run at 7.5).
     scheduler : str or None
@@ -302,7 +302,7 @@ def validate(cfg: DistillConfig) -> None:
     _check(_is_num(n.clean_fraction) and 0 <= n.clean_fraction <= 1, "noise.clean_fraction", "must be in [0, 1]")
     _check(isinstance(n.link, dict), "noise.link", "must be a mapping (a channel_emu LinkConfig)")
     if n.kind in ("snr", "link"):
-        from channel_emu.config import LinkConfig, LinkConfigError
+        from megbed.channel_emu.config import LinkConfig, LinkConfigError
 
         try:
             LinkConfig.from_dict(n.link)

@@ -58,7 +58,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from testbed.ldm.merge_methods import DEFAULT_MERGE_METHOD, GLOBAL_METHODS, MERGE_METHODS
+from megbed.testbed.ldm.merge_methods import DEFAULT_MERGE_METHOD, GLOBAL_METHODS, MERGE_METHODS
 
 PATCH = 2
 WINDOW = 2

@@ -20,10 +20,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from megwire import Frame
-from testbed.ldm.model import LatentDecoder, LdmModel
-from testbed.ldm.request import GenerationRequest, RequestError
-from testbed.ldm.stages import (
+from megbed.megwire import Frame
+from megbed.testbed.ldm.model import LatentDecoder, LdmModel
+from megbed.testbed.ldm.request import GenerationRequest, RequestError
+from megbed.testbed.ldm.stages import (
     IMAGE_KIND,
     DecodeStage,
     DenoiseStage,

@@ -10,8 +10,8 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from testbed.ldm.errors import LdmError, RequestError
-from testbed.ldm.merging import (
+from megbed.testbed.ldm.errors import LdmError, RequestError
+from megbed.testbed.ldm.merging import (
     DEFAULT_MERGE_METHOD,
     MAX_BETA,
     MERGE_METHODS,
@@ -46,7 +46,7 @@ class GenerationRequest:
     merge_ratio : float
         beta in [0, 0.75], share of latent tokens merged away before sending.
     merge_method : str
-        How tokens are merged (:data:`testbed.ldm.merging.MERGE_METHODS`): ``global_l2`` (default), ``global`` (the
+        How tokens are merged (:data:`megbed.testbed.ldm.merging.MERGE_METHODS`): ``global_l2`` (default), ``global`` (the
         paper's rule) or ``window`` (window-local).
     seed : int
         Seed of the initial noise, of ancestral samplers' noise and of the merge layout (0 <= seed < 2**63).
@@ -57,7 +57,7 @@ class GenerationRequest:
     guidance_scale : float
         Classifier-free guidance scale (CFG runs when > 1 and the U-Net has no guidance embedding).
     scheduler : str or None
-        Sampler name from :data:`testbed.ldm.schedulers.SCHEDULERS`; ``None``: the model's own (when supported).
+        Sampler name from :data:`megbed.testbed.ldm.schedulers.SCHEDULERS`; ``None``: the model's own (when supported).
     tome_ratio_es, tome_ratio_ue : float
         tomesd token-merging ratio inside the U-Net on each node, in [0, 0.75] (0 = off).
     wire_dtype : str
@@ -83,7 +83,7 @@ class GenerationRequest:
     request_id: str = ""
 
     def __post_init__(self) -> None:
-        from testbed.ldm.schedulers import SCHEDULERS
+        from megbed.testbed.ldm.schedulers import SCHEDULERS
 
         if not isinstance(self.prompt, str):
             raise RequestError(f"prompt must be a string, got {type(self.prompt).__name__}")

@@ -30,7 +30,7 @@ from diffusers import (
 )
 from diffusers.utils.torch_utils import randn_tensor
 
-from testbed.ldm.errors import LdmError, RequestError
+from megbed.testbed.ldm.errors import LdmError, RequestError
 
 _WIRE = {"float16": np.float16, "float32": np.float32}
 

@@ -24,11 +24,11 @@ from typing import Any
 
 import numpy as np
 
-from channel_emu.config import MODELS as LINK_MODELS
-from channel_emu.config import MODES as TX_MODES
-from channel_emu.config import SNR_DB_RANGE
-from megwire import Frame
-from testbed.ldm.merge_methods import DEFAULT_MERGE_METHOD, MERGE_METHODS
+from megbed.channel_emu.config import MODELS as LINK_MODELS
+from megbed.channel_emu.config import MODES as TX_MODES
+from megbed.channel_emu.config import SNR_DB_RANGE
+from megbed.megwire import Frame
+from megbed.testbed.ldm.merge_methods import DEFAULT_MERGE_METHOD, MERGE_METHODS
 
 # Frame kinds.
 HEARTBEAT = "heartbeat"
@@ -154,7 +154,7 @@ class LinkSpec:
     def from_meta(cls, meta: Any, where: str = "link", rid: str | None = None) -> LinkSpec:
         if not isinstance(meta, Mapping):
             raise ProtocolError(f"{where}: must be an object", request_id=rid)
-        # The channel broker's vocabulary and ranges (channel_emu.config), checked here so a node refuses a
+        # The channel broker's vocabulary and ranges (megbed.channel_emu.config), checked here so a node refuses a
         # request the broker would refuse before computing anything.
         model = _req(meta, "link_model", str, where)
         if model not in LINK_MODELS:
@@ -204,7 +204,7 @@ class RequestSpec:
     merge_ratio : float
         Feature-merging ratio beta in [0, 0.75] (MEG only).
     merge_method : str
-        Feature-merging method (``testbed.ldm.merge_methods.MERGE_METHODS``; MEG only).
+        Feature-merging method (``megbed.testbed.ldm.merge_methods.MERGE_METHODS``; MEG only).
     tome_ratio_es, tome_ratio_ue : float
         tomesd ratios in the U-Net on each node.
     wire_dtype : str
@@ -327,11 +327,11 @@ class RequestSpec:
         )
 
     def generation_request(self, *, reference_n_steps: int | None = None) -> Any:
-        """The runtime's :class:`testbed.ldm.request.GenerationRequest` for this request.
+        """The runtime's :class:`megbed.testbed.ldm.request.GenerationRequest` for this request.
 
         ``reference_n_steps`` gives the quality reference instead: N_max steps, beta = 0, no tomesd, all on one node.
         """
-        from testbed.ldm.request import GenerationRequest
+        from megbed.testbed.ldm.request import GenerationRequest
 
         common = dict(prompt=self.prompt, seed=self.seed, negative_prompt=self.negative_prompt or None,
                       height=self.height_px, width=self.width_px, guidance_scale=self.guidance_scale,
@@ -348,7 +348,7 @@ class RequestSpec:
                                  tome_ratio_es=self.tome_ratio_ue, tome_ratio_ue=self.tome_ratio_ue, **common)
 
     def config_columns(self) -> dict[str, Any]:
-        """The request's configuration as dataset columns (``measurements.schema`` names)."""
+        """The request's configuration as dataset columns (``megbed.measurements.schema`` names)."""
         link = self.link
         return {
             "prompt": self.prompt,
@@ -413,7 +413,7 @@ class RequestBounds:
 
 # --- stage records --------------------------------------------------------------------------------------------------
 
-# Keys a node puts in each stage record; energy columns come from the meter as ``measurements.schema`` names.
+# Keys a node puts in each stage record; energy columns come from the meter as ``megbed.measurements.schema`` names.
 RECORD_KEYS = ("node", "stage", "t_start_ns", "t_end_ns", "latency_s")
 
 

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from testbed.policy.limits import Constraints
-from testbed.policy.nets import GaussianActor
+from megbed.testbed.policy.limits import Constraints
+from megbed.testbed.policy.nets import GaussianActor
 
 
 @dataclass

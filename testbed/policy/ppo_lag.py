@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 import torch
 
-from testbed.policy.learner import (
+from megbed.testbed.policy.learner import (
     Learner,
     Rollout,
     load_module,
@@ -23,8 +23,8 @@ from testbed.policy.learner import (
     module_tensors,
     optimizer_state,
 )
-from testbed.policy.limits import Constraints
-from testbed.policy.nets import GaussianActor, VCritic, normal_log_prob
+from megbed.testbed.policy.limits import Constraints
+from megbed.testbed.policy.nets import GaussianActor, VCritic, normal_log_prob
 
 
 @dataclass

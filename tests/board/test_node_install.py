@@ -17,8 +17,8 @@ import pytest
 import zmq
 from board_helpers import LEFT_OUT, copy_source, free_port, start_node, stop_node
 
-from testbed.nodes import protocol as P
-from testbed.nodes.rpc import RpcClient
+from megbed.testbed.nodes import protocol as P
+from megbed.testbed.nodes.rpc import RpcClient
 
 TORCH_SPEC = "torch==2.13.0"
 

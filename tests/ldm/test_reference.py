@@ -3,11 +3,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-import testbed.ldm.reference as reference
-from testbed.ldm.metrics import quality
-from testbed.ldm.reference import ReferenceCache, ReferenceKey, reference_request
-from testbed.ldm.request import GenerationRequest, RequestError
-from testbed.ldm.runner import run_split
+import megbed.testbed.ldm.reference as reference
+from megbed.testbed.ldm.metrics import quality
+from megbed.testbed.ldm.reference import ReferenceCache, ReferenceKey, reference_request
+from megbed.testbed.ldm.request import GenerationRequest, RequestError
+from megbed.testbed.ldm.runner import run_split
 
 
 def _req(**kw):

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import zmq
 
-from megwire import Frame, from_parts, to_parts
-from testbed.nodes import protocol as P
+from megbed.megwire import Frame, from_parts, to_parts
+from megbed.testbed.nodes import protocol as P
 
 
 def make_spec(scheme: str = "meg", rid: str = "r1", **kw) -> P.RequestSpec:
@@ -28,7 +28,7 @@ def make_spec(scheme: str = "meg", rid: str = "r1", **kw) -> P.RequestSpec:
 
 
 HOST = "127.0.0.1"
-_MAIN = "import sys; from testbed.cli.main import main; sys.exit(main())"
+_MAIN = "import sys; from megbed.testbed.cli.main import main; sys.exit(main())"
 
 
 def free_port() -> int:

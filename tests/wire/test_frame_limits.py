@@ -8,8 +8,8 @@ import struct
 import numpy as np
 import pytest
 
-from megwire import Frame, FrameError, FrameLimits, from_parts, pack, to_parts, unpack
-from megwire.frames import MAGIC, PROTOCOL_VERSION, json_depth
+from megbed.megwire import Frame, FrameError, FrameLimits, from_parts, pack, to_parts, unpack
+from megbed.megwire.frames import MAGIC, PROTOCOL_VERSION, json_depth
 
 
 def _head(header: dict | bytes) -> bytes:
