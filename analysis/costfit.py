@@ -11,7 +11,7 @@ Stage work:
 * ``denoise``: steps run on the node x one U-Net step (CFG batch, the node's tomesd ratio);
 * ``decode``: one VAE decode;  ``text_encode``: the text encoders.
 
-FLOPs are counted by a :class:`FlopCounter` the caller hands in (``megbed report`` passes :mod:`testbed.ldm.flops`,
+FLOPs are counted by a :class:`FlopCounter` the caller hands in (``megbed report`` passes :mod:`megbed.testbed.ldm.flops`,
 which builds the networks on the meta device): this package reads data and never builds a model. When no counter is
 given or the model folder named in the manifest is not on this machine, FLOPs cannot be counted: the fallback is a
 per-step proportional model, ``latency_s = a · steps + b`` on the ``denoise`` stages only, and the result says so.
@@ -28,8 +28,8 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
-from analysis.load import RunData
-from analysis.model_folder import find_model_dir
+from megbed.analysis.load import RunData
+from megbed.analysis.model_folder import find_model_dir
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ COSTS = (("latency_s", "latency (s)", 1.0), ("energy_mj_total", "energy (J)", 1e
 
 
 class FlopCounter(Protocol):
-    """What the cost model needs to count a model folder's work (:mod:`testbed.ldm.flops` is one, as a module).
+    """What the cost model needs to count a model folder's work (:mod:`megbed.testbed.ldm.flops` is one, as a module).
 
     ``stage_flops`` returns an object with ``unet_step``, ``vae_decode`` and ``text_encode`` in FLOPs and raises
     ``FlopCountError`` when the folder cannot be counted.
@@ -166,7 +166,7 @@ def stage_work(data: RunData, model_dir: Path | None = None, tome_max_downsample
              else find_model_dir(data.manifest, model_name, data.run_dir, named_models)[0])
     reason = ""
     if flop_counter is None:
-        reason = "no FLOP counter was given (`megbed report` passes the runtime's, testbed.ldm.flops)"
+        reason = "no FLOP counter was given (`megbed report` passes the runtime's, megbed.testbed.ldm.flops)"
     elif found is not None:
         try:
             side = flop_counter.native_size_px(found)
@@ -203,7 +203,7 @@ def fit_cost_model(data: RunData, model_dir: Path | None = None, tome_max_downsa
                    named_models: Mapping[str, Path] | None = None) -> CostModelResult:
     """Fit ``cost = a · work + b`` per node for latency and (valid) energy; see the module docstring.
 
-    ``flop_cache``: a JSON file remembering FLOP counts between reports (see ``testbed.ldm.flops.stage_flops``).
+    ``flop_cache``: a JSON file remembering FLOP counts between reports (see ``megbed.testbed.ldm.flops.stage_flops``).
     ``flop_counter``: counts the model folder's FLOPs (None: the per-step fallback). ``named_models``: model
     folders known by name (``{"default": ...}``), searched after the manifest's own paths.
     """

@@ -9,10 +9,10 @@ import json
 import math
 from pathlib import Path
 
-from analysis.figures.registry import FigureContext
-from analysis.load import RunData
-from analysis.stats import Estimate
-from analysis.tables import SETTING_COLUMNS, Comparison, scheme_label
+from megbed.analysis.figures.registry import FigureContext
+from megbed.analysis.load import RunData
+from megbed.analysis.stats import Estimate
+from megbed.analysis.tables import SETTING_COLUMNS, Comparison, scheme_label
 
 MAX_GALLERY = 12
 THUMB_PX = 256

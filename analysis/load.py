@@ -1,6 +1,6 @@
 """Load a run directory into one validated :class:`RunData`: rows, manifest, raw traces, training logs, images.
 
-A run directory holds (see ``measurements.schema`` for the row contract)::
+A run directory holds (see ``megbed.measurements.schema`` for the row contract)::
 
     RUN_DIR/manifest.json            provenance: schema version, commit, config, machine, probes, clock sync
     RUN_DIR/dataset/part-*.parquet   tidy rows, one per request x node x stage (+ one end_to_end row per request)
@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.clock import manifest_clock_models
-from analysis.traces import TraceFormatError, read_traces
-from analysis.training import read_training_logs
-from measurements import schema
+from megbed.analysis.clock import manifest_clock_models
+from megbed.analysis.traces import TraceFormatError, read_traces
+from megbed.analysis.training import read_training_logs
+from megbed.measurements import schema
 
 log = logging.getLogger(__name__)
 
@@ -155,8 +155,8 @@ def manifest_schema_version(manifest: dict) -> str | None:
 
 
 def dataset_parts(run_dir: Path) -> list[Path]:
-    """The run's data files: append-only parts, a compacted copy, or both (:func:`measurements.dataset.data_files`)."""
-    from measurements.dataset import data_files
+    """The run's data files: append-only parts, a compacted copy, or both (:func:`megbed.measurements.dataset.data_files`)."""
+    from megbed.measurements.dataset import data_files
 
     folder = run_dir / "dataset"
     parts = data_files(folder)
@@ -209,7 +209,7 @@ def check_parts_consistent(parts: list[Path]) -> tuple[list[str], dict[str, str]
 
 def _read_rows(run_dir: Path, parts: list[Path]) -> tuple[pd.DataFrame, list[str]]:
     """All rows through the measurement layer's validating reader; returns the rows and what it tolerated."""
-    from measurements.dataset import DatasetError, read_dataset
+    from megbed.measurements.dataset import DatasetError, read_dataset
 
     with _warnings_mod.catch_warnings():
         _warnings_mod.simplefilter("ignore")  # the reader's notes come back in rows.attrs["warnings"]

@@ -1,6 +1,6 @@
 """Where a run's model folder is: the diffusers folder its manifest (or ``model`` column) names, if it is on this
 machine. Pure path logic over the manifest; counting the folder's FLOPs is the runtime's job
-(:mod:`testbed.ldm.flops`)."""
+(:mod:`megbed.testbed.ldm.flops`)."""
 
 from __future__ import annotations
 

@@ -18,11 +18,11 @@ from typing import Any
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from analysis.costfit import FlopCounter
-from analysis.figures.registry import FigureContext, FigureSkipped, figures
-from analysis.load import RunData, load_run
-from analysis.stats import DEFAULT_BOOT, mean_ci
-from analysis.tables import Comparison, comparison, comparison_frame, request_costs, scheme_label
+from megbed.analysis.costfit import FlopCounter
+from megbed.analysis.figures.registry import FigureContext, FigureSkipped, figures
+from megbed.analysis.load import RunData, load_run
+from megbed.analysis.stats import DEFAULT_BOOT, mean_ci
+from megbed.analysis.tables import Comparison, comparison, comparison_frame, request_costs, scheme_label
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ class ReportResult:
 def render_figures(data: RunData, out_dir: Path, ctx: FigureContext, names: list[str] | None = None
                    ) -> tuple[dict[str, RenderedFigure], dict[str, str], dict[str, str]]:
     """Draw every registered figure (or those named) into ``out_dir/<name>.png``."""
-    from analysis.figures import style
+    from megbed.analysis.figures import style
 
     done: dict[str, RenderedFigure] = {}
     skipped: dict[str, str] = {}
@@ -243,8 +243,8 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None, *, figu
         Model folder for FLOP counting (default: the one the manifest names, when present here).
     with_traces : bool
         Read raw power traces (set False to skip large traces).
-    flop_counter : analysis.costfit.FlopCounter, optional
-        Counts the model's FLOPs for the cost model (``megbed report`` passes ``testbed.ldm.flops``); without one
+    flop_counter : megbed.analysis.costfit.FlopCounter, optional
+        Counts the model's FLOPs for the cost model (``megbed report`` passes ``megbed.testbed.ldm.flops``); without one
         the cost model falls back to the per-step model and says so.
     named_models : mapping of str to path, optional
         Model folders known by name (``{"default": <embedded model>}``), searched after the manifest's paths.
@@ -255,10 +255,10 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None, *, figu
 
     Raises
     ------
-    analysis.load.RunDataError, analysis.load.SchemaVersionError
+    megbed.analysis.load.RunDataError, megbed.analysis.load.SchemaVersionError
         The run directory cannot be analysed (no dataset, broken schema, wrong schema version).
     """
-    from analysis.html import write_html
+    from megbed.analysis.html import write_html
 
     data = load_run(run_dir, with_traces=with_traces)
     out = Path(out_dir) if out_dir is not None else data.run_dir / REPORT_DIR

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from analysis.load import RunData
-from analysis.stats import DEFAULT_BOOT, DEFAULT_LEVEL, Estimate, mean_ci, relative_change_ci
-from measurements import schema
+from megbed.analysis.load import RunData
+from megbed.analysis.stats import DEFAULT_BOOT, DEFAULT_LEVEL, Estimate, mean_ci, relative_change_ci
+from megbed.measurements import schema
 
 SCHEME_LABELS = {"meg": "MEG", "ceg": "CEG", "ue_local": "UE-local"}
 BASELINES = ("ceg", "ue_local")

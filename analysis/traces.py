@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.clock import ClockModel
+from megbed.analysis.clock import ClockModel
 
 TIME_COLUMNS = ("t_orch_ns", "t_ns", "t_mono_ns", "timestamp_ns", "t_monotonic_ns")
 LONG_COLUMNS = ("node", "probe", "rail", "t_ns", "power_mw")

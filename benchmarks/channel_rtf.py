@@ -11,7 +11,7 @@ idle machine would take. The load average is printed: on the shared box the wall
 box is idle, and the 1-vs-2-thread ratio is the figure that travels.
 
 Run: ``python benchmarks/channel_rtf.py [--repeats N] [--coded-repeats N] [--snr-db 2.2 10] [--links ...]
-[--full-bench]`` (``--full-bench`` also prints the older Sionna-vs-fast table of :mod:`channel_emu.bench`).
+[--full-bench]`` (``--full-bench`` also prints the older Sionna-vs-fast table of :mod:`megbed.channel_emu.bench`).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ import time
 import numpy as np
 import torch
 
-from channel_emu.emulator import ChannelEmulator
-from megwire import Frame
+from megbed.channel_emu.emulator import ChannelEmulator
+from megbed.megwire import Frame
 
 LATENTS = {"sd15_4x64x64": (4, 64, 64), "sdxl_4x128x128": (4, 128, 128)}
 
@@ -63,7 +63,7 @@ def main() -> None:
                     help="2.2 dB: the paper's 200 m cell edge; 10 dB: 16-QAM, the coded chain's hardest case")
     ap.add_argument("--links", nargs="+", default=["awgn", "rayleigh_block", "rayleigh_symbol"])
     ap.add_argument("--modes", nargs="+", default=["analog", "coded"])
-    ap.add_argument("--full-bench", action="store_true", help="also print channel_emu.bench's Sionna/fast table")
+    ap.add_argument("--full-bench", action="store_true", help="also print megbed.channel_emu.bench's Sionna/fast table")
     args = ap.parse_args()
     t_start, load0 = time.perf_counter(), os.getloadavg()
     print(f"{os.cpu_count()} CPUs, load average {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f} at start")
@@ -85,7 +85,7 @@ def main() -> None:
     print(f"load average {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f} at end; "
           f"took {time.perf_counter() - t_start:.0f} s")
     if args.full_bench:
-        from channel_emu.bench import run
+        from megbed.channel_emu.bench import run
 
         for r in run()["rows"]:
             print(r)

@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def trial(offset_ns: int, drift: float, bursts: int, per_burst: int, gap_s: float) -> dict:
-    from measurements.clocksync import ClockSync, ClockSyncResponder, OffsetClock
-    from megwire import ZmqClientLink
+    from megbed.measurements.clocksync import ClockSync, ClockSyncResponder, OffsetClock
+    from megbed.megwire import ZmqClientLink
 
     remote = OffsetClock(offset_ns, drift)
     with ClockSyncResponder(clock=remote) as responder:

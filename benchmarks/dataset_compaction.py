@@ -2,7 +2,7 @@
 
 A run of ``--requests`` requests is written the way the campaign runner writes it (one atomic part per request:
 ``--stages`` stage rows + one end_to_end row, schemes and nodes mixed), then queried; then compacted with
-:func:`measurements.compact.compact_dataset` and queried again. Every query must give the same answer on both forms
+:func:`megbed.measurements.compact.compact_dataset` and queried again. Every query must give the same answer on both forms
 (checked; the script exits non-zero otherwise).
 
 Queries (the two things users do most: a per-scheme summary and a filter on scheme + node):
@@ -11,7 +11,7 @@ Queries (the two things users do most: a per-scheme summary and a filter on sche
 * ``q_filter``: rows, total latency and energy of scheme = 'meg' and node = 'es'.
 
 Engines: DuckDB on the files (``read_parquet`` over the parts' glob, or over the compacted generation with
-``hive_partitioning``), pandas through the project's reader (``measurements.dataset.read_dataset``, validating
+``hive_partitioning``), pandas through the project's reader (``megbed.measurements.dataset.read_dataset``, validating
 as analysis and ``megbed train`` do, and without validation as resume does). Times are the best of ``--repeats``
 cold-process-free runs (the OS page cache is warm for both forms alike). DuckDB is in the dev extra; without it the
 DuckDB rows are skipped with a message.
@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from measurements.compact import compact_dataset
-from measurements.dataset import DatasetWriter, data_files, read_dataset
-from megwire.vocab import SCHEMES
+from megbed.measurements.compact import compact_dataset
+from megbed.measurements.dataset import DatasetWriter, data_files, read_dataset
+from megbed.megwire.vocab import SCHEMES
 
 
 def write_run(run: Path, requests: int, stages: int, seed: int = 0) -> None:

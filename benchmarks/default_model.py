@@ -1,6 +1,6 @@
 """The embedded default model: size, generation latency at 20 steps, and the quality trade-off vs N, beta, noise.
 
-Everything runs through the project's runtime (``testbed.ldm``: ``load_pipeline``, ``Request``, the split
+Everything runs through the project's runtime (``megbed.testbed.ldm``: ``load_pipeline``, ``Request``, the split
 plans' stages, ``run_split``, ``merging``, ``metrics``, ``ReferenceCache``), so the figures are those a campaign
 measures.
 
@@ -47,19 +47,19 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from megwire import Frame, pack, unpack  # noqa: E402
-from testbed.assets import default_model_dir  # noqa: E402
-from testbed.ldm.handoff import MERGE_PREFIX  # noqa: E402
-from testbed.ldm.merging import merged_payload_nbytes  # noqa: E402
-from testbed.ldm.metrics import neg_log_mse, psnr_db  # noqa: E402
-from testbed.ldm.model import LdmModel, load_pipeline  # noqa: E402
-from testbed.ldm.plan import build_stages, plan_for  # noqa: E402
-from testbed.ldm.reference import ReferenceCache  # noqa: E402
-from testbed.ldm.runner import identity_link, run_node, run_split  # noqa: E402
-from testbed.modeltrain.config import DEFAULT_GUIDANCE_SCALE, DEFAULT_NUM_STEPS  # noqa: E402
-from testbed.modeltrain.export import read_model_meta  # noqa: E402
-from testbed.request import Request  # noqa: E402
-from testbed.shapes.dataset import heldout_prompts  # noqa: E402
+from megbed.megwire import Frame, pack, unpack  # noqa: E402
+from megbed.testbed.assets import default_model_dir  # noqa: E402
+from megbed.testbed.ldm.handoff import MERGE_PREFIX  # noqa: E402
+from megbed.testbed.ldm.merging import merged_payload_nbytes  # noqa: E402
+from megbed.testbed.ldm.metrics import neg_log_mse, psnr_db  # noqa: E402
+from megbed.testbed.ldm.model import LdmModel, load_pipeline  # noqa: E402
+from megbed.testbed.ldm.plan import build_stages, plan_for  # noqa: E402
+from megbed.testbed.ldm.reference import ReferenceCache  # noqa: E402
+from megbed.testbed.ldm.runner import identity_link, run_node, run_split  # noqa: E402
+from megbed.testbed.modeltrain.config import DEFAULT_GUIDANCE_SCALE, DEFAULT_NUM_STEPS  # noqa: E402
+from megbed.testbed.modeltrain.export import read_model_meta  # noqa: E402
+from megbed.testbed.request import Request  # noqa: E402
+from megbed.testbed.shapes.dataset import heldout_prompts  # noqa: E402
 
 STEPS = (2, 4, 8, 12, 20)
 BETAS = (0.0, 0.25, 0.5, 0.75)
@@ -127,7 +127,7 @@ def latency(model: LdmModel, steps: int, guidance: float, repeats: int) -> dict:
 
 def gaussian_link(sigma: float, seed: int):
     """A link adding N(0, sigma^2) to the merged values of a handoff frame, in the wire dtype (the paper's channel;
-    the same draw as ``testbed.distill.link`` for ``--noise sigma``)."""
+    the same draw as ``megbed.testbed.distill.link`` for ``--noise sigma``)."""
     if sigma <= 0:
         return identity_link
 

@@ -33,14 +33,14 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from testbed.distill.cache import build_cache, make_key  # noqa: E402
-from testbed.distill.config import NoiseConfig  # noqa: E402
-from testbed.distill.decoder import TrainableDecoder  # noqa: E402
-from testbed.distill.evaluate import conditions, evaluate, format_tables, summarize  # noqa: E402
-from testbed.distill.link import TrainingLink  # noqa: E402
-from testbed.distill.prompts import heldout_prompts  # noqa: E402
-from testbed.ldm.merge_methods import DEFAULT_MERGE_METHOD  # noqa: E402
-from testbed.ldm.model import UE_DECODER_SUBFOLDER, check_decoder_fits, load_decoder, load_pipeline  # noqa: E402
+from megbed.testbed.distill.cache import build_cache, make_key  # noqa: E402
+from megbed.testbed.distill.config import NoiseConfig  # noqa: E402
+from megbed.testbed.distill.decoder import TrainableDecoder  # noqa: E402
+from megbed.testbed.distill.evaluate import conditions, evaluate, format_tables, summarize  # noqa: E402
+from megbed.testbed.distill.link import TrainingLink  # noqa: E402
+from megbed.testbed.distill.prompts import heldout_prompts  # noqa: E402
+from megbed.testbed.ldm.merge_methods import DEFAULT_MERGE_METHOD  # noqa: E402
+from megbed.testbed.ldm.model import UE_DECODER_SUBFOLDER, check_decoder_fits, load_decoder, load_pipeline  # noqa: E402
 
 
 def _floats(text: str) -> list[float]:
@@ -65,7 +65,7 @@ def table(args: argparse.Namespace, model, model_dir: Path) -> None:
                         target_dtype="float32", progress=True)
     t1 = time.perf_counter_ns()
     link = TrainingLink(NoiseConfig(kind="snr"), "float16")  # the paper's link model: analog AWGN, MMSE
-    from testbed.ldm.gate import gated_decoder
+    from megbed.testbed.ldm.gate import gated_decoder
 
     decoders = {"base": model.base_decoder, "distilled": distilled}
     auto = gated_decoder(model.base_decoder, distilled, folder)
@@ -121,7 +121,7 @@ def _steps_per_s(decoder: TrainableDecoder, batch: int, side: int, repeats: int,
 
 
 def throughput(args: argparse.Namespace, model) -> None:
-    from testing.random_weight_models import sd15_vae
+    from megbed.testing.random_weight_models import sd15_vae
 
     device = torch.device(args.device)
     print(f"\nDistillation step throughput on {device} (amp {args.amp}, {torch.get_num_threads()} torch threads): "
@@ -164,7 +164,7 @@ def main() -> int:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     if args.model is None:
-        from testbed.assets import default_model_dir
+        from megbed.testbed.assets import default_model_dir
 
         args.model = default_model_dir()
     device = torch.device(args.device)

@@ -96,10 +96,10 @@ def summarise(hops: pd.DataFrame) -> dict:
 
 def run_campaign(spec_path: Path, out: Path, engine: str, model: Path | None = None,
                  use_broker: bool = True) -> tuple[pd.DataFrame, dict]:
-    from measurements.dataset import read_dataset
-    from megwire.safe_yaml import load_yaml_file
-    from testbed.campaign.runner import CampaignRunner
-    from testbed.campaign.spec import validate_spec
+    from megbed.measurements.dataset import read_dataset
+    from megbed.megwire.safe_yaml import load_yaml_file
+    from megbed.testbed.campaign.runner import CampaignRunner
+    from megbed.testbed.campaign.spec import validate_spec
 
     data = load_yaml_file(spec_path)
     if model is not None:
@@ -113,9 +113,9 @@ def control_round_trip(n: int = 200) -> dict:
     """Orchestrator <-> node control RPC over loopback (heartbeat round trip), for scale."""
     import zmq
 
-    from megwire import Frame
-    from testbed.nodes.rpc import RpcClient
-    from testbed.nodes.server import NodeServer
+    from megbed.megwire import Frame
+    from megbed.testbed.nodes.rpc import RpcClient
+    from megbed.testbed.nodes.server import NodeServer
 
     srv = NodeServer("bench", "tcp://127.0.0.1:0").start()
     ctx = zmq.Context()
@@ -141,8 +141,8 @@ def _echo_server(ctx, bound: list, mode: str, ready, stop):
     encode), as a node or the broker does per hop."""
     import zmq
 
-    from megwire import Frame
-    from megwire.sockets import recv_frame, send_frame
+    from megbed.megwire import Frame
+    from megbed.megwire.sockets import recv_frame, send_frame
 
     sock = ctx.socket(zmq.ROUTER)
     sock.setsockopt(zmq.LINGER, 0)
@@ -174,8 +174,8 @@ def wire_vs_raw(sizes_b=(2048, 131072), n: int = 2000) -> list[dict]:
 
     import zmq
 
-    from megwire import Frame
-    from megwire.sockets import recv_frame, send_frame
+    from megbed.megwire import Frame
+    from megbed.megwire.sockets import recv_frame, send_frame
 
     rows = []
     ctx = zmq.Context()
@@ -263,8 +263,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{r['ratio']:6.2f}")
         return 0
     logging.basicConfig(level=logging.WARNING)
-    from testbed.assets import default_model_dir
-    from testbed.campaign.baselines import scheme_summary
+    from megbed.testbed.assets import default_model_dir
+    from megbed.testbed.campaign.baselines import scheme_summary
 
     work = args.out or Path(tempfile.mkdtemp(prefix="megbed-harness-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -301,7 +301,7 @@ timeouts: {{request_s: 60, heartbeat_s: 1.0, dead_after_s: 10}}
         if model is None:
             model = default_model_dir()
             if not (model / "model_index.json").is_file():
-                from testing.random_weight_models import build_tiny_model
+                from megbed.testing.random_weight_models import build_tiny_model
 
                 model = build_tiny_model(work / "tiny_sd15", "sd15", sample_size=16)
                 note = "embedded default model NOT installed: tiny random-weight SD-1.5-shaped model, 128 px"

@@ -11,9 +11,9 @@ clock, so one-way stamps across processes are exact):
   processing of the frame (``processing_s`` of its delivery record) and the emulated airtime are subtracted and
   the processing is reported separately.
 
-The real code runs in separate processes as in a campaign: an :class:`~testbed.nodes.es.EsNode` (its engine builds
-a handoff of the payload size, nothing else), a :class:`~channel_emu.broker.Broker` on an analog AWGN link, and in
-the measuring process the UE's data path (:class:`~testbed.nodes.rpc.RpcClient`, ``protocol.request_frame``,
+The real code runs in separate processes as in a campaign: an :class:`~megbed.testbed.nodes.es.EsNode` (its engine builds
+a handoff of the payload size, nothing else), a :class:`~megbed.channel_emu.broker.Broker` on an analog AWGN link, and in
+the measuring process the UE's data path (:class:`~megbed.testbed.nodes.rpc.RpcClient`, ``protocol.request_frame``,
 ``check_records``). The request carries a payload buffer of the same size as the answer, so both directions move
 the same bytes.
 
@@ -65,7 +65,7 @@ def bench_link() -> dict[str, Any]:
 
 
 def request_spec(i: int) -> Any:
-    from testbed.request import Request
+    from megbed.testbed.request import Request
 
     return Request(request_id=f"hop-{i:07d}", scheme="meg", prompt="a photo of a cat", seed=i, n_steps=4,
                    es_steps=4, height_px=128, width_px=128, point_id="hops",
@@ -76,9 +76,9 @@ def request_spec(i: int) -> Any:
 
 
 def _es_process(size_b: int, conn: Any) -> None:
-    from megwire import Frame
-    from testbed.nodes.es import EsNode
-    from testbed.nodes.synthetic_engine import SyntheticEngine
+    from megbed.megwire import Frame
+    from megbed.testbed.nodes.es import EsNode
+    from megbed.testbed.nodes.synthetic_engine import SyntheticEngine
 
     class HandoffEngine(SyntheticEngine):
         """The ES's part reduced to building a handoff of ``size_b`` bytes in one recorded stage."""
@@ -97,7 +97,7 @@ def _es_process(size_b: int, conn: Any) -> None:
 
 
 def _broker_process(es_address: str, conn: Any) -> None:
-    from channel_emu.broker import Broker, BrokerAddresses
+    from megbed.channel_emu.broker import Broker, BrokerAddresses
 
     broker = Broker(bench_link(), seed=0, addresses=BrokerAddresses(
         listen="tcp://127.0.0.1:0", es=es_address, pub="tcp://127.0.0.1:0")).start()
@@ -260,14 +260,14 @@ class _TestbedClient:
     """The UE's data path (what ``UeNode._ask_es`` runs per request), one request at a time."""
 
     def __init__(self, address: str, ctx: Any, size_b: int) -> None:
-        from testbed.nodes.rpc import RpcClient
+        from megbed.testbed.nodes.rpc import RpcClient
 
         self.rpc = RpcClient(address, ctx, timeout_s=10.0, name="hops")
         self.up = payload(size_b)
         self.i = 0
 
     def one(self) -> dict[str, float]:
-        from testbed.nodes import protocol as P
+        from megbed.testbed.nodes import protocol as P
 
         self.i += 1
         spec = request_spec(self.i)
@@ -319,8 +319,8 @@ class _RawClient:
 
 def _header_sizes(size_b: int) -> tuple[int, int]:
     """Header bytes of the testbed's request and answer at this payload (the raw exchange sends the same)."""
-    from megwire import Frame, to_parts
-    from testbed.nodes import protocol as P
+    from megbed.megwire import Frame, to_parts
+    from megbed.testbed.nodes import protocol as P
 
     spec = request_spec(0)
     req = P.request_frame(spec, time.monotonic_ns())

@@ -32,12 +32,12 @@ def _time_us(fn: Callable[[], Any], n: int) -> float:
 def _stages(size_b: int) -> list[tuple[str, str, Callable[[], Any]]]:
     import zmq
 
-    from channel_emu.broker import Broker, _link_of
-    from measurements.memory import MemoryMeter
-    from megwire import Frame, from_parts, packed_size, split_envelope, to_parts
-    from testbed.nodes import protocol as P
-    from testbed.nodes.records import StageRecorder
-    from testbed.nodes.synthetic_engine import SyntheticEngine
+    from megbed.channel_emu.broker import Broker, _link_of
+    from megbed.measurements.memory import MemoryMeter
+    from megbed.megwire import Frame, from_parts, packed_size, split_envelope, to_parts
+    from megbed.testbed.nodes import protocol as P
+    from megbed.testbed.nodes.records import StageRecorder
+    from megbed.testbed.nodes.synthetic_engine import SyntheticEngine
 
     spec = request_spec(1)
     up = payload(size_b)

@@ -10,7 +10,7 @@
   the code path, not a figure).
 * ``--es-steps 4 8 12``: the ES's U-Net time for a whole request of N steps (CFG, k = N), one request per N.
 * Handoff bytes vs beta for SD-1.5 (4x64x64) and SDXL (4x128x128) latents, fp16 on the wire, k = N (what the
-  paper sends), for every merge method ``testbed.ldm.merging`` offers, plus a hybrid DPM++ handoff (solver
+  paper sends), for every merge method ``megbed.testbed.ldm.merging`` offers, plus a hybrid DPM++ handoff (solver
   history) for comparison.
 
 Usage::
@@ -41,12 +41,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from testbed.ldm import merging  # noqa: E402
-from testbed.ldm.handoff import Handoff  # noqa: E402
-from testbed.ldm.merging import merged_payload_nbytes  # noqa: E402
-from testbed.ldm.model import LdmModel, default_dtype, device_sync, load_pipeline  # noqa: E402
-from testbed.ldm.schedulers import new_sampler  # noqa: E402
-from testbed.ldm.stages import (  # noqa: E402
+from megbed.testbed.ldm import merging  # noqa: E402
+from megbed.testbed.ldm.handoff import Handoff  # noqa: E402
+from megbed.testbed.ldm.merging import merged_payload_nbytes  # noqa: E402
+from megbed.testbed.ldm.model import LdmModel, default_dtype, device_sync, load_pipeline  # noqa: E402
+from megbed.testbed.ldm.schedulers import new_sampler  # noqa: E402
+from megbed.testbed.ldm.stages import (  # noqa: E402
     DecodeStage,
     DenoiseStage,
     DeserializeStage,
@@ -55,8 +55,8 @@ from testbed.ldm.stages import (  # noqa: E402
     TextEncodeStage,
     UnmergeStage,
 )
-from testbed.request import Request  # noqa: E402
-from testing.random_weight_models import (  # noqa: E402
+from megbed.testbed.request import Request  # noqa: E402
+from megbed.testing.random_weight_models import (  # noqa: E402
     SD15_TEXT_CONFIG,
     SD15_VAE_CONFIG,
     SD_NOISE_SCHEDULE,
@@ -112,7 +112,7 @@ def build_sd15(device: torch.device, dtype: torch.dtype) -> LdmModel:
     from diffusers import DDIMScheduler, StableDiffusionPipeline
     from transformers import CLIPTokenizer
 
-    from testing.random_weight_models import write_clip_tokenizer
+    from megbed.testing.random_weight_models import write_clip_tokenizer
 
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -134,7 +134,7 @@ def build_sdxl(device: torch.device, dtype: torch.dtype) -> LdmModel:
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-    from testing.random_weight_models import _text_config, write_clip_tokenizer
+    from megbed.testing.random_weight_models import _text_config, write_clip_tokenizer
 
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -218,7 +218,7 @@ def es_request_latency(model: LdmModel, n_steps: list[int], side_px: int) -> dic
 
 
 def merge_methods() -> tuple[str | None, ...]:
-    """The merge methods ``testbed.ldm.merging`` offers at run time; ``(None,)`` when it has a single, unnamed one.
+    """The merge methods ``megbed.testbed.ldm.merging`` offers at run time; ``(None,)`` when it has a single, unnamed one.
 
     Looks for a ``MERGE_METHODS`` / ``METHODS`` collection (tuple, list or dict keys) and for a ``method`` /
     ``merge_method`` parameter of :func:`merge`, so this benchmark follows the module as methods are added.

@@ -8,7 +8,7 @@ Latent sets
 * ``real``: the embedded default model's ES latents (``[4, 16, 16]``) after N = ``--n-steps`` (8) denoising steps for
   ``--real`` (8) held-out prompts of the shapes grammar, produced by the runtime's own ES stages.
 
-Per latent set, method (``testbed.ldm.merging.MERGE_METHODS``) and beta in {0.25, 0.5, 0.75}, each latent goes
+Per latent set, method (``megbed.testbed.ldm.merging.MERGE_METHODS``) and beta in {0.25, 0.5, 0.75}, each latent goes
 through the runtime's path one request at a time: ``merge`` -> ``Handoff.build`` -> bytes (float16 wire) ->
 ``Handoff.from_bytes`` -> ``unmerge``. Reported (means over the latents):
 
@@ -58,10 +58,10 @@ import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from testbed.ldm.handoff import Handoff  # noqa: E402
-from testbed.ldm.merge_methods import DEFAULT_MERGE_METHOD, MERGE_METHODS  # noqa: E402
-from testbed.ldm.merging import merge, unmerge  # noqa: E402
-from testbed.request import Request  # noqa: E402
+from megbed.testbed.ldm.handoff import Handoff  # noqa: E402
+from megbed.testbed.ldm.merge_methods import DEFAULT_MERGE_METHOD, MERGE_METHODS  # noqa: E402
+from megbed.testbed.ldm.merging import merge, unmerge  # noqa: E402
+from megbed.testbed.request import Request  # noqa: E402
 
 BETAS = (0.25, 0.5, 0.75)
 FRONTIER_BETAS = tuple(round(0.05 * i, 2) for i in range(1, 16))
@@ -83,10 +83,10 @@ def smooth_latents(n: int, blur_px: float, seed: int = 0) -> torch.Tensor:
 
 def real_latents(model, n: int, n_steps: int) -> torch.Tensor:
     """The ES's latents after ``n_steps`` for ``n`` held-out prompts: ``[n, C, h, w]``."""
-    from testbed.ldm.plan import build_stages, plan_for
-    from testbed.ldm.runner import run_node
-    from testbed.modeltrain.config import DEFAULT_GUIDANCE_SCALE
-    from testbed.shapes.dataset import heldout_prompts
+    from megbed.testbed.ldm.plan import build_stages, plan_for
+    from megbed.testbed.ldm.runner import run_node
+    from megbed.testbed.modeltrain.config import DEFAULT_GUIDANCE_SCALE
+    from megbed.testbed.shapes.dataset import heldout_prompts
 
     out = []
     for p in heldout_prompts(n):
@@ -261,9 +261,9 @@ def main(argv: list[str] | None = None) -> int:
     decoders_by_set: dict[str, list[str]] = {}
     model = None
     if args.real or not args.no_decode:
-        from testbed.assets import default_model_dir
-        from testbed.ldm.gate import gated_decoder
-        from testbed.ldm.model import UE_DECODER_SUBFOLDER, load_decoder, load_pipeline
+        from megbed.testbed.assets import default_model_dir
+        from megbed.testbed.ldm.gate import gated_decoder
+        from megbed.testbed.ldm.model import UE_DECODER_SUBFOLDER, load_decoder, load_pipeline
 
         model_dir = default_model_dir()
         model = load_pipeline(model_dir, device="cpu", dtype=torch.float32)

@@ -74,7 +74,7 @@ def _sdxl_case(case: str, out: dict) -> tuple:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from testbed.ldm.model import VaeDecoder
+    from megbed.testbed.ldm.model import VaeDecoder
 
     torch.manual_seed(0)
     keep = []
@@ -93,8 +93,8 @@ def _sdxl_case(case: str, out: dict) -> tuple:
 def _default_case(case: str, out: dict, size_px: int) -> tuple:
     import torch
 
-    from testbed.assets import default_model_dir
-    from testbed.ldm.model import load_pipeline
+    from megbed.testbed.assets import default_model_dir
+    from megbed.testbed.ldm.model import load_pipeline
 
     model = (load_pipeline(default_model_dir(), device="cpu") if case == "whole"
              else load_pipeline(default_model_dir(), device="cpu", role="ue", plans=["meg"]))
@@ -118,7 +118,7 @@ def child(model: str, case: str, threads: int, size_px: int, save: Path | None) 
     else:
         decoder, latents, _keep = _default_case(case, out, size_px)
     if case == "tiled":
-        from testbed.ldm.model import set_vae_tiling
+        from megbed.testbed.ldm.model import set_vae_tiling
 
         set_vae_tiling(decoder.vae, True)  # what LdmModel.set_vae_tiling does (512 px tiles at most)
         out["tile_px"] = int(decoder.vae.tile_sample_min_size)

@@ -85,7 +85,7 @@ def _zeus_call(fn, label):
 
 
 def measure_window(torch, meter, run, label: str, zeus_monitor=None) -> dict:
-    from measurements.integrate import integrate_window
+    from megbed.measurements.integrate import integrate_window
 
     sync = torch.cuda.synchronize
     w = meter.begin(label, sync=sync)
@@ -132,8 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args(argv)
     torch = _gpu_or_exit()
-    from measurements.meter import Meter
-    from measurements.probes.nvml import NvmlProbe
+    from megbed.measurements.meter import Meter
+    from megbed.measurements.probes.nvml import NvmlProbe
 
     probe = NvmlProbe((args.index,), measure_period_s=2.0)
     report: dict = {"device": probe.device_names[0], "counter_period_ms": _ms(probe.counter_period_s()),

@@ -3,7 +3,7 @@
     python benchmarks/policy.py [RUN_DIR] [--limit latency_s=3 --limit energy_j=300] [--budget-s 600] [--json OUT]
 
 Without RUN_DIR the newest ``runs/*`` campaign with a dataset is used; when there is none, a SYNTHETIC dataset
-(testing.parametric_campaign, the paper's setting modelled, not measured) is generated and the output says so.
+(megbed.testing.parametric_campaign, the paper's setting modelled, not measured) is generated and the output says so.
 
 For each learner: mean reward per request of the final deterministic policy and its ratio to the oracle's, cost per
 request over its limit, ``violation`` (by how much the expected cost exceeds the limit, the CMDP constraint),
@@ -68,24 +68,24 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from testbed.cli.policy import _value, parse_limits
-    from testbed.policy.api import build_env, meg_env_spec, resolve_policy, train_policy
-    from testbed.policy.checkpoint import LearnedPolicy
-    from testbed.policy.costmodel import MeasuredCostModel
-    from testbed.policy.evaluate import run_episodes, summarise
-    from testbed.policy.limits import Constraints
-    from testbed.policy.quick import _channel_default, default_limits
+    from megbed.testbed.cli.policy import _value, parse_limits
+    from megbed.testbed.policy.api import build_env, meg_env_spec, resolve_policy, train_policy
+    from megbed.testbed.policy.checkpoint import LearnedPolicy
+    from megbed.testbed.policy.costmodel import MeasuredCostModel
+    from megbed.testbed.policy.evaluate import run_episodes, summarise
+    from megbed.testbed.policy.limits import Constraints
+    from megbed.testbed.policy.quick import _channel_default, default_limits
 
     torch.set_num_threads(1)
     synthetic_note = None
     run_dir = Path(args.run_dir) if args.run_dir else find_default_run()
     if run_dir is None:
-        from testing.parametric_campaign import write_synthetic_campaign
+        from megbed.testing.parametric_campaign import write_synthetic_campaign
 
         run_dir = write_synthetic_campaign(Path(tempfile.mkdtemp(prefix="megbed-synthetic-")), seed=args.seed)
-        synthetic_note = "no campaign dataset found: using a SYNTHETIC dataset (testing.parametric_campaign), not a measurement"
+        synthetic_note = "no campaign dataset found: using a SYNTHETIC dataset (megbed.testing.parametric_campaign), not a measurement"
         print(f"NOTE: {synthetic_note}\n      {run_dir}")
-    from testbed.policy.quick import fixed_decoder
+    from megbed.testbed.policy.quick import fixed_decoder
 
     fixed = fixed_decoder(run_dir)  # a campaign comparing decoders: the distilled one's rows
     model = MeasuredCostModel.from_run_dir(run_dir, fixed=fixed)

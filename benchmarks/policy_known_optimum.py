@@ -1,6 +1,6 @@
 """CVPO (default preset) vs CVPO (``--preset paper``, FSRL's settings) vs PPO-Lagrangian on CMDPs with known optima.
 
-The CMDPs are :mod:`testbed.policy.reference_cmdps` (issue 17's family: 2-D action in [0, 1]^2, i.i.d. channel
+The CMDPs are :mod:`megbed.testbed.policy.reference_cmdps` (issue 17's family: 2-D action in [0, 1]^2, i.i.d. channel
 quality, concave reward, costs linear in the action with a state-dependent price, binding constraints, 64-step
 episodes; one with a single cost, one with two). Each run trains for ``--steps`` environment steps (or until
 ``--max-wall-s``) and reports, side by side:
@@ -32,11 +32,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from testbed.policy.api import GENERAL_OVERRIDES, effective_overrides, gym_env_spec, make_learner
-from testbed.policy.evaluate import run_episodes, summarise
-from testbed.policy.limits import Constraints
-from testbed.policy.reference_cmdps import PricedLinkCMDP, TwoCostCMDP
-from testbed.policy.trainer import Trainer, TrainOptions, _Policy
+from megbed.testbed.policy.api import GENERAL_OVERRIDES, effective_overrides, gym_env_spec, make_learner
+from megbed.testbed.policy.evaluate import run_episodes, summarise
+from megbed.testbed.policy.limits import Constraints
+from megbed.testbed.policy.reference_cmdps import PricedLinkCMDP, TwoCostCMDP
+from megbed.testbed.policy.trainer import Trainer, TrainOptions, _Policy
 
 CMDPS = {"priced": PricedLinkCMDP, "twocost": TwoCostCMDP}
 QUAD = (np.arange(400) + 0.5) / 400
@@ -67,7 +67,7 @@ def run_one(cmdp: str, variant: str, seed: int, steps: int, max_wall_s: float, e
             overrides: dict | None = None) -> dict:
     cls = CMDPS[cmdp]
     opt = cls.constrained_optimum()
-    spec = gym_env_spec(f"testbed.policy.reference_cmdps:{cls.__name__}")
+    spec = gym_env_spec(f"megbed.testbed.policy.reference_cmdps:{cls.__name__}")
     algo = "ppo-lag" if variant == "ppo-lag" else "cvpo"
     preset = "paper" if variant == "paper" else "auto"
     ov = effective_overrides(algo, spec, overrides, preset)

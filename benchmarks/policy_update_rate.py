@@ -6,9 +6,9 @@
 * ``fused``: the same settings with the E-step dual's gradient in closed form on the precomputed Q values and the
   M-step duals' Adam written out (``fused_duals=True``).
 * ``after``: the default preset's update-to-data ratio (0.1 updates per step) on top, threads chosen by
-  :func:`testbed.policy.trainer.auto_threads` (1 when the load average leaves no core idle).
+  :func:`megbed.testbed.policy.trainer.auto_threads` (1 when the load average leaves no core idle).
 
-Each config trains CVPO on :class:`testbed.policy.reference_cmdps.PricedLinkCMDP` for ``--steps`` env steps with
+Each config trains CVPO on :class:`megbed.testbed.policy.reference_cmdps.PricedLinkCMDP` for ``--steps`` env steps with
 the warm-up off (every update is a full CVPO update, the steady state), 3 rounds interleaved; the figure is the
 median rate. Whether learning is equal at the new ratio is benchmarks/policy_known_optimum.py's question
 (env steps to 95 % of the optimum).
@@ -25,10 +25,10 @@ import time
 
 import numpy as np
 
-from testbed.policy.api import make_learner
-from testbed.policy.limits import Constraints
-from testbed.policy.reference_cmdps import PricedLinkCMDP
-from testbed.policy.trainer import Trainer, TrainOptions, auto_threads
+from megbed.testbed.policy.api import make_learner
+from megbed.testbed.policy.limits import Constraints
+from megbed.testbed.policy.reference_cmdps import PricedLinkCMDP
+from megbed.testbed.policy.trainer import Trainer, TrainOptions, auto_threads
 
 CONFIGS = {
     "before": ({"fused_duals": False, "warmup_steps": 0}, 1),

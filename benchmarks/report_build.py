@@ -24,13 +24,13 @@ def main() -> None:
     ap.add_argument("--run", type=Path, default=None, help="report this run directory instead of a synthetic one")
     args = ap.parse_args()
 
-    from analysis.figures import FigureContext
-    from analysis.html import write_html
-    from analysis.load import load_run
-    from analysis.report import render_figures, summary_text
-    from analysis.tables import comparison
-    from testbed.ldm import flops
-    from testing.ground_truth_run import SyntheticSpec, write_synthetic_run
+    from megbed.analysis.figures import FigureContext
+    from megbed.analysis.html import write_html
+    from megbed.analysis.load import load_run
+    from megbed.analysis.report import render_figures, summary_text
+    from megbed.analysis.tables import comparison
+    from megbed.testbed.ldm import flops
+    from megbed.testing.ground_truth_run import SyntheticSpec, write_synthetic_run
 
     print(f"load average {os.getloadavg()}, cpus {os.cpu_count()}")
     with tempfile.TemporaryDirectory() as tmp:

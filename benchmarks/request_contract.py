@@ -14,7 +14,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from testbed.request import Request  # noqa: E402
+from megbed.testbed.request import Request  # noqa: E402
 
 
 def measure(number: int) -> dict[str, float]:

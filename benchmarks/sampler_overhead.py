@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT / "tests/measurements"))
 
 
 def _null_probe():
-    from measurements.probes.base import PowerProbe, Rail
+    from megbed.measurements.probes.base import PowerProbe, Rail
 
     class Null(PowerProbe):
         name = "null"
@@ -43,8 +43,8 @@ def _null_probe():
 def _probes(tmp: Path):
     from meas_helpers import JetsonTree, make_rapl_tree
 
-    from measurements.probes.jetson import JetsonProbe
-    from measurements.probes.rapl import RaplProbe
+    from megbed.measurements.probes.jetson import JetsonProbe
+    from megbed.measurements.probes.rapl import RaplProbe
 
     tree = JetsonTree(tmp / "jetson", "orin_nano_jp6")
     for label in tree.channels:
@@ -55,7 +55,7 @@ def _probes(tmp: Path):
 
 
 def measure(make, rate_hz: float, seconds: float) -> dict:
-    from measurements.sampler import Sampler
+    from megbed.measurements.sampler import Sampler
 
     probe = make()
     n = 2000

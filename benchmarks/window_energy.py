@@ -68,8 +68,8 @@ class _Clock:
 
 
 def run(df: pd.DataFrame, rate_hz: float, lag_corrected: bool, seed: int = 1) -> pd.DataFrame:
-    from measurements.meter import Meter
-    from measurements.probes.replay import ReplayProbe
+    from megbed.measurements.meter import Meter
+    from megbed.measurements.probes.replay import ReplayProbe
 
     clock = _Clock()
     probe = ReplayProbe(df[["t_ns", "power_mw_vdd_in"]], clock=clock, sensor_period_s=SENSOR_PERIOD_NS / 1e9,

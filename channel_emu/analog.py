@@ -15,9 +15,9 @@ the distortion and charges the bits at capacity.
 
 Speed: on an additive link (AWGN, flat and per-symbol Rayleigh with perfect CSI) the whole chain collapses to
 y = c (v + r sqrt(no_eff) w) per value, with c the equaliser's shrinkage and w the link's standard normal draw
-(:func:`channel_emu.links.standard_noise`, laid out as Sionna's ``complex_normal``: real parts then imaginary parts,
+(:func:`megbed.channel_emu.links.standard_noise`, laid out as Sionna's ``complex_normal``: real parts then imaginary parts,
 which is why value k and value S + k share a symbol). The fast path computes exactly that in a few numba loops with
-no complex tensors (fp16 <-> fp32 by torch's F16C casts), noise from :mod:`channel_emu.noise`. The generic path (a
+no complex tensors (fp16 <-> fp32 by torch's F16C casts), noise from :mod:`megbed.channel_emu.noise`. The generic path (a
 non-additive link such as TDL-OFDM) builds the complex symbols and runs the link's ``transmit``; from the same noise
 state both give the same delivery to float rounding. ``impl="sionna"`` takes the generic path, where the AWGN link
 runs Sionna's ``AWGN`` block (another random stream: same statistics, not the same numbers).
@@ -33,8 +33,8 @@ import numpy as np
 import torch
 from numba import float32, float64, njit
 
-from channel_emu.links import SymbolLink
-from channel_emu.noise import NoiseSource
+from megbed.channel_emu.links import SymbolLink
+from megbed.channel_emu.noise import NoiseSource
 
 SCALE_BITS = 32  # one float32 RMS per buffer, carried as side information
 _F16_MAX = float(np.finfo(np.float16).max)

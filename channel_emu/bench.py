@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from channel_emu.emulator import ChannelEmulator
-from megwire import Frame
+from megbed.channel_emu.emulator import ChannelEmulator
+from megbed.megwire import Frame
 
 LATENTS = {"sd15_64x64x4_fp16": (4, 64, 64), "sdxl_128x128x4_fp16": (4, 128, 128)}
 
@@ -96,10 +96,10 @@ def decoder_rows(ebno_db=(1.0, 1.5, 2.0), k: int = 8000, n: int = 15760, blocks:
     import numba
     from sionna.phy.fec.ldpc import LDPC5GDecoder
 
-    from channel_emu.ldpc_fast import FastLDPC5GDecoder
-    from channel_emu.ldpc_nr import Ldpc5gCode
-    from channel_emu.noise import NoiseSource
-    from channel_emu.qam_fast import Qam
+    from megbed.channel_emu.ldpc_fast import FastLDPC5GDecoder
+    from megbed.channel_emu.ldpc_nr import Ldpc5gCode
+    from megbed.channel_emu.noise import NoiseSource
+    from megbed.channel_emu.qam_fast import Qam
 
     code, qam = Ldpc5gCode(k, n, 2), Qam(2)
     sionna_dec = LDPC5GDecoder(code.sionna_encoder, num_iter=20)

@@ -48,10 +48,10 @@ from typing import Any
 
 import zmq
 
-from channel_emu.config import LinkConfig
-from channel_emu.emulator import ChannelEmulator
-from channel_emu.record import DeliveryRecord
-from megwire import (
+from megbed.channel_emu.config import LinkConfig
+from megbed.channel_emu.emulator import ChannelEmulator
+from megbed.channel_emu.record import DeliveryRecord
+from megbed.megwire import (
     DEFAULT_LIMITS,
     CurveConfig,
     Frame,
@@ -63,7 +63,7 @@ from megwire import (
     split_envelope,
     to_parts,
 )
-from megwire.logutil import clip, rate_limit
+from megbed.megwire.logutil import clip, rate_limit
 
 log = rate_limit(logging.getLogger(__name__))
 

@@ -24,7 +24,7 @@ def _clean(obj: Any) -> Any:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from channel_emu.simulate import simulate
+    from megbed.channel_emu.simulate import simulate
 
     try:
         out = simulate(args.mode, args.modulation, args.ebno_db, args.bits, model=args.model, seed=args.seed,
@@ -40,7 +40,7 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from channel_emu.bench import run
+    from megbed.channel_emu.bench import run
 
     result = run(quick=args.quick)
     if args.json:
@@ -75,9 +75,9 @@ def register(subparsers) -> None:
 def _node(args: argparse.Namespace) -> int:
     import logging
 
-    from channel_emu.broker import Broker, BrokerAddresses, BrokerDied
-    from channel_emu.config import LinkConfig, LinkConfigError
-    from megwire import CurveConfig, FrameLimits
+    from megbed.channel_emu.broker import Broker, BrokerAddresses, BrokerDied
+    from megbed.channel_emu.config import LinkConfig, LinkConfigError
+    from megbed.megwire import CurveConfig, FrameLimits
 
     try:
         config = LinkConfig.load(args.config) if args.config else LinkConfig()

@@ -1,16 +1,16 @@
 """The simulated 5G coded chain: bits -> CRC24B -> LDPC + rate matching -> QAM -> link -> APP demapping -> LDPC
-decoding -> CRC check, with HARQ incremental redundancy (see :mod:`channel_emu.digital` for the modes and the
+decoding -> CRC check, with HARQ incremental redundancy (see :mod:`megbed.channel_emu.digital` for the modes and the
 accounting).
 
 Two implementations of the same chain, chosen by ``LinkConfig.impl``:
 
-* ``fast`` (CPU default): :mod:`channel_emu.crc_fast`, :mod:`channel_emu.ldpc_nr` (encoder, rate matching, rate
-  recovery and the QC layered min-sum decoder) and :mod:`channel_emu.qam_fast` -- bit-exact to Sionna's encoder,
+* ``fast`` (CPU default): :mod:`megbed.channel_emu.crc_fast`, :mod:`megbed.channel_emu.ldpc_nr` (encoder, rate matching, rate
+  recovery and the QC layered min-sum decoder) and :mod:`megbed.channel_emu.qam_fast` -- bit-exact to Sionna's encoder,
   CRC and mapper, Sionna's demapper to float rounding -- on numpy arrays, with no torch tensor but the link's.
 * ``sionna``: Sionna's ``CRCEncoder`` / ``LDPC5GEncoder`` / ``Mapper`` / ``Demapper("app")`` / ``CRCDecoder``
   used as they come (cached per block shape so that nothing is rebuilt per call), decoded by Sionna's
   ``LDPC5GDecoder`` in chunks of 8 codewords or, with ``decoder.kind = fast``, by Sionna's rate recovery on the
-  numba serial min-sum core (:class:`channel_emu.ldpc_fast.FastLDPC5GDecoder`).
+  numba serial min-sum core (:class:`megbed.channel_emu.ldpc_fast.FastLDPC5GDecoder`).
 
 ``decoder.kind = sionna`` with ``impl = fast`` decodes the fast chain's LLRs with Sionna's ``LDPC5GDecoder`` (the
 LLR layout is the same). On a CUDA device (``decoder.device``: ``auto`` with a GPU, or ``cuda``) the whole chain
@@ -29,12 +29,12 @@ import time
 import numpy as np
 import torch
 
-from channel_emu.config import LinkConfig
-from channel_emu.digital import RV_SEQUENCE, DigitalResult, bits_to_blocks
-from channel_emu.links import SymbolLink
-from channel_emu.mcs import segment
-from channel_emu.noise import NoiseSource
-from channel_emu.numba_setup import prefer_workqueue
+from megbed.channel_emu.config import LinkConfig
+from megbed.channel_emu.digital import RV_SEQUENCE, DigitalResult, bits_to_blocks
+from megbed.channel_emu.links import SymbolLink
+from megbed.channel_emu.mcs import segment
+from megbed.channel_emu.noise import NoiseSource
+from megbed.channel_emu.numba_setup import prefer_workqueue
 
 prefer_workqueue()
 
@@ -83,9 +83,9 @@ class CodedChain:
     # --- the pieces ---------------------------------------------------------------------------------------------
 
     def code(self, k: int, n: int, m: int):
-        """The fast chain's :class:`~channel_emu.ldpc_nr.Ldpc5gCode` for one block geometry (shared by every chain
+        """The fast chain's :class:`~megbed.channel_emu.ldpc_nr.Ldpc5gCode` for one block geometry (shared by every chain
         of the process: building one takes ~0.25 s, mostly Sionna's encoder set-up)."""
-        from channel_emu.ldpc_nr import Ldpc5gCode
+        from megbed.channel_emu.ldpc_nr import Ldpc5gCode
 
         key = (int(k), int(n), int(m), self.config.decoder.num_iter)
         with _CODES_LOCK:
@@ -94,7 +94,7 @@ class CodedChain:
             return _CODES[key]
 
     def qam(self, m: int):
-        from channel_emu.qam_fast import Qam
+        from megbed.channel_emu.qam_fast import Qam
 
         return self._cached(("qam", m), lambda: Qam(m))
 
@@ -124,7 +124,7 @@ class CodedChain:
             enc = LDPC5GEncoder(k, n, num_bits_per_symbol=m, device=self.device)
             it = self.config.decoder.num_iter
             if self.decoder_kind == "fast":
-                from channel_emu.ldpc_fast import FastLDPC5GDecoder
+                from megbed.channel_emu.ldpc_fast import FastLDPC5GDecoder
 
                 return enc, FastLDPC5GDecoder(enc, num_iter=it, harq_mode=harq)
             return enc, LDPC5GDecoder(enc, num_iter=it, harq_mode=harq, device=self.device)
@@ -166,7 +166,7 @@ class CodedChain:
     def _transfer_fast(self, bits, seg, link, snr_db, noise, fading, harq, rounds) -> DigitalResult:
         import numba
 
-        from channel_emu.crc_fast import crc24b_attach, crc24b_check
+        from megbed.channel_emu.crc_fast import crc24b_attach, crc24b_check
 
         tm = _Timer()
         m, k, n = seg.bits_per_symbol, seg.k, seg.n

@@ -35,8 +35,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, PlainValidator, ValidationInfo, WithJsonSchema, field_validator
 
-from megwire.safe_yaml import YamlError, load_yaml_file
-from megwire.validation import ConfigModel, StrictModel, not_below, number
+from megbed.megwire.safe_yaml import YamlError, load_yaml_file
+from megbed.megwire.validation import ConfigModel, StrictModel, not_below, number
 
 try:  # Python 3.11+; tomli is the same parser, for 3.10 (JetPack 6)
     import tomllib  # novermin (tomli below on 3.10)
@@ -98,7 +98,7 @@ class PathLossConfig(_Section):
 
 
 class ProcessConfig(_Section):
-    """The request-to-request channel process (see :mod:`channel_emu.process`).
+    """The request-to-request channel process (see :mod:`megbed.channel_emu.process`).
 
     Attributes
     ----------
@@ -287,7 +287,7 @@ def load(path: str | Path) -> LinkConfig:
             text = path.read_text(encoding="utf-8")
             data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
         else:
-            data = load_yaml_file(path)  # bounded, duplicate keys refused, 1.0e6 read as a number (megwire.safe_yaml)
+            data = load_yaml_file(path)  # bounded, duplicate keys refused, 1.0e6 read as a number (megbed.megwire.safe_yaml)
     except YamlError as exc:
         raise LinkConfigError(f"cannot parse: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - any parser error becomes a config error naming the file

@@ -1,7 +1,7 @@
 """Digital transport of bits over a link model: the ``coded`` chain (Sionna 5G LDPC, simulated) and its
 ``abstraction`` (Sionna SYS BLER tables), with the same segmentation, airtime and HARQ accounting.
 
-**coded** (:class:`channel_emu.coded.CodedChain`): bits -> code blocks with CRC-24B -> 5G LDPC with rate matching
+**coded** (:class:`megbed.channel_emu.coded.CodedChain`): bits -> code blocks with CRC-24B -> 5G LDPC with rate matching
 and bit interleaving -> QAM -> the link model -> APP demapping with the per-symbol effective noise -> LDPC decoding
 -> CRC check, by Sionna's blocks or their fast equivalents (``impl``). A block whose CRC fails is a block error.
 Residual errors:
@@ -30,8 +30,8 @@ import numpy as np
 from numba import njit
 from scipy.special import erfc
 
-from channel_emu.links import SymbolLink
-from channel_emu.mcs import CRC_BITS, Segmentation, bler, bler_table, effective_snr_db, segment
+from megbed.channel_emu.links import SymbolLink
+from megbed.channel_emu.mcs import CRC_BITS, Segmentation, bler, bler_table, effective_snr_db, segment
 
 RV_SEQUENCE = (0, 2, 3, 1)
 

@@ -3,7 +3,7 @@
 How the frame's parts travel (``frame.meta["channel_roles"] = {buffer: "values" | "side"}``):
 
 * **values** buffers (float data) are the payload proper. ``analog``: sent as analog symbols
-  (:mod:`channel_emu.analog`), distorted by the link's real noise, airtime from the analog symbols. ``coded``:
+  (:mod:`megbed.channel_emu.analog`), distorted by the link's real noise, airtime from the analog symbols. ``coded``:
   their bytes go through the simulated LDPC chain at the data MCS and bit errors corrupt them (or HARQ repairs
   them). ``abstraction``: the same through the BLER tables.
 * **side** buffers (and buffers a ``channel_roles`` map does not list) must arrive exactly: merge maps, timesteps,
@@ -42,16 +42,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from channel_emu.analog import SCALE_BITS, digital_distortion, transmit_values
-from channel_emu.coded import CodedChain
-from channel_emu.config import MAX_MCS, MIN_MCS, LinkConfig, LinkConfigError
-from channel_emu.digital import DigitalResult, abstract_transfer, corrupt_bytes
-from channel_emu.links import SymbolLink, make_link
-from channel_emu.mcs import bler_table, select_mcs
-from channel_emu.noise import NoiseSource
-from channel_emu.process import ChannelProcess, ChannelState
-from channel_emu.record import DeliveryRecord
-from megwire import Frame, to_parts
+from megbed.channel_emu.analog import SCALE_BITS, digital_distortion, transmit_values
+from megbed.channel_emu.coded import CodedChain
+from megbed.channel_emu.config import MAX_MCS, MIN_MCS, LinkConfig, LinkConfigError
+from megbed.channel_emu.digital import DigitalResult, abstract_transfer, corrupt_bytes
+from megbed.channel_emu.links import SymbolLink, make_link
+from megbed.channel_emu.mcs import bler_table, select_mcs
+from megbed.channel_emu.noise import NoiseSource
+from megbed.channel_emu.process import ChannelProcess, ChannelState
+from megbed.channel_emu.record import DeliveryRecord
+from megbed.megwire import Frame, to_parts
 
 # Per-request link fields a frame may carry (``meta["link"]`` or ``meta["request"]["link"]``), as the testbed's
 # ``Request.link_meta()`` spells them.
@@ -369,7 +369,7 @@ class ChannelEmulator:
         bytes: values at their wire dtype plus side buffers such as merge maps), B_eff the scaled bandwidth. The
         JSON header is request bookkeeping a deployed link would not carry per latent; it is recorded in
         ``header_bits`` but not charged (the paper charges values and index side information only). Distortion:
-        the ``values`` buffers go through :func:`channel_emu.analog.transmit_values` at the delivery's SNR (the
+        the ``values`` buffers go through :func:`megbed.channel_emu.analog.transmit_values` at the delivery's SNR (the
         ``analog`` mode's own noise path); everything else arrives exactly.
         """
         if values:

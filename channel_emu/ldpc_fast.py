@@ -3,13 +3,13 @@
 Sionna's ``LDPC5GDecoder`` does two things: 5G rate recovery (de-interleaving, un-puncturing, filler bits, HARQ
 redundancy-version combining, graph pruning) and flooding belief propagation on the lifted parity-check matrix.
 :class:`FastLDPC5GDecoder` keeps the first exactly as Sionna does it and replaces the second by
-:class:`SerialMinSum`: normalised min-sum (alpha = 0.7, as :data:`channel_emu.ldpc_nr.ALPHA`; base graph 2 offset as
-:func:`channel_emu.ldpc_nr.minsum_offset`) on a row-serial schedule (each check row uses the freshest
+:class:`SerialMinSum`: normalised min-sum (alpha = 0.7, as :data:`megbed.channel_emu.ldpc_nr.ALPHA`; base graph 2 offset as
+:func:`megbed.channel_emu.ldpc_nr.minsum_offset`) on a row-serial schedule (each check row uses the freshest
 posteriors, which converges in about half the iterations of flooding), early stop per codeword at the first valid
 syndrome, codewords in parallel. (``LDPC5GDecoder.call`` ends in ``super().call(llr_5g)``; the class order makes
 that call land in :class:`_FastCore`.) Same inputs, outputs and HARQ modes as Sionna's decoder.
 
-The fast chain (``impl = "fast"``) uses :mod:`channel_emu.ldpc_nr` instead, whose quasi-cyclic layered decoder runs
+The fast chain (``impl = "fast"``) uses :mod:`megbed.channel_emu.ldpc_nr` instead, whose quasi-cyclic layered decoder runs
 the same schedule as Z-wide vectors and gives the same decisions several times faster.
 """
 
@@ -22,8 +22,8 @@ import torch
 from sionna.phy.fec.ldpc import LDPC5GDecoder, LDPC5GEncoder
 from sionna.phy.fec.ldpc.decoding import LDPCBPDecoder
 
-from channel_emu.ldpc_nr import minsum_offset
-from channel_emu.numba_setup import prefer_workqueue
+from megbed.channel_emu.ldpc_nr import minsum_offset
+from megbed.channel_emu.numba_setup import prefer_workqueue
 
 prefer_workqueue()
 

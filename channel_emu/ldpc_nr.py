@@ -16,7 +16,7 @@ Sionna's; only the arithmetic is re-done where Sionna's tensor formulation costs
   :data:`OFFSET_BG2`), layered by base-graph row (the Z lifted checks of a row touch
   distinct variables, so a layer is updated as Z-wide vectors with the cyclic shifts as two contiguous runs), early
   stop at the first valid syndrome, codewords in parallel. The schedule is the row-serial one of
-  :class:`channel_emu.ldpc_fast.SerialMinSum` (rows of a layer commute), so both cores give the same decisions.
+  :class:`megbed.channel_emu.ldpc_fast.SerialMinSum` (rows of a layer commute), so both cores give the same decisions.
   Parity rows whose degree-1 parity block received nothing (beyond the transmitted length) are left out: such a row
   only ever sends zero messages, so leaving it out changes nothing but the time.
 
@@ -31,7 +31,7 @@ import threading
 import numpy as np
 from numba import float32, int32, njit, prange, uint8
 
-from channel_emu.numba_setup import prefer_workqueue
+from megbed.channel_emu.numba_setup import prefer_workqueue
 
 prefer_workqueue()
 

@@ -14,7 +14,7 @@ into an MMSE estimate (shrinkage 1/(1 + no_eff)); the coded mode feeds both to t
   including pilots and cyclic prefix.
 
 N0 = 1 / SNR with unit average symbol energy; SNR is the delivery's average SNR (Es/N0 per complex symbol).
-Symbols are torch tensors; all randomness comes from the :class:`~channel_emu.noise.NoiseSource` passed in (the
+Symbols are torch tensors; all randomness comes from the :class:`~megbed.channel_emu.noise.NoiseSource` passed in (the
 emulator's, seeded; Sionna blocks get torch generators seeded from it), so seeded emulators never share Sionna's
 global stream.
 """
@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from numba import float32, njit
 
-from channel_emu.config import LinkConfig
-from channel_emu.noise import NoiseSource
+from megbed.channel_emu.config import LinkConfig
+from megbed.channel_emu.noise import NoiseSource
 
 _SIONNA_RNG_LOCK = threading.Lock()
 

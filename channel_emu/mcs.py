@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from channel_emu.config import MAX_MCS, MIN_MCS
+from megbed.channel_emu.config import MAX_MCS, MIN_MCS
 
 CRC_BITS = 24
 MCS_TABLE = 1

@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from channel_emu.config import PathLossConfig
+from megbed.channel_emu.config import PathLossConfig
 
 
 def path_loss_db(distance_m: float | np.ndarray, cfg: PathLossConfig | None = None) -> float | np.ndarray:

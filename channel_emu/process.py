@@ -25,8 +25,8 @@ import numpy as np
 import pandas as pd
 from scipy.special import j0
 
-from channel_emu.config import LinkConfig, LinkConfigError
-from channel_emu.pathloss import gain_db, path_loss_db
+from megbed.channel_emu.config import LinkConfig, LinkConfigError
+from megbed.channel_emu.pathloss import gain_db, path_loss_db
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Quick physical-layer checks (``megbed channel simulate``): BER / BLER / NMSE at an Eb/N0 over one link model.
 
 * ``uncoded``: random bits -> Sionna ``Mapper`` (Gray QAM) -> link -> Sionna ``Demapper`` (APP) -> hard decisions.
-* ``coded``: the coded chain of :mod:`channel_emu.digital` at the MCS of the modulation with a code rate near 1/2
+* ``coded``: the coded chain of :mod:`megbed.channel_emu.digital` at the MCS of the modulation with a code rate near 1/2
   (or ``mcs``), one transmission.
 * ``analog``: ``bits / 16`` float16 values (what those bits carry digitally) sent as analog symbols.
 
@@ -17,13 +17,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from channel_emu.analog import transmit_values
-from channel_emu.coded import CodedChain
-from channel_emu.config import LinkConfig
-from channel_emu.digital import qam_ber
-from channel_emu.links import make_link
-from channel_emu.mcs import mcs_params
-from channel_emu.noise import NoiseSource
+from megbed.channel_emu.analog import transmit_values
+from megbed.channel_emu.coded import CodedChain
+from megbed.channel_emu.config import LinkConfig
+from megbed.channel_emu.digital import qam_ber
+from megbed.channel_emu.links import make_link
+from megbed.channel_emu.mcs import mcs_params
+from megbed.channel_emu.noise import NoiseSource
 
 MODULATIONS = {"bpsk": 1, "qpsk": 2, "qam16": 4, "qam64": 6}
 HALF_RATE_MCS = {2: 7, 4: 13, 6: 19}  # PDSCH table 1 entries with a code rate near 1/2

@@ -1,9 +1,9 @@
 """firmware_profiles: board set-ups as validated data (probes, rail maps, power figures, settings, commands).
 
-``load_profile(name_or_path)`` and ``list_profiles()`` are the entry points; see :mod:`firmware_profiles.loader`.
+``load_profile(name_or_path)`` and ``list_profiles()`` are the entry points; see :mod:`megbed.firmware_profiles.loader`.
 """
 
-from firmware_profiles.loader import (
+from megbed.firmware_profiles.loader import (
     KNOWN_BACKENDS,
     Check,
     Command,

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from firmware_profiles import load_profile
+from megbed.firmware_profiles import load_profile
 
 
 @dataclass(frozen=True)

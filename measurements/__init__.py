@@ -2,11 +2,11 @@
 
 Entry points (imported lazily so ``from measurements import schema`` stays light):
 
-* :class:`measurements.meter.Meter` -- ``Meter.from_profile(name)``, ``measure_idle(s)``, ``window(stage, sync=...)``
-* :func:`measurements.probes.discovery.discover` -- probes for a firmware profile, with the reasons for the others
-* :mod:`measurements.clocksync` -- ``ClockSync``, ``clock_sync_reply``, ``ClockMap``
-* :mod:`measurements.dataset` -- ``DatasetWriter``, ``read_dataset``, ``TraceWriter``
-* :mod:`measurements.manifest` -- ``build_manifest``, ``update_manifest``
+* :class:`megbed.measurements.meter.Meter` -- ``Meter.from_profile(name)``, ``measure_idle(s)``, ``window(stage, sync=...)``
+* :func:`megbed.measurements.probes.discovery.discover` -- probes for a firmware profile, with the reasons for the others
+* :mod:`megbed.measurements.clocksync` -- ``ClockSync``, ``clock_sync_reply``, ``ClockMap``
+* :mod:`megbed.measurements.dataset` -- ``DatasetWriter``, ``read_dataset``, ``TraceWriter``
+* :mod:`megbed.measurements.manifest` -- ``build_manifest``, ``update_manifest``
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ import importlib
 from typing import Any
 
 _LAZY = {
-    "Meter": "measurements.meter", "StageEnergy": "measurements.meter", "Window": "measurements.meter",
-    "IdleBaseline": "measurements.meter", "discover": "measurements.probes.discovery",
-    "ClockSync": "measurements.clocksync", "ClockMap": "measurements.clocksync",
-    "clock_sync_reply": "measurements.clocksync", "DatasetWriter": "measurements.dataset",
-    "TraceWriter": "measurements.dataset", "read_dataset": "measurements.dataset",
-    "build_manifest": "measurements.manifest", "update_manifest": "measurements.manifest",
+    "Meter": "megbed.measurements.meter", "StageEnergy": "megbed.measurements.meter", "Window": "megbed.measurements.meter",
+    "IdleBaseline": "megbed.measurements.meter", "discover": "megbed.measurements.probes.discovery",
+    "ClockSync": "megbed.measurements.clocksync", "ClockMap": "megbed.measurements.clocksync",
+    "clock_sync_reply": "megbed.measurements.clocksync", "DatasetWriter": "megbed.measurements.dataset",
+    "TraceWriter": "megbed.measurements.dataset", "read_dataset": "megbed.measurements.dataset",
+    "build_manifest": "megbed.measurements.manifest", "update_manifest": "megbed.measurements.manifest",
 }
 
 __all__ = sorted(_LAZY)

@@ -1,5 +1,5 @@
 """``megbed probe list|watch|energy``: what can measure power here, live power per rail, one energy window;
-``megbed dataset compact RUN``: a finished run's parts merged into partitioned files (:mod:`measurements.compact`).
+``megbed dataset compact RUN``: a finished run's parts merged into partitioned files (:mod:`megbed.measurements.compact`).
 
 User errors (unknown board, nothing usable) print ``megbed: error: ...`` and exit with code 2, like the rest of the
 CLI (this module may not import the testbed's ``CliError``: the measurement layer sits below the testbed).
@@ -65,7 +65,7 @@ def register(sub) -> None:
 def cmd_dataset_compact(args) -> int:
     from pathlib import Path
 
-    from measurements.compact import CompactionError, compact_dataset
+    from megbed.measurements.compact import CompactionError, compact_dataset
 
     if not (Path(args.run_dir) / "dataset").is_dir():
         return _fail(f"{args.run_dir} holds no dataset folder (expected {args.run_dir}/dataset)")
@@ -84,10 +84,10 @@ def cmd_dataset_compact(args) -> int:
 
 
 def _meter(args, rate_hz: float):
-    from firmware_profiles import ProfileError, load_profile
-    from measurements.meter import Meter
-    from measurements.probes.base import ProbeUnavailable
-    from measurements.probes.discovery import discover
+    from megbed.firmware_profiles import ProfileError, load_profile
+    from megbed.measurements.meter import Meter
+    from megbed.measurements.probes.base import ProbeUnavailable
+    from megbed.measurements.probes.discovery import discover
 
     profile = None
     if args.board:
@@ -107,12 +107,12 @@ class _UserError(Exception):
 
 
 def cmd_list(args) -> int:
-    from measurements.probes.discovery import discover, probe_status
+    from megbed.measurements.probes.discovery import discover, probe_status
 
     status = probe_status(sysfs_root=args.sysfs_root)
     board = None
     if args.board:
-        from firmware_profiles import ProfileError, load_profile
+        from megbed.firmware_profiles import ProfileError, load_profile
 
         try:
             board = discover(load_profile(args.board), sysfs_root=args.sysfs_root)

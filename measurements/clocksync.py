@@ -29,7 +29,16 @@ from typing import Any
 import numpy as np
 import zmq
 
-from megwire import Frame, FrameError, Link, LinkTimeout, error_frame, make_socket, recv_frame, send_frame
+from megbed.megwire import (
+    Frame,
+    FrameError,
+    Link,
+    LinkTimeout,
+    error_frame,
+    make_socket,
+    recv_frame,
+    send_frame,
+)
 
 KIND = "clock_sync"
 Clock = Callable[[], int]
@@ -232,7 +241,7 @@ class ClockMap:
         return int(out) if out.ndim == 0 else out
 
     def to_dict(self) -> dict[str, Any]:
-        """Manifest record (``analysis.clock`` reads ``offset_ns``, ``drift``, ``ref_remote_ns``,
+        """Manifest record (``megbed.analysis.clock`` reads ``offset_ns``, ``drift``, ``ref_remote_ns``,
         ``uncertainty_ns``, ``method``, ``samples``)."""
         return {"offset_ns": float(self.offset_ns), "drift": float(self.drift),
                 "drift_ppm": float(self.drift * 1e6), "ref_remote_ns": float(self.ref_remote_ns),

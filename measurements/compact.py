@@ -36,7 +36,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 # The compacted layout is read by the dataset reader (a lower layer); this module only builds it.
-from measurements.dataset import (  # noqa: F401 - Compaction, live_compaction, GEN_RE, SUCCESS re-exported
+from megbed.measurements.dataset import (  # noqa: F401 - Compaction, live_compaction, GEN_RE, SUCCESS re-exported
     GEN_RE,
     SUCCESS,
     Compaction,

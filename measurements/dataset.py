@@ -2,10 +2,10 @@
 
 Layout::
 
-    RUN_DIR/manifest.json                         provenance (see :mod:`measurements.manifest`)
-    RUN_DIR/dataset/part-00000.parquet            rows per measurements.schema, append-only parts
+    RUN_DIR/manifest.json                         provenance (see :mod:`megbed.measurements.manifest`)
+    RUN_DIR/dataset/part-00000.parquet            rows per megbed.measurements.schema, append-only parts
     RUN_DIR/dataset/compacted-00001/scheme=meg/node=es/part-00000.parquet   the same rows once compacted
-                                                  (:mod:`measurements.compact`; ``_SUCCESS.json`` names the parts
+                                                  (:mod:`megbed.measurements.compact`; ``_SUCCESS.json`` names the parts
                                                   it replaced, which readers then skip until they are removed)
     RUN_DIR/traces/<node>-<probe>-part-00000.parquet   raw power samples (wide: power_mw_<rail> columns)
 
@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from measurements import schema
+from megbed.measurements import schema
 
 PART_RE = re.compile(r"part-(\d{5,})\.parquet$")
 GEN_RE = re.compile(r"compacted-(\d{5,})$")
@@ -182,7 +182,7 @@ def rows_to_table(rows: list[Mapping[str, Any]], columns: Iterable[str]):
 class DatasetWriter:
     """Append-only writer of ``RUN_DIR/dataset/part-*.parquet``.
 
-    Rows are checked against the schema when appended (a bad row raises :class:`measurements.schema.SchemaError`
+    Rows are checked against the schema when appended (a bad row raises :class:`megbed.measurements.schema.SchemaError`
     naming the problem and is not buffered; rows already buffered are kept). Buffered rows become a part every
     ``rows_per_part`` rows, on :meth:`flush` and on :meth:`close`. Each part holds every schema column plus every
     column seen so far in the run, so that parts line up for readers that scan them together.
@@ -332,7 +332,7 @@ class TraceWriter:
         self._next_seq: dict[str, int] = {}
 
     def write(self, meter, *, clock_offset_ns: int | None = None) -> list[Path]:
-        """Write new samples of every probe of ``meter`` (a :class:`measurements.meter.Meter`)."""
+        """Write new samples of every probe of ``meter`` (a :class:`megbed.measurements.meter.Meter`)."""
         out = []
         for probe_name, sampler in zip((p.name for p in meter.probes), meter.samplers, strict=True):
             since = self._next_seq.get(probe_name, 0)
@@ -352,7 +352,7 @@ def _major(version: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------- compacted copies
-# (built by measurements.compact; read here, so a reader never imports the compactor)
+# (built by megbed.measurements.compact; read here, so a reader never imports the compactor)
 
 
 @dataclass(frozen=True)
@@ -402,7 +402,7 @@ def live_compaction(folder: str | os.PathLike) -> Compaction | None:
 def data_files(folder: str | os.PathLike) -> list[Path]:
     """Every Parquet file holding the rows of ``RUN_DIR/dataset``, in row order, whichever form it is in.
 
-    The live compacted copy's files (partition order, :mod:`measurements.compact`) first, then the append-only parts
+    The live compacted copy's files (partition order, :mod:`megbed.measurements.compact`) first, then the append-only parts
     it did not consume, by index. Parts a live compaction consumed but a crash left in place are skipped (their rows
     are in the copy); temporary trees (``.compact-*``), earlier generations and ``*.tmp`` files are never read.
     """
@@ -466,12 +466,12 @@ def read_dataset(run_dir: str | os.PathLike, *, strict_extra: bool = False, vali
     ------
     DatasetError
         No dataset folder or parts, an unreadable part, a schema version mismatch.
-    measurements.schema.SchemaError
+    megbed.measurements.schema.SchemaError
         Rows that do not match the schema; the message lists every problem with the part it is in.
     """
     import pandas as pd
 
-    from measurements.manifest import read_manifest
+    from megbed.measurements.manifest import read_manifest
 
     run = Path(run_dir)
     folder = run / "dataset"

@@ -2,14 +2,14 @@
 
 Top-level keys written here (others may add sections, e.g. the campaign runner)::
 
-    schema_version     dataset schema version (measurements.schema.SCHEMA_VERSION)
+    schema_version     dataset schema version (megbed.measurements.schema.SCHEMA_VERSION)
     run_id, created    identifier and wall-clock creation time (ISO 8601, UTC; provenance only)
     commit, dirty      git commit of the code and whether the working tree had changes
     config, config_hash   the resolved configuration and the SHA-256 of its canonical JSON
     machine            per node: host, OS, CPU, memory, Python, GPU where known
     firmware_profiles  per node: profile name (and, where given, its resolved settings)
     probes             per node: Meter.settings() (backends, rails, rates, measured sensor periods, idle baseline)
-    clock_sync         per node: [clock map fit, sync points...] from measurements.clocksync
+    clock_sync         per node: [clock map fit, sync points...] from megbed.measurements.clocksync
     packages           versions of the packages that shape the numbers
 
 Every update is a read-modify-write under an exclusive lock (``RUN_DIR/.manifest.lock``), written to
@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from measurements import schema
+from megbed.measurements import schema
 
 DEFAULT_PACKAGES = ("megbed", "numpy", "pandas", "pyarrow", "torch", "diffusers", "transformers", "tomesd",
                     "sionna-no-rt", "pyzmq", "nvidia-ml-py", "scipy", "gymnasium", "zeus")

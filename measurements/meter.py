@@ -27,16 +27,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from measurements.integrate import NS_PER_S, counter_delta_mj, integrate_window
-from measurements.probes.base import (
+from megbed.measurements.integrate import NS_PER_S, counter_delta_mj, integrate_window
+from megbed.measurements.probes.base import (
     METHOD_COUNTER,
     METHOD_INTEGRATED,
     METHOD_MODELED,
     PowerProbe,
     PowerReading,
 )
-from measurements.sampler import DEFAULT_RATE_HZ, Sampler
-from measurements.schema import energy_column, energy_net_column
+from megbed.measurements.sampler import DEFAULT_RATE_HZ, Sampler
+from megbed.measurements.schema import energy_column, energy_net_column
 
 # Weakest first: a window combining a modeled and a measured probe is reported as modeled.
 _METHOD_RANK = {METHOD_MODELED: 0, METHOD_INTEGRATED: 1, METHOD_COUNTER: 2}
@@ -94,7 +94,7 @@ class StageEnergy:
         return self.total_mj / self.duration_s if self.duration_s > 0 else float("nan")
 
     def to_columns(self) -> dict[str, Any]:
-        """The dataset columns this window fills (names from :mod:`measurements.schema`)."""
+        """The dataset columns this window fills (names from :mod:`megbed.measurements.schema`)."""
         cols: dict[str, Any] = {}
         for rail, value in self.energy_mj.items():
             cols[energy_column(rail)] = float(value)
@@ -232,7 +232,7 @@ class Meter:
 
         The discovery record (what was tried and why it failed) is kept on ``meter.discovery``.
         """
-        from measurements.probes.discovery import discover
+        from megbed.measurements.probes.discovery import discover
 
         found = discover(profile, **(discover_kwargs or {}))
         return cls(found.probes, discovery=found, **meter_kwargs)

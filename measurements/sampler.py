@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from measurements.integrate import NS_PER_S, refresh_period_s
-from measurements.probes.base import PowerProbe, PowerReading
+from megbed.measurements.integrate import NS_PER_S, refresh_period_s
+from megbed.measurements.probes.base import PowerProbe, PowerReading
 
 log = logging.getLogger(__name__)
 

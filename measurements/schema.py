@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from megwire.vocab import SCHEMES, STAGES  # noqa: F401 - the dataset's vocabularies, read as schema.STAGES
+from megbed.megwire.vocab import SCHEMES, STAGES  # noqa: F401 - the dataset's vocabularies, read as schema.STAGES
 
 SCHEMA_VERSION = "1.0"
 
@@ -75,7 +75,7 @@ COLUMNS: tuple[Column, ...] = (
     _c("energy_valid", "bool", "whether the energy figure can be trusted", True),
     _c("energy_invalid_reason", "string", "why not, when energy_valid is false", True),
     _c("probe", "string", "probe backend that measured the stage (nvml, rapl, jetson_ina3221, ...)"),
-    # memory (measurements.memory)
+    # memory (megbed.measurements.memory)
     _c("mem_peak_mb", "float", "peak resident memory of the node's process during the stage (MiB)"),
     _c("mem_method", "string", "how mem_peak_mb was measured: vmhwm_reset | rss_sampled | ru_maxrss | none"),
     _c("gpu_mem_peak_mb", "float", "peak CUDA memory allocated by tensors during the stage (MiB); NaN off CUDA"),

@@ -4,7 +4,7 @@ The lowest layer of the project: it imports nothing from the other packages, so 
 measurement layer (clock sync) speak the same frames as the testbed nodes without importing them.
 """
 
-from megwire.frames import (
+from megbed.megwire.frames import (
     DEFAULT_LIMITS,
     PROTOCOL_VERSION,
     Frame,
@@ -17,8 +17,8 @@ from megwire.frames import (
     to_parts,
     unpack,
 )
-from megwire.link import InProcLink, Link, ZmqClientLink
-from megwire.sockets import (
+from megbed.megwire.link import InProcLink, Link, ZmqClientLink
+from megbed.megwire.sockets import (
     CurveConfig,
     LinkTimeout,
     generate_keys,

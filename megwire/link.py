@@ -12,8 +12,15 @@ from abc import ABC, abstractmethod
 
 import zmq
 
-from megwire.frames import DEFAULT_LIMITS, Frame, FrameLimits, from_parts, to_parts
-from megwire.sockets import DEFAULT_TIMEOUT_S, CurveConfig, LinkTimeout, make_socket, recv_frame, send_frame
+from megbed.megwire.frames import DEFAULT_LIMITS, Frame, FrameLimits, from_parts, to_parts
+from megbed.megwire.sockets import (
+    DEFAULT_TIMEOUT_S,
+    CurveConfig,
+    LinkTimeout,
+    make_socket,
+    recv_frame,
+    send_frame,
+)
 
 
 class Link(ABC):

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import zmq
 
-from megwire.frames import DEFAULT_LIMITS, Frame, FrameError, FrameLimits, from_parts, to_parts
-from megwire.logutil import rate_limit
+from megbed.megwire.frames import DEFAULT_LIMITS, Frame, FrameError, FrameLimits, from_parts, to_parts
+from megbed.megwire.logutil import rate_limit
 
 DEFAULT_TIMEOUT_S = 10.0
 

@@ -3,7 +3,7 @@
 Every layer names schemes, stages and wire dtypes: the dataset schema (``measurements``), the request contract and
 runtime (``testbed``), the campaign spec. They live in ``megwire``, the base package every other one may import, so
 that no layer copies another's tuple. The link vocabulary (small-scale models, transmission modes, SNR range) is the
-channel emulator's own and lives in :mod:`channel_emu.config`.
+channel emulator's own and lives in :mod:`megbed.channel_emu.config`.
 """
 
 from __future__ import annotations

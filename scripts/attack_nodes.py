@@ -8,7 +8,7 @@ hung node is restarted and the attack goes on, so every class is counted.
 
 Attacks
 -------
-hostile      every class of :data:`testing.node_fuzz.HOSTILE_CLASSES` (deep JSON, > 4,300-digit integers,
+hostile      every class of :data:`megbed.testing.node_fuzz.HOSTILE_CLASSES` (deep JSON, > 4,300-digit integers,
              ``shape: [true]``, 65 dimensions, ``[0, 2**63]``, ``[10**400]``, duplicate names, huge kind / msg_id,
              wrong types), ``--repeat`` times each
 fuzz         ``--fuzz-count`` frames of the fuzzer's random / mutated / hostile mix plus structure-aware
@@ -44,10 +44,10 @@ import zmq
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from megwire import Frame, FrameError, from_parts, to_parts  # noqa: E402
-from testbed.nodes import protocol as P  # noqa: E402
-from testbed.request import Request  # noqa: E402
-from testing import node_fuzz as fuzz  # noqa: E402
+from megbed.megwire import Frame, FrameError, from_parts, to_parts  # noqa: E402
+from megbed.testbed.nodes import protocol as P  # noqa: E402
+from megbed.testbed.request import Request  # noqa: E402
+from megbed.testing import node_fuzz as fuzz  # noqa: E402
 
 HOST = "127.0.0.1"
 
@@ -86,7 +86,7 @@ class Node:
 
     def start(self, wait_s: float = 120.0) -> None:
         env = {**os.environ, "PYTHONPATH": str(self.code), "OMP_NUM_THREADS": "1"}
-        cmd = [sys.executable, "-c", "import sys; from testbed.cli.main import main; sys.exit(main())", *self.args]
+        cmd = [sys.executable, "-c", "import sys; from megbed.testbed.cli.main import main; sys.exit(main())", *self.args]
         self.log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the process's life
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=str(self.code))
         port = int(self.address.rsplit(":", 1)[1])
@@ -345,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     ports = {k: free_port() for k in ("es", "front", "pub", "ue")}
     es_addr, front, ue_addr = (f"tcp://{HOST}:{ports[k]}" for k in ("es", "front", "ue"))
     common = ["--engine", "synthetic", "--probe", "none", "--idle-s", "0"]
-    help_text = subprocess.run([sys.executable, "-c", "import sys; from testbed.cli.main import main; "
+    help_text = subprocess.run([sys.executable, "-c", "import sys; from megbed.testbed.cli.main import main; "
                                 "sys.exit(main())", "node", "channel", "--help"], capture_output=True, text=True,
                                env={**os.environ, "PYTHONPATH": str(args.code)}, cwd=str(args.code)).stdout
     warm = ["--no-warm-up"] if "--no-warm-up" in help_text else []

@@ -86,7 +86,7 @@ def step_env(st: Step, rehearse: bool) -> None:
     rec["dependencies"] = deps
     rec["missing_dependencies"] = [d for d, v in deps.items() if v is None]
     errors = {}
-    for module in ("diffusers", "tomesd", "zmq", "sionna.phy", "gymnasium", "pytorch_msssim", "testbed.ldm.model"):
+    for module in ("diffusers", "tomesd", "zmq", "sionna.phy", "gymnasium", "pytorch_msssim", "megbed.testbed.ldm.model"):
         try:  # importable is not enough: a wheel built against another numpy/torch fails only here
             importlib.import_module(module)
         except Exception as exc:  # noqa: BLE001 - record every broken import, not just the first
@@ -192,8 +192,8 @@ def step_gpu_tests(st: Step, rehearse: bool) -> None:
 # --- step 2: NVML -----------------------------------------------------------------------------------------------
 def step_nvml(st: Step, rehearse: bool) -> None:
     rec = st.rec
-    from measurements.probes.base import ProbeUnavailable
-    from measurements.probes.nvml import NvmlProbe
+    from megbed.measurements.probes.base import ProbeUnavailable
+    from megbed.measurements.probes.nvml import NvmlProbe
 
     try:
         probe = NvmlProbe((0,), measure_period_s=0)
@@ -266,7 +266,7 @@ def campaign_spec(name: str, model: str, *, es_device: str, sdxl: bool, rehearse
 
 def build_sdxl_folder(folder: Path, *, tiny: bool) -> Path:
     """An SDXL-shaped model folder: full size (random weights, fp16, built on the GPU) or the tests' tiny one."""
-    from testing.random_weight_models import build_tiny_model
+    from megbed.testing.random_weight_models import build_tiny_model
 
     if tiny:
         return build_tiny_model(folder, "sdxl")
@@ -283,7 +283,7 @@ def build_sdxl_folder(folder: Path, *, tiny: bool) -> Path:
 
 def summarise_run(run_dir: Path) -> dict[str, Any]:
     """Per (scheme, N): median end-to-end latency and median ES energy per request; energy methods seen."""
-    from measurements.dataset import read_dataset
+    from megbed.measurements.dataset import read_dataset
 
     df = read_dataset(run_dir)
     out: dict[str, Any] = {"rows": int(len(df))}
@@ -306,7 +306,7 @@ def summarise_run(run_dir: Path) -> dict[str, Any]:
 def step_campaign(st: Step, rehearse: bool, out_dir: Path) -> None:
     import yaml
 
-    from testbed.campaign.spec import load_spec
+    from megbed.testbed.campaign.spec import load_spec
 
     rec = st.rec
     rec["campaigns"] = {}
@@ -346,7 +346,7 @@ def step_campaign(st: Step, rehearse: bool, out_dir: Path) -> None:
             c["rehearsal"] = "ES on cpu, N 4, beta 0.5, meg/ceg: not figures"
         run_dir = work / f"run_{name}"
         left = st.left_s(budget) - 10
-        rc, tail = _sub([sys.executable, "-m", "testbed.cli.main", "campaign", "run", str(path), "--out",
+        rc, tail = _sub([sys.executable, "-m", "megbed.testbed.cli.main", "campaign", "run", str(path), "--out",
                          str(run_dir)], left * share - 30)
         c["run_rc"] = rc
         if rc != 0:
@@ -355,7 +355,7 @@ def step_campaign(st: Step, rehearse: bool, out_dir: Path) -> None:
             c.update(summarise_run(run_dir))
         except Exception as exc:  # noqa: BLE001 - a failed campaign still reports why
             c["summary_error"] = repr(exc)
-        rc_r, tail_r = _sub([sys.executable, "-m", "testbed.cli.main", "report", str(run_dir), "--out",
+        rc_r, tail_r = _sub([sys.executable, "-m", "megbed.testbed.cli.main", "report", str(run_dir), "--out",
                              str(run_dir / "report"), "--bootstrap", "200", "--no-traces"],
                             min(30.0, st.left_s(budget) - 5))
         html = run_dir / "report" / "report.html"
@@ -382,7 +382,7 @@ DISTILL_ARGS = ["--num-prompts", "16", "--val-prompts", "4", "--steps", "60", "-
 
 
 def step_distill(st: Step, rehearse: bool) -> None:
-    from testbed.distill.config import DistillConfig
+    from megbed.testbed.distill.config import DistillConfig
 
     rec = st.rec
     cuda, _ = _cuda()
@@ -398,7 +398,7 @@ def step_distill(st: Step, rehearse: bool) -> None:
         rec["rehearsal_args"] = args
     run = WORK / "distill"
     shutil.rmtree(run, ignore_errors=True)
-    rc, tail = _sub([sys.executable, "-m", "testbed.cli.main", "distill", "train", "--run", str(run), "--device",
+    rc, tail = _sub([sys.executable, "-m", "megbed.testbed.cli.main", "distill", "train", "--run", str(run), "--device",
                      "cuda" if cuda else "cpu", *args], st.left_s(BUDGET_S["distill"]) - 3)
     summary = run / "summary.json"
     if summary.is_file():

@@ -234,7 +234,7 @@ def _start(topo: Topology, role: str, args: list[str], logs: Path) -> Node:
     log = logs / f"{role}.log"
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     with open(log, "ab") as fh:
-        proc = subprocess.Popen(["ip", "netns", "exec", topo.ns(role), PY, "-m", "testbed.cli.main", *args],
+        proc = subprocess.Popen(["ip", "netns", "exec", topo.ns(role), PY, "-m", "megbed.testbed.cli.main", *args],
                                 stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     return Node(role, proc, log)
 
@@ -292,7 +292,7 @@ def rehearse(out: Path, *, engine: str = "synthetic", model: Path | None = None,
                             f"one way (orchestrator -> ue)")
         t0 = time.monotonic()
         proc = subprocess.run(
-            [PY, "-m", "testbed.cli.main", "node", "orchestrator", str(spec), "--out", str(run_dir),
+            [PY, "-m", "megbed.testbed.cli.main", "node", "orchestrator", str(spec), "--out", str(run_dir),
              "--es", f"tcp://{topo.control('es')}:5555", "--ue", ue_control,
              "--channel-pub", f"tcp://{topo.control('ch')}:5561", "--no-progress"],
             capture_output=True, text=True, timeout=1800, env=dict(os.environ, PYTHONPATH=str(ROOT)))

@@ -23,15 +23,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--height", type=int, default=2400, help="viewport height (px)")
     args = ap.parse_args(argv)
 
-    from analysis.browser import BrowserError, check_report, find_browser
+    from megbed.analysis.browser import BrowserError, check_report, find_browser
 
     if find_browser() is None:
         print("no Chromium-family browser on PATH (Debian: apt-get install -y chromium)", file=sys.stderr)
         return 2
     if args.synthetic is not None:
-        from analysis.report import build_report
-        from testbed.ldm import flops
-        from testing.ground_truth_run import SyntheticSpec, write_synthetic_run
+        from megbed.analysis.report import build_report
+        from megbed.testbed.ldm import flops
+        from megbed.testing.ground_truth_run import SyntheticSpec, write_synthetic_run
 
         t0 = time.perf_counter()
         write_synthetic_run(args.synthetic, SyntheticSpec(images=True))

@@ -23,7 +23,7 @@ from typing import Any
 
 ROLES = ("es", "ue", "channel")
 MIN_PYTHON = (3, 10)
-# Default bind addresses of the node commands (testbed.nodes.es / ue, channel_emu.cli).
+# Default bind addresses of the node commands (megbed.testbed.nodes.es / ue, megbed.channel_emu.cli).
 DEFAULT_BINDS = {"es": "tcp://127.0.0.1:5555", "ue": "tcp://127.0.0.1:5557", "channel": "tcp://127.0.0.1:5560"}
 # Import name -> (pip requirement, install extra or "" for the node install).
 ROLE_PACKAGES: dict[str, list[tuple[str, str, str]]] = {
@@ -141,10 +141,10 @@ def check_torch(role: str, device: str | None, *, kind: str | None = None,
 def check_model(role: str, model: Path | None, plans: list[str] | None, decoder: str | None) -> list[Check]:
     if role == "channel":
         return [Check("model", "skip", "the channel broker holds no model")]
-    from testbed.ldm.components import ROLE_PLANS, MissingComponentError, check_components, read_slice
+    from megbed.testbed.ldm.components import ROLE_PLANS, MissingComponentError, check_components, read_slice
 
     if model is None:
-        from testbed.assets import default_model_dir
+        from megbed.testbed.assets import default_model_dir
 
         model = default_model_dir()
     model = Path(model).expanduser()
@@ -174,7 +174,7 @@ def check_model(role: str, model: Path | None, plans: list[str] | None, decoder:
 
 
 def check_probes(profile: Any, sysfs_root: Path) -> list[Check]:
-    from measurements.probes.discovery import probe_status
+    from megbed.measurements.probes.discovery import probe_status
 
     out = []
     status = probe_status(sysfs_root=str(sysfs_root))
@@ -199,7 +199,7 @@ def check_probes(profile: Any, sysfs_root: Path) -> list[Check]:
 def check_profile(profile: Any, sysfs_root: Path, command_outputs: Path | None) -> list[Check]:
     if profile is None:
         return [Check("firmware profile", "skip", "no --profile given (clocks / power mode not verified)")]
-    from firmware_profiles.live import RecordedRunner, subprocess_runner, verify_live
+    from megbed.firmware_profiles.live import RecordedRunner, subprocess_runner, verify_live
 
     run = subprocess_runner
     if command_outputs is not None:
@@ -242,7 +242,7 @@ def check_bind(address: str) -> Check:
 def check_keys(role: str, keys: Path | None) -> Check:
     if keys is None:
         return Check("CURVE keys", "skip", "no --keys: connections are unauthenticated (fine on a private bench)")
-    from testbed.nodes.keys import KeysError, server_curve
+    from megbed.testbed.nodes.keys import KeysError, server_curve
 
     name = "es" if role == "es" else ("ue" if role == "ue" else "broker")
     try:
@@ -255,8 +255,8 @@ def check_keys(role: str, keys: Path | None) -> Check:
 def check_clock(orchestrator: str | None, exchanges: int = 16, timeout_s: float = 1.0) -> Check:
     if not orchestrator:
         return Check("clock", "skip", "no --orchestrator: clock offset not measured")
-    from measurements.clocksync import ClockSync, fit_clock
-    from megwire import ZmqClientLink
+    from megbed.measurements.clocksync import ClockSync, fit_clock
+    from megbed.megwire import ZmqClientLink
 
     fix = (f"on the orchestrator host run `megbed doctor --serve-clock {orchestrator.rsplit(':', 1)[0]}:"
            f"{orchestrator.rsplit(':', 1)[-1]}` (or point --orchestrator at a running node), and open that port")
@@ -289,7 +289,7 @@ def run_checks(opts: DoctorOptions) -> list[Check]:
     profile, kind = None, None
     if opts.profile:
         try:
-            from firmware_profiles import load_profile
+            from megbed.firmware_profiles import load_profile
 
             profile = load_profile(opts.profile)
             kind = profile.kind

@@ -1,7 +1,7 @@
 """The request contract: one generation request, as campaigns build it, the wire carries it, the runtime serves it
 and the dataset records it.
 
-Every field is named as its dataset column (``measurements.schema``), so a request's configuration columns are its
+Every field is named as its dataset column (``megbed.measurements.schema``), so a request's configuration columns are its
 fields (:meth:`Request.columns`). The request is validated once, when it is built (:meth:`Request.from_meta` builds
 it from a frame's meta): a bad field raises :class:`RequestError` naming it, which nodes turn into a ``bad_request``
 error frame.
@@ -20,14 +20,14 @@ from dataclasses import replace as _replace
 from operator import attrgetter
 from typing import Any
 
-from channel_emu.config import MODELS as LINK_MODELS
-from channel_emu.config import MODES as TX_MODES
-from channel_emu.config import SNR_DB_RANGE
-from megwire.vocab import MAX_MERGE_RATIO, MAX_TOME_RATIO, SCHEMES, WIRE_DTYPES
-from testbed.ldm.errors import LdmError
-from testbed.ldm.merge_methods import DEFAULT_MERGE_METHOD, MERGE_METHODS
+from megbed.channel_emu.config import MODELS as LINK_MODELS
+from megbed.channel_emu.config import MODES as TX_MODES
+from megbed.channel_emu.config import SNR_DB_RANGE
+from megbed.megwire.vocab import MAX_MERGE_RATIO, MAX_TOME_RATIO, SCHEMES, WIRE_DTYPES
+from megbed.testbed.ldm.errors import LdmError
+from megbed.testbed.ldm.merge_methods import DEFAULT_MERGE_METHOD, MERGE_METHODS
 
-# Samplers the runtime can stop on one node and resume on the other (testbed.ldm.schedulers builds them; a test
+# Samplers the runtime can stop on one node and resume on the other (megbed.testbed.ldm.schedulers builds them; a test
 # keeps the two lists equal). "" in a request means the model folder's own.
 SCHEDULER_NAMES = ("ddim", "euler", "euler_a", "dpmpp_2m", "unipc", "lcm")
 NO_LINK = "none"  # link_model / tx_mode of a request that crosses no link (UE-local), as the dataset records it
@@ -77,7 +77,7 @@ class Request:
     merge_ratio : float
         beta, share of latent tokens merged away before sending, in [0, 0.75] (MEG only).
     merge_method : str
-        ``testbed.ldm.merge_methods.MERGE_METHODS`` (MEG only; ``"none"`` otherwise).
+        ``megbed.testbed.ldm.merge_methods.MERGE_METHODS`` (MEG only; ``"none"`` otherwise).
     tome_ratio_es, tome_ratio_ue : float
         tomesd ratio inside the U-Net on each node, in [0, 0.75] (0 = off).
     guidance_scale : float
@@ -87,13 +87,13 @@ class Request:
     height_px, width_px : int or None
         Image size (px), a multiple of 8 in [8, 8192]; None: the model's native size.
     wire_dtype : str
-        Dtype of the latent values on the wire (``megwire.vocab.WIRE_DTYPES``).
+        Dtype of the latent values on the wire (``megbed.megwire.vocab.WIRE_DTYPES``).
     vae_tiling : bool
         The UE decodes in tiles (bounded memory on small boards).
     decoder : str
         The UE decoder asked for (``base``, ``distilled``, ``auto`` or a decoder folder); ``""``: the UE's default.
     link_model, tx_mode : str
-        Link condition (``channel_emu.config.MODELS`` / ``MODES``), ``"none"`` for no link.
+        Link condition (``megbed.channel_emu.config.MODELS`` / ``MODES``), ``"none"`` for no link.
     distance_m : float or None
         ES-UE distance (m) of a path-loss link; None for a fixed-SNR link or no link.
     snr_db_set : float or None
@@ -190,7 +190,7 @@ class Request:
             return
         model, mode, dist, snr = self.link_model, self.tx_mode, self.distance_m, self.snr_db_set
         if model == NO_LINK and mode == NO_LINK and dist is None and snr is None:
-            return  # an in-process request (megbed generate): nodes require a link (testbed.nodes.protocol)
+            return  # an in-process request (megbed generate): nodes require a link (megbed.testbed.nodes.protocol)
         if model not in LINK_MODELS:
             _bad("link_model", f"={_short(model)} is not one of {LINK_MODELS}", rid)
         if mode not in TX_MODES:
@@ -218,14 +218,14 @@ class Request:
         return self.scheme == "meg" and self.es_steps < self.n_steps
 
     def link_meta(self) -> dict[str, Any] | None:
-        """The link condition as the channel broker reads it (``channel_emu.emulator.OVERRIDE_KEYS``)."""
+        """The link condition as the channel broker reads it (``megbed.channel_emu.emulator.OVERRIDE_KEYS``)."""
         if not self.has_link:
             return None
         return {"link_model": self.link_model, "tx_mode": self.tx_mode, "distance_m": self.distance_m,
                 "snr_db": self.snr_db_set}
 
     def columns(self) -> dict[str, Any]:
-        """The request's dataset columns (``measurements.schema`` names; a missing distance / SNR is NaN)."""
+        """The request's dataset columns (``megbed.measurements.schema`` names; a missing distance / SNR is NaN)."""
         out = dict(zip(_COLUMN_FIELDS, _get_columns(self), strict=True))
         if out["distance_m"] is None:
             out["distance_m"] = math.nan

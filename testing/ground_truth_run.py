@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from measurements import schema
-from measurements.dataset import DatasetWriter, write_trace
-from measurements.manifest import build_manifest, write_manifest
+from megbed.measurements import schema
+from megbed.measurements.dataset import DatasetWriter, write_trace
+from megbed.measurements.manifest import build_manifest, write_manifest
 
 # One ES U-Net step costs what an SDXL step costs on a desktop GPU (s); the UE is UE_SLOWDOWN times slower, and
 # every compute stage has a fixed overhead (s). Other stages cost in proportion to their FLOPs.
@@ -143,7 +143,7 @@ class _Builder:
         self.model_path: Path | None = None
         if spec.model_dir:
             self.model_path = write_tiny_model(run_dir / "models" / "tiny-ldm")
-            from testbed.ldm.flops import stage_flops
+            from megbed.testbed.ldm.flops import stage_flops
 
             self.flops = stage_flops(self.model_path, spec.height_px, spec.height_px, cfg=True)
             self.s_per_tflop_es = STEP_S_ES / (self.flops.unet_step / 1e12)

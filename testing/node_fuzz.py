@@ -2,7 +2,7 @@
 
 Used by the tests (>= 1,000 messages per node) and usable against a running node from the command line::
 
-    python -m testing.node_fuzz tcp://127.0.0.1:5555 --count 1000
+    python -m megbed.testing.node_fuzz tcp://127.0.0.1:5555 --count 1000
 
 Each generated message is a list of ZeroMQ parts as a DEALER would send them (``[b"", *frame_parts]``, or
 deliberately without the delimiter). :func:`must_be_refused` checks locally that a mutation is really invalid for the
@@ -32,8 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from megwire import DEFAULT_LIMITS, Frame, FrameError, FrameLimits, from_parts, to_parts
-from megwire.frames import MAGIC, PROTOCOL_VERSION
+from megbed.megwire import DEFAULT_LIMITS, Frame, FrameError, FrameLimits, from_parts, to_parts
+from megbed.megwire.frames import MAGIC, PROTOCOL_VERSION
 
 _PREFIX = struct.Struct("<4sHHI")
 
@@ -387,7 +387,7 @@ def must_be_refused(parts: list[bytes], is_valid: Callable[[Frame], bool] | None
 def main(argv: list[str] | None = None) -> int:
     import zmq
 
-    from megwire import make_socket, recv_frame
+    from megbed.megwire import make_socket, recv_frame
 
     ap = argparse.ArgumentParser(description="send random and mutated frames to a node; every one must be refused")
     ap.add_argument("address")

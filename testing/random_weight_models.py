@@ -117,7 +117,7 @@ def _tiny_vae(scaling_factor: float, force_upcast: bool) -> Any:
 
 
 def _scheduler(name: str) -> Any:
-    from testbed.ldm.schedulers import build_scheduler
+    from megbed.testbed.ldm.schedulers import build_scheduler
 
     return build_scheduler(name, SD_NOISE_SCHEDULE)
 
@@ -135,7 +135,7 @@ def build_tiny_model(folder: str | Path, family: str = "sd15", *, scheduler: str
         ``"sdxl"``: StableDiffusionXLPipeline (two text encoders, pooled text + time-id conditioning, no attention
         in the first block).
     scheduler : str
-        Sampler saved with the model (a key of :data:`testbed.ldm.schedulers.SCHEDULERS`).
+        Sampler saved with the model (a key of :data:`megbed.testbed.ldm.schedulers.SCHEDULERS`).
     seed : int
         Seed of the random weights.
     sample_size : int

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from testing.torch_threads import torch_threads
+from megbed.testing.torch_threads import torch_threads
 
 
 def _cuda_available() -> bool:
@@ -34,7 +34,7 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="module")
 def one_torch_thread():
-    """One torch thread for a module's tests (see :mod:`testing.torch_threads`); folders of tiny-model tests
+    """One torch thread for a module's tests (see :mod:`megbed.testing.torch_threads`); folders of tiny-model tests
     request it from an autouse fixture in their conftest."""
     with torch_threads(1):
         yield

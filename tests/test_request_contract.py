@@ -1,4 +1,4 @@
-"""The request contract (testbed.request.Request): one type from campaign to wire to runtime to dataset column."""
+"""The request contract (megbed.testbed.request.Request): one type from campaign to wire to runtime to dataset column."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from megwire import Frame, from_parts, to_parts, vocab
-from testbed.request import FIELDS, OPTIONAL_ON_WIRE, Request, RequestError
+from megbed.megwire import Frame, from_parts, to_parts, vocab
+from megbed.testbed.request import FIELDS, OPTIONAL_ON_WIRE, Request, RequestError
 
 ROOT = Path(__file__).resolve().parents[1]
 LINK = {"link_model": "awgn", "tx_mode": "analog", "distance_m": 200.0, "snr_db_set": None}
@@ -46,7 +46,7 @@ def test_round_trip_through_meta_json_and_a_frame(request_):
 
 
 def test_handoffs_carry_the_runtime_fields_only():
-    from testbed.request import RUNTIME_FIELDS
+    from megbed.testbed.request import RUNTIME_FIELDS
 
     req = _meg()
     meta = req.runtime_meta()
@@ -75,7 +75,7 @@ def test_fields_that_do_not_apply_are_neutral_as_the_dataset_records_them():
 
 
 def test_columns_are_dataset_columns_of_the_schema_kinds():
-    from measurements import schema
+    from megbed.measurements import schema
 
     kinds = {c.name: c.kind for c in schema.COLUMNS}
     pytype = {"string": str, "int": int, "float": float, "bool": bool}
@@ -145,7 +145,7 @@ def test_missing_and_unknown_fields_and_non_objects():
 
 
 def test_nodes_translate_the_error_into_a_bad_request_naming_the_field():
-    from testbed.nodes import protocol as P
+    from megbed.testbed.nodes import protocol as P
 
     frame = P.request_frame(_meg(), 1)
     frame.meta["request"]["merge_ratio"] = 0.9
@@ -163,8 +163,8 @@ def test_nodes_translate_the_error_into_a_bad_request_naming_the_field():
 
 
 def test_generate_flags_and_defaults_are_the_contract_s():
-    from testbed.cli.generate import REQUEST_DEFAULTS, REQUEST_FLAGS, request_of
-    from testbed.cli.main import build_parser
+    from megbed.testbed.cli.generate import REQUEST_DEFAULTS, REQUEST_FLAGS, request_of
+    from megbed.testbed.cli.main import build_parser
 
     parser = build_parser()
     args = parser.parse_args(["generate", "a cat", "--out", "x.png"])
@@ -182,7 +182,7 @@ def test_generate_flags_and_defaults_are_the_contract_s():
 
 
 def test_generate_help_shows_only_the_contract_spellings(capsys):
-    from testbed.cli.main import build_parser
+    from megbed.testbed.cli.main import build_parser
 
     with pytest.raises(SystemExit):
         build_parser().parse_args(["generate", "--help"])
@@ -196,12 +196,12 @@ def test_generate_help_shows_only_the_contract_spellings(capsys):
 
 
 def test_vocabularies_are_the_shared_objects():
-    from channel_emu import config as link_config
-    from measurements import schema
-    from testbed.campaign import spec
-    from testbed.ldm import merging, plan
-    from testbed.ldm.schedulers import SCHEDULERS
-    from testbed.request import LINK_MODELS, SCHEDULER_NAMES, TX_MODES
+    from megbed.channel_emu import config as link_config
+    from megbed.measurements import schema
+    from megbed.testbed.campaign import spec
+    from megbed.testbed.ldm import merging, plan
+    from megbed.testbed.ldm.schedulers import SCHEDULERS
+    from megbed.testbed.request import LINK_MODELS, SCHEDULER_NAMES, TX_MODES
 
     assert schema.SCHEMES is vocab.SCHEMES and spec.SCHEMES is vocab.SCHEMES and plan.SCHEMES is vocab.SCHEMES
     assert schema.STAGES is vocab.STAGES and set(plan.STAGE_NAMES) == set(vocab.STAGES) - {"link", "end_to_end"}
@@ -213,7 +213,7 @@ def test_vocabularies_are_the_shared_objects():
 
 def _literal_copies() -> list[str]:
     """Module-level assignments that spell a shared vocabulary (or the 0.75 cap) out instead of importing it."""
-    from channel_emu.config import MODELS, MODES
+    from megbed.channel_emu.config import MODELS, MODES
 
     shared = {vocab.SCHEMES, vocab.STAGES, vocab.WIRE_DTYPES, MODELS, MODES}
     home = {ROOT / "megwire" / "vocab.py", ROOT / "channel_emu" / "config.py"}
@@ -243,4 +243,4 @@ def test_the_request_does_not_import_the_runtime():
     tree = ast.parse((ROOT / "testbed" / "request.py").read_text(encoding="utf-8"))
     imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     assert imported <= {"__future__", "collections.abc", "dataclasses", "operator", "typing", "math",
-                        "channel_emu.config", "megwire.vocab", "testbed.ldm.errors", "testbed.ldm.merge_methods"}
+                        "megbed.channel_emu.config", "megbed.megwire.vocab", "megbed.testbed.ldm.errors", "megbed.testbed.ldm.merge_methods"}

@@ -1,10 +1,10 @@
 """The report's figures. Importing this package registers the built-in ones in
-:data:`analysis.figures.registry.REGISTRY`; see that module for adding more."""
+:data:`megbed.analysis.figures.registry.REGISTRY`; see that module for adding more."""
 
 from __future__ import annotations
 
-from analysis.figures import costs, decoder, distill, energy, latency, policy, quality, timeline  # noqa: F401
-from analysis.figures.registry import (  # noqa: F401
+from megbed.analysis.figures import costs, decoder, distill, energy, latency, policy, quality, timeline  # noqa: F401
+from megbed.analysis.figures.registry import (  # noqa: F401
     REGISTRY,
     FigureContext,
     FigureSkipped,

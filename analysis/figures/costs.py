@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from analysis.figures import style
-from analysis.figures.registry import FigureContext, FigureSkipped, register_figure
-from analysis.load import RunData
+from megbed.analysis.figures import style
+from megbed.analysis.figures.registry import FigureContext, FigureSkipped, register_figure
+from megbed.analysis.load import RunData
 
 STAGE_MARKERS = {"text_encode": "v", "denoise": "o", "decode": "s"}
 PAPER_UE_SLOWDOWN = 2.0

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.figures import style
-from analysis.figures.registry import FigureContext, FigureSkipped, register_figure
-from analysis.load import RunData
+from megbed.analysis.figures import style
+from megbed.analysis.figures.registry import FigureContext, FigureSkipped, register_figure
+from megbed.analysis.load import RunData
 
 FILE = "distortion.csv"
 NEEDED = {"decoder", "beta", "condition", "kind", "snr_db", "neg_log_mse_mean", "psnr_db_mean"}
@@ -30,7 +30,7 @@ def find_table(data: RunData, ctx: FigureContext) -> tuple[Path | None, list[Pat
     tried = [data.run_dir / FILE, data.run_dir / "distill" / FILE]
     model_dir = ctx.model_dir
     if model_dir is None:
-        from analysis.model_folder import find_model_dir
+        from megbed.analysis.model_folder import find_model_dir
 
         model_dir = find_model_dir(data.manifest, None, data.run_dir, ctx.named_models)[0]
     if model_dir is not None:
@@ -92,7 +92,7 @@ def decoder_distortion(data: RunData, ctx: FigureContext):
         g = wide[wide["beta"] == beta].sort_values("x")
         color = bmap(0.4 + 0.6 * k / max(len(betas) - 1, 1))
         ax.plot(g["x"], g["distilled"] - g["base"], marker="o", markersize=3, color=color, label=f"β = {beta:g}")
-        if "auto" in g:  # the calibrated gate between the two (testbed.ldm.gate)
+        if "auto" in g:  # the calibrated gate between the two (megbed.testbed.ldm.gate)
             ax.plot(g["x"], g["auto"] - g["base"], marker="x", markersize=3, color=color, linestyle=":")
     ax.axhline(0.0, color="k", linewidth=0.8)
     xs = sorted(df["x"].unique())

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from analysis.figures import style
-from analysis.figures.registry import FigureContext, register_figure
-from analysis.load import RunData
-from analysis.stats import mean_ci
-from analysis.tables import scheme_label
-from measurements import schema
+from megbed.analysis.figures import style
+from megbed.analysis.figures.registry import FigureContext, register_figure
+from megbed.analysis.load import RunData
+from megbed.analysis.stats import mean_ci
+from megbed.analysis.tables import scheme_label
+from megbed.measurements import schema
 
 POWERED_NODES = ("es", "ue")
 RAIL_NODES = ("es", "ue", "channel")  # the channel's only rail is the modeled transmit energy
@@ -86,7 +86,7 @@ def energy_rails(data: RunData, ctx: FigureContext):
     nodes = [n for n in RAIL_NODES if n in set(st["node"])]
     nodes = [n for n in nodes if any(st.loc[st["node"] == n, r].notna().any() for r in rails)]
     if not nodes:
-        from analysis.figures.registry import FigureSkipped
+        from megbed.analysis.figures.registry import FigureSkipped
 
         raise FigureSkipped("no node has per-rail energy in its valid stage rows")
     fig, axes = style.figure(1, len(nodes), height_in=3.4, width_in=min(style.WIDTH_IN, 4.2 * len(nodes)),

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import matplotlib.pyplot as plt
 
-from analysis.figures import style
-from analysis.figures.registry import FigureContext, register_figure
-from analysis.load import RunData
+from megbed.analysis.figures import style
+from megbed.analysis.figures.registry import FigureContext, register_figure
+from megbed.analysis.load import RunData
 
 ALGO_LABELS = {"cvpo": "CVPO", "ppo_lag": "PPO-Lag", "ppo_lagrangian": "PPO-Lag", "ddpg_lag": "DDPG-Lag"}
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from analysis.figures import style
-from analysis.figures.registry import FigureContext, FigureSkipped, register_figure
-from analysis.load import RunData
-from analysis.stats import mean_ci
-from analysis.tables import quality_metric, request_costs, scheme_label
+from megbed.analysis.figures import style
+from megbed.analysis.figures.registry import FigureContext, FigureSkipped, register_figure
+from megbed.analysis.load import RunData
+from megbed.analysis.stats import mean_ci
+from megbed.analysis.tables import quality_metric, request_costs, scheme_label
 
 
 def _line_ci(ax, df: pd.DataFrame, x: str, y: str, **kw) -> None:

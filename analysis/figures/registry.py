@@ -2,7 +2,7 @@
 
 Adding a figure (e.g. a later decoder-distillation comparison)::
 
-    from analysis.figures.registry import register_figure
+    from megbed.analysis.figures.registry import register_figure
 
     @register_figure("my_figure", title="...", section="Decoder", requires=("requests", "decoders"))
     def my_figure(data, ctx):
@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from analysis.load import RunData
-from measurements import schema
+from megbed.analysis.load import RunData
+from megbed.measurements import schema
 
 
 class FigureSkipped(Exception):
@@ -43,7 +43,7 @@ class FigureContext:
         Model folder for FLOP counting (None: look where the manifest says).
     out_dir : Path or None
         The report folder (holds ``flops_cache.json`` between builds).
-    flop_counter : analysis.costfit.FlopCounter or None
+    flop_counter : megbed.analysis.costfit.FlopCounter or None
         Counts the model's FLOPs for the cost model (None: the per-step fallback).
     named_models : dict
         Model folders known by name (``{"default": <embedded model>}``), searched after the manifest's paths.
@@ -68,7 +68,7 @@ class FigureContext:
         return out
 
     def cost_model(self, data: RunData):
-        from analysis.costfit import fit_cost_model
+        from megbed.analysis.costfit import fit_cost_model
 
         if "cost_model" not in self.cache:
             cache = self.out_dir / "flops_cache.json" if self.out_dir is not None else None
@@ -82,7 +82,7 @@ def _has_values(df, col: str) -> bool:
 
 
 def _clock_available(data: RunData) -> str | None:
-    from analysis.clock import manifest_sync_points
+    from megbed.analysis.clock import manifest_sync_points
 
     if not manifest_sync_points(data.manifest).empty:
         return None

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from analysis.clock import manifest_clock_models, manifest_sync_points
-from analysis.figures import style
-from analysis.figures.registry import FigureContext, FigureSkipped, register_figure
-from analysis.load import RunData
-from analysis.tables import scheme_label
+from megbed.analysis.clock import manifest_clock_models, manifest_sync_points
+from megbed.analysis.figures import style
+from megbed.analysis.figures.registry import FigureContext, FigureSkipped, register_figure
+from megbed.analysis.load import RunData
+from megbed.analysis.tables import scheme_label
 
 WINDOW_REQUESTS = 3
 

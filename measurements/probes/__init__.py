@@ -1,6 +1,6 @@
 """Power probes: one interface (:class:`PowerProbe`), small backends, and discovery in order with a fallback."""
 
-from measurements.probes.base import (
+from megbed.measurements.probes.base import (
     METHOD_COUNTER,
     METHOD_INTEGRATED,
     METHOD_MODELED,

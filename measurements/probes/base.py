@@ -8,8 +8,8 @@ PMIC, an external INA2xx meter, a recorded trace or a model) and reports, per re
 * for probes with a hardware energy counter, the cumulative energy per rail in mJ since the probe opened
   (wraparound already undone).
 
-Window energy (begin/end around a stage) is computed from these reads by :mod:`measurements.integrate` and
-:class:`measurements.meter.Meter`: counter difference where a counter exists, trapezoidal integral otherwise.
+Window energy (begin/end around a stage) is computed from these reads by :mod:`megbed.measurements.integrate` and
+:class:`megbed.measurements.meter.Meter`: counter difference where a counter exists, trapezoidal integral otherwise.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from measurements.probes.base import Clock, PowerProbe, ProbeUnavailable
+from megbed.measurements.probes.base import Clock, PowerProbe, ProbeUnavailable
 
 AUTO_ORDER = ("jetson_ina3221", "rpi5_pmic", "nvml", "rapl")
 AUTO_EXTRA = ("rapl",)
@@ -76,43 +76,43 @@ def make_probe(
     """
     opts = {**_opts(profile, backend), **(options or {})}
     if backend == "nvml":
-        from measurements.probes.nvml import NvmlProbe
+        from megbed.measurements.probes.nvml import NvmlProbe
 
         return NvmlProbe(tuple(opts.get("indices", (0,))), binding=nvml_binding, clock=clock,
                          measure_period_s=float(opts.get("measure_period_s", 0.5)))
     if backend == "rapl":
-        from measurements.probes.rapl import RaplProbe
+        from megbed.measurements.probes.rapl import RaplProbe
 
         return RaplProbe(sysfs_root, clock=clock, measure_period_s=float(opts.get("measure_period_s", 0.05)))
     if backend == "jetson_ina3221":
-        from measurements.probes.jetson import JetsonProbe
+        from megbed.measurements.probes.jetson import JetsonProbe
 
         rail_map = getattr(profile, "rail_map", None) or None
         return JetsonProbe(sysfs_root, rail_map=rail_map, clock=clock)
     if backend == "rpi5_pmic":
-        from measurements.probes.rpi import RpiPmicProbe
+        from megbed.measurements.probes.rpi import RpiPmicProbe
 
         return RpiPmicProbe(runner=pmic_runner, clock=clock)
     if backend in ("ina260", "ina219"):
-        from measurements.probes.ina2xx import Ina219Probe, Ina260Probe
+        from megbed.measurements.probes.ina2xx import Ina219Probe, Ina260Probe
 
         cls = Ina260Probe if backend == "ina260" else Ina219Probe
         kwargs = {k: v for k, v in opts.items() if k not in ("bus", "address")}
         return cls(int(opts.get("bus", 1)), opts.get("address", 0x40), smbus=smbus, clock=clock, **kwargs)
     if backend == "replay":
-        from measurements.probes.replay import ReplayProbe
+        from megbed.measurements.probes.replay import ReplayProbe
 
         if "trace" not in opts:
             raise ProbeUnavailable("replay needs a recorded trace (option 'trace')")
         return ReplayProbe(opts["trace"], clock=clock, loop=bool(opts.get("loop", False)),
                            averaging_lag_s=float(opts.get("averaging_lag_s", 0.0)))
     if backend == "modeled":
-        from measurements.probes.modeled import ModeledProbe
+        from megbed.measurements.probes.modeled import ModeledProbe
 
         model = getattr(profile, "power_model", None)
         name = getattr(profile, "name", "")
         if not model:
-            from firmware_profiles import load_profile
+            from megbed.firmware_profiles import load_profile
 
             generic = load_profile("generic_cpu")
             model, name = generic.power_model, generic.name
@@ -138,7 +138,7 @@ def discover(profile: Any = None, *, fallback: bool = True, **kwargs: Any) -> Di
         Nothing usable and ``fallback`` is False; the message lists every backend's reason.
     """
     if isinstance(profile, str):
-        from firmware_profiles import load_profile
+        from megbed.firmware_profiles import load_profile
 
         profile = load_profile(profile)
     if profile is not None:

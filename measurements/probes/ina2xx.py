@@ -19,7 +19,7 @@ import math
 import time
 from typing import Any
 
-from measurements.probes.base import (
+from megbed.measurements.probes.base import (
     METHOD_INTEGRATED,
     Clock,
     PowerProbe,

@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from measurements.probes.base import (
+from megbed.measurements.probes.base import (
     METHOD_INTEGRATED,
     Clock,
     PowerProbe,

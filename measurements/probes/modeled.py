@@ -20,7 +20,14 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from measurements.probes.base import METHOD_MODELED, Clock, PowerProbe, ProbeReadError, ProbeUnavailable, Rail
+from megbed.measurements.probes.base import (
+    METHOD_MODELED,
+    Clock,
+    PowerProbe,
+    ProbeReadError,
+    ProbeUnavailable,
+    Rail,
+)
 
 NS = 1_000_000_000
 

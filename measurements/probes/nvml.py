@@ -20,8 +20,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from measurements.integrate import NS_PER_S
-from measurements.probes.base import (
+from megbed.measurements.integrate import NS_PER_S
+from megbed.measurements.probes.base import (
     METHOD_COUNTER,
     METHOD_INTEGRATED,
     Clock,

@@ -15,8 +15,8 @@ import os
 import time
 from pathlib import Path
 
-from measurements.integrate import NS_PER_S, unwrap_counter
-from measurements.probes.base import (
+from megbed.measurements.integrate import NS_PER_S, unwrap_counter
+from megbed.measurements.probes.base import (
     METHOD_COUNTER,
     Clock,
     PowerProbe,

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from measurements.probes.base import (
+from megbed.measurements.probes.base import (
     METHOD_COUNTER,
     METHOD_INTEGRATED,
     Clock,

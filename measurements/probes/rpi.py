@@ -22,7 +22,7 @@ import subprocess
 import time
 from collections.abc import Callable, Sequence
 
-from measurements.probes.base import (
+from megbed.measurements.probes.base import (
     METHOD_INTEGRATED,
     Clock,
     PowerProbe,

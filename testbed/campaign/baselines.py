@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from megwire.vocab import SCHEMES as SCHEME_ORDER
+from megbed.megwire.vocab import SCHEMES as SCHEME_ORDER
 
 
 def scheme_summary(run_dir: str | Path) -> dict[str, Any]:
@@ -27,7 +27,7 @@ def scheme_summary(run_dir: str | Path) -> dict[str, Any]:
         energy_valid_share, psnr_db, neg_log_mse}}, "meg_vs": {baseline: {latency_pct, energy_pct}}}``; energy in J
         (gross, every node and the modeled transmit energy of the link).
     """
-    from measurements.dataset import read_dataset
+    from megbed.measurements.dataset import read_dataset
 
     df = read_dataset(run_dir, validate=False)
     e2e = df[df["stage"] == "end_to_end"]

@@ -103,7 +103,7 @@ def parse_emulation(value: str, key: str = "profiles.ue") -> EmulationTarget:
     """
     if not is_emulated(value):
         raise EmulationError(f"{key}: {value!r} is not an emulate:<...> value")
-    from firmware_profiles import load_profile
+    from megbed.firmware_profiles import load_profile
 
     body = value[len(PREFIX):]
     factor, _, board = body.partition(":") if _FACTOR.fullmatch(body.partition(":")[0]) else ("", "", body)
@@ -134,7 +134,7 @@ def parse_emulation(value: str, key: str = "profiles.ue") -> EmulationTarget:
 
 def write_modeled_profile(target: EmulationTarget, folder: Path) -> Path:
     """A profile for the emulated UE's node: only the ``modeled`` probe, the power figures of ``power_profile``."""
-    from firmware_profiles import load_profile
+    from megbed.firmware_profiles import load_profile
 
     src = load_profile(target.power_profile)
     lines = [f'name = "emulated_ue_{src.name}"', 'kind = "cpu_host"',
@@ -363,7 +363,7 @@ def unet_step_s(model_dir: Path, k: int = 6, warmup: int = 1) -> float:
 
 def _start_bench(model_dir: Path, k: int, env: dict[str, str], preexec: Callable[[], None] | None,
                  limit: CpuLimit | None) -> subprocess.Popen:
-    argv = [sys.executable, "-m", "testbed.campaign.emulate", "bench", str(model_dir), str(k)]
+    argv = [sys.executable, "-m", "megbed.testbed.campaign.emulate", "bench", str(model_dir), str(k)]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
                             preexec_fn=preexec)  # noqa: PLW1509 - pins / joins the cgroup before exec
     if limit is not None and limit.preexec() is None:
@@ -478,7 +478,7 @@ def _main(argv: list[str]) -> int:
         torch.set_num_threads(1)
         print(json.dumps({"step_s": unet_step_s(Path(argv[1]), int(argv[2]))}))
         return 0
-    print("usage: python -m testbed.campaign.emulate bench MODEL_DIR K", file=sys.stderr)
+    print("usage: python -m megbed.testbed.campaign.emulate bench MODEL_DIR K", file=sys.stderr)
     return 2
 
 

@@ -2,7 +2,7 @@
 
 A link file may say ``scale_to_latent: [4, 128, 128]`` (the paper's SDXL latent); the bandwidth is then scaled by
 model latent elements / reference elements so the model's latent takes the airtime the reference latent would
-take at ``bandwidth_hz`` (:attr:`channel_emu.config.LinkConfig.bandwidth_scale`). The model's latent shape
+take at ``bandwidth_hz`` (:attr:`megbed.channel_emu.config.LinkConfig.bandwidth_scale`). The model's latent shape
 ``[C, H/f, W/f]`` is read from its folder (U-Net ``in_channels`` and ``sample_size``, VAE factor from the VAE's
 ``block_out_channels``) and written into a resolved copy of the link file in the run folder (``link.yaml``).
 """
@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from channel_emu.config import LinkConfig
+from megbed.channel_emu.config import LinkConfig
 
 
 def model_latent(model_dir: Path, height_px: int | None = None, width_px: int | None = None) -> list[int]:

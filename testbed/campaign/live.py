@@ -1,7 +1,7 @@
 """The live testbed for policy evaluation: ``megbed evaluate POLICY --env live --testbed
-testbed.campaign.live:OrchestratorTestbed --testbed-kwargs '{"out": "runs/live1"}'``.
+megbed.testbed.campaign.live:OrchestratorTestbed --testbed-kwargs '{"out": "runs/live1"}'``.
 
-:class:`OrchestratorTestbed` implements :class:`testbed.policy.live.LiveTestbed`: each ``run_request(N, beta,
+:class:`OrchestratorTestbed` implements :class:`megbed.testbed.policy.live.LiveTestbed`: each ``run_request(N, beta,
 state)`` is a MEG request (k = N, the paper's split) sent through the orchestrator to the UE, over the channel
 broker at the state's SNR, measured like any campaign request -- its rows go into ``out``'s dataset (so a live
 evaluation is a dataset like any other) -- and summarised for the policy loop.
@@ -19,13 +19,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from measurements import manifest as M
-from measurements.dataset import DatasetWriter
-from testbed.campaign.liveness import startup_wait_s, wait_for_local_broker
-from testbed.campaign.runner import ReferenceCache
-from testbed.campaign.spec import load_spec
-from testbed.nodes import rows as R
-from testbed.nodes.orchestrator import Orchestrator, client_curves
+from megbed.measurements import manifest as M
+from megbed.measurements.dataset import DatasetWriter
+from megbed.testbed.campaign.liveness import startup_wait_s, wait_for_local_broker
+from megbed.testbed.campaign.runner import ReferenceCache
+from megbed.testbed.campaign.spec import load_spec
+from megbed.testbed.nodes import rows as R
+from megbed.testbed.nodes.orchestrator import Orchestrator, client_curves
 
 log = logging.getLogger(__name__)
 
@@ -36,13 +36,13 @@ def _broker_curve(keys_dir: Path | None):
     """The orchestrator's CURVE client keys for the local broker (None on a run without keys)."""
     if keys_dir is None:
         return None
-    from testbed.nodes.keys import client_curve
+    from megbed.testbed.nodes.keys import client_curve
 
     return client_curve(keys_dir, "orchestrator", "channel")
 
 
 class OrchestratorTestbed:
-    """A :class:`~testbed.policy.live.LiveTestbed` over the testbed's nodes.
+    """A :class:`~megbed.testbed.policy.live.LiveTestbed` over the testbed's nodes.
 
     Parameters
     ----------
@@ -62,7 +62,7 @@ class OrchestratorTestbed:
         self.out = Path(out)
         self.cluster = None
         if es is None:
-            from testbed.campaign.local import LocalCluster, wait_ready
+            from megbed.testbed.campaign.local import LocalCluster, wait_ready
 
             s = self.spec
             self.cluster = LocalCluster(self.out, s.model_dir, devices=dict(s.device), profiles=dict(s.profiles),

@@ -15,9 +15,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from megwire import CurveConfig, Frame, FrameError, LinkTimeout
-from testbed.nodes import protocol as P
-from testbed.nodes.rpc import NodeError, RpcClient
+from megbed.megwire import CurveConfig, Frame, FrameError, LinkTimeout
+from megbed.testbed.nodes import protocol as P
+from megbed.testbed.nodes.rpc import NodeError, RpcClient
 
 log = logging.getLogger(__name__)
 

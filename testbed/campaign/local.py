@@ -1,6 +1,6 @@
 """Local nodes: ES, channel broker and UE started as separate processes on 127.0.0.1 (``nodes: local``).
 
-Each node is ``python -m testbed.cli.main node KIND ...`` with its own log file under ``RUN_DIR/logs/``; free ports
+Each node is ``python -m megbed.testbed.cli.main node KIND ...`` with its own log file under ``RUN_DIR/logs/``; free ports
 are picked at start. The cluster can restart a node that died (the runner retries the request) and stops every
 process it started -- by its own pid, SIGTERM first, SIGKILL after a grace period.
 
@@ -50,7 +50,7 @@ def broker_available() -> bool:
     """Whether ``megbed node channel`` can start here: the channel emulator's broker needs the 'channel' install
     extra (sionna, numba, scipy), which a campaign host may lack (the UE then talks to the ES directly)."""
     try:
-        import channel_emu.broker  # noqa: F401 - what `megbed node channel` runs
+        import megbed.channel_emu.broker  # noqa: F401 - what `megbed node channel` runs
     except ModuleNotFoundError as exc:
         if (exc.name or "").split(".")[0] in ("megbed", "channel_emu", "testbed", "measurements", "megwire"):
             raise  # a broken checkout, not a missing extra
@@ -151,10 +151,10 @@ class LocalCluster:
     use_broker: bool = True
     nodes: dict[str, NodeProcess] = field(default_factory=dict)
     addresses: dict[str, str] = field(default_factory=dict)
-    emulation: Any = None  # testbed.campaign.emulate.UeEmulation when profiles.ue is emulate:<...>
+    emulation: Any = None  # megbed.testbed.campaign.emulate.UeEmulation when profiles.ue is emulate:<...>
 
     def _argv(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "testbed.cli.main", *args]
+        return [sys.executable, "-m", "megbed.testbed.cli.main", *args]
 
     def plan(self) -> None:
         ports = {k: free_port() for k in ("es", "front", "pub", "ue")}
@@ -212,7 +212,7 @@ class LocalCluster:
 
     def start_emulation(self) -> None:
         """``profiles.ue: emulate:<...>``: set up the UE's CPU limit and measure the achieved slowdown."""
-        from testbed.campaign.emulate import UeEmulation, is_emulated, parse_emulation
+        from megbed.testbed.campaign.emulate import UeEmulation, is_emulated, parse_emulation
 
         value = self.profiles.get("ue")
         if self.emulation is not None or not is_emulated(value):

@@ -3,8 +3,8 @@
 Run directory::
 
     RUN_DIR/campaign.yaml          the spec as given (resume reads it back; its hash must match the manifest's)
-    RUN_DIR/manifest.json          provenance (measurements.manifest) + ``campaign``, ``nodes``, ``clock_sync`` sections
-    RUN_DIR/dataset/part-*.parquet rows: one per stage and one end_to_end per request (measurements.dataset)
+    RUN_DIR/manifest.json          provenance (megbed.measurements.manifest) + ``campaign``, ``nodes``, ``clock_sync`` sections
+    RUN_DIR/dataset/part-*.parquet rows: one per stage and one end_to_end per request (megbed.measurements.dataset)
     RUN_DIR/references/*.png       quality references, one per (prompt, seed, N_max, size, model)
     RUN_DIR/images/*.png           generated images (per ``keep_images``)
     RUN_DIR/logs/*.log             local node processes' logs
@@ -37,14 +37,14 @@ from typing import Any
 
 import numpy as np
 
-from measurements import manifest as M
-from measurements.dataset import DatasetWriter, has_rows
-from megwire import LinkTimeout
-from testbed.campaign.liveness import startup_wait_s
-from testbed.campaign.spec import CampaignSpec, load_spec
-from testbed.nodes import rows as R
-from testbed.nodes.orchestrator import NodeDead, Orchestrator, RequestFailed, client_curves
-from testbed.request import Request
+from megbed.measurements import manifest as M
+from megbed.measurements.dataset import DatasetWriter, has_rows
+from megbed.megwire import LinkTimeout
+from megbed.testbed.campaign.liveness import startup_wait_s
+from megbed.testbed.campaign.spec import CampaignSpec, load_spec
+from megbed.testbed.nodes import rows as R
+from megbed.testbed.nodes.orchestrator import NodeDead, Orchestrator, RequestFailed, client_curves
+from megbed.testbed.request import Request
 
 log = logging.getLogger(__name__)
 
@@ -126,8 +126,8 @@ def ordered_requests(spec: CampaignSpec) -> list[Request]:
 
 def completed_requests(run_dir: Path) -> tuple[set[str], dict[str, int]]:
     """Base ids with an ``ok`` end_to_end row, and the number of attempts already made per base id."""
-    from measurements.dataset import DatasetError, has_rows, read_dataset
-    from measurements.schema import SchemaError
+    from megbed.measurements.dataset import DatasetError, has_rows, read_dataset
+    from megbed.measurements.schema import SchemaError
 
     if not has_rows(run_dir):  # parts or a compacted copy
         return set(), {}
@@ -307,8 +307,8 @@ class CampaignRunner:
     def _start_nodes(self) -> Orchestrator:
         spec = self.spec
         curves = client_curves(spec.curve_keys_dir)
-        from testbed.campaign.emulate import no_emulation_columns
-        from testbed.campaign.linkscale import resolve_link
+        from megbed.testbed.campaign.emulate import no_emulation_columns
+        from megbed.testbed.campaign.linkscale import resolve_link
 
         link_file, link_section, self._row_extra = resolve_link(spec.link_config, spec.model_dir, self.run_dir,
                                                                 spec.height_px, spec.width_px)
@@ -316,7 +316,7 @@ class CampaignRunner:
         M.update_manifest(self.run_dir, {"link": link_section})
         self._row_extra.update(no_emulation_columns())
         if self.addresses is None and spec.nodes.local:
-            from testbed.campaign.local import LocalCluster, wait_ready
+            from megbed.testbed.campaign.local import LocalCluster, wait_ready
 
             self.cluster = LocalCluster(self.run_dir, spec.model_dir, devices=dict(spec.device),
                                         profiles=dict(spec.profiles), link_config=link_file,
@@ -353,12 +353,12 @@ class CampaignRunner:
         return orch
 
     def _path_probes(self, orch: Orchestrator) -> list[Any]:
-        """Heartbeat probes of each UE's path to the ES when a broker sits on it (:mod:`testbed.campaign.liveness`).
+        """Heartbeat probes of each UE's path to the ES when a broker sits on it (:mod:`megbed.testbed.campaign.liveness`).
 
         Local runs probe the broker the cluster started. Remote runs probe the address each UE reports for its ES
         when it differs from the ES's own, and only if this host reaches it now (so an address that means something
         else from here never stops a campaign)."""
-        from testbed.campaign.liveness import PathProbe, wait_for_local_broker
+        from megbed.testbed.campaign.liveness import PathProbe, wait_for_local_broker
 
         hb = self.spec.timeouts.heartbeat_s
         keys = self.spec.curve_keys_dir
@@ -366,7 +366,7 @@ class CampaignRunner:
         def curve_for(server: str):
             if keys is None:
                 return None
-            from testbed.nodes.keys import client_curve
+            from megbed.testbed.nodes.keys import client_curve
 
             try:
                 return client_curve(keys, "orchestrator", server)
@@ -561,7 +561,7 @@ class CampaignRunner:
 
     def _save_traces(self) -> None:
         """Fetch the nodes' new power samples and write them under ``traces/`` (never fatal to the campaign)."""
-        from measurements.dataset import write_trace
+        from megbed.measurements.dataset import write_trace
 
         for node in self.orch.nodes:
             try:
@@ -661,7 +661,7 @@ class CampaignRunner:
 
     def _compact(self) -> None:
         """A finished run's parts become a few partitioned files (verified first; on failure the parts stay)."""
-        from measurements.compact import CompactionError, compact_dataset
+        from megbed.measurements.compact import CompactionError, compact_dataset
 
         try:
             res = compact_dataset(self.run_dir)

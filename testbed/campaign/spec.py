@@ -51,10 +51,10 @@ from dataclasses import replace as _replace
 from pathlib import Path
 from typing import Any
 
-from channel_emu.config import LinkConfig, LinkConfigError
-from megwire.safe_yaml import YamlError, load_yaml_file
-from megwire.validation import collect, line, short
-from testbed.campaign.spec_schema import (  # noqa: F401 - the vocabularies, re-exported for the spec's users
+from megbed.channel_emu.config import LinkConfig, LinkConfigError
+from megbed.megwire.safe_yaml import YamlError, load_yaml_file
+from megbed.megwire.validation import collect, line, short
+from megbed.testbed.campaign.spec_schema import (  # noqa: F401 - the vocabularies, re-exported for the spec's users
     DECODERS,
     KEEP_IMAGES,
     LINK_MODELS,
@@ -68,8 +68,8 @@ from testbed.campaign.spec_schema import (  # noqa: F401 - the vocabularies, re-
     Grid,
     Image,
 )
-from testbed.ldm.merge_methods import DEFAULT_MERGE_METHOD
-from testbed.request import NO_LINK, Request
+from megbed.testbed.ldm.merge_methods import DEFAULT_MERGE_METHOD
+from megbed.testbed.request import NO_LINK, Request
 
 MAX_PROMPTS_FILE_BYTES = 16 * 1024 * 1024
 MAX_PROBLEMS_SHOWN = 30
@@ -326,7 +326,7 @@ class CampaignSpec:
 
     def config_hash(self) -> str:
         """SHA-256 of the resolved configuration, as the run manifest records it."""
-        from measurements.manifest import config_hash
+        from megbed.measurements.manifest import config_hash
 
         return config_hash(self.resolved())
 
@@ -374,7 +374,7 @@ def _resolve_path(base: Path, value: str) -> Path:
 def resolve_model(model: str, base: Path) -> Path:
     """``default`` -> the embedded default model's folder; anything else is a path (relative to the spec)."""
     if model == "default":
-        from testbed.assets import default_model_dir
+        from megbed.testbed.assets import default_model_dir
 
         return default_model_dir()
     return _resolve_path(base, model)
@@ -383,18 +383,18 @@ def resolve_model(model: str, base: Path) -> Path:
 
 
 def _check_profile(found: _Problems, key: str, name: str) -> None:
-    if name.startswith("emulate:"):  # an emulated UE (testbed.campaign.emulate)
+    if name.startswith("emulate:"):  # an emulated UE (megbed.testbed.campaign.emulate)
         if key != "profiles.ue":
             found.bad(key, "only the UE can be emulated (emulate:<profile> or emulate:<factor>x)")
             return
-        from testbed.campaign.emulate import EmulationError, parse_emulation
+        from megbed.testbed.campaign.emulate import EmulationError, parse_emulation
 
         try:
             parse_emulation(name, key)
         except EmulationError as exc:
             found.bad(key, str(exc).removeprefix(f"{key}: "))
         return
-    from firmware_profiles import load_profile
+    from megbed.firmware_profiles import load_profile
 
     try:
         load_profile(name)
@@ -440,7 +440,7 @@ def _check_decoders(found: _Problems, decoders: list[str], model_dir: Path) -> N
         found.bad("grid.decoder", f"{model_dir} has no distilled UE decoder (ue_decoder/); train one with "
                                   f"`megbed distill train --install` or leave {sorted(wants)} out")
     elif "auto" in wants:
-        from testbed.ldm.gate import read_gate
+        from megbed.testbed.ldm.gate import read_gate
 
         try:
             gate = read_gate(model_dir / "ue_decoder")

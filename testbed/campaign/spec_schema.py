@@ -2,7 +2,7 @@
 Schema (``megbed campaign schema`` -> ``campaigns/campaign.schema.json``) come from these declarations.
 
 Checks that compare keys (``k <= N``), read files (model folder, prompts file, link file, profiles) or depend on the
-spec's folder live in :mod:`testbed.campaign.spec`; see its docstring for the file layout with every key.
+spec's folder live in :mod:`megbed.testbed.campaign.spec`; see its docstring for the file layout with every key.
 """
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BeforeValidator, Field, WithJsonSchema
 
-from channel_emu.config import MODELS as LINK_MODELS
-from channel_emu.config import MODES as TX_MODES
-from megwire.validation import StrictModel, Text, integer, number, section, short, values_of
-from megwire.vocab import MAX_MERGE_RATIO as MAX_BETA
-from megwire.vocab import MAX_TOME_RATIO as MAX_TOME
-from megwire.vocab import SCHEMES, WIRE_DTYPES
-from testbed.ldm.merge_methods import MERGE_METHODS
+from megbed.channel_emu.config import MODELS as LINK_MODELS
+from megbed.channel_emu.config import MODES as TX_MODES
+from megbed.megwire.validation import StrictModel, Text, integer, number, section, short, values_of
+from megbed.megwire.vocab import MAX_MERGE_RATIO as MAX_BETA
+from megbed.megwire.vocab import MAX_TOME_RATIO as MAX_TOME
+from megbed.megwire.vocab import SCHEMES, WIRE_DTYPES
+from megbed.testbed.ldm.merge_methods import MERGE_METHODS
 
 KEEP_IMAGES = ("all", "first", "none")
 DECODERS = ("base", "distilled", "auto")
@@ -42,7 +42,7 @@ def _torch_device(value: str) -> str:
 
 
 def _scheduler(value: str) -> str:
-    from testbed.ldm.schedulers import SCHEDULERS
+    from megbed.testbed.ldm.schedulers import SCHEDULERS
 
     if value not in SCHEDULERS:
         raise ValueError(f"unknown scheduler {short(value)}; known: {', '.join(sorted(SCHEDULERS))}")
@@ -142,7 +142,7 @@ class Curve(StrictModel):
 
 
 class CampaignFile(StrictModel):
-    """A campaign spec file (``megbed campaign check FILE`` validates one; see ``testbed.campaign.spec``)."""
+    """A campaign spec file (``megbed campaign check FILE`` validates one; see ``megbed.testbed.campaign.spec``)."""
 
     model_config = StrictModel.model_config | {"title": "megbed campaign spec"}
 

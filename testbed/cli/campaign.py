@@ -15,7 +15,7 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 
-from testbed.cli.main import CliError
+from megbed.testbed.cli.main import CliError
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +50,8 @@ def register(sub) -> None:
 @contextlib.contextmanager
 def wrap_errors() -> Iterator[None]:
     """User-facing errors (bad spec, unreachable nodes) as CliError: one clear message, no traceback."""
-    from testbed.campaign.runner import CampaignError
-    from testbed.campaign.spec import SpecError
+    from megbed.testbed.campaign.runner import CampaignError
+    from megbed.testbed.campaign.spec import SpecError
 
     try:
         yield
@@ -74,8 +74,8 @@ def print_summary(summary) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from testbed.campaign.runner import CampaignRunner
-    from testbed.campaign.spec import load_spec
+    from megbed.testbed.campaign.runner import CampaignRunner
+    from megbed.testbed.campaign.spec import load_spec
 
     with wrap_errors():
         spec = load_spec(args.spec)
@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def resume(args: argparse.Namespace) -> int:
-    from testbed.campaign.runner import resume_campaign
+    from megbed.testbed.campaign.runner import resume_campaign
 
     with wrap_errors():
         summary = resume_campaign(args.run_dir, engine=args.engine, progress=not args.no_progress)
@@ -92,7 +92,7 @@ def resume(args: argparse.Namespace) -> int:
 
 
 def check(args: argparse.Namespace) -> int:
-    from testbed.campaign.spec import load_spec
+    from megbed.testbed.campaign.spec import load_spec
 
     with wrap_errors():
         spec = load_spec(args.spec)
@@ -108,11 +108,11 @@ def schema_text(link: bool = False) -> str:
     import json
 
     if link:
-        from channel_emu.config import link_json_schema
+        from megbed.channel_emu.config import link_json_schema
 
         data = link_json_schema()
     else:
-        from testbed.campaign.spec_schema import campaign_json_schema
+        from megbed.testbed.campaign.spec_schema import campaign_json_schema
 
         data = campaign_json_schema()
     return json.dumps(data, indent=2) + "\n"

@@ -25,13 +25,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from testbed.cli.main import CliError
+from megbed.testbed.cli.main import CliError
 
-DEFAULT_SNRS_DB = (20.0, 10.0, 5.0, 0.0, -4.0)  # as testbed.distill.evaluate (kept here: --help imports no torch)
+DEFAULT_SNRS_DB = (20.0, 10.0, 5.0, 0.0, -4.0)  # as megbed.testbed.distill.evaluate (kept here: --help imports no torch)
 
 
 def _default_model() -> Path | None:
-    from testbed.assets import default_model_dir
+    from megbed.testbed.assets import default_model_dir
 
     folder = default_model_dir()
     return folder if (folder / "model_index.json").is_file() else None
@@ -120,8 +120,8 @@ def _add_recipe(p: argparse.ArgumentParser) -> None:
 
 
 def _recipe(args: argparse.Namespace, run_dir: Path | None) -> Any:
-    from channel_emu.config import LinkConfig, LinkConfigError
-    from testbed.distill.config import DistillConfig, DistillConfigError
+    from megbed.channel_emu.config import LinkConfig, LinkConfigError
+    from megbed.testbed.distill.config import DistillConfig, DistillConfigError
 
     try:
         if args.config is not None:
@@ -156,8 +156,8 @@ def _recipe(args: argparse.Namespace, run_dir: Path | None) -> Any:
 def _load_model(model_dir: Path, device: str, dtype_name: str) -> Any:
     import torch
 
-    from testbed.ldm.errors import LdmError
-    from testbed.ldm.model import load_pipeline
+    from megbed.testbed.ldm.errors import LdmError
+    from megbed.testbed.ldm.model import load_pipeline
 
     try:
         return load_pipeline(model_dir, device=device, dtype=getattr(torch, dtype_name))
@@ -166,8 +166,8 @@ def _load_model(model_dir: Path, device: str, dtype_name: str) -> Any:
 
 
 def _cache_for(cfg: Any, model: Any, folder: Path, progress: bool) -> Any:
-    from testbed.distill.cache import LatentCacheError, build_cache
-    from testbed.distill.prompts import PromptSourceError, training_prompts
+    from megbed.testbed.distill.cache import LatentCacheError, build_cache
+    from megbed.testbed.distill.prompts import PromptSourceError, training_prompts
 
     try:
         prompts = training_prompts(cfg.prompts, cfg.num_prompts + cfg.val_prompts, cfg.prompt_seed)
@@ -193,11 +193,11 @@ def run_precompute(args: argparse.Namespace) -> int:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from testbed.distill.checkpoint import CheckpointError
-    from testbed.distill.config import DistillConfigError
-    from testbed.distill.decoder import install_decoder
-    from testbed.distill.train import Distiller
-    from testbed.ldm.errors import LdmError
+    from megbed.testbed.distill.checkpoint import CheckpointError
+    from megbed.testbed.distill.config import DistillConfigError
+    from megbed.testbed.distill.decoder import install_decoder
+    from megbed.testbed.distill.train import Distiller
+    from megbed.testbed.ldm.errors import LdmError
 
     run_dir: Path = args.run
     cfg = _recipe(args, run_dir)
@@ -227,7 +227,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 def _eval_cache_dir(model: Any, prompts: list, steps: list[int], n_ref: int, guidance: float,
                     scheduler: str | None) -> Path:
-    from testbed.distill.cache import make_key
+    from megbed.testbed.distill.cache import make_key
 
     key = make_key(model, prompts, steps, n_ref, guidance, scheduler, 0.0, "float32")
     return Path(tempfile.gettempdir()) / "megbed-distill-eval" / key.digest()
@@ -236,8 +236,8 @@ def _eval_cache_dir(model: Any, prompts: list, steps: list[int], n_ref: int, gui
 def _model_and_decoder(args: argparse.Namespace) -> tuple[Any, Path, Any]:
     """``(model, decoder folder, distilled decoder)`` of ``eval`` / ``calibrate`` (``--model``, ``--decoder``,
     ``--threads``, ``--device``, ``--model-dtype``); a decoder that cannot load or fit is a :class:`CliError`."""
-    from testbed.ldm.errors import LdmError
-    from testbed.ldm.model import check_decoder_fits, decoder_folder, load_decoder
+    from megbed.testbed.ldm.errors import LdmError
+    from megbed.testbed.ldm.model import check_decoder_fits, decoder_folder, load_decoder
 
     model_dir = _model_dir(args)
     if args.threads:
@@ -256,14 +256,14 @@ def _model_and_decoder(args: argparse.Namespace) -> tuple[Any, Path, Any]:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from channel_emu.config import LinkConfig, LinkConfigError
-    from testbed.distill.cache import LatentCacheError, build_cache
-    from testbed.distill.config import NoiseConfig
-    from testbed.distill.evaluate import conditions, evaluate, format_tables, summarize
-    from testbed.distill.link import TrainingLink
-    from testbed.distill.prompts import PromptSourceError, heldout_prompts
-    from testbed.ldm.errors import LdmError
-    from testbed.ldm.gate import gated_decoder
+    from megbed.channel_emu.config import LinkConfig, LinkConfigError
+    from megbed.testbed.distill.cache import LatentCacheError, build_cache
+    from megbed.testbed.distill.config import NoiseConfig
+    from megbed.testbed.distill.evaluate import conditions, evaluate, format_tables, summarize
+    from megbed.testbed.distill.link import TrainingLink
+    from megbed.testbed.distill.prompts import PromptSourceError, heldout_prompts
+    from megbed.testbed.ldm.errors import LdmError
+    from megbed.testbed.ldm.gate import gated_decoder
 
     model, folder, distilled = _model_and_decoder(args)
     try:
@@ -304,15 +304,15 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
-    from channel_emu.config import LinkConfigError
-    from testbed.distill.cache import LatentCacheError, build_cache
-    from testbed.distill.config import NoiseConfig
-    from testbed.distill.evaluate import conditions, evaluate
-    from testbed.distill.gate_fit import GateFitError, fit_gate
-    from testbed.distill.link import TrainingLink
-    from testbed.distill.prompts import PromptSourceError, training_prompts
-    from testbed.ldm.errors import LdmError
-    from testbed.ldm.gate import GATE_KEY
+    from megbed.channel_emu.config import LinkConfigError
+    from megbed.testbed.distill.cache import LatentCacheError, build_cache
+    from megbed.testbed.distill.config import NoiseConfig
+    from megbed.testbed.distill.evaluate import conditions, evaluate
+    from megbed.testbed.distill.gate_fit import GateFitError, fit_gate
+    from megbed.testbed.distill.link import TrainingLink
+    from megbed.testbed.distill.prompts import PromptSourceError, training_prompts
+    from megbed.testbed.ldm.errors import LdmError
+    from megbed.testbed.ldm.gate import GATE_KEY
 
     model, folder, distilled = _model_and_decoder(args)
     meta_path = folder / "distill.json"
@@ -355,8 +355,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
 
 
 def run_install(args: argparse.Namespace) -> int:
-    from testbed.distill.decoder import install_decoder
-    from testbed.ldm.errors import LdmError
+    from megbed.testbed.distill.decoder import install_decoder
+    from megbed.testbed.ldm.errors import LdmError
 
     try:
         target = install_decoder(args.decoder_dir, _model_dir(args))

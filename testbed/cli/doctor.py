@@ -1,4 +1,4 @@
-"""``megbed doctor --role es|ue|channel``: the board's readiness checklist (see :mod:`testbed.doctor`).
+"""``megbed doctor --role es|ue|channel``: the board's readiness checklist (see :mod:`megbed.testbed.doctor`).
 
 Exit status 0 when nothing failed (warnings allowed), 1 otherwise; ``--json`` prints the result for scripts.
 ``megbed doctor --serve-clock tcp://0.0.0.0:5560`` answers clock-sync exchanges (on the orchestrator host) until
@@ -36,13 +36,13 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from testbed.cli.main import CliError
+    from megbed.testbed.cli.main import CliError
 
     if args.serve_clock:
         return _serve_clock(args.serve_clock)
     if args.role is None:
         raise CliError("--role es|ue|channel is required (or --serve-clock ADDR)")
-    from testbed.doctor import DoctorOptions, report, run_checks
+    from megbed.testbed.doctor import DoctorOptions, report, run_checks
 
     plans = None if not args.plans else [p.strip() for p in args.plans.split(",") if p.strip()]
     opts = DoctorOptions(role=args.role, profile=args.profile, model=args.model, plans=plans, decoder=args.decoder,
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
 def _serve_clock(address: str) -> int:
     import time
 
-    from measurements.clocksync import ClockSyncResponder
+    from megbed.measurements.clocksync import ClockSyncResponder
 
     responder = ClockSyncResponder(address).start()
     print(f"answering clock sync on {responder.address} (Ctrl-C to stop)", flush=True)

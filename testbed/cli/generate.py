@@ -5,7 +5,7 @@ Example::
     megbed generate "a red cube on a table" --model ./sd15 --n-steps 8 --es-steps 8 --merge-ratio 0.5 --seed 1 \
         --out cube.png
 
-The request flags are the request contract's fields (:class:`testbed.request.Request`, the dataset's column names),
+The request flags are the request contract's fields (:class:`megbed.testbed.request.Request`, the dataset's column names),
 with its defaults; ``--es-steps K`` < ``--n-steps N`` makes it a hybrid split (the UE finishes steps K..N);
 ``--scheme ceg`` sends the PNG image instead, ``--scheme ue_local`` runs everything on the UE side. ``--decoder``
 takes what ``megbed node ue --decoder`` takes: ``base``, ``distilled``, ``auto`` or a decoder folder.
@@ -19,10 +19,10 @@ import tempfile
 from dataclasses import fields
 from pathlib import Path
 
-from megwire.vocab import WIRE_DTYPES
-from testbed.cli.main import CliError
-from testbed.ldm.merge_methods import MERGE_METHODS
-from testbed.request import SCHEDULER_NAMES, Request
+from megbed.megwire.vocab import WIRE_DTYPES
+from megbed.testbed.cli.main import CliError
+from megbed.testbed.ldm.merge_methods import MERGE_METHODS
+from megbed.testbed.request import SCHEDULER_NAMES, Request
 
 # The request's defaults: the CLI's are these (a test keeps them equal).
 REQUEST_DEFAULTS = {f.name: f.default for f in fields(Request)}
@@ -52,7 +52,7 @@ FLAG_OF = {name: flag for name, flag, *_ in REQUEST_FLAGS}
 
 
 def _default_model() -> Path | None:
-    from testbed.assets import default_model_dir
+    from megbed.testbed.assets import default_model_dir
 
     folder = default_model_dir()
     return folder if (folder / "model_index.json").is_file() else None
@@ -83,7 +83,7 @@ def register(sub) -> None:
 
 def request_of(args: argparse.Namespace) -> Request:
     """The request the flags describe (validated by the contract; its error names the flag)."""
-    from testbed.request import RequestError
+    from megbed.testbed.request import RequestError
 
     values = {name: getattr(args, name) for name, *_ in REQUEST_FLAGS}
     try:
@@ -94,7 +94,7 @@ def request_of(args: argparse.Namespace) -> Request:
 
 
 def _write_png_atomic(image, out: Path) -> None:
-    from testbed.ldm.stages import image_to_png
+    from megbed.testbed.ldm.stages import image_to_png
 
     data = image_to_png(image.cpu()).tobytes()
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
@@ -122,10 +122,10 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from testbed.ldm.errors import LdmError
-    from testbed.ldm.merging import MergeError
-    from testbed.ldm.model import load_pipeline, named_decoder, set_vae_tiling
-    from testbed.ldm.runner import run_split
+    from megbed.testbed.ldm.errors import LdmError
+    from megbed.testbed.ldm.merging import MergeError
+    from megbed.testbed.ldm.model import load_pipeline, named_decoder, set_vae_tiling
+    from megbed.testbed.ldm.runner import run_split
 
     try:
         dtype = getattr(torch, args.dtype) if args.dtype else None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from testbed.cli.main import CliError
+from megbed.testbed.cli.main import CliError
 
 
 def register(sub) -> None:
@@ -25,7 +25,7 @@ def register(sub) -> None:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from testbed.nodes.keys import DEFAULT_NAMES, generate
+    from megbed.testbed.nodes.keys import DEFAULT_NAMES, generate
 
     try:
         made = generate(args.dir, tuple(args.names or DEFAULT_NAMES), overwrite=args.force)

@@ -14,30 +14,30 @@ from typing import Any
 
 # Order is the order in --help. Each part of the project adds its own line.
 COMMAND_MODULES: list[str] = [
-    "testbed.cli.node",
-    "testbed.cli.doctor",
-    "testbed.cli.policy",
-    "testbed.cli.generate",
-    "testbed.cli.model",
-    "testbed.cli.report",
-    "channel_emu.cli",
-    "measurements.cli",
-    "testbed.cli.campaign",
-    "testbed.cli.profile",
-    "testbed.cli.keys",
-    "testbed.cli.run",
-    "testbed.cli.distill",
+    "megbed.testbed.cli.node",
+    "megbed.testbed.cli.doctor",
+    "megbed.testbed.cli.policy",
+    "megbed.testbed.cli.generate",
+    "megbed.testbed.cli.model",
+    "megbed.testbed.cli.report",
+    "megbed.channel_emu.cli",
+    "megbed.measurements.cli",
+    "megbed.testbed.cli.campaign",
+    "megbed.testbed.cli.profile",
+    "megbed.testbed.cli.keys",
+    "megbed.testbed.cli.run",
+    "megbed.testbed.cli.distill",
 ]
 
 # Which module adds which top-level command, so that `megbed CMD ...` imports only CMD's module: a node process
 # (`megbed node es`) then never imports the channel emulator, analysis or the policy, and a board with only the
 # node install can run it. Commands not listed here are found by importing every module (``--help``).
 COMMAND_OWNERS: dict[str, str] = {
-    "node": "testbed.cli.node", "doctor": "testbed.cli.doctor", "train": "testbed.cli.policy",
-    "evaluate": "testbed.cli.policy", "generate": "testbed.cli.generate", "model": "testbed.cli.model",
-    "report": "testbed.cli.report", "channel": "channel_emu.cli", "probe": "measurements.cli",
-    "campaign": "testbed.cli.campaign", "profile": "testbed.cli.profile", "keys": "testbed.cli.keys",
-    "run": "testbed.cli.run", "distill": "testbed.cli.distill",
+    "node": "megbed.testbed.cli.node", "doctor": "megbed.testbed.cli.doctor", "train": "megbed.testbed.cli.policy",
+    "evaluate": "megbed.testbed.cli.policy", "generate": "megbed.testbed.cli.generate", "model": "megbed.testbed.cli.model",
+    "report": "megbed.testbed.cli.report", "channel": "megbed.channel_emu.cli", "probe": "megbed.measurements.cli",
+    "campaign": "megbed.testbed.cli.campaign", "profile": "megbed.testbed.cli.profile", "keys": "megbed.testbed.cli.keys",
+    "run": "megbed.testbed.cli.run", "distill": "megbed.testbed.cli.distill",
 }
 
 # The install extra (pyproject.toml [project.optional-dependencies]) that brings each optional import.
@@ -199,8 +199,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # `python -m testbed.cli.main`: run the imported module's main, so that CliError raised by subcommands (which
-    # import testbed.cli.main) is the class main() catches, not a second copy living in __main__.
-    from testbed.cli.main import main as _main
+    # `python -m megbed.testbed.cli.main`: run the imported module's main, so that CliError raised by subcommands (which
+    # import megbed.testbed.cli.main) is the class main() catches, not a second copy living in __main__.
+    from megbed.testbed.cli.main import main as _main
 
     sys.exit(_main())

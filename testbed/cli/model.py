@@ -1,11 +1,11 @@
 """``megbed model train|eval|slice``: the embedded default model's training, its adherence test, and partial folders.
 
 * ``megbed model train --out DIR [--seed S] [--resume] [--install] [--set KEY=VALUE ...]``: run or resume the
-  training phases (see :mod:`testbed.modeltrain.runner`); ``--install`` replaces the shipped default model.
+  training phases (see :mod:`megbed.testbed.modeltrain.runner`); ``--install`` replaces the shipped default model.
 * ``megbed model eval [--model DIR] [--prompts N] [--steps N] [--guidance G]``: generate the fixed held-out prompts
   and print the color-correct and position-correct rates measured by the pixel-statistics scorer.
 * ``megbed model slice MODEL_DIR OUT_DIR --role ue|es [--plans meg,hybrid,...]``: a diffusers folder with only the
-  components that role's plans need (:mod:`testbed.ldm.slicing`), for a board with little memory or storage.
+  components that role's plans need (:mod:`megbed.testbed.ldm.slicing`), for a board with little memory or storage.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def register(sub) -> None:
-    from testbed.modeltrain.runner import add_arguments
+    from megbed.testbed.modeltrain.runner import add_arguments
 
     parser = sub.add_parser("model", help="train or evaluate the embedded default model")
     cmds = parser.add_subparsers(dest="model_cmd", metavar="CMD")
@@ -55,11 +55,11 @@ def register(sub) -> None:
 
 
 def _slice(args) -> int:
-    from testbed.cli.main import CliError
-    from testbed.cli.node_common import parse_plans
-    from testbed.ldm.components import MissingComponentError
-    from testbed.ldm.errors import LdmError
-    from testbed.ldm.slicing import slice_model
+    from megbed.testbed.cli.main import CliError
+    from megbed.testbed.cli.node_common import parse_plans
+    from megbed.testbed.ldm.components import MissingComponentError
+    from megbed.testbed.ldm.errors import LdmError
+    from megbed.testbed.ldm.slicing import slice_model
 
     plans = parse_plans(args.plans, args.role)
     try:
@@ -72,8 +72,8 @@ def _slice(args) -> int:
 
 
 def _train(args) -> int:
-    from testbed.cli.main import CliError
-    from testbed.modeltrain.runner import TrainError, run_from_args
+    from megbed.testbed.cli.main import CliError
+    from megbed.testbed.modeltrain.runner import TrainError, run_from_args
 
     try:
         state = run_from_args(args)
@@ -87,12 +87,17 @@ def _eval(args) -> int:
 
     import torch
 
-    from testbed.assets import default_model_dir
-    from testbed.cli.main import CliError
-    from testbed.modeltrain.config import DEFAULT_GUIDANCE_SCALE, DEFAULT_NUM_STEPS
-    from testbed.modeltrain.evaluate import ModelFilesError, evaluate_adherence, load_sd_pipeline, save_grid
-    from testbed.modeltrain.export import read_model_meta
-    from testbed.shapes.dataset import heldout_prompts
+    from megbed.testbed.assets import default_model_dir
+    from megbed.testbed.cli.main import CliError
+    from megbed.testbed.modeltrain.config import DEFAULT_GUIDANCE_SCALE, DEFAULT_NUM_STEPS
+    from megbed.testbed.modeltrain.evaluate import (
+        ModelFilesError,
+        evaluate_adherence,
+        load_sd_pipeline,
+        save_grid,
+    )
+    from megbed.testbed.modeltrain.export import read_model_meta
+    from megbed.testbed.shapes.dataset import heldout_prompts
 
     if args.prompts < 1:
         raise CliError(f"--prompts must be >= 1, got {args.prompts}")

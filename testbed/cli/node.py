@@ -8,16 +8,16 @@ from __future__ import annotations
 import importlib
 
 NODE_MODULES: list[str] = [
-    "testbed.cli.node_es",
-    "testbed.cli.node_ue",
-    "testbed.cli.node_orchestrator",
-    "channel_emu.cli",
+    "megbed.testbed.cli.node_es",
+    "megbed.testbed.cli.node_ue",
+    "megbed.testbed.cli.node_orchestrator",
+    "megbed.channel_emu.cli",
 ]
-CHANNEL = "channel_emu.cli"
+CHANNEL = "megbed.channel_emu.cli"
 
 
 def register(sub) -> None:
-    from testbed.cli.main import REQUESTED_ARGV, missing_extra_message
+    from megbed.testbed.cli.main import REQUESTED_ARGV, missing_extra_message
 
     parser = sub.add_parser("node", help="run one testbed node process (es, ue, channel, orchestrator)")
     kinds = parser.add_subparsers(dest="node_kind", metavar="NODE")

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from testbed.cli.main import CliError
+from megbed.testbed.cli.main import CliError
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def parse_plans(text: str | None, role: str) -> list[str] | None:
     """``--plans meg,hybrid`` -> ``["meg", "hybrid"]`` (None when not given); unknown names are a CliError."""
     if not text:
         return None
-    from testbed.ldm.components import ROLE_PLANS
+    from megbed.testbed.ldm.components import ROLE_PLANS
 
     plans = [p.strip() for p in text.split(",") if p.strip()]
     bad = [p for p in plans if p not in ROLE_PLANS[role]]
@@ -70,13 +70,13 @@ def parse_plans(text: str | None, role: str) -> list[str] | None:
 def build_engine(args: argparse.Namespace, *, decoder: str | None = None, role: str | None = None) -> Any:
     """The node's engine; the LDM loads role-aware (only what ``role``'s plans need, each part when first used)."""
     if args.engine == "synthetic":
-        from testbed.nodes.synthetic_engine import SyntheticEngine
+        from megbed.testbed.nodes.synthetic_engine import SyntheticEngine
 
         return SyntheticEngine(compute_s_per_step=args.synthetic_step_s)
     import torch
 
-    from testbed.assets import default_model_dir
-    from testbed.nodes.ldm_engine import LdmEngine
+    from megbed.testbed.assets import default_model_dir
+    from megbed.testbed.nodes.ldm_engine import LdmEngine
 
     model = args.model or default_model_dir()
     if not (Path(model) / "model_index.json").is_file():
@@ -94,7 +94,7 @@ def load_profile_arg(args: argparse.Namespace) -> Any:
     if not args.profile:
         return None
     try:
-        from firmware_profiles import load_profile
+        from megbed.firmware_profiles import load_profile
     except ImportError as exc:
         raise CliError(f"--profile {args.profile}: the firmware_profiles loader is not installed: {exc}") from exc
     try:
@@ -116,7 +116,7 @@ def build_meter(args: argparse.Namespace, profile: Any = None) -> tuple[Any, dic
         info["meter_absent_reason"] = "started with --probe none"
         return None, info
     try:
-        from measurements.meter import Meter
+        from megbed.measurements.meter import Meter
 
         meter = Meter.from_profile(profile, rate_hz=args.sample_hz)
         meter.start()
@@ -132,7 +132,7 @@ def build_meter(args: argparse.Namespace, profile: Any = None) -> tuple[Any, dic
 
 def _verify_profile(profile: Any) -> Any:
     try:
-        from firmware_profiles.live import verify_live
+        from megbed.firmware_profiles.live import verify_live
 
         return verify_live(profile)
     except Exception as exc:  # noqa: BLE001 - verification trouble is recorded, never fatal to the node
@@ -142,7 +142,7 @@ def _verify_profile(profile: Any) -> Any:
 def server_curve(args: argparse.Namespace, name: str) -> Any:
     if args.keys is None:
         return None
-    from testbed.nodes.keys import KeysError, server_curve
+    from megbed.testbed.nodes.keys import KeysError, server_curve
 
     try:
         return server_curve(args.keys, name, allow_any_client=bool(getattr(args, "allow_any_client", False)))
@@ -153,8 +153,8 @@ def server_curve(args: argparse.Namespace, name: str) -> Any:
 def client_curve(args: argparse.Namespace, name: str, server: str, server_key: Path | None = None) -> Any:
     if args.keys is None:
         return None
-    from megwire import CurveConfig
-    from testbed.nodes.keys import KeysError, client_curve
+    from megbed.megwire import CurveConfig
+    from megbed.testbed.nodes.keys import KeysError, client_curve
 
     try:
         curve = client_curve(args.keys, name, server)
@@ -166,7 +166,7 @@ def client_curve(args: argparse.Namespace, name: str, server: str, server_key: P
 
 
 def limits(args: argparse.Namespace) -> Any:
-    from megwire import FrameLimits
+    from megbed.megwire import FrameLimits
 
     if args.max_buffers < 1:
         raise CliError(f"--max-buffers {args.max_buffers}: must be >= 1")
@@ -175,7 +175,7 @@ def limits(args: argparse.Namespace) -> Any:
 
 def bounds(args: argparse.Namespace, engine: Any) -> Any:
     """The node's request bounds: the engine's safe defaults, narrowed or widened by --max-side-px / --max-steps."""
-    from testbed.nodes.protocol import RequestBounds
+    from megbed.testbed.nodes.protocol import RequestBounds
 
     if args.max_steps < 1 or (args.max_side_px is not None and args.max_side_px < 8):
         raise CliError("--max-steps must be >= 1 and --max-side-px >= 8")
@@ -216,7 +216,7 @@ def check_bind(address: str, flag: str = "--bind") -> None:
     """
     import zmq
 
-    from testbed.nodes.server import normalise_bind
+    from megbed.testbed.nodes.server import normalise_bind
 
     ctx = zmq.Context()
     sock = ctx.socket(zmq.ROUTER)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from testbed.cli import node_common as C
-from testbed.nodes.es import DEFAULT_ES_BIND
+from megbed.testbed.cli import node_common as C
+from megbed.testbed.nodes.es import DEFAULT_ES_BIND
 
 
 def add_node_parser(kinds) -> None:
@@ -17,7 +17,7 @@ def add_node_parser(kinds) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from testbed.nodes.es import EsNode
+    from megbed.testbed.nodes.es import EsNode
 
     C.check_bind(args.bind)
     profile = C.load_profile_arg(args)

@@ -28,9 +28,9 @@ def add_node_parser(kinds) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from testbed.campaign.runner import CampaignRunner
-    from testbed.campaign.spec import load_spec
-    from testbed.cli.campaign import print_summary, wrap_errors
+    from megbed.testbed.campaign.runner import CampaignRunner
+    from megbed.testbed.campaign.spec import load_spec
+    from megbed.testbed.cli.campaign import print_summary, wrap_errors
 
     with wrap_errors():
         spec = load_spec(args.spec)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from testbed.cli import node_common as C
-from testbed.nodes.ue import DEFAULT_REQUEST_TIMEOUT_S, DEFAULT_UE_BIND, DEFAULT_UE_ES
+from megbed.testbed.cli import node_common as C
+from megbed.testbed.nodes.ue import DEFAULT_REQUEST_TIMEOUT_S, DEFAULT_UE_BIND, DEFAULT_UE_ES
 
 
 def add_node_parser(kinds) -> None:
@@ -29,7 +29,7 @@ def add_node_parser(kinds) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from testbed.nodes.ue import UeNode
+    from megbed.testbed.nodes.ue import UeNode
 
     C.check_bind(args.bind)
     profile = C.load_profile_arg(args)

@@ -15,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from testbed.cli.main import CliError
+from megbed.testbed.cli.main import CliError
 
 
 def _kv(text: str, what: str) -> tuple[str, str]:
@@ -58,7 +58,7 @@ def _load_mapping(path: str | None) -> dict | None:
         raise CliError(f"channel config {p} does not exist")
     text = p.read_text(encoding="utf-8")
     if p.suffix in (".yaml", ".yml"):
-        from megwire.safe_yaml import YamlError, load_yaml_text
+        from megbed.megwire.safe_yaml import YamlError, load_yaml_text
 
         try:
             return load_yaml_text(text, str(p))
@@ -91,7 +91,7 @@ def _env_options(parser) -> None:
 
 
 def _meg_spec(args, base: dict | None = None) -> dict:
-    from testbed.policy.api import meg_env_spec
+    from megbed.testbed.policy.api import meg_env_spec
 
     base = dict(base or {})
     dataset = args.dataset or base.get("dataset")
@@ -114,9 +114,9 @@ def _meg_spec(args, base: dict | None = None) -> dict:
 
 
 def cmd_train(args) -> int:
-    from testbed.policy.api import gym_env_spec, train_policy
-    from testbed.policy.checkpoint import CheckpointError
-    from testbed.policy.data import PolicyDatasetError
+    from megbed.testbed.policy.api import gym_env_spec, train_policy
+    from megbed.testbed.policy.checkpoint import CheckpointError
+    from megbed.testbed.policy.data import PolicyDatasetError
 
     limits = parse_limits(args.limit)
     if not limits:
@@ -150,7 +150,7 @@ def cmd_train(args) -> int:
         raise CliError(str(exc)) from exc
     ev = result.final_eval
     print(f"trained {args.algo}: {result.env_steps} steps, {result.iterations} iterations, {result.wall_s:.0f} s")
-    from testbed.policy.evaluate import cmdp_summary_lines
+    from megbed.testbed.policy.evaluate import cmdp_summary_lines
 
     for line in cmdp_summary_lines(f"final evaluation of {args.algo}", ev, result.constraints,
                                    ev.get("oracle_reward_mean")):
@@ -172,8 +172,8 @@ def _env_kwargs(args) -> dict:
 
 
 def _campaign_decoder(run_dir: str) -> dict | None:
-    from testbed.policy.data import PolicyDatasetError
-    from testbed.policy.quick import fixed_decoder
+    from megbed.testbed.policy.data import PolicyDatasetError
+    from megbed.testbed.policy.quick import fixed_decoder
 
     try:
         return fixed_decoder(Path(run_dir))
@@ -184,11 +184,11 @@ def _campaign_decoder(run_dir: str) -> dict | None:
 def cmd_evaluate(args) -> int:
     import pandas as pd
 
-    from testbed.policy.api import build_env, cost_names_of, episode_length_of, resolve_policy
-    from testbed.policy.checkpoint import CheckpointError, LearnedPolicy
-    from testbed.policy.data import PolicyDatasetError
-    from testbed.policy.evaluate import run_episodes, summarise
-    from testbed.policy.limits import Constraints
+    from megbed.testbed.policy.api import build_env, cost_names_of, episode_length_of, resolve_policy
+    from megbed.testbed.policy.checkpoint import CheckpointError, LearnedPolicy
+    from megbed.testbed.policy.data import PolicyDatasetError
+    from megbed.testbed.policy.evaluate import run_episodes, summarise
+    from megbed.testbed.policy.limits import Constraints
 
     # The first trained policy (if any) supplies the environment spec and the limits unless given here.
     trained = None
@@ -213,7 +213,7 @@ def cmd_evaluate(args) -> int:
         elif args.env == "live":
             env = _live_env(args, base, trained)
         else:
-            from testbed.policy.api import gym_env_spec
+            from megbed.testbed.policy.api import gym_env_spec
 
             kwargs = _env_kwargs(args) if args.env_kwargs else (
                 base.get("kwargs", {}) if base.get("entry") == args.env else {})
@@ -247,7 +247,7 @@ def cmd_evaluate(args) -> int:
             "constraints": constraints.to_json() if constraints else None, "oracle_reward_mean": oracle_reward,
             "policies": summary}
     (out / "summary.json").write_text(json.dumps(meta, indent=1, default=float), encoding="utf-8")
-    from testbed.policy.evaluate import cmdp_summary_lines
+    from megbed.testbed.policy.evaluate import cmdp_summary_lines
 
     for key, s in summary.items():
         for line in cmdp_summary_lines(key, s, constraints, None if key.startswith("oracle") else oracle_reward):
@@ -283,7 +283,7 @@ def _limit_episodes(env, episode_length: int):
 
 def _oracle_reward(summary: dict, env, constraints) -> float | None:
     """The oracle's mean reward: the evaluated ``oracle`` policy, else a closed-form optimum the environment offers
-    (``optimal_reward(limits)``, e.g. :mod:`testbed.policy.reference_cmdps`)."""
+    (``optimal_reward(limits)``, e.g. :mod:`megbed.testbed.policy.reference_cmdps`)."""
     if "oracle" in summary:
         return float(summary["oracle"]["reward_mean"])
     fn = getattr(env.unwrapped, "optimal_reward", None)
@@ -293,8 +293,8 @@ def _oracle_reward(summary: dict, env, constraints) -> float | None:
 
 
 def _live_env(args, base: dict, trained):
-    from testbed.policy.env import RequestSpace, channel_process
-    from testbed.policy.live import LiveEnv, load_testbed
+    from megbed.testbed.policy.env import RequestSpace, channel_process
+    from megbed.testbed.policy.live import LiveEnv, load_testbed
 
     if not args.testbed and not args.campaign:
         raise CliError("--env live needs a campaign spec (--campaign SPEC.yaml: its local nodes are started as "
@@ -302,7 +302,7 @@ def _live_env(args, base: dict, trained):
     if "space" in base:
         space = RequestSpace.from_json(base["space"])
     elif args.dataset or base.get("dataset"):
-        from testbed.policy.api import build_env
+        from megbed.testbed.policy.api import build_env
 
         space = build_env(_meg_spec(args, base), seed=args.seed).unwrapped.space
     else:
@@ -319,8 +319,8 @@ def _live_env(args, base: dict, trained):
 def _campaign_testbed(args):
     """The live testbed of a campaign spec: local nodes started like `make run`'s, or the spec's remote nodes; the
     requests' rows go into ``--out`` as a dataset like any campaign's (``megbed report OUT`` shows them)."""
-    from testbed.campaign.live import OrchestratorTestbed
-    from testbed.campaign.spec import SpecError, load_spec
+    from megbed.testbed.campaign.live import OrchestratorTestbed
+    from megbed.testbed.campaign.spec import SpecError, load_spec
 
     try:
         spec = load_spec(args.campaign)
@@ -337,7 +337,7 @@ def _campaign_testbed(args):
 
 def _live_oracle(args, base, live_env, constraints, name):
     """The oracle on the live testbed acts on the dataset's cost model, so it needs the dataset."""
-    from testbed.policy.api import build_env, resolve_policy
+    from megbed.testbed.policy.api import build_env, resolve_policy
 
     sim = build_env(_meg_spec(args, base), seed=args.seed)
     oracle = resolve_policy(name, sim, constraints)
@@ -379,7 +379,7 @@ def register(sub) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="algorithm setting, e.g. gamma=0.9")
     p.add_argument("--preset", choices=("auto", "paper"), default="auto",
                    help="auto: the paper's settings with megbed's MEG adjustments (CVPO gamma 0.5, see "
-                        "testbed.policy.api.MEG_OVERRIDES); paper: exactly the paper's / FSRL's")
+                        "megbed.testbed.policy.api.MEG_OVERRIDES); paper: exactly the paper's / FSRL's")
     p.add_argument("--eval-every", type=int, default=1, help="deterministic evaluation every N iterations")
     p.add_argument("--eval-episodes", type=int, default=4, help="episodes of each evaluation during training")
     p.add_argument("--final-eval-episodes", type=int, default=50, help="episodes of the final evaluation")

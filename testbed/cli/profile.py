@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from testbed.cli.main import CliError
+from megbed.testbed.cli.main import CliError
 
 
 def register(sub) -> None:
@@ -42,7 +42,7 @@ def register(sub) -> None:
 
 
 def _load(name: str) -> Any:
-    from firmware_profiles import load_profile
+    from megbed.firmware_profiles import load_profile
 
     try:
         return load_profile(name)
@@ -51,7 +51,7 @@ def _load(name: str) -> Any:
 
 
 def _runner(args: argparse.Namespace) -> Any:
-    from firmware_profiles.live import RecordedRunner, subprocess_runner
+    from megbed.firmware_profiles.live import RecordedRunner, subprocess_runner
 
     if args.command_outputs is None:
         return subprocess_runner
@@ -64,13 +64,13 @@ def _runner(args: argparse.Namespace) -> Any:
 def _record(args: argparse.Namespace, profile: Any, section: dict[str, Any]) -> None:
     if args.run_dir is None:
         return
-    from measurements.manifest import update_manifest
+    from megbed.measurements.manifest import update_manifest
 
     update_manifest(args.run_dir, firmware_profiles={args.node: {"name": profile.name, **section}})
 
 
 def _list(args: argparse.Namespace) -> int:
-    from firmware_profiles import list_profiles
+    from megbed.firmware_profiles import list_profiles
 
     for name in list_profiles():
         prof = _load(name)
@@ -111,7 +111,7 @@ def _print_verify(result: dict[str, Any]) -> None:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from firmware_profiles.live import verify_live
+    from megbed.firmware_profiles.live import verify_live
 
     prof = _load(args.name)
     result = verify_live(prof, run=_runner(args), sysfs_root=args.sysfs_root)
@@ -124,7 +124,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _apply(args: argparse.Namespace) -> int:
-    from firmware_profiles.live import PrivilegeError, apply_profile, planned_commands
+    from megbed.firmware_profiles.live import PrivilegeError, apply_profile, planned_commands
 
     prof = _load(args.name)
     if not args.apply:

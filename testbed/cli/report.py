@@ -1,7 +1,7 @@
 """``megbed report RUN_DIR``: figures, tables and a self-contained HTML report of a campaign run.
 
 The report itself is :mod:`analysis` (it reads data); this command hands it what only the runtime has: the FLOP
-counter (:mod:`testbed.ldm.flops`, which builds networks on the meta device) and the embedded default model's folder.
+counter (:mod:`megbed.testbed.ldm.flops`, which builds networks on the meta device) and the embedded default model's folder.
 """
 
 from __future__ import annotations
@@ -31,16 +31,16 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.list_figures:
-        from analysis.figures import figures
+        from megbed.analysis.figures import figures
 
         for spec in figures():
             print(f"{spec.name:20s} [{spec.section}] needs {', '.join(spec.requires)}: {spec.title}")
         return 0
-    from analysis.load import RunDataError
-    from analysis.report import build_report
-    from testbed.assets import default_model_dir
-    from testbed.cli.main import CliError
-    from testbed.ldm import flops
+    from megbed.analysis.load import RunDataError
+    from megbed.analysis.report import build_report
+    from megbed.testbed.assets import default_model_dir
+    from megbed.testbed.cli.main import CliError
+    from megbed.testbed.ldm import flops
 
     try:
         result = build_report(args.run_dir, args.out, figure_names=args.figures, seed=args.seed,

@@ -17,7 +17,7 @@ import math
 import time
 from pathlib import Path
 
-from testbed.cli.main import CliError
+from megbed.testbed.cli.main import CliError
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def register(sub) -> None:
 
 
 def _load(args: argparse.Namespace):
-    from testbed.campaign.spec import SpecError, load_spec, read_spec_yaml, validate_spec
+    from megbed.testbed.campaign.spec import SpecError, load_spec, read_spec_yaml, validate_spec
 
     try:
         if args.model is None:
@@ -62,8 +62,8 @@ def _load(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from testbed.campaign.baselines import print_summary, scheme_summary
-    from testbed.campaign.runner import CampaignError, CampaignRunner
+    from megbed.testbed.campaign.baselines import print_summary, scheme_summary
+    from megbed.testbed.campaign.runner import CampaignError, CampaignRunner
 
     console = Console()
     spec = _load(args)
@@ -109,9 +109,9 @@ def run_dir_under(runs: Path, name: str) -> Path:
 
 def _report(out: Path) -> str:
     # `megbed run` needs the 'all' extra (checked before it starts), so analysis and the policy are importable here
-    from analysis.report import build_report
-    from testbed.assets import default_model_dir
-    from testbed.ldm import flops
+    from megbed.analysis.report import build_report
+    from megbed.testbed.assets import default_model_dir
+    from megbed.testbed.ldm import flops
 
     try:
         result = build_report(out, flop_counter=flops, named_models={"default": default_model_dir()})
@@ -123,7 +123,7 @@ def _report(out: Path) -> str:
 
 
 def _policy(out: Path, seconds: float) -> str:
-    from testbed.policy.quick import quick_train_and_evaluate
+    from megbed.testbed.policy.quick import quick_train_and_evaluate
 
     try:
         res = quick_train_and_evaluate(out, max_wall_s=seconds)

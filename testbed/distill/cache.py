@@ -3,7 +3,7 @@
 Denoising is the expensive part of distillation (the decoder itself trains in a fraction of the time), so every
 prompt is generated once per cached N, exactly as the ES generates it (the runtime's own ``text_encode`` and
 ``denoise`` stages, k = N), and its reference image -- ``n_ref`` steps, beta = 0, no tomesd, decoded with the
-pipeline's own VAE, i.e. :func:`testbed.ldm.reference.compute_reference` -- becomes the target.
+pipeline's own VAE, i.e. :func:`megbed.testbed.ldm.reference.compute_reference` -- becomes the target.
 
 Layout of a cache folder::
 
@@ -31,9 +31,9 @@ from typing import Any
 
 import torch
 
-from testbed.distill.prompts import PromptSpec, digest
-from testbed.ldm.model import LdmModel
-from testbed.request import Request
+from megbed.testbed.distill.prompts import PromptSpec, digest
+from megbed.testbed.ldm.model import LdmModel
+from megbed.testbed.request import Request
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ def generate_one(model: LdmModel, spec: PromptSpec, steps: list[int], n_ref: int
     target : torch.Tensor
         ``[3, H, W]`` float32 in [0, 1] on the CPU: the ``n_ref``-step reference (beta 0, no tomesd, base VAE).
     """
-    from testbed.ldm.stages import DenoiseStage, TextEncodeStage
+    from megbed.testbed.ldm.stages import DenoiseStage, TextEncodeStage
 
     req = _request(model, spec, max(steps), guidance_scale, scheduler, tome_ratio_es)
     text = TextEncodeStage(model)({"request": req})["text"]

@@ -30,11 +30,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from channel_emu.config import LinkConfig, LinkConfigError
-from megwire.validation import ConfigModel, not_above, not_below, number, tuple_of
-from megwire.vocab import MAX_MERGE_RATIO as MAX_BETA
-from megwire.vocab import MAX_TOME_RATIO, WIRE_DTYPES
-from testbed.ldm.merge_methods import DEFAULT_MERGE_METHOD, MERGE_METHODS
+from megbed.channel_emu.config import LinkConfig, LinkConfigError
+from megbed.megwire.validation import ConfigModel, not_above, not_below, number, tuple_of
+from megbed.megwire.vocab import MAX_MERGE_RATIO as MAX_BETA
+from megbed.megwire.vocab import MAX_TOME_RATIO, WIRE_DTYPES
+from megbed.testbed.ldm.merge_methods import DEFAULT_MERGE_METHOD, MERGE_METHODS
 
 NOISE_KINDS = ("sigma", "snr", "link", "none")
 AMP_DTYPES = ("none", "bf16", "fp16")
@@ -118,7 +118,7 @@ class DistillConfig(_Recipe):
     beta_max : float
         beta ~ U[0, beta_max] per sample (at most 0.75, the merging's cap).
     merge_method : str
-        Merge method of the training samples (:data:`testbed.ldm.merging.MERGE_METHODS`; the runtime's default).
+        Merge method of the training samples (:data:`megbed.testbed.ldm.merging.MERGE_METHODS`; the runtime's default).
     guidance_scale : float
         CFG scale of the cached generations (5.0: the campaigns' default; SD-1.5 is usually run at 7.5).
     scheduler : str or None

@@ -2,10 +2,10 @@
 
 The decoder being distilled is a copy of the base ``AutoencoderKL`` in float32: only ``post_quant_conv`` and
 ``decoder`` train, the encoder stays frozen and unused. Its forward pass unscales U-Net latents exactly as
-:class:`testbed.ldm.model.VaeDecoder` does, so that the untrained copy reproduces the base decoder.
+:class:`megbed.testbed.ldm.model.VaeDecoder` does, so that the untrained copy reproduces the base decoder.
 
 The export is a complete ``AutoencoderKL`` folder (config.json + safetensors; the encoder is the base one, unchanged)
-so that the runtime loads it through the same path as any VAE (:func:`testbed.ldm.model.load_decoder`), plus
+so that the runtime loads it through the same path as any VAE (:func:`megbed.testbed.ldm.model.load_decoder`), plus
 ``distill.json`` (recipe, training summary, base model fingerprint). A decoder-only file would be half the size but
 ``from_pretrained`` would then initialise the encoder at random and warn on every load.
 """
@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from testbed.ldm.model import (
+from megbed.testbed.ldm.model import (
     UE_DECODER_SUBFOLDER,
     DecoderMismatchError,
     LdmModel,
@@ -38,7 +38,7 @@ DISTILL_META = "distill.json"
 
 def unscale(latents: torch.Tensor, config: Any) -> torch.Tensor:
     """U-Net latents -> the VAE's own latent space (``latents_mean`` / ``latents_std`` or ``1 / scaling_factor``),
-    as :class:`~testbed.ldm.model.VaeDecoder` and the stock pipelines do it."""
+    as :class:`~megbed.testbed.ldm.model.VaeDecoder` and the stock pipelines do it."""
     scaling = float(config.scaling_factor)
     mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
     if mean is not None and std is not None:
@@ -122,7 +122,7 @@ class TrainableDecoder(torch.nn.Module):
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """The runtime's :class:`~testbed.ldm.model.LatentDecoder` interface: clamped images, no gradients."""
+        """The runtime's :class:`~megbed.testbed.ldm.model.LatentDecoder` interface: clamped images, no gradients."""
         return self.forward(latents).float().clamp(0, 1)
 
 
@@ -180,8 +180,8 @@ def model_geometry(model_dir: str | Path) -> tuple[int, int]:
 
 
 def check_folder_fits(decoder_dir: str | Path, model_dir: str | Path) -> None:
-    """Raise :class:`~testbed.ldm.model.DecoderMismatchError` when a decoder folder cannot decode the model's latents
-    (read from the configs; :class:`~testbed.ldm.model.ModelLoadError` when the folder holds no decoder)."""
+    """Raise :class:`~megbed.testbed.ldm.model.DecoderMismatchError` when a decoder folder cannot decode the model's latents
+    (read from the configs; :class:`~megbed.testbed.ldm.model.ModelLoadError` when the folder holds no decoder)."""
     decoder_dir = Path(decoder_dir)
     try:
         config = json.loads((decoder_dir / "config.json").read_text(encoding="utf-8"))

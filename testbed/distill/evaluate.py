@@ -24,9 +24,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from testbed.distill.cache import LatentCache
-from testbed.distill.link import NoiseDraw, TrainingLink
-from testbed.ldm.metrics import MSE_FLOOR
+from megbed.testbed.distill.cache import LatentCache
+from megbed.testbed.distill.link import NoiseDraw, TrainingLink
+from megbed.testbed.ldm.metrics import MSE_FLOOR
 
 DEFAULT_BETAS = (0.0, 0.25, 0.5, 0.75)
 DEFAULT_SNRS_DB = (20.0, 10.0, 5.0, 0.0, -4.0)
@@ -94,7 +94,7 @@ def evaluate(cache: LatentCache, decoders: dict[str, Any], *, steps: Sequence[in
     cache : LatentCache
         Held-out prompts' latents (``steps`` must be cached) and float references.
     decoders : dict
-        Name -> :class:`~testbed.ldm.model.LatentDecoder` (``decode(latents) -> images`` in [0, 1]).
+        Name -> :class:`~megbed.testbed.ldm.model.LatentDecoder` (``decode(latents) -> images`` in [0, 1]).
     steps, betas, conds :
         The grid.
     link : TrainingLink
@@ -110,10 +110,10 @@ def evaluate(cache: LatentCache, decoders: dict[str, Any], *, steps: Sequence[in
     -------
     pandas.DataFrame
         Columns ``decoder, prompt, seed, n_steps, beta, condition, kind, snr_db, sigma, ch_snr_db, ch_nmse,
-        noise_ratio, mse, neg_log_mse, psnr_db`` (``noise_ratio``: :func:`~testbed.ldm.gate.latent_noise_ratio` of
+        noise_ratio, mse, neg_log_mse, psnr_db`` (``noise_ratio``: :func:`~megbed.testbed.ldm.gate.latent_noise_ratio` of
         the received latent; ``decoder_used``: which decoder a gated one picked, else the decoder's name).
     """
-    from testbed.ldm.gate import latent_noise_ratio
+    from megbed.testbed.ldm.gate import latent_noise_ratio
 
     rows: list[dict[str, Any]] = []
     bar = None

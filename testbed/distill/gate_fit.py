@@ -1,7 +1,7 @@
-"""Calibrate the ``auto`` decoder's gate (:mod:`testbed.ldm.gate`) for one distilled decoder.
+"""Calibrate the ``auto`` decoder's gate (:mod:`megbed.testbed.ldm.gate`) for one distilled decoder.
 
-Both decoders score the same received latents (:func:`testbed.distill.evaluate.evaluate` rows, which carry each
-latent's :func:`~testbed.ldm.gate.latent_noise_ratio`); the gate's two thresholds are the ones under which the
+Both decoders score the same received latents (:func:`megbed.testbed.distill.evaluate.evaluate` rows, which carry each
+latent's :func:`~megbed.testbed.ldm.gate.latent_noise_ratio`); the gate's two thresholds are the ones under which the
 per-latent choice gives the highest mean ``-ln MSE`` over those rows. The rows come from prompts the decoder did not
 train on (the distillation run's validation prompts), and the table is scored on other, held-out prompts.
 """
@@ -13,7 +13,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from testbed.ldm.gate import GateRule
+from megbed.testbed.ldm.gate import GateRule
 
 KEYS = ["prompt", "seed", "n_steps", "beta", "condition"]
 

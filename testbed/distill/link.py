@@ -1,9 +1,9 @@
 """What the UE receives: an ES latent merged at beta, sent as a real handoff frame through the link, un-merged.
 
-Each sample follows the runtime's path: :func:`~testbed.ldm.merging.merge` with the request's seed, a
-:class:`~testbed.ldm.handoff.Handoff` frame (merged tokens in the wire dtype, exact merge map as side information),
-the link, :meth:`Handoff.from_frame` and :func:`~testbed.ldm.merging.unmerge`. The link is one of
-(:mod:`testbed.distill.config` explains the kinds):
+Each sample follows the runtime's path: :func:`~megbed.testbed.ldm.merging.merge` with the request's seed, a
+:class:`~megbed.testbed.ldm.handoff.Handoff` frame (merged tokens in the wire dtype, exact merge map as side information),
+the link, :meth:`Handoff.from_frame` and :func:`~megbed.testbed.ldm.merging.unmerge`. The link is one of
+(:mod:`megbed.testbed.distill.config` explains the kinds):
 
 * the channel emulator (:class:`channel_emu.ChannelEmulator`) in its configured mode -- analog transmission by
   default: RMS power normalisation, two values per complex symbol, the small-scale model, MMSE/ZF equalisation --
@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from testbed.distill.config import NoiseConfig
-from testbed.ldm.handoff import MERGE_PREFIX, Handoff
-from testbed.ldm.merging import DEFAULT_MERGE_METHOD, merge, unmerge
-from testbed.request import Request
+from megbed.testbed.distill.config import NoiseConfig
+from megbed.testbed.ldm.handoff import MERGE_PREFIX, Handoff
+from megbed.testbed.ldm.merging import DEFAULT_MERGE_METHOD, merge, unmerge
+from megbed.testbed.request import Request
 
 _TOKENS = f"{MERGE_PREFIX}tokens"
 
@@ -91,8 +91,8 @@ class TrainingLink:
     """
 
     def __init__(self, noise: NoiseConfig, wire_dtype: str = "float16") -> None:
-        from channel_emu.config import LinkConfig
-        from channel_emu.emulator import ChannelEmulator
+        from megbed.channel_emu.config import LinkConfig
+        from megbed.channel_emu.emulator import ChannelEmulator
 
         self.noise = noise
         self.wire_dtype = wire_dtype
@@ -119,7 +119,7 @@ class TrainingLink:
 
     def _fixed_snr_state(self, snr_db: float, rng: np.random.Generator) -> Any:
         """The channel state of a fixed average SNR (block fading drawn on top when the link model has it)."""
-        from channel_emu.process import ChannelProcess
+        from megbed.channel_emu.process import ChannelProcess
 
         h = 1.0 + 0.0j
         if self.config.block_fading:
@@ -133,7 +133,7 @@ class TrainingLink:
             return frame, math.nan, 0.0
         rng = np.random.default_rng(draw.seed)
         if draw.kind == "sigma":
-            from megwire import Frame
+            from megbed.megwire import Frame
 
             sent = np.asarray(frame.buffers[_TOKENS])
             x = sent.astype(np.float32)
@@ -143,7 +143,7 @@ class TrainingLink:
             buffers = {**frame.buffers, _TOKENS: y}
             received = Frame(kind=frame.kind, meta=dict(frame.meta), buffers=buffers, version=frame.version)
             return received, math.nan, (err / energy if energy > 0 else 0.0)
-        from channel_emu.emulator import ChannelEmulator
+        from megbed.channel_emu.emulator import ChannelEmulator
 
         # A fresh emulator seeded by the draw: "identical seeds give identical deliveries" is the emulator's contract,
         # so each sample depends on its own seed only (0.2 ms to build; TDL models rebuild their Sionna chain).

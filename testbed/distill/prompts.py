@@ -1,8 +1,8 @@
 """Prompts (with their generation seeds) for the distillation set and the held-out evaluation.
 
-* ``shapes``: the embedded default model's caption grammar (:mod:`testbed.shapes`). Training draws captions from the
+* ``shapes``: the embedded default model's caption grammar (:mod:`megbed.testbed.shapes`). Training draws captions from the
   *train* split with varied phrasing; evaluation uses the fixed held-out prompts of ``megbed model eval``
-  (:func:`testbed.shapes.dataset.heldout_prompts`, prompt ``i`` with seed ``i``), whose captions never occur in
+  (:func:`megbed.testbed.shapes.dataset.heldout_prompts`, prompt ``i`` with seed ``i``), whose captions never occur in
   training.
 * a text file: one prompt per line (blank lines and lines starting with ``#`` are skipped), for SD-1.5 / SDXL.
 """
@@ -52,8 +52,8 @@ def read_prompt_file(path: str | Path) -> list[str]:
 
 
 def _shapes_captions(n: int, seed: int) -> list[str]:
-    from testbed.shapes.captions import caption
-    from testbed.shapes.scene import sample_scene
+    from megbed.testbed.shapes.captions import caption
+    from megbed.testbed.shapes.scene import sample_scene
 
     rng = np.random.default_rng([int(seed), 0])
     return [caption(sample_scene(rng, "train"), rng) for _ in range(n)]
@@ -75,7 +75,7 @@ def heldout_prompts(source: str, n: int) -> list[PromptSpec]:
     if n < 1:
         raise PromptSourceError(f"need at least one evaluation prompt, got n={n}")
     if source == SHAPES:
-        from testbed.shapes.dataset import heldout_prompts as shapes_heldout
+        from megbed.testbed.shapes.dataset import heldout_prompts as shapes_heldout
 
         return [PromptSpec(p.prompt, int(p.seed)) for p in shapes_heldout(n)]
     return [PromptSpec(t, i) for i, t in enumerate(read_prompt_file(source)[:n])]

@@ -1,7 +1,7 @@
 """The distillation loop: one UE decoder for every (N, beta, link) the policy may pick.
 
 Each optimiser step draws ``batch_size`` tuples from a generator seeded with ``(seed, step)``: a training prompt, N
-from the cached steps, beta ~ U[0, beta_max], a link condition (:class:`~testbed.distill.link.TrainingLink`) and,
+from the cached steps, beta ~ U[0, beta_max], a link condition (:class:`~megbed.testbed.distill.link.TrainingLink`) and,
 with ``crop_latent``, a crop position. The input is that prompt's cached ES latent after N steps, merged, sent
 through the link and un-merged (:meth:`TrainingLink.receive`); the target is its reference image (N_ref steps,
 beta 0, noiseless, base VAE). Loss: per-sample MSE, averaged as ln(MSE + ``log_mse_floor``) by default (+ ``perceptual_weight`` x LPIPS when local weights exist). AdamW with a
@@ -25,18 +25,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from testbed.distill.cache import LatentCache
-from testbed.distill.checkpoint import (
+from megbed.testbed.distill.cache import LatentCache
+from megbed.testbed.distill.checkpoint import (
     CheckpointError,
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
     save_checkpoint,
 )
-from testbed.distill.config import DistillConfig, DistillConfigError
-from testbed.distill.decoder import TrainableDecoder, export_decoder, stored_dtype
-from testbed.distill.link import NoiseDraw, TrainingLink
-from testbed.ldm.model import UE_DECODER_SUBFOLDER, LdmModel
+from megbed.testbed.distill.config import DistillConfig, DistillConfigError
+from megbed.testbed.distill.decoder import TrainableDecoder, export_decoder, stored_dtype
+from megbed.testbed.distill.link import NoiseDraw, TrainingLink
+from megbed.testbed.ldm.model import UE_DECODER_SUBFOLDER, LdmModel
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class PerceptualLoss:
         except ImportError as exc:
             raise DistillConfigError("perceptual_weight > 0 needs the lpips package (and its backbone weights in the "
                                      "torch hub cache; megbed never downloads); use perceptual_weight 0") from exc
-        from testbed.ldm.feature_metrics import LPIPS_BACKBONE_FILES
+        from megbed.testbed.ldm.feature_metrics import LPIPS_BACKBONE_FILES
 
         cached = Path(torch.hub.get_dir()) / "checkpoints" / LPIPS_BACKBONE_FILES[net]
         if not cached.is_file():

@@ -2,7 +2,7 @@
 
 A UE that only decodes (MEG with k = N) needs the VAE, not the U-Net and text encoders that make up most of an SD /
 SDXL pipeline (SDXL: a 2.6 B-parameter U-Net and two text encoders next to a 50 M-parameter VAE decoder). The table
-below follows the stages of :func:`testbed.ldm.plan.plan_for`:
+below follows the stages of :func:`megbed.testbed.ldm.plan.plan_for`:
 
 =========  ===================================================  ================================================
 plan       ES                                                   UE
@@ -33,7 +33,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from testbed.ldm.errors import LdmError
+from megbed.testbed.ldm.errors import LdmError
 
 ROLES = ("es", "ue")
 PLANS = ("meg", "hybrid", "ceg", "ue_local", "reference")

@@ -1,4 +1,4 @@
-"""The runtime's error types, in a module that imports nothing, so every ``testbed.ldm`` module can raise them
+"""The runtime's error types, in a module that imports nothing, so every ``megbed.testbed.ldm`` module can raise them
 without importing another (the request contract and the schedulers both raise them)."""
 
 from __future__ import annotations

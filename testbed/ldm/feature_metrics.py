@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from testbed.ldm.metrics import as_image_batch
+from megbed.testbed.ldm.metrics import as_image_batch
 
 # OpenAI CLIP preprocessing constants (used when the folder has no preprocessor_config.json).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)

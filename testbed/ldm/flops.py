@@ -4,7 +4,7 @@ The networks are built from the model folder's ``config.json`` files on the ``me
 and no memory is allocated, so even SDXL counts in seconds on a CPU. FLOPs follow PyTorch's convention (a
 multiply-add is 2 FLOPs), the same as calflops' FLOPs used by the paper.
 
-Counting builds networks, so it lives with the runtime; the report's cost model (:mod:`analysis.costfit`) is handed
+Counting builds networks, so it lives with the runtime; the report's cost model (:mod:`megbed.analysis.costfit`) is handed
 this module by ``megbed report`` and never imports it (analysis reads data).
 
 Counted per request configuration:

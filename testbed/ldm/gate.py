@@ -9,7 +9,7 @@ noise power is relative to the signal's, so the ratio reads like an inverse SNR:
 give 0.04-0.33 (median 0.09), 20 dB 0.13-0.36, 10 dB 0.31-0.48, 0 dB 0.66-0.85), and :class:`GatedDecoder` sends
 each latent to the base decoder when the ratio is at most ``noise_ratio_max`` and beta below ``merge_ratio_min``,
 else to the distilled one. The two thresholds are calibrated per distilled decoder on training prompts
-(:mod:`testbed.distill.gate_fit`) and stored in its ``distill.json`` under ``"gate"``.
+(:mod:`megbed.testbed.distill.gate_fit`) and stored in its ``distill.json`` under ``"gate"``.
 """
 
 from __future__ import annotations

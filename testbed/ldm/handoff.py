@@ -4,7 +4,7 @@ Header (``frame.meta``, JSON):
 
 * ``handoff_version``: format of this object (:data:`HANDOFF_VERSION`), separate from megwire's protocol version;
   a receiver rejects any other version.
-* ``request``: the resolved :class:`~testbed.request.Request` (prompt, negative prompt, guidance,
+* ``request``: the resolved :class:`~megbed.testbed.request.Request` (prompt, negative prompt, guidance,
   seed, N, k, beta, tomesd ratios, ...). The UE computes its own text embeddings from it; CFG embeddings are never
   sent (they would cost ~7x the latent).
 * ``step`` / ``num_steps``: k and N. ``merge``: the merged latent's geometry (shape, beta, seed, r, method).
@@ -28,11 +28,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from megwire import Frame, FrameError, pack, packed_size, unpack
-from testbed.ldm.errors import LdmError
-from testbed.ldm.merging import MergedLatent, MergeError
-from testbed.ldm.schedulers import SamplerState, SamplerStateError
-from testbed.request import Request, RequestError
+from megbed.megwire import Frame, FrameError, pack, packed_size, unpack
+from megbed.testbed.ldm.errors import LdmError
+from megbed.testbed.ldm.merging import MergedLatent, MergeError
+from megbed.testbed.ldm.schedulers import SamplerState, SamplerStateError
+from megbed.testbed.request import Request, RequestError
 
 HANDOFF_KIND = "handoff"
 HANDOFF_VERSION = 2  # 2: merge methods (header "merge.method", the "merge.dst" index buffer)

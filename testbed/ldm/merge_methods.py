@@ -3,7 +3,7 @@
 ``global_l2`` -- global bipartite matching by squared distance (default; lowest distortion at equal bytes);
 ``global`` -- the paper's rule (tomesd's ``bipartite_soft_matching_random2d``, cosine, over all destinations);
 ``window`` -- each source may merge only into its own 2x2 window's destination (1 bit of side information per source).
-See :mod:`testbed.ldm.merging`.
+See :mod:`megbed.testbed.ldm.merging`.
 """
 
 from __future__ import annotations

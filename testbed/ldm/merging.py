@@ -58,8 +58,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from megwire.vocab import MAX_MERGE_RATIO, WIRE_DTYPES
-from testbed.ldm.merge_methods import DEFAULT_MERGE_METHOD, GLOBAL_METHODS, MERGE_METHODS
+from megbed.megwire.vocab import MAX_MERGE_RATIO, WIRE_DTYPES
+from megbed.testbed.ldm.merge_methods import DEFAULT_MERGE_METHOD, GLOBAL_METHODS, MERGE_METHODS
 
 PATCH = 2
 WINDOW = 2

@@ -15,7 +15,7 @@ treated as ``B = 1``), and return one value per image as a float64 tensor ``[B]`
   scales; 32 px and below cannot be scored (use ``ssim`` there). The settings used are reported by
   :func:`ms_ssim_settings` so a dataset can record them.
 
-FID / LPIPS / CLIP score need network weights that megbed never downloads: see :mod:`testbed.ldm.feature_metrics`.
+FID / LPIPS / CLIP score need network weights that megbed never downloads: see :mod:`megbed.testbed.ldm.feature_metrics`.
 """
 
 from __future__ import annotations

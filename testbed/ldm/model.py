@@ -9,13 +9,13 @@ The decoder is an object with ``decode(latents) -> image`` (:class:`LatentDecode
 ``AutoencoderKL`` (its ``post_quant_conv`` + decoder). A distilled UE decoder stored in a subfolder of the model
 (``<model>/ue_decoder/``) loads with :func:`load_decoder` and replaces the default without touching any stage;
 ``load_pipeline(..., decoder="base" | "distilled" | "auto")`` names the choices a UE has (:data:`DECODER_CHOICES`;
-``auto`` gates between the two per latent, :mod:`testbed.ldm.gate`), and
+``auto`` gates between the two per latent, :mod:`megbed.testbed.ldm.gate`), and
 every decoder folder is checked against the model's latent geometry (:func:`check_decoder_fits`).
 
 ``load_pipeline(..., role="es" | "ue", plans=[...])`` is the node's *role-aware* load: nothing but configs is read
 at start-up (after checking that the folder holds every component the plans need,
-:func:`testbed.ldm.components.check_components`), and each component loads when a stage first uses it (a decode-only
-UE loads only the VAE; see :mod:`testbed.ldm.components`). Without ``role`` the whole pipeline loads eagerly.
+:func:`megbed.testbed.ldm.components.check_components`), and each component loads when a stage first uses it (a decode-only
+UE loads only the VAE; see :mod:`megbed.testbed.ldm.components`). Without ``role`` the whole pipeline loads eagerly.
 """
 
 from __future__ import annotations
@@ -31,17 +31,17 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from testbed.ldm.components import dtype_kwarg
-from testbed.ldm.errors import LdmError
-from testbed.ldm.schedulers import SamplerState, new_sampler, resolve_scheduler_name
-from testbed.request import Request, RequestError
+from megbed.testbed.ldm.components import dtype_kwarg
+from megbed.testbed.ldm.errors import LdmError
+from megbed.testbed.ldm.schedulers import SamplerState, new_sampler, resolve_scheduler_name
+from megbed.testbed.request import Request, RequestError
 
 log = logging.getLogger(__name__)
 
 SUPPORTED_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
 UE_DECODER_SUBFOLDER = "ue_decoder"
 # A UE's decoder by name: the pipeline's own VAE, the distilled one shipped in <model>/ue_decoder, or the gate
-# between them calibrated with the distilled one (testbed.ldm.gate).
+# between them calibrated with the distilled one (megbed.testbed.ldm.gate).
 DECODER_CHOICES = ("base", "distilled", "auto")
 
 
@@ -305,12 +305,12 @@ class LdmModel:
 
         Raises
         ------
-        testbed.ldm.components.MissingComponentError
+        megbed.testbed.ldm.components.MissingComponentError
             A component the folder does not hold (a partial folder).
         """
         if self.lazy_index is None:
             return
-        from testbed.ldm.components import load_component
+        from megbed.testbed.ldm.components import load_component
 
         for name in names:
             if getattr(self.pipe, name, None) is not None:
@@ -326,7 +326,7 @@ class LdmModel:
             return True
         if self.lazy_index is None:
             return False
-        from testbed.ldm.components import present_components
+        from megbed.testbed.ldm.components import present_components
 
         return name in present_components(self.model_dir, self.lazy_index)
 
@@ -343,7 +343,7 @@ class LdmModel:
                     return json.loads(path.read_text(encoding="utf-8"))
                 except (OSError, ValueError) as exc:
                     raise ModelLoadError(f"{path} is not valid JSON: {exc}") from exc
-            from testbed.ldm.components import read_slice
+            from megbed.testbed.ldm.components import read_slice
 
             recorded = read_slice(self.model_dir).get(f"{name}_config")
             if isinstance(recorded, dict):
@@ -452,7 +452,7 @@ class LdmModel:
     @torch.no_grad()
     def encode_text(self, request: Request) -> TextConditioning:
         """Prompt (and negative prompt) -> conditioning, through the pipeline's own ``encode_prompt``."""
-        from testbed.ldm.components import text_components
+        from megbed.testbed.ldm.components import text_components
 
         self.ensure(*text_components(self.family), *(("unet",) if self.family == "sdxl" else ()))
         do_cfg = self.do_cfg(request)
@@ -558,7 +558,7 @@ def load_pipeline(model_dir: str | Path, *, device: torch.device | str | None = 
     decoder : LatentDecoder, str, path, or None
         The decode stage's decoder: an object; ``"base"`` or None for the pipeline's VAE; ``"distilled"`` for the
         distilled UE decoder in ``model_dir/ue_decoder``; ``"auto"`` for the gate between the two
-        (:class:`~testbed.ldm.gate.GatedDecoder`); or a folder loaded with :func:`load_decoder` (relative
+        (:class:`~megbed.testbed.ldm.gate.GatedDecoder`); or a folder loaded with :func:`load_decoder` (relative
         paths are tried inside ``model_dir`` first). A folder must fit the model's latents
         (:func:`check_decoder_fits`).
     tome_max_downsample : int, optional
@@ -576,7 +576,7 @@ def load_pipeline(model_dir: str | Path, *, device: torch.device | str | None = 
         Missing folder, no/invalid model_index.json, unsupported pipeline class, unreadable components, a
         ``"distilled"`` request on a model without ``ue_decoder/``, or a decoder folder that does not fit
         (:class:`DecoderMismatchError`).
-    testbed.ldm.components.MissingComponentError
+    megbed.testbed.ldm.components.MissingComponentError
         With ``plans``: a component a plan needs is not in the folder (named with the plan).
     """
     from diffusers import DiffusionPipeline
@@ -620,7 +620,7 @@ def _load_role_aware(model_dir: Path, index: dict[str, Any], *, device: torch.de
 
     import diffusers
 
-    from testbed.ldm.components import check_components
+    from megbed.testbed.ldm.components import check_components
 
     decoder_name = decoder if isinstance(decoder, str) else None
     if plans:
@@ -679,7 +679,7 @@ def named_decoder(model_dir: str | Path, name: str | Path, *, device: torch.devi
     if name == "base":
         return None
     if name == "auto":
-        from testbed.ldm.gate import gated_decoder
+        from megbed.testbed.ldm.gate import gated_decoder
 
         if base is None:
             raise ModelLoadError("the 'auto' decoder needs the base decoder to gate with")

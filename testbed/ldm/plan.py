@@ -20,10 +20,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from megwire import Frame
-from megwire.vocab import NODE_STAGES, SCHEMES
-from testbed.ldm.model import LatentDecoder, LdmModel
-from testbed.ldm.stages import (
+from megbed.megwire import Frame
+from megbed.megwire.vocab import NODE_STAGES, SCHEMES
+from megbed.testbed.ldm.model import LatentDecoder, LdmModel
+from megbed.testbed.ldm.stages import (
     IMAGE_KIND,
     DecodeStage,
     DenoiseStage,
@@ -37,7 +37,7 @@ from testbed.ldm.stages import (
     TextEncodeStage,
     UnmergeStage,
 )
-from testbed.request import Request, RequestError
+from megbed.testbed.request import Request, RequestError
 
 PRESETS = ("meg", "hybrid", "ceg", "ue_local")
 NODES = ("es", "ue")

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from testbed.ldm.model import LdmModel
-from testbed.request import Request, RequestError
+from megbed.testbed.ldm.model import LdmModel
+from megbed.testbed.request import Request, RequestError
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ class ReferenceKey:
 def compute_reference(model: LdmModel, request: Request, n_max: int) -> torch.Tensor:
     """Generate the reference image ``[1, 3, H, W]`` float32 in [0, 1] (on the CPU), always decoded with the
     pipeline's own VAE (a model loaded with a distilled UE decoder still has the stock reference)."""
-    from testbed.ldm.runner import run_split
+    from megbed.testbed.ldm.runner import run_split
 
     return run_split(reference_request(request, n_max), model, scheme="ue_local",
                      ue_decoder=model.base_decoder).image.float().cpu()

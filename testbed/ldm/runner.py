@@ -20,11 +20,11 @@ from typing import Any
 
 import torch
 
-from megwire import Frame, pack, unpack
-from testbed.ldm.model import LatentDecoder, LdmModel, device_sync
-from testbed.ldm.plan import SplitPlan, build_stages, plan_for
-from testbed.ldm.stages import Stage
-from testbed.request import Request
+from megbed.megwire import Frame, pack, unpack
+from megbed.testbed.ldm.model import LatentDecoder, LdmModel, device_sync
+from megbed.testbed.ldm.plan import SplitPlan, build_stages, plan_for
+from megbed.testbed.ldm.stages import Stage
+from megbed.testbed.request import Request
 
 StageHook = Callable[[str, str], contextlib.AbstractContextManager]
 Link = Callable[[Frame], Frame]
@@ -66,7 +66,7 @@ def run_node(stages: Sequence[Stage], state: Mapping[str, Any], node: str, *, st
     Parameters
     ----------
     stages : sequence of Stage
-        From :func:`~testbed.ldm.plan.build_stages`.
+        From :func:`~megbed.testbed.ldm.plan.build_stages`.
     state : mapping
         Initial state: ``{"request": ...}`` on the ES (and UE-local), ``{"handoff_frame": ...}`` or
         ``{"image_frame": ...}`` on the UE.

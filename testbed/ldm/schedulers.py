@@ -30,8 +30,8 @@ from diffusers import (
 )
 from diffusers.utils.torch_utils import randn_tensor
 
-from testbed.ldm.errors import LdmError
-from testbed.request import RequestError
+from megbed.testbed.ldm.errors import LdmError
+from megbed.testbed.request import RequestError
 
 _WIRE = {"float16": np.float16, "float32": np.float32}
 
@@ -105,7 +105,7 @@ SCHEDULERS: dict[str, SchedulerSpec] = {
         SchedulerSpec("lcm", LCMScheduler, stochastic=_always),
     )
 }
-# testbed.request.SCHEDULER_NAMES names these for the request contract without importing diffusers (a test keeps
+# megbed.testbed.request.SCHEDULER_NAMES names these for the request contract without importing diffusers (a test keeps
 # the two equal).
 _BY_CLASS = {spec.cls.__name__: spec for spec in SCHEDULERS.values()}
 

@@ -2,7 +2,7 @@
 
 The result is an ordinary diffusers folder (``model_index.json`` lists the left-out components as ``[null, null]``)
 plus ``megbed_slice.json`` (role, plans, kept components, and the U-Net / VAE geometry a node without those weights
-still needs), so it loads with :func:`testbed.ldm.model.load_pipeline` like the whole model. The copy is written to a
+still needs), so it loads with :func:`megbed.testbed.ldm.model.load_pipeline` like the whole model. The copy is written to a
 temporary folder beside ``OUT_DIR`` and renamed into place at the end: a failure leaves nothing behind.
 """
 
@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from testbed.ldm.components import (
+from megbed.testbed.ldm.components import (
     ROLE_PLANS,
     SLICE_FILE,
     UE_DECODER,
@@ -23,7 +23,7 @@ from testbed.ldm.components import (
     family_of,
     present_components,
 )
-from testbed.ldm.model import ModelLoadError, _read_model_index
+from megbed.testbed.ldm.model import ModelLoadError, _read_model_index
 
 # Geometry keys a node reads from a component it does not hold (LdmModel._config).
 UNET_GEOMETRY = ("in_channels", "sample_size", "time_cond_proj_dim", "down_block_types")
@@ -56,7 +56,7 @@ def slice_model(model_dir: str | Path, out_dir: str | Path, *, role: str, plans:
     role : str
         ``es`` or ``ue``.
     plans : list of str, optional
-        Default: every plan of the role (:data:`testbed.ldm.components.ROLE_PLANS`).
+        Default: every plan of the role (:data:`megbed.testbed.ldm.components.ROLE_PLANS`).
     decoder : str, optional
         The UE decoder the plans use (``base``, ``distilled``, ``auto``); ``ue_decoder/`` is kept for a UE whenever the
         source has it.
@@ -65,7 +65,7 @@ def slice_model(model_dir: str | Path, out_dir: str | Path, *, role: str, plans:
     ------
     ModelLoadError
         Not a diffusers folder of a supported pipeline, an ``out_dir`` that is not empty, or an unknown role/plan.
-    testbed.ldm.components.MissingComponentError
+    megbed.testbed.ldm.components.MissingComponentError
         The source lacks a component the plans need.
     """
     model_dir, out_dir = Path(model_dir).expanduser(), Path(out_dir).expanduser()

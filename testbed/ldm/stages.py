@@ -7,12 +7,12 @@ in-process runner wrap each call with their own probes.
 State names used by the stages:
 
 =================  =====================================================================================
-``request``        :class:`~testbed.request.Request` (resolved by ``LdmModel.resolve``)
-``text``           :class:`~testbed.ldm.model.TextConditioning`
+``request``        :class:`~megbed.testbed.request.Request` (resolved by ``LdmModel.resolve``)
+``text``           :class:`~megbed.testbed.ldm.model.TextConditioning`
 ``latents``        ``torch.Tensor [1, C, h, w]``, U-Net latent space, on the node's device
-``sampler``        :class:`~testbed.ldm.schedulers.SamplerState` (scheduler + generator at some step)
-``merged``         :class:`~testbed.ldm.merging.MergedLatent`
-``handoff``        :class:`~testbed.ldm.handoff.Handoff`
+``sampler``        :class:`~megbed.testbed.ldm.schedulers.SamplerState` (scheduler + generator at some step)
+``merged``         :class:`~megbed.testbed.ldm.merging.MergedLatent`
+``handoff``        :class:`~megbed.testbed.ldm.handoff.Handoff`
 ``handoff_frame``  ``megwire.Frame`` of kind ``"handoff"`` (what travels ES -> UE in MEG)
 ``image``          ``torch.Tensor [1, 3, H, W]`` float32 in [0, 1]
 ``image_frame``    ``megwire.Frame`` of kind ``"image"``: PNG bytes (what travels in CEG)
@@ -31,12 +31,12 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from megwire import Frame
-from testbed.ldm.errors import LdmError
-from testbed.ldm.handoff import Handoff, HandoffError
-from testbed.ldm.merging import merge, unmerge
-from testbed.ldm.model import LatentDecoder, LdmModel
-from testbed.request import Request, RequestError
+from megbed.megwire import Frame
+from megbed.testbed.ldm.errors import LdmError
+from megbed.testbed.ldm.handoff import Handoff, HandoffError
+from megbed.testbed.ldm.merging import merge, unmerge
+from megbed.testbed.ldm.model import LatentDecoder, LdmModel
+from megbed.testbed.request import Request, RequestError
 
 IMAGE_KIND = "image"
 IMAGE_VERSION = 1

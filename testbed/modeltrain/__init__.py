@@ -11,6 +11,6 @@ Phases, each seeded and resumable from its last checkpoint (safetensors + JSON, 
    classifier-free guidance dropout, min-SNR weighting, EMA (``unet_train``).
 5. ``export``: a standard diffusers folder for ``StableDiffusionPipeline.from_pretrained`` (``export``).
 
-``python -m testbed.modeltrain --out DIR`` (or ``megbed model train``) runs them in order (``runner``);
+``python -m megbed.testbed.modeltrain --out DIR`` (or ``megbed model train``) runs them in order (``runner``);
 the recipe and the architectures live in ``config``.
 """

@@ -1,4 +1,4 @@
-"""``python -m testbed.modeltrain --out DIR [--seed S] [--resume] [--install]``: train the default model."""
+"""``python -m megbed.testbed.modeltrain --out DIR [--seed S] [--resume] [--install]``: train the default model."""
 
 import os
 import sys
@@ -7,6 +7,6 @@ import sys
 # cores they wait for (measured here: 9x more CPU time per step under load). Must be set before torch loads.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from testbed.modeltrain.runner import main  # noqa: E402
+from megbed.testbed.modeltrain.runner import main  # noqa: E402
 
 sys.exit(main())

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
-from megwire.validation import ConfigModel, tuple_of
+from megbed.megwire.validation import ConfigModel, tuple_of
 
 IMAGE_SIZE_PX = 128
 VAE_SCALE = 8

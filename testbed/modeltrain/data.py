@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from testbed.shapes.captions import caption
-from testbed.shapes.dataset import generate
-from testbed.shapes.scene import NamedObject
+from megbed.testbed.shapes.captions import caption
+from megbed.testbed.shapes.dataset import generate
+from megbed.testbed.shapes.scene import NamedObject
 
 LATENT_CHUNK = 2000
 _LETTERS = np.array(list("abcdefghijklmnopqrstuvwxyz"))

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from testbed.shapes.dataset import EvalPrompt
-from testbed.shapes.score import AdherenceRates, ImageScore, adherence, score_image
+from megbed.testbed.shapes.dataset import EvalPrompt
+from megbed.testbed.shapes.score import AdherenceRates, ImageScore, adherence, score_image
 
 # Files each component of a StableDiffusionPipeline folder needs (any one of a tuple will do).
 REQUIRED_FILES: dict[str, tuple[tuple[str, ...], ...]] = {

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from testbed.modeltrain.config import (
+from megbed.testbed.modeltrain.config import (
     DEFAULT_GUIDANCE_SCALE,
     DEFAULT_NUM_STEPS,
     DEFAULT_SCHEDULER_CLASS,
@@ -29,7 +29,7 @@ COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
 def scheduler_config(cfg: TrainConfig | None = None) -> dict[str, Any]:
     """The exported scheduler: DPM++ 2M on the recipe's training noise schedule (other samplers build from its
-    config); None: SD's (:data:`~testbed.modeltrain.config.NOISE_SCHEDULE`)."""
+    config); None: SD's (:data:`~megbed.testbed.modeltrain.config.NOISE_SCHEDULE`)."""
     return {**noise_schedule(cfg), "algorithm_type": "dpmsolver++", "solver_order": 2}
 
 
@@ -43,7 +43,7 @@ def build_pipeline(out_dir: str | Path, dtype: torch.dtype = torch.float16, cfg:
     )
     from transformers import CLIPTextModel
 
-    from testbed.modeltrain.tokenizer import load_tokenizer
+    from megbed.testbed.modeltrain.tokenizer import load_tokenizer
 
     out_dir = Path(out_dir)
     vae = AutoencoderKL.from_pretrained(out_dir / "vae_final", local_files_only=True, torch_dtype=dtype)
@@ -84,7 +84,7 @@ def export_pipeline(out_dir: str | Path, model_dir: str | Path, cfg: TrainConfig
         "weights_dtype": str(dtype).removeprefix("torch."),
         "recipe": cfg.to_dict(),
         "training_times": times or {},
-        "trained_by": "python -m testbed.modeltrain (megbed model train)",
+        "trained_by": "python -m megbed.testbed.modeltrain (megbed model train)",
     }
     (staging / MODEL_META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     model_dir.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""The training entry point: ``python -m testbed.modeltrain --out DIR`` (also ``megbed model train``).
+"""The training entry point: ``python -m megbed.testbed.modeltrain --out DIR`` (also ``megbed model train``).
 
 Runs the phases in order -- tokenizer, vae, latents, unet, export -- in one output folder that holds the recipe
 (``config.json``), each phase's checkpoints and results, and ``train_state.json`` (which phases are done and the
@@ -57,7 +57,7 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 def prepare_run(out_dir: Path, cfg, resume: bool):
     """Create ``out_dir`` with the recipe, or check it on ``resume``; returns the recipe to use."""
-    from testbed.modeltrain.config import TrainConfig
+    from megbed.testbed.modeltrain.config import TrainConfig
 
     cfg_path = out_dir / CONFIG_FILE
     if cfg_path.is_file():
@@ -93,13 +93,13 @@ def train(out_dir: str | Path, *, cfg=None, resume: bool = False, phases: tuple[
     phases : tuple of str
         Phases to run (in :data:`PHASES` order); earlier phases must be done already.
     install : path, optional
-        Also copy the exported model there (e.g. ``testbed.assets.default_model_dir()``).
+        Also copy the exported model there (e.g. ``megbed.testbed.assets.default_model_dir()``).
     threads : int, optional
         ``torch.set_num_threads`` (2: the budget's two CPU cores).
     """
     import torch
 
-    from testbed.modeltrain.progress import stdout_log
+    from megbed.testbed.modeltrain.progress import stdout_log
 
     log = log or stdout_log
     if threads:
@@ -128,13 +128,13 @@ def train(out_dir: str | Path, *, cfg=None, resume: bool = False, phases: tuple[
             continue
         t0, c0 = time.perf_counter(), time.process_time()
         if phase == "tokenizer":
-            from testbed.modeltrain.tokenizer import write_tokenizer
-            from testbed.shapes.vocab import WORDS
+            from megbed.testbed.modeltrain.tokenizer import write_tokenizer
+            from megbed.testbed.shapes.vocab import WORDS
 
             write_tokenizer(out_dir / "tokenizer", list(WORDS), cfg.text.max_length)
             mark(phase, {"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0})
         elif phase == "vae":
-            from testbed.modeltrain.vae_train import train_vae
+            from megbed.testbed.modeltrain.vae_train import train_vae
 
             final = train_vae(cfg, out_dir, log=log)
             mark(phase, _read_json(final / "train_report.json"))
@@ -146,7 +146,7 @@ def train(out_dir: str | Path, *, cfg=None, resume: bool = False, phases: tuple[
         elif phase == "unet":
             need("tokenizer")
             need("latents")
-            from testbed.modeltrain.unet_train import train_unet
+            from megbed.testbed.modeltrain.unet_train import train_unet
 
             latents = _load_latents(cfg, out_dir, log)
             scale = float(_read_json(out_dir / "vae_final" / "config.json")["scaling_factor"])
@@ -155,7 +155,7 @@ def train(out_dir: str | Path, *, cfg=None, resume: bool = False, phases: tuple[
         elif phase == "export":
             for p in ("tokenizer", "vae", "unet"):
                 need(p)
-            from testbed.modeltrain.export import export_pipeline
+            from megbed.testbed.modeltrain.export import export_pipeline
 
             times = {p: {k: v for k, v in state["phases"][p].items() if k in ("wall_s", "cpu_s")}
                      for p in ("tokenizer", "vae", "latents", "unet") if p in state["phases"]}
@@ -178,7 +178,7 @@ def train(out_dir: str | Path, *, cfg=None, resume: bool = False, phases: tuple[
 def _load_latents(cfg, out_dir: Path, log):
     from diffusers import AutoencoderKL
 
-    from testbed.modeltrain.data import build_latent_set
+    from megbed.testbed.modeltrain.data import build_latent_set
 
     vae = AutoencoderKL.from_pretrained(out_dir / "vae_final", local_files_only=True)
     return build_latent_set(vae, out_dir / "latents", n_images=cfg.unet.dataset_images, seed=cfg.seed,
@@ -187,7 +187,7 @@ def _load_latents(cfg, out_dir: Path, log):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The training options (shared by ``python -m testbed.modeltrain`` and ``megbed model train``)."""
+    """The training options (shared by ``python -m megbed.testbed.modeltrain`` and ``megbed model train``)."""
     parser.add_argument("--out", required=True, type=Path, help="run folder (checkpoints, results, model/)")
     parser.add_argument("--seed", type=int, default=None, help="seed of a new run (default 0)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoints")
@@ -202,7 +202,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_from_args(args: argparse.Namespace, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Start or resume a run from parsed :func:`add_arguments` options."""
-    from testbed.modeltrain.config import TrainConfig
+    from megbed.testbed.modeltrain.config import TrainConfig
 
     overrides = parse_overrides(args.overrides)
     cfg = None
@@ -217,7 +217,7 @@ def run_from_args(args: argparse.Namespace, log: Callable[[str], None] | None = 
     phases = tuple(p.strip() for p in args.phases.split(",") if p.strip())
     install = None
     if args.install:
-        from testbed.assets import default_model_dir
+        from megbed.testbed.assets import default_model_dir
 
         install = default_model_dir()
     return train(args.out, cfg=cfg, resume=args.resume, phases=phases, install=install, log=log,
@@ -225,7 +225,7 @@ def run_from_args(args: argparse.Namespace, log: Callable[[str], None] | None = 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m testbed.modeltrain", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m megbed.testbed.modeltrain", description=__doc__.split("\n\n")[0])
     add_arguments(parser)
     args = parser.parse_args(argv)
     try:

@@ -21,12 +21,23 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from testbed.modeltrain.checkpoint import has_checkpoint, load_checkpoint, restore_modules, save_checkpoint
-from testbed.modeltrain.config import NOISE_SCHEDULE, TrainConfig, noise_schedule, text_config, unet_config
-from testbed.modeltrain.data import LatentSet, derive_seed, step_rngs, training_caption
-from testbed.modeltrain.progress import PhaseClock, Progress, stdout_log
-from testbed.modeltrain.schedule import cycle_total, lr_at, set_lr
-from testbed.modeltrain.tokenizer import load_tokenizer
+from megbed.testbed.modeltrain.checkpoint import (
+    has_checkpoint,
+    load_checkpoint,
+    restore_modules,
+    save_checkpoint,
+)
+from megbed.testbed.modeltrain.config import (
+    NOISE_SCHEDULE,
+    TrainConfig,
+    noise_schedule,
+    text_config,
+    unet_config,
+)
+from megbed.testbed.modeltrain.data import LatentSet, derive_seed, step_rngs, training_caption
+from megbed.testbed.modeltrain.progress import PhaseClock, Progress, stdout_log
+from megbed.testbed.modeltrain.schedule import cycle_total, lr_at, set_lr
+from megbed.testbed.modeltrain.tokenizer import load_tokenizer
 
 
 def alphas_cumprod(cfg: TrainConfig | None = None) -> torch.Tensor:

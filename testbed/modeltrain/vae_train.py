@@ -16,14 +16,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from testbed.modeltrain.checkpoint import has_checkpoint, load_checkpoint, restore_modules, save_checkpoint
-from testbed.modeltrain.config import TrainConfig, vae_config
-from testbed.modeltrain.data import derive_seed, step_rngs, to_unit_range, vae_crops
-from testbed.modeltrain.progress import PhaseClock, Progress, stdout_log
-from testbed.modeltrain.schedule import lr_at, set_lr
-from testbed.shapes.dataset import generate
-from testbed.shapes.render import render
-from testbed.shapes.scene import sample_dense_scene
+from megbed.testbed.modeltrain.checkpoint import (
+    has_checkpoint,
+    load_checkpoint,
+    restore_modules,
+    save_checkpoint,
+)
+from megbed.testbed.modeltrain.config import TrainConfig, vae_config
+from megbed.testbed.modeltrain.data import derive_seed, step_rngs, to_unit_range, vae_crops
+from megbed.testbed.modeltrain.progress import PhaseClock, Progress, stdout_log
+from megbed.testbed.modeltrain.schedule import lr_at, set_lr
+from megbed.testbed.shapes.dataset import generate
+from megbed.testbed.shapes.render import render
+from megbed.testbed.shapes.scene import sample_dense_scene
 
 SCALE_IMAGES = 256
 EVAL_IMAGES = 64
@@ -49,7 +54,7 @@ def new_vae(cfg: TrainConfig):
 
 def vae_pool(cfg: TrainConfig) -> np.ndarray:
     """Training images of the autoencoder ``[N, H, W, 3]`` uint8: a fraction ``dense_fraction`` of dense scenes
-    (many shapes, see :func:`testbed.shapes.scene.sample_dense_scene`), the rest grammar scenes (train split)."""
+    (many shapes, see :func:`megbed.testbed.shapes.scene.sample_dense_scene`), the rest grammar scenes (train split)."""
     r = cfg.vae
     n_dense = int(round(r.pool_images * r.dense_fraction))
     grammar = generate(r.pool_images - n_dense, seed=derive_seed(cfg.seed, "vae-pool"), split="train",

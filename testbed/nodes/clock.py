@@ -1,7 +1,7 @@
 """Clock sync glue: nodes answer ``clock_sync`` frames with the measurement layer's reply function, and the
-orchestrator runs the measurement layer's :class:`~measurements.clocksync.ClockSync` over its control connections.
+orchestrator runs the measurement layer's :class:`~megbed.measurements.clocksync.ClockSync` over its control connections.
 
-The NTP-style exchange, min-delay filtering and the offset/drift fit live in :mod:`measurements.clocksync`; this
+The NTP-style exchange, min-delay filtering and the offset/drift fit live in :mod:`megbed.measurements.clocksync`; this
 module binds them to the node server (answers are produced in the server's loop thread with ``t2`` stamped when the
 message was received, so a running job never delays them) and to the orchestrator's RPC clients.
 """
@@ -12,9 +12,9 @@ import logging
 import time
 from typing import Any
 
-from measurements.clocksync import ClockMap, ClockSync, clock_sync_reply, fit_clock
-from megwire import Frame, FrameError, Link, LinkTimeout
-from testbed.nodes import protocol as P
+from megbed.measurements.clocksync import ClockMap, ClockSync, clock_sync_reply, fit_clock
+from megbed.megwire import Frame, FrameError, Link, LinkTimeout
+from megbed.testbed.nodes import protocol as P
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def register_clock_sync(server: Any) -> None:
 
 
 class _RpcLink(Link):
-    """An :class:`~testbed.nodes.rpc.RpcClient` seen as a megwire ``Link`` (what ``ClockSync`` talks to)."""
+    """An :class:`~megbed.testbed.nodes.rpc.RpcClient` seen as a megwire ``Link`` (what ``ClockSync`` talks to)."""
 
     def __init__(self, client: Any) -> None:
         self.client = client

@@ -1,11 +1,11 @@
 """What a node computes, behind one interface: the split LDM runtime, or a model-free stand-in.
 
 The ES and UE nodes speak the protocol; an :class:`Engine` does the stages. Each method receives the request and a
-:class:`~testbed.nodes.records.StageRecorder` and wraps every stage it runs in ``rec.stage(name)`` so the node's meter
-measures it. Stage names are the dataset's (``measurements.schema.STAGES``).
+:class:`~megbed.testbed.nodes.records.StageRecorder` and wraps every stage it runs in ``rec.stage(name)`` so the node's meter
+measures it. Stage names are the dataset's (``megbed.measurements.schema.STAGES``).
 
-* :class:`~testbed.nodes.ldm_engine.LdmEngine` runs the real model through ``testbed.ldm``.
-* :class:`~testbed.nodes.synthetic_engine.SyntheticEngine` runs no model (harness-overhead measurements, protocol
+* :class:`~megbed.testbed.nodes.ldm_engine.LdmEngine` runs the real model through ``megbed.testbed.ldm``.
+* :class:`~megbed.testbed.nodes.synthetic_engine.SyntheticEngine` runs no model (harness-overhead measurements, protocol
   tests): real merging and real handoff serialisation on a seeded random latent, no denoising.
 """
 
@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from megwire import Frame
-from testbed.nodes.protocol import ProtocolError, RequestBounds
-from testbed.nodes.records import StageRecorder
-from testbed.request import Request
+from megbed.megwire import Frame
+from megbed.testbed.nodes.protocol import ProtocolError, RequestBounds
+from megbed.testbed.nodes.records import StageRecorder
+from megbed.testbed.request import Request
 
 
 class Engine(ABC):

@@ -18,13 +18,13 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-from megwire import DEFAULT_LIMITS, CurveConfig, Frame, FrameLimits, packed_size
-from testbed.nodes import protocol as P
-from testbed.nodes.clock import register_clock_sync
-from testbed.nodes.engine import Engine
-from testbed.nodes.records import StageRecorder
-from testbed.nodes.server import NodeServer, ServedNode
-from testbed.nodes.traces import register_traces
+from megbed.megwire import DEFAULT_LIMITS, CurveConfig, Frame, FrameLimits, packed_size
+from megbed.testbed.nodes import protocol as P
+from megbed.testbed.nodes.clock import register_clock_sync
+from megbed.testbed.nodes.engine import Engine
+from megbed.testbed.nodes.records import StageRecorder
+from megbed.testbed.nodes.server import NodeServer, ServedNode
+from megbed.testbed.nodes.traces import register_traces
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +38,10 @@ class EsNode(ServedNode):
     ----------
     engine : Engine
         The compute (``LdmEngine`` for a model).
-    meter : measurements.meter.Meter, optional
+    meter : megbed.measurements.meter.Meter, optional
         Started meter measuring this node's stages (None: energy recorded as absent).
     name, bind, curve, limits :
-        See :class:`~testbed.nodes.server.NodeServer`.
+        See :class:`~megbed.testbed.nodes.server.NodeServer`.
     info : dict, optional
         Extra facts for ``hello`` (firmware profile and its verification, host).
     bounds : RequestBounds, optional

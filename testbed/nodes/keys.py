@@ -20,7 +20,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from megwire import CurveConfig, generate_keys
+from megbed.megwire import CurveConfig, generate_keys
 
 DEFAULT_NAMES = ("es", "ue", "channel", "orchestrator")
 AUTHORIZED = "authorized"

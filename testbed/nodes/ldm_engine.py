@@ -1,6 +1,6 @@
-"""The real engine: the split LDM runtime (``testbed.ldm``) run stage by stage under the node's meter.
+"""The real engine: the split LDM runtime (``megbed.testbed.ldm``) run stage by stage under the node's meter.
 
-The node's part of a request is the runtime's preset :func:`~testbed.ldm.plan.plan_for` plan; each stage runs inside
+The node's part of a request is the runtime's preset :func:`~megbed.testbed.ldm.plan.plan_for` plan; each stage runs inside
 ``rec.stage(name)`` and the device is synchronised before the window closes, so a GPU stage's energy and latency
 cover its kernels, not just their launch.
 """
@@ -17,11 +17,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from megwire import Frame
-from testbed.nodes.engine import Engine
-from testbed.nodes.protocol import ProtocolError
-from testbed.nodes.records import StageRecorder
-from testbed.request import Request
+from megbed.megwire import Frame
+from megbed.testbed.nodes.engine import Engine
+from megbed.testbed.nodes.protocol import ProtocolError
+from megbed.testbed.nodes.records import StageRecorder
+from megbed.testbed.request import Request
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class LdmEngine(Engine):
     Parameters
     ----------
     model_dir : str or Path
-        A diffusers folder (``testbed.assets.default_model_dir()`` for the embedded model).
+        A diffusers folder (``megbed.testbed.assets.default_model_dir()`` for the embedded model).
     device : str
         Torch device (``cpu``, ``cuda``, ``cuda:1``).
     dtype : torch.dtype, optional
@@ -57,7 +57,7 @@ class LdmEngine(Engine):
         never by a path. Requested decoders are kept loaded, at most :data:`MAX_CACHED_DECODERS` besides the default.
     role : str, optional
         ``es`` or ``ue``: role-aware loading (each pipeline component when a stage first needs it,
-        :mod:`testbed.ldm.components`); None: the whole pipeline now.
+        :mod:`megbed.testbed.ldm.components`); None: the whole pipeline now.
     plans : sequence of str, optional
         With ``role``: the plans this node serves; the folder must hold their components (checked now, the error
         naming the component and the plan).
@@ -66,13 +66,13 @@ class LdmEngine(Engine):
     def __init__(self, model_dir: str | Path, device: str = "cpu", dtype: torch.dtype | None = None,
                  decoder: str | None = None, role: str | None = None,
                  plans: tuple[str, ...] | list[str] | None = None) -> None:
-        from testbed.ldm.model import load_pipeline
+        from megbed.testbed.ldm.model import load_pipeline
 
         self.role = role
         self.model = load_pipeline(model_dir, device=device, dtype=dtype, decoder=decoder, role=role, plans=plans)
         self.device = self.model.device
         if self.device.type in ("cuda", "mps"):
-            from testbed.ldm.model import device_sync
+            from megbed.testbed.ldm.model import device_sync
 
             self.sync = lambda: device_sync(self.device)
         self.info = {
@@ -109,7 +109,7 @@ class LdmEngine(Engine):
         return names
 
     def select_decoder(self, name: str, request_id: str | None = None) -> str:
-        from testbed.ldm.model import ModelLoadError, named_decoder
+        from megbed.testbed.ldm.model import ModelLoadError, named_decoder
 
         default_name, default_decoder = self._default_decoder
         name = name or default_name
@@ -147,7 +147,7 @@ class LdmEngine(Engine):
 
     def _gen(self, req: Request, reference_n_steps: int | None = None) -> Request:
         """The request resolved for this model (size, scheduler), or its quality reference of N_max steps."""
-        from testbed.request import RequestError
+        from megbed.testbed.request import RequestError
 
         try:
             return self.model.resolve(req if reference_n_steps is None else req.reference(reference_n_steps))
@@ -156,8 +156,8 @@ class LdmEngine(Engine):
 
     def _run(self, scheme: str, node: str, state: dict[str, Any], rec: StageRecorder | None,
              decoder: Any = None) -> dict[str, Any]:
-        from testbed.ldm.components import MissingComponentError
-        from testbed.ldm.plan import plan_for
+        from megbed.testbed.ldm.components import MissingComponentError
+        from megbed.testbed.ldm.plan import plan_for
 
         plan = plan_for(scheme, state["request"])
         try:
@@ -171,7 +171,7 @@ class LdmEngine(Engine):
 
     def _run_stages(self, plan: Any, node: str, state: dict[str, Any], rec: StageRecorder | None,
                     decoder: Any) -> dict[str, Any]:
-        from testbed.ldm.plan import build_stages
+        from megbed.testbed.ldm.plan import build_stages
 
         for stage in build_stages(plan, node, self.model, decoder=decoder):
             if rec is None:
@@ -197,7 +197,7 @@ class LdmEngine(Engine):
 
     def reference(self, req: Request, n_steps: int) -> np.ndarray:
         # The reference is the stock decoder's image whatever decoder the UEs use.
-        from testbed.ldm.components import MissingComponentError
+        from megbed.testbed.ldm.components import MissingComponentError
 
         try:
             base = self.model.base_decoder
@@ -210,9 +210,9 @@ class LdmEngine(Engine):
     # --- UE ---------------------------------------------------------------------------------------------------------
 
     def ue_receive(self, frame: Frame, rec: StageRecorder) -> np.ndarray:
-        from testbed.ldm.errors import LdmError
-        from testbed.ldm.handoff import HandoffError
-        from testbed.ldm.stages import IMAGE_KIND
+        from megbed.testbed.ldm.errors import LdmError
+        from megbed.testbed.ldm.handoff import HandoffError
+        from megbed.testbed.ldm.stages import IMAGE_KIND
 
         key = "image_frame" if frame.kind == IMAGE_KIND else "handoff_frame"
         try:

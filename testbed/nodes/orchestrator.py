@@ -6,7 +6,7 @@ whose heartbeats stop for ``dead_after_s`` is declared dead; a call waiting on i
 about one heartbeat period instead of waiting out the request timeout. It subscribes to the broker's PUB socket for
 delivery records (used when a result frame does not carry its own).
 
-:meth:`Orchestrator.generate` returns an :class:`Outcome`; :mod:`testbed.nodes.rows` turns it into dataset rows.
+:meth:`Orchestrator.generate` returns an :class:`Outcome`; :mod:`megbed.testbed.nodes.rows` turns it into dataset rows.
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ from typing import Any
 import numpy as np
 import zmq
 
-from megwire import CurveConfig, Frame, FrameError, LinkTimeout, from_parts, make_socket, recv_raw
-from testbed.nodes import protocol as P
-from testbed.nodes.clock import ClockMap, NodeClock
-from testbed.nodes.rpc import NodeError, RpcClient
-from testbed.request import Request
+from megbed.megwire import CurveConfig, Frame, FrameError, LinkTimeout, from_parts, make_socket, recv_raw
+from megbed.testbed.nodes import protocol as P
+from megbed.testbed.nodes.clock import ClockMap, NodeClock
+from megbed.testbed.nodes.rpc import NodeError, RpcClient
+from megbed.testbed.request import Request
 
 log = logging.getLogger(__name__)
 
@@ -374,7 +374,7 @@ class Orchestrator:
 
     def fetch_traces(self, node: NodeHandle) -> list[tuple[str, Any]]:
         """New raw power samples of ``node`` since the last fetch: ``[(probe, TraceArrays)]`` (node clock)."""
-        from testbed.nodes.traces import TRACES, parse_traces
+        from megbed.testbed.nodes.traces import TRACES, parse_traces
 
         since = self._trace_seq.setdefault(node.name, {})
         out = []
@@ -399,7 +399,7 @@ def client_curves(keys_dir: str | Path | None) -> dict[str, CurveConfig]:
     """Client CURVE settings of the orchestrator for a ``megbed keys generate`` folder (empty without one)."""
     if keys_dir is None:
         return {}
-    from testbed.nodes.keys import client_curve
+    from megbed.testbed.nodes.keys import client_curve
 
     keys_dir = Path(keys_dir)
     curves = {"es": client_curve(keys_dir, "orchestrator", "es"), "ue": client_curve(keys_dir, "orchestrator", "ue")}

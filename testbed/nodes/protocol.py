@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from megwire import Frame
-from testbed.request import MAX_ID_CHARS, Request, RequestError
+from megbed.megwire import Frame
+from megbed.testbed.request import MAX_ID_CHARS, Request, RequestError
 
 # Frame kinds.
 HEARTBEAT = "heartbeat"
@@ -103,7 +103,7 @@ def _rid(meta: Mapping[str, Any]) -> str | None:
 
 # --- the request ----------------------------------------------------------------------------------------------------
 
-# A request is a :class:`testbed.request.Request` (the contract: its fields are its dataset columns); it validates
+# A request is a :class:`megbed.testbed.request.Request` (the contract: its fields are its dataset columns); it validates
 # itself, and :func:`parse_request_meta` turns its RequestError into this module's ProtocolError.
 
 
@@ -148,7 +148,7 @@ class RequestBounds:
 
 # --- stage records --------------------------------------------------------------------------------------------------
 
-# Keys a node puts in each stage record; energy columns come from the meter as ``measurements.schema`` names.
+# Keys a node puts in each stage record; energy columns come from the meter as ``megbed.measurements.schema`` names.
 RECORD_KEYS = ("node", "stage", "t_start_ns", "t_end_ns", "latency_s")
 
 
@@ -202,12 +202,12 @@ def reference_frame(spec: Request) -> Frame:
 
 
 def parse_request_meta(frame: Frame) -> Request:
-    """The :class:`~testbed.request.Request` of a ``generate``, ``request`` or ``reference`` frame.
+    """The :class:`~megbed.testbed.request.Request` of a ``generate``, ``request`` or ``reference`` frame.
 
     Raises
     ------
     ProtocolError
-        The request's own :class:`~testbed.request.RequestError` (naming the field), an empty ``request_id``, a
+        The request's own :class:`~megbed.testbed.request.RequestError` (naming the field), an empty ``request_id``, a
         MEG / CEG request without a link, or a frame ``link`` / ``request_id`` that differs from the request's.
     """
     meta = frame.meta

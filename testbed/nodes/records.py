@@ -3,7 +3,7 @@
 A node wraps every stage in ``with recorder.stage("denoise"):``. The recorder opens the measurement layer's energy
 window (``meter.window(stage, sync=...)``) around it; the window's edge stamps (``time.monotonic_ns()`` after the
 device synchronisation) become the record's ``t_start_ns`` / ``t_end_ns`` on the node's own clock (the orchestrator
-maps them onto its timeline with the clock-sync fit), and its energy columns (``measurements.schema`` names:
+maps them onto its timeline with the clock-sync fit), and its energy columns (``megbed.measurements.schema`` names:
 ``energy_mj_<rail>``, ``energy_method``, ...) are added by :meth:`StageRecorder.finish`. Energy is computed after the
 node's last stage, not between stages, because a sampled probe may have to wait for samples covering a window's end:
 that wait must not stretch the next stage's start.
@@ -12,7 +12,7 @@ Without a meter (a node started with ``--probe none``) energy is recorded as abs
 ``energy_method = "none"``, ``energy_valid = False`` with the reason.
 
 Every stage also records the process's peak memory during it (``mem_peak_mb`` / ``gpu_mem_peak_mb`` with their
-``mem_method`` / ``gpu_mem_method``, :mod:`measurements.memory`); a node's peak over a request is the maximum over
+``mem_method`` / ``gpu_mem_method``, :mod:`megbed.measurements.memory`); a node's peak over a request is the maximum over
 its stage rows.
 """
 
@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from measurements.memory import MemoryMeter
+from megbed.measurements.memory import MemoryMeter
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +46,13 @@ class StageRecorder:
     ----------
     node : str
         ``es`` or ``ue`` (the dataset's ``node`` column).
-    meter : measurements.meter.Meter, optional
+    meter : megbed.measurements.meter.Meter, optional
         ``meter.window(stage, sync=...)`` yields a window with ``t_start_ns``, ``t_end_ns`` and ``result``.
     sync : callable, optional
         Device synchronisation (``torch.cuda.synchronize``) run before each edge stamp.
     clock : callable
         Monotonic nanosecond clock used without a meter (the meter's probes share the same clock).
-    memory : measurements.memory.MemoryMeter, optional
+    memory : megbed.measurements.memory.MemoryMeter, optional
         Peak-memory meter; default: the process's own (:func:`process_memory_meter`).
     """
 

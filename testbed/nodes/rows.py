@@ -1,4 +1,4 @@
-"""Dataset rows from an orchestrator :class:`~testbed.nodes.orchestrator.Outcome` (``measurements.schema`` names).
+"""Dataset rows from an orchestrator :class:`~megbed.testbed.nodes.orchestrator.Outcome` (``megbed.measurements.schema`` names).
 
 One row per stage a node ran (ES: text_encode, denoise, merge, serialize | decode, image_encode; UE: deserialize,
 unmerge, [text_encode, denoise], decode | image_decode), one ``link`` row on node ``channel`` for MEG / CEG, and one
@@ -21,9 +21,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from measurements.schema import COLUMN_BY_NAME, ENERGY_NET_PREFIX, ENERGY_PREFIX
-from testbed.nodes.clock import ClockMap
-from testbed.request import Request
+from megbed.measurements.schema import COLUMN_BY_NAME, ENERGY_NET_PREFIX, ENERGY_PREFIX
+from megbed.testbed.nodes.clock import ClockMap
+from megbed.testbed.request import Request
 
 DEFAULT_TX_POWER_DBM = 30.0  # the paper's ES transmit power
 _METHOD_RANK = {"none": -1, "modeled": 0, "integrated": 1, "counter": 2}
@@ -77,7 +77,7 @@ def delivery_columns(delivery: dict[str, Any] | None) -> dict[str, Any]:
     """
     if not delivery:
         return {}
-    from channel_emu.record import COLUMN_MAP
+    from megbed.channel_emu.record import COLUMN_MAP
 
     out = {col: delivery[name] for name, col in COLUMN_MAP.items() if name in delivery}
     out.update({k: delivery[k] for k in _DELIVERY_KEYS if k in delivery})
@@ -180,7 +180,7 @@ def quality_columns(image: Any, reference: Any) -> dict[str, float]:
     import numpy as np
     import torch
 
-    from testbed.ldm import metrics
+    from megbed.testbed.ldm import metrics
 
     def tensor(a: Any) -> torch.Tensor:
         return torch.from_numpy(np.asarray(a, dtype=np.float32) / 255.0).permute(2, 0, 1).unsqueeze(0)[:, :3]
@@ -196,7 +196,7 @@ def to_dataframe(rows: list[dict[str, Any]]) -> Any:
     """Rows as a DataFrame with the schema's column kinds (nullable ints and bools where values are missing)."""
     import pandas as pd
 
-    from measurements.schema import column_kind
+    from megbed.measurements.schema import column_kind
 
     df = pd.DataFrame(rows)
     for name in df.columns:

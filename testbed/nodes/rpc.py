@@ -14,7 +14,7 @@ import time
 
 import zmq
 
-from megwire import (
+from megbed.megwire import (
     DEFAULT_LIMITS,
     CurveConfig,
     Frame,
@@ -24,8 +24,8 @@ from megwire import (
     make_socket,
     recv_frame,
 )
-from megwire import send_frame as _send_frame
-from testbed.nodes import protocol as P
+from megbed.megwire import send_frame as _send_frame
+from megbed.testbed.nodes import protocol as P
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ Every testbed node (ES, UE) is a :class:`NodeServer`: a ROUTER socket bound to o
   reaches a log line or an answer, and a ``msg_id`` that is not a short string or a 63-bit integer is refused rather
   than echoed.
 
-Handlers are plain functions ``fn(frame, peer) -> Frame | None``; raising :class:`~testbed.nodes.protocol.ProtocolError`
+Handlers are plain functions ``fn(frame, peer) -> Frame | None``; raising :class:`~megbed.testbed.nodes.protocol.ProtocolError`
 turns into a ``bad_request`` error answer naming the field, any other exception into an ``internal`` error answer
 (logged with its traceback); the loop survives both.
 """
@@ -42,7 +42,7 @@ from typing import TypeVar
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from megwire import (
+from megbed.megwire import (
     DEFAULT_LIMITS,
     CurveConfig,
     Frame,
@@ -55,8 +55,8 @@ from megwire import (
     stop_authenticator,
     to_parts,
 )
-from megwire.logutil import clip, rate_limit
-from testbed.nodes import protocol as P
+from megbed.megwire.logutil import clip, rate_limit
+from megbed.testbed.nodes import protocol as P
 
 log = rate_limit(logging.getLogger(__name__))
 

@@ -3,7 +3,7 @@
 Used to measure the harness itself (sockets, framing, broker, scheduling: the time per generation that is neither
 model compute nor emulated airtime) and to test the protocol in milliseconds. Its latent is seeded Gaussian noise of
 the shape the request's image size implies (4 x H/8 x W/8), merged and serialised with the real runtime code
-(:mod:`testbed.ldm.merging`, :class:`testbed.ldm.handoff.Handoff`), so the payload on the wire has exactly the bytes
+(:mod:`megbed.testbed.ldm.merging`, :class:`megbed.testbed.ldm.handoff.Handoff`), so the payload on the wire has exactly the bytes
 a model's would. Its "images" are a fixed function of the latent -- pictures of nothing; never use them as results.
 
 ``compute_s_per_step`` optionally sleeps per denoising step to emulate a model's compute time (in the records it
@@ -17,11 +17,11 @@ import time
 import numpy as np
 import torch
 
-from megwire import Frame
-from testbed.nodes.engine import Engine
-from testbed.nodes.protocol import ProtocolError
-from testbed.nodes.records import StageRecorder
-from testbed.request import Request
+from megbed.megwire import Frame
+from megbed.testbed.nodes.engine import Engine
+from megbed.testbed.nodes.protocol import ProtocolError
+from megbed.testbed.nodes.records import StageRecorder
+from megbed.testbed.request import Request
 
 DEFAULT_SIZE_PX = 128
 
@@ -40,8 +40,8 @@ class SyntheticEngine(Engine):
     def __init__(self, compute_s_per_step: float = 0.0, decode_s: float = 0.0) -> None:
         self.compute_s_per_step, self.decode_s = float(compute_s_per_step), float(decode_s)
         # Import the runtime now (seconds), not inside the first measured request.
-        import testbed.ldm.handoff  # noqa: F401
-        import testbed.ldm.stages  # noqa: F401
+        import megbed.testbed.ldm.handoff  # noqa: F401
+        import megbed.testbed.ldm.stages  # noqa: F401
         self.native_px = DEFAULT_SIZE_PX
         self.info = {"engine": "synthetic", "model": "synthetic", "device": "cpu",
                      "compute_s_per_step": self.compute_s_per_step, "decode_s": self.decode_s}
@@ -71,10 +71,10 @@ class SyntheticEngine(Engine):
     # --- ES ---------------------------------------------------------------------------------------------------------
 
     def es(self, req: Request, rec: StageRecorder) -> Frame:
-        from testbed.ldm.errors import LdmError
-        from testbed.ldm.handoff import Handoff
-        from testbed.ldm.merging import merge
-        from testbed.ldm.stages import ImageEncodeStage
+        from megbed.testbed.ldm.errors import LdmError
+        from megbed.testbed.ldm.handoff import Handoff
+        from megbed.testbed.ldm.merging import merge
+        from megbed.testbed.ldm.stages import ImageEncodeStage
 
         h, w = self._size(req)
         try:
@@ -111,10 +111,10 @@ class SyntheticEngine(Engine):
     # --- UE ---------------------------------------------------------------------------------------------------------
 
     def ue_receive(self, frame: Frame, rec: StageRecorder) -> np.ndarray:
-        from testbed.ldm.errors import LdmError
-        from testbed.ldm.handoff import Handoff
-        from testbed.ldm.merging import unmerge
-        from testbed.ldm.stages import IMAGE_KIND, ImageDecodeStage
+        from megbed.testbed.ldm.errors import LdmError
+        from megbed.testbed.ldm.handoff import Handoff
+        from megbed.testbed.ldm.merging import unmerge
+        from megbed.testbed.ldm.stages import IMAGE_KIND, ImageDecodeStage
 
         try:
             if frame.kind == IMAGE_KIND:

@@ -3,7 +3,7 @@
 A node keeps its meter's samples; the orchestrator asks for the ones it has not fetched yet with a ``traces`` frame
 (``meta["since"] = {probe: next_seq}``) between requests, and the node answers with raw arrays per probe (sequence
 numbers, monotonic ns on the node's clock, validity, power per rail, counter energy, side readings). The runner
-writes each chunk with :func:`measurements.dataset.write_trace` and the node's clock offset, so the analysis puts
+writes each chunk with :func:`megbed.measurements.dataset.write_trace` and the node's clock offset, so the analysis puts
 the samples on the orchestrator's timeline under the stage windows.
 """
 
@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from megwire import Frame
-from testbed.nodes import protocol as P
+from megbed.megwire import Frame
+from megbed.testbed.nodes import protocol as P
 
 TRACES = "traces"
 MAX_SAMPLES_PER_ANSWER = 200_000
@@ -47,8 +47,8 @@ def register_traces(server: Any, meter: Any) -> None:
 
 
 def parse_traces(frame: Frame) -> list[tuple[str, Any]]:
-    """``[(probe name, measurements.sampler.TraceArrays), ...]`` from a ``traces`` answer."""
-    from measurements.sampler import TraceArrays
+    """``[(probe name, megbed.measurements.sampler.TraceArrays), ...]`` from a ``traces`` answer."""
+    from megbed.measurements.sampler import TraceArrays
 
     if frame.kind != TRACES:
         raise P.ProtocolError(f"expected a 'traces' answer, got {frame.kind!r}")

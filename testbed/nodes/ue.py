@@ -27,15 +27,15 @@ from typing import Any
 
 import zmq
 
-from megwire import DEFAULT_LIMITS, CurveConfig, Frame, FrameLimits, LinkTimeout
-from testbed.nodes import protocol as P
-from testbed.nodes.clock import register_clock_sync
-from testbed.nodes.engine import Engine
-from testbed.nodes.records import StageRecorder
-from testbed.nodes.rpc import NodeError, RpcClient
-from testbed.nodes.server import NodeServer, ServedNode
-from testbed.nodes.traces import register_traces
-from testbed.request import Request
+from megbed.megwire import DEFAULT_LIMITS, CurveConfig, Frame, FrameLimits, LinkTimeout
+from megbed.testbed.nodes import protocol as P
+from megbed.testbed.nodes.clock import register_clock_sync
+from megbed.testbed.nodes.engine import Engine
+from megbed.testbed.nodes.records import StageRecorder
+from megbed.testbed.nodes.rpc import NodeError, RpcClient
+from megbed.testbed.nodes.server import NodeServer, ServedNode
+from megbed.testbed.nodes.traces import register_traces
+from megbed.testbed.request import Request
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +70,10 @@ class UeNode(ServedNode):
         The compute.
     es_address : str
         Where requests go (the broker's frontend, or the ES's ROUTER directly).
-    meter : measurements.meter.Meter, optional
+    meter : megbed.measurements.meter.Meter, optional
         Started meter for this node's stages.
     name, bind, curve, limits :
-        Control server settings (see :class:`~testbed.nodes.server.NodeServer`).
+        Control server settings (see :class:`~megbed.testbed.nodes.server.NodeServer`).
     es_curve : CurveConfig, optional
         Client keys for the data connection when the ES (or broker) requires CURVE.
     request_timeout_s : float

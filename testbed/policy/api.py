@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from testbed.policy.limits import Constraints
+from megbed.testbed.policy.limits import Constraints
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ ALGOS = ("cvpo", "ppo-lag")
 #   0.5 at low SNR), the first E-steps on critics fitted to ~600 samples sent the policy to (N_min, beta_max), a
 #   local optimum it never left: 87.5 % of the oracle's reward with half of each limit unused, at 10,000 and at
 #   27,000 steps alike.
-# * mu_max 3: the pre-tanh mean of the squashed policy is bounded (testbed.policy.nets); unbounded it ran off to
+# * mu_max 3: the pre-tanh mean of the squashed policy is bounded (megbed.testbed.policy.nets); unbounded it ran off to
 #   |u| ~ 8 at a corner, where every sample executes the same action and the E-step has nothing left to compare.
 # * log_std_max 0.5: once the policy sits on the boundary of the box (N_max or beta 0 are often optimal) the samples
 #   beyond it all execute the boundary action and the weighted likelihood spreads the std over them; with the mean
@@ -48,7 +48,7 @@ ALGOS = ("cvpo", "ppo-lag")
 # GENERAL_OVERRIDES: what made the MEG preset work, on every environment under ``--preset auto`` (issue 17; the
 # ablation is benchmarks/policy_known_optimum.py --ablation):
 # * threshold_rule "stationary": the CMDP's constraint is the per-step limit on the expected mean cost; FSRL's rule
-#   aims at 0.858 x the limit at gamma 0.97, T 64 (testbed.policy.limits).
+#   aims at 0.858 x the limit at gamma 0.97, T 64 (megbed.testbed.policy.limits).
 # * warmup_steps, mu_max, log_std_max: as above. On the issue's priced-link CMDP without them the cost multiplier
 #   hit its cap within 2-3 collections and the action spread fell from ~1.6 to < 0.1 (collapse onto a cheap corner).
 # * reward_norm: rewards in units of their spread in the first (random) collection, as costs are in units of their
@@ -93,7 +93,7 @@ def build_env(spec: dict, *, seed: int | None = None, cost_model=None):
     """Build the environment a spec describes (``cost_model`` reuses an already fitted model)."""
     kind = spec.get("type")
     if kind == "meg":
-        from testbed.policy.env import make_meg_env
+        from megbed.testbed.policy.env import make_meg_env
 
         kwargs: dict[str, Any] = {"episode_length": spec.get("episode_length", 64),
                                   "reward": spec.get("reward", "neg_log_mse"),
@@ -148,12 +148,12 @@ def make_learner(algo: str, obs_dim: int, act_dim: int, constraints: Constraints
                  overrides: dict | None = None):
     """A fresh CVPO or PPO-Lagrangian learner with the default settings updated by ``overrides``."""
     if algo == "cvpo":
-        from testbed.policy.cvpo import CVPO, CVPOConfig
+        from megbed.testbed.policy.cvpo import CVPO, CVPOConfig
 
         cfg = CVPOConfig.from_dict(overrides or {})
         return CVPO(obs_dim, act_dim, constraints, cfg, seed=seed)
     if algo == "ppo-lag":
-        from testbed.policy.ppo_lag import PPOLagConfig, PPOLagrangian
+        from megbed.testbed.policy.ppo_lag import PPOLagConfig, PPOLagrangian
 
         cfg = PPOLagConfig.from_dict(overrides or {})
         return PPOLagrangian(obs_dim, act_dim, constraints, cfg, seed=seed)
@@ -182,7 +182,7 @@ def train_policy(algo: str, env_spec: dict, limits: dict[str, float], out_dir: s
     match the spec).
     """
     overrides = effective_overrides(algo, env_spec, overrides, preset)
-    from testbed.policy.trainer import Trainer, TrainOptions
+    from megbed.testbed.policy.trainer import Trainer, TrainOptions
 
     env = env if env is not None else build_env(env_spec, seed=seed)
     if eval_env is None:
@@ -201,8 +201,8 @@ def train_policy(algo: str, env_spec: dict, limits: dict[str, float], out_dir: s
 
 def resolve_policy(name: str, env, constraints: Constraints | None):
     """A policy by name: a trained policy directory, ``oracle``, ``oracle:per_request`` or ``fixed:<scheme>``."""
-    from testbed.policy.baselines import FixedPolicy, OraclePolicy
-    from testbed.policy.checkpoint import LearnedPolicy
+    from megbed.testbed.policy.baselines import FixedPolicy, OraclePolicy
+    from megbed.testbed.policy.checkpoint import LearnedPolicy
 
     if name in ("oracle", "oracle:cmdp", "oracle:per_request"):
         if constraints is None:

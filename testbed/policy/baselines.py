@@ -25,8 +25,8 @@ from itertools import product
 
 import numpy as np
 
-from testbed.policy.env import MegEnv
-from testbed.policy.limits import Constraints
+from megbed.testbed.policy.env import MegEnv
+from megbed.testbed.policy.limits import Constraints
 
 ORACLE_MODES = ("cmdp", "per_request")
 

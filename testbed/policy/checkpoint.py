@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from testbed.policy.limits import Constraints
-from testbed.policy.nets import ActionScaler, GaussianActor
+from megbed.testbed.policy.limits import Constraints
+from megbed.testbed.policy.nets import ActionScaler, GaussianActor
 
 POLICY_FORMAT = "megbed-policy"
 POLICY_VERSION = 1

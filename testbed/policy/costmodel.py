@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from testbed.policy.data import (
+from megbed.testbed.policy.data import (
     ACTION_COLUMNS,
     QUALITY_COLUMNS,
     PolicyDatasetError,
@@ -146,7 +146,7 @@ class MeasuredCostModel:
     @classmethod
     def from_table(cls, table, *, extra_action_columns: tuple[str, ...] = (), airtime: str = "auto",
                    max_snr_knots: int = 8, snr_axis: str = "auto") -> MeasuredCostModel:
-        """Fit the model on a request table (:func:`testbed.policy.data.request_table`).
+        """Fit the model on a request table (:func:`megbed.testbed.policy.data.request_table`).
 
         Parameters
         ----------

@@ -9,13 +9,13 @@ Each update, on a batch of B states from the replay buffer:
   ``q(a|s) ∝ pi_old(a|s) exp((Q_r - sum_i lambda_i Q_ci) / eta)`` comes from the convex dual
   ``g(eta, lambda) = eta*eps + sum_i lambda_i*d_i + eta * E_s log E_{a~pi_old} exp((Q_r - sum_i lambda_i Q_ci)/eta)``
   minimised by Adam over (eta, lambda) and projected onto [eps, dual_max] -- the KL(q || pi_old) <= eps trust
-  region and the per-step cost thresholds d_i (see :mod:`testbed.policy.limits`).
+  region and the per-step cost thresholds d_i (see :mod:`megbed.testbed.policy.limits`).
 * **M-step.** Weighted maximum likelihood of the K samples under the new policy, with the mean and the std
   decoupled (the mean evaluated with the old std and vice versa) and each held in its own Gaussian KL trust region
   (KL_mu, KL_sigma) by a dual variable updated by Adam and projected onto [0, mstep_dual_max].
 
 Defaults are the paper's (FSRL) settings; see :class:`CVPOConfig`. Deliberate differences from FSRL, both about
-the bounded action box: the policy is a squashed Gaussian by default (``squash``; see :mod:`testbed.policy.nets`),
+the bounded action box: the policy is a squashed Gaussian by default (``squash``; see :mod:`megbed.testbed.policy.nets`),
 and the critics are only ever queried at executed actions in the box -- the replay buffer stores the executed
 action and the E-step evaluates Q at the executed form of its K samples while the M-step fits the raw samples.
 FSRL stores and evaluates raw Gaussian samples; with a tanh-bounded mean and an initial std near 1 the critics are
@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from testbed.policy.learner import (
+from megbed.testbed.policy.learner import (
     Count,
     HiddenSizes,
     Learner,
@@ -44,8 +44,8 @@ from testbed.policy.learner import (
     module_tensors,
     optimizer_state,
 )
-from testbed.policy.nets import GaussianActor, QCritic, normal_log_prob
-from testbed.policy.replay import ReplayBuffer
+from megbed.testbed.policy.nets import GaussianActor, QCritic, normal_log_prob
+from megbed.testbed.policy.replay import ReplayBuffer
 
 DUAL_EPS = 1e-6
 
@@ -82,7 +82,7 @@ class CVPOConfig(LearnerConfig):
         Upper clamp of the actor's log-std (FSRL: 2). With the mean of a squashed policy bounded, weighted samples
         that all execute the same boundary action widen the std without limit; a lower cap keeps exploration local.
     mu_max : float or None
-        Bound of the squashed policy's pre-tanh mean (None: unbounded, FSRL; see :mod:`testbed.policy.nets`).
+        Bound of the squashed policy's pre-tanh mean (None: unbounded, FSRL; see :mod:`megbed.testbed.policy.nets`).
     fused_duals : bool
         E-step dual gradient in closed form and the M-step duals' Adam written out (default), or both by autograd
         and torch optimisers as before issue 17 (the same mathematics; kept to measure the speed-up side by side).

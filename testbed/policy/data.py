@@ -1,6 +1,6 @@
 """Campaign datasets -> one row per request, the form the policy's cost model learns from.
 
-A campaign run directory holds tidy rows (one per request x node x stage, see :mod:`measurements.schema`). The
+A campaign run directory holds tidy rows (one per request x node x stage, see :mod:`megbed.measurements.schema`). The
 environment needs, per successful request of one scheme: the action it was run with (N, beta, optional extras),
 the realised channel (SNR), the end-to-end latency split into airtime and everything else, the energy, and the
 quality. :func:`request_table` builds exactly that and refuses, with a message naming the problem, datasets it
@@ -34,15 +34,15 @@ class PolicyDatasetError(ValueError):
 def read_campaign_rows(run_dir: str | Path):
     """All rows of a campaign run directory, validated against the schema.
 
-    Read with :func:`measurements.dataset.read_dataset` (append-only parts or a compacted copy, validated).
+    Read with :func:`megbed.measurements.dataset.read_dataset` (append-only parts or a compacted copy, validated).
 
     Raises
     ------
     PolicyDatasetError
         No such directory, no parts, or rows that do not match the schema.
     """
-    from measurements.dataset import read_dataset
-    from measurements.schema import SchemaError
+    from megbed.measurements.dataset import read_dataset
+    from megbed.measurements.schema import SchemaError
 
     run = Path(run_dir)
     if not run.is_dir():

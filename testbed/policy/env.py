@@ -6,14 +6,14 @@ fields. The action ``a`` in [0, 1]^2 picks N and beta (and optional extra action
 The reward is the quality of the request (-log MSE against the reference by default, PSNR or MS-SSIM selectable).
 The costs -- latency (s) and energy (J) of the request -- come back as a vector in ``info["cost"]`` in the order of
 ``env.cost_names`` (the FSRL / Safety-Gymnasium convention) and one by one as ``info["cost_latency_s"]``, ...
-Outcomes are drawn from the measured conditional distributions (:mod:`testbed.policy.costmodel`).
+Outcomes are drawn from the measured conditional distributions (:mod:`megbed.testbed.policy.costmodel`).
 
 An episode is ``episode_length`` (64) requests under a time-correlated channel process. The episode ends by
 truncation only (the request stream goes on; the state holds no time index), so learners bootstrap through it.
 
 Limits are per request (e.g. latency <= 3 s per request). The CMDP constraint they define is the standard episodic
 one: E[sum over the episode of cost_i] <= T * limit_i, i.e. the expected mean cost per request stays within the
-per-request limit. See :mod:`testbed.policy.limits` for how the learners turn this into their thresholds.
+per-request limit. See :mod:`megbed.testbed.policy.limits` for how the learners turn this into their thresholds.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from typing import Any, Protocol
 import gymnasium as gym
 import numpy as np
 
-from testbed.policy.costmodel import MeasuredCostModel
-from testbed.policy.data import PolicyDatasetError
+from megbed.testbed.policy.costmodel import MeasuredCostModel
+from megbed.testbed.policy.data import PolicyDatasetError
 
 REWARDS = {"neg_log_mse": "q_neg_log_mse", "psnr_db": "q_psnr_db", "ms_ssim": "q_ms_ssim"}
 COSTS = ("latency_s", "energy_j")
@@ -36,7 +36,7 @@ OBS_EXTRAS = ("gain_db", "distance_m", "fading_gain_db")
 
 
 class ChannelLike(Protocol):
-    """What the environment needs of a channel process (``channel_emu.process.ChannelProcess`` fits)."""
+    """What the environment needs of a channel process (``megbed.channel_emu.process.ChannelProcess`` fits)."""
 
     def reset(self, seed: int | None = None) -> Any:
         """Start a new sequence; returns the state of the first request (``.snr_db``, ``.gain_db``, ...)."""
@@ -93,9 +93,9 @@ class DatasetChannel:
 
 
 def channel_process(config: Any = None, seed: int | None = None) -> ChannelLike:
-    """The channel emulator's seeded, time-correlated process (``channel_emu.process.ChannelProcess``; its
+    """The channel emulator's seeded, time-correlated process (``megbed.channel_emu.process.ChannelProcess``; its
     dependencies are in the policy extra)."""
-    from channel_emu.process import ChannelProcess
+    from megbed.channel_emu.process import ChannelProcess
 
     return ChannelProcess(config, seed)
 

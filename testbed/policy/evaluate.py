@@ -3,7 +3,7 @@
 A policy here is anything with ``name`` and ``action(obs, state) -> env action`` (:class:`EvalPolicy`); ``state`` is
 the environment's channel state for the coming request (``env.channel_state``), which only the oracle uses.
 
-Metrics (per-request limits, see :mod:`testbed.policy.limits`):
+Metrics (per-request limits, see :mod:`megbed.testbed.policy.limits`):
 
 * ``reward_mean``: mean reward per request; ``cost_mean_<c>``: mean cost per request (in the cost's units).
 * ``cost_ratio_<c>`` = cost_mean / limit; ``violation`` = max over constraints of max(0, cost_ratio - 1): by how much
@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from testbed.policy.limits import Constraints
+from megbed.testbed.policy.limits import Constraints
 
 
 class EvalPolicy(Protocol):

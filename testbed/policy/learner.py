@@ -11,9 +11,9 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from megwire.validation import ConfigModel, tuple_of
-from testbed.policy.limits import Constraints
-from testbed.policy.nets import GaussianActor
+from megbed.megwire.validation import ConfigModel, tuple_of
+from megbed.testbed.policy.limits import Constraints
+from megbed.testbed.policy.nets import GaussianActor
 
 
 class LearnerConfigError(ValueError):

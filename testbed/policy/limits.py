@@ -21,7 +21,7 @@ policy whose mean cost is exactly the limit has, at stationarity, Q_c = limit / 
 At T = 64 and gamma = 0.97 the FSRL rule is (1 - 0.97^64) = 0.858 of the stationary one, i.e. it asks for a mean
 cost 14 % below the limit; for T >> 1/(1 - gamma) both coincide. ``stationary`` -- the CMDP's own constraint,
 the per-step limit on the expected mean cost -- is what the default preset uses on every environment
-(``testbed.policy.api.GENERAL_OVERRIDES``); ``fsrl`` is :class:`testbed.policy.cvpo.CVPOConfig`'s default, i.e.
+(``megbed.testbed.policy.api.GENERAL_OVERRIDES``); ``fsrl`` is :class:`megbed.testbed.policy.cvpo.CVPOConfig`'s default, i.e.
 ``--preset paper`` (FSRL's exact settings), and selectable anywhere with ``--set threshold_rule=fsrl``. PPO-Lagrangian's PID multiplier compares the measured episodic cost with T
 directly (no discounting involved).
 """

@@ -5,9 +5,9 @@ with a given (N, beta) under a given channel state and report what was measured.
 (the nodes issue) implements it; ``megbed evaluate POLICY --env live --testbed module:factory`` loads such a binding.
 
 :class:`LiveEnv` wraps a :class:`LiveTestbed` and a channel process into the same gymnasium CMDP as
-:class:`testbed.policy.env.MegEnv` -- same observation and action conventions (:class:`RequestSpace`, taken from
+:class:`megbed.testbed.policy.env.MegEnv` -- same observation and action conventions (:class:`RequestSpace`, taken from
 the policy's training environment), same ``info["cost"]`` -- so a trained policy, a fixed scheme or the oracle runs
-unchanged, and :func:`testbed.policy.evaluate.run_episodes` records the real outcomes.
+unchanged, and :func:`megbed.testbed.policy.evaluate.run_episodes` records the real outcomes.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 import gymnasium as gym
 import numpy as np
 
-from testbed.policy.env import COSTS, REWARDS, ChannelLike, RequestSpace
+from megbed.testbed.policy.env import COSTS, REWARDS, ChannelLike, RequestSpace
 
 
 @runtime_checkable

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from testbed.policy.learner import (
+from megbed.testbed.policy.learner import (
     Count,
     Gains,
     HiddenSizes,
@@ -29,7 +29,7 @@ from testbed.policy.learner import (
     module_tensors,
     optimizer_state,
 )
-from testbed.policy.nets import GaussianActor, VCritic, normal_log_prob
+from megbed.testbed.policy.nets import GaussianActor, VCritic, normal_log_prob
 
 
 class PPOLagConfig(LearnerConfig):

@@ -58,11 +58,11 @@ def quick_train_and_evaluate(run_dir: str | Path, out_dir: str | Path | None = N
         cost_mean_*, cost_ratio_*, violation, episode_violation_rate, request_violation_rate),
         ``cvpo_reward_vs_oracle`` (CVPO's mean reward / the oracle's), ``synthetic``, ``out_dir``.
     """
-    from testbed.policy.api import build_env, meg_env_spec, resolve_policy, train_policy
-    from testbed.policy.checkpoint import LearnedPolicy
-    from testbed.policy.costmodel import MeasuredCostModel
-    from testbed.policy.evaluate import cmdp_summary_lines, cmdp_verdict, run_episodes, summarise
-    from testbed.policy.limits import Constraints
+    from megbed.testbed.policy.api import build_env, meg_env_spec, resolve_policy, train_policy
+    from megbed.testbed.policy.checkpoint import LearnedPolicy
+    from megbed.testbed.policy.costmodel import MeasuredCostModel
+    from megbed.testbed.policy.evaluate import cmdp_summary_lines, cmdp_verdict, run_episodes, summarise
+    from megbed.testbed.policy.limits import Constraints
 
     t0 = time.perf_counter()
     run_dir = Path(run_dir)
@@ -127,7 +127,7 @@ def fixed_decoder(run_dir: Path) -> dict | None:
     """The policy chooses N and beta, not the UE's decoder: a campaign that compared decoders is trained on the rows
     of the decoder a deployed UE runs -- ``auto`` (the gate) when measured, else ``distilled`` -- else on the one it
     has."""
-    from testbed.policy.data import read_campaign_rows
+    from megbed.testbed.policy.data import read_campaign_rows
 
     rows = read_campaign_rows(run_dir)
     if "decoder" not in rows:

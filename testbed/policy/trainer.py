@@ -21,11 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from testbed.policy.checkpoint import CheckpointError, export_policy, load_checkpoint, save_checkpoint
-from testbed.policy.evaluate import episode_seeds, run_episodes, summarise
-from testbed.policy.learner import Learner, Rollout
-from testbed.policy.limits import Constraints
-from testbed.policy.nets import ActionScaler
+from megbed.testbed.policy.checkpoint import CheckpointError, export_policy, load_checkpoint, save_checkpoint
+from megbed.testbed.policy.evaluate import episode_seeds, run_episodes, summarise
+from megbed.testbed.policy.learner import Learner, Rollout
+from megbed.testbed.policy.limits import Constraints
+from megbed.testbed.policy.nets import ActionScaler
 
 log = logging.getLogger(__name__)
 
@@ -375,7 +375,7 @@ def oracle_reward(env, constraints: Constraints, episodes: int, seed: int) -> fl
     if callable(fn):
         return float(fn(constraints.as_dict))
     if hasattr(env.unwrapped, "cost_model"):
-        from testbed.policy.baselines import OraclePolicy
+        from megbed.testbed.policy.baselines import OraclePolicy
 
         policy = OraclePolicy(env.unwrapped, constraints, mode="cmdp")
         return float(run_episodes(env, policy, episodes, seed=seed)["reward"].mean())

@@ -18,8 +18,8 @@ import re
 
 import numpy as np
 
-from testbed.shapes.scene import NamedObject, Scene, SceneError, check_objects
-from testbed.shapes.vocab import COLORS, POSITION_PHRASES, POSITIONS, SHAPES, SIZES
+from megbed.testbed.shapes.scene import NamedObject, Scene, SceneError, check_objects
+from megbed.testbed.shapes.vocab import COLORS, POSITION_PHRASES, POSITIONS, SHAPES, SIZES
 
 _VOWELS = "aeiou"
 
@@ -70,7 +70,7 @@ def parse_caption(text: str) -> tuple[NamedObject, ...]:
     ------
     CaptionError
         A part without exactly one color, one shape and one position phrase, an unknown word, or a composition
-        the grammar does not allow (see :func:`testbed.shapes.scene.check_objects`).
+        the grammar does not allow (see :func:`megbed.testbed.shapes.scene.check_objects`).
     """
     words = normalize(text).split()
     if not words:

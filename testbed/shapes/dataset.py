@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from testbed.shapes.captions import caption
-from testbed.shapes.render import DEFAULT_SIZE_PX, render
-from testbed.shapes.scene import SPLITS, NamedObject, Scene, SceneError, make_scene, sample_scene
+from megbed.testbed.shapes.captions import caption
+from megbed.testbed.shapes.render import DEFAULT_SIZE_PX, render
+from megbed.testbed.shapes.scene import SPLITS, NamedObject, Scene, SceneError, make_scene, sample_scene
 
 EVAL_SEED = 20240707
 DEFAULT_EVAL_PROMPTS = 64

@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from testbed.shapes.scene import Background, Scene, ShapeObject
+from megbed.testbed.shapes.scene import Background, Scene, ShapeObject
 
 DEFAULT_SIZE_PX = 128
 SUPERSAMPLE = 4

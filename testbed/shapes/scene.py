@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from testbed.shapes.vocab import (
+from megbed.testbed.shapes.vocab import (
     COLORS,
     PAIR_POSITIONS,
     POSITION_JITTER,

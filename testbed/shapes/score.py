@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from testbed.shapes.scene import NamedObject
-from testbed.shapes.vocab import COLORS, POSITIONS, SIZES
+from megbed.testbed.shapes.scene import NamedObject
+from megbed.testbed.shapes.vocab import COLORS, POSITIONS, SIZES
 
 FOREGROUND_DISTANCE = 0.18
 MAX_COLOR_DISTANCE = 0.40

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from testing.ground_truth_run import SyntheticSpec, write_synthetic_run
+from megbed.testing.ground_truth_run import SyntheticSpec, write_synthetic_run
 
 # Small but complete: every scheme, two N, two beta, two decoders, two distances, three repetitions.
 FULL = SyntheticSpec(n_steps=(4, 8), merge_ratios=(0.0, 0.5), repetitions=3, distances_m=(200.0, 300.0),
@@ -26,15 +26,15 @@ def bare_run(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def full_report(full_run, tmp_path_factory):
-    from analysis.report import build_report
-    from testbed.ldm import flops
+    from megbed.analysis.report import build_report
+    from megbed.testbed.ldm import flops
 
     return build_report(full_run, tmp_path_factory.mktemp("full_report"), n_boot=500, flop_counter=flops)
 
 
 @pytest.fixture(scope="session")
 def bare_report(bare_run, tmp_path_factory):
-    from analysis.report import build_report
-    from testbed.ldm import flops
+    from megbed.analysis.report import build_report
+    from megbed.testbed.ldm import flops
 
     return build_report(bare_run, tmp_path_factory.mktemp("bare_report"), n_boot=500, flop_counter=flops)

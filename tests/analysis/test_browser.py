@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from analysis.browser import check_report, find_browser
+from megbed.analysis.browser import check_report, find_browser
 
 # .ci/run sets MEGBED_REQUIRE_BROWSER where Chromium is on PATH: there a browser that vanishes fails, not skips.
 _REQUIRED = os.environ.get("MEGBED_REQUIRE_BROWSER") == "1"

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from analysis.costfit import fit_cost_model, node_steps, ols
-from analysis.load import load_run
-from analysis.model_folder import find_model_dir
-from testbed.ldm import flops
-from testbed.ldm.flops import stage_flops, unet_step_flops, vae_decode_flops
-from testing.ground_truth_run import STEP_S_ES, UE_SLOWDOWN, write_tiny_model
+from megbed.analysis.costfit import fit_cost_model, node_steps, ols
+from megbed.analysis.load import load_run
+from megbed.analysis.model_folder import find_model_dir
+from megbed.testbed.ldm import flops
+from megbed.testbed.ldm.flops import stage_flops, unet_step_flops, vae_decode_flops
+from megbed.testing.ground_truth_run import STEP_S_ES, UE_SLOWDOWN, write_tiny_model
 
 
 @pytest.fixture(scope="module")

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from analysis.figures import REGISTRY, FigureContext, FigureSkipped, figures, register_figure
-from analysis.figures.quality import pareto_front
-from analysis.load import load_run
-from analysis.report import render_figures
+from megbed.analysis.figures import REGISTRY, FigureContext, FigureSkipped, figures, register_figure
+from megbed.analysis.figures.quality import pareto_front
+from megbed.analysis.load import load_run
+from megbed.analysis.report import render_figures
 
 BUILTIN = {"latency_breakdown", "energy_nodes", "energy_rails", "quality_sweeps", "pareto", "power_traces",
            "clock_sync", "cost_model", "policy_training", "decoder_comparison"}
@@ -63,7 +63,7 @@ def test_registry_extension_skip_and_failure(full_run, tmp_path):
 
     @register_figure("test_extra_ok", title="extra", section="Test", requires=("requests",), order=999)
     def extra_ok(data, ctx):
-        from analysis.figures import style
+        from megbed.analysis.figures import style
 
         calls.append(1)
         fig, axes = style.figure(1, 1)

@@ -12,11 +12,11 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from analysis.clock import ClockModel, manifest_clock_models
-from analysis.load import RunDataError, SchemaVersionError, check_parts_consistent, load_run
-from analysis.traces import map_to_orchestrator, read_trace_file
-from analysis.training import read_training_logs
-from measurements import schema
+from megbed.analysis.clock import ClockModel, manifest_clock_models
+from megbed.analysis.load import RunDataError, SchemaVersionError, check_parts_consistent, load_run
+from megbed.analysis.traces import map_to_orchestrator, read_trace_file
+from megbed.analysis.training import read_training_logs
+from megbed.measurements import schema
 
 
 def _copy(run, tmp_path):
@@ -190,7 +190,7 @@ def test_clock_records_from_both_sections_are_not_doubled():
     point = {"t_ns": 100, "offset_ns": 10.0, "uncertainty_ns": 5.0, "rtt_ns": 10}
     manifest = {"nodes": {"jetson": {"role": "ue", "clock": [fit, point]}, "es": {"role": "es", "clock": [fit]}},
                 "clock_sync": {"jetson": [fit, point]}}
-    from analysis.clock import manifest_sync_points
+    from megbed.analysis.clock import manifest_sync_points
 
     pts = manifest_sync_points(manifest)
     assert pts["node"].tolist() == ["ue"]  # once, under its role

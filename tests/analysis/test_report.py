@@ -10,9 +10,9 @@ import shutil
 import pandas as pd
 import pytest
 
-from analysis.load import SchemaVersionError
-from analysis.report import build_report
-from testbed.cli.main import main
+from megbed.analysis.load import SchemaVersionError
+from megbed.analysis.report import build_report
+from megbed.testbed.cli.main import main
 
 
 def _html(result) -> str:

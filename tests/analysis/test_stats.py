@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from analysis.stats import mean_ci, relative_change_ci
+from megbed.analysis.stats import mean_ci, relative_change_ci
 
 
 def test_t_interval_matches_the_textbook_formula():

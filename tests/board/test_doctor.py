@@ -14,9 +14,9 @@ import types
 import pytest
 from meas_helpers import JetsonTree
 
-from measurements.clocksync import ClockSyncResponder, OffsetClock
-from testbed import doctor as D
-from testbed.cli.main import main
+from megbed.measurements.clocksync import ClockSyncResponder, OffsetClock
+from megbed.testbed import doctor as D
+from megbed.testbed.cli.main import main
 
 NANO_OUTPUTS = {"nvpmodel -q": "NV Power Mode: 15W\n0\n",
                 "sh -c cat /sys/class/devfreq/17000000.g*/max_freq": "624750000\n"}
@@ -64,7 +64,7 @@ def _by_name(checks):
 
 def test_fake_jetson_tree_probes_and_profile_verify(tmp_path):
     outputs = _orin_nano(tmp_path)
-    from firmware_profiles import load_profile
+    from megbed.firmware_profiles import load_profile
 
     profile = load_profile("jetson_orin_nano_15w")
     probes = _by_name(D.check_probes(profile, tmp_path))
@@ -77,7 +77,7 @@ def test_fake_jetson_tree_probes_and_profile_verify(tmp_path):
 
 def test_profile_mismatch_and_missing_probe_fail_with_their_fix(tmp_path):
     outputs = _orin_nano(tmp_path, online="0-3")
-    from firmware_profiles import load_profile
+    from megbed.firmware_profiles import load_profile
 
     profile = load_profile("jetson_orin_nano_15w")
     bad = [c for c in D.check_profile(profile, tmp_path, outputs) if c.status == "fail"]
@@ -143,7 +143,7 @@ def test_bind_keys_and_python():
 
 
 def test_curve_keys(tmp_path):
-    from testbed.nodes.keys import generate
+    from megbed.testbed.nodes.keys import generate
 
     missing = D.check_keys("ue", tmp_path / "keys")
     assert missing.status == "fail" and missing.fix.startswith(f"megbed keys generate {tmp_path / 'keys'}")

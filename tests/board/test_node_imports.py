@@ -14,11 +14,11 @@ from board_helpers import REPO
 PACKAGES = ("megwire", "firmware_profiles", "measurements", "testbed", "channel_emu", "analysis", "testing")
 # scipy is absent from the list: diffusers imports it by itself when it is installed (scipy.stats, for some
 # schedulers), and works without it -- the node-install test (a) serves requests with no scipy installed.
-FORBIDDEN = ("megbed.channel_emu", "megbed.analysis", "testbed.policy", "testbed.modeltrain", "testbed.distill", "sionna", "numba",
+FORBIDDEN = ("megbed.channel_emu", "megbed.analysis", "megbed.testbed.policy", "megbed.testbed.modeltrain", "megbed.testbed.distill", "sionna", "numba",
              "matplotlib", "gymnasium", "pandas", "pyarrow", "pytorch_msssim")
 # The link vocabulary and ranges a node checks requests against (pure Python, no Sionna): one definition, which the
 # broker uses too. The package's __init__ is lazy, so importing it pulls nothing else of the emulator.
-ALLOWED = ("megbed.channel_emu", "channel_emu.config")
+ALLOWED = ("megbed.channel_emu", "megbed.channel_emu.config")
 
 
 def _vermin() -> list[str]:
@@ -42,11 +42,11 @@ def test_vermin_says_python_310():
 # node commands do, serve one MEG and one hybrid request, run the doctor; then list forbidden modules imported.
 PROBE = r"""
 import sys
-from testbed.cli.main import REQUESTED_ARGV, build_parser
-from testbed.cli import node_common as C
-from testbed.nodes import protocol as P
-from testbed.nodes.records import StageRecorder
-from testbed.request import Request
+from megbed.testbed.cli.main import REQUESTED_ARGV, build_parser
+from megbed.testbed.cli import node_common as C
+from megbed.testbed.nodes import protocol as P
+from megbed.testbed.nodes.records import StageRecorder
+from megbed.testbed.request import Request
 engines = {}
 for role in ("es", "ue"):
     argv = ["node", role, "--probe", "none", "--idle-s", "0", "--plans", "meg,hybrid"]
@@ -58,7 +58,7 @@ for k in (3, 1):
                    link_model="awgn", tx_mode="analog", distance_m=20.0, snr_db_set=None, height_px=64, width_px=64)
     engines["ue"].select_decoder("", spec.request_id)
     engines["ue"].ue_receive(engines["es"].es(spec, StageRecorder("es")), StageRecorder("ue"))
-from testbed.doctor import DoctorOptions, run_checks
+from megbed.testbed.doctor import DoctorOptions, run_checks
 run_checks(DoctorOptions(role="ue", bind="tcp://127.0.0.1:0"))
 bad = sorted({m for m in sys.modules if (m.split(".")[0] in FORBIDDEN or m.startswith(FORBIDDEN))
               and m not in ALLOWED})
@@ -73,7 +73,7 @@ def test_node_entry_points_import_nothing_of_the_other_parts():
     assert "FORBIDDEN: []" in out.stdout, out.stdout[-2000:]
 
 
-BLOCK = "import sys\nfor m in {mods!r}: sys.modules[m] = None\nfrom testbed.cli.main import main\nsys.exit(main({argv!r}))"
+BLOCK = "import sys\nfor m in {mods!r}: sys.modules[m] = None\nfrom megbed.testbed.cli.main import main\nsys.exit(main({argv!r}))"
 
 
 @pytest.mark.parametrize("argv, mods, extra", [

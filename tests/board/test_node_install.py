@@ -17,9 +17,9 @@ import pytest
 import zmq
 from board_helpers import LEFT_OUT, copy_source, free_port, start_node, stop_node
 
-from testbed.nodes import protocol as P
-from testbed.nodes.rpc import RpcClient
-from testbed.request import Request
+from megbed.testbed.nodes import protocol as P
+from megbed.testbed.nodes.rpc import RpcClient
+from megbed.testbed.request import Request
 
 TORCH_SPEC = "torch==2.13.0"
 

@@ -7,15 +7,15 @@ import json
 import numpy as np
 import pytest
 
-from testbed.assets import default_model_dir
-from testbed.cli.main import main
-from testbed.ldm.components import MissingComponentError, components_for
-from testbed.ldm.model import load_pipeline
-from testbed.ldm.slicing import slice_model
-from testbed.nodes import protocol as P
-from testbed.nodes.ldm_engine import LdmEngine
-from testbed.nodes.records import StageRecorder
-from testbed.request import Request, RequestError
+from megbed.testbed.assets import default_model_dir
+from megbed.testbed.cli.main import main
+from megbed.testbed.ldm.components import MissingComponentError, components_for
+from megbed.testbed.ldm.model import load_pipeline
+from megbed.testbed.ldm.slicing import slice_model
+from megbed.testbed.nodes import protocol as P
+from megbed.testbed.nodes.ldm_engine import LdmEngine
+from megbed.testbed.nodes.records import StageRecorder
+from megbed.testbed.request import Request, RequestError
 
 MODEL = default_model_dir()
 
@@ -158,7 +158,7 @@ def test_vae_tiling_caps_the_tile_at_512_px_so_an_sdxl_latent_is_tiled():
     """SDXL's VAE config asks for 1024 px tiles: its own 1024 px output would be decoded in one piece."""
     from diffusers import AutoencoderKL
 
-    from testbed.ldm.model import VAE_TILE_PX, set_vae_tiling
+    from megbed.testbed.ldm.model import VAE_TILE_PX, set_vae_tiling
 
     small = dict(block_out_channels=[8, 8, 8, 8], down_block_types=["DownEncoderBlock2D"] * 4,
                  up_block_types=["UpDecoderBlock2D"] * 4, layers_per_block=1, norm_num_groups=4, latent_channels=4)

@@ -7,16 +7,16 @@ import sys
 import pytest
 from campaign_helpers import write_spec
 
-from firmware_profiles import load_profile
-from firmware_profiles.live import (
+from megbed.firmware_profiles import load_profile
+from megbed.firmware_profiles.live import (
     PrivilegeError,
     RecordedRunner,
     apply_profile,
     planned_commands,
     verify_live,
 )
-from measurements.manifest import read_manifest
-from testbed.campaign.spec import SpecError, load_spec
+from megbed.measurements.manifest import read_manifest
+from megbed.testbed.campaign.spec import SpecError, load_spec
 
 NANO_OUTPUTS = {
     "nvpmodel -q": "NV Power Mode: 15W\n0\n",
@@ -64,13 +64,13 @@ def test_cli_verify_records_in_the_manifest(tmp_path):
     rec.write_text(json.dumps(NANO_OUTPUTS))
     tree = _nano_tree(tmp_path / "tree", max_khz="900000")
     run = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "testbed.cli.main", "profile", "verify", "jetson_orin_nano_15w",
+    proc = subprocess.run([sys.executable, "-m", "megbed.testbed.cli.main", "profile", "verify", "jetson_orin_nano_15w",
                            "--sysfs-root", str(tree), "--command-outputs", str(rec), "--run-dir", str(run),
                            "--node", "ue"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "DOES NOT MATCH" in proc.stdout and "cpu.max_mhz" in proc.stdout
     section = read_manifest(run)["firmware_profiles"]["ue"]
     assert section["name"] == "jetson_orin_nano_15w" and section["verify"]["mismatches"] == ["cpu.max_mhz"]
-    dry = subprocess.run([sys.executable, "-m", "testbed.cli.main", "profile", "apply", "jetson_orin_nano_15w"],
+    dry = subprocess.run([sys.executable, "-m", "megbed.testbed.cli.main", "profile", "apply", "jetson_orin_nano_15w"],
                          capture_output=True, text=True, timeout=120)
     assert dry.returncode == 0 and "dry run" in dry.stdout and "nvpmodel -m 0" in dry.stdout
 

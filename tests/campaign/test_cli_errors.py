@@ -1,6 +1,6 @@
 """Every bad input to the campaign / node / keys CLI is one line ``megbed: error: ...`` naming the problem, exit code
-2, no traceback -- run through the real entry point (``testbed.cli.main.main`` in-process, or ``python -m
-testbed.cli.main`` where the process itself matters)."""
+2, no traceback -- run through the real entry point (``megbed.testbed.cli.main.main`` in-process, or ``python -m
+megbed.testbed.cli.main`` where the process itself matters)."""
 
 from __future__ import annotations
 
@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from campaign_helpers import alias_bomb
 
-from measurements.dataset import DatasetWriter
-from testbed.campaign.runner import CampaignRunner
-from testbed.campaign.spec import load_spec
-from testbed.cli.main import main
-from testbed.cli.run import run_dir_under
+from megbed.measurements.dataset import DatasetWriter
+from megbed.testbed.campaign.runner import CampaignRunner
+from megbed.testbed.campaign.spec import load_spec
+from megbed.testbed.cli.main import main
+from megbed.testbed.cli.run import run_dir_under
 
 SPEC = """\
 name: t
@@ -46,7 +46,7 @@ def one_line_error(capsys, argv: list[str], *must_contain: str) -> str:
 
 
 def cli_subprocess(argv: list[str], timeout_s: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "testbed.cli.main", *map(str, argv)], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "megbed.testbed.cli.main", *map(str, argv)], capture_output=True,
                           text=True, timeout=timeout_s)
 
 
@@ -128,7 +128,7 @@ def _run_dir(tmp_path, spec_path) -> Path:
 
 
 def _good_part(run: Path) -> Path:
-    from testbed.nodes import rows as R
+    from megbed.testbed.nodes import rows as R
 
     req = load_spec(run / "campaign.yaml").requests()[0]
     writer = DatasetWriter(run, rows_per_part=1000)

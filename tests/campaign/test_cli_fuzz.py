@@ -9,8 +9,8 @@ import random
 import pytest
 import yaml
 
-from testbed.campaign.spec import IMAGE_KEYS, TOP_KEYS
-from testbed.cli.main import main
+from megbed.testbed.campaign.spec import IMAGE_KEYS, TOP_KEYS
+from megbed.testbed.cli.main import main
 
 BASE = {
     "name": "t", "model": "model", "prompts": ["a cat"], "seeds": [0],

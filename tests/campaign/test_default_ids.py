@@ -7,7 +7,7 @@ import hashlib
 import math
 from pathlib import Path
 
-from testbed.campaign.spec import load_spec
+from megbed.testbed.campaign.spec import load_spec
 
 REPO = Path(__file__).resolve().parents[2]
 

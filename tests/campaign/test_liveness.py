@@ -13,10 +13,10 @@ import time
 import pytest
 from campaign_helpers import write_spec
 
-from measurements.dataset import read_dataset
-from testbed.campaign.local import LocalCluster, wait_ready
-from testbed.campaign.runner import CampaignRunner
-from testbed.campaign.spec import load_spec
+from megbed.measurements.dataset import read_dataset
+from megbed.testbed.campaign.local import LocalCluster, wait_ready
+from megbed.testbed.campaign.runner import CampaignRunner
+from megbed.testbed.campaign.spec import load_spec
 
 SPEC = """
     name: t

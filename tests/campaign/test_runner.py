@@ -10,10 +10,10 @@ import time
 import pytest
 from campaign_helpers import write_spec
 
-from measurements.dataset import data_files, read_dataset
-from measurements.manifest import read_manifest
-from testbed.campaign.runner import CampaignRunner, resume_campaign
-from testbed.campaign.spec import load_spec
+from megbed.measurements.dataset import data_files, read_dataset
+from megbed.measurements.manifest import read_manifest
+from megbed.testbed.campaign.runner import CampaignRunner, resume_campaign
+from megbed.testbed.campaign.spec import load_spec
 
 SPEC = """
     name: t
@@ -120,7 +120,7 @@ def test_broken_spec_fails_before_anything_runs(tmp_path, fake_model):
     bad = write_spec(tmp_path, SPEC.replace("merge_ratio: [0.0, 0.5]", "merge_ratio: [0.0, 0.9]")
                      .replace("repetitions: 1", "repetitions: 0"))
     out = tmp_path / "never"
-    proc = subprocess.run([sys.executable, "-m", "testbed.cli.main", "campaign", "run", str(bad), "--out", str(out),
+    proc = subprocess.run([sys.executable, "-m", "megbed.testbed.cli.main", "campaign", "run", str(bad), "--out", str(out),
                            "--engine", "synthetic"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "grid.merge_ratio[1]" in proc.stderr and "repetitions" in proc.stderr
@@ -132,7 +132,7 @@ def test_campaign_process_killed_then_resumed(tmp_path, fake_model):
     """SIGKILL the whole `megbed campaign run` (its nodes die with it), then resume."""
     spec_path = write_spec(tmp_path, SPEC)
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "testbed.cli.main", "campaign", "run", str(spec_path), "--out", str(run),
+    cmd = [sys.executable, "-m", "megbed.testbed.cli.main", "campaign", "run", str(spec_path), "--out", str(run),
            "--engine", "synthetic", "--no-progress"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 180
@@ -141,7 +141,7 @@ def test_campaign_process_killed_then_resumed(tmp_path, fake_model):
     proc.kill()
     proc.wait(10)
     before = read_dataset(run)
-    resumed = subprocess.run([sys.executable, "-m", "testbed.cli.main", "campaign", "resume", str(run),
+    resumed = subprocess.run([sys.executable, "-m", "megbed.testbed.cli.main", "campaign", "resume", str(run),
                               "--engine", "synthetic", "--no-progress"], capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     after = _check_complete(run, load_spec(spec_path))

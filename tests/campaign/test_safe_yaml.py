@@ -1,13 +1,13 @@
-"""megwire.safe_yaml: the project's one YAML loader (campaign specs, link configs, channel configs)."""
+"""megbed.megwire.safe_yaml: the project's one YAML loader (campaign specs, link configs, channel configs)."""
 
 from __future__ import annotations
 
 import pytest
 from campaign_helpers import alias_bomb
 
-from channel_emu.config import LinkConfigError
-from channel_emu.config import load as load_link_config
-from megwire.safe_yaml import YamlError, load_yaml_file, load_yaml_text
+from megbed.channel_emu.config import LinkConfigError
+from megbed.channel_emu.config import load as load_link_config
+from megbed.megwire.safe_yaml import YamlError, load_yaml_file, load_yaml_text
 
 
 def test_ordinary_documents_load_as_safe_load_would():
@@ -81,7 +81,7 @@ def test_link_configs_load_through_it(tmp_path):
 
 
 def test_no_other_yaml_loader_in_the_project():
-    """Every YAML the project reads goes through megwire.safe_yaml (grep for the alternatives)."""
+    """Every YAML the project reads goes through megbed.megwire.safe_yaml (grep for the alternatives)."""
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2]

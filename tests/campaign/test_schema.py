@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from megwire.safe_yaml import load_yaml_file
-from testbed.cli.campaign import schema_text
-from testbed.cli.main import main
+from megbed.megwire.safe_yaml import load_yaml_file
+from megbed.testbed.cli.campaign import schema_text
+from megbed.testbed.cli.main import main
 
 jsonschema = pytest.importorskip("jsonschema")
 

@@ -4,7 +4,7 @@ import textwrap
 
 import pytest
 
-from testbed.campaign.spec import SpecError, load_spec, validate_spec
+from megbed.testbed.campaign.spec import SpecError, load_spec, validate_spec
 
 
 def _model(tmp_path):
@@ -90,7 +90,7 @@ def test_prompts_file_and_yaml(tmp_path):
 
 
 def test_unknown_profile_fails(tmp_path):
-    pytest.importorskip("firmware_profiles.loader")
+    pytest.importorskip("megbed.firmware_profiles.loader")
     _model(tmp_path)
     data = dict(GOOD, profiles={"es": "no_such_board", "ue": None})
     with pytest.raises(SpecError, match="profiles.es"):
@@ -164,7 +164,7 @@ def test_the_shipped_default_campaign_validates():
     assert spec.model == "default" and set(spec.schemes) == {"meg", "ceg", "ue_local"}
     assert "auto" in spec.grid["decoder"]  # the gate (sized for ~10 min: one decoder)
     # The paper's link and accounting, scaled to SDXL's payload; the UE emulated 2x slower (issue 15).
-    from channel_emu.config import LinkConfig
+    from megbed.channel_emu.config import LinkConfig
 
     link = LinkConfig.load(spec.link_config)
     assert link.mode == "shannon" and link.scale_to_latent == [4, 128, 128] and link.bandwidth_hz == 1e6

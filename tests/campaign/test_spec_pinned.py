@@ -6,8 +6,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from measurements.manifest import config_hash
-from testbed.campaign.spec import load_spec
+from megbed.measurements.manifest import config_hash
+from megbed.testbed.campaign.spec import load_spec
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT = REPO / "campaigns" / "default.yaml"

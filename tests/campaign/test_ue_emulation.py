@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from firmware_profiles import list_profiles, load_profile
-from testbed.campaign import emulate as E
-from testbed.campaign.spec import SpecError, validate_spec
+from megbed.firmware_profiles import list_profiles, load_profile
+from megbed.testbed.campaign import emulate as E
+from megbed.testbed.campaign.spec import SpecError, validate_spec
 
 BOARDS = [n for n in list_profiles() if n.startswith(("jetson", "rpi"))]
 
@@ -150,7 +150,7 @@ def test_emulated_ue_achieves_its_slowdown_on_the_unet(tmp_path):
     if os.getloadavg()[0] > 0.5 * (os.cpu_count() or 1):
         pytest.skip(f"host busy (load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs): a wall-clock "
                     "ratio against other load is not the emulation's accuracy")
-    from testbed.assets import default_model_dir
+    from megbed.testbed.assets import default_model_dir
 
     emu = E.UeEmulation.start(E.parse_emulation("emulate:2x"), tmp_path)
     try:

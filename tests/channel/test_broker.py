@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import zmq
 
-from channel_emu.broker import Broker, BrokerAddresses
-from megwire import (
+from megbed.channel_emu.broker import Broker, BrokerAddresses
+from megbed.megwire import (
     Frame,
     FrameError,
     FrameLimits,

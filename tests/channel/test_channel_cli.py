@@ -3,7 +3,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from channel_emu import cli
+from megbed.channel_emu import cli
 
 
 def _parser():

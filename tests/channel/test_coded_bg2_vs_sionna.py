@@ -9,11 +9,11 @@ import math
 import numpy as np
 import pytest
 
-from channel_emu.coded import CodedChain
-from channel_emu.config import LinkConfig
-from channel_emu.digital import bits_to_blocks
-from channel_emu.links import make_link
-from channel_emu.noise import NoiseSource
+from megbed.channel_emu.coded import CodedChain
+from megbed.channel_emu.config import LinkConfig
+from megbed.channel_emu.digital import bits_to_blocks
+from megbed.channel_emu.links import make_link
+from megbed.channel_emu.noise import NoiseSource
 
 MCS = 4
 SNR_DB = -1.75  # in the waterfall of the 3824-bit BG2 blocks at MCS 4 (rate 0.30)

@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from channel_emu.config import LinkConfig, LinkConfigError, load
-from channel_emu.pathloss import path_loss_db, snr_db_at
-from channel_emu.process import ChannelProcess, ReplayProcess, ar1_rho
-from channel_emu.record import COLUMNS, DeliveryRecord
+from megbed.channel_emu.config import LinkConfig, LinkConfigError, load
+from megbed.channel_emu.pathloss import path_loss_db, snr_db_at
+from megbed.channel_emu.process import ChannelProcess, ReplayProcess, ar1_rho
+from megbed.channel_emu.record import COLUMNS, DeliveryRecord
 
 SCHEMA_LINK_COLUMNS = ("link_model, tx_mode, distance_m, ch_snr_db, ch_gain_db, ch_mcs, ch_code_rate, ch_payload_bits, "
                        "ch_coded_bits, ch_symbols, ch_airtime_s, ch_retransmissions, ch_ber, ch_bler, ch_nmse, "

@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from channel_emu.emulator import ChannelEmulator
-from channel_emu.process import ChannelProcess
-from megwire import Frame
+from megbed.channel_emu.emulator import ChannelEmulator
+from megbed.channel_emu.process import ChannelProcess
+from megbed.megwire import Frame
 
 LATENT = np.random.default_rng(0).standard_normal((4, 16, 16)).astype(np.float16)
 
@@ -113,7 +113,7 @@ def test_abstraction_link_adaptation_and_tdl():
 def test_segmentation_fits_sionna_encoder_for_every_mcs():
     from sionna.phy.fec.ldpc import LDPC5GEncoder
 
-    from channel_emu.mcs import segment
+    from megbed.channel_emu.mcs import segment
 
     for mcs in range(3, 29):
         for bits in (100, 262_144, 1_048_576):

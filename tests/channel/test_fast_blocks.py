@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from channel_emu.analog import transmit_values
-from channel_emu.config import LinkConfig
-from channel_emu.links import make_link
-from channel_emu.noise import NoiseSource
+from megbed.channel_emu.analog import transmit_values
+from megbed.channel_emu.config import LinkConfig
+from megbed.channel_emu.links import make_link
+from megbed.channel_emu.noise import NoiseSource
 
 
 def test_noise_source_is_standard_normal_and_seeded():
@@ -62,7 +62,7 @@ def test_analog_non_finite_values_go_as_zero_and_show_in_nmse():
 
 
 def test_bler_table_matches_sionna_get_bler():
-    from channel_emu.mcs import CBS_GRID, SNR_GRID_DB, bler, bler_table
+    from megbed.channel_emu.mcs import CBS_GRID, SNR_GRID_DB, bler, bler_table
 
     rng = np.random.default_rng(0)
     mcs = rng.integers(3, 29, 400)

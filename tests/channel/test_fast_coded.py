@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from channel_emu.crc_fast import crc24b_attach, crc24b_check
-from channel_emu.ldpc_nr import Ldpc5gCode
-from channel_emu.qam_fast import Qam
+from megbed.channel_emu.crc_fast import crc24b_attach, crc24b_check
+from megbed.channel_emu.ldpc_nr import Ldpc5gCode
+from megbed.channel_emu.qam_fast import Qam
 
 RNG = np.random.default_rng(7)
 
@@ -60,7 +60,7 @@ def test_qam_mapper_and_app_demapper_match_sionna(m):
 
 @pytest.mark.parametrize("ebno_db", [1.0, 2.0])
 def test_layered_decoder_matches_the_serial_core_in_sionnas_rate_recovery(ebno_db):
-    from channel_emu.ldpc_fast import FastLDPC5GDecoder
+    from megbed.channel_emu.ldpc_fast import FastLDPC5GDecoder
 
     k, n, m = 3000, 6000, 2
     code, q = Ldpc5gCode(k, n, m), Qam(m)
@@ -95,8 +95,8 @@ def test_harq_combining_decodes_what_one_version_cannot():
 
 def test_a_cuda_device_runs_sionnas_chain_on_it(monkeypatch):
     # No GPU here: the choice is what is checked (the blocks are built on first use, on the chosen device).
-    from channel_emu.coded import CodedChain
-    from channel_emu.config import LinkConfig
+    from megbed.channel_emu.coded import CodedChain
+    from megbed.channel_emu.config import LinkConfig
 
     chain = CodedChain(LinkConfig(mode="coded", decoder={"device": "cuda:0"}))
     assert (chain.device, chain.impl, chain.decoder_kind) == ("cuda:0", "sionna", "sionna")

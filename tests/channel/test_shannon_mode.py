@@ -8,9 +8,9 @@ import time
 import numpy as np
 import pytest
 
-from channel_emu.config import LinkConfig, LinkConfigError
-from channel_emu.emulator import ChannelEmulator
-from megwire import Frame
+from megbed.channel_emu.config import LinkConfig, LinkConfigError
+from megbed.channel_emu.emulator import ChannelEmulator
+from megbed.megwire import Frame
 
 SDXL = (1, 4, 128, 128)  # 65,536 values
 
@@ -99,8 +99,8 @@ def test_scale_without_model_latent_is_refused_naming_the_key():
 
 def test_broker_holds_shannon_airtime_on_the_wall_clock():
     zmq = pytest.importorskip("zmq")
-    from channel_emu.broker import Broker, BrokerAddresses
-    from megwire import ZmqClientLink, make_socket, recv_frame, send_frame
+    from megbed.channel_emu.broker import Broker, BrokerAddresses
+    from megbed.megwire import ZmqClientLink, make_socket, recv_frame, send_frame
 
     ctx = zmq.Context()
     es = make_socket(ctx, zmq.ROUTER, timeout_s=5)

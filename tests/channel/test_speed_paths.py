@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from channel_emu.emulator import ChannelEmulator, torch_threads_for
-from channel_emu.mcs import effective_snr_db, effective_snr_db_sionna
+from megbed.channel_emu.emulator import ChannelEmulator, torch_threads_for
+from megbed.channel_emu.mcs import effective_snr_db, effective_snr_db_sionna
 
 
 @pytest.mark.parametrize("mcs", [0, 5, 13, 27])
@@ -27,7 +27,7 @@ def test_torch_threads_follow_work_size():
 
 
 def test_a_delivery_runs_small_frames_on_one_thread_and_restores_the_setting(monkeypatch):
-    from megwire import Frame
+    from megbed.megwire import Frame
 
     seen = []
     em = ChannelEmulator({"mode": "analog", "model": "awgn", "snr_db": 10.0}, seed=0, torch_threads=None)

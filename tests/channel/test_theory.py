@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.special import erfc
 
-from channel_emu.simulate import simulate
+from megbed.channel_emu.simulate import simulate
 
 
 def q(x):
@@ -43,10 +43,10 @@ def test_uncoded_qpsk_rayleigh_average_ber():
 
 @pytest.mark.parametrize("snr_db", [0.0, 10.0, 20.0])
 def test_analog_nmse_is_one_over_snr(snr_db):
-    from channel_emu.analog import transmit_values
-    from channel_emu.config import LinkConfig
-    from channel_emu.links import make_link
-    from channel_emu.noise import NoiseSource
+    from megbed.channel_emu.analog import transmit_values
+    from megbed.channel_emu.config import LinkConfig
+    from megbed.channel_emu.links import make_link
+    from megbed.channel_emu.noise import NoiseSource
 
     rng = np.random.default_rng(0)
     noise = NoiseSource(0)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from testbed.distill.cache import build_cache
-from testbed.distill.config import DistillConfig
-from testbed.distill.prompts import training_prompts
-from testbed.ldm.model import load_pipeline
-from testing.random_weight_models import build_tiny_model
-from testing.torch_threads import torch_threads
+from megbed.testbed.distill.cache import build_cache
+from megbed.testbed.distill.config import DistillConfig
+from megbed.testbed.distill.prompts import training_prompts
+from megbed.testbed.ldm.model import load_pipeline
+from megbed.testing.random_weight_models import build_tiny_model
+from megbed.testing.torch_threads import torch_threads
 
 # N in {2, 3}, reference at 3 steps: the smallest grid where N < N_ref exists.
 TINY_RECIPE = {"num_prompts": 4, "val_prompts": 1, "n_min": 2, "n_max": 3, "steps": 6, "batch_size": 3,

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from testbed.distill.cache import LatentCache, LatentCacheError, build_cache
-from testbed.distill.prompts import PromptSpec, heldout_prompts, training_prompts
-from testbed.ldm.reference import compute_reference
-from testbed.ldm.runner import run_split
-from testbed.request import Request
+from megbed.testbed.distill.cache import LatentCache, LatentCacheError, build_cache
+from megbed.testbed.distill.prompts import PromptSpec, heldout_prompts, training_prompts
+from megbed.testbed.ldm.reference import compute_reference
+from megbed.testbed.ldm.runner import run_split
+from megbed.testbed.request import Request
 
 
 def test_cached_tensors_are_the_es_latents_and_the_reference(tiny, tiny_cache):
@@ -51,7 +51,7 @@ def test_prompt_sources(tmp_path):
     f = tmp_path / "p.txt"
     f.write_text("# comment\na cat\n\n  a dog  \n")
     assert training_prompts(str(f), 5, 0) == [PromptSpec("a cat", 0), PromptSpec("a dog", 1)]
-    from testbed.distill.prompts import PromptSourceError
+    from megbed.testbed.distill.prompts import PromptSourceError
 
     with pytest.raises(PromptSourceError, match="cannot read"):
         training_prompts(str(tmp_path / "none.txt"), 2, 0)

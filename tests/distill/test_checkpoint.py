@@ -8,8 +8,8 @@ import shutil
 import pytest
 import torch
 
-from testbed.distill.checkpoint import CheckpointError, latest_checkpoint, list_checkpoints
-from testbed.distill.train import Distiller
+from megbed.testbed.distill.checkpoint import CheckpointError, latest_checkpoint, list_checkpoints
+from megbed.testbed.distill.train import Distiller
 
 
 def _params(dist: Distiller) -> dict[str, torch.Tensor]:

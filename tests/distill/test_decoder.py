@@ -8,9 +8,14 @@ import shutil
 import pytest
 import torch
 
-from testbed.distill.decoder import TrainableDecoder, check_folder_fits, export_decoder, install_decoder
-from testbed.distill.train import Distiller
-from testbed.ldm.model import DecoderMismatchError, ModelLoadError, load_decoder, load_pipeline
+from megbed.testbed.distill.decoder import (
+    TrainableDecoder,
+    check_folder_fits,
+    export_decoder,
+    install_decoder,
+)
+from megbed.testbed.distill.train import Distiller
+from megbed.testbed.ldm.model import DecoderMismatchError, ModelLoadError, load_decoder, load_pipeline
 
 
 def _latents(seed: int = 0) -> torch.Tensor:

@@ -8,8 +8,8 @@ import shutil
 import pandas as pd
 import pytest
 
-from testbed.cli.main import main
-from testbed.distill.evaluate import SUMMARY_COLUMNS
+from megbed.testbed.cli.main import main
+from megbed.testbed.distill.evaluate import SUMMARY_COLUMNS
 
 
 def test_train_install_eval(tiny_dir, tmp_path, capsys):
@@ -36,8 +36,8 @@ def test_train_install_eval(tiny_dir, tmp_path, capsys):
     assert set(table["decoder"]) == {"base", "distilled"} and len(table) == 2 * 2 * 2
 
     # 'auto' is refused until the gate is calibrated, then loads as the gate and joins the table
-    from testbed.ldm.gate import GatedDecoder, read_gate
-    from testbed.ldm.model import ModelLoadError, load_pipeline
+    from megbed.testbed.ldm.gate import GatedDecoder, read_gate
+    from megbed.testbed.ldm.model import ModelLoadError, load_pipeline
 
     with pytest.raises(ModelLoadError, match="no calibrated gate"):
         load_pipeline(model, device="cpu", decoder="auto")

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from testbed.distill.config import DistillConfig, DistillConfigError
-from testbed.distill.train import Distiller, lr_at
+from megbed.testbed.distill.config import DistillConfig, DistillConfigError
+from megbed.testbed.distill.train import Distiller, lr_at
 
 
 def test_lr_schedule_warms_up_linearly_then_follows_a_cosine():

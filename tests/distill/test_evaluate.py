@@ -7,12 +7,12 @@ import copy
 import numpy as np
 import pytest
 
-from testbed.distill.cache import build_cache
-from testbed.distill.config import NoiseConfig
-from testbed.distill.decoder import TrainableDecoder
-from testbed.distill.evaluate import conditions, evaluate, format_tables, paired, summarize
-from testbed.distill.link import TrainingLink
-from testbed.distill.prompts import heldout_prompts
+from megbed.testbed.distill.cache import build_cache
+from megbed.testbed.distill.config import NoiseConfig
+from megbed.testbed.distill.decoder import TrainableDecoder
+from megbed.testbed.distill.evaluate import conditions, evaluate, format_tables, paired, summarize
+from megbed.testbed.distill.link import TrainingLink
+from megbed.testbed.distill.prompts import heldout_prompts
 
 
 @pytest.fixture(scope="module")

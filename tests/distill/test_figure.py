@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.figures import FigureContext, FigureSkipped, figures
-from analysis.figures.distill import decoder_distortion
-from analysis.load import RunData
-from testbed.distill.evaluate import conditions, summarize
+from megbed.analysis.figures import FigureContext, FigureSkipped, figures
+from megbed.analysis.figures.distill import decoder_distortion
+from megbed.analysis.load import RunData
+from megbed.testbed.distill.evaluate import conditions, summarize
 
 
 def _rows() -> pd.DataFrame:

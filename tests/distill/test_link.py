@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from testbed.distill.config import NoiseConfig
-from testbed.distill.link import NoiseDraw, TrainingLink
+from megbed.testbed.distill.config import NoiseConfig
+from megbed.testbed.distill.link import NoiseDraw, TrainingLink
 
 
 def _latent(shape=(4, 32, 32), seed=0) -> torch.Tensor:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from firmware_profiles import ProfileError, list_profiles, load_profile
+from megbed.firmware_profiles import ProfileError, list_profiles, load_profile
 
 REQUIRED = {
     "rtx4090", "a100", "h100", "jetson_orin_nano_7w", "jetson_orin_nano_15w", "jetson_orin_nano_maxn",

@@ -7,18 +7,18 @@ import textwrap
 
 import pytest
 
-from measurements.dataset import read_dataset
-from measurements.manifest import read_manifest
-from measurements.schema import validate
-from testbed.campaign.baselines import scheme_summary
-from testbed.campaign.local import broker_available
-from testbed.campaign.runner import CampaignRunner
-from testbed.campaign.spec import load_spec
+from megbed.measurements.dataset import read_dataset
+from megbed.measurements.manifest import read_manifest
+from megbed.measurements.schema import validate
+from megbed.testbed.campaign.baselines import scheme_summary
+from megbed.testbed.campaign.local import broker_available
+from megbed.testbed.campaign.runner import CampaignRunner
+from megbed.testbed.campaign.spec import load_spec
 
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    from testing.random_weight_models import add_stand_in_decoder, build_tiny_model
+    from megbed.testing.random_weight_models import add_stand_in_decoder, build_tiny_model
 
     model = build_tiny_model(tmp_path_factory.mktemp("model") / "sd15", "sd15", sample_size=8)
     add_stand_in_decoder(model)  # its images differ from the base decoder's

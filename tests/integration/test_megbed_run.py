@@ -12,7 +12,7 @@ import pytest
 
 @pytest.mark.slow
 def test_megbed_run_writes_run_dir_report_and_summary(tmp_path):
-    from testing.random_weight_models import build_tiny_model
+    from megbed.testing.random_weight_models import build_tiny_model
 
     model = build_tiny_model(tmp_path / "sd15", "sd15", sample_size=8)
     spec = tmp_path / "small.yaml"
@@ -27,7 +27,7 @@ def test_megbed_run_writes_run_dir_report_and_summary(tmp_path):
         repetitions: 1
         timeouts: {request_s: 120, heartbeat_s: 0.5, dead_after_s: 20}
     """))
-    proc = subprocess.run([sys.executable, "-m", "testbed.cli.main", "run", "--spec", str(spec), "--model", str(model),
+    proc = subprocess.run([sys.executable, "-m", "megbed.testbed.cli.main", "run", "--spec", str(spec), "--model", str(model),
                            "--runs", str(tmp_path / "runs"), "--no-progress", "--policy-seconds", "20"],
                           capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

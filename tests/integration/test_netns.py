@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from measurements.dataset import read_dataset
+from megbed.measurements.dataset import read_dataset
 
 _SPEC = importlib.util.spec_from_file_location(
     "netns_rehearsal", Path(__file__).resolve().parents[2] / "scripts" / "netns_rehearsal.py")

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from testbed.ldm.model import load_pipeline
-from testing.random_weight_models import build_tiny_model
+from megbed.testbed.ldm.model import load_pipeline
+from megbed.testing.random_weight_models import build_tiny_model
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from testbed.cli.main import main
+from megbed.testbed.cli.main import main
 
 
 def test_generate_writes_png_and_reports_stages(tiny_sd15_dir, tmp_path, capsys):
@@ -23,7 +23,7 @@ def test_generate_writes_png_and_reports_stages(tiny_sd15_dir, tmp_path, capsys)
 
 
 def test_generate_ceg_and_model_default(tiny_sd15_dir, tmp_path, capsys, monkeypatch):
-    import testbed.assets
+    from megbed import testbed
 
     out = tmp_path / "c.png"
     monkeypatch.setattr(testbed.assets, "default_model_dir", lambda: tiny_sd15_dir)
@@ -48,7 +48,7 @@ def test_generate_bad_input_is_a_clear_error_and_writes_nothing(tiny_sd15_dir, t
 
 
 def test_generate_without_model(tmp_path, capsys, monkeypatch):
-    import testbed.assets
+    from megbed import testbed
 
     monkeypatch.setattr(testbed.assets, "default_model_dir", lambda: tmp_path / "none")
     assert main(["generate", "x", "--out", str(tmp_path / "a.png")]) == 2

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from testbed.ldm.feature_metrics import (
+from megbed.testbed.ldm.feature_metrics import (
     ClipFeatures,
     FeatureMetricError,
     clip_score,
@@ -13,7 +13,7 @@ from testbed.ldm.feature_metrics import (
     lpips_distance,
     optional_metrics,
 )
-from testing.random_weight_models import tokenizer_vocab_size, write_clip_tokenizer
+from megbed.testing.random_weight_models import tokenizer_vocab_size, write_clip_tokenizer
 
 
 @pytest.fixture(scope="module")

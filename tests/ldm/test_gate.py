@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 import torch
 
-from testbed.distill.gate_fit import GateFitError, fit_gate
-from testbed.ldm.gate import GatedDecoder, GateRule, latent_noise_ratio, read_gate
-from testbed.ldm.stages import DecodeStage
+from megbed.testbed.distill.gate_fit import GateFitError, fit_gate
+from megbed.testbed.ldm.gate import GatedDecoder, GateRule, latent_noise_ratio, read_gate
+from megbed.testbed.ldm.stages import DecodeStage
 
 
 def _smooth_latents(b: int = 6, seed: int = 0) -> torch.Tensor:

@@ -5,11 +5,11 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from megwire import Frame, FrameError, pack, unpack
-from testbed.ldm.handoff import HANDOFF_VERSION, Handoff, HandoffError
-from testbed.ldm.merging import merge, unmerge
-from testbed.ldm.schedulers import SCHEDULERS, new_sampler
-from testbed.request import Request, RequestError
+from megbed.megwire import Frame, FrameError, pack, unpack
+from megbed.testbed.ldm.handoff import HANDOFF_VERSION, Handoff, HandoffError
+from megbed.testbed.ldm.merging import merge, unmerge
+from megbed.testbed.ldm.schedulers import SCHEDULERS, new_sampler
+from megbed.testbed.request import Request, RequestError
 
 BASE_CONFIG = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012).config
 SHAPE = (1, 4, 8, 8)

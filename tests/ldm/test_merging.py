@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from testbed.ldm.merging import (
+from megbed.testbed.ldm.merging import (
     DEFAULT_MERGE_METHOD,
     LLOYD_ITERATIONS,
     MAX_BETA,
@@ -286,7 +286,7 @@ def test_truncated_extended_or_out_of_range_indices_are_merge_errors(method):
 
 def test_lloyd_passes_never_raise_the_error():
     x = _latent((2, 4, 32, 32), seed=8)
-    import testbed.ldm.merging as M
+    import megbed.testbed.ldm.merging as M
 
     errs = []
     for passes in range(4):

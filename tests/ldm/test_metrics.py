@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from testbed.ldm.metrics import (
+from megbed.testbed.ldm.metrics import (
     MSE_FLOOR,
     MetricError,
     ms_ssim,

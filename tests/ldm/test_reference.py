@@ -3,11 +3,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-import testbed.ldm.reference as reference
-from testbed.ldm.metrics import quality
-from testbed.ldm.reference import ReferenceCache, ReferenceKey, reference_request
-from testbed.ldm.runner import run_split
-from testbed.request import Request, RequestError
+import megbed.testbed.ldm.reference as reference
+from megbed.testbed.ldm.metrics import quality
+from megbed.testbed.ldm.reference import ReferenceCache, ReferenceKey, reference_request
+from megbed.testbed.ldm.runner import run_split
+from megbed.testbed.request import Request, RequestError
 
 
 def _req(**kw):

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from megwire import pack, unpack
-from testbed.ldm.handoff import Handoff, HandoffError
-from testbed.ldm.model import ModelLoadError, VaeDecoder, device_sync, load_decoder, load_pipeline
-from testbed.ldm.plan import SplitPlan, build_stages, plan_for, ue_plan_for_frame
-from testbed.ldm.runner import run_node, run_split
-from testbed.ldm.stages import DenoiseStage, StageError
-from testbed.request import Request, RequestError
+from megbed.megwire import pack, unpack
+from megbed.testbed.ldm.handoff import Handoff, HandoffError
+from megbed.testbed.ldm.model import ModelLoadError, VaeDecoder, device_sync, load_decoder, load_pipeline
+from megbed.testbed.ldm.plan import SplitPlan, build_stages, plan_for, ue_plan_for_frame
+from megbed.testbed.ldm.runner import run_node, run_split
+from megbed.testbed.ldm.stages import DenoiseStage, StageError
+from megbed.testbed.request import Request, RequestError
 
 N = 3
 

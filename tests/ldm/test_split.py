@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from testbed.ldm.runner import run_split
-from testbed.request import Request
+from megbed.testbed.ldm.runner import run_split
+from megbed.testbed.request import Request
 
 N = 4
 SAMPLERS = ["ddim", "euler", "euler_a", "dpmpp_2m", "unipc"]
@@ -41,7 +41,7 @@ def test_split_equals_unsplit_bit_for_bit_sdxl(sdxl, scheduler, k):
 def test_stage_path_matches_stock_pipeline(request, family, scheduler):
     # Our stage code against diffusers' own pipe(...): same embeddings (the pipeline's encode_prompt), same noise
     # (CPU generator), same loop. On CPU fp32 the two agree exactly; the assertion allows 1e-6 for BLAS ordering.
-    from testbed.ldm.schedulers import build_scheduler
+    from megbed.testbed.ldm.schedulers import build_scheduler
 
     model = request.getfixturevalue(family)
     req = model.resolve(_request(scheduler))

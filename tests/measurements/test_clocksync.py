@@ -5,7 +5,7 @@ import time
 import numpy as np
 import pytest
 
-from measurements.clocksync import (
+from megbed.measurements.clocksync import (
     ClockMap,
     ClockSync,
     ClockSyncResponder,
@@ -14,7 +14,7 @@ from measurements.clocksync import (
     clock_sync_reply,
     fit_clock,
 )
-from megwire import Frame, FrameError, InProcLink, ZmqClientLink
+from megbed.megwire import Frame, FrameError, InProcLink, ZmqClientLink
 
 
 def _synthetic(offset_ns, drift, n_bursts, per_burst, rng, span_s=60.0):

@@ -13,8 +13,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from measurements import compact as C
-from measurements.dataset import DatasetWriter, data_files, has_rows, read_dataset
+from megbed.measurements import compact as C
+from megbed.measurements.dataset import DatasetWriter, data_files, has_rows, read_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMES = ("meg", "ceg", "ue_local")
@@ -56,7 +56,7 @@ def test_compaction_partitions_verifies_and_readers_take_both_forms(tmp_path):
     pd.testing.assert_frame_equal(_canon(before), _canon(after))
     assert has_rows(tmp_path)
     # analysis reads the compacted form too
-    from analysis.load import dataset_parts
+    from megbed.analysis.load import dataset_parts
 
     assert len(dataset_parts(tmp_path)) == res["files"]
     # the writer resumes past the consumed part numbers, and the new part is read alongside the copy
@@ -100,7 +100,7 @@ def test_compaction_refuses_while_a_writer_holds_the_lock(tmp_path):
 
 @pytest.mark.parametrize("step", ["written", "verified", "committed", "cleaned"])
 def test_a_kill_during_compaction_loses_nothing_and_resume_still_works(tmp_path, step):
-    from testbed.campaign.runner import completed_requests
+    from megbed.testbed.campaign.runner import completed_requests
 
     _write(tmp_path, range(24))
     before = _canon(read_dataset(tmp_path))
@@ -109,7 +109,7 @@ def test_a_kill_during_compaction_loses_nothing_and_resume_still_works(tmp_path,
     script = textwrap.dedent(f"""
         import os, signal, sys
         sys.path.insert(0, {str(ROOT)!r})
-        from measurements.compact import compact_dataset
+        from megbed.measurements.compact import compact_dataset
 
         def crash(at):
             if at == {step!r}:
@@ -135,7 +135,7 @@ def test_a_kill_during_compaction_loses_nothing_and_resume_still_works(tmp_path,
 
 
 def test_cli_dataset_compact(tmp_path, capsys):
-    from measurements.cli import cmd_dataset_compact
+    from megbed.measurements.cli import cmd_dataset_compact
 
     _write(tmp_path, range(6))
     ns = type("NS", (), {"run_dir": str(tmp_path), "json": False})()

@@ -15,9 +15,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from measurements import schema
-from measurements.dataset import DatasetError, DatasetWriter, read_dataset, write_trace
-from measurements.manifest import build_manifest, config_hash, read_manifest, update_manifest, write_manifest
+from megbed.measurements import schema
+from megbed.measurements.dataset import DatasetError, DatasetWriter, read_dataset, write_trace
+from megbed.measurements.manifest import (
+    build_manifest,
+    config_hash,
+    read_manifest,
+    update_manifest,
+    write_manifest,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -109,7 +115,7 @@ def test_leftover_tmp_part_is_ignored_with_a_warning(tmp_path):
 
 CHILD = textwrap.dedent("""
     import sys, time
-    from measurements.dataset import DatasetWriter
+    from megbed.measurements.dataset import DatasetWriter
     sys.path.insert(0, {tests!r})
     from test_dataset import row
     w = DatasetWriter({run!r}, rows_per_part=5)

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from meas_helpers import FIXTURES, FakeClock
 
-from measurements.meter import Meter
-from measurements.probes.base import ProbeReadError, ProbeUnavailable
-from measurements.probes.ina2xx import Ina219Probe, Ina260Probe
-from measurements.probes.rpi import COMMAND, RpiPmicProbe, parse_pmic_adc
+from megbed.measurements.meter import Meter
+from megbed.measurements.probes.base import ProbeReadError, ProbeUnavailable
+from megbed.measurements.probes.ina2xx import Ina219Probe, Ina260Probe
+from megbed.measurements.probes.rpi import COMMAND, RpiPmicProbe, parse_pmic_adc
 
 PMIC = (FIXTURES / "rpi5_pmic_read_adc.txt").read_text()
 REGS = json.loads((FIXTURES / "ina_registers.json").read_text())

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from meas_helpers import AveragingSensor, FakeClock, JetsonTree
 
-from measurements.meter import Meter
-from measurements.probes.base import ProbeUnavailable
-from measurements.probes.jetson import JetsonProbe
+from megbed.measurements.meter import Meter
+from megbed.measurements.probes.base import ProbeUnavailable
+from megbed.measurements.probes.jetson import JetsonProbe
 
 EXPECTED = {
     "orin_nano_jp6": (["vdd_in", "vdd_cpu_gpu_cv", "vdd_soc"], ["vdd_in"]),

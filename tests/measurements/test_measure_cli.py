@@ -5,7 +5,7 @@ import json
 import pytest
 from meas_helpers import JetsonTree
 
-from testbed.cli.main import main
+from megbed.testbed.cli.main import main
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from measurements.memory import MemoryMeter
+from megbed.measurements.memory import MemoryMeter
 
 
 def _status(path, hwm_kb: int, rss_kb: int) -> None:

@@ -6,9 +6,9 @@ import pynvml
 import pytest
 from meas_helpers import FakeClock
 
-from measurements.meter import Meter
-from measurements.probes.base import ProbeUnavailable
-from measurements.probes.nvml import NvmlProbe
+from megbed.measurements.meter import Meter
+from megbed.measurements.probes.base import ProbeUnavailable
+from megbed.measurements.probes.nvml import NvmlProbe
 
 
 class FakeGpu:

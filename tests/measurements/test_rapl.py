@@ -5,9 +5,9 @@ import builtins
 import pytest
 from meas_helpers import FakeClock, make_rapl_tree
 
-from measurements.meter import Meter
-from measurements.probes.base import ProbeUnavailable
-from measurements.probes.rapl import RaplProbe
+from megbed.measurements.meter import Meter
+from megbed.measurements.probes.base import ProbeUnavailable
+from megbed.measurements.probes.rapl import RaplProbe
 
 
 def _write(path, value):

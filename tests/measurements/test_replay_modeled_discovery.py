@@ -9,12 +9,12 @@ import pytest
 from meas_helpers import FakeClock, JetsonTree, make_rapl_tree
 from test_nvml import FakeGpu
 
-from firmware_profiles import load_profile
-from measurements.meter import Meter
-from measurements.probes.base import ProbeReadError, ProbeUnavailable
-from measurements.probes.discovery import discover, probe_status
-from measurements.probes.modeled import ModeledProbe
-from measurements.probes.replay import ReplayProbe
+from megbed.firmware_profiles import load_profile
+from megbed.measurements.meter import Meter
+from megbed.measurements.probes.base import ProbeReadError, ProbeUnavailable
+from megbed.measurements.probes.discovery import discover, probe_status
+from megbed.measurements.probes.modeled import ModeledProbe
+from megbed.measurements.probes.replay import ReplayProbe
 
 
 def _trace(n=500, period_ns=10_000_000):
@@ -76,7 +76,7 @@ def test_meter_combines_probes_and_reports_the_weakest_method():
     clock = FakeClock(0)
     cpu = {"ns": 0}
     gpu = FakeGpu(clock, power_w=lambda t: 300.0)
-    from measurements.probes.nvml import NvmlProbe
+    from megbed.measurements.probes.nvml import NvmlProbe
 
     nv = NvmlProbe(binding=gpu.nv, clock=clock, measure_period_s=0)
     model = ModeledProbe({"cpu": {"idle_w": 5.0, "active_w": 5.0}}, cpu_time=lambda: cpu["ns"], clock=clock)

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 from meas_helpers import FakeClock, JetsonTree
 
-from measurements.clocksync import ClockSync, Exchange
-from measurements.dataset import DatasetWriter, TraceWriter
-from measurements.manifest import build_manifest, update_manifest, write_manifest
-from measurements.meter import Meter
-from measurements.probes.jetson import JetsonProbe
+from megbed.measurements.clocksync import ClockSync, Exchange
+from megbed.measurements.dataset import DatasetWriter, TraceWriter
+from megbed.measurements.manifest import build_manifest, update_manifest, write_manifest
+from megbed.measurements.meter import Meter
+from megbed.measurements.probes.jetson import JetsonProbe
 
-analysis_load = pytest.importorskip("analysis.load")
+analysis_load = pytest.importorskip("megbed.analysis.load")
 
 
 def test_written_run_loads_in_analysis(tmp_path):

@@ -5,9 +5,9 @@ import time
 import numpy as np
 import pytest
 
-from measurements.integrate import integrate_window, refresh_period_s, unwrap_counter
-from measurements.probes.base import PowerProbe, ProbeReadError, Rail
-from measurements.sampler import Sampler
+from megbed.measurements.integrate import integrate_window, refresh_period_s, unwrap_counter
+from megbed.measurements.probes.base import PowerProbe, ProbeReadError, Rail
+from megbed.measurements.sampler import Sampler
 
 
 class _Flaky(PowerProbe):

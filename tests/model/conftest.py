@@ -13,12 +13,12 @@ def _one_torch_thread_here(one_torch_thread):
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
-    """``(out_dir, lines, state)`` of a complete tiny run of ``python -m testbed.modeltrain`` (in-process)."""
-    from testbed.modeltrain.runner import main
+    """``(out_dir, lines, state)`` of a complete tiny run of ``python -m megbed.testbed.modeltrain`` (in-process)."""
+    from megbed.testbed.modeltrain.runner import main
 
     out = tmp_path_factory.mktemp("modeltrain") / "run"
     lines: list[str] = []
-    import testbed.modeltrain.progress as progress
+    import megbed.testbed.modeltrain.progress as progress
 
     real = progress.stdout_log
     progress.stdout_log = lambda line: (lines.append(line), real(line))[1]

@@ -14,15 +14,15 @@ import numpy as np
 import pytest
 import torch
 
-from testbed.assets import default_model_dir
-from testbed.modeltrain.evaluate import (
+from megbed.testbed.assets import default_model_dir
+from megbed.testbed.modeltrain.evaluate import (
     ModelFilesError,
     check_model_files,
     evaluate_adherence,
     generate,
     load_sd_pipeline,
 )
-from testbed.shapes.dataset import heldout_prompts
+from megbed.testbed.shapes.dataset import heldout_prompts
 
 MODEL = default_model_dir()
 
@@ -81,7 +81,7 @@ def test_unknown_words_and_empty_prompt_generate(pipe):
 
 @pytest.mark.parametrize("name", ["ddim", "euler", "euler_a", "dpmpp_2m", "unipc"])
 def test_runtime_samplers_build_from_the_config(pipe, name):
-    from testbed.ldm.schedulers import build_scheduler
+    from megbed.testbed.ldm.schedulers import build_scheduler
 
     sch = build_scheduler(name, pipe.scheduler.config)
     original = pipe.scheduler
@@ -98,8 +98,8 @@ def test_missing_weights_file_names_the_file(tmp_path):
     (broken / "unet" / "diffusion_pytorch_model.safetensors").unlink()
     with pytest.raises(ModelFilesError, match=r"unet/diffusion_pytorch_model\.safetensors is missing"):
         load_sd_pipeline(broken)
-    from testbed.cli.main import CliError
-    from testbed.cli.model import register
+    from megbed.testbed.cli.main import CliError
+    from megbed.testbed.cli.model import register
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())
@@ -119,11 +119,11 @@ def test_adherence_on_a_held_out_subset(pipe):
 def test_quality_falls_with_fewer_steps_and_more_merging():
     """Through the runtime (MEG, k = N, float16 wire): -ln MSE against the 12-step reference drops as N falls and as
     beta rises -- the trade-off the policy learns (benchmarks/default_model.py measures the whole table)."""
-    from testbed.ldm.metrics import neg_log_mse
-    from testbed.ldm.model import load_pipeline
-    from testbed.ldm.reference import compute_reference
-    from testbed.ldm.runner import run_split
-    from testbed.request import Request
+    from megbed.testbed.ldm.metrics import neg_log_mse
+    from megbed.testbed.ldm.model import load_pipeline
+    from megbed.testbed.ldm.reference import compute_reference
+    from megbed.testbed.ldm.runner import run_split
+    from megbed.testbed.request import Request
 
     model = load_pipeline(MODEL, device="cpu", dtype=torch.float32)
     scores: dict[tuple[int, float], list[float]] = {}
@@ -140,7 +140,7 @@ def test_quality_falls_with_fewer_steps_and_more_merging():
 
 
 def test_cli_eval_prints_rates(tmp_path, capsys):
-    from testbed.cli.model import register
+    from megbed.testbed.cli.model import register
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())

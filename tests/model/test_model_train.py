@@ -10,14 +10,19 @@ import pytest
 import torch
 from model_helpers import TINY
 
-from testbed.modeltrain.checkpoint import CheckpointError, load_checkpoint, restore_modules, save_checkpoint
-from testbed.modeltrain.config import TrainConfig
-from testbed.modeltrain.data import derive_seed, step_rngs, training_caption, vae_crops
-from testbed.modeltrain.runner import TrainError, main, train
-from testbed.modeltrain.tokenizer import EOW, UNK, load_tokenizer, write_tokenizer
-from testbed.shapes.dataset import generate
-from testbed.shapes.scene import NamedObject
-from testbed.shapes.vocab import WORDS
+from megbed.testbed.modeltrain.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    restore_modules,
+    save_checkpoint,
+)
+from megbed.testbed.modeltrain.config import TrainConfig
+from megbed.testbed.modeltrain.data import derive_seed, step_rngs, training_caption, vae_crops
+from megbed.testbed.modeltrain.runner import TrainError, main, train
+from megbed.testbed.modeltrain.tokenizer import EOW, UNK, load_tokenizer, write_tokenizer
+from megbed.testbed.shapes.dataset import generate
+from megbed.testbed.shapes.scene import NamedObject
+from megbed.testbed.shapes.vocab import WORDS
 
 
 def test_tokenizer_clip_format_every_word_one_token(tmp_path):
@@ -70,8 +75,8 @@ def test_tiny_run_all_phases(tiny_run):
 
 
 def test_checkpoints_load_into_fresh_models(tiny_run):
-    from testbed.modeltrain.unet_train import new_networks
-    from testbed.modeltrain.vae_train import new_vae
+    from megbed.testbed.modeltrain.unet_train import new_networks
+    from megbed.testbed.modeltrain.vae_train import new_vae
 
     out, _, _ = tiny_run
     cfg = TrainConfig.from_dict(json.loads((out / "config.json").read_text()))
@@ -92,9 +97,9 @@ def test_checkpoints_load_into_fresh_models(tiny_run):
 
 def test_losses_fall_on_a_fixed_batch():
     """A few optimiser steps on one batch reduce each phase's loss (the training signal is wired correctly)."""
-    from testbed.modeltrain.tokenizer import write_tokenizer as wt
-    from testbed.modeltrain.unet_train import alphas_cumprod, diffusion_loss, new_networks, tokenize
-    from testbed.modeltrain.vae_train import new_vae, vae_loss
+    from megbed.testbed.modeltrain.tokenizer import write_tokenizer as wt
+    from megbed.testbed.modeltrain.unet_train import alphas_cumprod, diffusion_loss, new_networks, tokenize
+    from megbed.testbed.modeltrain.vae_train import new_vae, vae_loss
 
     cfg = TrainConfig()
     vae = new_vae(cfg)
@@ -135,7 +140,7 @@ class _Stop(Exception):
 
 def test_resume_continues_exactly(tmp_path, monkeypatch):
     """An interrupted VAE phase resumed from its checkpoint ends with the weights of an uninterrupted run."""
-    import testbed.modeltrain.vae_train as vt
+    import megbed.testbed.modeltrain.vae_train as vt
 
     cfg = TrainConfig(seed=5).with_overrides(**{"vae.steps": 4, "vae.batch_size": 2, "vae.crop_px": 32,
                                                 "vae.pool_images": 4, "vae.checkpoint_every": 2})
@@ -194,10 +199,10 @@ def test_text_encoder_frozen_for_its_first_steps(tiny_run, tmp_path):
     """With ``unet.text_freeze_steps`` the text encoder keeps its initial weights while the U-Net trains."""
     import shutil
 
-    from testbed.modeltrain.checkpoint import load_checkpoint
-    from testbed.modeltrain.runner import _load_latents
-    from testbed.modeltrain.tokenizer import load_tokenizer
-    from testbed.modeltrain.unet_train import new_networks, train_unet
+    from megbed.testbed.modeltrain.checkpoint import load_checkpoint
+    from megbed.testbed.modeltrain.runner import _load_latents
+    from megbed.testbed.modeltrain.tokenizer import load_tokenizer
+    from megbed.testbed.modeltrain.unet_train import new_networks, train_unet
 
     src, _, _ = tiny_run
     out = tmp_path / "run"
@@ -215,9 +220,9 @@ def test_text_encoder_frozen_for_its_first_steps(tiny_run, tmp_path):
 
 def test_recipe_noise_schedule_reaches_training_and_export():
     """``unet.prediction_type`` / ``zero_terminal_snr`` set the schedule training uses and the exported scheduler."""
-    from testbed.modeltrain.config import noise_schedule
-    from testbed.modeltrain.export import scheduler_config
-    from testbed.modeltrain.unet_train import alphas_cumprod, diffusion_loss, new_networks, tokenize
+    from megbed.testbed.modeltrain.config import noise_schedule
+    from megbed.testbed.modeltrain.export import scheduler_config
+    from megbed.testbed.modeltrain.unet_train import alphas_cumprod, diffusion_loss, new_networks, tokenize
 
     v = TrainConfig()  # the shipped recipe: zero terminal SNR, v-prediction
     sd = v.with_overrides(**{"unet.prediction_type": "epsilon", "unet.zero_terminal_snr": False})
@@ -232,7 +237,7 @@ def test_recipe_noise_schedule_reaches_training_and_export():
     # the v-prediction loss is finite at SNR 0 and falls on a fixed batch
     import tempfile
 
-    from testbed.modeltrain.tokenizer import write_tokenizer as wt
+    from megbed.testbed.modeltrain.tokenizer import write_tokenizer as wt
 
     with tempfile.TemporaryDirectory() as d:
         tok = load_tokenizer(wt(d, list(WORDS), v.text.max_length))
@@ -253,7 +258,7 @@ def test_recipe_noise_schedule_reaches_training_and_export():
 def test_lr_schedule_warm_restart():
     """``unet.lr_restart_steps``: the decay first ends at the restart, then follows the decay over all the steps --
     what resuming a finished 2000-step run with ``steps`` 2600 did for the shipped model."""
-    from testbed.modeltrain.schedule import cycle_total, lr_at
+    from megbed.testbed.modeltrain.schedule import cycle_total, lr_at
 
     kw = {"lr": 1e-3, "lr_min": 1e-5, "warmup": 10}
     lrs = [lr_at(s, total=cycle_total(s, 260, (200,)), **kw) for s in range(260)]

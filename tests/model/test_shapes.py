@@ -8,12 +8,12 @@ import math
 import numpy as np
 import pytest
 
-from testbed.shapes.captions import CaptionError, caption, parse_caption
-from testbed.shapes.dataset import generate, heldout_prompts
-from testbed.shapes.render import render
-from testbed.shapes.scene import NamedObject, SceneError, make_scene, sample_scene, split_of
-from testbed.shapes.score import adherence, classify_pixels, score_image
-from testbed.shapes.vocab import COLORS, POSITIONS, SHAPES, SIZES, WORDS
+from megbed.testbed.shapes.captions import CaptionError, caption, parse_caption
+from megbed.testbed.shapes.dataset import generate, heldout_prompts
+from megbed.testbed.shapes.render import render
+from megbed.testbed.shapes.scene import NamedObject, SceneError, make_scene, sample_scene, split_of
+from megbed.testbed.shapes.score import adherence, classify_pixels, score_image
+from megbed.testbed.shapes.vocab import COLORS, POSITIONS, SHAPES, SIZES, WORDS
 
 
 def test_vocabulary_covers_the_issue():

@@ -12,9 +12,9 @@ def spec_factory():
 @pytest.fixture(scope="module")
 def synthetic_pair():
     """A synthetic-engine ES and UE (no model), UE talking to the ES directly."""
-    from testbed.nodes.es import EsNode
-    from testbed.nodes.synthetic_engine import SyntheticEngine
-    from testbed.nodes.ue import UeNode
+    from megbed.testbed.nodes.es import EsNode
+    from megbed.testbed.nodes.synthetic_engine import SyntheticEngine
+    from megbed.testbed.nodes.ue import UeNode
 
     es = EsNode(SyntheticEngine(), bind="tcp://127.0.0.1:0").start()
     ue = UeNode(SyntheticEngine(), bind="tcp://127.0.0.1:0", es_address=es.address, request_timeout_s=10).start()
@@ -26,8 +26,8 @@ def synthetic_pair():
 @pytest.fixture(autouse=True)
 def _log_every_line():
     """Tests read log lines: let every one through (the rate limit itself is tested on its own)."""
-    import testbed.nodes.server  # noqa: F401 - installs its filter
-    from megwire.logutil import FILTERS, set_rate_limit_interval
+    import megbed.testbed.nodes.server  # noqa: F401 - installs its filter
+    from megbed.megwire.logutil import FILTERS, set_rate_limit_interval
 
     old = set_rate_limit_interval(0.0)
     yield

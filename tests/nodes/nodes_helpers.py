@@ -11,9 +11,9 @@ from pathlib import Path
 
 import zmq
 
-from megwire import Frame, from_parts, to_parts
-from testbed.nodes import protocol as P
-from testbed.request import Request
+from megbed.megwire import Frame, from_parts, to_parts
+from megbed.testbed.nodes import protocol as P
+from megbed.testbed.request import Request
 
 
 def make_spec(scheme: str = "meg", rid: str = "r1", **kw) -> Request:
@@ -29,7 +29,7 @@ def make_spec(scheme: str = "meg", rid: str = "r1", **kw) -> Request:
 
 
 HOST = "127.0.0.1"
-_MAIN = "import sys; from testbed.cli.main import main; sys.exit(main())"
+_MAIN = "import sys; from megbed.testbed.cli.main import main; sys.exit(main())"
 
 
 def free_port() -> int:

@@ -10,9 +10,9 @@ import pytest
 import zmq
 from nodes_helpers import legit_request, make_spec
 
-from megwire import Frame, from_parts
-from testbed.nodes import protocol as P
-from testing import node_fuzz as fuzz
+from megbed.megwire import Frame, from_parts
+from megbed.testbed.nodes import protocol as P
+from megbed.testing import node_fuzz as fuzz
 
 NODES = ("es", "broker", "ue")
 

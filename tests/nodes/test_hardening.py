@@ -18,9 +18,9 @@ from nodes_helpers import ask_frame as _frame
 from nodes_helpers import legit_request as _legit
 from nodes_helpers import make_spec, rss_mb
 
-from megwire import Frame, FrameError, from_parts, to_parts
-from testbed.nodes import protocol as P
-from testing import node_fuzz as fuzz
+from megbed.megwire import Frame, FrameError, from_parts, to_parts
+from megbed.testbed.nodes import protocol as P
+from megbed.testing import node_fuzz as fuzz
 
 pytestmark = [pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
               pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")]
@@ -83,7 +83,7 @@ def test_1_from_parts_is_total_on_arbitrary_parts():
 
 
 def _broker():
-    from channel_emu.broker import Broker, BrokerAddresses
+    from megbed.channel_emu.broker import Broker, BrokerAddresses
 
     cfg = {"mode": "analog", "model": "awgn", "snr_db": 20.0, "symbol_rate_hz": 1e6}
     return Broker(cfg, seed=1, warm_up=False,
@@ -91,7 +91,7 @@ def _broker():
 
 
 def test_2_a_frame_that_breaks_a_handler_does_not_end_the_broker(monkeypatch, ctx):
-    import channel_emu.broker as B
+    import megbed.channel_emu.broker as B
 
     broker = _broker().start()
     try:
@@ -110,7 +110,7 @@ def test_2_a_frame_that_breaks_a_handler_does_not_end_the_broker(monkeypatch, ct
 
 
 def test_2_a_dead_broker_thread_ends_serve_forever_with_an_error(monkeypatch):
-    from channel_emu.broker import BrokerDied
+    from megbed.channel_emu.broker import BrokerDied
 
     broker = _broker()
 
@@ -125,8 +125,8 @@ def test_2_a_dead_broker_thread_ends_serve_forever_with_an_error(monkeypatch):
 
 
 def test_2_node_channel_exits_non_zero_when_its_thread_dies(monkeypatch, capsys):
-    from channel_emu import cli
-    from channel_emu.broker import Broker, BrokerDied
+    from megbed.channel_emu import cli
+    from megbed.channel_emu.broker import Broker, BrokerDied
 
     def died(self):
         raise BrokerDied("channel broker thread(s) channel-broker died: test")
@@ -195,7 +195,7 @@ def test_3_slow_readers_flooding_do_not_stall_heartbeats_or_grow_memory(live_nod
 
 
 def test_3_answers_to_a_peer_that_does_not_read_are_dropped_and_counted(ctx):
-    from testbed.nodes.server import NodeServer
+    from megbed.testbed.nodes.server import NodeServer
 
     srv = NodeServer("es", "tcp://127.0.0.1:0", send_hwm=4).start()
     try:
@@ -247,9 +247,9 @@ def test_4_a_generate_naming_a_path_is_refused_without_paths_in_the_answer(live_
 
 
 def test_5_broker_pub_refuses_keyless_subscribers_and_admits_keyed_ones(tmp_path):
-    from channel_emu.broker import Broker, BrokerAddresses
-    from megwire import make_socket
-    from testbed.nodes.keys import client_curve, generate, server_curve
+    from megbed.channel_emu.broker import Broker, BrokerAddresses
+    from megbed.megwire import make_socket
+    from megbed.testbed.nodes.keys import client_curve, generate, server_curve
 
     generate(tmp_path)
     ctx = zmq.Context()
@@ -280,8 +280,8 @@ def test_5_broker_pub_refuses_keyless_subscribers_and_admits_keyed_ones(tmp_path
 def test_5_node_channel_with_a_secret_key_and_no_client_list_refuses_to_start(tmp_path):
     import argparse
 
-    from channel_emu import cli
-    from testbed.nodes.keys import generate
+    from megbed.channel_emu import cli
+    from megbed.testbed.nodes.keys import generate
 
     generate(tmp_path)
     parser = argparse.ArgumentParser()
@@ -292,8 +292,8 @@ def test_5_node_channel_with_a_secret_key_and_no_client_list_refuses_to_start(tm
 
 
 def test_5_a_curve_server_without_a_client_list_needs_allow_any_client(tmp_path):
-    from megwire import CurveConfig, make_socket
-    from testbed.nodes.keys import generate, server_curve
+    from megbed.megwire import CurveConfig, make_socket
+    from megbed.testbed.nodes.keys import generate, server_curve
 
     generate(tmp_path, ["es"])
     ctx = zmq.Context()
@@ -302,7 +302,7 @@ def test_5_a_curve_server_without_a_client_list_needs_allow_any_client(tmp_path)
     sock = make_socket(ctx, zmq.ROUTER, curve=server_curve(tmp_path, "es", allow_any_client=True))
     assert sock.curve_server
     sock.close(0)
-    from megwire import stop_authenticator
+    from megbed.megwire import stop_authenticator
 
     stop_authenticator(ctx)
     ctx.term()
@@ -311,9 +311,9 @@ def test_5_a_curve_server_without_a_client_list_needs_allow_any_client(tmp_path)
 def test_5_refused_handshakes_are_logged_at_most_once_per_interval(tmp_path, caplog):
     import zmq.auth
 
-    from megwire.logutil import set_rate_limit_interval
-    from testbed.nodes.keys import generate, server_curve
-    from testbed.nodes.server import NodeServer
+    from megbed.megwire.logutil import set_rate_limit_interval
+    from megbed.testbed.nodes.keys import generate, server_curve
+    from megbed.testbed.nodes.server import NodeServer
 
     generate(tmp_path, ["es"])
     server_public, _ = zmq.auth.load_certificate(str(tmp_path / "es.key"))
@@ -364,7 +364,7 @@ def test_6_huge_kinds_write_a_bounded_log(live_nodes, ctx, name):
 
 
 def test_6_clip_and_rate_limit_filter():
-    from megwire.logutil import RateLimitFilter, clip
+    from megbed.megwire.logutil import RateLimitFilter, clip
 
     assert len(clip("k" * 900_000)) < 250 and clip([1] * 10**6).startswith("<list")
     now = [0.0]
@@ -402,12 +402,12 @@ def test_7_the_es_refuses_out_of_bounds_requests_before_computing(live_nodes, ct
 
 
 def test_7_bounds_derive_from_the_model_and_the_link_vocabulary_from_channel_emu():
-    from channel_emu.config import MODELS, MODES
-    from testbed.nodes.synthetic_engine import SyntheticEngine
+    from megbed.channel_emu.config import MODELS, MODES
+    from megbed.testbed.nodes.synthetic_engine import SyntheticEngine
 
     bounds = SyntheticEngine().default_bounds()
     assert bounds.max_side_px == 2 * 128 and bounds.max_steps == 200
-    import testbed.request
+    from megbed import testbed
 
     assert testbed.request.LINK_MODELS is MODELS and testbed.request.TX_MODES is MODES
 
@@ -434,9 +434,9 @@ def test_9_unknown_scheduler_on_the_synthetic_engine_is_a_bad_request(live_nodes
 def test_9_a_dead_broker_is_reported_as_unreachable_promptly(ctx):
     from nodes_helpers import free_port
 
-    from testbed.nodes.rpc import NodeError, RpcClient
-    from testbed.nodes.synthetic_engine import SyntheticEngine
-    from testbed.nodes.ue import UeNode
+    from megbed.testbed.nodes.rpc import NodeError, RpcClient
+    from megbed.testbed.nodes.synthetic_engine import SyntheticEngine
+    from megbed.testbed.nodes.ue import UeNode
 
     dead = f"tcp://127.0.0.1:{free_port()}"
     ue = UeNode(SyntheticEngine(), bind="tcp://127.0.0.1:0", es_address=dead, request_timeout_s=60).start()
@@ -451,10 +451,10 @@ def test_9_a_dead_broker_is_reported_as_unreachable_promptly(ctx):
 
 
 def test_9_a_ue_gives_up_when_stopped_or_when_the_orchestrator_lease_lapses(ctx):
-    from testbed.nodes.es import EsNode
-    from testbed.nodes.rpc import NodeError, RpcClient
-    from testbed.nodes.synthetic_engine import SyntheticEngine
-    from testbed.nodes.ue import UeNode
+    from megbed.testbed.nodes.es import EsNode
+    from megbed.testbed.nodes.rpc import NodeError, RpcClient
+    from megbed.testbed.nodes.synthetic_engine import SyntheticEngine
+    from megbed.testbed.nodes.ue import UeNode
 
     es = EsNode(SyntheticEngine(compute_s_per_step=10.0), bind="tcp://127.0.0.1:0").start()  # 40 s per request
     ue = UeNode(SyntheticEngine(), bind="tcp://127.0.0.1:0", es_address=es.address, request_timeout_s=60,

@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 from nodes_helpers import make_spec
 
-from testbed.nodes import protocol as P
-from testbed.nodes.records import StageRecorder
-from testbed.request import Request, RequestError
+from megbed.testbed.nodes import protocol as P
+from megbed.testbed.nodes.records import StageRecorder
+from megbed.testbed.request import Request, RequestError
 
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory):
-    from testbed.nodes.ldm_engine import LdmEngine
-    from testing.random_weight_models import add_stand_in_decoder, build_tiny_model
+    from megbed.testbed.nodes.ldm_engine import LdmEngine
+    from megbed.testing.random_weight_models import add_stand_in_decoder, build_tiny_model
 
     model = build_tiny_model(tmp_path_factory.mktemp("m") / "sd15", "sd15", sample_size=8)
     add_stand_in_decoder(model)
@@ -72,7 +72,7 @@ def test_decoders_are_chosen_by_name_never_by_path(engine):
 def test_the_decoder_cache_is_bounded(engine, monkeypatch):
     import shutil
 
-    from testbed.nodes import ldm_engine
+    from megbed.testbed.nodes import ldm_engine
 
     monkeypatch.setattr(ldm_engine, "MAX_CACHED_DECODERS", 1)
     folder = engine.model.model_dir / "ue_decoder"

@@ -7,13 +7,13 @@ import pytest
 import zmq
 from nodes_helpers import make_spec
 
-from megwire import Frame
-from testbed.nodes import protocol as P
-from testbed.nodes.es import EsNode
-from testbed.nodes.rpc import NodeError, RpcClient
-from testbed.nodes.synthetic_engine import SyntheticEngine
-from testbed.nodes.ue import UeNode
-from testbed.request import Request, RequestError
+from megbed.megwire import Frame
+from megbed.testbed.nodes import protocol as P
+from megbed.testbed.nodes.es import EsNode
+from megbed.testbed.nodes.rpc import NodeError, RpcClient
+from megbed.testbed.nodes.synthetic_engine import SyntheticEngine
+from megbed.testbed.nodes.ue import UeNode
+from megbed.testbed.request import Request, RequestError
 
 
 class TamperingEngine(SyntheticEngine):

@@ -9,16 +9,16 @@ import pytest
 import zmq
 from nodes_helpers import make_spec
 
-from measurements.schema import problems
-from megwire import Frame, recv_frame
-from testbed.nodes import protocol as P
-from testbed.nodes import rows as R
-from testbed.nodes.es import EsNode
-from testbed.nodes.orchestrator import NodeDead, Orchestrator, RequestFailed
-from testbed.nodes.rpc import NodeError, RpcClient
-from testbed.nodes.synthetic_engine import SyntheticEngine
-from testbed.nodes.ue import UeNode
-from testing import node_fuzz as fuzz
+from megbed.measurements.schema import problems
+from megbed.megwire import Frame, recv_frame
+from megbed.testbed.nodes import protocol as P
+from megbed.testbed.nodes import rows as R
+from megbed.testbed.nodes.es import EsNode
+from megbed.testbed.nodes.orchestrator import NodeDead, Orchestrator, RequestFailed
+from megbed.testbed.nodes.rpc import NodeError, RpcClient
+from megbed.testbed.nodes.synthetic_engine import SyntheticEngine
+from megbed.testbed.nodes.ue import UeNode
+from megbed.testing import node_fuzz as fuzz
 
 
 def test_three_schemes_through_orchestrator_give_valid_rows(synthetic_pair):
@@ -180,8 +180,8 @@ def test_one_es_serves_two_ues(synthetic_pair):
 
 
 def test_live_testbed_binding_records_rows(tmp_path, synthetic_pair):
-    from testbed.campaign.live import OrchestratorTestbed
-    from testbed.policy.live import LiveTestbed
+    from megbed.testbed.campaign.live import OrchestratorTestbed
+    from megbed.testbed.policy.live import LiveTestbed
 
     es, ue = synthetic_pair
     spec = tmp_path / "c.yaml"
@@ -200,7 +200,7 @@ def test_live_testbed_binding_records_rows(tmp_path, synthetic_pair):
         assert out["latency_s"] > 0 and math.isfinite(out["q_neg_log_mse"])
     finally:
         bed.close()
-    from measurements.dataset import read_dataset
+    from megbed.measurements.dataset import read_dataset
 
     df = read_dataset(tmp_path / "live")
     assert set(df.request_id) == {"live-000000"} and (df.merge_ratio == 0.5).all()
@@ -208,9 +208,9 @@ def test_live_testbed_binding_records_rows(tmp_path, synthetic_pair):
 
 def test_curve_keys_folder_end_to_end(tmp_path):
     """`megbed keys generate` layout: ES and UE admit the orchestrator and each other, refuse anyone else."""
-    from megwire import LinkTimeout
-    from testbed.nodes import keys
-    from testbed.nodes.orchestrator import client_curves
+    from megbed.megwire import LinkTimeout
+    from megbed.testbed.nodes import keys
+    from megbed.testbed.nodes.orchestrator import client_curves
 
     keys.generate(tmp_path / "keys")
     k = tmp_path / "keys"
@@ -236,8 +236,8 @@ def test_curve_keys_folder_end_to_end(tmp_path):
 
 
 def test_stage_energy_and_power_traces_from_a_real_meter(tmp_path):
-    from measurements.dataset import write_trace
-    from measurements.meter import Meter
+    from megbed.measurements.dataset import write_trace
+    from megbed.measurements.meter import Meter
 
     meter = Meter.from_profile(None, rate_hz=200).start()  # whatever this host has (modeled CPU time here)
     es = EsNode(SyntheticEngine(compute_s_per_step=0.02), bind="tcp://127.0.0.1:0", meter=meter).start()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import zmq
 
-from megwire import (
+from megbed.megwire import (
     CurveConfig,
     Frame,
     LinkTimeout,
@@ -17,11 +17,11 @@ from megwire import (
     recv_frame,
     stop_authenticator,
 )
-from testbed.nodes import protocol as P
-from testbed.nodes.rpc import NodeError, RpcClient
-from testbed.nodes.server import NodeServer
-from testbed.request import Request
-from testing import node_fuzz as fuzz
+from megbed.testbed.nodes import protocol as P
+from megbed.testbed.nodes.rpc import NodeError, RpcClient
+from megbed.testbed.nodes.server import NodeServer
+from megbed.testbed.request import Request
+from megbed.testing import node_fuzz as fuzz
 
 
 def _spec(**kw):
@@ -167,8 +167,8 @@ def test_curve_refuses_unauthenticated_peers(tmp_path, caplog):
 
 
 def test_clock_sync_recovers_an_injected_offset():
-    from measurements.clocksync import OffsetClock
-    from testbed.nodes.clock import NodeClock, register_clock_sync
+    from megbed.measurements.clocksync import OffsetClock
+    from megbed.testbed.nodes.clock import NodeClock, register_clock_sync
 
     remote = OffsetClock(offset_ns=3_000_000_000, drift=0.0)
     srv = NodeServer("remote", "tcp://127.0.0.1:0", clock=remote)

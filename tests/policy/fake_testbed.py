@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from testbed.policy.costmodel import MeasuredCostModel
+from megbed.testbed.policy.costmodel import MeasuredCostModel
 
 
 class FakeTestbed:
-    """Implements testbed.policy.live.LiveTestbed; records every request it was asked to run."""
+    """Implements megbed.testbed.policy.live.LiveTestbed; records every request it was asked to run."""
 
     def __init__(self, run_dir: str, seed: int = 0) -> None:
         self.model = MeasuredCostModel.from_run_dir(run_dir)

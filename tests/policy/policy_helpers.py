@@ -1,4 +1,4 @@
-"""Channel stand-ins for the policy tests (channel_emu.process is exercised where it is installed)."""
+"""Channel stand-ins for the policy tests (megbed.channel_emu.process is exercised where it is installed)."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ class ConstantChannel:
 
 
 class AR1Channel:
-    """Test stand-in for channel_emu.process: AR(1) SNR in dB around a mean."""
+    """Test stand-in for megbed.channel_emu.process: AR(1) SNR in dB around a mean."""
 
     def __init__(self, mean_db: float = -1.0, sigma_db: float = 3.0, rho: float = 0.9, seed: int | None = None):
         self.mean, self.sigma, self.rho = mean_db, sigma_db, rho

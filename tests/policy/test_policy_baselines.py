@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from policy_helpers import AR1Channel
 
-from testbed.policy.baselines import FixedPolicy, OraclePolicy, candidate_actions
-from testbed.policy.costmodel import MeasuredCostModel
-from testbed.policy.env import MegEnv
-from testbed.policy.evaluate import run_episodes, summarise
-from testbed.policy.limits import Constraints
+from megbed.testbed.policy.baselines import FixedPolicy, OraclePolicy, candidate_actions
+from megbed.testbed.policy.costmodel import MeasuredCostModel
+from megbed.testbed.policy.env import MegEnv
+from megbed.testbed.policy.evaluate import run_episodes, summarise
+from megbed.testbed.policy.limits import Constraints
 
 
 @pytest.fixture(scope="module")

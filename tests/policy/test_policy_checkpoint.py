@@ -9,10 +9,10 @@ import pytest
 import torch
 from known_optimum import KnownOptimumCMDP
 
-from testbed.policy.api import make_learner
-from testbed.policy.checkpoint import CheckpointError, LearnedPolicy
-from testbed.policy.limits import Constraints
-from testbed.policy.trainer import Trainer, TrainOptions
+from megbed.testbed.policy.api import make_learner
+from megbed.testbed.policy.checkpoint import CheckpointError, LearnedPolicy
+from megbed.testbed.policy.limits import Constraints
+from megbed.testbed.policy.trainer import Trainer, TrainOptions
 
 TINY = {
     "cvpo": {"hidden": (16, 16), "batch_size": 32, "sample_actions": 8, "buffer_size": 500, "estep_iters": 2,

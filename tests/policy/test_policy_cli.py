@@ -10,11 +10,11 @@ import pytest
 from fake_testbed import FakeTestbed
 from policy_helpers import AR1Channel
 
-from testbed.cli.main import main
-from testbed.policy.baselines import FixedPolicy
-from testbed.policy.env import make_meg_env
-from testbed.policy.evaluate import run_episodes
-from testbed.policy.live import LiveEnv
+from megbed.testbed.cli.main import main
+from megbed.testbed.policy.baselines import FixedPolicy
+from megbed.testbed.policy.env import make_meg_env
+from megbed.testbed.policy.evaluate import run_episodes
+from megbed.testbed.policy.live import LiveEnv
 
 TINY_CVPO = ["--set", "hidden=16,16", "--set", "batch_size=32", "--set", "sample_actions=8",
              "--set", "buffer_size=2000", "--set", "episodes_per_collect=2"]
@@ -80,7 +80,7 @@ def test_live_env_runs_any_policy_through_the_testbed_interface(synthetic_run):
 
 
 def test_evaluate_live_from_the_cli(synthetic_run, tmp_path):
-    pytest.importorskip("channel_emu.process")
+    pytest.importorskip("megbed.channel_emu.process")
     ev = tmp_path / "live"
     kwargs = json.dumps({"run_dir": str(synthetic_run)})
     assert main(["evaluate", "fixed:N=12,beta=0", "oracle", "--env", "live", "--testbed", "fake_testbed:FakeTestbed",

@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from testbed.policy.costmodel import MeasuredCostModel
-from testbed.policy.data import PolicyDatasetError, read_campaign_rows, request_table
-from testing.parametric_campaign import SyntheticCampaign, synthetic_rows, write_synthetic_campaign
+from megbed.testbed.policy.costmodel import MeasuredCostModel
+from megbed.testbed.policy.data import PolicyDatasetError, read_campaign_rows, request_table
+from megbed.testing.parametric_campaign import SyntheticCampaign, synthetic_rows, write_synthetic_campaign
 
 
 def _write(tmp_path, df: pd.DataFrame):
@@ -114,7 +114,7 @@ def test_unchosen_configuration_that_varies_needs_fixing(tmp_path):
 
 
 def test_energy_limit_without_valid_energy(tmp_path):
-    from testbed.policy.env import make_meg_env
+    from megbed.testbed.policy.env import make_meg_env
 
     df = synthetic_rows(SyntheticCampaign(n_steps=(4, 8), merge_ratios=(0.0, 0.5), distances_m=(200.0,),
                                           repetitions=2, include_baselines=False))

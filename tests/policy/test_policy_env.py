@@ -8,8 +8,8 @@ from gymnasium.utils.env_checker import check_env
 from policy_helpers import AR1Channel, ConstantChannel
 from scipy import stats
 
-from testbed.policy.costmodel import MeasuredCostModel, capacity_bits_per_hz
-from testbed.policy.env import MegEnv, make_meg_env
+from megbed.testbed.policy.costmodel import MeasuredCostModel, capacity_bits_per_hz
+from megbed.testbed.policy.env import MegEnv, make_meg_env
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def test_same_seed_same_episode(model):
 
 
 def test_action_mapping():
-    from testbed.policy.env import RequestSpace
+    from megbed.testbed.policy.env import RequestSpace
 
     space = RequestSpace(["n_steps", "merge_ratio"], [(4.0, 12.0), (0.0, 0.75)], [4, 8, 12], "uniform", "all",
                          ["snr_db"], {"snr_db": (0.0, 10.0)}, {})
@@ -86,7 +86,7 @@ def test_cost_statistics_match_the_dataset_at_measured_points(fixed_snr_run):
 
 def test_cost_statistics_with_fading_match_on_average(synthetic_run, model):
     """Over the measured channel states, mean and spread of latency and energy per grid point match the campaign."""
-    from testbed.policy.env import DatasetChannel
+    from megbed.testbed.policy.env import DatasetChannel
 
     table = model.table
     rng = np.random.default_rng(1)
@@ -136,7 +136,7 @@ def test_dataset_channel_and_channel_process(synthetic_run):
     env.reset(seed=0)
     snrs = {env.step([0.5, 0.5])[4]["snr_db"] for _ in range(8)}
     assert snrs <= set(np.round(env.cost_model.table.snr_db, 12)) | snrs and len(snrs) > 1
-    process = pytest.importorskip("channel_emu.process")
+    process = pytest.importorskip("megbed.channel_emu.process")
     env = make_meg_env(synthetic_run, channel=process.ChannelProcess(seed=3), episode_length=8)
     obs, info = env.reset(seed=1)
     assert np.isfinite(obs).all() and np.isfinite(info["snr_db"])

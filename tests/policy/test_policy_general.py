@@ -8,13 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from testbed.cli.main import main
-from testbed.policy.api import GENERAL_OVERRIDES, effective_overrides, gym_env_spec, make_learner
-from testbed.policy.evaluate import cmdp_summary_lines, mean_ci95
-from testbed.policy.limits import Constraints
-from testbed.policy.reference_cmdps import PricedLinkCMDP, TwoCostCMDP
+from megbed.testbed.cli.main import main
+from megbed.testbed.policy.api import GENERAL_OVERRIDES, effective_overrides, gym_env_spec, make_learner
+from megbed.testbed.policy.evaluate import cmdp_summary_lines, mean_ci95
+from megbed.testbed.policy.limits import Constraints
+from megbed.testbed.policy.reference_cmdps import PricedLinkCMDP, TwoCostCMDP
 
-ENV = "testbed.policy.reference_cmdps:PricedLinkCMDP"
+ENV = "megbed.testbed.policy.reference_cmdps:PricedLinkCMDP"
 TINY = ["--set", "hidden=16,16", "--set", "batch_size=32", "--set", "sample_actions=8", "--set", "buffer_size=2000",
         "--set", "episodes_per_collect=2", "--set", "warmup_steps=16"]
 
@@ -95,7 +95,7 @@ def test_evaluate_any_env_round_trip_with_the_policys_episode_length(tmp_path, c
     assert "of the oracle's" in printed and ("within limit" in printed or "over by" in printed)
     assert "per-request share over the per-request limit" in printed
     # the default episode count is 50
-    from testbed.cli.main import build_parser
+    from megbed.testbed.cli.main import build_parser
 
     assert build_parser().parse_args(["evaluate", "x", "--out", "y"]).episodes == 50
     assert main(["evaluate", str(run), "--env", "nonsense", "--out", str(ev)]) == 2
@@ -115,7 +115,7 @@ def test_cmdp_summary_says_within_or_over():
 
 
 def test_train_on_a_campaign_that_compared_decoders_picks_the_policy_steps_decoder(tmp_path, capsys):
-    from testing.parametric_campaign import SyntheticCampaign, synthetic_rows
+    from megbed.testing.parametric_campaign import SyntheticCampaign, synthetic_rows
 
     df = synthetic_rows(SyntheticCampaign(n_steps=(4, 8), merge_ratios=(0.0, 0.5), distances_m=(200.0,),
                                           repetitions=4, include_baselines=False))
@@ -134,8 +134,8 @@ def test_train_on_a_campaign_that_compared_decoders_picks_the_policy_steps_decod
 def test_evaluate_live_on_a_campaigns_local_nodes(synthetic_run, tmp_path, capsys):
     """`megbed evaluate --env live --campaign SPEC.yaml`: local ES + broker + UE (synthetic engine) as `make run`
     starts them; the live requests are a dataset in --out."""
-    pytest.importorskip("channel_emu.process")
-    from measurements.dataset import read_dataset
+    pytest.importorskip("megbed.channel_emu.process")
+    from megbed.measurements.dataset import read_dataset
 
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "model_index.json").write_text("{}")

@@ -6,11 +6,11 @@ import numpy as np
 import torch
 from known_optimum import LIMIT, KnownOptimumCMDP, constrained_optimum, cost_fn, reward_fn
 
-from testbed.policy.cvpo import CVPO, CVPOConfig
-from testbed.policy.evaluate import run_episodes, summarise
-from testbed.policy.limits import Constraints
-from testbed.policy.ppo_lag import PPOLagConfig, PPOLagrangian
-from testbed.policy.trainer import Trainer, TrainOptions, _Policy
+from megbed.testbed.policy.cvpo import CVPO, CVPOConfig
+from megbed.testbed.policy.evaluate import run_episodes, summarise
+from megbed.testbed.policy.limits import Constraints
+from megbed.testbed.policy.ppo_lag import PPOLagConfig, PPOLagrangian
+from megbed.testbed.policy.trainer import Trainer, TrainOptions, _Policy
 
 
 def exact_performance(learner) -> tuple[float, float]:
@@ -83,7 +83,7 @@ def test_ppo_lagrangian_multiplier_rises_under_violation_and_cost_falls(tmp_path
 
 
 def _rollout(agent, env, steps: int, seed: int):
-    from testbed.policy.learner import Rollout
+    from megbed.testbed.policy.learner import Rollout
 
     obs, _ = env.reset(seed=seed)
     rows = {k: [] for k in ("obs", "act", "reward", "cost", "obs_next", "terminated", "done", "logp")}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from testbed.policy.quick import quick_train_and_evaluate
+from megbed.testbed.policy.quick import quick_train_and_evaluate
 
 
 def test_quick_train_and_evaluate(synthetic_run, tmp_path):
@@ -31,8 +31,8 @@ def test_quick_train_and_evaluate(synthetic_run, tmp_path):
 def test_a_campaign_comparing_decoders_trains_on_the_distilled_rows(monkeypatch, tmp_path):
     import pandas as pd
 
-    import testbed.policy.data as data
-    from testbed.policy.quick import fixed_decoder
+    import megbed.testbed.policy.data as data
+    from megbed.testbed.policy.quick import fixed_decoder
 
     rows = pd.DataFrame({"scheme": ["meg", "meg", "ceg"], "decoder": ["base", "distilled", None]})
     monkeypatch.setattr(data, "read_campaign_rows", lambda run_dir: rows)

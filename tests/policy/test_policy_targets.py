@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from testbed.policy.cvpo import CVPO, CVPOConfig, gaussian_kl_decoupled
-from testbed.policy.limits import Constraints
-from testbed.policy.ppo_lag import PIDLagrangian, gae
-from testbed.policy.replay import ReplayBuffer
+from megbed.testbed.policy.cvpo import CVPO, CVPOConfig, gaussian_kl_decoupled
+from megbed.testbed.policy.limits import Constraints
+from megbed.testbed.policy.ppo_lag import PIDLagrangian, gae
+from megbed.testbed.policy.replay import ReplayBuffer
 
 G = 0.9
 

@@ -8,8 +8,8 @@ import struct
 import numpy as np
 import pytest
 
-from megwire import Frame, FrameError, FrameLimits, from_parts, pack, to_parts, unpack
-from megwire.frames import MAGIC, PROTOCOL_VERSION, json_depth
+from megbed.megwire import Frame, FrameError, FrameLimits, from_parts, pack, to_parts, unpack
+from megbed.megwire.frames import MAGIC, PROTOCOL_VERSION, json_depth
 
 
 def _head(header: dict | bytes) -> bytes:
@@ -130,7 +130,7 @@ def test_json_depth_agrees_with_its_references_on_random_and_real_texts():
 
 
 def test_long_digit_runs_inside_strings_pass_and_long_integers_do_not():
-    from megwire import Frame, from_parts, to_parts
+    from megbed.megwire import Frame, from_parts, to_parts
 
     limits = FrameLimits(max_int_digits=19)
     frame = Frame("request", meta={"prompt": "9" * 300, "seed": 2**63 - 1})

@@ -6,8 +6,8 @@ import struct
 import numpy as np
 import pytest
 
-from megwire import Frame, FrameError, FrameLimits, from_parts, pack, packed_size, to_parts, unpack
-from megwire.frames import PROTOCOL_VERSION
+from megbed.megwire import Frame, FrameError, FrameLimits, from_parts, pack, packed_size, to_parts, unpack
+from megbed.megwire.frames import PROTOCOL_VERSION
 
 
 def _frame() -> Frame:

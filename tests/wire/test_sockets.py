@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import zmq
 
-from megwire import (
+from megbed.megwire import (
     CurveConfig,
     Frame,
     FrameError,
