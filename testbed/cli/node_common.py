@@ -93,10 +93,8 @@ def load_profile_arg(args: argparse.Namespace) -> Any:
     """The ``--profile`` (validated before the model loads, so a typo fails in a second, not after minutes)."""
     if not args.profile:
         return None
-    try:
-        from megbed.firmware_profiles import load_profile
-    except ImportError as exc:
-        raise CliError(f"--profile {args.profile}: the firmware_profiles loader is not installed: {exc}") from exc
+    from megbed.firmware_profiles import load_profile
+
     try:
         return load_profile(args.profile)
     except Exception as exc:  # noqa: BLE001 - a broken profile stops the node before anything runs
