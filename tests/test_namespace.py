@@ -72,9 +72,9 @@ def test_the_console_script_resolves():
 
 def test_a_checkout_imports_the_namespace_and_nothing_twice():
     import megbed
-    import megbed.testbed.ldm.request as request
+    import megbed.testbed.request as request
 
-    assert Path(request.__file__).resolve() == ROOT / "testbed" / "ldm" / "request.py"
+    assert Path(request.__file__).resolve() == ROOT / "testbed" / "request.py"
     assert set(megbed.SUBPACKAGES) == set(FOLDERS)
     # A rewritten tree never imports a folder under its bare name as well (two copies of every class)
     code = ("import sys, megbed.testbed.cli.main, megbed.analysis.report, megbed.testing.node_fuzz; "
