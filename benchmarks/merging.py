@@ -269,16 +269,20 @@ def main(argv: list[str] | None = None) -> int:
         model = load_pipeline(model_dir, device="cpu", dtype=torch.float32)
         folder = model_dir / UE_DECODER_SUBFOLDER
         distilled = load_decoder(folder, device="cpu", dtype=torch.float32) if folder.is_dir() else None
+
+    def add_set(name: str, lat, decs: dict, crop: bool) -> None:
+        decoders_by_set[name] = list(decs)
+        part = run_set(name, lat, decs, crop, methods, log)
+        result["rows"] += part["rows"]
+        result["frontier"] += part["frontier"]
+
     t0 = time.perf_counter()
     if args.smooth:
         lat = smooth_latents(args.smooth, args.blur_px)
         decs = {} if args.no_decode else {"base": model.base_decoder}
         result["sets"]["smooth"] = (f"{args.smooth} x [4,128,128], Gaussian blur {args.blur_px:g} px; decode: "
                                     f"{CROP}x{CROP} latent centre crop, default model's VAE")
-        decoders_by_set["smooth"] = list(decs)
-        part = run_set("smooth", lat, decs, True, methods, log)
-        result["rows"] += part["rows"]
-        result["frontier"] += part["frontier"]
+        add_set("smooth", lat, decs, True)
     if args.real:
         lat = real_latents(model, args.real, args.n_steps)
         decs = {}
@@ -291,10 +295,7 @@ def main(argv: list[str] | None = None) -> int:
                     decs["auto"] = auto
         result["sets"]["real"] = (f"default model, {args.real} held-out prompts x [{','.join(map(str, lat.shape[1:]))}]"
                                   f", N = {args.n_steps}")
-        decoders_by_set["real"] = list(decs)
-        part = run_set("real", lat, decs, False, methods, log)
-        result["rows"] += part["rows"]
-        result["frontier"] += part["frontier"]
+        add_set("real", lat, decs, False)
     wall = time.perf_counter() - t0
     load = os.getloadavg()
     print(f"merging methods, float16 wire, {args.threads} torch thread(s), wall {wall:.0f} s, "

@@ -57,6 +57,7 @@ from megbed.megwire import (
     Frame,
     FrameError,
     FrameLimits,
+    bind_address,
     error_frame,
     from_parts,
     make_socket,
@@ -87,15 +88,6 @@ class BrokerAddresses:
     listen: str = "tcp://127.0.0.1:5560"
     es: str = "tcp://127.0.0.1:5555"
     pub: str = "tcp://127.0.0.1:5561"
-
-
-def _bind(sock: zmq.Socket, address: str) -> str:
-    if address.startswith("tcp://") and address.rsplit(":", 1)[-1] in ("0", "*"):
-        host = address.rsplit(":", 1)[0]
-        port = sock.bind_to_random_port(host)
-        return f"{host}:{port}"
-    sock.bind(address)
-    return address
 
 
 def _bypass(frame: Frame) -> bool:
@@ -300,8 +292,8 @@ class Broker:
             front.setsockopt(zmq.RCVHWM, 64)
             back = make_socket(self.ctx, zmq.DEALER, timeout_s=1.0, curve=self.curve_client)
             pub = make_socket(self.ctx, zmq.PUB, timeout_s=1.0, curve=self.curve_pub)
-            self.listen_address = _bind(front, self.addresses.listen)
-            self.pub_address = _bind(pub, self.addresses.pub)
+            self.listen_address = bind_address(front, self.addresses.listen)
+            self.pub_address = bind_address(pub, self.addresses.pub)
             back.connect(self.addresses.es)
         except Exception as exc:  # noqa: BLE001 - reported by start()
             self._error = exc
@@ -428,12 +420,19 @@ class Broker:
         except Exception as exc:  # noqa: BLE001 - total: anything else is a malformed frame as well
             return envelope, None, [], f"malformed frame: {type(exc).__name__}: {clip(str(exc))}"
 
-    def _uplink(self, front, back, pub, pending) -> None:
+    def _receive(self, sock: zmq.Socket) -> tuple[list[zmq.Frame], list[bytes], Frame | None, list, str | None] | None:
+        """The message waiting on ``sock`` as ``(raw, *_parse(raw))``; None when none waits."""
         try:
-            raw = front.recv_multipart(copy=False, flags=zmq.NOBLOCK)
+            raw = sock.recv_multipart(copy=False, flags=zmq.NOBLOCK)
         except zmq.Again:
+            return None
+        return (raw, *self._parse(raw))
+
+    def _uplink(self, front, back, pub, pending) -> None:
+        got = self._receive(front)
+        if got is None:
             return
-        envelope, frame, parts, err = self._parse(raw)
+        raw, envelope, frame, parts, err = got
         if frame is None:
             # An envelope without the delimiter still starts with the peer's routing id: answer that peer.
             if not envelope and raw:
@@ -457,11 +456,10 @@ class Broker:
             self._send(back, out)
 
     def _downlink(self, front, pub, back) -> None:
-        try:
-            raw = back.recv_multipart(copy=False, flags=zmq.NOBLOCK)
-        except zmq.Again:
+        got = self._receive(back)
+        if got is None:
             return
-        envelope, frame, parts, err = self._parse(raw)
+        raw, envelope, frame, parts, err = got
         if frame is None:
             self._error_record(pub, front, envelope, f"downlink frame refused: {err}", None, "downlink",
                                self._code(err or ""))

@@ -276,12 +276,8 @@ class ChannelEmulator:
             self._shannon(cfg, lk, st, arrays, values, names, rec, delivered, header_bits)
         elif cfg.mode == "analog":
             digital = side + data  # no data MCS in analog mode: digital parts go as side information
-            if values:
-                res = transmit_values({n: arrays[n] for n in values}, lk, st.snr_db, self.noise, st.fading,
-                                      cfg.analog.equalizer, cfg.impl)
-                delivered.update(res.values)
-                rec.nmse = res.nmse
-                rec.analog_values = res.num_values
+            res = self._send_values(cfg, lk, st, arrays, values, rec, delivered)
+            if res is not None:
                 rec.symbols += res.symbols
                 rec.airtime_s += res.airtime_s
             side_bits_n = header_bits + SCALE_BITS * len(values) + 8 * sum(arrays[n].nbytes for n in digital)
@@ -360,6 +356,21 @@ class ChannelEmulator:
 
     # --- helpers -------------------------------------------------------------------------------------------------
 
+    def _send_values(self, cfg: LinkConfig, lk: SymbolLink, st: ChannelState, arrays: dict[str, np.ndarray],
+                     values: list[str], rec: DeliveryRecord, delivered: dict[str, np.ndarray]):
+        """Send the ``values`` buffers over the analog path (into ``delivered``, distorted; NMSE and count into ``rec``).
+
+        Returns the :func:`megbed.channel_emu.analog.transmit_values` result, or None when there are no values.
+        """
+        if not values:
+            return None
+        res = transmit_values({n: arrays[n] for n in values}, lk, st.snr_db, self.noise, st.fading,
+                              cfg.analog.equalizer, cfg.impl)
+        delivered.update(res.values)
+        rec.nmse = res.nmse
+        rec.analog_values = res.num_values
+        return res
+
     def _shannon(self, cfg: LinkConfig, lk: SymbolLink, st: ChannelState, arrays: dict[str, np.ndarray],
                  values: list[str], names: list[str], rec: DeliveryRecord, delivered: dict[str, np.ndarray],
                  header_bits: int) -> None:
@@ -372,12 +383,7 @@ class ChannelEmulator:
         the ``values`` buffers go through :func:`megbed.channel_emu.analog.transmit_values` at the delivery's SNR (the
         ``analog`` mode's own noise path); everything else arrives exactly.
         """
-        if values:
-            res = transmit_values({n: arrays[n] for n in values}, lk, st.snr_db, self.noise, st.fading,
-                                  cfg.analog.equalizer, cfg.impl)
-            delivered.update(res.values)
-            rec.nmse = res.nmse
-            rec.analog_values = res.num_values
+        self._send_values(cfg, lk, st, arrays, values, rec, delivered)
         delivered.update({n: arrays[n].copy() for n in names if n not in values})
         bits = 8 * sum(arrays[n].nbytes for n in names)
         spectral_eff = math.log2(1.0 + 10.0 ** (st.snr_db / 10.0))  # bit/s/Hz at capacity

@@ -173,6 +173,16 @@ class _V:
             self.bad(f"{key}.{k}" if key else k, "required key is missing")
         return True
 
+    def tables(self, name: str, raw: Any, allowed: set[str], required: set[str] = frozenset()):
+        """Each well-formed table of the array of tables ``[[name]]`` as ``(key path, table)``; problems recorded."""
+        if not isinstance(raw, list):
+            self.bad(name, f"must be an array of tables ([[{name}]])")
+            return
+        for i, table in enumerate(raw):
+            key = f"{name}[{i}]"
+            if self.keys(key, table, allowed, required):
+                yield key, table
+
     def typed(self, key: str, value: Any, types: tuple[type, ...], what: str) -> bool:
         ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
         if not ok:
@@ -220,14 +230,8 @@ def _probes(v: _V, raw: Any) -> ProbePlan:
 
 
 def _rails(v: _V, raw: Any) -> tuple[RailSpec, ...]:
-    if not isinstance(raw, list):
-        v.bad("rails", "must be an array of tables ([[rails]])")
-        return ()
     out = []
-    for i, r in enumerate(raw):
-        key = f"rails[{i}]"
-        if not v.keys(key, r, {"label", "total", "address", "channel", "note"}, {"label", "total"}):
-            continue
+    for key, r in v.tables("rails", raw, {"label", "total", "address", "channel", "note"}, {"label", "total"}):
         label, total = r.get("label"), r.get("total")
         v.typed(f"{key}.label", label, (str,), "a string")
         v.typed(f"{key}.total", total, (bool,), "true or false")
@@ -266,30 +270,19 @@ def _power_model(v: _V, raw: Any) -> dict[str, PowerFigure]:
 
 
 def _commands(v: _V, raw: Any) -> tuple[Command, ...]:
-    if not isinstance(raw, list):
-        v.bad("apply", "must be an array of tables ([[apply]])")
-        return ()
     out = []
-    for i, c in enumerate(raw):
-        key = f"apply[{i}]"
-        if v.keys(key, c, {"cmd", "needs_root", "why"}, {"cmd"}):
-            cmd = v.str_list(f"{key}.cmd", c.get("cmd"))
-            nr = c.get("needs_root", True)
-            v.typed(f"{key}.needs_root", nr, (bool,), "true or false")
-            out.append(Command(cmd, bool(nr), str(c.get("why", ""))))
+    for key, c in v.tables("apply", raw, {"cmd", "needs_root", "why"}, {"cmd"}):
+        cmd = v.str_list(f"{key}.cmd", c.get("cmd"))
+        nr = c.get("needs_root", True)
+        v.typed(f"{key}.needs_root", nr, (bool,), "true or false")
+        out.append(Command(cmd, bool(nr), str(c.get("why", ""))))
     return tuple(out)
 
 
 def _checks(v: _V, raw: Any) -> tuple[Check, ...]:
-    if not isinstance(raw, list):
-        v.bad("verify", "must be an array of tables ([[verify]])")
-        return ()
     out = []
-    for i, c in enumerate(raw):
-        key = f"verify[{i}]"
-        if not v.keys(key, c, {"setting", "expect", "cmd", "path", "pattern", "scale", "tolerance", "unit"},
-                      {"setting", "expect"}):
-            continue
+    for key, c in v.tables("verify", raw, {"setting", "expect", "cmd", "path", "pattern", "scale", "tolerance", "unit"},
+                           {"setting", "expect"}):
         has_cmd, has_path = "cmd" in c, "path" in c
         if has_cmd == has_path:
             v.bad(key, "needs exactly one of cmd or path")

@@ -34,6 +34,7 @@ from megbed.megwire import (
     FrameError,
     Link,
     LinkTimeout,
+    bind_address,
     error_frame,
     make_socket,
     recv_frame,
@@ -104,13 +105,7 @@ class ClockSyncResponder:
     def _run(self) -> None:
         sock = make_socket(self.ctx, zmq.ROUTER, timeout_s=0.05)
         try:
-            host, _, port = self._bind.rpartition(":")
-            if port in ("0", "*"):
-                port_n = sock.bind_to_random_port(host)
-                self.address = f"{host}:{port_n}"
-            else:
-                sock.bind(self._bind)
-                self.address = self._bind
+            self.address = bind_address(sock, self._bind)
         except zmq.ZMQError as exc:
             self._error = exc
             self._ready.set()

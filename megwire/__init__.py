@@ -21,6 +21,7 @@ from megbed.megwire.link import InProcLink, Link, ZmqClientLink
 from megbed.megwire.sockets import (
     CurveConfig,
     LinkTimeout,
+    bind_address,
     generate_keys,
     make_socket,
     recv_frame,
@@ -32,7 +33,7 @@ from megbed.megwire.sockets import (
 
 __all__ = [
     "DEFAULT_LIMITS", "PROTOCOL_VERSION", "CurveConfig", "Frame", "FrameError", "FrameLimits", "InProcLink",
-    "Link", "LinkTimeout", "ZmqClientLink", "error_frame", "from_parts", "generate_keys", "make_socket", "pack",
+    "Link", "LinkTimeout", "ZmqClientLink", "bind_address", "error_frame", "from_parts", "generate_keys", "make_socket", "pack",
     "packed_size", "recv_frame", "recv_raw", "send_frame", "split_envelope", "stop_authenticator", "to_parts",
     "unpack",
 ]

@@ -142,6 +142,20 @@ def make_socket(
     return sock
 
 
+def bind_address(sock: zmq.Socket, address: str) -> str:
+    """Bind ``sock`` to ``address`` and return the address bound: a TCP port of ``0`` or ``*`` takes a free port.
+
+    Examples
+    --------
+    ``bind_address(sock, "tcp://127.0.0.1:0")`` -> ``"tcp://127.0.0.1:43127"``.
+    """
+    host, _, port = address.rpartition(":")
+    if address.startswith("tcp://") and port in ("0", "*"):
+        return f"{host}:{sock.bind_to_random_port(host)}"
+    sock.bind(address)
+    return address
+
+
 def send_frame(sock: zmq.Socket, frame: Frame, envelope: Sequence[bytes] = (), *, delimiter: bool = True) -> None:
     """Send ``[*envelope, b"", *parts]``; raises :class:`LinkTimeout` when the send would block past SNDTIMEO."""
     parts: list[bytes | memoryview] = [*envelope]

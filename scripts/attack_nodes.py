@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -48,24 +47,14 @@ from megbed.megwire import Frame, FrameError, from_parts, to_parts  # noqa: E402
 from megbed.testbed.nodes import protocol as P  # noqa: E402
 from megbed.testbed.request import Request  # noqa: E402
 from megbed.testing import node_fuzz as fuzz  # noqa: E402
-
-HOST = "127.0.0.1"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-def rss_mb(pid: int, field: str = "VmRSS") -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
+from megbed.testing.live_nodes import (  # noqa: E402
+    HOST,
+    flood_without_reading,
+    free_port,
+    rss_mb,
+    stop_process,
+    wait_listening,
+)
 
 
 def spec(rid: str) -> Request:
@@ -89,16 +78,7 @@ class Node:
         cmd = [sys.executable, "-c", "import sys; from megbed.testbed.cli.main import main; sys.exit(main())", *self.args]
         self.log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the process's life
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=str(self.code))
-        port = int(self.address.rsplit(":", 1)[1])
-        deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited at start; see {self.log_path}")
-            try:
-                with socket.create_connection((HOST, port), timeout=0.2):
-                    break
-            except OSError:
-                time.sleep(0.2)
+        wait_listening(self.proc, self.address, self.name, self.log_path, wait_s, poll_s=0.2)
         time.sleep(0.5)
 
     def alive(self) -> bool:
@@ -109,13 +89,7 @@ class Node:
             self.peak_rss_mb = max(self.peak_rss_mb, rss_mb(self.proc.pid, "VmHWM"))
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
     def restart(self) -> None:
         self.note_rss()
@@ -262,22 +236,8 @@ def attack_slow_reader(ctx, node: Node, args) -> dict:
     stop = threading.Event()
     counts = [0]
 
-    def flood() -> None:
-        sock = ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.RCVHWM, 10)
-        sock.setsockopt(zmq.RCVBUF, 4096)
-        sock.connect(node.address)
-        parts = [b"", *to_parts(Frame(P.HEARTBEAT, meta={"msg_id": "m" * 200_000}))]
-        while not stop.is_set():
-            try:
-                sock.send_multipart(parts, flags=zmq.NOBLOCK)
-                counts[0] += 1
-            except zmq.Again:
-                time.sleep(0.001)
-        sock.close(0)
-
-    threads = [threading.Thread(target=flood, daemon=True) for _ in range(4)]
+    flood_args = (ctx, node.address, "m" * 200_000, stop, counts, 10, 4096)
+    threads = [threading.Thread(target=flood_without_reading, args=flood_args, daemon=True) for _ in range(4)]
     for t in threads:
         t.start()
     late = 0

@@ -38,3 +38,27 @@ def one_torch_thread():
     request it from an autouse fixture in their conftest."""
     with torch_threads(1):
         yield
+
+
+
+def _tiny_model_fixtures(kind: str, scheduler: str, seed: int):
+    """Session fixtures ``tiny_<kind>_dir`` (a random-weight ``kind``-shaped model folder: 64x64 images, 4x8x8
+    latents for sd15) and ``<kind>`` (that folder loaded through ``load_pipeline`` on the CPU), built once."""
+
+    @pytest.fixture(scope="session", name=f"tiny_{kind}_dir")
+    def model_dir(tmp_path_factory):
+        from megbed.testing.random_weight_models import build_tiny_model
+
+        return build_tiny_model(tmp_path_factory.mktemp(f"tiny_{kind}"), kind, scheduler=scheduler, seed=seed)
+
+    @pytest.fixture(scope="session", name=kind)
+    def pipeline(request):
+        from megbed.testbed.ldm.model import load_pipeline
+
+        return load_pipeline(request.getfixturevalue(f"tiny_{kind}_dir"), device="cpu")
+
+    return model_dir, pipeline
+
+
+tiny_sd15_dir, sd15 = _tiny_model_fixtures("sd15", "ddim", 0)
+tiny_sdxl_dir, sdxl = _tiny_model_fixtures("sdxl", "euler", 1)

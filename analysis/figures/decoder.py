@@ -71,9 +71,7 @@ def decoder_comparison(data: RunData, ctx: FigureContext):
             lo = [e.value - e.low if np.isfinite(e.low) else 0 for _, e in pts]
             hi = [e.high - e.value if np.isfinite(e.high) else 0 for _, e in pts]
             ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=2, color=colors[j], label=dec)
-        ax.set_xlabel("merging ratio β")
-        ax.set_ylabel(label)
-        ax.legend(title="decoder", fontsize=7)
+        style.label_axes(ax, "merging ratio β", label, "decoder")
     else:
         style.empty_panel(ax, "no MEG quality to compare")
     ax.set_title("(c) MEG quality vs β")

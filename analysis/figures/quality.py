@@ -59,9 +59,7 @@ def quality_sweeps(data: RunData, ctx: FigureContext):
             else:
                 _line_ci(ax, sub, "n_steps", col, color=style.SCHEME_COLORS.get(s), marker=style.SCHEME_MARKERS.get(s),
                          label=scheme_label(s), linestyle="-" if s == "meg" else "--")
-        ax.set_xlabel("denoising steps N")
-        ax.set_ylabel(label)
-        ax.legend(fontsize=7)
+        style.label_axes(ax, "denoising steps N", label)
     else:
         style.empty_panel(ax, "no n_steps column")
     ax.set_title("(a) vs N")
@@ -75,9 +73,7 @@ def quality_sweeps(data: RunData, ctx: FigureContext):
             sub = meg if n is None else meg[meg["n_steps"] == n]
             _line_ci(ax, sub, "merge_ratio", col, color=cmap(i / max(len(ns) - 1, 1)), marker="o",
                      label="all N" if n is None else f"N = {int(n)}")
-        ax.set_xlabel("merging ratio β")
-        ax.set_ylabel(label)
-        ax.legend(title="MEG", fontsize=7)
+        style.label_axes(ax, "merging ratio β", label, "MEG")
     else:
         style.empty_panel(ax, "MEG was run at a single β (or not at all)")
     ax.set_title("(b) vs β (MEG)")
@@ -93,9 +89,7 @@ def quality_sweeps(data: RunData, ctx: FigureContext):
             binned = meg.assign(bin=pd.cut(meg["ch_snr_db"], edges, include_lowest=True))
             g = binned.groupby("bin", observed=True).agg(x=("ch_snr_db", "mean"), y=(col, "mean"))
             ax.plot(g["x"], g["y"], color="black", linewidth=1.5, label="binned mean")
-        ax.set_xlabel("realised link SNR (dB)")
-        ax.set_ylabel(label)
-        ax.legend(fontsize=7)
+        style.label_axes(ax, "realised link SNR (dB)", label)
     else:
         style.empty_panel(ax, "no realised SNR (ch_snr_db) on MEG requests")
     ax.set_title("(c) vs SNR (MEG)")
@@ -169,9 +163,7 @@ def pareto(data: RunData, ctx: FigureContext):
         front = sub_all.iloc[idx]
         ax.step(front[cost], front["quality"], where="post", color="black", linestyle="--", linewidth=0.9,
                 label="front, all schemes")
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(label)
-        ax.legend(fontsize=7)
+        style.label_axes(ax, xlabel, label)
     axes[0, 0].set_title("(a) quality vs latency")
     axes[0, 1].set_title("(b) quality vs energy")
     fig.tight_layout()

@@ -57,6 +57,13 @@ def apply_rc():
     return plt.rc_context(RC)
 
 
+def label_axes(ax, xlabel: str, ylabel: str, legend_title: str | None = None) -> None:
+    """Name a drawn panel's axes and add its legend (small type, so it fits a third of a figure's width)."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(title=legend_title, fontsize=7)
+
+
 def empty_panel(ax, message: str) -> None:
     """A panel with nothing to show says why, instead of staying blank."""
     ax.set_axis_off()

@@ -270,6 +270,14 @@ def _v1_cpu_root(root: Path) -> Path | None:
     return None
 
 
+def _try_cgroup(group: Path, version: int) -> CgroupLimit:
+    """Create ``group`` and write it a full quota: the limit, or an OSError where this hierarchy is not ours to use."""
+    group.mkdir(exist_ok=True)
+    lim = CgroupLimit(group, version)
+    lim.set_fraction(1.0)
+    return lim
+
+
 def detect_limit(name: str, root: Path = Path("/sys/fs/cgroup")) -> CpuLimit:
     """The first CPU limit that really works here: cgroup v2, cgroup v1, else the duty-cycle fallback.
 
@@ -283,21 +291,13 @@ def detect_limit(name: str, root: Path = Path("/sys/fs/cgroup")) -> CpuLimit:
                 raise OSError("the cpu controller is not available in the v2 hierarchy")
             if "cpu" not in (root / "cgroup.subtree_control").read_text().split():
                 _write(root / "cgroup.subtree_control", "+cpu")
-            group = root / name
-            group.mkdir(exist_ok=True)
-            lim = CgroupLimit(group, 2)
-            lim.set_fraction(1.0)
-            return lim
+            return _try_cgroup(root / name, 2)
         except OSError as exc:
             reasons.append(f"cgroup v2 at {root}: {exc}")
     v1 = _v1_cpu_root(root)
     if v1 is not None:
         try:
-            group = v1 / name
-            group.mkdir(exist_ok=True)
-            lim = CgroupLimit(group, 1)
-            lim.set_fraction(1.0)
-            return lim
+            return _try_cgroup(v1 / name, 1)
         except OSError as exc:
             reasons.append(f"cgroup v1 at {v1}: {exc}")
     elif not reasons:

@@ -39,10 +39,6 @@ from megbed.testbed.policy.learner import (
     LearnerConfig,
     Positive,
     Rollout,
-    load_module,
-    load_optimizer_state,
-    module_tensors,
-    optimizer_state,
 )
 from megbed.testbed.policy.nets import GaussianActor, QCritic, normal_log_prob
 from megbed.testbed.policy.replay import ReplayBuffer
@@ -348,16 +344,13 @@ class CVPO(Learner):
         out.update(self._last_mstep)
         return out
 
+    def _networks(self) -> tuple[dict[str, torch.nn.Module], dict[str, torch.optim.Optimizer]]:
+        return ({"actor": self.actor, "critics": self.critics, "critics_targ": self.critics_targ},
+                {"actor_optim": self.actor_optim, "critic_optim": self.critic_optim, "estep_optim": self.estep_optim})
+
     def state_tensors(self) -> dict[str, torch.Tensor]:
-        t = {}
-        t.update(module_tensors("actor", self.actor))
-        t.update(module_tensors("critics", self.critics))
-        t.update(module_tensors("critics_targ", self.critics_targ))
+        t = self._network_tensors()
         t["estep_dual"] = self.estep_dual.detach().clone()
-        for name, opt in (("actor_optim", self.actor_optim), ("critic_optim", self.critic_optim),
-                          ("estep_optim", self.estep_optim)):
-            tensors, _ = optimizer_state(name, opt)
-            t.update(tensors)
         for key, arr in self.buffer.state_arrays().items():
             t[f"buffer.{key}"] = torch.from_numpy(np.ascontiguousarray(arr))
         rng_t, _ = self._rng_state()
@@ -368,21 +361,14 @@ class CVPO(Learner):
         meta = {"algo": self.algo, "config": self.cfg.to_dict(), "updates": self.updates, "env_steps": self.env_steps,
                 "buffer_ptr": self.buffer.ptr, "last_mstep": self._last_mstep, "qc_threshold": self.qc_threshold,
                 "reward_norm_scale": self.reward_norm_scale}
-        for name, opt in (("actor_optim", self.actor_optim), ("critic_optim", self.critic_optim),
-                          ("estep_optim", self.estep_optim)):
-            meta[name] = optimizer_state(name, opt)[1]
+        meta.update(self._optimizer_json())
         meta.update(self._rng_state()[1])
         return meta
 
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-        load_module("actor", self.actor, tensors)
-        load_module("critics", self.critics, tensors)
-        load_module("critics_targ", self.critics_targ, tensors)
+        self._load_networks(tensors, meta)
         with torch.no_grad():
             self.estep_dual.copy_(tensors["estep_dual"])
-        for name, opt in (("actor_optim", self.actor_optim), ("critic_optim", self.critic_optim),
-                          ("estep_optim", self.estep_optim)):
-            load_optimizer_state(name, opt, tensors, meta[name])
         arrays = {k[len("buffer."):]: v.numpy() for k, v in tensors.items() if k.startswith("buffer.")}
         self.buffer.load_arrays(arrays, meta["buffer_ptr"])
         self.updates = int(meta["updates"])

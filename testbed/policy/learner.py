@@ -134,6 +134,32 @@ class Learner(ABC):
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
         """Restore what :meth:`state_tensors` and :meth:`state_json` saved."""
 
+    def _networks(self) -> tuple[dict[str, torch.nn.Module], dict[str, torch.optim.Optimizer]]:
+        """The modules and optimisers a checkpoint holds, by the name their tensors are keyed under."""
+        raise NotImplementedError
+
+    def _network_tensors(self) -> dict[str, torch.Tensor]:
+        """Tensors of every module and optimiser of :meth:`_networks` (``<name>.<param>``, ``<name>.state.*``)."""
+        modules, optims = self._networks()
+        t: dict[str, torch.Tensor] = {}
+        for name, module in modules.items():
+            t.update(module_tensors(name, module))
+        for name, opt in optims.items():
+            t.update(optimizer_state(name, opt)[0])
+        return t
+
+    def _optimizer_json(self) -> dict[str, dict]:
+        """The JSON half of each optimiser's state, keyed by its name."""
+        return {name: optimizer_state(name, opt)[1] for name, opt in self._networks()[1].items()}
+
+    def _load_networks(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+        """Restore what :meth:`_network_tensors` and :meth:`_optimizer_json` saved."""
+        modules, optims = self._networks()
+        for name, module in modules.items():
+            load_module(name, module, tensors)
+        for name, opt in optims.items():
+            load_optimizer_state(name, opt, tensors, meta[name])
+
     def _rng_state(self) -> tuple[dict[str, torch.Tensor], dict]:
         return {"rng.torch": self.torch_gen.get_state()}, {"np_rng": _jsonable(self.np_rng.bit_generator.state)}
 

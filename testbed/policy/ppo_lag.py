@@ -24,10 +24,6 @@ from megbed.testbed.policy.learner import (
     LearnerConfig,
     Positive,
     Rollout,
-    load_module,
-    load_optimizer_state,
-    module_tensors,
-    optimizer_state,
 )
 from megbed.testbed.policy.nets import GaussianActor, VCritic, normal_log_prob
 
@@ -217,23 +213,18 @@ class PPOLagrangian(Learner):
     def multipliers(self) -> dict[str, float]:
         return {f"lambda_{name}": pid.value for name, pid in zip(self.constraints.constrained, self.pids, strict=True)}
 
+    def _networks(self) -> tuple[dict[str, torch.nn.Module], dict[str, torch.optim.Optimizer]]:
+        return {"actor": self.actor, "critics": self.critics}, {"optim": self.optim}
+
     def state_tensors(self) -> dict[str, torch.Tensor]:
-        t = {}
-        t.update(module_tensors("actor", self.actor))
-        t.update(module_tensors("critics", self.critics))
-        t.update(optimizer_state("optim", self.optim)[0])
-        t.update(self._rng_state()[0])
-        return t
+        return {**self._network_tensors(), **self._rng_state()[0]}
 
     def state_json(self) -> dict:
         return {"algo": self.algo, "config": self.cfg.to_dict(), "iterations": self.iterations,
-                "pids": [p.state() for p in self.pids], "optim": optimizer_state("optim", self.optim)[1],
-                **self._rng_state()[1]}
+                "pids": [p.state() for p in self.pids], **self._optimizer_json(), **self._rng_state()[1]}
 
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-        load_module("actor", self.actor, tensors)
-        load_module("critics", self.critics, tensors)
-        load_optimizer_state("optim", self.optim, tensors, meta["optim"])
+        self._load_networks(tensors, meta)
         for pid, st in zip(self.pids, meta["pids"], strict=True):
             pid.load(st)
         self.iterations = int(meta["iterations"])

@@ -31,10 +31,40 @@ def _price(x):
     return 0.2 + 1.6 * (1.0 - x)
 
 
-class _ReferenceCMDP(gym.Env):
-    """Shared machinery: i.i.d. state, separable concave log reward, costs linear in u."""
+class IidStateEnv(gym.Env):
+    """The gymnasium side of a CMDP whose state is an i.i.d. channel quality x ~ U[0, 1], observed as 2x - 1.
+
+    Subclasses set ``episode_length`` and the spaces in ``__init__`` and end ``step`` with :meth:`_next_state`.
+    """
 
     metadata = {"render_modes": []}
+    episode_length: int
+    _x: float = 0.5
+    _t: int = 0
+
+    @property
+    def channel_state(self):
+        return None
+
+    def _obs(self):
+        return np.array([2.0 * self._x - 1.0], dtype=np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self._t = 0
+        self._x = float(self.np_random.random())
+        return self._obs(), {}
+
+    def _next_state(self) -> tuple[np.ndarray, bool]:
+        """Draw the next state: ``(observation, truncated)``, truncated once the episode has its length."""
+        self._t += 1
+        self._x = float(self.np_random.random())
+        return self._obs(), self._t >= self.episode_length
+
+
+class _ReferenceCMDP(IidStateEnv):
+    """Shared machinery: i.i.d. state, separable concave log reward, costs linear in u."""
+
     cost_names: tuple[str, ...] = ()
     limits: dict[str, float] = {}
     reward_weights = (1.0, 1.0)
@@ -107,29 +137,14 @@ class _ReferenceCMDP(gym.Env):
         """The oracle's mean reward per step under per-step ``limits`` (what ``megbed evaluate`` compares with)."""
         return self.constrained_optimum(limits)["reward"]
 
-    # gymnasium -----------------------------------------------------------------------------------------------------
-    @property
-    def channel_state(self):
-        return None
-
-    def _obs(self):
-        return np.array([2.0 * self._x - 1.0], dtype=np.float32)
-
-    def reset(self, *, seed=None, options=None):
-        super().reset(seed=seed)
-        self._t = 0
-        self._x = float(self.np_random.random())
-        return self._obs(), {}
-
     def step(self, action):
         u = np.clip(np.asarray(action, dtype=float), 0.0, 1.0)
         rng = self.np_random
         reward = float(self.reward(u)) + self.reward_noise * rng.standard_normal()
         cost = self.costs(np.asarray(self._x), u) * (1.0 + self.cost_noise * rng.standard_normal(len(self.cost_names)))
         info = {"cost": np.maximum(cost, 0.0), "channel_quality": self._x}
-        self._t += 1
-        self._x = float(rng.random())
-        return self._obs(), float(reward), False, self._t >= self.episode_length, info
+        obs, truncated = self._next_state()
+        return obs, float(reward), False, truncated, info
 
 
 class PricedLinkCMDP(_ReferenceCMDP):

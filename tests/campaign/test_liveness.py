@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 
 import pytest
-from campaign_helpers import write_spec
+from campaign_helpers import complete_dataset, run_in_background, wait_for_parts, write_spec
 
 from megbed.measurements.dataset import read_dataset
 from megbed.testbed.campaign.local import LocalCluster, wait_ready
@@ -33,20 +32,8 @@ SPEC = """
 """
 
 
-def _one_ok_row_per_request(run_dir, spec):
-    df = read_dataset(run_dir)  # validates every row against the schema
-    e2e = df[df.stage == "end_to_end"]
-    assert not e2e.request_id.duplicated().any(), "an attempt's row was written twice"
-    ok = e2e[e2e.status == "ok"].request_id.str.replace(r"-a\d+$", "", regex=True)
-    assert not ok.duplicated().any(), "a request was measured twice"
-    assert set(ok) == {r.request_id for r in spec.requests()}, "a request was lost"
-    return e2e
-
-
 def _freeze_broker_after_parts(runner: CampaignRunner, run_dir, parts: int) -> int:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and len(list((run_dir / "dataset").glob("part-*.parquet"))) < parts:
-        time.sleep(0.02)
+    wait_for_parts(run_dir, parts, poll_s=0.02)
     pid = runner.cluster.nodes["channel"].pid
     os.kill(pid, signal.SIGSTOP)
     return pid
@@ -56,9 +43,7 @@ def test_frozen_local_broker_is_restarted_and_no_row_is_lost_or_duplicated(tmp_p
     spec = load_spec(write_spec(tmp_path, SPEC))
     run = tmp_path / "run"
     runner = CampaignRunner(spec, run, engine="synthetic", progress=False)
-    result = {}
-    t = threading.Thread(target=lambda: result.update(summary=runner.run()))
-    t.start()
+    t, result = run_in_background(runner)
     frozen = _freeze_broker_after_parts(runner, run, 2)
     t.join(180)
     assert not t.is_alive()
@@ -67,7 +52,7 @@ def test_frozen_local_broker_is_restarted_and_no_row_is_lost_or_duplicated(tmp_p
     assert summary.restarts >= 1
     assert runner.cluster.nodes["channel"].restarts == 1
     assert runner.cluster.nodes["channel"].pid != frozen
-    _one_ok_row_per_request(run, spec)
+    complete_dataset(run, spec, each_once=True)
     # Detected at the probe, not by requests timing out one after another.
     assert summary.failed == 0 and len(summary.failures) <= 1
 
@@ -98,7 +83,8 @@ def test_broker_frozen_during_a_request_fails_that_attempt_once_then_retries(tmp
     summary = runner.run()
     assert not summary.stopped_early and summary.ok == summary.total
     assert summary.retried == 1 and summary.failed == 0 and summary.restarts == 1
-    e2e = _one_ok_row_per_request(run, spec)
+    df = complete_dataset(run, spec, each_once=True)
+    e2e = df[df.stage == "end_to_end"]
     failed = e2e[e2e.status == "failed"]
     assert len(failed) == 1  # the attempt that met the frozen broker, kept in the data
     assert runner.cluster.nodes["channel"].restarts == 1
@@ -115,12 +101,8 @@ def test_frozen_remote_broker_stops_the_campaign_with_a_clear_error(tmp_path, fa
                      "channel_pub": cluster.addresses["channel_pub"]}
         run = tmp_path / "run"
         runner = CampaignRunner(spec, run, addresses=addresses, engine="synthetic", progress=False)
-        result = {}
-        t = threading.Thread(target=lambda: result.update(summary=runner.run()))
-        t.start()
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and len(list((run / "dataset").glob("part-*.parquet"))) < 2:
-            time.sleep(0.02)
+        t, result = run_in_background(runner)
+        wait_for_parts(run, 2, poll_s=0.02)
         os.kill(cluster.nodes["channel"].pid, signal.SIGSTOP)
         t0 = time.monotonic()
         t.join(120)

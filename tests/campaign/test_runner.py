@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
-import time
 
 import pytest
-from campaign_helpers import write_spec
+from campaign_helpers import complete_dataset, run_in_background, wait_for_parts, write_spec
 
 from megbed.measurements.dataset import data_files, read_dataset
 from megbed.measurements.manifest import read_manifest
@@ -30,14 +28,6 @@ SPEC = """
 """
 
 
-def _check_complete(run_dir, spec):
-    df = read_dataset(run_dir)  # validates every row against the schema
-    e2e = df[df.stage == "end_to_end"]
-    ok = set(e2e[e2e.status == "ok"].request_id.str.replace(r"-a\d+$", "", regex=True))
-    assert ok == {r.request_id for r in spec.requests()}
-    return df
-
-
 @pytest.mark.slow
 def test_local_campaign_writes_a_valid_dataset_and_manifest(tmp_path, fake_model):
     spec = load_spec(write_spec(tmp_path, SPEC))
@@ -45,7 +35,7 @@ def test_local_campaign_writes_a_valid_dataset_and_manifest(tmp_path, fake_model
     summary = CampaignRunner(spec, run, engine="synthetic", progress=False).run()
     # MEG: N(2) x beta(2); CEG: N; UE-local: N -> 8 requests.
     assert summary.ok == summary.total == len(spec.requests()) == 8 and summary.failed == 0
-    df = _check_complete(run, spec)
+    df = complete_dataset(run, spec)
     assert set(df.scheme) == {"meg", "ceg", "ue_local"}
     assert {"es", "ue", "channel", "orchestrator"} <= set(df.node)
     assert df[df.stage == "end_to_end"].q_psnr_db.notna().all()
@@ -71,12 +61,8 @@ def test_killing_the_ue_mid_campaign_then_resuming_loses_nothing(tmp_path, fake_
     slow = {"ue": ["--synthetic-step-s", "0.1"], "es": ["--synthetic-step-s", "0.1"]}
     runner = CampaignRunner(spec, run, engine="synthetic", progress=False, restart_dead_nodes=False,
                             local_extra_args=slow)
-    result = {}
-    t = threading.Thread(target=lambda: result.update(summary=runner.run()))
-    t.start()
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and len(list((run / "dataset").glob("part-*.parquet"))) < 2:
-        time.sleep(0.05)
+    t, result = run_in_background(runner)
+    wait_for_parts(run, 2)
     runner.cluster.nodes["ue"].kill()  # SIGKILL: no goodbye
     t.join(120)
     first = result["summary"]
@@ -85,7 +71,7 @@ def test_killing_the_ue_mid_campaign_then_resuming_loses_nothing(tmp_path, fake_
     before = read_dataset(run)
     again = resume_campaign(run, engine="synthetic", progress=False)
     assert again.skipped == first.ok and again.failed == 0 and not again.stopped_early
-    after = _check_complete(run, spec)
+    after = complete_dataset(run, spec)
     # Every row written before the resume is still there, unchanged.
     key = ["request_id", "node", "stage", "status"]
     merged = before.merge(after, on=key, how="left", suffixes=("", "_after"), indicator=True)
@@ -102,17 +88,13 @@ def test_dead_local_node_is_restarted_and_the_request_retried(tmp_path, fake_mod
     run = tmp_path / "run"
     runner = CampaignRunner(spec, run, engine="synthetic", progress=False,
                             local_extra_args={"es": ["--synthetic-step-s", "0.1"]})
-    result = {}
-    t = threading.Thread(target=lambda: result.update(summary=runner.run()))
-    t.start()
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and len(list((run / "dataset").glob("part-*.parquet"))) < 2:
-        time.sleep(0.05)
+    t, result = run_in_background(runner)
+    wait_for_parts(run, 2)
     runner.cluster.nodes["es"].kill()
     t.join(300)
     summary = result["summary"]
     assert summary.retried >= 1 and not summary.stopped_early
-    _check_complete(run, spec)
+    complete_dataset(run, spec)
     assert runner.cluster.nodes["es"].restarts == 1
 
 
@@ -135,14 +117,12 @@ def test_campaign_process_killed_then_resumed(tmp_path, fake_model):
     cmd = [sys.executable, "-m", "megbed.testbed.cli.main", "campaign", "run", str(spec_path), "--out", str(run),
            "--engine", "synthetic", "--no-progress"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and len(list((run / "dataset").glob("part-*.parquet"))) < 3:
-        time.sleep(0.05)
+    wait_for_parts(run, 3, timeout_s=180)
     proc.kill()
     proc.wait(10)
     before = read_dataset(run)
     resumed = subprocess.run([sys.executable, "-m", "megbed.testbed.cli.main", "campaign", "resume", str(run),
                               "--engine", "synthetic", "--no-progress"], capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    after = _check_complete(run, load_spec(spec_path))
+    after = complete_dataset(run, load_spec(spec_path))
     assert set(before.request_id) <= set(after.request_id) and len(after) >= len(before)

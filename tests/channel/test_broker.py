@@ -16,6 +16,7 @@ from megbed.megwire import (
     FrameLimits,
     LinkTimeout,
     ZmqClientLink,
+    bind_address,
     from_parts,
     make_socket,
     recv_frame,
@@ -27,8 +28,7 @@ VALUES = np.linspace(-2, 2, 2000).astype(np.float16)
 
 def _es(ctx, holder, ready, stop, seen):
     sock = make_socket(ctx, zmq.ROUTER, timeout_s=0.05)
-    port = sock.bind_to_random_port("tcp://127.0.0.1")
-    holder.append(f"tcp://127.0.0.1:{port}")
+    holder.append(bind_address(sock, "tcp://127.0.0.1:0"))
     ready.set()
     while not stop.is_set():
         try:

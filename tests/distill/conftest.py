@@ -1,4 +1,5 @@
-"""A tiny SD-1.5-shaped model (random weights, 64x64 images, 4x8x8 latents) and a small latent cache over it."""
+"""A small latent cache over the tiny SD-1.5-shaped model (``sd15`` in tests/conftest.py: random weights, 64x64 images,
+4x8x8 latents)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,6 @@ import pytest
 from megbed.testbed.distill.cache import build_cache
 from megbed.testbed.distill.config import DistillConfig
 from megbed.testbed.distill.prompts import training_prompts
-from megbed.testbed.ldm.model import load_pipeline
-from megbed.testing.random_weight_models import build_tiny_model
 from megbed.testing.torch_threads import torch_threads
 
 # N in {2, 3}, reference at 3 steps: the smallest grid where N < N_ref exists.
@@ -24,23 +23,13 @@ def _one_torch_thread_here(one_torch_thread):
 
 
 @pytest.fixture(scope="session")
-def tiny_dir(tmp_path_factory):
-    return build_tiny_model(tmp_path_factory.mktemp("tiny_sd15"), "sd15", scheduler="ddim", seed=0)
-
-
-@pytest.fixture(scope="session")
-def tiny(tiny_dir):
-    return load_pipeline(tiny_dir, device="cpu")
-
-
-@pytest.fixture(scope="session")
 def recipe():
     return DistillConfig.from_dict(TINY_RECIPE)
 
 
 @pytest.fixture(scope="session")
-def tiny_cache(tiny, recipe, tmp_path_factory):
+def tiny_cache(sd15, recipe, tmp_path_factory):
     prompts = training_prompts("shapes", recipe.num_prompts + recipe.val_prompts, recipe.prompt_seed)
     with torch_threads(1):
-        return build_cache(tmp_path_factory.mktemp("cache"), tiny, prompts, steps=recipe.step_choices(),
+        return build_cache(tmp_path_factory.mktemp("cache"), sd15, prompts, steps=recipe.step_choices(),
                            n_ref=recipe.reference_steps, guidance_scale=recipe.guidance_scale, progress=False)

@@ -16,9 +16,9 @@ def _params(dist: Distiller) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in dist.decoder.named_trainable()}
 
 
-def test_checkpoint_then_resume_gives_the_same_next_step(tiny, tiny_cache, recipe, tmp_path):
+def test_checkpoint_then_resume_gives_the_same_next_step(sd15, tiny_cache, recipe, tmp_path):
     cfg = recipe.replace(steps=3, checkpoint_every=2)
-    a = Distiller(tiny, tiny_cache, cfg, tmp_path / "a")
+    a = Distiller(sd15, tiny_cache, cfg, tmp_path / "a")
     a.fit(progress=False, export=False)  # steps 0, 1 -> checkpoint at 2 -> step 2 -> checkpoint at 3
     after_a = _params(a)
     assert [s for s, _ in list_checkpoints(tmp_path / "a")] == [2, 3]
@@ -27,7 +27,7 @@ def test_checkpoint_then_resume_gives_the_same_next_step(tiny, tiny_cache, recip
 
     # A second run resumed from the step-2 checkpoint takes step 2 again: bit-identical parameters and moments.
     shutil.copytree(tmp_path / "a" / "checkpoints" / "step-000002", tmp_path / "b" / "checkpoints" / "step-000002")
-    b = Distiller(tiny, tiny_cache, cfg, tmp_path / "b")
+    b = Distiller(sd15, tiny_cache, cfg, tmp_path / "b")
     assert b.resume() == 2
     assert b.samples_seen == 2 * cfg.batch_size
     b.train_step()
@@ -39,21 +39,21 @@ def test_checkpoint_then_resume_gives_the_same_next_step(tiny, tiny_cache, recip
             assert torch.equal(sa[idx][key], sb[idx][key])
 
 
-def test_fit_resumes_where_it_stopped(tiny, tiny_cache, recipe, tmp_path):
-    first = Distiller(tiny, tiny_cache, recipe.replace(steps=2), tmp_path)
+def test_fit_resumes_where_it_stopped(sd15, tiny_cache, recipe, tmp_path):
+    first = Distiller(sd15, tiny_cache, recipe.replace(steps=2), tmp_path)
     first.fit(progress=False, export=False)
     # Extending the run changes the cosine schedule, so it is another recipe: refused.
     with pytest.raises(CheckpointError, match="other settings.*steps"):
-        Distiller(tiny, tiny_cache, recipe.replace(steps=4), tmp_path).fit(progress=False, export=False)
+        Distiller(sd15, tiny_cache, recipe.replace(steps=4), tmp_path).fit(progress=False, export=False)
     # Same recipe on another device setting resumes (device / threads / checkpoint period may change).
-    again = Distiller(tiny, tiny_cache, recipe.replace(steps=2, checkpoint_every=5), tmp_path)
+    again = Distiller(sd15, tiny_cache, recipe.replace(steps=2, checkpoint_every=5), tmp_path)
     summary = again.fit(progress=False, export=False)
     assert summary["steps"] == 2 and again.step == 2
     log = [json.loads(ln) for ln in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log if r["kind"] == "train"] == [1, 2]
 
 
-def test_a_new_run_refuses_a_folder_with_checkpoints(tiny, tiny_cache, recipe, tmp_path):
-    Distiller(tiny, tiny_cache, recipe.replace(steps=2), tmp_path).fit(progress=False, export=False)
+def test_a_new_run_refuses_a_folder_with_checkpoints(sd15, tiny_cache, recipe, tmp_path):
+    Distiller(sd15, tiny_cache, recipe.replace(steps=2), tmp_path).fit(progress=False, export=False)
     with pytest.raises(CheckpointError, match="already holds checkpoints"):
-        Distiller(tiny, tiny_cache, recipe.replace(steps=2), tmp_path).fit(resume=False, progress=False)
+        Distiller(sd15, tiny_cache, recipe.replace(steps=2), tmp_path).fit(resume=False, progress=False)

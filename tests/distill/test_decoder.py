@@ -22,17 +22,17 @@ def _latents(seed: int = 0) -> torch.Tensor:
     return torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(seed))
 
 
-def test_untrained_copy_decodes_exactly_like_the_base_decoder(tiny):
-    dec = TrainableDecoder.from_model(tiny)
+def test_untrained_copy_decodes_exactly_like_the_base_decoder(sd15):
+    dec = TrainableDecoder.from_model(sd15)
     x = _latents()
-    assert torch.equal(dec.decode(x), tiny.base_decoder.decode(x))
-    assert dec.vae is not tiny.pipe.vae
+    assert torch.equal(dec.decode(x), sd15.base_decoder.decode(x))
+    assert dec.vae is not sd15.pipe.vae
     trainable = {n.split(".")[0] for n, p in dec.vae.named_parameters() if p.requires_grad}
     assert trainable == {"decoder", "post_quant_conv"}
 
 
-def test_export_loads_through_the_runtime_and_decodes_the_same(tiny, tmp_path):
-    dec = TrainableDecoder.from_model(tiny)
+def test_export_loads_through_the_runtime_and_decodes_the_same(sd15, tmp_path):
+    dec = TrainableDecoder.from_model(sd15)
     with torch.no_grad():
         dec.vae.decoder.conv_out.bias.add_(0.05)  # a "trained" decoder
     out = export_decoder(dec, tmp_path / "ue_decoder", dtype=torch.float32, meta={"note": "test"})
@@ -40,19 +40,19 @@ def test_export_loads_through_the_runtime_and_decodes_the_same(tiny, tmp_path):
     loaded = load_decoder(out)
     x = _latents(1)
     assert torch.equal(loaded.decode(x), dec.decode(x))
-    assert not torch.equal(loaded.decode(x), tiny.base_decoder.decode(x))
+    assert not torch.equal(loaded.decode(x), sd15.base_decoder.decode(x))
     half = export_decoder(dec, tmp_path / "half", dtype=torch.float16)
     assert (half / "diffusion_pytorch_model.safetensors").stat().st_size < 0.6 * (
         out / "diffusion_pytorch_model.safetensors").stat().st_size
 
 
-def test_install_and_select_per_ue_by_name(tiny, tiny_dir, tmp_path):
+def test_install_and_select_per_ue_by_name(sd15, tiny_sd15_dir, tmp_path):
     model_dir = tmp_path / "model"
-    shutil.copytree(tiny_dir, model_dir)
+    shutil.copytree(tiny_sd15_dir, model_dir)
     with pytest.raises(ModelLoadError, match="no distilled UE decoder"):
         load_pipeline(model_dir, device="cpu", decoder="distilled")
     before = load_pipeline(model_dir, device="cpu").fingerprint()
-    dec = TrainableDecoder.from_model(tiny)
+    dec = TrainableDecoder.from_model(sd15)
     with torch.no_grad():
         dec.vae.decoder.conv_out.bias.add_(0.05)
     target = install_decoder(export_decoder(dec, tmp_path / "exported", dtype=torch.float32), model_dir)
@@ -61,9 +61,9 @@ def test_install_and_select_per_ue_by_name(tiny, tiny_dir, tmp_path):
     base = load_pipeline(model_dir, device="cpu", decoder="base")
     x = _latents(2)
     assert torch.equal(distilled.decoder.decode(x), dec.decode(x))
-    assert torch.equal(base.decoder.decode(x), tiny.base_decoder.decode(x))
+    assert torch.equal(base.decoder.decode(x), sd15.base_decoder.decode(x))
     # The reference never uses the UE decoder, and the model's identity does not change with it.
-    assert torch.equal(distilled.base_decoder.decode(x), tiny.base_decoder.decode(x))
+    assert torch.equal(distilled.base_decoder.decode(x), sd15.base_decoder.decode(x))
     assert distilled.fingerprint() == base.fingerprint() == before
 
 
@@ -85,15 +85,15 @@ def _mismatched_folder(tmp_path, **changes):
     ({"latent_channels": 16}, "16-channel latents"),
     ({"block_out_channels": [8, 16, 16]}, "upsampled x4"),
 ])
-def test_a_decoder_folder_that_does_not_fit_the_latents_is_a_clear_error(tiny, tiny_dir, tmp_path, recipe,
+def test_a_decoder_folder_that_does_not_fit_the_latents_is_a_clear_error(sd15, tiny_sd15_dir, tmp_path, recipe,
                                                                          tiny_cache, changes, words):
     bad = _mismatched_folder(tmp_path, **changes)
     with pytest.raises(DecoderMismatchError, match=f"does not fit this model: it decodes .*{words}"):
-        load_pipeline(tiny_dir, device="cpu", decoder=bad)
+        load_pipeline(tiny_sd15_dir, device="cpu", decoder=bad)
     with pytest.raises(DecoderMismatchError, match="4 channels and its VAE upsamples x8"):
-        check_folder_fits(bad, tiny_dir)
+        check_folder_fits(bad, tiny_sd15_dir)
     with pytest.raises(DecoderMismatchError):
-        install_decoder(bad, tiny_dir)
-    assert not (tiny_dir / "ue_decoder").exists()
+        install_decoder(bad, tiny_sd15_dir)
+    assert not (tiny_sd15_dir / "ue_decoder").exists()
     with pytest.raises(DecoderMismatchError):
-        Distiller(tiny, tiny_cache, recipe, tmp_path / "run", init_decoder=bad)
+        Distiller(sd15, tiny_cache, recipe, tmp_path / "run", init_decoder=bad)

@@ -12,9 +12,9 @@ from megbed.testbed.cli.main import main
 from megbed.testbed.distill.evaluate import SUMMARY_COLUMNS
 
 
-def test_train_install_eval(tiny_dir, tmp_path, capsys):
+def test_train_install_eval(tiny_sd15_dir, tmp_path, capsys):
     model = tmp_path / "model"
-    shutil.copytree(tiny_dir, model)
+    shutil.copytree(tiny_sd15_dir, model)
     run = tmp_path / "run"
     args = ["distill", "train", "--model", str(model), "--run", str(run), "--num-prompts", "3", "--val-prompts", "1",
             "--n-min", "2", "--n-max", "3", "--steps", "2", "--batch-size", "2", "--threads", "1", "--noise", "sigma",
@@ -58,9 +58,9 @@ def test_train_install_eval(tiny_dir, tmp_path, capsys):
     assert set(pd.read_csv(csv)["decoder"]) == {"base", "distilled", "auto"}
 
 
-def test_user_errors_exit_2_with_a_message(tiny_dir, tmp_path, capsys):
-    assert main(["distill", "install", str(tmp_path / "nowhere"), "--model", str(tiny_dir)]) == 2
+def test_user_errors_exit_2_with_a_message(tiny_sd15_dir, tmp_path, capsys):
+    assert main(["distill", "install", str(tmp_path / "nowhere"), "--model", str(tiny_sd15_dir)]) == 2
     assert "no readable config.json" in capsys.readouterr().err
-    assert main(["distill", "train", "--model", str(tiny_dir), "--run", str(tmp_path / "r"),
+    assert main(["distill", "train", "--model", str(tiny_sd15_dir), "--run", str(tmp_path / "r"),
                  "--beta-max", "0.9"]) == 2
     assert "beta_max" in capsys.readouterr().err

@@ -21,8 +21,8 @@ def test_lr_schedule_warms_up_linearly_then_follows_a_cosine():
     assert all(a >= b for a, b in zip(lrs, lrs[1:], strict=False))
 
 
-def test_each_step_draws_its_own_reproducible_tuples(tiny, tiny_cache, recipe, tmp_path):
-    dist = Distiller(tiny, tiny_cache, recipe, tmp_path)
+def test_each_step_draws_its_own_reproducible_tuples(sd15, tiny_cache, recipe, tmp_path):
+    dist = Distiller(sd15, tiny_cache, recipe, tmp_path)
     assert dist.plan(5) == dist.plan(5) and dist.plan(5) != dist.plan(6)
     many = [s for k in range(40) for s in dist.plan(k)]
     assert {s.n_steps for s in many} == {2, 3}
@@ -33,9 +33,9 @@ def test_each_step_draws_its_own_reproducible_tuples(tiny, tiny_cache, recipe, t
     assert all(0.0 <= s.draw.snr_db <= 20.0 for s in many if s.draw.kind == "snr")
 
 
-def test_a_few_steps_reduce_the_loss_on_a_fixed_batch(tiny, tiny_cache, recipe, tmp_path):
+def test_a_few_steps_reduce_the_loss_on_a_fixed_batch(sd15, tiny_cache, recipe, tmp_path):
     # Window-local merging: the thresholds below were set on its (larger) distortion of the fixed batch.
-    dist = Distiller(tiny, tiny_cache, recipe.replace(warmup_steps=0, lr=2e-3, lr_min=2e-3, merge_method="window"),
+    dist = Distiller(sd15, tiny_cache, recipe.replace(warmup_steps=0, lr=2e-3, lr_min=2e-3, merge_method="window"),
                      tmp_path)
     batch = dist.assemble(dist.plan(0))
     recs = [dist.train_step(batch) for _ in range(8)]
@@ -47,8 +47,8 @@ def test_a_few_steps_reduce_the_loss_on_a_fixed_batch(tiny, tiny_cache, recipe, 
     assert dist.step == 8 and dist.samples_seen == 8 * recipe.batch_size
 
 
-def test_crops_cut_latents_and_targets_consistently(tiny, tiny_cache, recipe, tmp_path):
-    dist = Distiller(tiny, tiny_cache, recipe.replace(crop_latent=4), tmp_path)
+def test_crops_cut_latents_and_targets_consistently(sd15, tiny_cache, recipe, tmp_path):
+    dist = Distiller(sd15, tiny_cache, recipe.replace(crop_latent=4), tmp_path)
     samples = dist.plan(0)
     x, y = dist.assemble(samples)
     assert x.shape == (3, 4, 4, 4) and y.shape == (3, 3, 32, 32)
@@ -57,16 +57,16 @@ def test_crops_cut_latents_and_targets_consistently(tiny, tiny_cache, recipe, tm
     assert torch.equal(y[0], full[:, 8 * r:8 * r + 32, 8 * c:8 * c + 32])
 
 
-def test_the_cache_must_hold_the_drawn_steps(tiny, tiny_cache, recipe, tmp_path):
+def test_the_cache_must_hold_the_drawn_steps(sd15, tiny_cache, recipe, tmp_path):
     with pytest.raises(DistillConfigError, match="cache has N"):
-        Distiller(tiny, tiny_cache, recipe.replace(n_min=1), tmp_path)
+        Distiller(sd15, tiny_cache, recipe.replace(n_min=1), tmp_path)
     with pytest.raises(DistillConfigError, match="none left to train on"):
-        Distiller(tiny, tiny_cache, recipe.replace(val_prompts=5), tmp_path)
+        Distiller(sd15, tiny_cache, recipe.replace(val_prompts=5), tmp_path)
 
 
-def test_perceptual_term_without_local_weights_is_a_clear_error(tiny, tiny_cache, recipe, tmp_path):
+def test_perceptual_term_without_local_weights_is_a_clear_error(sd15, tiny_cache, recipe, tmp_path):
     with pytest.raises(DistillConfigError, match="perceptual_weight > 0 needs"):
-        Distiller(tiny, tiny_cache, recipe.replace(perceptual_weight=0.1), tmp_path)
+        Distiller(sd15, tiny_cache, recipe.replace(perceptual_weight=0.1), tmp_path)
 
 
 def test_config_errors_name_the_key():
@@ -86,13 +86,13 @@ def test_config_errors_name_the_key():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("amp", ["none", "bf16", "fp16"])
-def test_gpu_training_and_resume(tiny, tiny_cache, recipe, tmp_path, amp):
+def test_gpu_training_and_resume(sd15, tiny_cache, recipe, tmp_path, amp):
     cfg = recipe.replace(device="cuda", amp=amp, steps=3, checkpoint_every=2)
-    dist = Distiller(tiny, tiny_cache, cfg, tmp_path)
+    dist = Distiller(sd15, tiny_cache, cfg, tmp_path)
     summary = dist.fit(progress=False)
     assert summary["device"] == "cuda" and math.isfinite(summary["val_final"]["val_mse"])
     assert all(p.device.type == "cuda" for _, p in dist.decoder.named_trainable())
-    again = Distiller(tiny, tiny_cache, cfg, tmp_path)
+    again = Distiller(sd15, tiny_cache, cfg, tmp_path)
     assert again.resume() == 3
     if amp == "fp16":
         assert again.scaler.get_scale() == dist.scaler.get_scale()
@@ -100,7 +100,7 @@ def test_gpu_training_and_resume(tiny, tiny_cache, recipe, tmp_path, amp):
         assert torch.equal(a, b), n
 
 
-def test_loss_is_mean_log_mse_with_a_floor_or_plain_mse(tiny, tiny_cache, recipe, tmp_path):
+def test_loss_is_mean_log_mse_with_a_floor_or_plain_mse(sd15, tiny_cache, recipe, tmp_path):
     import math
 
     import torch
@@ -109,7 +109,7 @@ def test_loss_is_mean_log_mse_with_a_floor_or_plain_mse(tiny, tiny_cache, recipe
     y = torch.zeros(2, 3, 8, 8)
     x = torch.zeros(2, 4, 1, 1)
     for floor in (1e-5, 0.0):
-        dist = Distiller(tiny, tiny_cache, recipe.replace(log_mse_floor=floor), tmp_path / str(floor))
+        dist = Distiller(sd15, tiny_cache, recipe.replace(log_mse_floor=floor), tmp_path / str(floor))
         dist.decoder = lambda _x: y + pred_err.sqrt().view(2, 1, 1, 1)  # noqa: B023 - used at once
         total, parts = dist.loss(x, y)
         assert math.isclose(parts["mse"], float(pred_err.mean()), rel_tol=1e-5)

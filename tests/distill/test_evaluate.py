@@ -16,21 +16,21 @@ from megbed.testbed.distill.prompts import heldout_prompts
 
 
 @pytest.fixture(scope="module")
-def eval_cache(tiny, tmp_path_factory):
-    return build_cache(tmp_path_factory.mktemp("eval"), tiny, heldout_prompts("shapes", 2), steps=[2, 3], n_ref=3,
+def eval_cache(sd15, tmp_path_factory):
+    return build_cache(tmp_path_factory.mktemp("eval"), sd15, heldout_prompts("shapes", 2), steps=[2, 3], n_ref=3,
                        guidance_scale=5.0, target_dtype="float32", progress=False)
 
 
-def test_table_over_beta_and_snr(tiny, eval_cache):
+def test_table_over_beta_and_snr(sd15, eval_cache):
     import torch
 
-    other = TrainableDecoder(copy.deepcopy(tiny.pipe.vae))
+    other = TrainableDecoder(copy.deepcopy(sd15.pipe.vae))
     with torch.no_grad():
         other.vae.decoder.conv_out.bias.add_(0.02)
     conds = conditions([10.0, 0.0], sigmas=[0.1])
     assert [c.label for c in conds] == ["noiseless", "SNR 10 dB", "SNR 0 dB", "σ = 0.1"]
     link = TrainingLink(NoiseConfig(kind="snr"))
-    rows = evaluate(eval_cache, {"base": tiny.base_decoder, "distilled": other}, steps=[2, 3], betas=[0.0, 0.5],
+    rows = evaluate(eval_cache, {"base": sd15.base_decoder, "distilled": other}, steps=[2, 3], betas=[0.0, 0.5],
                     conds=conds, link=link, seed=1)
     assert len(rows) == 2 * 2 * 2 * len(conds) * 2  # decoders x prompts x N x conditions x betas
     exact = rows[(rows.decoder == "base") & (rows.n_steps == 3) & (rows.beta == 0) & (rows.kind == "none")]

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import pytest
-from nodes_helpers import make_spec
+from nodes_helpers import es_ue_pair, make_spec
 
 
 @pytest.fixture
@@ -12,15 +12,7 @@ def spec_factory():
 @pytest.fixture(scope="module")
 def synthetic_pair():
     """A synthetic-engine ES and UE (no model), UE talking to the ES directly."""
-    from megbed.testbed.nodes.es import EsNode
-    from megbed.testbed.nodes.synthetic_engine import SyntheticEngine
-    from megbed.testbed.nodes.ue import UeNode
-
-    es = EsNode(SyntheticEngine(), bind="tcp://127.0.0.1:0").start()
-    ue = UeNode(SyntheticEngine(), bind="tcp://127.0.0.1:0", es_address=es.address, request_timeout_s=10).start()
-    yield es, ue
-    ue.stop()
-    es.stop()
+    yield from es_ue_pair()
 
 
 @pytest.fixture(autouse=True)

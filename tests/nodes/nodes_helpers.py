@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ import zmq
 from megbed.megwire import Frame, from_parts, to_parts
 from megbed.testbed.nodes import protocol as P
 from megbed.testbed.request import Request
+from megbed.testing.live_nodes import HOST, free_port, stop_process, wait_listening
 
 
 def make_spec(scheme: str = "meg", rid: str = "r1", **kw) -> Request:
@@ -25,24 +25,24 @@ def make_spec(scheme: str = "meg", rid: str = "r1", **kw) -> Request:
     return Request(**base)
 
 
+def es_ue_pair(es_engine=None):
+    """An ES serving ``es_engine`` (default: the synthetic engine) and a synthetic UE talking to it directly, both on
+    ephemeral loopback ports; yields ``(es, ue)`` and stops both (a generator for module fixtures)."""
+    from megbed.testbed.nodes.es import EsNode
+    from megbed.testbed.nodes.synthetic_engine import SyntheticEngine
+    from megbed.testbed.nodes.ue import UeNode
+
+    es = EsNode(es_engine or SyntheticEngine(), bind="tcp://127.0.0.1:0").start()
+    ue = UeNode(SyntheticEngine(), bind="tcp://127.0.0.1:0", es_address=es.address, request_timeout_s=10).start()
+    yield es, ue
+    ue.stop()
+    es.stop()
+
+
 # --- live node processes ----------------------------------------------------------------------------------------------
 
 
-HOST = "127.0.0.1"
 _MAIN = "import sys; from megbed.testbed.cli.main import main; sys.exit(main())"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 class LiveNode:
@@ -61,17 +61,8 @@ class LiveNode:
         return self
 
     def wait_listening(self, timeout_s: float = 120.0) -> None:
-        port = int(self.address.rsplit(":", 1)[1])
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}: {self.log_path.read_text()}")
-            try:
-                with socket.create_connection((HOST, port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.1)
-        raise TimeoutError(f"{self.name} not listening after {timeout_s} s")
+        if not wait_listening(self.proc, self.address, self.name, self.log_path, timeout_s):
+            raise TimeoutError(f"{self.name} not listening after {timeout_s} s")
 
     @property
     def alive(self) -> bool:
@@ -81,13 +72,7 @@ class LiveNode:
         return self.log_path.stat().st_size
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         if self.proc is not None:
             self._log.close()
 

@@ -16,11 +16,12 @@ import zmq
 from nodes_helpers import ask as _ask
 from nodes_helpers import ask_frame as _frame
 from nodes_helpers import legit_request as _legit
-from nodes_helpers import make_spec, rss_mb
+from nodes_helpers import make_spec
 
 from megbed.megwire import Frame, FrameError, from_parts, to_parts
 from megbed.testbed.nodes import protocol as P
 from megbed.testing import node_fuzz as fuzz
+from megbed.testing.live_nodes import flood_without_reading, free_port, rss_mb
 
 pytestmark = [pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
               pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")]
@@ -153,23 +154,13 @@ def test_3_slow_readers_flooding_do_not_stall_heartbeats_or_grow_memory(live_nod
     stop = threading.Event()
     sent = [0]
 
-    def flood(msg_id: str) -> None:
-        sock = ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.RCVHWM, 4)
-        sock.connect(node.address)
-        parts = [b"", *to_parts(Frame(P.HEARTBEAT, meta={"msg_id": msg_id}))]
-        while not stop.is_set():
-            try:
-                sock.send_multipart(parts, flags=zmq.NOBLOCK)
-                sent[0] += 1
-            except zmq.Again:
-                time.sleep(0.001)
-        sock.close(0)
+    def flood(msg_id: str) -> threading.Thread:
+        return threading.Thread(target=flood_without_reading, args=(ctx, node.address, msg_id, stop, sent, 4),
+                                daemon=True)
 
     # Four with 200 KB msg_ids (the attack), one with a legal msg_id whose answers it never reads.
-    threads = [threading.Thread(target=flood, args=("m" * 200_000,), daemon=True) for _ in range(4)]
-    threads.append(threading.Thread(target=flood, args=("ok",), daemon=True))
+    threads = [flood("m" * 200_000) for _ in range(4)]
+    threads.append(flood("ok"))
     for t in threads:
         t.start()
     worst_s = 0.0
@@ -432,7 +423,6 @@ def test_9_unknown_scheduler_on_the_synthetic_engine_is_a_bad_request(live_nodes
 
 
 def test_9_a_dead_broker_is_reported_as_unreachable_promptly(ctx):
-    from nodes_helpers import free_port
 
     from megbed.testbed.nodes.rpc import NodeError, RpcClient
     from megbed.testbed.nodes.synthetic_engine import SyntheticEngine

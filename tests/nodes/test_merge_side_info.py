@@ -5,14 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import zmq
-from nodes_helpers import make_spec
+from nodes_helpers import es_ue_pair, make_spec
 
 from megbed.megwire import Frame
 from megbed.testbed.nodes import protocol as P
-from megbed.testbed.nodes.es import EsNode
 from megbed.testbed.nodes.rpc import NodeError, RpcClient
 from megbed.testbed.nodes.synthetic_engine import SyntheticEngine
-from megbed.testbed.nodes.ue import UeNode
 from megbed.testbed.request import Request, RequestError
 
 
@@ -31,11 +29,7 @@ class TamperingEngine(SyntheticEngine):
 
 @pytest.fixture(scope="module")
 def tampering_pair():
-    es = EsNode(TamperingEngine(), bind="tcp://127.0.0.1:0").start()
-    ue = UeNode(SyntheticEngine(), bind="tcp://127.0.0.1:0", es_address=es.address, request_timeout_s=10).start()
-    yield es, ue
-    ue.stop()
-    es.stop()
+    yield from es_ue_pair(TamperingEngine())
 
 
 @pytest.mark.parametrize("method", ["global_l2", "global"])

@@ -17,6 +17,8 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 
+from megbed.testbed.policy.reference_cmdps import IidStateEnv
+
 LIMIT = 0.5
 EPISODE_LENGTH = 32
 
@@ -58,10 +60,9 @@ def constrained_optimum(limit: float = LIMIT, grid: int = 201, states: int = 400
     return {"reward": reward, "cost": cost, "lambda": hi, "best_constant_reward": float(r[feasible_const].max())}
 
 
-class KnownOptimumCMDP(gym.Env):
+class KnownOptimumCMDP(IidStateEnv):
     """The CMDP above as a gymnasium environment with ``info["cost"]``."""
 
-    metadata = {"render_modes": []}
     cost_names = ("cost",)
 
     def __init__(self, episode_length: int = EPISODE_LENGTH, noise: float = 0.1) -> None:
@@ -72,24 +73,10 @@ class KnownOptimumCMDP(gym.Env):
         self._x = 0.0
         self._t = 0
 
-    @property
-    def channel_state(self):
-        return None
-
-    def _obs(self):
-        return np.array([2.0 * self._x - 1.0], dtype=np.float32)
-
-    def reset(self, *, seed=None, options=None):
-        super().reset(seed=seed)
-        self._t = 0
-        self._x = float(self.np_random.random())
-        return self._obs(), {}
-
     def step(self, action):
         u0, u1 = np.clip(np.asarray(action, dtype=float), 0.0, 1.0)
         rng = self.np_random
         reward = reward_fn(u0, u1) + self.noise * 0.5 * rng.standard_normal()
         cost = cost_fn(self._x, u0, u1) * (1.0 + self.noise * rng.standard_normal())
-        self._t += 1
-        self._x = float(rng.random())
-        return self._obs(), float(reward), False, self._t >= self.episode_length, {"cost": np.array([cost])}
+        obs, truncated = self._next_state()
+        return obs, float(reward), False, truncated, {"cost": np.array([cost])}

@@ -13,6 +13,7 @@ from megbed.megwire import (
     InProcLink,
     LinkTimeout,
     ZmqClientLink,
+    bind_address,
     error_frame,
     generate_keys,
     make_socket,
@@ -24,8 +25,7 @@ from megbed.megwire import (
 
 def _echo_server(ctx, address_holder, ready, stop, curve=None):
     sock = make_socket(ctx, zmq.ROUTER, timeout_s=0.1, curve=curve)
-    port = sock.bind_to_random_port("tcp://127.0.0.1")
-    address_holder.append(f"tcp://127.0.0.1:{port}")
+    address_holder.append(bind_address(sock, "tcp://127.0.0.1:0"))
     ready.set()
     while not stop.is_set():
         try:
@@ -109,4 +109,19 @@ def test_curve_refuses_unknown_and_plain_peers(tmp_path):
         stop.set()
         t.join(5)
         stop_authenticator(ctx)
+        ctx.term()
+
+
+def test_bind_address_takes_a_free_port_for_0_and_keeps_an_explicit_address():
+    ctx = zmq.Context()
+    a, b = ctx.socket(zmq.ROUTER), ctx.socket(zmq.ROUTER)
+    try:
+        bound = bind_address(a, "tcp://127.0.0.1:0")
+        host, _, port = bound.rpartition(":")
+        assert host == "tcp://127.0.0.1" and int(port) > 0
+        assert a.getsockopt(zmq.LAST_ENDPOINT).decode() == bound
+        assert bind_address(b, "inproc://bind-address-test") == "inproc://bind-address-test"
+    finally:
+        a.close(0)
+        b.close(0)
         ctx.term()
