@@ -164,6 +164,11 @@ class SymbolLink:
         """Post-equalisation SNR of ``n`` symbols relative to the delivery's SNR (for the abstraction)."""
         return np.ones(n, np.float32)
 
+    def symbol_gains(self, n: int, noise: NoiseSource, out: np.ndarray | None = None) -> np.ndarray | None:
+        """Per-symbol power gains |h_i|^2 of ``n`` symbols drawn from ``noise`` (float32 [n], into ``out`` when
+        given), so that no_eff_i = 10^(-snr_db/10) / |h_i|^2; None on a flat link (nothing drawn)."""
+        return None
+
 
 @njit(cache=True, boundscheck=False)
 def _add_noise(x, w, std, std_per_symbol, y):
@@ -220,11 +225,21 @@ class RayleighSymbolLink(SymbolLink):
     flat = False
 
     def gains(self, n, rng):
-        return rng.standard_exponential(n, dtype=np.float32)
+        # Exp(1) by inversion, -log(1 - u), with numpy's SIMD float32 log: ~4x faster than
+        # rng.standard_exponential(dtype=float32) (the side block of every analog delivery draws thousands).
+        # 1 - u is exact in float64 and keeps 24 bits of relative precision in float32, so the tail is intact.
+        g = (1.0 - rng.random(int(n))).astype(np.float32)
+        np.log(g, out=g)
+        return np.subtract(np.float32(0.0), g, out=g)
+
+    def symbol_gains(self, n, noise, out=None):
+        # |h|^2 of CN(0, 1) is Exp(1); y/h = s + n/h, and n/h is circular whatever the phase of h. Clamped so that
+        # no_eff stays finite.
+        g = noise.exponential(n, out)
+        return np.maximum(g, np.float32(1e-12), out=g)
 
     def noise_variance(self, n, snr_db, noise):
-        # |h|^2 of CN(0, 1) is Exp(1); y/h = s + n/h, and n/h is circular whatever the phase of h.
-        g = torch.from_numpy(noise.exponential(n)).clamp_(min=1e-12)
+        g = torch.from_numpy(self.symbol_gains(n, noise))
         return torch.reciprocal(g).mul_(10.0 ** (-snr_db / 10.0))
 
 
