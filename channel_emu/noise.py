@@ -1,4 +1,4 @@
-"""The emulator's seeded noise source: standard normals at ~1.7 ns each, Exp(1) at ~0.6 ns, all reproducible.
+"""The emulator's seeded noise source: standard normals at ~1.1 ns each, Exp(1) at ~0.6 ns, all reproducible.
 
 Channel noise *is* the work of the analog mode (a 128x128x4 latent needs 65,536 normals; the RTF goal of 0.01
 leaves ~430 us for the whole SDXL delivery, ~120 us for an SD-1.5 one), and ``torch.randn`` /
@@ -10,17 +10,20 @@ makes every pass vectorise:
   is one loop with no carried state, which LLVM vectorises; the state is the key and a counter.
 * **Normals**: Box-Muller (1958). Each 64-bit word gives one pair: 40 bits a uniform u, 24 bits an angle
   theta = 2 pi k / 2^24; r = sqrt(-2 log(1 - u)), and the pair is (r cos theta, r sin theta), exactly two
-  independent N(0, 1) by the transform. The word pass runs in numba; log, sqrt, cos and sin are numpy's SIMD float32
-  kernels (libm's scalar calls in numba, without SVML, cost ~10 ns each). 1 - u is exact in float64 and keeps 24
-  bits of relative precision as float32, so r is exact to float32 rounding from r ~ 3.5e-4 (below it, 6e-8 of the
-  draws, r is quantised) out to the tail's end at sqrt(2 * 40 ln 2) = 7.45 sigma (P(|z| > 7.45) ~ 1e-13: never
-  reached in a campaign). Normal k of a request of n comes from pair k (cosine) for k < ceil(n / 2), else from pair
+  independent N(0, 1) by the transform. The word pass runs in numba; the log is numpy's SIMD float32 kernel;
+  sqrt, cos and sin run in a second numba pass, cos and sin as Taylor polynomials on the quarter circle after an
+  exact integer split of k into its quadrant (within 2e-7 of the float64 values) -- libm's scalar calls in numba,
+  without SVML, cost ~10 ns each and do not vectorise. 1 - u is exact in float64 and keeps 24 bits of relative
+  precision as float32, so r is exact to float32 rounding from r ~ 3.5e-4 (below it, 6e-8 of the draws, r is
+  quantised) out to the tail's end at sqrt(2 * 40 ln 2) = 7.45 sigma (P(|z| > 7.45) ~ 1e-13: never reached in a
+  campaign). Normal k of a request of n comes from pair k (cosine) for k < ceil(n / 2), else from pair
   k - ceil(n / 2) (sine).
 * **Exponentials**: -log(1 - u) from a 53-bit uniform per value, the same way (tail to 36.7).
 
-This replaced (issue 21) a 256-layer ziggurat on the same word stream, which took ~2.7 ns a normal here: its
-table gathers and the ~1% of draws sent to the scalar wedge/tail path did not vectorise. The random stream changed
-with it (same law, other numbers); the law is tested (moments, Kolmogorov-Smirnov, tail counts) in the tests.
+This replaced (issue 21) a 256-layer ziggurat on the same word stream, which took ~2.7 ns a normal here (2.5x):
+its table gathers and the ~1% of draws sent to the scalar wedge/tail path did not vectorise. The random stream
+changed with it (same law, other numbers); the law is tested (moments, Kolmogorov-Smirnov, tail counts) in the
+tests, the polynomial cos/sin against numpy's float64 ones.
 
 Every draw is a deterministic function of (seed, how much was drawn before), so seeded emulators repeat exactly.
 Sionna blocks that need a ``torch.Generator`` get one seeded from this stream (:meth:`NoiseSource.torch_generator`).
@@ -32,10 +35,9 @@ import math
 
 import numpy as np
 import torch
-from numba import float32, float64, njit, uint64
+from numba import float32, float64, int32, njit, uint64
 
 _GOLDEN = uint64(0x9E3779B97F4A7C15)
-_TWO_PI_OVER_2_24 = 2.0 * math.pi / 16777216.0
 
 
 @njit(inline="always")
@@ -69,16 +71,63 @@ def _one_minus_uniform(key, state, out):
 
 
 @njit(cache=True, boundscheck=False)
-def _polar_parts(key, state, v, theta):
+def _polar_parts(key, state, v, angle):
     """Box-Muller's inputs from the next ``v.size`` words: ``v`` <- float32(1 - u), u a 40-bit uniform (high
-    bits), ``theta`` <- 2 pi k / 2^24, k the low 24 bits."""
+    bits); ``angle`` <- the low 24 bits k (theta = 2 pi k / 2^24)."""
     base = state[0]
-    step = float32(_TWO_PI_OVER_2_24)
     for j in range(v.size):
         z = _mix(key + (base + uint64(j) + uint64(1)) * _GOLDEN)
         v[j] = float32(1.0 - float64(z >> uint64(24)) * (1.0 / 1099511627776.0))
-        theta[j] = float32(z & uint64(0xFFFFFF)) * step
+        angle[j] = int32(z & uint64(0xFFFFFF))
     state[0] = base + uint64(v.size)
+
+
+# Taylor coefficients of sin and cos on [0, pi/2): the first omitted terms are < 9e-10 and 7e-11 there, far below
+# float32's rounding, so the polynomials are sin and cos to float32 precision without libm (which does not
+# vectorise in numba).
+_S3, _S5, _S7, _S9, _S11, _S13 = (-1 / 6, 1 / 120, -1 / 5040, 1 / 362880, -1 / 39916800, 1 / 6227020800)
+_C2, _C4, _C6, _C8, _C10, _C12, _C14 = (-1 / 2, 1 / 24, -1 / 720, 1 / 40320, -1 / 3628800, 1 / 479001600,
+                                        -1 / 87178291200)
+
+
+@njit(inline="always")
+def _cos_sin(k, step):
+    """(cos, sin) of theta = 2 pi k / 2^24 (k an int32 in [0, 2^24)): the quadrant k >> 22 is split off exactly in
+    integers, alpha = (k mod 2^22) pi / 2^23 lies in [0, pi/2), and the quadrant rotates (cos, sin) of alpha:
+    (c, s), (-s, c), (-c, -s), (s, -c)."""
+    q = k >> int32(22)
+    a = float32(k & int32(0x3FFFFF)) * step
+    a2 = a * a
+    s = a * (float32(1.0) + a2 * (float32(_S3) + a2 * (float32(_S5) + a2 * (float32(_S7) + a2 * (
+        float32(_S9) + a2 * (float32(_S11) + a2 * float32(_S13)))))))
+    c = float32(1.0) + a2 * (float32(_C2) + a2 * (float32(_C4) + a2 * (float32(_C6) + a2 * (float32(_C8) + a2 * (
+        float32(_C10) + a2 * (float32(_C12) + a2 * float32(_C14)))))))
+    swap = (q & int32(1)) == 1
+    cq = s if swap else c
+    sq = c if swap else s
+    if q == 1 or q == 2:
+        cq = -cq
+    if q >= 2:
+        sq = -sq
+    return cq, sq
+
+
+@njit(cache=True, boundscheck=False, fastmath={"contract"})  # fused multiply-adds in the polynomials
+def _polar_pairs(log_v, angle, n, out):
+    """``out[j]`` <- r_j cos theta_j and ``out[P + j]`` <- r_j sin theta_j (for P + j < n), P = log_v.size, with
+    r_j = sqrt(-2 log_v[j]). Both loops are branch-free per element (selects) so that they vectorise."""
+    pairs = log_v.size
+    both = n - pairs
+    step = float32(0.5 * math.pi / 4194304.0)
+    second = out[pairs:]
+    for j in range(both):
+        cq, sq = _cos_sin(angle[j], step)
+        r = float32(math.sqrt(float32(-2.0) * log_v[j]))
+        out[j] = r * cq
+        second[j] = r * sq
+    for j in range(both, pairs):  # an odd n: the last pair's cosine only
+        cq, _ = _cos_sin(angle[j], step)
+        out[j] = float32(math.sqrt(float32(-2.0) * log_v[j])) * cq
 
 
 class NoiseSource:
@@ -98,7 +147,7 @@ class NoiseSource:
         self._state = np.zeros(1, np.uint64)  # the stream's counter
         self._words = np.empty(0, np.uint64)
         self._radius = np.empty(0, np.float32)  # Box-Muller scratch, reused across calls
-        self._theta = np.empty(0, np.float32)
+        self._angle = np.empty(0, np.int32)
 
     def _next_words(self, n: int) -> np.ndarray:
         if self._words.size < n:
@@ -116,18 +165,11 @@ class NoiseSource:
         pairs = -(-n // 2)
         if self._radius.size < pairs:
             self._radius = np.empty(max(pairs, 2 * self._radius.size), np.float32)
-            self._theta = np.empty(self._radius.size, np.float32)
-        r, theta = self._radius[:pairs], self._theta[:pairs]
-        _polar_parts(self._key, self._state, r, theta)
+            self._angle = np.empty(self._radius.size, np.int32)
+        r, angle = self._radius[:pairs], self._angle[:pairs]
+        _polar_parts(self._key, self._state, r, angle)
         np.log(r, out=r)
-        np.multiply(r, np.float32(-2.0), out=r)
-        np.sqrt(r, out=r)
-        first, second = flat[:pairs], flat[pairs:]
-        np.cos(theta, out=first)
-        np.multiply(first, r, out=first)
-        rest = n - pairs  # an odd n leaves the last pair's sine unused
-        np.sin(theta[:rest], out=second)
-        np.multiply(second, r[:rest], out=second)
+        _polar_pairs(r, angle, n, flat)  # an odd n leaves the last pair's sine unused
         return out
 
     def standard_normal_tensor(self, *shape: int) -> torch.Tensor:

@@ -30,6 +30,20 @@ def test_noise_source_is_standard_normal_and_seeded():
     assert not np.array_equal(NoiseSource(3).standard_normal(99), NoiseSource(4).standard_normal(99))
 
 
+def test_box_muller_cos_sin_polynomials_match_float64_on_every_quadrant():
+    from megbed.channel_emu.noise import _polar_pairs
+
+    k = np.random.default_rng(0).integers(0, 1 << 24, 200_001).astype(np.int32)
+    k[:6] = [0, 1 << 22, 1 << 23, 3 << 22, (1 << 22) - 1, (1 << 24) - 1]  # quadrant edges
+    n = 2 * k.size - 1  # odd: the last pair gives its cosine only
+    out = np.full(n + 1, 7.0, np.float32)
+    _polar_pairs(np.full(k.size, -0.5, np.float32), k, n, out[:n])  # log v = -1/2: r = 1
+    theta = k * (2 * math.pi / 2**24)
+    np.testing.assert_allclose(out[:k.size], np.cos(theta), rtol=0, atol=3e-7)
+    np.testing.assert_allclose(out[k.size:n], np.sin(theta[:n - k.size]), rtol=0, atol=3e-7)
+    assert out[n] == 7.0
+
+
 @pytest.mark.parametrize("model", ["rayleigh_block", "rayleigh_symbol"])
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
 def test_analog_fast_path_equals_generic_path(model, dtype):
