@@ -225,10 +225,11 @@ class RayleighSymbolLink(SymbolLink):
     flat = False
 
     def gains(self, n, rng):
-        # Exp(1) by inversion, -log(1 - u), with numpy's SIMD float32 log: ~4x faster than
-        # rng.standard_exponential(dtype=float32) (the side block of every analog delivery draws thousands).
-        # 1 - u is exact in float64 and keeps 24 bits of relative precision in float32, so the tail is intact.
-        g = (1.0 - rng.random(int(n))).astype(np.float32)
+        # Exp(1) by inversion, -log(1 - u), in place with numpy's SIMD float32 log: ~4x faster than
+        # rng.standard_exponential(dtype=float32) (the side block of every analog delivery draws thousands). u has
+        # 24 bits, so a gain never exceeds 24 ln 2 = 16.6 (P = 6e-8 a symbol): nothing a block's EESM can show.
+        g = rng.random(int(n), dtype=np.float32)
+        np.subtract(np.float32(1.0), g, out=g)
         np.log(g, out=g)
         return np.subtract(np.float32(0.0), g, out=g)
 
