@@ -17,11 +17,11 @@ from megbed.channel_emu.noise import NoiseSource
 
 def test_noise_source_is_standard_normal_and_seeded():
     src = NoiseSource(11)
-    # Odd sizes and many calls exercise the word layout and the slow path's own stream.
+    # Odd sizes and many calls exercise the pair layout (cosine half, sine half, an odd n's unused sine).
     x = np.concatenate([src.standard_normal(n) for n in [1, 3, 16, 1001] * 20 + [2_000_000]])
     assert abs(float(x.mean())) < 5 / math.sqrt(x.size) and abs(float(x.var()) - 1) < 5 * math.sqrt(2 / x.size)
     assert stats.kstest(x, "norm").pvalue > 1e-3
-    for t in (2.0, 3.0, 4.0):  # the ziggurat's tail and wedges
+    for t in (2.0, 3.0, 4.0):  # the tails (Box-Muller radius from a 40-bit uniform)
         p = 2 * stats.norm.sf(t)
         assert abs(np.count_nonzero(np.abs(x) > t) - p * x.size) < 5 * math.sqrt(p * x.size)
     e = src.exponential(200_000)
