@@ -99,8 +99,9 @@ class SymbolLink:
 
     ``additive`` links deliver s_hat = s + e, e ~ CN(0, no_eff) independent of s (zero forcing with perfect CSI on
     AWGN and flat fading). Their noise can then be applied to real-valued data directly: :meth:`noise_variance`
-    followed by :func:`standard_noise`, which is what the analog fast path does. :meth:`transmit` draws the same two
-    things in the same order, so both give the same realisation from the same noise state.
+    (on a fast-fading link, :meth:`symbol_gains`, from which it is computed) followed by :func:`standard_noise`,
+    which is what the analog fast path does. :meth:`transmit` draws the same two things in the same order, so both
+    give the same realisation from the same noise state.
     """
 
     name = "base"
