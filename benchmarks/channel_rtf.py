@@ -2,7 +2,9 @@
 
 One row per mode x link x latent (x SNR for the coded mode), with the emulator run at 1 and at 2 threads (the
 process's torch threads, the emulator's ``torch_threads`` cap and the coded chain's numba ``decoder.threads`` all
-set to that number), on one seeded channel state per row so that both thread counts see the same SNR and MCS.
+set to that number, as caps: the chain gives its decoder no more threads than code blocks, nor than 1 + the cores the
+load average leaves idle, see :func:`megbed.channel_emu.numba_setup.kernel_threads`), on one seeded channel state per
+row so that both thread counts see the same SNR and MCS.
 
     RTF = processing time / emulated airtime     (goals, issue 21: analog <= 0.01, coded <= 1, at 1 MHz, 2 cores)
 

@@ -34,7 +34,7 @@ from megbed.channel_emu.digital import RV_SEQUENCE, DigitalResult, bits_to_block
 from megbed.channel_emu.links import SymbolLink
 from megbed.channel_emu.mcs import segment
 from megbed.channel_emu.noise import NoiseSource
-from megbed.channel_emu.numba_setup import prefer_workqueue
+from megbed.channel_emu.numba_setup import kernel_threads, prefer_workqueue
 
 prefer_workqueue()
 
@@ -172,7 +172,7 @@ class CodedChain:
         m, k, n = seg.bits_per_symbol, seg.k, seg.n
         code, qam = self.code(k, n, m), self.qam(m)
         sionna_dec = self.sionna_codec(k, n, m, harq)[1] if self.decoder_kind == "sionna" else None
-        numba.set_num_threads(min(self.threads, numba.config.NUMBA_NUM_THREADS))
+        numba.set_num_threads(kernel_threads(min(self.threads, numba.config.NUMBA_NUM_THREADS), seg.num_blocks))
         tm.lap("setup")  # ~0 once the block shape has been seen; see warm_up(payload_bits=...)
         u_crc = crc24b_attach(bits_to_blocks(bits, seg))
         tm.lap("crc")

@@ -154,8 +154,10 @@ class OfdmConfig(_Section):
 class DecoderConfig(_Section):
     """LDPC decoding: ``fast`` (layered normalised min-sum with early stop) or ``sionna`` (LDPC5GDecoder).
 
-    ``threads``: numba threads for the fast encoder and decoder (codewords in parallel); 0 = all cores. 1 by default:
-    on two cores shared with other work a second thread rarely finds a free core and the first then waits for it.
+    ``threads``: the most numba threads for the fast encoder and decoder (codewords in parallel); 0 = all cores. 1 by
+    default: on two cores shared with other work a second thread rarely finds a free core and the first then waits for
+    it. A delivery gets fewer when it has fewer code blocks or the load average leaves no core idle
+    (:func:`megbed.channel_emu.numba_setup.kernel_threads`).
     """
 
     kind: Literal[DECODERS] = "fast"

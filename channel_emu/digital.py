@@ -122,7 +122,12 @@ def abstract_transfer(bits: np.ndarray | None, payload_bits: int, mcs: int, link
         sinr = snr_lin * gains
         sinr_sum = sinr if sinr_sum is None else sinr_sum + sinr  # Chase combining per symbol
         eff = effective_snr_db(sinr_sum, mcs)
-        fail = rng.random(pending.size) < bler(mcs, seg.k, eff, impl)
+        if impl == "fast" and pending.size <= 8:  # a side block: scalar look-ups beat numpy's per-call cost
+            table = bler_table()
+            p_fail = np.array([table.scalar(mcs, seg.k, e) for e in eff.tolist()])
+        else:
+            p_fail = bler(mcs, seg.k, eff, impl)
+        fail = rng.random(pending.size) < p_fail
         eff_db[pending] = eff
         coded += pending.size * seg.n
         symbols += n_sym

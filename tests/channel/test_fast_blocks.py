@@ -17,17 +17,31 @@ from megbed.channel_emu.noise import NoiseSource
 
 def test_noise_source_is_standard_normal_and_seeded():
     src = NoiseSource(11)
-    # Odd sizes and many calls exercise the word layout and the slow path's own stream.
+    # Odd sizes and many calls exercise the pair layout (cosine half, sine half, an odd n's unused sine).
     x = np.concatenate([src.standard_normal(n) for n in [1, 3, 16, 1001] * 20 + [2_000_000]])
     assert abs(float(x.mean())) < 5 / math.sqrt(x.size) and abs(float(x.var()) - 1) < 5 * math.sqrt(2 / x.size)
     assert stats.kstest(x, "norm").pvalue > 1e-3
-    for t in (2.0, 3.0, 4.0):  # the ziggurat's tail and wedges
+    for t in (2.0, 3.0, 4.0):  # the tails (Box-Muller radius from a 40-bit uniform)
         p = 2 * stats.norm.sf(t)
         assert abs(np.count_nonzero(np.abs(x) > t) - p * x.size) < 5 * math.sqrt(p * x.size)
     e = src.exponential(200_000)
     assert abs(float(e.mean()) - 1) < 0.01 and stats.kstest(e, "expon").pvalue > 1e-3
     np.testing.assert_array_equal(NoiseSource(3).standard_normal(999), NoiseSource(3).standard_normal(999))
     assert not np.array_equal(NoiseSource(3).standard_normal(99), NoiseSource(4).standard_normal(99))
+
+
+def test_box_muller_cos_sin_polynomials_match_float64_on_every_quadrant():
+    from megbed.channel_emu.noise import _polar_pairs
+
+    k = np.random.default_rng(0).integers(0, 1 << 24, 200_001).astype(np.int32)
+    k[:6] = [0, 1 << 22, 1 << 23, 3 << 22, (1 << 22) - 1, (1 << 24) - 1]  # quadrant edges
+    n = 2 * k.size - 1  # odd: the last pair gives its cosine only
+    out = np.full(n + 1, 7.0, np.float32)
+    _polar_pairs(np.full(k.size, -0.5, np.float32), k, n, out[:n])  # log v = -1/2: r = 1
+    theta = k * (2 * math.pi / 2**24)
+    np.testing.assert_allclose(out[:k.size], np.cos(theta), rtol=0, atol=3e-7)
+    np.testing.assert_allclose(out[k.size:n], np.sin(theta[:n - k.size]), rtol=0, atol=3e-7)
+    assert out[n] == 7.0
 
 
 @pytest.mark.parametrize("model", ["rayleigh_block", "rayleigh_symbol"])

@@ -26,6 +26,17 @@ def test_torch_threads_follow_work_size():
     assert torch_threads_for(1 << 30, 1) == 1
 
 
+def test_kernel_threads_need_work_and_an_idle_core():
+    from megbed.channel_emu.numba_setup import kernel_threads
+
+    assert kernel_threads(2, 8, load_avg=0.3, cpus=2) == 2  # idle box: both cores
+    assert kernel_threads(2, 8, load_avg=1.5, cpus=2) == 1  # the other core is busy
+    assert kernel_threads(2, 8, load_avg=11.0, cpus=2) == 1
+    assert kernel_threads(4, 1, load_avg=0.0, cpus=16) == 1  # one codeword: nothing to share
+    assert kernel_threads(8, 100, load_avg=13.2, cpus=16) == 3
+    assert kernel_threads(0, 0, load_avg=0.0, cpus=2) == 1
+
+
 def test_a_delivery_runs_small_frames_on_one_thread_and_restores_the_setting(monkeypatch):
     from megbed.megwire import Frame
 

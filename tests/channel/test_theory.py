@@ -66,3 +66,21 @@ def test_coded_bler_low_above_the_waterfall():
     assert out["blocks"] >= 5 and out["bler"] < 1e-2 and out["ber"] == 0.0
     low = simulate("coded", "qpsk", -1.0, 8_000, seed=3)
     assert low["bler"] > 0.5
+
+
+@pytest.mark.parametrize("snr_db", [0.0, 10.0])
+def test_analog_mmse_nmse_on_per_symbol_rayleigh_matches_theory(snr_db):
+    # Per symbol no_eff = N0 / g, g = |h|^2 ~ Exp(1); the MMSE estimate's error is 1 / (1 + SNR g) of the value's
+    # power, so NMSE = E[1 / (1 + SNR g)] = e^(1/SNR) E1(1/SNR) / SNR. This checks the fading draws (Exp(1) by
+    # inversion), the noise and the per-symbol equaliser together.
+    from scipy.special import exp1
+
+    from megbed.channel_emu.analog import transmit_values
+    from megbed.channel_emu.config import LinkConfig
+    from megbed.channel_emu.links import make_link
+    from megbed.channel_emu.noise import NoiseSource
+
+    x = np.random.default_rng(3).standard_normal(200_000).astype(np.float32)
+    s = 10 ** (snr_db / 10)
+    res = transmit_values({"x": x}, make_link(LinkConfig(model="rayleigh_symbol")), snr_db, NoiseSource(4))
+    assert res.nmse == pytest.approx(math.exp(1 / s) * exp1(1 / s) / s, rel=0.03)
