@@ -64,6 +64,9 @@ ALGOS = ("cvpo", "ppo-lag")
 #   env steps): cap e^0.5 0.76 / 0.79 at cost 0.84 / 0.88; cap e^-1 0.94 / 0.97 at 1.02 / 1.01; cap e^-1.5 0.87 /
 #   0.93 at 0.93 / 1.02; cap e^-1 with a 4x slower E-step dual 0.90 / 0.86 (its cost swung 1.41 -> 0.33 between);
 #   with cap e^0.5: 10x the std's KL bound 0.83 at 0.82, 5x the E-step's KL bound 0.87 at 0.96 (12.8k).
+#   Not enough on its own: at 50k env steps the end point still swings with the multipliers (0.90-1.02 of the
+#   optimum at 0.88-1.13 x the limits over both reference CMDPs x 3 seeds; benchmarks/results/
+#   policy_known_optimum_i17.txt), so the 95 %-within-limits goal of issue 17 is not met yet.
 GENERAL_OVERRIDES: dict[str, dict] = {
     "cvpo": {"threshold_rule": "stationary", "warmup_steps": 2560, "mu_max": 3.0, "log_std_max": -1.0,
              "reward_norm": True, "update_per_step": 0.1},
