@@ -91,6 +91,11 @@ class CVPOConfig(LearnerConfig):
         Environment steps at the start that act uniformly at random over the action box (in executed units) and
         train only the critics (0 = off, as FSRL). Without it the first E-steps follow critics fitted on a few
         hundred samples, the policy commits to whatever corner they favour and its std shrinks with it.
+    warmup_update_per_step : float or None
+        Critic updates per environment step during the warm-up (None: ``update_per_step``). The cost critics approach
+        their fixed point c / (1 - gamma) with a time constant of about 1 / (tau (1 - gamma^n)) updates (~340 at the
+        defaults); if the warm-up gives them fewer, the first E-steps see the costs under-estimated, leave the
+        multipliers at 0 and send the policy to the dearest corner before the multipliers catch up.
     """
 
     gamma: Annotated[float, Field(ge=0.0, le=1.0)] = 0.97
@@ -120,6 +125,7 @@ class CVPOConfig(LearnerConfig):
     reward_norm: bool = False
     fused_duals: bool = True
     warmup_steps: Annotated[int, Field(ge=0)] = 0
+    warmup_update_per_step: Positive | None = None
     log_std_max: float = 2.0
     mu_max: Positive | None = None
 
@@ -191,7 +197,10 @@ class CVPO(Learner):
         self.buffer.add(rollout.obs, executed, sig, rollout.obs_next, rollout.terminated, rollout.done)
         warm = self.warming_up
         self.env_steps += len(rollout.obs)
-        n_updates = max(1, int(round(self.cfg.update_per_step * len(rollout.obs))))
+        rate = self.cfg.update_per_step
+        if warm and self.cfg.warmup_update_per_step is not None:
+            rate = self.cfg.warmup_update_per_step
+        n_updates = max(1, int(round(rate * len(rollout.obs))))
         acc: dict[str, float] = {}
         for _ in range(n_updates):
             stats = self.update(critics_only=warm)

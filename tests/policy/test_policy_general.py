@@ -64,7 +64,7 @@ def test_warmup_and_bounds_apply_on_any_env(tmp_path):
     cfg = json.loads((out / "policy" / "policy.json").read_text())["config"]
     for key, value in GENERAL_OVERRIDES["cvpo"].items():
         assert cfg[key] == value, key
-    assert cfg["warmup_steps"] > 0 and cfg["mu_max"] == 3.0 and cfg["log_std_max"] == 0.5
+    assert cfg["warmup_steps"] > 0 and cfg["mu_max"] == 3.0 and cfg["log_std_max"] == -1.0
     paper = tmp_path / "paper"
     assert main(["train", "--env", ENV, "--env-kwargs", '{"episode_length": 8}', "--limit", "cost=0.35",
                  "--steps", "16", "--out", str(paper), "--no-progress", "--eval-episodes", "1", "--preset", "paper",
@@ -72,6 +72,30 @@ def test_warmup_and_bounds_apply_on_any_env(tmp_path):
     cfg = json.loads((paper / "policy" / "policy.json").read_text())["config"]
     assert cfg["warmup_steps"] == 0 and cfg["mu_max"] is None and cfg["threshold_rule"] == "fsrl"
     assert cfg["log_std_max"] == 2.0 and cfg["reward_norm"] is False and cfg["update_per_step"] == 0.2
+
+
+def test_std_cap_keeps_the_evaluated_mean_action_near_the_trained_stochastic_policy():
+    """The learner meets the limit with its stochastic policy, the evaluation (and the optimum) uses the mean action:
+    the default cap on the std keeps the two executed actions close wherever the mean is; MEG keeps its own cap."""
+    import torch
+
+    spec = gym_env_spec(ENV)
+    cons = Constraints.from_mapping(("cost",), {"cost": 0.35}, 64)
+    gaps = {}
+    for preset in ("auto", "paper"):
+        agent = make_learner("cvpo", 1, 2, cons, 0, effective_overrides("cvpo", spec, None, preset))
+        with torch.no_grad():
+            agent.actor.sigma.bias.fill_(5.0)  # a std head driven far above any cap
+            _, std = agent.actor(torch.zeros(1, 1))
+        assert float(std.max()) == pytest.approx(np.exp(agent.cfg.log_std_max), rel=1e-5)
+        # executed mean action of the stochastic policy vs the deterministic one, over interior means of u
+        mu = torch.linspace(-2.0, 2.0, 81)[:, None]
+        eps = torch.randn(20_000, 1, generator=torch.Generator().manual_seed(0))
+        stochastic = torch.tanh(mu.T + float(std.max()) * eps).mean(0)
+        gaps[preset] = float((stochastic - torch.tanh(mu[:, 0])).abs().max()) / 2  # in units of the [0, 1] box
+    assert gaps["auto"] < 0.03 < 0.2 < gaps["paper"]
+    meg = effective_overrides("cvpo", {"type": "meg"}, None)
+    assert meg["log_std_max"] == 0.5 and GENERAL_OVERRIDES["cvpo"]["log_std_max"] == -1.0
 
 
 def test_evaluate_any_env_round_trip_with_the_policys_episode_length(tmp_path, capsys):

@@ -122,3 +122,21 @@ def test_cvpo_warmup_acts_uniformly_and_trains_only_the_critics():
     clone = CVPO(1, 2, cons, agent.cfg, seed=5)
     clone.load_state(agent.state_tensors(), agent.state_json())
     assert clone.env_steps == 128 and clone.updates == agent.updates
+
+
+def test_cvpo_warmup_has_its_own_update_rate():
+    """Critic updates during the warm-up at warmup_update_per_step (so the cost critics are near their fixed point
+    when the E-step first uses them), then update_per_step."""
+    env = KnownOptimumCMDP()
+    cons = Constraints.from_mapping(env.cost_names, {"cost": LIMIT}, env.episode_length)
+    cfg = CVPOConfig(hidden=(8, 8), batch_size=16, sample_actions=4, warmup_steps=64, update_per_step=0.1,
+                     warmup_update_per_step=0.5)
+    agent = CVPO(1, 2, cons, cfg, seed=0)
+    agent.learn(_rollout(agent, env, 64, seed=1))
+    assert agent.updates == 32
+    agent.learn(_rollout(agent, env, 64, seed=2))
+    assert agent.updates == 32 + 6
+    # unset, the warm-up runs at the ordinary rate
+    plain = CVPO(1, 2, cons, cfg.model_copy(update={"warmup_update_per_step": None}), seed=0)
+    plain.learn(_rollout(plain, env, 64, seed=1))
+    assert plain.updates == 6
