@@ -152,6 +152,28 @@ class OraclePolicy:
             k = int(np.argmax(np.where(ok, r, -np.inf))) if ok.any() else int(np.argmin(c.max(axis=1)))
         return tuple(self.candidates[k])
 
+    def near_and_far(self, quantile: float = 0.05) -> dict[str, dict[str, float]]:
+        """The oracle's action at the far (low-SNR) and near (high-SNR) end of the state distribution.
+
+        Parameters
+        ----------
+        quantile : float
+            The far end is this quantile of the sampled SNRs (dB), the near end ``1 - quantile``.
+
+        Returns
+        -------
+        dict
+            ``{"far": {"snr_db": .., <action name>: ..}, "near": {...}}``, actions in measured units (N, beta, ...).
+        """
+        states = self.states if self.mode == "cmdp" else sample_states(self.env)
+        names = self.env.unwrapped.space.action_names
+        out = {}
+        for end, q in (("far", quantile), ("near", 1.0 - quantile)):
+            snr_db = float(np.quantile(states, q))
+            out[end] = {"snr_db": snr_db, **{n: float(v) for n, v in zip(names, self.best_values(snr_db),
+                                                                          strict=True)}}
+        return out
+
     def action(self, obs, state) -> np.ndarray:
         if state is None:
             raise ValueError("the oracle needs the channel state of the coming request")

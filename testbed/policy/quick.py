@@ -104,6 +104,8 @@ def quick_train_and_evaluate(run_dir: str | Path, out_dir: str | Path | None = N
 
     pd.concat(frames, ignore_index=True).to_parquet(out / "outcomes.parquet", index=False)
     oracle_r = summaries["oracle"]["reward_mean"]
+    # Whether the channel state matters: the oracle's action where the link is worst and where it is best.
+    oracle_ends = policies["oracle"].near_and_far()
     summary = {
         "run_dir": str(run_dir), "out_dir": str(out), "synthetic": bool(cost_model.source.get("synthetic", False)),
         "limits": limits, "limits_derived": derived, "channel": spec["channel"],
@@ -115,12 +117,24 @@ def quick_train_and_evaluate(run_dir: str | Path, out_dir: str | Path | None = N
         "cvpo_reward_vs_oracle": summaries["cvpo"]["reward_mean"] / oracle_r if oracle_r else float("nan"),
         "within_limits": cmdp_verdict(summaries["cvpo"], constraints)[0],
         "training_rounds": rounds,
-        "summary_lines": cmdp_summary_lines(f"CVPO ({result.env_steps} steps)", summaries["cvpo"], constraints,
-                                            oracle_r),
+        "oracle_near_far": oracle_ends,
+        "summary_lines": [*cmdp_summary_lines(f"CVPO ({result.env_steps} steps)", summaries["cvpo"], constraints,
+                                              oracle_r), _oracle_line(oracle_ends)],
         "wall_s": time.perf_counter() - t0,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=float), encoding="utf-8")
     return summary
+
+
+def _oracle_line(ends: dict[str, dict[str, float]]) -> str:
+    def one(end: str) -> str:
+        values = ", ".join(f"{k} {v:g}" for k, v in ends[end].items() if k != "snr_db")
+        return f"{end} (SNR {ends[end]['snr_db']:.1f} dB): {values}"
+
+    same = {k: v for k, v in ends["far"].items() if k != "snr_db"} == {
+        k: v for k, v in ends["near"].items() if k != "snr_db"}
+    return (f"  oracle's action {'(the same at both ends)' if same else 'by channel state'}: {one('far')}; "
+            f"{one('near')}")
 
 
 def fixed_decoder(run_dir: Path) -> dict | None:

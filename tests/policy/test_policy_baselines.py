@@ -102,3 +102,21 @@ def test_fixed_scheme_parsing(env):
     assert FixedPolicy.parse(env, "n_steps=6, merge_ratio=0.2").values == (6.0, 0.2)
     with pytest.raises(ValueError, match="lacks"):
         FixedPolicy.parse(env, "N=8")
+
+
+def test_near_and_far_are_the_oracles_actions_at_the_state_quantiles(env):
+    from megbed.testbed.policy.quick import _oracle_line
+
+    cons = Constraints.from_mapping(env.cost_names, {"latency_s": 2.6}, env.episode_length)
+    oracle = OraclePolicy(env, cons, mode="cmdp", state_episodes=16)
+    ends = oracle.near_and_far(quantile=0.1)
+    names = env.unwrapped.space.action_names
+    for end, q in (("far", 0.1), ("near", 0.9)):
+        snr = float(np.quantile(oracle.states, q))
+        assert ends[end]["snr_db"] == pytest.approx(snr)
+        assert tuple(ends[end][n] for n in names) == pytest.approx(oracle.best_values(snr))
+    assert ends["far"]["snr_db"] < ends["near"]["snr_db"]
+    line = _oracle_line(ends)
+    assert "far (SNR" in line and "near (SNR" in line
+    same = all(ends["far"][n] == ends["near"][n] for n in names)
+    assert ("the same at both ends" in line) == same
