@@ -162,6 +162,16 @@ def summary_text(data: RunData, comp: Comparison, result_figs: dict, skipped: di
         if lat is not None:
             lines.append(f"  MEG vs {scheme_label(base)} (same N, pooled over the rest): latency {lat.fmt_pct()}, "
                          f"energy {en.fmt_pct() if en else 'n/a'}")
+    for base, m in comp.matched.items():
+        m_label = m.label.split(" (")[0]
+        if not m.matched:
+            lines.append(f"  MEG vs {scheme_label(base)} at matched {m_label}: no MEG setting reaches the baseline's "
+                         f"{m_label} CI (MEG {m.quality_meg.fmt(3)}, {scheme_label(base)} {m.quality_base.fmt(3)})")
+            continue
+        lines.append(f"  MEG vs {scheme_label(base)} at matched {m_label} (per {scheme_label(base)} setting, the fastest "
+                     f"MEG setting on its link whose {m_label} CI reaches the baseline's; {m.matched} of {m.settings} "
+                     f"settings matched; {m.label} MEG {m.quality_meg.fmt(3)} vs {m.quality_base.fmt(3)}): latency "
+                     f"{m.latency.fmt_pct()}, energy {m.energy.fmt_pct()}")
     for name, reason in data.missing.items():
         lines.append(f"  missing {name}: {reason}")
     lines.append(f"  figures: {len(result_figs)} written, {len(skipped)} skipped, {len(failed)} failed")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -123,6 +123,41 @@ class Comparison:
     keys: list[str]
     headline: dict[str, Estimate]
     method: str
+    matched: dict[str, MatchedQuality] = field(default_factory=dict)
+
+
+@dataclass
+class MatchedQuality:
+    """MEG against one baseline at matched quality.
+
+    For each setting of the baseline (its N, and its link condition where it crosses a link), the MEG settings over
+    the same link condition whose quality CI reaches the baseline's (MEG's upper bound >= the baseline's lower bound)
+    match it; the one of lowest mean latency stands for MEG. The chosen MEG requests are then pooled against the
+    baseline's requests of the settings that found a match.
+
+    Attributes
+    ----------
+    metric : str
+        The quality column matched on (``q_psnr_db``, ...), and ``label`` its name in text.
+    latency, energy : Estimate
+        MEG's change against the baseline in % (bootstrap CI); negative: MEG is cheaper.
+    quality_meg, quality_base : Estimate
+        Mean quality of the pooled MEG and baseline requests (t CI).
+    matched, settings : int
+        Baseline settings that found a matching MEG setting, of all the baseline's settings.
+    chosen : list of dict
+        Per matched baseline setting: its setting columns and the MEG setting chosen (``meg_<column>``).
+    """
+
+    metric: str
+    label: str
+    latency: Estimate
+    energy: Estimate
+    quality_meg: Estimate
+    quality_base: Estimate
+    matched: int
+    settings: int
+    chosen: list[dict]
 
 
 def _same(a, b) -> bool:
@@ -191,9 +226,69 @@ def comparison(data: RunData, level: float = DEFAULT_LEVEL, n_boot: int = DEFAUL
         headline[f"energy_vs_{base}"] = relative_change_ci(m_sel["energy_j"], b_sel["energy_j"], level, n_boot,
                                                            seed + 20_000)
     table = table.drop(columns=["_lat", "_en"])
+    matched = {base: m for base in BASELINES
+               if (m := matched_quality(req, base, level, n_boot, seed + 30_000)) is not None}
     method = (f"{int(level * 100)}% CIs over repetitions: Student-t interval for means; percentile bootstrap "
               f"({n_boot} resamples per cell, seeded from {seed}) for the change in %, groups resampled independently")
-    return Comparison(table=table, keys=all_keys, headline=headline, method=method)
+    return Comparison(table=table, keys=all_keys, headline=headline, method=method, matched=matched)
+
+
+def _groups(rows: pd.DataFrame, keys: list[str]):
+    if not keys:
+        yield {}, rows
+        return
+    for key, g in rows.groupby(keys, dropna=False, sort=True):
+        key = key if isinstance(key, tuple) else (key,)
+        yield dict(zip(keys, key, strict=True)), g
+
+
+def matched_quality(req: pd.DataFrame, base: str, level: float = DEFAULT_LEVEL, n_boot: int = DEFAULT_BOOT,
+                    seed: int = 0) -> MatchedQuality | None:
+    """MEG against ``base`` at matched quality (see :class:`MatchedQuality`); None without quality data or rows.
+
+    Parameters
+    ----------
+    req : pandas.DataFrame
+        :func:`request_costs` rows (``scheme``, setting columns, ``latency_s``, ``energy_j``, quality columns).
+    base : str
+        The baseline scheme (``ceg`` or ``ue_local``).
+    """
+    quality = quality_metric(req)
+    meg, b = req[req["scheme"] == "meg"], req[req["scheme"] == base]
+    if quality is None or meg.empty or b.empty:
+        return None
+    metric, label = quality
+    meg_keys, base_keys = setting_keys(meg), setting_keys(b)
+    link_keys = [k for k in base_keys if k in ("link_model", "tx_mode", "distance_m", "snr_db_set")]
+    meg_groups = [(k, g, mean_ci(g[metric], level), float(g["latency_s"].mean())) for k, g in _groups(meg, meg_keys)]
+    chosen, meg_parts, base_parts = [], [], []
+    settings = 0
+    for bkey, bg in _groups(b, base_keys):
+        settings += 1
+        bq = mean_ci(bg[metric], level)
+        floor = bq.low if math.isfinite(bq.low) else bq.value
+        best = None
+        for mkey, mg, mq, mlat in meg_groups:
+            if any(k in mkey and not _same(mkey[k], bkey[k]) for k in link_keys):
+                continue
+            reach = mq.high if math.isfinite(mq.high) else mq.value
+            if math.isfinite(reach) and reach >= floor and (best is None or mlat < best[2]):
+                best = (mkey, mg, mlat)
+        if best is None:
+            continue
+        chosen.append({**bkey, **{f"meg_{k}": v for k, v in best[0].items()}})
+        meg_parts.append(best[1])
+        base_parts.append(bg)
+    if not chosen:
+        return MatchedQuality(metric, label, Estimate(math.nan, math.nan, math.nan, 0, "none"),
+                              Estimate(math.nan, math.nan, math.nan, 0, "none"), mean_ci(meg[metric], level),
+                              mean_ci(b[metric], level), 0, settings, [])
+    m_all, b_all = pd.concat(meg_parts), pd.concat(base_parts)
+    return MatchedQuality(
+        metric, label,
+        relative_change_ci(m_all["latency_s"], b_all["latency_s"], level, n_boot, seed),
+        relative_change_ci(m_all["energy_j"], b_all["energy_j"], level, n_boot, seed + 1),
+        mean_ci(m_all[metric], level), mean_ci(b_all[metric], level), len(chosen), settings, chosen)
 
 
 def comparison_frame(comp: Comparison) -> pd.DataFrame:
