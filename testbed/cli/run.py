@@ -119,7 +119,9 @@ def _report(out: Path) -> str:
         log.exception("report failed")
         return f"failed: {type(exc).__name__}: {exc}"
     html = getattr(result, "html", None) or getattr(result, "html_path", None)
-    return str(html or result)
+    # The comparisons at matched quality are the report's headline: shown here beside the pooled table.
+    matched = [line for line in (getattr(result, "summary", "") or "").splitlines() if " at matched " in line]
+    return "\n".join([str(html or result), *matched])
 
 
 def _policy(out: Path, seconds: float) -> str:
