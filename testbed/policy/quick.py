@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ log = logging.getLogger(__name__)
 
 # Training goes on (within the time budget) until the policy is within its limits AND this close to the oracle.
 ORACLE_SHARE_GOAL = 0.95
+KEPT_POLICY = "policy_within_limits"  # under the output folder: the best round that ended within its limits
 BASELINES = ("oracle", "oracle:per_request", "fixed:best_fixed", "fixed:max_quality")
 
 
@@ -81,7 +83,8 @@ def quick_train_and_evaluate(run_dir: str | Path, out_dir: str | Path | None = N
     eval_env = build_env(spec, seed=seed + 1, cost_model=cost_model)
     constraints = Constraints.from_mapping(env.cost_names, limits, env.episode_length)
     # Train, check the CMDP's constraints, and keep training while they are broken and the budget lasts.
-    target, rounds = steps, 0
+    # The policy of the best round within its limits is kept: a later round of a still-moving multiplier may end over.
+    target, rounds, kept = steps, 0, None
     while True:
         result = train_policy("cvpo", spec, limits, out / "train", steps=target, seed=seed, progress=progress,
                               overrides=overrides, eval_every=0, max_wall_s=max_wall_s, env=env, eval_env=eval_env,
@@ -90,13 +93,21 @@ def quick_train_and_evaluate(run_dir: str | Path, out_dir: str | Path | None = N
         within, _ = cmdp_verdict(result.final_eval, constraints)
         oracle_now = result.final_eval.get("oracle_reward_mean")
         share = result.final_eval.get("reward_mean", 0.0) / oracle_now if oracle_now else 1.0
+        if within and (kept is None or share > kept[1]):
+            shutil.rmtree(out / KEPT_POLICY, ignore_errors=True)
+            shutil.copytree(out / "train" / "policy", out / KEPT_POLICY)
+            kept = (result.env_steps, share)
         if (within and share >= ORACLE_SHARE_GOAL) or result.wall_s >= max_wall_s:
             break
         log.info("policy %s after %d steps (%.1f %% of the oracle's reward); training on (%.0f of %.0f s used)",
                  "within its limits" if within else "over its limits", result.env_steps, 100 * share,
                  result.wall_s, max_wall_s)
         target = result.env_steps + steps
-    policies = {"cvpo": LearnedPolicy.load(out / "train" / "policy")}
+    final, policy_steps = out / "train" / "policy", result.env_steps
+    if kept is not None and not within:
+        log.info("the last round ended over its limits: evaluating the round of %d steps, within them", kept[0])
+        final, policy_steps = out / KEPT_POLICY, kept[0]
+    policies = {"cvpo": LearnedPolicy.load(final)}
     for name in BASELINES:
         policies[name] = resolve_policy(name, eval_env, constraints)
     summaries, frames = {}, []
@@ -114,7 +125,8 @@ def quick_train_and_evaluate(run_dir: str | Path, out_dir: str | Path | None = N
     summary = {
         "run_dir": str(run_dir), "out_dir": str(out), "synthetic": bool(cost_model.source.get("synthetic", False)),
         "limits": limits, "limits_derived": derived, "channel": spec["channel"],
-        "train": {"steps": result.env_steps, "iterations": result.iterations, "wall_s": result.wall_s,
+        "train": {"steps": result.env_steps, "policy_steps": policy_steps, "policy": str(final),
+                  "iterations": result.iterations, "wall_s": result.wall_s,
                   "budget_s": max_wall_s,
                   "multipliers": {k: float(v) for k, v in (result.log[-1] if result.log else {}).items()
                                   if k.startswith("lambda_")}},
@@ -123,7 +135,7 @@ def quick_train_and_evaluate(run_dir: str | Path, out_dir: str | Path | None = N
         "within_limits": cmdp_verdict(summaries["cvpo"], constraints)[0],
         "training_rounds": rounds,
         "oracle_near_far": oracle_ends,
-        "summary_lines": [*cmdp_summary_lines(f"CVPO ({result.env_steps} steps)", summaries["cvpo"], constraints,
+        "summary_lines": [*cmdp_summary_lines(f"CVPO ({policy_steps} steps)", summaries["cvpo"], constraints,
                                               oracle_r), _oracle_line(oracle_ends)],
         "wall_s": time.perf_counter() - t0,
     }
