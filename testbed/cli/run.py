@@ -35,7 +35,8 @@ def register(sub) -> None:
     p.add_argument("--engine", choices=("ldm", "synthetic"), default="ldm", help=argparse.SUPPRESS)
     p.add_argument("--no-report", action="store_true", help="skip the analysis report")
     p.add_argument("--no-policy", action="store_true", help="skip the policy's short training and evaluation")
-    p.add_argument("--policy-seconds", type=float, default=90.0, help="training budget of the policy (s)")
+    # 180 s: the multipliers of a short run still swing; more rounds give the kept-within-limits rule its chance.
+    p.add_argument("--policy-seconds", type=float, default=180.0, help="training budget of the policy (s)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 
