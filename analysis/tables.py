@@ -181,10 +181,8 @@ def comparison(data: RunData, level: float = DEFAULT_LEVEL, n_boot: int = DEFAUL
         sub = req[req["scheme"] == scheme]
         keys = setting_keys(sub)
         scheme_keys[scheme] = keys
-        groups = sub.groupby(keys, dropna=False, sort=True) if keys else [((), sub)]
-        for key, g in groups:
-            key = key if isinstance(key, tuple) else (key,)
-            rec = {"scheme": scheme, **dict(zip(keys, key, strict=True)), "n": len(g),
+        for setting, g in _groups(sub, keys):
+            rec = {"scheme": scheme, **setting, "n": len(g),
                    "latency_s": mean_ci(g["latency_s"], level), "energy_j": mean_ci(g["energy_j"], level),
                    "_lat": g["latency_s"].to_numpy(float), "_en": g["energy_j"].to_numpy(float)}
             records.append(rec)

@@ -64,7 +64,7 @@ def bench_link() -> dict[str, Any]:
     return {"mode": "analog", "model": "awgn", "snr_db": 30.0, "bandwidth_hz": 1e10}
 
 
-def request_spec(i: int) -> Any:
+def bench_request(i: int) -> Any:
     from megbed.testbed.request import Request
 
     return Request(request_id=f"hop-{i:07d}", scheme="meg", prompt="a photo of a cat", seed=i, n_steps=4,
@@ -270,7 +270,7 @@ class _TestbedClient:
         from megbed.testbed.nodes import protocol as P
 
         self.i += 1
-        spec = request_spec(self.i)
+        spec = bench_request(self.i)
         t0 = time.monotonic_ns()
         frame = P.request_frame(spec, t0)
         frame.buffers["payload"] = self.up
@@ -322,7 +322,7 @@ def _header_sizes(size_b: int) -> tuple[int, int]:
     from megbed.megwire import Frame, to_parts
     from megbed.testbed.nodes import protocol as P
 
-    spec = request_spec(0)
+    spec = bench_request(0)
     req = P.request_frame(spec, time.monotonic_ns())
     req.meta["msg_id"] = "1234.0.1"
     req.buffers["payload"] = payload(size_b)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from hop_bench import SIZES_B, bench_link, payload, request_spec
+from hop_bench import SIZES_B, bench_link, bench_request, payload
 
 
 def _time_us(fn: Callable[[], Any], n: int) -> float:
@@ -39,7 +39,7 @@ def _stages(size_b: int) -> list[tuple[str, str, Callable[[], Any]]]:
     from megbed.testbed.nodes.records import StageRecorder
     from megbed.testbed.nodes.synthetic_engine import SyntheticEngine
 
-    spec = request_spec(1)
+    spec = bench_request(1)
     up = payload(size_b)
 
     def build_request() -> Frame:
