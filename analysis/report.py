@@ -73,6 +73,9 @@ class ReportResult:
         CSV files written (``comparison``, ``cost_model``).
     summary : str
         The short text summary (also printed by the CLI and written to ``summary.txt``).
+    matched : list of str
+        The summary's lines comparing MEG with each baseline at matched quality (its headline, shown by
+        ``megbed run``).
     """
 
     run_dir: Path
@@ -85,6 +88,7 @@ class ReportResult:
     warnings: list[str]
     tables: dict[str, Path]
     summary: str
+    matched: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -133,6 +137,22 @@ def render_figures(data: RunData, out_dir: Path, ctx: FigureContext, names: list
     return done, skipped, failed
 
 
+def matched_lines(comp: Comparison) -> list[str]:
+    """One line per baseline: MEG against it at matched quality (:func:`megbed.analysis.tables.matched_quality`)."""
+    lines = []
+    for base, m in comp.matched.items():
+        m_label = m.label.split(" (")[0]
+        if not m.matched:
+            lines.append(f"  MEG vs {scheme_label(base)} at matched {m_label}: no MEG setting reaches the baseline's "
+                         f"{m_label} CI (MEG {m.quality_meg.fmt(3)}, {scheme_label(base)} {m.quality_base.fmt(3)})")
+            continue
+        lines.append(f"  MEG vs {scheme_label(base)} at matched {m_label} (per {scheme_label(base)} setting, the fastest "
+                     f"MEG setting on its link whose {m_label} CI reaches the baseline's; {m.matched} of {m.settings} "
+                     f"settings matched; {m.label} MEG {m.quality_meg.fmt(3)} vs {m.quality_base.fmt(3)}): latency "
+                     f"{m.latency.fmt_pct()}, energy {m.energy.fmt_pct()}")
+    return lines
+
+
 def summary_text(data: RunData, comp: Comparison, result_figs: dict, skipped: dict, failed: dict,
                  html_path: Path | None) -> str:
     """A few lines a researcher reads in the terminal."""
@@ -162,16 +182,7 @@ def summary_text(data: RunData, comp: Comparison, result_figs: dict, skipped: di
         if lat is not None:
             lines.append(f"  MEG vs {scheme_label(base)} (same N, pooled over the rest): latency {lat.fmt_pct()}, "
                          f"energy {en.fmt_pct() if en else 'n/a'}")
-    for base, m in comp.matched.items():
-        m_label = m.label.split(" (")[0]
-        if not m.matched:
-            lines.append(f"  MEG vs {scheme_label(base)} at matched {m_label}: no MEG setting reaches the baseline's "
-                         f"{m_label} CI (MEG {m.quality_meg.fmt(3)}, {scheme_label(base)} {m.quality_base.fmt(3)})")
-            continue
-        lines.append(f"  MEG vs {scheme_label(base)} at matched {m_label} (per {scheme_label(base)} setting, the fastest "
-                     f"MEG setting on its link whose {m_label} CI reaches the baseline's; {m.matched} of {m.settings} "
-                     f"settings matched; {m.label} MEG {m.quality_meg.fmt(3)} vs {m.quality_base.fmt(3)}): latency "
-                     f"{m.latency.fmt_pct()}, energy {m.energy.fmt_pct()}")
+    lines += matched_lines(comp)
     for name, reason in data.missing.items():
         lines.append(f"  missing {name}: {reason}")
     lines.append(f"  figures: {len(result_figs)} written, {len(skipped)} skipped, {len(failed)} failed")
@@ -289,4 +300,4 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None, *, figu
     (out / "summary.txt").write_text(summary + "\n", encoding="utf-8")
     return ReportResult(run_dir=data.run_dir, out_dir=out, html_path=html_path, figures=rendered, skipped=skipped,
                         failed=failed, missing=dict(data.missing), warnings=list(data.warnings), tables=tables,
-                        summary=summary)
+                        summary=summary, matched=matched_lines(comp))

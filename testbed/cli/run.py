@@ -79,7 +79,10 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"no request succeeded; see the node logs in {out / 'logs'}")
     extras: dict[str, str] = {}
     if not args.no_report:
-        extras["report"] = _report(out)
+        extras["report"], matched = _report(out)
+        if matched:
+            # The comparisons at matched quality are the report's headline: shown beside the pooled table.
+            extras["matched_quality"] = "\n".join(line.strip() for line in matched)
     if not args.no_policy:
         extras["policy"] = _policy(out, args.policy_seconds)
     table = scheme_summary(out)
@@ -108,7 +111,8 @@ def run_dir_under(runs: Path, name: str) -> Path:
     return out
 
 
-def _report(out: Path) -> str:
+def _report(out: Path) -> tuple[str, list[str]]:
+    """The report's HTML path (or why it failed) and its matched-quality comparison lines."""
     # `megbed run` needs the 'all' extra (checked before it starts), so analysis and the policy are importable here
     from megbed.analysis.report import build_report
     from megbed.testbed.assets import default_model_dir
@@ -118,11 +122,9 @@ def _report(out: Path) -> str:
         result = build_report(out, flop_counter=flops, named_models={"default": default_model_dir()})
     except Exception as exc:  # noqa: BLE001 - the measurement is done and kept; say why the report is missing
         log.exception("report failed")
-        return f"failed: {type(exc).__name__}: {exc}"
+        return f"failed: {type(exc).__name__}: {exc}", []
     html = getattr(result, "html", None) or getattr(result, "html_path", None)
-    # The comparisons at matched quality are the report's headline: shown here beside the pooled table.
-    matched = [line for line in (getattr(result, "summary", "") or "").splitlines() if " at matched " in line]
-    return "\n".join([str(html or result), *matched])
+    return str(html or result), list(result.matched)
 
 
 def _policy(out: Path, seconds: float) -> str:
