@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from megbed.measurements.probes.base import Clock, PowerProbe, ProbeUnavailable
+from megbed.measurements.probes import base
 
 AUTO_ORDER = ("jetson_ina3221", "rpi5_pmic", "nvml", "rapl")
 AUTO_EXTRA = ("rapl",)
@@ -38,7 +38,7 @@ class Attempt:
 class Discovery:
     """The probes chosen and the record of how they were chosen."""
 
-    probes: list[PowerProbe]
+    probes: list[base.PowerProbe]
     attempts: list[Attempt] = field(default_factory=list)
     profile: str | None = None
     fallback: bool = False
@@ -64,12 +64,12 @@ def make_probe(
     *,
     profile: Any = None,
     sysfs_root: str = "/",
-    clock: Clock = time.monotonic_ns,
+    clock: base.Clock = time.monotonic_ns,
     nvml_binding: Any = None,
     pmic_runner: Callable[[Sequence[str]], str] | None = None,
     smbus: Any = None,
     options: Mapping[str, Any] | None = None,
-) -> PowerProbe:
+) -> base.PowerProbe:
     """Open one backend (raises :class:`ProbeUnavailable` with the reason when it cannot run here).
 
     ``options`` override the profile's ``[probes.options.<backend>]``.
@@ -103,7 +103,7 @@ def make_probe(
         from megbed.measurements.probes.replay import ReplayProbe
 
         if "trace" not in opts:
-            raise ProbeUnavailable("replay needs a recorded trace (option 'trace')")
+            raise base.ProbeUnavailable("replay needs a recorded trace (option 'trace')")
         return ReplayProbe(opts["trace"], clock=clock, loop=bool(opts.get("loop", False)),
                            averaging_lag_s=float(opts.get("averaging_lag_s", 0.0)))
     if backend == "modeled":
@@ -117,7 +117,7 @@ def make_probe(
             generic = load_profile("generic_cpu")
             model, name = generic.power_model, generic.name
         return ModeledProbe(model, clock=clock, profile_name=name, cpu_time=opts.get("cpu_time", "process"))
-    raise ProbeUnavailable(f"unknown backend {backend!r} (known: {', '.join(ALL_BACKENDS)})")
+    raise base.ProbeUnavailable(f"unknown backend {backend!r} (known: {', '.join(ALL_BACKENDS)})")
 
 
 def discover(profile: Any = None, *, fallback: bool = True, **kwargs: Any) -> Discovery:
@@ -148,7 +148,7 @@ def discover(profile: Any = None, *, fallback: bool = True, **kwargs: Any) -> Di
     else:
         order, extra, allow_model = list(AUTO_ORDER), list(AUTO_EXTRA), True
     attempts: list[Attempt] = []
-    chosen: list[PowerProbe] = []
+    chosen: list[base.PowerProbe] = []
     for backend in order:
         if chosen:
             attempts.append(Attempt(backend, False, f"not tried: {chosen[0].name} came first in the order"))
@@ -156,13 +156,13 @@ def discover(profile: Any = None, *, fallback: bool = True, **kwargs: Any) -> Di
         try:
             chosen.append(make_probe(backend, profile=profile, **kwargs))
             attempts.append(Attempt(backend, True, "", "primary"))
-        except ProbeUnavailable as exc:
+        except base.ProbeUnavailable as exc:
             attempts.append(Attempt(backend, False, str(exc)))
     used_fallback = False
     if not chosen:
         if not (fallback and allow_model):
             reasons = "; ".join(f"{a.backend}: {a.reason}" for a in attempts)
-            raise ProbeUnavailable(f"no power probe available ({reasons})")
+            raise base.ProbeUnavailable(f"no power probe available ({reasons})")
         chosen.append(make_probe("modeled", profile=profile, **kwargs))
         attempts.append(Attempt("modeled", True, "no measuring backend available: energy is modeled", "fallback"))
         used_fallback = True
@@ -173,7 +173,7 @@ def discover(profile: Any = None, *, fallback: bool = True, **kwargs: Any) -> Di
             try:
                 chosen.append(make_probe(backend, profile=profile, **kwargs))
                 attempts.append(Attempt(backend, True, "", "extra"))
-            except ProbeUnavailable as exc:
+            except base.ProbeUnavailable as exc:
                 attempts.append(Attempt(backend, False, str(exc), "extra"))
     return Discovery(chosen, attempts, getattr(profile, "name", None), used_fallback)
 
@@ -185,7 +185,7 @@ def probe_status(backends: Sequence[str] = ("nvml", "rapl", "jetson_ina3221", "r
     for backend in backends:
         try:
             probe = make_probe(backend, **kwargs)
-        except ProbeUnavailable as exc:
+        except base.ProbeUnavailable as exc:
             out.append(Attempt(backend, False, str(exc)))
             continue
         except Exception as exc:  # noqa: BLE001 - a broken backend must not hide the others

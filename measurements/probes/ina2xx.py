@@ -19,14 +19,7 @@ import math
 import time
 from typing import Any
 
-from megbed.measurements.probes.base import (
-    METHOD_INTEGRATED,
-    Clock,
-    PowerProbe,
-    ProbeReadError,
-    ProbeUnavailable,
-    Rail,
-)
+from megbed.measurements.probes import base
 
 INA260_CT_US = (140, 204, 332, 588, 1100, 2116, 4156, 8244)
 INA260_AVG = (1, 4, 16, 64, 128, 256, 512, 1024)
@@ -38,30 +31,30 @@ def _open_bus(bus: int):
     try:
         from smbus2 import SMBus
     except ImportError as exc:  # pragma: no cover - smbus2 is a dependency
-        raise ProbeUnavailable("smbus2 is not installed") from exc
+        raise base.ProbeUnavailable("smbus2 is not installed") from exc
     try:
         return SMBus(bus)
     except (FileNotFoundError, PermissionError, OSError) as exc:
-        raise ProbeUnavailable(f"I2C bus {bus} cannot be opened (/dev/i2c-{bus}): {exc}") from exc
+        raise base.ProbeUnavailable(f"I2C bus {bus} cannot be opened (/dev/i2c-{bus}): {exc}") from exc
 
 
-class _Ina(PowerProbe):
-    method = METHOD_INTEGRATED
+class _Ina(base.PowerProbe):
+    method = base.METHOD_INTEGRATED
 
-    def __init__(self, bus: int, address: int | str, smbus: Any, clock: Clock, rail: str) -> None:
+    def __init__(self, bus: int, address: int | str, smbus: Any, clock: base.Clock, rail: str) -> None:
         self.clock = clock
         self.address = int(str(address), 0) if isinstance(address, str) else int(address)
         self.bus_number = bus
         self._own_bus = smbus is None
         self.bus = smbus if smbus is not None else _open_bus(bus)
-        self.rails = (Rail(rail, rail.upper(), True, f"{self.name} at I2C {bus}:0x{self.address:02x}"),)
+        self.rails = (base.Rail(rail, rail.upper(), True, f"{self.name} at I2C {bus}:0x{self.address:02x}"),)
 
     def _read_u16(self, reg: int) -> int:
         try:
             hi, lo = self.bus.read_i2c_block_data(self.address, reg, 2)
         except OSError as exc:
-            raise ProbeReadError(f"{self.name} 0x{self.address:02x}: I2C read of register 0x{reg:02x} failed: "
-                                 f"{exc}") from exc
+            raise base.ProbeReadError(f"{self.name} 0x{self.address:02x}: I2C read of register 0x{reg:02x} failed: "
+                                      f"{exc}") from exc
         return (hi << 8) | lo
 
     def _read_s16(self, reg: int) -> int:
@@ -97,16 +90,16 @@ class Ina260Probe(_Ina):
     name = "ina260"
 
     def __init__(self, bus: int = 1, address: int | str = 0x40, *, averages: int | None = None,
-                 conversion_us: int | None = None, smbus: Any = None, clock: Clock = time.monotonic_ns,
+                 conversion_us: int | None = None, smbus: Any = None, clock: base.Clock = time.monotonic_ns,
                  rail: str = "ext_in") -> None:
         super().__init__(bus, address, smbus, clock, rail)
         try:
             manufacturer, die = self._read_u16(0xFE), self._read_u16(0xFF)
-        except ProbeReadError as exc:
-            raise ProbeUnavailable(f"no INA260 answering at {bus}:0x{self.address:02x}: {exc}") from exc
+        except base.ProbeReadError as exc:
+            raise base.ProbeUnavailable(f"no INA260 answering at {bus}:0x{self.address:02x}: {exc}") from exc
         if manufacturer != 0x5449 or (die >> 4) != 0x227:
-            raise ProbeUnavailable(f"device at {bus}:0x{self.address:02x} is not an INA260 (manufacturer "
-                                   f"0x{manufacturer:04x}, die 0x{die:04x}; expected 0x5449 / 0x227x)")
+            raise base.ProbeUnavailable(f"device at {bus}:0x{self.address:02x} is not an INA260 (manufacturer "
+                                        f"0x{manufacturer:04x}, die 0x{die:04x}; expected 0x5449 / 0x227x)")
         if averages is not None or conversion_us is not None:
             cfg = self._read_u16(0x00)
             if averages is not None:
@@ -161,7 +154,7 @@ class Ina219Probe(_Ina):
 
     def __init__(self, bus: int = 1, address: int | str = 0x40, *, shunt_ohm: float = 0.1,
                  max_current_a: float = 3.2, config: int = 0x399F, smbus: Any = None,
-                 clock: Clock = time.monotonic_ns, rail: str = "ext_in") -> None:
+                 clock: base.Clock = time.monotonic_ns, rail: str = "ext_in") -> None:
         super().__init__(bus, address, smbus, clock, rail)
         self.shunt_ohm = float(shunt_ohm)
         self.current_lsb_a = max_current_a / 32768
@@ -173,11 +166,11 @@ class Ina219Probe(_Ina):
         try:
             self._write_u16(0x00, 0x8000)  # reset
             found = self._read_u16(0x00)
-        except (OSError, ProbeReadError) as exc:
-            raise ProbeUnavailable(f"no INA219 answering at {bus}:0x{self.address:02x}: {exc}") from exc
+        except (OSError, base.ProbeReadError) as exc:
+            raise base.ProbeUnavailable(f"no INA219 answering at {bus}:0x{self.address:02x}: {exc}") from exc
         if found != 0x399F:
-            raise ProbeUnavailable(f"device at {bus}:0x{self.address:02x} is not an INA219 (configuration after "
-                                   f"reset is 0x{found:04x}, expected 0x399F)")
+            raise base.ProbeUnavailable(f"device at {bus}:0x{self.address:02x} is not an INA219 (configuration after "
+                                        f"reset is 0x{found:04x}, expected 0x399F)")
         self._write_u16(0x00, config)
         self._write_u16(0x05, self.calibration)
         self.config = self._read_u16(0x00)
@@ -195,8 +188,8 @@ class Ina219Probe(_Ina):
     def read(self):
         raw_bus = self._read_u16(0x02)
         if raw_bus & 0x1:
-            raise ProbeReadError(f"ina219 0x{self.address:02x}: math overflow (OVF): current beyond the "
-                                 "calibrated range; raise max_current_a")
+            raise base.ProbeReadError(f"ina219 0x{self.address:02x}: math overflow (OVF): current beyond the "
+                                      "calibrated range; raise max_current_a")
         bus_mv = (raw_bus >> 3) * 4.0
         shunt_uv = self._read_s16(0x01) * 10.0
         current_ma = self._read_s16(0x04) * self.current_lsb_a * 1000.0

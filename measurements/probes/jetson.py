@@ -24,16 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from megbed.measurements.probes.base import (
-    METHOD_INTEGRATED,
-    Clock,
-    PowerProbe,
-    ProbeReadError,
-    ProbeUnavailable,
-    Rail,
-    rail_key,
-    read_number,
-)
+from megbed.measurements.probes import base
 
 I2C_DEVICES = "sys/bus/i2c/devices"
 INPUT_RAILS = ("VDD_IN", "POM_5V_IN")
@@ -92,12 +83,12 @@ def _channels_iio(dev: str, iio: Path) -> list[_Channel]:
 
 def find_devices(sysfs_root: str | os.PathLike = "/") -> tuple[list[JetsonDevice], list[_Channel]]:
     """Every INA3221 under ``sysfs_root`` and its usable channels, both layouts."""
-    base = Path(sysfs_root) / I2C_DEVICES
+    devices_dir = Path(sysfs_root) / I2C_DEVICES
     devices: list[JetsonDevice] = []
     channels: list[_Channel] = []
-    if not base.is_dir():
+    if not devices_dir.is_dir():
         return devices, channels
-    for dev in sorted(base.iterdir()):
+    for dev in sorted(devices_dir.iterdir()):
         name_file = dev / "name"
         if not name_file.is_file() or "ina3221" not in name_file.read_text():
             continue
@@ -127,7 +118,7 @@ def _opt_int(path: Path) -> int | None:
     return int(v) if v is not None else None
 
 
-class JetsonProbe(PowerProbe):
+class JetsonProbe(base.PowerProbe):
     """Jetson INA3221 rails.
 
     Parameters
@@ -143,22 +134,23 @@ class JetsonProbe(PowerProbe):
     """
 
     name = "jetson_ina3221"
-    method = METHOD_INTEGRATED
+    method = base.METHOD_INTEGRATED
 
     def __init__(self, sysfs_root: str | os.PathLike = "/", *, rail_map: Sequence[Mapping] | None = None,
-                 clock: Clock = time.monotonic_ns) -> None:
+                 clock: base.Clock = time.monotonic_ns) -> None:
         self.clock = clock
         self.sysfs_root = Path(sysfs_root)
         self.devices, channels = find_devices(sysfs_root)
         if not channels:
-            raise ProbeUnavailable(f"no INA3221 power monitor under {self.sysfs_root / I2C_DEVICES} (not a Jetson, "
-                                   "or the ina3221 driver is not bound)")
+            raise base.ProbeUnavailable(f"no INA3221 power monitor under {self.sysfs_root / I2C_DEVICES} "
+                                        "(not a Jetson, or the ina3221 driver is not bound)")
         labels = [c.label for c in channels]
         dupes = {lbl for lbl in labels if labels.count(lbl) > 1}
-        keys = [rail_key(f"{c.label}_{c.address}" if c.label in dupes else c.label) for c in channels]
+        keys = [base.rail_key(f"{c.label}_{c.address}" if c.label in dupes else c.label) for c in channels]
         in_total, notes = self._totals(channels, rail_map)
         self._channels = channels
-        self.rails = tuple(Rail(k, c.label, t, n) for k, c, t, n in zip(keys, channels, in_total, notes, strict=True))
+        self.rails = tuple(base.Rail(k, c.label, t, n)
+                           for k, c, t, n in zip(keys, channels, in_total, notes, strict=True))
 
     def _totals(self, channels: list[_Channel], rail_map: Sequence[Mapping] | None) -> tuple[list[bool], list[str]]:
         if rail_map:
@@ -167,8 +159,8 @@ class JetsonProbe(PowerProbe):
                        if not any(c.label == lbl and _addr_ok(c, r.get("address")) for c in channels)]
             if missing:
                 present = ", ".join(f"{c.label}@{c.address}" for c in channels)
-                raise ProbeUnavailable(f"rails {missing} from the board's rail map are not in the tree "
-                                       f"(found: {present}); wrong firmware profile for this board?")
+                raise base.ProbeUnavailable(f"rails {missing} from the board's rail map are not in the tree "
+                                            f"(found: {present}); wrong firmware profile for this board?")
             in_total = [bool(by_label.get(c.label, {}).get("total", False)) for c in channels]
             notes = [str(by_label.get(c.label, {}).get("note", "not in the board's rail map: not counted in total"))
                      for c in channels]
@@ -185,11 +177,11 @@ class JetsonProbe(PowerProbe):
         for rail, ch in zip(self.rails, self._channels, strict=True):
             what = f"jetson {ch.label}@{ch.address}"
             if ch.power is not None:
-                power[rail.key] = read_number(ch.power, what) * ch.power_scale
+                power[rail.key] = base.read_number(ch.power, what) * ch.power_scale
             else:
                 if ch.volt is None or ch.curr is None:
-                    raise ProbeReadError(f"{what}: neither power nor voltage/current files")
-                power[rail.key] = read_number(ch.volt, what) * read_number(ch.curr, what) / 1000.0
+                    raise base.ProbeReadError(f"{what}: neither power nor voltage/current files")
+                power[rail.key] = base.read_number(ch.volt, what) * base.read_number(ch.curr, what) / 1000.0
         return power, None, {}
 
     def sensor_period_s(self) -> float | None:

@@ -20,14 +20,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from megbed.measurements.probes.base import (
-    METHOD_MODELED,
-    Clock,
-    PowerProbe,
-    ProbeReadError,
-    ProbeUnavailable,
-    Rail,
-)
+from megbed.measurements.probes import base
 
 NS = 1_000_000_000
 
@@ -38,13 +31,13 @@ def system_cpu_time_ns(proc_root: str | os.PathLike = "/") -> int:
     try:
         first = path.read_text().splitlines()[0].split()
     except (OSError, IndexError) as exc:
-        raise ProbeReadError(f"cannot read {path}: {exc}") from exc
+        raise base.ProbeReadError(f"cannot read {path}: {exc}") from exc
     ticks = [int(x) for x in first[1:]]
     busy = ticks[0] + ticks[1] + ticks[2] + sum(ticks[5:8])
     return busy * NS // os.sysconf("SC_CLK_TCK")
 
 
-class ModeledProbe(PowerProbe):
+class ModeledProbe(base.PowerProbe):
     """Modeled power from CPU time and per-component figures.
 
     Parameters
@@ -61,12 +54,12 @@ class ModeledProbe(PowerProbe):
     """
 
     name = "modeled"
-    method = METHOD_MODELED
+    method = base.METHOD_MODELED
 
     def __init__(self, power_model: Mapping[str, Any], *, cpu_time: str | Callable[[], int] = "process",
-                 n_cpus: int | None = None, clock: Clock = time.monotonic_ns, profile_name: str = "") -> None:
+                 n_cpus: int | None = None, clock: base.Clock = time.monotonic_ns, profile_name: str = "") -> None:
         if not power_model:
-            raise ProbeUnavailable("no power figures to model with (the firmware profile has no [power_model])")
+            raise base.ProbeUnavailable("no power figures to model with (the firmware profile has no [power_model])")
         self.clock = clock
         self.figures: dict[str, tuple[float, float, str]] = {}
         for comp, fig in power_model.items():
@@ -87,7 +80,7 @@ class ModeledProbe(PowerProbe):
         self.cpu_time_source = cpu_time if isinstance(cpu_time, str) else "injected"
         self.n_cpus = int(n_cpus or os.cpu_count() or 1)
         self.profile_name = profile_name
-        self.rails = tuple(Rail(c, c.upper(), True, "modeled" + (" (idle figure only)" if s == "none" else ""))
+        self.rails = tuple(base.Rail(c, c.upper(), True, "modeled" + (" (idle figure only)" if s == "none" else ""))
                            for c, (_, _, s) in self.figures.items())
         self._last_t = self.clock()
         self._last_cpu = self._cpu()

@@ -21,22 +21,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from megbed.measurements.integrate import NS_PER_S
-from megbed.measurements.probes.base import (
-    METHOD_COUNTER,
-    METHOD_INTEGRATED,
-    Clock,
-    PowerProbe,
-    ProbeReadError,
-    ProbeUnavailable,
-    Rail,
-)
+from megbed.measurements.probes import base
 
 
 def _default_binding():
     try:
         import pynvml
     except ImportError as exc:  # pragma: no cover - nvidia-ml-py is a dependency
-        raise ProbeUnavailable("nvidia-ml-py (pynvml) is not installed") from exc
+        raise base.ProbeUnavailable("nvidia-ml-py (pynvml) is not installed") from exc
     return pynvml
 
 
@@ -44,7 +36,7 @@ def _text(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
-class NvmlProbe(PowerProbe):
+class NvmlProbe(base.PowerProbe):
     """One or more NVIDIA GPUs.
 
     Parameters
@@ -64,7 +56,7 @@ class NvmlProbe(PowerProbe):
 
     name = "nvml"
 
-    def __init__(self, indices: Sequence[int] = (0,), *, binding: Any = None, clock: Clock = time.monotonic_ns,
+    def __init__(self, indices: Sequence[int] = (0,), *, binding: Any = None, clock: base.Clock = time.monotonic_ns,
                  measure_period_s: float = 0.5, default_sync: Callable[[], Any] | None = None) -> None:
         self.nv = binding if binding is not None else _default_binding()
         self.clock = clock
@@ -72,27 +64,27 @@ class NvmlProbe(PowerProbe):
         try:
             self.nv.nvmlInit()
         except self.nv.NVMLError as exc:
-            raise ProbeUnavailable(f"NVML unavailable: {exc} (no NVIDIA driver on this machine?)") from exc
+            raise base.ProbeUnavailable(f"NVML unavailable: {exc} (no NVIDIA driver on this machine?)") from exc
         self._initialised = True
         try:
             count = self.nv.nvmlDeviceGetCount()
             bad = [i for i in indices if not 0 <= i < count]
             if bad:
-                raise ProbeUnavailable(f"GPU indices {bad} out of range: NVML sees {count} device(s)")
+                raise base.ProbeUnavailable(f"GPU indices {bad} out of range: NVML sees {count} device(s)")
             self._handles = [self.nv.nvmlDeviceGetHandleByIndex(i) for i in indices]
             self.indices = list(indices)
             self.device_names = [_text(self.nv.nvmlDeviceGetName(h)) for h in self._handles]
             self._counter = all(self._supports_counter(h) for h in self._handles)
             self._instant = all(self._supports_instant(h) for h in self._handles)
-        except ProbeUnavailable:
+        except base.ProbeUnavailable:
             self.close()
             raise
         except self.nv.NVMLError as exc:
             self.close()
-            raise ProbeUnavailable(f"NVML device query failed: {exc}") from exc
-        self.method = METHOD_COUNTER if self._counter else METHOD_INTEGRATED
-        self.rails = tuple(Rail(f"gpu{i}", f"GPU {i} ({n})", True) for i, n in zip(self.indices, self.device_names,
-                                                                                    strict=True))
+            raise base.ProbeUnavailable(f"NVML device query failed: {exc}") from exc
+        self.method = base.METHOD_COUNTER if self._counter else base.METHOD_INTEGRATED
+        self.rails = tuple(base.Rail(f"gpu{i}", f"GPU {i} ({n})", True)
+                           for i, n in zip(self.indices, self.device_names, strict=True))
         self._e0 = [self._energy_raw(h) for h in self._handles] if self._counter else []
         self._counter_period: float | None = None
         self._instant_period: float | None = None
@@ -128,7 +120,7 @@ class NvmlProbe(PowerProbe):
         if self._instant:
             got = self._field_power(h)
             if got is None:
-                raise ProbeReadError("NVML instant power field returned an error status")
+                raise base.ProbeReadError("NVML instant power field returned an error status")
             return got[0]
         return float(self.nv.nvmlDeviceGetPowerUsage(h))
 
@@ -141,7 +133,7 @@ class NvmlProbe(PowerProbe):
                 if energy is not None:
                     energy[rail.key] = float(self._energy_raw(h) - self._e0[k])
         except self.nv.NVMLError as exc:
-            raise ProbeReadError(f"NVML read failed: {exc}") from exc
+            raise base.ProbeReadError(f"NVML read failed: {exc}") from exc
         return power, energy, {}
 
     def _measure_periods(self, budget_s: float) -> None:

@@ -16,16 +16,7 @@ import time
 from pathlib import Path
 
 from megbed.measurements.integrate import NS_PER_S, unwrap_counter
-from megbed.measurements.probes.base import (
-    METHOD_COUNTER,
-    Clock,
-    PowerProbe,
-    ProbeReadError,
-    ProbeUnavailable,
-    Rail,
-    read_number,
-    read_text,
-)
+from megbed.measurements.probes import base
 
 POWERCAP = "sys/class/powercap"
 
@@ -39,11 +30,11 @@ class _Zone:
 
 def find_zones(sysfs_root: str | os.PathLike = "/") -> list[tuple[str, str, Path]]:
     """``(rail key, zone name, zone dir)`` for every package and DRAM zone under ``sysfs_root``."""
-    base = Path(sysfs_root) / POWERCAP
+    powercap_dir = Path(sysfs_root) / POWERCAP
     zones = []
-    if not base.is_dir():
+    if not powercap_dir.is_dir():
         return zones
-    for top in sorted(base.glob("intel-rapl:*")):
+    for top in sorted(powercap_dir.glob("intel-rapl:*")):
         parts = top.name.split(":")
         if len(parts) != 2 or not (top / "name").exists():
             continue
@@ -53,14 +44,14 @@ def find_zones(sysfs_root: str | os.PathLike = "/") -> list[tuple[str, str, Path
         socket = name.split("-", 1)[1]
         zones.append((f"package_{socket}", name, top))
         # Subzones appear both inside the package directory and as siblings in /sys/class/powercap.
-        children = {c.resolve(): c for c in [*top.glob(f"{top.name}:*"), *base.glob(f"{top.name}:*")]}
+        children = {c.resolve(): c for c in [*top.glob(f"{top.name}:*"), *powercap_dir.glob(f"{top.name}:*")]}
         for child in sorted(children.values()):
             if (child / "name").exists() and (child / "name").read_text().strip() == "dram":
                 zones.append((f"dram_{socket}", "dram", child))
     return zones
 
 
-class RaplProbe(PowerProbe):
+class RaplProbe(base.PowerProbe):
     """RAPL package/DRAM counters (method ``counter``).
 
     Parameters
@@ -74,31 +65,31 @@ class RaplProbe(PowerProbe):
     """
 
     name = "rapl"
-    method = METHOD_COUNTER
+    method = base.METHOD_COUNTER
 
-    def __init__(self, sysfs_root: str | os.PathLike = "/", *, clock: Clock = time.monotonic_ns,
+    def __init__(self, sysfs_root: str | os.PathLike = "/", *, clock: base.Clock = time.monotonic_ns,
                  measure_period_s: float = 0.05) -> None:
         self.clock = clock
         self.sysfs_root = Path(sysfs_root)
         found = find_zones(sysfs_root)
         if not found:
-            raise ProbeUnavailable(
+            raise base.ProbeUnavailable(
                 f"no RAPL zones under {self.sysfs_root / POWERCAP} (not an Intel/AMD host, the intel_rapl driver is "
                 "not loaded, or a container without /sys/class/powercap)")
         self._zones: list[_Zone] = []
         for key, label, path in found:
             try:
-                max_range = int(read_number(path / "max_energy_range_uj", "rapl"))
+                max_range = int(base.read_number(path / "max_energy_range_uj", "rapl"))
                 zone = _Zone(key, label, path, max_range)
                 self._read_raw(zone)
-            except ProbeReadError as exc:
+            except base.ProbeReadError as exc:
                 if isinstance(exc.__cause__, PermissionError):
-                    raise ProbeUnavailable(
+                    raise base.ProbeUnavailable(
                         f"RAPL counter {path / 'energy_uj'} is not readable (permission denied: since Linux 5.10 "
                         "energy_uj is root-only; run as root or grant read access with a udev rule)") from exc
-                raise ProbeUnavailable(f"RAPL zone {label} unreadable: {exc}") from exc
+                raise base.ProbeUnavailable(f"RAPL zone {label} unreadable: {exc}") from exc
             self._zones.append(zone)
-        self.rails = tuple(Rail(z.key, z.label, True) for z in self._zones)
+        self.rails = tuple(base.Rail(z.key, z.label, True) for z in self._zones)
         self._last_t: int | None = None
         self._last_total: dict[str, int] = {}
         self._last_power: dict[str, float] = {}
@@ -108,11 +99,11 @@ class RaplProbe(PowerProbe):
             self._period_s = self._measure_period(measure_period_s)
 
     def _read_raw(self, zone: _Zone) -> int:
-        text = read_text(zone.path / "energy_uj", f"rapl {zone.label}")
+        text = base.read_text(zone.path / "energy_uj", f"rapl {zone.label}")
         try:
             return int(text)
         except ValueError as exc:
-            raise ProbeReadError(f"rapl {zone.label}: energy_uj holds {text!r}") from exc
+            raise base.ProbeReadError(f"rapl {zone.label}: energy_uj holds {text!r}") from exc
 
     def _measure_period(self, budget_s: float) -> float | None:
         zone = self._zones[0]

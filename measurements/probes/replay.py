@@ -17,15 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from megbed.measurements.probes.base import (
-    METHOD_COUNTER,
-    METHOD_INTEGRATED,
-    Clock,
-    PowerProbe,
-    ProbeReadError,
-    ProbeUnavailable,
-    Rail,
-)
+from megbed.measurements.probes import base
 
 
 def _load(trace: Any):
@@ -35,15 +27,15 @@ def _load(trace: Any):
         return trace
     path = Path(trace)
     if not path.is_file():
-        raise ProbeUnavailable(f"replay trace {path} not found")
+        raise base.ProbeUnavailable(f"replay trace {path} not found")
     if path.suffix == ".parquet":
         return pd.read_parquet(path)
     if path.suffix == ".csv":
         return pd.read_csv(path)
-    raise ProbeUnavailable(f"replay trace {path}: expected .parquet or .csv")
+    raise base.ProbeUnavailable(f"replay trace {path}: expected .parquet or .csv")
 
 
-class ReplayProbe(PowerProbe):
+class ReplayProbe(base.PowerProbe):
     """A recorded trace played back in real time (or on an injected clock).
 
     Parameters
@@ -63,7 +55,7 @@ class ReplayProbe(PowerProbe):
 
     name = "replay"
 
-    def __init__(self, trace: Any, *, clock: Clock = time.monotonic_ns, loop: bool = False,
+    def __init__(self, trace: Any, *, clock: base.Clock = time.monotonic_ns, loop: bool = False,
                  averaging_lag_s: float = 0.0, sensor_period_s: float | None = None) -> None:
         df = _load(trace)
         if "t_ns" in df.columns:
@@ -71,10 +63,10 @@ class ReplayProbe(PowerProbe):
         elif "t_s" in df.columns:
             t = np.round(df["t_s"].to_numpy(dtype=np.float64) * 1e9).astype(np.int64)
         else:
-            raise ProbeUnavailable("replay trace needs a t_ns or t_s column")
+            raise base.ProbeUnavailable("replay trace needs a t_ns or t_s column")
         rails = [c[len("power_mw_"):] for c in df.columns if c.startswith("power_mw_")]
         if not rails or len(t) < 2:
-            raise ProbeUnavailable("replay trace needs power_mw_<rail> columns and at least two samples")
+            raise base.ProbeUnavailable("replay trace needs power_mw_<rail> columns and at least two samples")
         order = np.argsort(t, kind="stable")
         valid = df["valid"].to_numpy(dtype=bool)[order] if "valid" in df.columns else np.ones(len(t), bool)
         self._t = t[order]
@@ -83,8 +75,8 @@ class ReplayProbe(PowerProbe):
         energy_cols = [f"energy_mj_{r}" for r in rails]
         self._e = (np.stack([df[c].to_numpy(dtype=np.float64) for c in energy_cols], axis=1)[order]
                    if all(c in df.columns for c in energy_cols) else None)
-        self.method = METHOD_COUNTER if self._e is not None else METHOD_INTEGRATED
-        self.rails = tuple(Rail(r, r.upper(), True, "replayed") for r in rails)
+        self.method = base.METHOD_COUNTER if self._e is not None else base.METHOD_INTEGRATED
+        self.rails = tuple(base.Rail(r, r.upper(), True, "replayed") for r in rails)
         self.clock = clock
         self.loop = loop
         self._lag_s = float(averaging_lag_s)
@@ -105,7 +97,7 @@ class ReplayProbe(PowerProbe):
         span = int(self._t[-1] - self._t[0])
         if elapsed > span:
             if not self.loop:
-                raise ProbeReadError(f"replay trace ended after {span / 1e9:.3f} s")
+                raise base.ProbeReadError(f"replay trace ended after {span / 1e9:.3f} s")
             elapsed %= span
         return int(self._t[0]) + elapsed
 
@@ -114,7 +106,7 @@ class ReplayProbe(PowerProbe):
         i = int(np.searchsorted(self._t, tt, side="right")) - 1
         power = {r.key: float(self._p[i, j]) for j, r in enumerate(self.rails)}
         if any(np.isnan(v) for v in power.values()):
-            raise ProbeReadError("recorded sample was invalid")
+            raise base.ProbeReadError("recorded sample was invalid")
         energy = None
         if self._e is not None:
             energy = {r.key: float(np.interp(tt, self._t, self._e[:, j])) for j, r in enumerate(self.rails)}

@@ -22,15 +22,7 @@ import subprocess
 import time
 from collections.abc import Callable, Sequence
 
-from megbed.measurements.probes.base import (
-    METHOD_INTEGRATED,
-    Clock,
-    PowerProbe,
-    ProbeReadError,
-    ProbeUnavailable,
-    Rail,
-    rail_key,
-)
+from megbed.measurements.probes import base
 
 COMMAND = ("vcgencmd", "pmic_read_adc")
 _LINE = re.compile(r"^\s*(?P<name>\S+?)_(?P<suffix>[AV])\s+(?P<what>current|volt)\((?P<ch>\d+)\)="
@@ -43,11 +35,13 @@ def _run(cmd: Sequence[str]) -> str:
     try:
         out = subprocess.run(list(cmd), capture_output=True, text=True, timeout=2.0)
     except FileNotFoundError as exc:
-        raise ProbeUnavailable(f"{cmd[0]} not found (not Raspberry Pi OS, or the firmware tools are missing)") from exc
+        raise base.ProbeUnavailable(f"{cmd[0]} not found (not Raspberry Pi OS, or the firmware tools are "
+                                    "missing)") from exc
     except subprocess.TimeoutExpired as exc:
-        raise ProbeReadError(f"{' '.join(cmd)} timed out") from exc
+        raise base.ProbeReadError(f"{' '.join(cmd)} timed out") from exc
     if out.returncode != 0:
-        raise ProbeReadError(f"{' '.join(cmd)} failed ({out.returncode}): {out.stderr.strip() or out.stdout.strip()}")
+        detail = out.stderr.strip() or out.stdout.strip()
+        raise base.ProbeReadError(f"{' '.join(cmd)} failed ({out.returncode}): {detail}")
     return out.stdout
 
 
@@ -80,7 +74,7 @@ def parse_pmic_adc(text: str) -> tuple[dict[str, tuple[float, float]], dict[str,
     return paired, {n: v for n, v in volts.items() if n not in amps}, {n: a for n, a in amps.items() if n not in volts}
 
 
-class RpiPmicProbe(PowerProbe):
+class RpiPmicProbe(base.PowerProbe):
     """Raspberry Pi 5 PMIC rails.
 
     Parameters
@@ -92,35 +86,37 @@ class RpiPmicProbe(PowerProbe):
     """
 
     name = "rpi5_pmic"
-    method = METHOD_INTEGRATED
+    method = base.METHOD_INTEGRATED
 
-    def __init__(self, *, runner: Runner | None = None, clock: Clock = time.monotonic_ns) -> None:
+    def __init__(self, *, runner: Runner | None = None, clock: base.Clock = time.monotonic_ns) -> None:
         self.clock = clock
         self._runner = runner or _run
         try:
             first = self._runner(COMMAND)
-        except ProbeReadError as exc:
-            raise ProbeUnavailable(f"pmic_read_adc unavailable: {exc} (only the Raspberry Pi 5 has this PMIC)") from exc
+        except base.ProbeReadError as exc:
+            raise base.ProbeUnavailable(f"pmic_read_adc unavailable: {exc} "
+                                        "(only the Raspberry Pi 5 has this PMIC)") from exc
         paired, volts_only, amps_only = parse_pmic_adc(first)
         if not paired:
-            raise ProbeUnavailable("vcgencmd pmic_read_adc printed no current/voltage pairs (not a Raspberry Pi 5?)")
+            raise base.ProbeUnavailable("vcgencmd pmic_read_adc printed no current/voltage pairs "
+                                        "(not a Raspberry Pi 5?)")
         self._names = sorted(paired)
-        self.rails = tuple(Rail(rail_key("pmic_" + n), n, True, "PMIC output rail") for n in self._names)
+        self.rails = tuple(base.Rail(base.rail_key("pmic_" + n), n, True, "PMIC output rail") for n in self._names)
         self.volts_only = sorted(volts_only)
         self.amps_only = sorted(amps_only)
-        self.extra_keys = tuple(f"{rail_key(n)}_mv" for n in self.volts_only)
+        self.extra_keys = tuple(f"{base.rail_key(n)}_mv" for n in self.volts_only)
 
     def read(self):
         try:
             text = self._runner(COMMAND)
-        except ProbeUnavailable as exc:
-            raise ProbeReadError(str(exc)) from exc
+        except base.ProbeUnavailable as exc:
+            raise base.ProbeReadError(str(exc)) from exc
         paired, volts_only, _ = parse_pmic_adc(text)
         missing = [n for n in self._names if n not in paired]
         if missing:
-            raise ProbeReadError(f"pmic_read_adc output lacks rails {missing}")
+            raise base.ProbeReadError(f"pmic_read_adc output lacks rails {missing}")
         power = {r.key: paired[n][0] * paired[n][1] * 1000.0 for r, n in zip(self.rails, self._names, strict=True)}
-        extra = {f"{rail_key(n)}_mv": v * 1000.0 for n, v in volts_only.items()}
+        extra = {f"{base.rail_key(n)}_mv": v * 1000.0 for n, v in volts_only.items()}
         return power, None, extra
 
     def settings(self):
