@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from megbed.megwire.errors import FrameError
+
 MAGIC = b"MGWB"
 PROTOCOL_VERSION = 1
 _PREFIX = struct.Struct("<4sHHI")
@@ -45,10 +47,6 @@ ALLOWED_DTYPES = frozenset(
     {"bool", "uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64",
      "float16", "float32", "float64", "complex64", "complex128"}
 )
-
-
-class FrameError(ValueError):
-    """A frame could not be encoded or decoded; the message names what is wrong."""
 
 
 @dataclass(frozen=True)

@@ -27,13 +27,11 @@ from typing import Any
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from megbed.megwire.errors import YamlError
+
 MAX_YAML_BYTES = 4 * 1024 * 1024
 MAX_YAML_NODES = 200_000
 MERGE_TAG = "tag:yaml.org,2002:merge"
-
-
-class YamlError(ValueError):
-    """A YAML document that cannot be loaded; the message is one line naming the source and the problem."""
 
 
 def _where(mark: Any) -> str:

@@ -15,14 +15,11 @@ from pathlib import Path
 
 import zmq
 
-from megbed.megwire.frames import DEFAULT_LIMITS, Frame, FrameError, FrameLimits, from_parts, to_parts
+from megbed.megwire.errors import FrameError, LinkTimeout
+from megbed.megwire.frames import DEFAULT_LIMITS, Frame, FrameLimits, from_parts, to_parts
 from megbed.megwire.logutil import rate_limit
 
 DEFAULT_TIMEOUT_S = 10.0
-
-
-class LinkTimeout(TimeoutError):
-    """No message arrived (or could be sent) within the socket's timeout."""
 
 
 @dataclass(frozen=True)
