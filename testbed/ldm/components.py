@@ -33,7 +33,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from megbed.testbed.ldm.errors import LdmError
+from megbed.testbed.ldm.errors import LdmError, MissingComponentError
 
 ROLES = ("es", "ue")
 PLANS = ("meg", "hybrid", "ceg", "ue_local", "reference")
@@ -42,10 +42,6 @@ SLICE_FILE = "megbed_slice.json"
 UE_DECODER = "ue_decoder"
 # model_index.json keys that are pipeline components megbed never uses (loaded as None).
 UNUSED_COMPONENTS = ("safety_checker", "feature_extractor", "image_encoder")
-
-
-class MissingComponentError(Exception):
-    """A component a plan needs is not in the model folder (e.g. a sliced folder for another role)."""
 
 
 def dtype_kwarg(dtype: Any) -> dict[str, Any]:

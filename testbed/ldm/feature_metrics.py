@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from megbed.testbed.ldm.errors import FeatureMetricError
 from megbed.testbed.ldm.metrics import as_image_batch
 
 # OpenAI CLIP preprocessing constants (used when the folder has no preprocessor_config.json).
@@ -33,10 +34,6 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 LPIPS_BACKBONE_FILES = {"alex": "alexnet-owt-7be5be79.pth", "vgg": "vgg16-397923af.pth",
                         "squeeze": "squeezenet1_1-b8a52dc0.pth"}
-
-
-class FeatureMetricError(ValueError):
-    """Weights were given but cannot be used (missing files, wrong model kind)."""
 
 
 @dataclass(frozen=True)

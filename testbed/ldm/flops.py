@@ -24,13 +24,11 @@ from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from megbed.testbed.ldm.errors import FlopCountError
+
 log = logging.getLogger(__name__)
 
 TEXT_TOKENS = 77
-
-
-class FlopCountError(RuntimeError):
-    """FLOPs could not be counted for a model folder (missing config, unsupported architecture)."""
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from megbed.megwire import Frame, FrameError, pack, packed_size, unpack
-from megbed.testbed.ldm.errors import LdmError
+from megbed.testbed.ldm.errors import HandoffError
 from megbed.testbed.ldm.merging import MergedLatent, MergeError
 from megbed.testbed.ldm.schedulers import SamplerState, SamplerStateError
 from megbed.testbed.request import Request, RequestError
@@ -38,10 +38,6 @@ HANDOFF_KIND = "handoff"
 HANDOFF_VERSION = 2  # 2: merge methods (header "merge.method", the "merge.dst" index buffer)
 MERGE_PREFIX = "merge."
 SOLVER_PREFIX = "solver."
-
-
-class HandoffError(LdmError, FrameError):
-    """A handoff that cannot be used: truncated/corrupted bytes, another format version, missing or bad fields."""
 
 
 @dataclass

@@ -59,6 +59,7 @@ import torch
 import torch.nn.functional as F
 
 from megbed.megwire.vocab import MAX_MERGE_RATIO, WIRE_DTYPES
+from megbed.testbed.ldm.errors import MergeError
 from megbed.testbed.ldm.merge_methods import DEFAULT_MERGE_METHOD, GLOBAL_METHODS, MERGE_METHODS
 
 PATCH = 2
@@ -68,10 +69,6 @@ MAP_BITORDER = "little"
 LLOYD_ITERATIONS = 2  # global_l2's refinement passes (a third gained < 1 % NMSE on the benchmark's latents)
 
 _WIRE_DTYPES = {name: np.dtype(name).type for name in WIRE_DTYPES}
-
-
-class MergeError(ValueError):
-    """Bad merge input (ratio, latent shape) or a merge map that does not fit its tokens."""
 
 
 def check_beta(beta: float) -> float:

@@ -25,14 +25,12 @@ from dataclasses import dataclass
 
 import torch
 
+from megbed.testbed.ldm.errors import MetricError
+
 MSE_FLOOR = 1e-10
 # Wang et al. 2003 scale weights (pytorch_msssim's default), coarsest scale last.
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 _RANGE_TOLERANCE = 1e-4
-
-
-class MetricError(ValueError):
-    """Images that cannot be compared (shape mismatch, values outside [0, 1], too small for MS-SSIM)."""
 
 
 def as_image_batch(x: torch.Tensor, name: str) -> torch.Tensor:

@@ -32,7 +32,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 
 from megbed.testbed.ldm.components import dtype_kwarg
-from megbed.testbed.ldm.errors import LdmError
+from megbed.testbed.ldm.errors import DecoderMismatchError, ModelLoadError
 from megbed.testbed.ldm.schedulers import SamplerState, new_sampler, resolve_scheduler_name
 from megbed.testbed.request import Request, RequestError
 
@@ -43,14 +43,6 @@ UE_DECODER_SUBFOLDER = "ue_decoder"
 # A UE's decoder by name: the pipeline's own VAE, the distilled one shipped in <model>/ue_decoder, or the gate
 # between them calibrated with the distilled one (megbed.testbed.ldm.gate).
 DECODER_CHOICES = ("base", "distilled", "auto")
-
-
-class ModelLoadError(LdmError):
-    """A model folder that is missing, not a diffusers pipeline, or of an unsupported kind."""
-
-
-class DecoderMismatchError(ModelLoadError):
-    """A decoder whose latent channels or upsampling factor differ from the model's (its images would not fit)."""
 
 
 def resolve_device(device: torch.device | str | None) -> torch.device:

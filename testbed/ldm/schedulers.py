@@ -30,14 +30,10 @@ from diffusers import (
 )
 from diffusers.utils.torch_utils import randn_tensor
 
-from megbed.testbed.ldm.errors import LdmError
+from megbed.testbed.ldm.errors import SamplerStateError
 from megbed.testbed.request import RequestError
 
 _WIRE = {"float16": np.float16, "float32": np.float32}
-
-
-class SamplerStateError(LdmError):
-    """A sampler snapshot that cannot be resumed (unknown class, missing history, wrong step)."""
 
 
 def _never(config: Mapping[str, Any]) -> bool:

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from megbed.megwire import Frame
-from megbed.testbed.ldm.errors import LdmError
+from megbed.testbed.ldm.errors import StageError
 from megbed.testbed.ldm.handoff import Handoff, HandoffError
 from megbed.testbed.ldm.merging import merge, unmerge
 from megbed.testbed.ldm.model import LatentDecoder, LdmModel
@@ -40,10 +40,6 @@ from megbed.testbed.request import Request, RequestError
 
 IMAGE_KIND = "image"
 IMAGE_VERSION = 1
-
-
-class StageError(LdmError):
-    """A stage called without a required input, or with inputs that do not fit together."""
 
 
 class Stage:
