@@ -51,6 +51,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from megbed.testbed.campaign.errors import EmulationError
+
 log = logging.getLogger(__name__)
 
 PREFIX = "emulate:"
@@ -60,10 +62,6 @@ CFS_PERIOD_US = 20_000  # short periods throttle smoothly: a 50 ms stage sees th
 DUTY_PERIOD_S = 0.05
 CALIBRATION_TOLERANCE = 0.05
 _FACTOR = re.compile(r"(\d+(?:\.\d+)?)x")
-
-
-class EmulationError(ValueError):
-    """A bad ``emulate:`` value; the message names the campaign key."""
 
 
 @dataclass(frozen=True)

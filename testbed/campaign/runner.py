@@ -40,6 +40,7 @@ import numpy as np
 from megbed.measurements import manifest as M
 from megbed.measurements.dataset import DatasetWriter, has_rows
 from megbed.megwire import LinkTimeout
+from megbed.testbed.campaign.errors import CampaignError
 from megbed.testbed.campaign.liveness import startup_wait_s
 from megbed.testbed.campaign.spec import CampaignSpec, load_spec
 from megbed.testbed.nodes import rows as R
@@ -50,10 +51,6 @@ log = logging.getLogger(__name__)
 
 SPEC_COPY = "campaign.yaml"
 ATTEMPT_RE = re.compile(r"-a(\d+)$")
-
-
-class CampaignError(RuntimeError):
-    """The campaign cannot start or continue; the message says why and what to do."""
 
 
 def one_line(exc: BaseException, limit: int = 400) -> str:

@@ -54,6 +54,7 @@ from typing import Any
 from megbed.channel_emu.config import LinkConfig, LinkConfigError
 from megbed.megwire.safe_yaml import YamlError, load_yaml_file
 from megbed.megwire.validation import collect, line, short
+from megbed.testbed.campaign.errors import SpecError
 from megbed.testbed.campaign.spec_schema import (  # noqa: F401 - the vocabularies, re-exported for the spec's users
     DECODERS,
     KEEP_IMAGES,
@@ -72,24 +73,9 @@ from megbed.testbed.ldm.merge_methods import DEFAULT_MERGE_METHOD
 from megbed.testbed.request import NO_LINK, Request
 
 MAX_PROMPTS_FILE_BYTES = 16 * 1024 * 1024
-MAX_PROBLEMS_SHOWN = 30
 TOP_KEYS = set(CampaignFile.model_fields)
 GRID_KEYS = set(Grid.model_fields)
 IMAGE_KEYS = set(Image.model_fields)
-
-
-class SpecError(ValueError):
-    """A campaign spec is invalid; ``problems`` lists every problem, each naming its key."""
-
-    def __init__(self, source: str, problems: list[str]) -> None:
-        self.problems = problems
-        if len(problems) == 1:  # one problem, one line
-            super().__init__(f"invalid campaign spec {source}: {problems[0]}")
-        else:
-            shown = problems[:MAX_PROBLEMS_SHOWN]
-            more = len(problems) - len(shown)
-            tail = f"\n  ... and {more} more problems" if more else ""
-            super().__init__(f"invalid campaign spec {source}:\n  - " + "\n  - ".join(shown) + tail)
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from megbed.testbed.distill.errors import LatentCacheError
 from megbed.testbed.distill.prompts import PromptSpec, digest
 from megbed.testbed.ldm.model import LdmModel
 from megbed.testbed.request import Request
@@ -40,10 +41,6 @@ log = logging.getLogger(__name__)
 CACHE_FORMAT = 1
 INDEX = "index.json"
 TARGET_DTYPES = {"float16": torch.float16, "float32": torch.float32}
-
-
-class LatentCacheError(ValueError):
-    """A cache folder that belongs to another configuration, or whose files are missing or corrupted."""
 
 
 @dataclass(frozen=True)

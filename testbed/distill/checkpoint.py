@@ -23,12 +23,10 @@ from typing import Any
 
 import torch
 
+from megbed.testbed.distill.errors import CheckpointError
+
 CHECKPOINT_FORMAT = 1
 _STEP_DIR = re.compile(r"^step-(\d{6,})$")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that is missing, incomplete or written for another run."""
 
 
 def checkpoint_dir(run_dir: str | Path) -> Path:

@@ -34,16 +34,13 @@ from megbed.channel_emu.config import LinkConfig, LinkConfigError
 from megbed.megwire.validation import ConfigModel, not_above, not_below, number, tuple_of
 from megbed.megwire.vocab import MAX_MERGE_RATIO as MAX_BETA
 from megbed.megwire.vocab import MAX_TOME_RATIO, WIRE_DTYPES
+from megbed.testbed.distill.errors import DistillConfigError
 from megbed.testbed.ldm.merge_methods import DEFAULT_MERGE_METHOD, MERGE_METHODS
 
 NOISE_KINDS = ("sigma", "snr", "link", "none")
 AMP_DTYPES = ("none", "bf16", "fp16")
 EXPORT_DTYPES = ("auto", "float16", "float32")
 CONFIG_VERSION = 1
-
-
-class DistillConfigError(ValueError):
-    """A distillation setting is invalid; the message names the key (``noise.snr_min_db``) and the problem."""
 
 
 class _Recipe(ConfigModel):

@@ -13,13 +13,10 @@ import math
 import numpy as np
 import pandas as pd
 
+from megbed.testbed.distill.errors import GateFitError
 from megbed.testbed.ldm.gate import GateRule
 
 KEYS = ["prompt", "seed", "n_steps", "beta", "condition"]
-
-
-class GateFitError(ValueError):
-    """Rows that cannot calibrate a gate (missing decoders or columns, nothing scored)."""
 
 
 def paired_scores(rows: pd.DataFrame, base: str = "base", distilled: str = "distilled") -> pd.DataFrame:

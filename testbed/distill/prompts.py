@@ -16,12 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
+from megbed.testbed.distill.errors import PromptSourceError
+
 SHAPES = "shapes"
 SEED_STRIDE = 100_003
-
-
-class PromptSourceError(ValueError):
-    """A prompt source that cannot be read or holds too few prompts."""
 
 
 @dataclass(frozen=True)

@@ -18,14 +18,11 @@ import re
 
 import numpy as np
 
+from megbed.testbed.shapes.errors import CaptionError
 from megbed.testbed.shapes.scene import NamedObject, Scene, SceneError, check_objects
 from megbed.testbed.shapes.vocab import COLORS, POSITION_PHRASES, POSITIONS, SHAPES, SIZES
 
 _VOWELS = "aeiou"
-
-
-class CaptionError(ValueError):
-    """A prompt that is not a caption of the grammar (unknown or missing words)."""
 
 
 def _article(word: str) -> str:

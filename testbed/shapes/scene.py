@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from megbed.testbed.shapes.errors import SceneError
 from megbed.testbed.shapes.vocab import (
     COLORS,
     PAIR_POSITIONS,
@@ -31,10 +32,6 @@ HELDOUT_MODULUS = 6  # one key in six is held out
 BACKGROUND_LEVEL = (0.35, 0.65)
 BACKGROUND_TINT = 0.05
 COLOR_JITTER = 0.03
-
-
-class SceneError(ValueError):
-    """A scene that breaks the grammar's rules (unknown word, repeated position or color, too many shapes)."""
 
 
 @dataclass(frozen=True)
