@@ -35,7 +35,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, PlainValidator, ValidationInfo, WithJsonSchema, field_validator
 
-from megbed.megwire.safe_yaml import YamlError, load_yaml_file
+from megbed.megwire.safe_yaml import YamlError, load_yaml_text, read_text_file
 from megbed.megwire.validation import ConfigModel, StrictModel, not_below, number
 
 try:  # Python 3.11+; tomli is the same parser, for 3.10 (JetPack 6)
@@ -280,16 +280,14 @@ def from_dict(data: Any) -> LinkConfig:
 def load(path: str | Path) -> LinkConfig:
     """Load a YAML (``.yaml``/``.yml``), TOML (``.toml``) or JSON file."""
     path = Path(path)
-    if path.is_dir():
-        raise LinkConfigError(f"link configuration {path} is a directory, not a file")
-    if not path.is_file():
-        raise LinkConfigError(f"link configuration file not found: {path}")
+    text = read_text_file(path, kind="link configuration file", error=LinkConfigError)
     try:
-        if path.suffix in (".toml", ".json"):
-            text = path.read_text(encoding="utf-8")
-            data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+        if path.suffix == ".toml":
+            data = tomllib.loads(text)
+        elif path.suffix == ".json":
+            data = json.loads(text)
         else:
-            data = load_yaml_file(path)  # bounded, duplicate keys refused, 1.0e6 read as a number (megbed.megwire.safe_yaml)
+            data = load_yaml_text(text, str(path))  # duplicate keys refused, 1.0e6 read as a number
     except YamlError as exc:
         raise LinkConfigError(f"cannot parse: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - any parser error becomes a config error naming the file

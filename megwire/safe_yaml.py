@@ -164,6 +164,48 @@ def load_yaml_text(text: str, source: str = "<yaml>", *, max_nodes: int = MAX_YA
             loader.dispose()
 
 
+def read_text_file(path: str | Path, *, kind: str = "YAML file", error: type[Exception] = YamlError,
+                   max_bytes: int = MAX_YAML_BYTES) -> str:
+    """Read a text file a user named: it must be a regular file of at most ``max_bytes`` of UTF-8 text.
+
+    Every file of settings the project reads passes these guards before any parser sees it, so a directory, a
+    missing file, a huge file or binary data all get the same one-line answer whatever the format.
+
+    Parameters
+    ----------
+    path : str or Path
+        The file.
+    kind : str
+        What the file is, for the messages (``"YAML file"``, ``"link configuration file"``).
+    error : type of Exception
+        Raised with one line naming the file and the problem: the caller's own error type, so the caller's callers
+        catch one type whatever went wrong.
+    max_bytes : int
+        Largest accepted file (bytes); at most ``max_bytes + 1`` bytes are ever read.
+
+    Returns
+    -------
+    str
+        The decoded text.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise error(f"{path} is a directory, not a {kind}")
+    if not path.exists():
+        raise error(f"{path} does not exist")
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(max_bytes + 1)
+    except OSError as exc:
+        raise error(f"cannot read {path}: {exc.strerror or exc}") from None
+    if len(data) > max_bytes:
+        raise error(f"{path} is larger than {max_bytes} bytes: not a {kind} this project reads")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(f"{path} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})") from None
+
+
 def load_yaml_file(path: str | Path, *, max_bytes: int = MAX_YAML_BYTES, max_nodes: int = MAX_YAML_NODES) -> Any:
     """Read and parse a YAML file: it must be a regular file of at most ``max_bytes`` of UTF-8 text.
 
@@ -172,20 +214,4 @@ def load_yaml_file(path: str | Path, *, max_bytes: int = MAX_YAML_BYTES, max_nod
     YamlError
         One line naming the file and the problem (missing, a directory, unreadable, too big, not UTF-8, bad YAML).
     """
-    path = Path(path)
-    if path.is_dir():
-        raise YamlError(f"{path} is a directory, not a YAML file")
-    if not path.exists():
-        raise YamlError(f"{path} does not exist")
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read(max_bytes + 1)
-    except OSError as exc:
-        raise YamlError(f"cannot read {path}: {exc.strerror or exc}") from None
-    if len(data) > max_bytes:
-        raise YamlError(f"{path} is larger than {max_bytes} bytes: not a YAML file this project reads")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise YamlError(f"{path} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})") from None
-    return load_yaml_text(text, str(path), max_nodes=max_nodes)
+    return load_yaml_text(read_text_file(path, max_bytes=max_bytes), str(path), max_nodes=max_nodes)

@@ -7,7 +7,7 @@ from campaign_helpers import alias_bomb
 
 from megbed.channel_emu.config import LinkConfigError
 from megbed.channel_emu.config import load as load_link_config
-from megbed.megwire.safe_yaml import YamlError, load_yaml_file, load_yaml_text
+from megbed.megwire.safe_yaml import MAX_YAML_BYTES, YamlError, load_yaml_file, load_yaml_text, read_text_file
 
 
 def test_ordinary_documents_load_as_safe_load_would():
@@ -78,6 +78,30 @@ def test_link_configs_load_through_it(tmp_path):
         load_link_config(bomb)
     with pytest.raises(LinkConfigError, match="is a directory"):
         load_link_config(tmp_path)
+
+
+@pytest.mark.parametrize("suffix", [".yaml", ".toml", ".json"])
+def test_link_config_files_pass_the_same_guards_whatever_the_format(tmp_path, suffix):
+    latin = tmp_path / f"latin{suffix}"
+    latin.write_bytes(b"a = \"caf\xe9\"\n")
+    with pytest.raises(LinkConfigError, match=r"not UTF-8 text \(byte 0xe9 at offset 8\)"):
+        load_link_config(latin)
+    with pytest.raises(LinkConfigError, match="does not exist"):
+        load_link_config(tmp_path / f"nope{suffix}")
+    big = tmp_path / f"big{suffix}"
+    big.write_bytes(b" " * (MAX_YAML_BYTES + 1))
+    with pytest.raises(LinkConfigError, match="larger than"):
+        load_link_config(big)
+
+
+def test_the_file_guards_raise_the_callers_error_type(tmp_path):
+    class OwnError(ValueError):
+        pass
+
+    with pytest.raises(OwnError, match="is a directory, not a recipe file"):
+        read_text_file(tmp_path, kind="recipe file", error=OwnError)
+    (tmp_path / "ok.txt").write_text("caf\u00e9\n", encoding="utf-8")
+    assert read_text_file(tmp_path / "ok.txt", kind="recipe file", error=OwnError) == "caf\u00e9\n"
 
 
 def test_no_other_yaml_loader_in_the_project():
