@@ -40,6 +40,7 @@ import multiprocessing as mp
 import os
 import struct
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,6 +118,30 @@ def _answer_head(parts: list, heads: dict[int, bytearray], t_recv: int) -> tuple
     return d, bytes(head)
 
 
+def _forward(src: Any, dst: Any) -> Callable[[], None]:
+    """An action for :func:`_serve_until_stopped`: send the message waiting on ``src`` on through ``dst`` unchanged."""
+    return lambda: dst.send_multipart(src.recv_multipart(copy=False), copy=False)
+
+
+def _serve_until_stopped(conn: Any, poller: Any, actions: Sequence[tuple[Any, Callable[[], None]]]) -> None:
+    """The socket loop of both raw processes: run the action of each readable socket until the parent says stop.
+
+    Parameters
+    ----------
+    conn : multiprocessing Connection
+        Anything the parent writes to it stops the loop.
+    poller : zmq.Poller
+        Polls every socket (or file descriptor) named in ``actions``.
+    actions : sequence of (socket or file descriptor, function)
+        The function reads what waits on its socket and deals with it; served in this order each poll.
+    """
+    while not conn.poll(0):
+        events = dict(poller.poll(100))
+        for source, act in actions:
+            if source in events:
+                act()
+
+
 def _raw_server_process(threaded: bool, conn: Any) -> None:
     """A ROUTER that stamps each request and answers it. ``threaded``: the node's thread layout in plain pyzmq --
     the socket loop queues each request to a worker thread, which stamps it (as the first stage would), answers
@@ -149,18 +174,19 @@ def _raw_server_process(threaded: bool, conn: Any) -> None:
 
         worker = threading.Thread(target=work, daemon=True)
         worker.start()
+    def answer() -> None:
+        parts = sock.recv_multipart(copy=False)
+        d, head = _answer_head(parts, heads, time.monotonic_ns())
+        sock.send_multipart([*parts[:d + 1], head, parts[d + 2]], copy=False)
+
+    def queue_request() -> None:
+        jobs.put(sock.recv_multipart(copy=False))
+
     conn.send(f"tcp://127.0.0.1:{port}")
-    while not conn.poll(0):
-        events = dict(poller.poll(100))
-        if threaded and results in events:
-            sock.send_multipart(results.recv_multipart(copy=False), copy=False)
-        if sock in events:
-            parts = sock.recv_multipart(copy=False)
-            if threaded:
-                jobs.put(parts)
-            else:
-                d, head = _answer_head(parts, heads, time.monotonic_ns())
-                sock.send_multipart([*parts[:d + 1], head, parts[d + 2]], copy=False)
+    if threaded:
+        _serve_until_stopped(conn, poller, [(results, _forward(results, sock)), (sock, queue_request)])
+    else:
+        _serve_until_stopped(conn, poller, [(sock, answer)])
     if threaded:
         jobs.put(None)
         worker.join(5)
@@ -200,22 +226,19 @@ def _raw_proxy_process(server: str, threaded: bool, conn: Any) -> None:
 
     worker = threading.Thread(target=work, daemon=True)
     worker.start()
+    def answer_from_worker() -> None:
+        with contextlib.suppress(BlockingIOError):
+            wake_r.recv(4096)
+        while not done.empty():
+            front.send_multipart(done.get_nowait(), copy=False)
+
+    def queue_answer() -> None:
+        jobs.put(back.recv_multipart(copy=False))
+
     conn.send(f"tcp://127.0.0.1:{port}")
-    while not conn.poll(0):
-        events = dict(poller.poll(100))
-        if front in events:
-            back.send_multipart(front.recv_multipart(copy=False), copy=False)
-        if back in events:
-            parts = back.recv_multipart(copy=False)
-            if threaded:
-                jobs.put(parts)
-            else:
-                front.send_multipart(parts, copy=False)
-        if wake_r.fileno() in events:
-            with contextlib.suppress(BlockingIOError):
-                wake_r.recv(4096)
-            while not done.empty():
-                front.send_multipart(done.get_nowait(), copy=False)
+    _serve_until_stopped(conn, poller, [(front, _forward(front, back)),
+                                        (back, queue_answer if threaded else _forward(back, front)),
+                                        (wake_r.fileno(), answer_from_worker)])
     jobs.put(None)
     worker.join(5)
     for s in (front, back):

@@ -23,10 +23,10 @@ def test_generate_writes_png_and_reports_stages(tiny_sd15_dir, tmp_path, capsys)
 
 
 def test_generate_ceg_and_model_default(tiny_sd15_dir, tmp_path, capsys, monkeypatch):
-    from megbed import testbed
+    from megbed.testbed import assets
 
     out = tmp_path / "c.png"
-    monkeypatch.setattr(testbed.assets, "default_model_dir", lambda: tiny_sd15_dir)
+    monkeypatch.setattr(assets, "default_model_dir", lambda: tiny_sd15_dir)
     rc = main(["generate", "x", "--steps", "2", "--scheme", "ceg", "--out", str(out)])
     assert rc == 0 and "image frame: " in capsys.readouterr().out
     assert np.asarray(Image.open(out)).shape == (64, 64, 3)
@@ -48,9 +48,9 @@ def test_generate_bad_input_is_a_clear_error_and_writes_nothing(tiny_sd15_dir, t
 
 
 def test_generate_without_model(tmp_path, capsys, monkeypatch):
-    from megbed import testbed
+    from megbed.testbed import assets
 
-    monkeypatch.setattr(testbed.assets, "default_model_dir", lambda: tmp_path / "none")
+    monkeypatch.setattr(assets, "default_model_dir", lambda: tmp_path / "none")
     assert main(["generate", "x", "--out", str(tmp_path / "a.png")]) == 2
     assert "no --model given" in capsys.readouterr().err
     assert main(["generate", "x", "--model", str(tmp_path), "--out", str(tmp_path / "a.png")]) == 2
