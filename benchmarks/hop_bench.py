@@ -174,6 +174,7 @@ def _raw_server_process(threaded: bool, conn: Any) -> None:
 
         worker = threading.Thread(target=work, daemon=True)
         worker.start()
+
     def answer() -> None:
         parts = sock.recv_multipart(copy=False)
         d, head = _answer_head(parts, heads, time.monotonic_ns())
@@ -226,6 +227,7 @@ def _raw_proxy_process(server: str, threaded: bool, conn: Any) -> None:
 
     worker = threading.Thread(target=work, daemon=True)
     worker.start()
+
     def answer_from_worker() -> None:
         with contextlib.suppress(BlockingIOError):
             wake_r.recv(4096)
