@@ -27,11 +27,22 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from numba import njit
+from numba import float32, float64, njit, uint64
 from scipy.special import erfc
 
 from megbed.channel_emu.links import SymbolLink
-from megbed.channel_emu.mcs import CRC_BITS, Segmentation, bler, bler_table, effective_snr_db, segment
+from megbed.channel_emu.mcs import (
+    CRC_BITS,
+    Segmentation,
+    bler,
+    bler_table,
+    eesm_beta,
+    eesm_db,
+    effective_snr_db,
+    segment,
+)
+from megbed.channel_emu.noise import GOLDEN, mix64
+from megbed.channel_emu.vecmath import exp32, log32
 
 RV_SEQUENCE = (0, 2, 3, 1)
 
@@ -106,6 +117,8 @@ def abstract_transfer(bits: np.ndarray | None, payload_bits: int, mcs: int, link
     rounds = 1 + (max_retransmissions if harq else 0)
     if link.flat:
         return _abstract_flat(bits, seg, link, snr_db, rng, rounds, corrupt, impl)
+    if impl == "fast" and link.iid_exp_gains:
+        return _abstract_exp_fading(bits, seg, link, snr_db, rng, rounds, corrupt)
     m = seg.bits_per_symbol
     sym_per_block = seg.n // m
     pending = np.arange(seg.num_blocks)
@@ -184,6 +197,98 @@ def _abstract_flat(bits: np.ndarray | None, seg: Segmentation, link: SymbolLink,
             break
     failed = np.asarray(pending, dtype=np.int64)
     failed_snr = np.full(failed.size, eff1)
+    out = np.zeros(0, np.uint8)
+    if bits is not None:
+        out = bits.copy()
+        if corrupt:
+            corrupt_bits(out, seg, failed, failed_snr, rng)
+    return DigitalResult(out, seg, used, coded, symbols, uses, airtime, attempts, failures, int(failed.size),
+                         failed, failed_snr)
+
+
+@njit(cache=True, boundscheck=False, fastmath={"reassoc"})
+def _sum_used(e, a):
+    """(sum of ``e`` in float64, count of ``a`` > 0): the EESM sum and the symbols it used (vectorised)."""
+    s = 0.0
+    n = 0
+    for i in range(e.size):
+        s += float64(e[i])
+        n += 1 if a[i] > float32(0.0) else 0
+    return s, n
+
+
+@njit(cache=True, boundscheck=False, error_model="numpy")
+def _exp_fading_round(key, first, acc, fresh, snr_lin, inv_beta, e, sums, used):
+    """One abstraction round over i.i.d. Rayleigh symbols, in one pass: for row b of ``acc`` (float32 [blocks,
+    symbols], the pending blocks' Chase-combined gains) and symbol i, a fresh gain g = -log(1 - u) ~ Exp(1) from
+    SplitMix64 word ``first + b * symbols + i`` of ``key`` (u a 53-bit uniform, as
+    :meth:`~megbed.channel_emu.noise.NoiseSource.exponential`), acc <- g (``fresh``) or acc + g, and
+    ``sums[b]`` / ``used[b]``: sum of exp(-snr_lin acc / beta) over the symbols with acc > 0 and their count (the
+    EESM's inputs; ``e`` is float32 scratch [symbols])."""
+    rows, cols = acc.shape
+    snr32, ib32 = float32(snr_lin), float32(inv_beta)
+    for b in range(rows):
+        a = acc[b]
+        base = first + uint64(b * cols) + uint64(1)
+        for i in range(cols):
+            z = mix64(key + (base + uint64(i)) * GOLDEN)
+            v = float32(1.0 - float64(z >> uint64(11)) * (1.0 / 9007199254740992.0))
+            g = float32(0.0) - log32(v)
+            t = g if fresh else a[i] + g
+            a[i] = t
+            sinr = snr32 * t
+            e[i] = exp32(-(sinr * ib32)) if sinr > float32(0.0) else float32(0.0)
+        sums[b], used[b] = _sum_used(e, a)
+
+
+def _abstract_exp_fading(bits: np.ndarray | None, seg: Segmentation, link: SymbolLink, snr_db: float,
+                         rng: np.random.Generator, rounds: int, corrupt: bool) -> DigitalResult:
+    """:func:`abstract_transfer` on a link of i.i.d. Exp(1) symbol gains (per-symbol Rayleigh), each round one
+    numba pass: the gains, their Chase-combined sums and the EESM (:func:`_exp_fading_round`), then one table
+    look-up and one uniform per pending block, as the generic loop. The gains come from a SplitMix64 stream keyed
+    by one word of ``rng`` per transfer (the generic loop draws 24-bit uniforms from ``rng`` itself: the same law,
+    Exp(1) by inversion, not the same numbers). It runs for the side information of every analog delivery."""
+    table = bler_table()
+    beta, lo, hi = eesm_beta(seg.mcs)
+    cols = seg.n // seg.bits_per_symbol
+    key = np.uint64(rng.bit_generator.random_raw())
+    acc = np.empty((seg.num_blocks, cols), np.float32)
+    e = np.empty(cols, np.float32)
+    sums, used_n = np.empty(seg.num_blocks), np.empty(seg.num_blocks, np.int64)
+    pending = list(range(seg.num_blocks))
+    eff_of: dict[int, float] = {}
+    coded = symbols = uses = attempts = failures = 0
+    airtime, used, drawn = 0.0, 0, 0
+    snr_lin = 10.0 ** (snr_db / 10.0)
+    for r in range(rounds):
+        used = r + 1
+        rows = len(pending)
+        _exp_fading_round(key, np.uint64(drawn), acc[:rows], r == 0, snr_lin, 1.0 / beta, e, sums[:rows],
+                          used_n[:rows])
+        drawn += rows * cols
+        effs = [eesm_db(s_, int(n_), beta, lo, hi) for s_, n_ in zip(sums[:rows].tolist(), used_n[:rows].tolist(),
+                                                                      strict=True)]
+        if rows <= 8:  # a side block: scalar look-ups and draws (the same numbers as one vector draw)
+            fail = [rng.random() < table.scalar(seg.mcs, seg.k, eff) for eff in effs]
+        else:
+            fail = (rng.random(rows) < bler(seg.mcs, seg.k, np.asarray(effs))).tolist()
+        n_sym = rows * cols
+        coded += rows * seg.n
+        symbols += n_sym
+        uses += link.channel_uses(n_sym)
+        airtime += link.airtime_s(n_sym)
+        attempts += rows
+        for b, eff in zip(pending, effs, strict=True):
+            eff_of[b] = eff
+        kept = [i for i, f in enumerate(fail) if f]
+        failures += len(kept)
+        pending = [pending[i] for i in kept]
+        if not pending:
+            break
+        if len(kept) < rows:  # the failed blocks' combined gains move up to the first rows
+            acc[:len(kept)] = acc[np.asarray(kept)]
+    failed = np.asarray(pending, dtype=np.int64)
+    failed_snr = np.array([eff_of[b] for b in pending], dtype=np.float64)
     out = np.zeros(0, np.uint8)
     if bits is not None:
         out = bits.copy()

@@ -1,0 +1,101 @@
+"""Scalar float32 helpers for numba loops that must vectorise: IEEE half casts and branch-free log / exp.
+
+numba has no float16 type on the CPU and, without Intel's SVML, calls libm's scalar ``logf`` / ``expf`` (~10 ns
+each, and a loop with a call does not vectorise). These helpers are inlined into the caller's loop instead:
+
+* :func:`half_to_float` / :func:`float_to_half`: LLVM's own ``fpext half`` / ``fptrunc ... to half`` on the
+  uint16 bit pattern, i.e. the F16C instructions (``vcvtph2ps`` / ``vcvtps2ph``): exact IEEE conversions,
+  round-to-nearest-even, the same results as numpy's ``astype`` (tested on every half value and ~10^7 floats).
+* :func:`log32`: musl's ``logf`` (from FreeBSD's ``e_logf.c``): the argument split into 2^k m with m in
+  [sqrt(1/2), sqrt(2)) by integer operations on its bits, then a degree-8 odd polynomial in s = f / (2 + f),
+  f = m - 1; error < 1 ulp for positive normal arguments (the only ones it is given here: 1 - u >= 2^-53).
+* :func:`exp32`: Cephes' ``expf``: x = n ln 2 + r (ln 2 split in two, |r| <= ln 2 / 2), a degree-7 polynomial for
+  e^r, times 2^n built in the exponent bits; error ~1 ulp for x in [-87.3, 0] and exactly 0 below (the EESM only
+  takes e^-x of x >= 0).
+"""
+
+from __future__ import annotations
+
+from llvmlite import ir
+from numba import float32, int32, njit, types, uint32
+from numba.extending import intrinsic
+
+
+@intrinsic
+def half_to_float(typingctx, bits):
+    """float32 value of the IEEE half whose bit pattern is the uint16 ``bits`` (exact)."""
+
+    def codegen(context, builder, signature, args):
+        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+
+    return types.float32(types.uint16), codegen
+
+
+@intrinsic
+def float_to_half(typingctx, x):
+    """Bit pattern (uint16) of the float32 ``x`` rounded to the nearest IEEE half (ties to even; inf beyond
+    65520, NaN kept)."""
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(builder.fptrunc(args[0], ir.HalfType()), ir.IntType(16))
+
+    return types.uint16(types.float32), codegen
+
+
+@intrinsic
+def _f32_bits(typingctx, x):
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return types.uint32(types.float32), codegen
+
+
+@intrinsic
+def _bits_f32(typingctx, bits):
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return types.float32(types.uint32), codegen
+
+
+# musl / FreeBSD logf: |(log(1+f) - f) - s(hfsq + R)| <= 2^-34.24 on [sqrt(1/2) - 1, sqrt(2) - 1].
+_LN2_HI, _LN2_LO = 6.9313812256e-01, 9.0580006145e-06
+_LG1, _LG2, _LG3, _LG4 = 0.66666662693, 0.40000972152, 0.28498786688, 0.24279078841
+
+
+@njit(inline="always")
+def log32(x):
+    """Natural log of a positive normal float32 ``x`` (< 1 ulp); branch-free."""
+    ix = _f32_bits(float32(x)) + uint32(0x3F800000 - 0x3F3504F3)  # moves [sqrt(1/2), sqrt(2)) onto one exponent
+    k = int32(ix >> uint32(23)) - int32(0x7F)
+    f = _bits_f32((ix & uint32(0x007FFFFF)) + uint32(0x3F3504F3)) - float32(1.0)
+    s = f / (float32(2.0) + f)
+    z = s * s
+    w = z * z
+    t1 = w * (float32(_LG2) + w * float32(_LG4))
+    t2 = z * (float32(_LG1) + w * float32(_LG3))
+    hfsq = float32(0.5) * f * f
+    dk = float32(k)
+    return s * (hfsq + (t1 + t2)) + dk * float32(_LN2_LO) - hfsq + f + dk * float32(_LN2_HI)
+
+
+# Cephes expf: C1 + C2 = ln 2 (C1 exact in 9 bits, so n C1 is exact), P: e^r ~ 1 + r + r^2 P(r) on |r| <= ln2/2.
+_C1, _C2 = 0.693359375, -2.12194440e-4
+_P0, _P1, _P2, _P3, _P4, _P5 = 1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, \
+    1.6666665459e-1, 5.0000001201e-1
+_LOG2E = 1.44269504088896341
+_EXP_MIN = -87.3  # e^-87.3 ~ 1.2e-38, the smallest normal float32's order: below it 0 is returned
+
+
+@njit(inline="always")
+def exp32(x):
+    """e^x for a float32 ``x`` <= 0 (~1 ulp; 0 for x < -87.3); branch-free."""
+    xc = max(float32(x), float32(_EXP_MIN))
+    n = float32(int32(xc * float32(_LOG2E) - float32(0.5)))  # nearest integer (int32 truncates toward 0): n in [-126, 0]
+    r = xc - n * float32(_C1) - n * float32(_C2)
+    r2 = r * r
+    p = ((((float32(_P0) * r + float32(_P1)) * r + float32(_P2)) * r + float32(_P3)) * r + float32(_P4)) * r \
+        + float32(_P5)
+    y = p * r2 + r + float32(1.0)
+    scale = _bits_f32(uint32(int32(n) + int32(127)) << uint32(23))
+    return y * scale if x >= float32(_EXP_MIN) else float32(0.0)
