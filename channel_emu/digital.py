@@ -27,7 +27,7 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from numba import float32, float64, njit, uint64
+from numba import float32, float64, njit
 from scipy.special import erfc
 
 from megbed.channel_emu.links import SymbolLink
@@ -41,8 +41,8 @@ from megbed.channel_emu.mcs import (
     effective_snr_db,
     segment,
 )
-from megbed.channel_emu.noise import GOLDEN, mix64
-from megbed.channel_emu.vecmath import exp32, log32
+from megbed.channel_emu.noise import log_one_minus_uniform
+from megbed.channel_emu.vecmath import exp32
 
 RV_SEQUENCE = (0, 2, 3, 1)
 # Zero-size results (nothing can be written into them), shared: the side block of every analog delivery ends with
@@ -223,22 +223,17 @@ def _sum_used(e, a):
 
 
 @njit(cache=True, boundscheck=False, error_model="numpy")
-def _exp_fading_round(key, first, acc, fresh, snr_lin, inv_beta, e, sums, used):
-    """One abstraction round over i.i.d. Rayleigh symbols, in one pass: for row b of ``acc`` (float32 [blocks,
-    symbols], the pending blocks' Chase-combined gains) and symbol i, a fresh gain g = -log(1 - u) ~ Exp(1) from
-    SplitMix64 word ``first + b * symbols + i`` of ``key`` (u a 53-bit uniform, as
-    :meth:`~megbed.channel_emu.noise.NoiseSource.exponential`), acc <- g (``fresh``) or acc + g, and
-    ``sums[b]`` / ``used[b]``: sum of exp(-snr_lin acc / beta) over the symbols with acc > 0 and their count (the
-    EESM's inputs; ``e`` is float32 scratch [symbols])."""
+def _exp_fading_kernel(log_v, acc, fresh, snr_lin, inv_beta, e, sums, used):
+    """For row b of ``acc`` (float32 [blocks, symbols], the pending blocks' Chase-combined gains) and symbol i:
+    the fresh gain g = -log_v[b, i] ~ Exp(1), acc <- g (``fresh``) or acc + g, and ``sums[b]`` / ``used[b]``: sum
+    of exp(-snr_lin acc / beta) over the symbols with acc > 0 and their count (the EESM's inputs; ``e`` is float32
+    scratch [symbols])."""
     rows, cols = acc.shape
     snr32, ib32 = float32(snr_lin), float32(inv_beta)
     for b in range(rows):
-        a = acc[b]
-        base = first + uint64(b * cols) + uint64(1)
+        a, lv = acc[b], log_v[b]
         for i in range(cols):
-            z = mix64(key + (base + uint64(i)) * GOLDEN)
-            v = float32(1.0 - float64(z >> uint64(11)) * (1.0 / 9007199254740992.0))
-            g = float32(0.0) - log32(v)
+            g = float32(0.0) - lv[i]  # as NoiseSource.exponential
             t = g if fresh else a[i] + g
             a[i] = t
             sinr = snr32 * t
@@ -246,31 +241,40 @@ def _exp_fading_round(key, first, acc, fresh, snr_lin, inv_beta, e, sums, used):
         sums[b], used[b] = _sum_used(e, a)
 
 
+def _exp_fading_round(key: np.uint64, state: np.ndarray, acc: np.ndarray, fresh: bool, snr_lin: float,
+                      inv_beta: float, e: np.ndarray, sums: np.ndarray, used: np.ndarray) -> None:
+    """One abstraction round over i.i.d. Rayleigh symbols: Exp(1) gains by inversion, -log(1 - u) with u a
+    53-bit uniform of the SplitMix64 stream (``key``, counter ``state``), as
+    :meth:`~megbed.channel_emu.noise.NoiseSource.exponential` draws them, Chase-combined into ``acc`` and their
+    EESM sums (:func:`_exp_fading_kernel`). Three passes (words, numpy's SIMD log, the rest): one fused pass with a
+    polynomial log was 2x slower."""
+    log_v = log_one_minus_uniform(key, state, acc.size).reshape(acc.shape)
+    _exp_fading_kernel(log_v, acc, fresh, snr_lin, inv_beta, e, sums, used)
+
+
 def _abstract_exp_fading(bits: np.ndarray | None, seg: Segmentation, link: SymbolLink, snr_db: float,
                          rng: np.random.Generator, rounds: int, corrupt: bool) -> DigitalResult:
-    """:func:`abstract_transfer` on a link of i.i.d. Exp(1) symbol gains (per-symbol Rayleigh), each round one
-    numba pass: the gains, their Chase-combined sums and the EESM (:func:`_exp_fading_round`), then one table
+    """:func:`abstract_transfer` on a link of i.i.d. Exp(1) symbol gains (per-symbol Rayleigh), each round three
+    vectorised passes: the gains, their Chase-combined sums and the EESM (:func:`_exp_fading_round`), then one table
     look-up and one uniform per pending block, as the generic loop. The gains come from a SplitMix64 stream keyed
     by one word of ``rng`` per transfer (the generic loop draws 24-bit uniforms from ``rng`` itself: the same law,
     Exp(1) by inversion, not the same numbers). It runs for the side information of every analog delivery."""
     table = bler_table()
     beta, lo, hi = eesm_beta(seg.mcs)
     cols = seg.n // seg.bits_per_symbol
-    key = np.uint64(rng.bit_generator.random_raw())
+    key, state = np.uint64(rng.bit_generator.random_raw()), np.zeros(1, np.uint64)
     acc = np.empty((seg.num_blocks, cols), np.float32)
     e = np.empty(cols, np.float32)
     sums, used_n = np.empty(seg.num_blocks), np.empty(seg.num_blocks, np.int64)
     pending = list(range(seg.num_blocks))
     eff_of: dict[int, float] = {}
     coded = symbols = uses = attempts = failures = 0
-    airtime, used, drawn = 0.0, 0, 0
+    airtime, used = 0.0, 0
     snr_lin = 10.0 ** (snr_db / 10.0)
     for r in range(rounds):
         used = r + 1
         rows = len(pending)
-        _exp_fading_round(key, np.uint64(drawn), acc[:rows], r == 0, snr_lin, 1.0 / beta, e, sums[:rows],
-                          used_n[:rows])
-        drawn += rows * cols
+        _exp_fading_round(key, state, acc[:rows], r == 0, snr_lin, 1.0 / beta, e, sums[:rows], used_n[:rows])
         effs = [eesm_db(s_, int(n_), beta, lo, hi) for s_, n_ in zip(sums[:rows].tolist(), used_n[:rows].tolist(),
                                                                       strict=True)]
         if rows <= 8:  # a side block: scalar look-ups and draws (the same numbers as one vector draw)

@@ -1,14 +1,11 @@
-"""Scalar float32 helpers for numba loops that must vectorise: IEEE half casts and branch-free log / exp.
+"""Scalar float32 helpers for numba loops that must vectorise: IEEE half casts and a branch-free exp.
 
-numba has no float16 type on the CPU and, without Intel's SVML, calls libm's scalar ``logf`` / ``expf`` (~10 ns
-each, and a loop with a call does not vectorise). These helpers are inlined into the caller's loop instead:
+numba has no float16 type on the CPU and, without Intel's SVML, calls libm's scalar ``expf`` (~10 ns a call, and a
+loop with a call does not vectorise). These helpers are inlined into the caller's loop instead:
 
 * :func:`half_to_float` / :func:`float_to_half`: LLVM's own ``fpext half`` / ``fptrunc ... to half`` on the
   uint16 bit pattern, i.e. the F16C instructions (``vcvtph2ps`` / ``vcvtps2ph``): exact IEEE conversions,
-  round-to-nearest-even, the same results as numpy's ``astype`` (tested on every half value and ~10^7 floats).
-* :func:`log32`: musl's ``logf`` (from FreeBSD's ``e_logf.c``): the argument split into 2^k m with m in
-  [sqrt(1/2), sqrt(2)) by integer operations on its bits, then a degree-8 odd polynomial in s = f / (2 + f),
-  f = m - 1; error < 1 ulp for positive normal arguments (the only ones it is given here: 1 - u >= 2^-53).
+  round-to-nearest-even, the same results as numpy's ``astype`` (tested on every half value and ~10^6 floats).
 * :func:`exp32`: Cephes' ``expf``: x = n ln 2 + r (ln 2 split in two, |r| <= ln 2 / 2), a degree-7 polynomial for
   e^r, times 2^n built in the exponent bits; error ~1 ulp for x in [-87.3, 0] and exactly 0 below (the EESM only
   takes e^-x of x >= 0).
@@ -43,40 +40,11 @@ def float_to_half(typingctx, x):
 
 
 @intrinsic
-def _f32_bits(typingctx, x):
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.IntType(32))
-
-    return types.uint32(types.float32), codegen
-
-
-@intrinsic
 def _bits_f32(typingctx, bits):
     def codegen(context, builder, signature, args):
         return builder.bitcast(args[0], ir.FloatType())
 
     return types.float32(types.uint32), codegen
-
-
-# musl / FreeBSD logf: |(log(1+f) - f) - s(hfsq + R)| <= 2^-34.24 on [sqrt(1/2) - 1, sqrt(2) - 1].
-_LN2_HI, _LN2_LO = 6.9313812256e-01, 9.0580006145e-06
-_LG1, _LG2, _LG3, _LG4 = 0.66666662693, 0.40000972152, 0.28498786688, 0.24279078841
-
-
-@njit(inline="always")
-def log32(x):
-    """Natural log of a positive normal float32 ``x`` (< 1 ulp); branch-free."""
-    ix = _f32_bits(float32(x)) + uint32(0x3F800000 - 0x3F3504F3)  # moves [sqrt(1/2), sqrt(2)) onto one exponent
-    k = int32(ix >> uint32(23)) - int32(0x7F)
-    f = _bits_f32((ix & uint32(0x007FFFFF)) + uint32(0x3F3504F3)) - float32(1.0)
-    s = f / (float32(2.0) + f)
-    z = s * s
-    w = z * z
-    t1 = w * (float32(_LG2) + w * float32(_LG4))
-    t2 = z * (float32(_LG1) + w * float32(_LG3))
-    hfsq = float32(0.5) * f * f
-    dk = float32(k)
-    return s * (hfsq + (t1 + t2)) + dk * float32(_LN2_LO) - hfsq + f + dk * float32(_LN2_HI)
 
 
 # Cephes expf: C1 + C2 = ln 2 (C1 exact in 9 bits, so n C1 is exact), P: e^r ~ 1 + r + r^2 P(r) on |r| <= ln2/2.

@@ -1,4 +1,4 @@
-"""The fused fast paths (issue 21) against the paths they shortcut: the half casts and log / exp polynomials against
+"""The fused fast paths (issue 21) against the paths they shortcut: the half casts and the exp polynomial against
 numpy, the fp16 analog kernel against the general fast path on the same draws, the per-symbol Rayleigh side block
 against Sionna's EESM mapping and the generic abstraction loop (same law)."""
 
@@ -18,7 +18,7 @@ from megbed.channel_emu.digital import _exp_fading_round, abstract_transfer
 from megbed.channel_emu.links import make_link
 from megbed.channel_emu.mcs import eesm_beta, eesm_db, effective_snr_db
 from megbed.channel_emu.noise import NoiseSource
-from megbed.channel_emu.vecmath import exp32, float_to_half, half_to_float, log32
+from megbed.channel_emu.vecmath import exp32, float_to_half, half_to_float
 
 
 @njit(cache=False, error_model="numpy")
@@ -28,8 +28,6 @@ def _apply(kind, x, out):
             out[i] = half_to_float(x[i])
         elif kind == 1:
             out[i] = float_to_half(x[i])
-        elif kind == 2:
-            out[i] = log32(x[i])
         else:
             out[i] = exp32(x[i])
 
@@ -52,20 +50,14 @@ def test_half_casts_are_numpys_on_every_half_and_on_floats_of_every_scale():
         np.testing.assert_array_equal(back, x.astype(np.float16).view(np.uint16))  # ties to even, inf past 65520
 
 
-def test_log_and_exp_polynomials_are_within_one_ulp():
+def test_exp_polynomial_is_within_one_and_a_half_ulp():
     rng = np.random.default_rng(1)
-    x = np.concatenate([rng.random(300_000), 2.0 ** -rng.uniform(0, 53, 300_000), [1.0, 0.5, 2.0**-53]])
-    x = x.astype(np.float32)
-    got = np.empty(x.size, np.float32)
-    _apply(2, x, got)
-    ref = np.log(x.astype(np.float64))
-    assert got[x == 1.0][0] == 0.0
-    nz = ref != 0
-    assert np.max(np.abs(got[nz] - ref[nz]) / np.spacing(np.abs(ref[nz]).astype(np.float32))) < 1.0
     y = np.concatenate([-rng.uniform(0, 87.3, 300_000), -rng.uniform(0, 1, 300_000), [0.0, -87.3]]).astype(np.float32)
-    _apply(3, y, got[:y.size])
+    got = np.empty(y.size, np.float32)
+    _apply(3, y, got)
     ref = np.exp(y.astype(np.float64))
-    assert np.max(np.abs(got[:y.size] - ref) / np.spacing(ref.astype(np.float32))) < 1.5
+    assert got[y == 0.0][0] == 1.0
+    assert np.max(np.abs(got - ref) / np.spacing(ref.astype(np.float32))) < 1.5
     below = np.array([-87.31, -100.0, -np.inf], np.float32)
     _apply(3, below, got[:3])
     assert np.all(got[:3] == 0.0)
@@ -117,9 +109,10 @@ def test_exp_fading_round_is_the_eesm_of_its_own_exp1_gains(mcs, snr):
     beta, lo, hi = eesm_beta(mcs)
     acc, e = np.empty((3, 5000), np.float32), np.empty(5000, np.float32)
     sums, used = np.empty(3), np.empty(3, np.int64)
-    _exp_fading_round(np.uint64(123), np.uint64(0), acc, True, snr, 1 / beta, e, sums, used)
+    state = np.zeros(1, np.uint64)
+    _exp_fading_round(np.uint64(123), state, acc, True, snr, 1 / beta, e, sums, used)
     first = acc.copy()
-    _exp_fading_round(np.uint64(123), np.uint64(15_000), acc, False, snr, 1 / beta, e, sums, used)  # Chase
+    _exp_fading_round(np.uint64(123), state, acc, False, snr, 1 / beta, e, sums, used)  # Chase
     assert np.all(acc > first) and not np.array_equal(acc - first, first)
     got = [eesm_db(s, int(n), beta, lo, hi) for s, n in zip(sums, used, strict=True)]
     np.testing.assert_allclose(got, effective_snr_db(acc * np.float32(snr), mcs), atol=5e-5)
@@ -127,7 +120,7 @@ def test_exp_fading_round_is_the_eesm_of_its_own_exp1_gains(mcs, snr):
 
 def test_exp_fading_gains_are_exp1():
     acc = np.empty((1, 400_000), np.float32)
-    _exp_fading_round(np.uint64(5), np.uint64(0), acc, True, 1.0, 1.0, np.empty(acc.size, np.float32),
+    _exp_fading_round(np.uint64(5), np.zeros(1, np.uint64), acc, True, 1.0, 1.0, np.empty(acc.size, np.float32),
                       np.empty(1), np.empty(1, np.int64))
     g = acc[0]
     assert abs(float(g.mean()) - 1) < 5 / math.sqrt(g.size) and stats.kstest(g, "expon").pvalue > 1e-3
