@@ -422,6 +422,14 @@ def _deliver_as(y: np.ndarray, arr: np.ndarray, sent: np.ndarray) -> tuple[np.nd
     return got.reshape(arr.shape), float(_sq_err(got, np.ascontiguousarray(arr).reshape(-1)))
 
 
+def fused_path(link: SymbolLink, impl: str, dtypes) -> bool:
+    """Whether :func:`transmit_values` sends buffers of these ``dtypes`` over ``link`` by the fused fp16 kernel:
+    all fp16, ``impl="fast"``, an additive link with flat or i.i.d. Exp(1) gains. That path runs no torch op (only
+    its rare fallback for non-finite values does, on one thread below torch's 32768-element grain)."""
+    return impl == "fast" and link.additive and (link.flat or link.iid_exp_gains) and all(
+        d == np.float16 for d in dtypes)
+
+
 def transmit_values(buffers: dict[str, np.ndarray], link: SymbolLink, snr_db: float, noise: NoiseSource,
                     fading: complex = 1.0 + 0.0j, equalizer: str = "mmse", impl: str = "fast") -> AnalogResult:
     """Send float buffers as analog symbols through ``link`` (all buffers share one symbol stream).
@@ -451,8 +459,7 @@ def transmit_values(buffers: dict[str, np.ndarray], link: SymbolLink, snr_db: fl
     if n_sym == 0:
         return AnalogResult({k: v.copy() for k, v in buffers.items()}, 0.0, 0.0, 0, 0, 0.0)
     mmse = equalizer == "mmse"
-    if (impl == "fast" and link.additive and (link.flat or link.iid_exp_gains)
-            and all(a.dtype == np.float16 for a in buffers.values())):
+    if fused_path(link, impl, (a.dtype for a in buffers.values())):
         res = _transmit_half(buffers, sizes, link, snr_db, noise, mmse)
         if res is not None:
             return res

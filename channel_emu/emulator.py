@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from megbed.channel_emu.analog import SCALE_BITS, digital_distortion, transmit_values
+from megbed.channel_emu.analog import SCALE_BITS, digital_distortion, fused_path, transmit_values
 from megbed.channel_emu.coded import CodedChain
 from megbed.channel_emu.config import MAX_MCS, MIN_MCS, LinkConfig, LinkConfigError
 from megbed.channel_emu.digital import DigitalResult, abstract_transfer, corrupt_bytes
@@ -252,10 +252,24 @@ class ChannelEmulator:
         for b in frame.buffers.values():
             work += b.size if type(b) is np.ndarray else np.size(b)
         threads = torch_threads_for(work, self.torch_threads, self.MIN_VALUES_PER_THREAD)
-        if threads == torch.get_num_threads():  # the usual case: no context manager (~2 us a delivery)
+        if threads == torch.get_num_threads() or self._torch_free(frame, cfg):
+            # Nothing to switch (setting and restoring torch's threads costs ~4 us a delivery at 2 threads).
             return self._deliver(frame, state, overrides, cfg, t0)
         with _torch_threads(threads):
             return self._deliver(frame, state, overrides, cfg, t0)
+
+    def _torch_free(self, frame: Frame, cfg: LinkConfig) -> bool:
+        """Whether this delivery runs no torch op: analog or Shannon mode whose float buffers all take the fused
+        fp16 path (:func:`megbed.channel_emu.analog.fused_path`); the rest of those modes is numpy and numba."""
+        if cfg.mode not in ("analog", "shannon"):
+            return False
+        dtypes = []
+        for b in frame.buffers.values():
+            if type(b) is not np.ndarray:
+                return False
+            if b.dtype.kind == "f":
+                dtypes.append(b.dtype)
+        return fused_path(self.link(cfg), cfg.impl, dtypes)
 
     def _deliver(self, frame: Frame, state: ChannelState | None, overrides: dict[str, Any], cfg: LinkConfig,
                  t0: int) -> tuple[Frame, DeliveryRecord]:
