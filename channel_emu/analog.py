@@ -41,7 +41,7 @@ from numba import float32, float64, njit
 
 from megbed.channel_emu.links import SymbolLink
 from megbed.channel_emu.noise import NoiseSource, box_muller
-from megbed.channel_emu.vecmath import float_to_half, half_to_float
+from megbed.channel_emu.vecmath import NATIVE_HALF, float_to_half, half_to_float
 
 SCALE_BITS = 32  # one float32 RMS per buffer, carried as side information
 _F16_MAX = float(np.finfo(np.float16).max)
@@ -424,9 +424,10 @@ def _deliver_as(y: np.ndarray, arr: np.ndarray, sent: np.ndarray) -> tuple[np.nd
 
 def fused_path(link: SymbolLink, impl: str, dtypes) -> bool:
     """Whether :func:`transmit_values` sends buffers of these ``dtypes`` over ``link`` by the fused fp16 kernel:
-    all fp16, ``impl="fast"``, an additive link with flat or i.i.d. Exp(1) gains. That path runs no torch op (only
+    all fp16, ``impl="fast"``, an additive link with flat or i.i.d. Exp(1) gains, a CPU with native half casts
+    (:data:`megbed.channel_emu.vecmath.NATIVE_HALF`). That path runs no torch op (only
     its rare fallback for non-finite values does, on one thread below torch's 32768-element grain)."""
-    return impl == "fast" and link.additive and (link.flat or link.iid_exp_gains) and all(
+    return NATIVE_HALF and impl == "fast" and link.additive and (link.flat or link.iid_exp_gains) and all(
         d == np.float16 for d in dtypes)
 
 

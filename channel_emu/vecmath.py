@@ -13,9 +13,26 @@ loop with a call does not vectorise). These helpers are inlined into the caller'
 
 from __future__ import annotations
 
+import platform
+
+import llvmlite.binding as llvm
 from llvmlite import ir
 from numba import float32, int32, njit, types, uint32
 from numba.extending import intrinsic
+
+
+def _native_half_casts() -> bool:
+    """Whether LLVM lowers half <-> float to instructions here: F16C on x86 (every x86 core since 2012), native
+    on ARM64. Elsewhere it would call compiler-rt's ``__extendhfsf2``, which numba's JIT does not link."""
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
+        return platform.machine().lower() in ("aarch64", "arm64")
+    try:
+        return bool(llvm.get_host_cpu_features().get("f16c"))
+    except RuntimeError:  # features unknown: take the portable paths
+        return False
+
+
+NATIVE_HALF = _native_half_casts()  # the fused fp16 kernels run only where this holds
 
 
 @intrinsic
