@@ -262,10 +262,10 @@ def _to_half(v, hi, sent):
 @njit(cache=True, boundscheck=False, error_model="numpy", fastmath={"contract"})
 def _fused_half(x, log_v, angle, log_g, no, mmse, c_flat, a_flat, k0, k1, seg_re, seg_im, rms, n_im, y, err,
                 scratch):
-    """The whole additive-link chain for fp16 values, two passes per symbol range: the noise pair (and on a
-    fading link the equaliser's c and a) into ``scratch``, then scale, clip, the cast back to fp16 and the squared
-    error, the values' fp16 bits read and written directly (F16C casts). One pass over everything did not
-    vectorise (2x slower).
+    """The whole additive-link chain for fp16 values, two passes per symbol range: the noise pair into
+    ``scratch``, then (on a fading link) the equaliser's c and a, scale, clip, the cast back to fp16 and the squared
+    error, the values' fp16 bits read and written directly (F16C casts). One pass over everything vectorised
+    badly (2x slower); a third pass for the equaliser cost 18 % more.
 
     Symbol k (of S = ``log_v.size``) carries stream values k (real part) and S + k (imaginary part); its noise pair
     is Box-Muller of (``log_v[k]``, ``angle[k]``) (:meth:`NoiseSource.polar_inputs`: the numbers
@@ -285,7 +285,7 @@ def _fused_half(x, log_v, angle, log_g, no, mmse, c_flat, a_flat, k0, k1, seg_re
         Imaginary-part values that exist (total - S): the padding's error is not counted.
     err : numpy.ndarray, float32 [S]
         Per-symbol squared error of its two delivered values (summed in float64 by the caller).
-    scratch : numpy.ndarray, float32 [4, S]
+    scratch : numpy.ndarray, float32 [2, S]
     """
     s_n = log_v.size
     fading = log_g.size > 0
@@ -298,7 +298,7 @@ def _fused_half(x, log_v, angle, log_g, no, mmse, c_flat, a_flat, k0, k1, seg_re
         ar, ai = float32(a_flat * r_re), float32(a_flat * r_im)
         xr, xi, yr, yi = x[lo:lo + n], x[s_n + lo:s_n + lo + n], y[lo:lo + n], y[s_n + lo:s_n + lo + n]
         lv, an, er = log_v[lo:lo + n], angle[lo:lo + n], err[lo:lo + n]
-        wr, wi, cs, as_ = scratch[0, :n], scratch[1, :n], scratch[2, :n], scratch[3, :n]
+        wr, wi = scratch[0, :n], scratch[1, :n]
         lim = n_im - lo
         for i in range(n):
             wr[i], wi[i] = box_muller(lv[i], an[i])
@@ -308,15 +308,14 @@ def _fused_half(x, log_v, angle, log_g, no, mmse, c_flat, a_flat, k0, k1, seg_re
                 g = max(float32(0.0) - lg[i], float32(1e-12))
                 if mmse:
                     inv = float32(1.0) / (g + no32)
-                    cs[i] = g * inv
-                    as_[i] = float32(math.sqrt(g * no32)) * inv
+                    c = g * inv
+                    a = float32(math.sqrt(g * no32)) * inv
                 else:
-                    cs[i] = float32(1.0)
-                    as_[i] = float32(math.sqrt(no32 / g))
-            for i in range(n):
+                    c = float32(1.0)
+                    a = float32(math.sqrt(no32 / g))
                 vr, vi = half_to_float(xr[i]), half_to_float(xi[i])
-                yr[i], dr = _to_half(cs[i] * vr + rr * as_[i] * wr[i], hi, vr)
-                yi[i], di = _to_half(cs[i] * vi + ri * as_[i] * wi[i], hi, vi)
+                yr[i], dr = _to_half(c * vr + rr * a * wr[i], hi, vr)
+                yi[i], di = _to_half(c * vi + ri * a * wi[i], hi, vi)
                 er[i] = dr * dr + (di * di if i < lim else float32(0.0))
         else:
             for i in range(n):
@@ -386,7 +385,7 @@ def _transmit_half(buffers: dict[str, np.ndarray], sizes: list[int], link: Symbo
     else:
         y = _pool("y16", 2 * n_sym, np.uint16)
     err = _pool("err", n_sym)
-    scratch = _pool("fused", 4 * n_sym).reshape(4, n_sym)
+    scratch = _pool("fused", 2 * n_sym).reshape(2, n_sym)
     _fused_half(x, log_v, angle, log_g, no, mmse, c, c * math.sqrt(no), *_symbol_segments(tuple(sizes)), rms,
                 total - n_sym, y, err, scratch)
     if single:
