@@ -85,7 +85,8 @@ def _general(monkeypatch, *args, **kw):
 @half_casts
 @pytest.mark.parametrize("model", ["awgn", "rayleigh_block", "rayleigh_symbol"])
 @pytest.mark.parametrize("equalizer", ["mmse", "zf"])
-@pytest.mark.parametrize("sizes", [(4, 64, 64), ((3, 50), 41, 1, 0)])  # one latent; several buffers, odd total
+# One latent; several buffers with an odd total (padding), one ending exactly at S, one value, two buffers of S.
+@pytest.mark.parametrize("sizes", [(4, 64, 64), ((3, 50), 41, 1, 0), ((10,), (3,), (7,)), (1,), ((5,), (5,))])
 def test_fused_fp16_path_equals_the_general_fast_path(monkeypatch, model, equalizer, sizes):
     rng = np.random.default_rng(7)
     shapes = [sizes] if isinstance(sizes[0], int) else list(sizes)
