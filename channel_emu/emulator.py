@@ -53,6 +53,8 @@ from megbed.channel_emu.process import ChannelProcess, ChannelState
 from megbed.channel_emu.record import DeliveryRecord
 from megbed.megwire import Frame, to_parts
 
+_F16 = np.dtype(np.float16)
+
 # Per-request link fields a frame may carry (``meta["link"]`` or ``meta["request"]["link"]``), as the testbed's
 # ``Request.link_meta()`` spells them.
 OVERRIDE_KEYS = ("link_model", "tx_mode", "distance_m", "snr_db")
@@ -261,15 +263,19 @@ class ChannelEmulator:
     def _torch_free(self, frame: Frame, cfg: LinkConfig) -> bool:
         """Whether this delivery runs no torch op: analog or Shannon mode whose float buffers all take the fused
         fp16 path (:func:`megbed.channel_emu.analog.fused_path`); the rest of those modes is numpy and numba."""
-        if cfg.mode not in ("analog", "shannon"):
+        hit = self._by_id.get(("torch_free", id(cfg)))
+        if hit is None or hit[0] is not cfg:  # the config's part, once per config (this runs per delivery)
+            hit = (cfg, cfg.mode in ("analog", "shannon") and fused_path(self.link(cfg), cfg.impl, ()))
+            self._by_id[("torch_free", id(cfg))] = hit
+        if not hit[1]:
             return False
-        dtypes = []
         for b in frame.buffers.values():
             if type(b) is not np.ndarray:
                 return False
-            if b.dtype.kind == "f":
-                dtypes.append(b.dtype)
-        return fused_path(self.link(cfg), cfg.impl, dtypes)
+            dt = b.dtype
+            if dt.kind == "f" and dt is not _F16 and dt != _F16:
+                return False
+        return True
 
     def _deliver(self, frame: Frame, state: ChannelState | None, overrides: dict[str, Any], cfg: LinkConfig,
                  t0: int) -> tuple[Frame, DeliveryRecord]:
