@@ -17,7 +17,10 @@ Speed: on an additive link (AWGN, flat and per-symbol Rayleigh with perfect CSI)
 y = c (v + r sqrt(no_eff) w) per value, with c the equaliser's shrinkage and w the link's standard normal draw
 (:func:`megbed.channel_emu.links.standard_noise`, laid out as Sionna's ``complex_normal``: real parts then imaginary parts,
 which is why value k and value S + k share a symbol). The fast path computes exactly that in a few numba loops with
-no complex tensors (fp16 <-> fp32 by torch's F16C casts), noise from :mod:`megbed.channel_emu.noise`. The generic path (a
+no complex tensors (fp16 <-> fp32 by torch's F16C casts), noise from :mod:`megbed.channel_emu.noise`. fp16 buffers (the
+latents) on AWGN and flat or per-symbol Rayleigh links take a fused kernel (:func:`_fused_half`): the values' fp16
+bits in, the Box-Muller noise, fades and equaliser, the cast back and the squared error in two vectorised passes
+per symbol range (issue 21: a fixed cost per delivery was what kept SD-1.5 latents above RTF 0.01). The generic path (a
 non-additive link such as TDL-OFDM) builds the complex symbols and runs the link's ``transmit``; from the same noise
 state both give the same delivery to float rounding. ``impl="sionna"`` takes the generic path, where the AWGN link
 runs Sionna's ``AWGN`` block (another random stream: same statistics, not the same numbers).
@@ -25,6 +28,8 @@ runs Sionna's ``AWGN`` block (another random stream: same statistics, not the sa
 
 from __future__ import annotations
 
+import bisect
+import functools
 import math
 import threading
 import warnings
@@ -35,7 +40,8 @@ import torch
 from numba import float32, float64, njit
 
 from megbed.channel_emu.links import SymbolLink
-from megbed.channel_emu.noise import NoiseSource
+from megbed.channel_emu.noise import NoiseSource, box_muller
+from megbed.channel_emu.vecmath import NATIVE_HALF, float_to_half, half_to_float
 
 SCALE_BITS = 32  # one float32 RMS per buffer, carried as side information
 _F16_MAX = float(np.finfo(np.float16).max)
@@ -115,8 +121,9 @@ def _as_f32(arr: np.ndarray, out: np.ndarray | None = None) -> tuple[np.ndarray,
 _scratch = threading.local()
 
 
-def _pool(name: str, n: int) -> np.ndarray:
-    """This thread's float32 scratch array ``name`` of ``n`` elements (contents undefined).
+def _pool(name: str, n: int, dtype: type = np.float32) -> np.ndarray:
+    """This thread's scratch array ``name`` of ``n`` elements of ``dtype`` (float32 unless given; one dtype per
+    name; contents undefined).
 
     Reused across deliveries: fresh 64-256 KB arrays per delivery cost page faults and cold caches (the fp16 cast,
     the noise and the equaliser ran 2-3x slower inside a delivery than alone). Nothing pooled is ever returned.
@@ -126,7 +133,7 @@ def _pool(name: str, n: int) -> np.ndarray:
         pools = _scratch.arrays = {}
     a = pools.get(name)
     if a is None or a.size < n:
-        a = pools[name] = np.empty(max(int(n), 0 if a is None else 2 * a.size), np.float32)
+        a = pools[name] = np.empty(max(int(n), 0 if a is None else 2 * a.size), dtype)
     return a[:n]
 
 
@@ -225,6 +232,173 @@ def _apply_per_symbol(x, w, c_sym, a_sym, r, first, clip, y):
         y2[i] = _faded(x2[i], w2[i], c2[i], a2[i], r32, hi)
 
 
+@njit(cache=True, boundscheck=False, fastmath={"reassoc"})
+def _sum_sq_half(h):
+    """Sum of squares (float64) of the fp16 values whose bit patterns are ``h`` (uint16)."""
+    s = 0.0
+    for i in range(h.size):
+        v = float64(half_to_float(h[i]))
+        s += v * v
+    return s
+
+
+@njit(cache=True, boundscheck=False, fastmath={"reassoc"})
+def _sum64(x):
+    """Sum in float64."""
+    s = 0.0
+    for i in range(x.size):
+        s += float64(x[i])
+    return s
+
+
+@njit(inline="always")
+def _to_half(v, hi, sent):
+    """(fp16 bits of v clipped to +-hi, float32 error of that fp16 value against ``sent``)."""
+    b = float_to_half(min(max(v, -hi), hi))
+    return b, half_to_float(b) - sent
+
+
+# fastmath "contract": the Box-Muller polynomials compile as in NoiseSource.standard_normal (same noise values).
+@njit(cache=True, boundscheck=False, error_model="numpy", fastmath={"contract"})
+def _fused_half(x, log_v, angle, log_g, no, mmse, c_flat, a_flat, k0, k1, seg_re, seg_im, rms, n_im, y, err,
+                scratch):
+    """The whole additive-link chain for fp16 values, two passes per symbol range: the noise pair into
+    ``scratch``, then (on a fading link) the equaliser's c and a, scale, clip, the cast back to fp16 and the squared
+    error, the values' fp16 bits read and written directly (F16C casts). One pass over everything vectorised
+    badly (2x slower); a third pass for the equaliser cost 18 % more.
+
+    Symbol k (of S = ``log_v.size``) carries stream values k (real part) and S + k (imaginary part); its noise pair
+    is Box-Muller of (``log_v[k]``, ``angle[k]``) (:meth:`NoiseSource.polar_inputs`: the numbers
+    ``standard_normal(2 S)`` gives) and, on a fading link (``log_g`` not empty), its gain is
+    g = max(-log_g[k], 1e-12) (``log_g`` from :meth:`NoiseSource.log_one_minus_uniform`: the numbers
+    ``exponential(S)`` gives). MMSE: c = g / (g + no), a = sqrt(g no) / (g + no); ZF: c = 1, a = sqrt(no / g);
+    flat links use ``c_flat`` and ``a_flat`` (a without the RMS). y = clip(c x + r a w) with the buffer's RMS r.
+
+    Parameters
+    ----------
+    x, y : numpy.ndarray, uint16 [2S]
+        The values stream (fp16 bits; an odd total padded with a zero) and the delivered stream.
+    k0, k1, seg_re, seg_im : numpy.ndarray, int64 [m]
+        Symbol ranges [k0, k1) over which the real parts' buffer (``seg_re``) and the imaginary parts' buffer
+        (``seg_im``) stay the same; ``rms`` (float64) holds each buffer's RMS, and 1 for the padding.
+    n_im : int
+        Imaginary-part values that exist (total - S): the padding's error is not counted.
+    err : numpy.ndarray, float32 [S]
+        Per-symbol squared error of its two delivered values (summed in float64 by the caller).
+    scratch : numpy.ndarray, float32 [2, S]
+    """
+    s_n = log_v.size
+    fading = log_g.size > 0
+    hi = float32(_F16_MAX)
+    no32, cf = float32(no), float32(c_flat)
+    for m in range(k0.size):
+        lo, n = k0[m], k1[m] - k0[m]
+        r_re, r_im = rms[seg_re[m]], rms[seg_im[m]]
+        rr, ri = float32(r_re), float32(r_im)
+        ar, ai = float32(a_flat * r_re), float32(a_flat * r_im)
+        xr, xi, yr, yi = x[lo:lo + n], x[s_n + lo:s_n + lo + n], y[lo:lo + n], y[s_n + lo:s_n + lo + n]
+        lv, an, er = log_v[lo:lo + n], angle[lo:lo + n], err[lo:lo + n]
+        wr, wi = scratch[0, :n], scratch[1, :n]
+        lim = n_im - lo
+        for i in range(n):
+            wr[i], wi[i] = box_muller(lv[i], an[i])
+        if fading:
+            lg = log_g[lo:lo + n]
+            for i in range(n):
+                g = max(float32(0.0) - lg[i], float32(1e-12))
+                if mmse:
+                    inv = float32(1.0) / (g + no32)
+                    c = g * inv
+                    a = float32(math.sqrt(g * no32)) * inv
+                else:
+                    c = float32(1.0)
+                    a = float32(math.sqrt(no32 / g))
+                vr, vi = half_to_float(xr[i]), half_to_float(xi[i])
+                yr[i], dr = _to_half(c * vr + rr * a * wr[i], hi, vr)
+                yi[i], di = _to_half(c * vi + ri * a * wi[i], hi, vi)
+                er[i] = dr * dr + (di * di if i < lim else float32(0.0))
+        else:
+            for i in range(n):
+                vr, vi = half_to_float(xr[i]), half_to_float(xi[i])
+                yr[i], dr = _to_half(cf * vr + ar * wr[i], hi, vr)
+                yi[i], di = _to_half(cf * vi + ai * wi[i], hi, vi)
+                er[i] = dr * dr + (di * di if i < lim else float32(0.0))
+
+
+_EMPTY32 = np.zeros(0, np.float32)
+
+
+@functools.lru_cache(maxsize=256)
+def _symbol_segments(sizes: tuple[int, ...]) -> tuple[np.ndarray, ...]:
+    """(k0, k1, seg_re, seg_im) of :func:`_fused_half` for buffers of ``sizes`` values sharing one stream:
+    the symbol ranges over which value k and value S + k stay in one buffer each (index len(sizes): padding)."""
+    ends = list(np.cumsum(sizes).tolist())
+    s_n = -(-ends[-1] // 2)
+    cuts = sorted({0, s_n} | {e for e in ends if e < s_n} | {e - s_n for e in ends if s_n < e < 2 * s_n})
+    k0, k1, re, im = [], [], [], []
+    for a, b in zip(cuts[:-1], cuts[1:], strict=True):
+        k0.append(a)
+        k1.append(b)
+        re.append(bisect.bisect_right(ends, a))
+        im.append(bisect.bisect_right(ends, s_n + a))
+    return tuple(np.array(v, np.int64) for v in (k0, k1, re, im))
+
+
+def _transmit_half(buffers: dict[str, np.ndarray], sizes: list[int], link: SymbolLink, snr_db: float,
+                   noise: NoiseSource, mmse: bool) -> AnalogResult | None:
+    """:func:`transmit_values`' fast path for fp16 buffers on an additive link with flat or i.i.d. Exp(1) gains,
+    in one fused pass (:func:`_fused_half`): the same draws in the same order, the same arithmetic in float32, so
+    the same delivery as the general fast path to float rounding. None when a value is not finite (the general
+    path sends it as 0)."""
+    halves = [np.ascontiguousarray(a).reshape(-1).view(np.uint16) for a in buffers.values()]
+    energies = [float(_sum_sq_half(h)) for h in halves]
+    energy = sum(energies)
+    if not math.isfinite(energy):
+        return None
+    total = sum(sizes)
+    n_sym = -(-total // 2)
+    single = len(halves) == 1 and total == 2 * n_sym
+    if single:
+        x = halves[0]
+    else:
+        x = _pool("x16", 2 * n_sym, np.uint16)
+        pos = 0
+        for h in halves:
+            x[pos:pos + h.size] = h
+            pos += h.size
+        x[pos:] = 0
+    # Draws in the order link.transmit makes them (fades, then noise), from the same source.
+    if link.flat:
+        log_g = _EMPTY32
+        no = link.noise_variance(n_sym, snr_db, noise)
+    else:
+        log_g = noise.log_one_minus_uniform(n_sym, _pool("g", n_sym))
+        no = 10.0 ** (-snr_db / 10.0)
+    log_v, angle = noise.polar_inputs(n_sym)
+    c = 1.0 / (1.0 + no) if mmse else 1.0
+    rms = np.array([math.sqrt(e / h.size) if h.size and e > 0 else 1.0 for e, h in zip(energies, halves,
+                                                                                       strict=True)] + [1.0])
+    if single:
+        (name, arr), = buffers.items()
+        got = np.empty(arr.shape, np.float16)  # the caller keeps it: never pooled
+        y = got.reshape(-1).view(np.uint16)
+    else:
+        y = _pool("y16", 2 * n_sym, np.uint16)
+    err = _pool("err", n_sym)
+    scratch = _pool("fused", 2 * n_sym).reshape(2, n_sym)
+    _fused_half(x, log_v, angle, log_g, no, mmse, c, c * math.sqrt(no), *_symbol_segments(tuple(sizes)), rms,
+                total - n_sym, y, err, scratch)
+    if single:
+        delivered = {name: got}
+    else:
+        delivered, pos = {}, 0
+        for (name, arr), size in zip(buffers.items(), sizes, strict=True):
+            delivered[name] = y[pos:pos + size].copy().view(np.float16).reshape(arr.shape)
+            pos += size
+    return AnalogResult(delivered, float(_sum64(err)), energy, total, link.channel_uses(n_sym),
+                        link.airtime_s(n_sym))
+
+
 def _clip_of(dtype: np.dtype) -> float:
     return _F16_MAX if dtype == np.float16 else _F32_MAX
 
@@ -245,6 +419,15 @@ def _deliver_as(y: np.ndarray, arr: np.ndarray, sent: np.ndarray) -> tuple[np.nd
         return y.reshape(arr.shape), float(_sq_err(y, sent))
     got = y.astype(arr.dtype)  # float64 and wider: the analog value came back in float32
     return got.reshape(arr.shape), float(_sq_err(got, np.ascontiguousarray(arr).reshape(-1)))
+
+
+def fused_path(link: SymbolLink, impl: str, dtypes) -> bool:
+    """Whether :func:`transmit_values` sends buffers of these ``dtypes`` over ``link`` by the fused fp16 kernel:
+    all fp16, ``impl="fast"``, an additive link with flat or i.i.d. Exp(1) gains, a CPU with native half casts
+    (:data:`megbed.channel_emu.vecmath.NATIVE_HALF`). That path runs no torch op (only
+    its rare fallback for non-finite values does, on one thread below torch's 32768-element grain)."""
+    return NATIVE_HALF and impl == "fast" and link.additive and (link.flat or link.iid_exp_gains) and all(
+        d == np.float16 for d in dtypes)
 
 
 def transmit_values(buffers: dict[str, np.ndarray], link: SymbolLink, snr_db: float, noise: NoiseSource,
@@ -275,6 +458,11 @@ def transmit_values(buffers: dict[str, np.ndarray], link: SymbolLink, snr_db: fl
     n_sym = -(-total // 2)
     if n_sym == 0:
         return AnalogResult({k: v.copy() for k, v in buffers.items()}, 0.0, 0.0, 0, 0, 0.0)
+    mmse = equalizer == "mmse"
+    if fused_path(link, impl, (a.dtype for a in buffers.values())):
+        res = _transmit_half(buffers, sizes, link, snr_db, noise, mmse)
+        if res is not None:
+            return res
     stream = _pool("x", 2 * n_sym)  # the buffers' float32 values, one after the other
     sent, clean, energies, rms, segs = [], [], [], [], []
     pos = 0
@@ -289,7 +477,6 @@ def transmit_values(buffers: dict[str, np.ndarray], link: SymbolLink, snr_db: fl
         rms.append(math.sqrt(e / x.size) if x.size and e > 0 else 1.0)
         segs.append((pos, pos + size))
         pos += size
-    mmse = equalizer == "mmse"
     ys = []
     if impl == "fast" and link.additive:
         # Draws in the order link.transmit makes them (fades, then noise), from the same source.

@@ -27,13 +27,29 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from numba import njit
+from numba import float32, float64, njit
 from scipy.special import erfc
 
 from megbed.channel_emu.links import SymbolLink
-from megbed.channel_emu.mcs import CRC_BITS, Segmentation, bler, bler_table, effective_snr_db, segment
+from megbed.channel_emu.mcs import (
+    CRC_BITS,
+    Segmentation,
+    bler,
+    bler_table,
+    eesm_beta,
+    eesm_db,
+    effective_snr_db,
+    segment,
+)
+from megbed.channel_emu.noise import log_one_minus_uniform
+from megbed.channel_emu.vecmath import exp32
 
 RV_SEQUENCE = (0, 2, 3, 1)
+# Zero-size results (nothing can be written into them), shared: the side block of every analog delivery ends with
+# no failed block and no bits, and three fresh arrays cost ~2 us there.
+_NO_BITS = np.zeros(0, np.uint8)
+_NO_BLOCKS = np.zeros(0, np.int64)
+_NO_SNR = np.zeros(0, np.float64)
 
 
 @dataclass
@@ -106,6 +122,8 @@ def abstract_transfer(bits: np.ndarray | None, payload_bits: int, mcs: int, link
     rounds = 1 + (max_retransmissions if harq else 0)
     if link.flat:
         return _abstract_flat(bits, seg, link, snr_db, rng, rounds, corrupt, impl)
+    if impl == "fast" and link.iid_exp_gains:
+        return _abstract_exp_fading(bits, seg, link, snr_db, rng, rounds, corrupt)
     m = seg.bits_per_symbol
     sym_per_block = seg.n // m
     pending = np.arange(seg.num_blocks)
@@ -182,9 +200,105 @@ def _abstract_flat(bits: np.ndarray | None, seg: Segmentation, link: SymbolLink,
         failures += len(pending)
         if not pending:
             break
-    failed = np.asarray(pending, dtype=np.int64)
-    failed_snr = np.full(failed.size, eff1)
-    out = np.zeros(0, np.uint8)
+    failed = np.asarray(pending, dtype=np.int64) if pending else _NO_BLOCKS
+    failed_snr = np.full(failed.size, eff1) if pending else _NO_SNR
+    out = _NO_BITS
+    if bits is not None:
+        out = bits.copy()
+        if corrupt:
+            corrupt_bits(out, seg, failed, failed_snr, rng)
+    return DigitalResult(out, seg, used, coded, symbols, uses, airtime, attempts, failures, int(failed.size),
+                         failed, failed_snr)
+
+
+@njit(cache=True, boundscheck=False, fastmath={"reassoc"})
+def _sum_used(e, a):
+    """(sum of ``e`` in float64, count of ``a`` > 0): the EESM sum and the symbols it used (vectorised)."""
+    s = 0.0
+    n = 0
+    for i in range(e.size):
+        s += float64(e[i])
+        n += 1 if a[i] > float32(0.0) else 0
+    return s, n
+
+
+@njit(cache=True, boundscheck=False, error_model="numpy")
+def _exp_fading_kernel(log_v, acc, fresh, snr_lin, inv_beta, e, sums, used):
+    """For row b of ``acc`` (float32 [blocks, symbols], the pending blocks' Chase-combined gains) and symbol i:
+    the fresh gain g = -log_v[b, i] ~ Exp(1), acc <- g (``fresh``) or acc + g, and ``sums[b]`` / ``used[b]``: sum
+    of exp(-snr_lin acc / beta) over the symbols with acc > 0 and their count (the EESM's inputs; ``e`` is float32
+    scratch [symbols])."""
+    rows, cols = acc.shape
+    snr32, ib32 = float32(snr_lin), float32(inv_beta)
+    for b in range(rows):
+        a, lv = acc[b], log_v[b]
+        for i in range(cols):
+            g = float32(0.0) - lv[i]  # as NoiseSource.exponential
+            t = g if fresh else a[i] + g
+            a[i] = t
+            sinr = snr32 * t
+            e[i] = exp32(-(sinr * ib32)) if sinr > float32(0.0) else float32(0.0)
+        sums[b], used[b] = _sum_used(e, a)
+
+
+def _exp_fading_round(key: np.uint64, state: np.ndarray, acc: np.ndarray, fresh: bool, snr_lin: float,
+                      inv_beta: float, e: np.ndarray, sums: np.ndarray, used: np.ndarray) -> None:
+    """One abstraction round over i.i.d. Rayleigh symbols: Exp(1) gains by inversion, -log(1 - u) with u a
+    53-bit uniform of the SplitMix64 stream (``key``, counter ``state``), as
+    :meth:`~megbed.channel_emu.noise.NoiseSource.exponential` draws them, Chase-combined into ``acc`` and their
+    EESM sums (:func:`_exp_fading_kernel`). Three passes (words, numpy's SIMD log, the rest): one fused pass with a
+    polynomial log was 2x slower."""
+    log_v = log_one_minus_uniform(key, state, acc.size).reshape(acc.shape)
+    _exp_fading_kernel(log_v, acc, fresh, snr_lin, inv_beta, e, sums, used)
+
+
+def _abstract_exp_fading(bits: np.ndarray | None, seg: Segmentation, link: SymbolLink, snr_db: float,
+                         rng: np.random.Generator, rounds: int, corrupt: bool) -> DigitalResult:
+    """:func:`abstract_transfer` on a link of i.i.d. Exp(1) symbol gains (per-symbol Rayleigh), each round three
+    vectorised passes: the gains, their Chase-combined sums and the EESM (:func:`_exp_fading_round`), then one table
+    look-up and one uniform per pending block, as the generic loop. The gains come from a SplitMix64 stream keyed
+    by one word of ``rng`` per transfer (the generic loop draws 24-bit uniforms from ``rng`` itself: the same law,
+    Exp(1) by inversion, not the same numbers). It runs for the side information of every analog delivery."""
+    table = bler_table()
+    beta, lo, hi = eesm_beta(seg.mcs)
+    cols = seg.n // seg.bits_per_symbol
+    key, state = np.uint64(rng.bit_generator.random_raw()), np.zeros(1, np.uint64)
+    acc = np.empty((seg.num_blocks, cols), np.float32)
+    e = np.empty(cols, np.float32)
+    sums, used_n = np.empty(seg.num_blocks), np.empty(seg.num_blocks, np.int64)
+    pending = list(range(seg.num_blocks))
+    eff_of: dict[int, float] = {}
+    coded = symbols = uses = attempts = failures = 0
+    airtime, used = 0.0, 0
+    snr_lin = 10.0 ** (snr_db / 10.0)
+    for r in range(rounds):
+        used = r + 1
+        rows = len(pending)
+        _exp_fading_round(key, state, acc[:rows], r == 0, snr_lin, 1.0 / beta, e, sums[:rows], used_n[:rows])
+        effs = [eesm_db(s_, int(n_), beta, lo, hi) for s_, n_ in zip(sums[:rows].tolist(), used_n[:rows].tolist(),
+                                                                      strict=True)]
+        if rows <= 8:  # a side block: scalar look-ups and draws (the same numbers as one vector draw)
+            fail = [rng.random() < table.scalar(seg.mcs, seg.k, eff) for eff in effs]
+        else:
+            fail = (rng.random(rows) < bler(seg.mcs, seg.k, np.asarray(effs))).tolist()
+        n_sym = rows * cols
+        coded += rows * seg.n
+        symbols += n_sym
+        uses += link.channel_uses(n_sym)
+        airtime += link.airtime_s(n_sym)
+        attempts += rows
+        for b, eff in zip(pending, effs, strict=True):
+            eff_of[b] = eff
+        kept = [i for i, f in enumerate(fail) if f]
+        failures += len(kept)
+        pending = [pending[i] for i in kept]
+        if not pending:
+            break
+        if len(kept) < rows:  # the failed blocks' combined gains move up to the first rows
+            acc[:len(kept)] = acc[np.asarray(kept)]
+    failed = np.asarray(pending, dtype=np.int64) if pending else _NO_BLOCKS
+    failed_snr = np.array([eff_of[b] for b in pending], dtype=np.float64) if pending else _NO_SNR
+    out = _NO_BITS
     if bits is not None:
         out = bits.copy()
         if corrupt:

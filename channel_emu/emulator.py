@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from megbed.channel_emu.analog import SCALE_BITS, digital_distortion, transmit_values
+from megbed.channel_emu.analog import SCALE_BITS, digital_distortion, fused_path, transmit_values
 from megbed.channel_emu.coded import CodedChain
 from megbed.channel_emu.config import MAX_MCS, MIN_MCS, LinkConfig, LinkConfigError
 from megbed.channel_emu.digital import DigitalResult, abstract_transfer, corrupt_bytes
@@ -52,6 +52,8 @@ from megbed.channel_emu.noise import NoiseSource
 from megbed.channel_emu.process import ChannelProcess, ChannelState
 from megbed.channel_emu.record import DeliveryRecord
 from megbed.megwire import Frame, to_parts
+
+_F16 = np.dtype(np.float16)
 
 # Per-request link fields a frame may carry (``meta["link"]`` or ``meta["request"]["link"]``), as the testbed's
 # ``Request.link_meta()`` spells them.
@@ -246,11 +248,34 @@ class ChannelEmulator:
             The frame as received (``meta["delivery"]`` added) and the record.
         """
         t0 = time.perf_counter_ns()
-        overrides = dict(link or {})
+        overrides = dict(link) if link else {}
         cfg = self._variant(overrides) if overrides else self.config
-        work = sum(np.size(b) for b in frame.buffers.values())
-        with _torch_threads(torch_threads_for(work, self.torch_threads, self.MIN_VALUES_PER_THREAD)):
+        work = 0
+        for b in frame.buffers.values():
+            work += b.size if type(b) is np.ndarray else np.size(b)
+        threads = torch_threads_for(work, self.torch_threads, self.MIN_VALUES_PER_THREAD)
+        if threads == torch.get_num_threads() or self._torch_free(frame, cfg):
+            # Nothing to switch (setting and restoring torch's threads costs ~4 us a delivery at 2 threads).
             return self._deliver(frame, state, overrides, cfg, t0)
+        with _torch_threads(threads):
+            return self._deliver(frame, state, overrides, cfg, t0)
+
+    def _torch_free(self, frame: Frame, cfg: LinkConfig) -> bool:
+        """Whether this delivery runs no torch op: analog or Shannon mode whose float buffers all take the fused
+        fp16 path (:func:`megbed.channel_emu.analog.fused_path`); the rest of those modes is numpy and numba."""
+        hit = self._by_id.get(("torch_free", id(cfg)))
+        if hit is None or hit[0] is not cfg:  # the config's part, once per config (this runs per delivery)
+            hit = (cfg, cfg.mode in ("analog", "shannon") and fused_path(self.link(cfg), cfg.impl, ()))
+            self._by_id[("torch_free", id(cfg))] = hit
+        if not hit[1]:
+            return False
+        for b in frame.buffers.values():
+            if type(b) is not np.ndarray:
+                return False
+            dt = b.dtype
+            if dt.kind == "f" and dt is not _F16 and dt != _F16:
+                return False
+        return True
 
     def _deliver(self, frame: Frame, state: ChannelState | None, overrides: dict[str, Any], cfg: LinkConfig,
                  t0: int) -> tuple[Frame, DeliveryRecord]:

@@ -107,6 +107,7 @@ class SymbolLink:
     name = "base"
     flat = True  # every symbol sees the same SNR (the abstraction can skip the effective-SNR mapping)
     additive = True
+    iid_exp_gains = False  # symbol gains |h_i|^2 i.i.d. Exp(1) (fast paths draw them in their own kernels)
 
     def __init__(self, config: LinkConfig) -> None:
         self.config = config
@@ -224,6 +225,7 @@ class RayleighSymbolLink(SymbolLink):
 
     name = "rayleigh_symbol"
     flat = False
+    iid_exp_gains = True
 
     def gains(self, n, rng):
         # Exp(1) by inversion, -log(1 - u), in place with numpy's SIMD float32 log: ~4x faster than

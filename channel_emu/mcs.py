@@ -200,6 +200,22 @@ def _eesm_params() -> tuple[np.ndarray, float, float]:
     return e.beta_tensor.cpu().numpy().astype(np.float32), float(e._sinr_eff_min), float(e._sinr_eff_max)
 
 
+def eesm_beta(mcs: int) -> tuple[float, float, float]:
+    """Sionna's EESM beta of ``mcs`` (the float32 table value, as a float) and the effective-SINR clamp (lo, hi),
+    linear."""
+    betas, lo, hi = _eesm_params()
+    return float(betas[MCS_TABLE - 1, max(int(mcs), 0)]), lo, hi
+
+
+def eesm_db(exp_sum: float, used: int, beta: float, lo: float, hi: float) -> float:
+    """One block's EESM effective SNR (dB) from sum_i exp(-sinr_i / beta) over its ``used`` symbols with
+    sinr_i > 0: -beta log(sum / used) clamped to [lo, hi]; -300 dB when no symbol is used."""
+    if used <= 0:
+        return -300.0
+    eff = hi if exp_sum <= 0.0 else min(max(-beta * math.log(exp_sum / used), lo), hi)
+    return 10.0 * math.log10(max(eff, 1e-30))
+
+
 def effective_snr_db(sinr_linear: np.ndarray, mcs: int) -> np.ndarray:
     """EESM effective SNR (dB) of each row of per-symbol SINRs ``[blocks, symbols]`` (linear).
 
@@ -216,11 +232,8 @@ def effective_snr_db(sinr_linear: np.ndarray, mcs: int) -> np.ndarray:
         with np.errstate(under="ignore"):
             s = np.exp(z, out=z).sum(axis=1, dtype=np.float32)
         # A handful of blocks: the per-block tail in plain Python (numpy's per-call cost would dominate).
-        b, cols, out = float(beta), sinr.shape[1], []
-        for si in s.tolist():
-            eff1 = hi if si <= 0.0 else min(max(-b * math.log(si / cols), lo), hi)
-            out.append(10.0 * math.log10(max(eff1, 1e-30)))
-        return np.array(out)
+        b, cols = float(beta), sinr.shape[1]
+        return np.array([eesm_db(si, cols, b, lo, hi) for si in s.tolist()])
     else:
         used = sinr > 0
         n = np.count_nonzero(used, axis=1)

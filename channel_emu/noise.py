@@ -37,11 +37,12 @@ import numpy as np
 import torch
 from numba import float32, float64, int32, njit, uint64
 
-_GOLDEN = uint64(0x9E3779B97F4A7C15)
+GOLDEN = uint64(0x9E3779B97F4A7C15)  # SplitMix64's increment: word j of key k is mix64(k + (j + 1) GOLDEN)
 
 
 @njit(inline="always")
-def _mix(z):
+def mix64(z):
+    """SplitMix64's output mix of the 64-bit counter value ``z``."""
     z = (z ^ (z >> uint64(30))) * uint64(0xBF58476D1CE4E5B9)
     z = (z ^ (z >> uint64(27))) * uint64(0x94D049BB133111EB)
     return z ^ (z >> uint64(31))
@@ -52,7 +53,7 @@ def _fill_words(key, state, words):
     """``words`` (uint64) <- the next outputs of the stream."""
     base = state[0]
     for j in range(words.size):
-        words[j] = _mix(key + (base + uint64(j) + uint64(1)) * _GOLDEN)
+        words[j] = mix64(key + (base + uint64(j) + uint64(1)) * GOLDEN)
     state[0] = base + uint64(words.size)
 
 
@@ -65,7 +66,7 @@ def _one_minus_uniform(key, state, out):
     """
     base = state[0]
     for j in range(out.size):
-        z = _mix(key + (base + uint64(j) + uint64(1)) * _GOLDEN)
+        z = mix64(key + (base + uint64(j) + uint64(1)) * GOLDEN)
         out[j] = float32(1.0 - float64(z >> uint64(11)) * (1.0 / 9007199254740992.0))
     state[0] = base + uint64(out.size)
 
@@ -76,7 +77,7 @@ def _polar_parts(key, state, v, angle):
     bits); ``angle`` <- the low 24 bits k (theta = 2 pi k / 2^24)."""
     base = state[0]
     for j in range(v.size):
-        z = _mix(key + (base + uint64(j) + uint64(1)) * _GOLDEN)
+        z = mix64(key + (base + uint64(j) + uint64(1)) * GOLDEN)
         v[j] = float32(1.0 - float64(z >> uint64(24)) * (1.0 / 1099511627776.0))
         angle[j] = int32(z & uint64(0xFFFFFF))
     state[0] = base + uint64(v.size)
@@ -112,22 +113,46 @@ def _cos_sin(k, step):
     return cq, sq
 
 
+_ANGLE_STEP = 0.5 * math.pi / 4194304.0  # radians per angle index within a quadrant (2 pi / 2^24)
+
+
+@njit(inline="always")
+def box_muller(log_v, k):
+    """The pair of N(0, 1) of one word: r cos theta, r sin theta with r = sqrt(-2 ``log_v``) (log_v = log(1 - u))
+    and theta = 2 pi ``k`` / 2^24. Callers compile it with ``fastmath={"contract"}``, as :func:`_polar_pairs`, so
+    that every path gets the same numbers."""
+    cq, sq = _cos_sin(k, float32(_ANGLE_STEP))
+    r = float32(math.sqrt(float32(-2.0) * log_v))
+    return r * cq, r * sq
+
+
 @njit(cache=True, boundscheck=False, fastmath={"contract"})  # fused multiply-adds in the polynomials
 def _polar_pairs(log_v, angle, n, out):
     """``out[j]`` <- r_j cos theta_j and ``out[P + j]`` <- r_j sin theta_j (for P + j < n), P = log_v.size, with
     r_j = sqrt(-2 log_v[j]). Both loops are branch-free per element (selects) so that they vectorise."""
     pairs = log_v.size
     both = n - pairs
-    step = float32(0.5 * math.pi / 4194304.0)
+    step = float32(_ANGLE_STEP)
     second = out[pairs:]
     for j in range(both):
-        cq, sq = _cos_sin(angle[j], step)
-        r = float32(math.sqrt(float32(-2.0) * log_v[j]))
-        out[j] = r * cq
-        second[j] = r * sq
+        out[j], second[j] = box_muller(log_v[j], angle[j])
     for j in range(both, pairs):  # an odd n: the last pair's cosine only
         cq, _ = _cos_sin(angle[j], step)
         out[j] = float32(math.sqrt(float32(-2.0) * log_v[j])) * cq
+
+
+def log_one_minus_uniform(key: np.uint64, state: np.ndarray, n: int, out: np.ndarray | None = None) -> np.ndarray:
+    """log(1 - u) of the next ``n`` 53-bit uniforms of the SplitMix64 stream of ``key`` whose counter is
+    ``state`` (uint64 [1], advanced), float32 (into ``out`` when given: float32, contiguous, size n): the words in
+    one numba pass, the logarithm by numpy's SIMD float32 ``log`` (libm's scalar calls in numba, or a polynomial in
+    the same pass as the 64-bit words, ran ~2x slower)."""
+    n = int(n)
+    if out is None:
+        out = np.empty(n, np.float32)
+    flat = out.reshape(-1)
+    _one_minus_uniform(key, state, flat)
+    np.log(flat, out=flat)
+    return out
 
 
 class NoiseSource:
@@ -162,15 +187,23 @@ class NoiseSource:
         if out is None:
             out = np.empty(n, np.float32)
         flat = out.reshape(-1)
-        pairs = -(-n // 2)
+        log_v, angle = self.polar_inputs(-(-n // 2))
+        _polar_pairs(log_v, angle, n, flat)  # an odd n leaves the last pair's sine unused
+        return out
+
+    def polar_inputs(self, pairs: int) -> tuple[np.ndarray, np.ndarray]:
+        """Box-Muller's inputs for the next ``pairs`` pairs of normals: log(1 - u) (float32 [pairs]) and the
+        angle index k (int32 [pairs], theta = 2 pi k / 2^24), as :meth:`standard_normal` uses them (pair j gives
+        sqrt(-2 log(1 - u_j)) (cos theta_j, sin theta_j)). Both are this source's scratch, valid until its next
+        draw: for kernels that turn them into noise and use it in the same pass."""
+        pairs = int(pairs)
         if self._radius.size < pairs:
             self._radius = np.empty(max(pairs, 2 * self._radius.size), np.float32)
             self._angle = np.empty(self._radius.size, np.int32)
         r, angle = self._radius[:pairs], self._angle[:pairs]
         _polar_parts(self._key, self._state, r, angle)
         np.log(r, out=r)
-        _polar_pairs(r, angle, n, flat)  # an odd n leaves the last pair's sine unused
-        return out
+        return r, angle
 
     def standard_normal_tensor(self, *shape: int) -> torch.Tensor:
         """:meth:`standard_normal` as a float32 tensor of ``shape`` (shares the numpy buffer)."""
@@ -187,11 +220,14 @@ class NoiseSource:
         n = int(n)
         if out is None:
             out = np.empty(n, np.float32)
-        flat = out.reshape(-1)
-        _one_minus_uniform(self._key, self._state, flat)
-        np.log(flat, out=flat)
+        flat = self.log_one_minus_uniform(n, out).reshape(-1)
         np.subtract(np.float32(0.0), flat, out=flat)  # not np.negative: log(1) = 0 must give +0, not -0
         return out
+
+    def log_one_minus_uniform(self, n: int, out: np.ndarray | None = None) -> np.ndarray:
+        """log(1 - u) of the next ``n`` 53-bit uniforms (float32 <= 0, into ``out`` when given): minus the
+        :meth:`exponential` draws, for kernels that negate them in their own pass."""
+        return log_one_minus_uniform(self._key, self._state, n, out)
 
     def uniform(self, n: int) -> np.ndarray:
         """``n`` i.i.d. U[0, 1) float64 values."""

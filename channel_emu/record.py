@@ -107,7 +107,9 @@ class DeliveryRecord:
         """All fields as a JSON-friendly dict (NaN stays NaN; megwire headers allow it)."""
         # Every field is a scalar but ``extra``: this is what dataclasses.asdict gives, at a tenth of its cost
         # (it runs once per delivery).
-        d = {name: getattr(self, name) for name in _FIELD_NAMES}
+        d = self.__dict__.copy()  # the fields in their order (~4x faster than getattr per field)
+        if len(d) != len(_FIELD_NAMES) + 1:  # an attribute set beside the fields: the fields only
+            d = {name: getattr(self, name) for name in _FIELD_NAMES}
         d["extra"] = {k: copy.deepcopy(v) if isinstance(v, (dict, list)) else v for k, v in self.extra.items()}
         return d
 

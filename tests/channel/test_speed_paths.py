@@ -47,7 +47,13 @@ def test_a_delivery_runs_small_frames_on_one_thread_and_restores_the_setting(mon
     old = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        em.deliver(Frame("x", {"channel_roles": {"v": "values"}}, {"v": np.ones(4096, np.float16)}))
+        # float32 values take the general analog path (torch casts): switched to 1 thread and back.
+        em.deliver(Frame("x", {"channel_roles": {"v": "values"}}, {"v": np.ones(4096, np.float32)}))
         assert seen == [1] and torch.get_num_threads() == 2
+        # fp16 values take the fused kernel, which runs no torch op: the setting is left alone (no switching cost).
+        em.deliver(Frame("x", {"channel_roles": {"v": "values"}}, {"v": np.ones(4096, np.float16)}))
+        assert seen == [1, 2] and torch.get_num_threads() == 2
+        em_coded = ChannelEmulator({"mode": "coded", "model": "awgn", "snr_db": 10.0}, seed=0, torch_threads=None)
+        assert not em_coded._torch_free(Frame("x", {}, {"v": np.ones(8, np.float16)}), em_coded.config)
     finally:
         torch.set_num_threads(old)
