@@ -113,6 +113,17 @@ class CVPOConfig(LearnerConfig):
         ``collected`` only: the share of the measured slack one collection's updates may take up, k in
         ``cost_target - m`` -> ``k (cost_target - m)``. The measured m of one collection carries its sampling
         noise; below 1 the policy chases less of it (the gap still closes geometrically, by 1 - k per collection).
+    cost_slack_integral, cost_slack_max : float
+        ``collected`` only: K_I of an integral term added to the slack, ``I <- clip(I + K_I (aim - m), +-max)`` per
+        collection (0 = off). The first-order slack leaves a steady offset wherever the E-step's multiplier lags
+        its batch's solution or the M-step falls short of q; the integral removes it, the clip is its anti-windup
+        (``max`` in units of the limit).
+    aim_mean_action : bool
+        ``collected`` only: aim the *mean action's* cost at ``cost_target`` instead of the stochastic policy's
+        (which is what m measures). Evaluation and deployment execute the mean action; where the optimum sits on
+        the box's edge (the squashed samples all fall inside it) the two differ by several per cent. The gap is
+        taken from the same critic, E_a[Q_c(s, a)] - Q_c(s, mean), on the collecting policy (first order, as the
+        slack), and added to the stochastic policy's aim.
     dual_avg : float
         Weight of each update's solved multipliers in their running average (1 = off, FSRL: the E-step's weights
         use the multipliers solved on that batch). Below 1 the weights use an exponential moving average over
@@ -152,6 +163,9 @@ class CVPOConfig(LearnerConfig):
     cost_target: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
     cost_reference: Literal["threshold", "collected"] = "threshold"
     cost_slack_gain: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
+    aim_mean_action: bool = False
+    cost_slack_integral: Annotated[float, Field(ge=0.0)] = 0.0
+    cost_slack_max: Positive = 0.2
     dual_avg: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
 
 
@@ -198,6 +212,8 @@ class CVPO(Learner):
         # cost_reference "collected": the policy that made the last collection, and its measured mean costs
         self.actor_ref = copy.deepcopy(self.actor) if c.cost_reference == "collected" else None
         self.measured_cost = np.full(self.n_costs, np.nan)
+        self.slack_integral = np.zeros(self.n_costs)
+        self._aim_gap = np.zeros(self.n_costs)  # the last batch's critic estimate of E_a[Q_c] - Q_c(mean)
         self._ref_thresholds = torch.full((self.n_costs,), self.qc_threshold * c.cost_target)
         self.buffer = ReplayBuffer(c.buffer_size, obs_dim, act_dim, 1 + self.n_costs)
         self.updates = 0
@@ -232,6 +248,11 @@ class CVPO(Learner):
             # collected by the current policy (warm-up collections act at random and say nothing about it)
             self.actor_ref.load_state_dict(self.actor.state_dict())
             self.measured_cost = rollout.cost.mean(0).astype(float)
+            if self.cfg.cost_slack_integral > 0:
+                aim = self.cfg.cost_target + self._aim_gap
+                self.slack_integral = np.clip(self.slack_integral + self.cfg.cost_slack_integral
+                                              * (aim - self.measured_cost), -self.cfg.cost_slack_max,
+                                              self.cfg.cost_slack_max)
         self.env_steps += len(rollout.obs)
         rate = self.cfg.update_per_step
         if warm and self.cfg.warmup_update_per_step is not None:
@@ -369,17 +390,23 @@ class CVPO(Learner):
 
     @torch.no_grad()
     def reference_thresholds(self, obs: torch.Tensor, obs_k: torch.Tensor) -> torch.Tensor:
-        """``cost_reference == "collected"``: d_i = E_B E_{a~pi_collect}[Q_ci(s, a)] + k (cost_target - m_i), shape (m,).
+        """``cost_reference == "collected"``: d_i = E_B E_{a~pi_collect}[Q_ci(s, a)] + k (aim_i - m_i), shape (m,).
 
         ``obs`` (B, ds) and ``obs_k`` (K*B, ds), the batch repeated K times; pi_collect is the policy as it was when
         it made the last collection (m_i its measured mean cost per step, in limit units). Before the first
-        collection of the policy's own (m unknown) the slack is 0: hold the collecting policy's cost.
+        collection of the policy's own (m unknown) the slack is 0: hold the collecting policy's cost. The aim is
+        ``cost_target``, plus under ``aim_mean_action`` the critic's E_a[Q_ci(s, a)] - Q_ci(s, mean action).
         """
         k, b = self.cfg.sample_actions, obs.shape[0]
         mu, std = self.actor_ref(obs)
         flat = self.actor_ref.to_unit(mu + std * torch.randn((k, *mu.shape), generator=self.torch_gen)).reshape(k * b, -1)
         ref = torch.stack([q(obs_k, flat).mean() for q in self.critics[1:]])
-        gap = self.cfg.cost_slack_gain * (self.cfg.cost_target - self.measured_cost)
+        aim = np.full(self.n_costs, self.cfg.cost_target)
+        if self.cfg.aim_mean_action:
+            mean_act = self.actor_ref.to_unit(mu)
+            self._aim_gap = (ref - torch.stack([q(obs, mean_act).mean() for q in self.critics[1:]])).numpy()
+            aim = aim + self._aim_gap
+        gap = self.cfg.cost_slack_gain * (aim - self.measured_cost) + self.slack_integral
         slack = np.where(np.isfinite(self.measured_cost), gap, 0.0)
         return ref + torch.as_tensor(slack, dtype=torch.float32)
 
@@ -441,7 +468,8 @@ class CVPO(Learner):
     def state_json(self) -> dict:
         meta = {"algo": self.algo, "config": self.cfg.to_dict(), "updates": self.updates, "env_steps": self.env_steps,
                 "buffer_ptr": self.buffer.ptr, "last_mstep": self._last_mstep, "qc_threshold": self.qc_threshold,
-                "reward_norm_scale": self.reward_norm_scale}
+                "reward_norm_scale": self.reward_norm_scale, "slack_integral": self.slack_integral.tolist(),
+                "aim_gap": self._aim_gap.tolist()}
         meta.update(self._optimizer_json())
         meta.update(self._rng_state()[1])
         return meta
@@ -457,4 +485,6 @@ class CVPO(Learner):
         self.env_steps = int(meta.get("env_steps", 0))
         self._last_mstep = dict(meta["last_mstep"])
         self.reward_norm_scale = float(meta.get("reward_norm_scale", 1.0))
+        self.slack_integral = np.asarray(meta.get("slack_integral", np.zeros(self.n_costs)), dtype=float)
+        self._aim_gap = np.asarray(meta.get("aim_gap", np.zeros(self.n_costs)), dtype=float)
         self._load_rng(tensors, meta)

@@ -233,3 +233,36 @@ def test_cvpo_dual_average_feeds_the_weights():
     plain = CVPO(1, 1, cons, cfg.model_copy(update={"dual_avg": 1.0}), seed=0)
     plain._policy_step(torch.zeros(16, 1))
     assert torch.equal(plain.lambda_avg, plain.estep_dual.detach()[1:]) and "lambda_solved_c" not in plain.multipliers()
+
+
+def test_collected_reference_integral_and_mean_action_aim():
+    """The integral term accumulates the measured error against the aim (bounded: anti-windup), and under
+    aim_mean_action the aim is the target plus the critic's E_a[Q_c] - Q_c(mean action) of the collecting policy."""
+    cons = Constraints.from_mapping(("c",), {"c": 1.0}, 8)
+    cfg = CVPOConfig(hidden=(8, 8), batch_size=16, sample_actions=4, buffer_size=400, estep_iters=2, mstep_iters=1,
+                     update_per_step=0.25, cost_target=0.9, cost_reference="collected", cost_slack_gain=0.5,
+                     cost_slack_integral=0.1, cost_slack_max=0.25, aim_mean_action=True)
+    agent = CVPO(1, 1, cons, cfg, seed=0)
+    rng = np.random.default_rng(1)
+    integrals = []
+    for _ in range(8):
+        agent.learn(_rollout(rng, 1.5))  # persistently over the aim
+        integrals.append(float(agent.slack_integral[0]))
+    assert all(b < a for a, b in zip(integrals[:3], integrals[1:4], strict=True))
+    assert integrals[-1] == pytest.approx(-0.25)  # clipped
+    for _ in range(2):
+        agent.learn(_rollout(rng, 0.2))  # under the aim: it unwinds at once
+    assert float(agent.slack_integral[0]) > -0.25
+    obs = torch.as_tensor(rng.uniform(-1, 1, (16, 1)).astype(np.float32))
+    obs_k = obs.unsqueeze(0).expand(4, -1, -1).reshape(64, -1)
+    gen = torch.Generator()
+    gen.set_state(agent.torch_gen.get_state())
+    with torch.no_grad():
+        mu, std = agent.actor_ref(obs)
+        acts = agent.actor_ref.to_unit(mu + std * torch.randn((4, *mu.shape), generator=gen)).reshape(64, -1)
+        level = float(agent.critics[1](obs_k, acts).mean())
+        gap = level - float(agent.critics[1](obs, agent.actor_ref.to_unit(mu)).mean())
+    d = float(agent.reference_thresholds(obs, obs_k)[0])
+    expected = 0.5 * (0.9 + gap - agent.measured_cost[0]) + agent.slack_integral[0]
+    assert agent._aim_gap[0] == pytest.approx(gap, abs=1e-5)
+    assert d - level == pytest.approx(expected, abs=1e-5)
