@@ -160,7 +160,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     extra = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)}
     paper = {"threshold_rule": "fsrl", "warmup_steps": 0, "mu_max": None, "log_std_max": 2.0, "reward_norm": False,
-             "update_per_step": 0.2, "cost_target": 1.0, "cost_feedback": [0.0, 0.0], "dual_avg": 1.0}
+             "update_per_step": 0.2, "cost_reference": "threshold", "cost_target": 1.0, "cost_slack_gain": 1.0,
+             "cost_slack_integral": 0.0, "aim_mean_action": False}
     runs: list[tuple[str, dict | None]] = []
     if args.ablation:
         runs = [("cvpo", extra or None)] + [(f"cvpo-no-{k}", {**extra, k: paper[k]})
