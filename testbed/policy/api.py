@@ -77,6 +77,10 @@ ALGOS = ("cvpo", "ppo-lag")
 #   noise), cost_slack_integral 0.2 (removes the steady offset the first-order step leaves; clipped, anti-windup),
 #   aim_mean_action (evaluation executes the mean action; its cost differs from the stochastic policy's by a few
 #   per cent where the optimum is on the box's edge -- the gap comes from the same critic).
+# * mstep_kl_mu 0.001 (FSRL 0.005): the mean moves at most ~0.045 std per update, ~2.9 std per 64-update collection
+#   instead of ~6.4: at 0.005 the mean crossed the whole box on one collection's critic, overshot into the squash's
+#   saturation (tanh' ~ 0.01 at |mu| 3, where all K samples execute the same action and the E-step sees no
+#   difference between them) and stayed there: one action dimension bang-bang between the box's edges.
 # * cost_target 0.98: the aim is 2 % under the limit, so that the evaluated mean cost stays within its limit
 #   (CI) despite the run-to-run spread. The reward is concave, but not flat at the optimum: at 0.98 x the limit the
 #   reference CMDPs' optimum is 98.8 % of the one at the limit (97 % at 0.95; reference_cmdps.constrained_optimum).
@@ -85,12 +89,13 @@ ALGOS = ("cvpo", "ppo-lag")
 GENERAL_OVERRIDES: dict[str, dict] = {
     "cvpo": {"threshold_rule": "stationary", "warmup_steps": 2560, "mu_max": 3.0, "log_std_max": -1.0,
              "reward_norm": True, "update_per_step": 0.1, "cost_reference": "collected", "cost_target": 0.98,
-             "cost_slack_gain": 0.5, "cost_slack_integral": 0.2, "aim_mean_action": True},
+             "cost_slack_gain": 0.5, "cost_slack_integral": 0.2, "aim_mean_action": True, "mstep_kl_mu": 0.001},
     "ppo-lag": {},
 }
 # The settings MEG keeps at FSRL's values until the measured campaign (benchmarks/policy.py) is rerun with them.
 _MEG_AS_VALIDATED = {"reward_norm": False, "update_per_step": 0.2, "log_std_max": 0.5, "cost_reference": "threshold",
-                     "cost_target": 1.0, "cost_slack_gain": 1.0, "cost_slack_integral": 0.0, "aim_mean_action": False}
+                     "cost_target": 1.0, "cost_slack_gain": 1.0, "cost_slack_integral": 0.0, "aim_mean_action": False,
+                     "mstep_kl_mu": 0.005}
 MEG_OVERRIDES: dict[str, dict] = {
     # reward_norm, the update-to-data ratio, the std cap and the E-step's cost reference stay at the values the
     # measured campaign was validated with (benchmarks/policy.py) until it is rerun with them.
