@@ -85,7 +85,7 @@ def run_one(cmdp: str, variant: str, seed: int, steps: int, max_wall_s: float, e
         mult = learner.multipliers()
         trace.append({"env_steps": int(getattr(learner, "env_steps", 0)) or None, "reward_ratio": r / opt["reward"],
                       **{f"cost_ratio_{n}": float(v) for n, v in zip(cls.cost_names, c / limits, strict=True)},
-                      **{k: float(v) for k, v in mult.items() if k.startswith("lambda_")},
+                      **{k: float(v) for k, v in mult.items() if k.startswith(("lambda_", "threshold_scale_"))},
                       "wall_s": time.perf_counter() - t_wall})
         if len(trace) % 5 == 0:  # progress, so a run cut short still says where it was
             row = trace[-1]
@@ -126,6 +126,10 @@ def run_one(cmdp: str, variant: str, seed: int, steps: int, max_wall_s: float, e
         "episodes_over_episodic_limit": float(over), "steps_to_95": reached,
         "oscillation": {k: oscillation(np.array([t[k] for t in trace])) for k in lam_keys},
         "multiplier_trace": {k: [round(t[k], 4) for t in trace] for k in lam_keys},
+        "threshold_trace": {k: [round(t[k], 4) for t in trace] for k in (trace[-1] if trace else {})
+                            if k.startswith("threshold_scale_")},
+        "reward_trace": [round(t["reward_ratio"], 4) for t in trace],
+        "cost_trace": {n: [round(t[f"cost_ratio_{n}"], 4) for t in trace] for n in cls.cost_names},
         "overrides": {k: (list(v) if isinstance(v, tuple) else v) for k, v in ov.items()},
     }
 
@@ -155,7 +159,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     extra = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)}
-    paper = {"threshold_rule": "fsrl", "warmup_steps": 0, "mu_max": None, "log_std_max": 2.0, "reward_norm": False}
+    paper = {"threshold_rule": "fsrl", "warmup_steps": 0, "mu_max": None, "log_std_max": 2.0, "reward_norm": False,
+             "update_per_step": 0.2, "cost_reference": "threshold", "cost_target": 1.0, "cost_slack_gain": 1.0,
+             "cost_slack_integral": 0.0, "aim_mean_action": False, "mstep_kl_mu": 0.005}
     runs: list[tuple[str, dict | None]] = []
     if args.ablation:
         runs = [("cvpo", extra or None)] + [(f"cvpo-no-{k}", {**extra, k: paper[k]})

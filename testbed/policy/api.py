@@ -64,19 +64,46 @@ ALGOS = ("cvpo", "ppo-lag")
 #   env steps): cap e^0.5 0.76 / 0.79 at cost 0.84 / 0.88; cap e^-1 0.94 / 0.97 at 1.02 / 1.01; cap e^-1.5 0.87 /
 #   0.93 at 0.93 / 1.02; cap e^-1 with a 4x slower E-step dual 0.90 / 0.86 (its cost swung 1.41 -> 0.33 between);
 #   with cap e^0.5: 10x the std's KL bound 0.83 at 0.82, 5x the E-step's KL bound 0.87 at 0.96 (12.8k).
-#   Not enough on its own: at 50k env steps the end point still swings with the multipliers (0.90-1.02 of the
+#   Not enough on its own: at 50k env steps the end point still swung with the multipliers (0.90-1.02 of the
 #   optimum at 0.88-1.13 x the limits over both reference CMDPs x 3 seeds; benchmarks/results/
-#   policy_known_optimum_i17.txt), so the 95 %-within-limits goal of issue 17 is not met yet.
+#   policy_known_optimum_i17.txt).
+# * cost_reference "collected" (issue 17, final): the E-step holds E_q[Q_c] below the *collecting policy's*
+#   E[Q_c] on the same batch plus the measured slack k (aim - m), m the mean cost per step the environment reported
+#   for the last collection (CPO's first-order bound with the realised cost; megbed.testbed.policy.cvpo). Q_c's
+#   absolute level is ~33x the per-step cost at gamma 0.97, so a few per cent of critic error in it moved the
+#   realised cost by tens of per cent and the multiplier swung between 0 and its cap; two Q_c values of the same
+#   critic on the same batch cancel that error, and m closes the loop on what the environment measured.
+#   cost_slack_gain 0.5 (the policy takes up half of one collection's measured gap: m carries ~2-3 % sampling
+#   noise), cost_slack_integral 0.2 (removes the steady offset the first-order step leaves; clipped, anti-windup),
+#   aim_mean_action (evaluation executes the mean action; its cost differs from the stochastic policy's by a few
+#   per cent where the optimum is on the box's edge -- the gap comes from the same critic).
+# * mstep_kl_mu 0.001 (FSRL 0.005): the mean moves at most ~0.045 std per update, ~2.9 std per 64-update collection
+#   instead of ~6.4: at 0.005 the mean crossed the whole box on one collection's critic, overshot into the squash's
+#   saturation (tanh' ~ 0.01 at |mu| 3, where all K samples execute the same action and the E-step sees no
+#   difference between them) and stayed there: one action dimension bang-bang between the box's edges.
+# * cost_target 0.98: the aim is 2 % under the limit, so that the evaluated mean cost stays within its limit
+#   (CI) despite the run-to-run spread. The reward is concave, but not flat at the optimum: at 0.98 x the limit the
+#   reference CMDPs' optimum is 98.8 % of the one at the limit (97 % at 0.95; reference_cmdps.constrained_optimum).
+#   The exact constraint stays selectable: ``--set cost_target=1``.
+#   Ablation: benchmarks/results/policy_ablation_i17.md. At 50k env steps (3 seeds x both reference CMDPs,
+#   benchmarks/results/policy_known_optimum_i17.txt) every mean-action cost ended within 0.98-1.03 x its limit
+#   (before: 0.88-1.13) and the multiplier's cv fell on 4 of the 6 runs, but 2 of the 6 runs reached 95 % of the
+#   optimum (0.88-0.99): the remaining gap is the policy's shape (an action dimension parked at a box edge), not its
+#   cost, so issue 17's 95 %-within-limits goal is still not met on every seed.
 GENERAL_OVERRIDES: dict[str, dict] = {
     "cvpo": {"threshold_rule": "stationary", "warmup_steps": 2560, "mu_max": 3.0, "log_std_max": -1.0,
-             "reward_norm": True, "update_per_step": 0.1},
+             "reward_norm": True, "update_per_step": 0.1, "cost_reference": "collected", "cost_target": 0.98,
+             "cost_slack_gain": 0.5, "cost_slack_integral": 0.2, "aim_mean_action": True, "mstep_kl_mu": 0.001},
     "ppo-lag": {},
 }
+# The settings MEG keeps at FSRL's values until the measured campaign (benchmarks/policy.py) is rerun with them.
+_MEG_AS_VALIDATED = {"reward_norm": False, "update_per_step": 0.2, "log_std_max": 0.5, "cost_reference": "threshold",
+                     "cost_target": 1.0, "cost_slack_gain": 1.0, "cost_slack_integral": 0.0, "aim_mean_action": False,
+                     "mstep_kl_mu": 0.005}
 MEG_OVERRIDES: dict[str, dict] = {
-    # reward_norm, the update-to-data ratio and the std cap stay at the values the measured campaign was validated
-    # with (benchmarks/policy.py) until it is rerun with them.
-    "cvpo": {**GENERAL_OVERRIDES["cvpo"], "gamma": 0.5, "reward_norm": False, "update_per_step": 0.2,
-             "log_std_max": 0.5},
+    # reward_norm, the update-to-data ratio, the std cap and the E-step's cost reference stay at the values the
+    # measured campaign was validated with (benchmarks/policy.py) until it is rerun with them.
+    "cvpo": {**GENERAL_OVERRIDES["cvpo"], "gamma": 0.5, **_MEG_AS_VALIDATED},
     "ppo-lag": {},
 }
 PRESETS = ("auto", "paper")

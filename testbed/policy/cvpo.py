@@ -26,6 +26,7 @@ favours the farthest samples, and the std grows each update faster than the boun
 
 from __future__ import annotations
 
+import copy
 from typing import Annotated, Literal
 
 import numpy as np
@@ -96,6 +97,37 @@ class CVPOConfig(LearnerConfig):
         their fixed point c / (1 - gamma) with a time constant of about 1 / (tau (1 - gamma^n)) updates (~340 at the
         defaults); if the warm-up gives them fewer, the first E-steps see the costs under-estimated, leave the
         multipliers at 0 and send the policy to the dearest corner before the multipliers catch up.
+    cost_target : float
+        Fraction of each limit the learner aims its mean cost per step at (1 = the limit itself, FSRL). Below 1 it
+        keeps a margin for the spread of the realised cost (and of the evaluated mean action's cost) around the aim.
+    cost_reference : {"threshold", "collected"}
+        What the E-step holds E_q[Q_c] below. ``threshold`` (FSRL): the rule's absolute level d (times
+        ``cost_target``). ``collected``: the collecting policy's own E[Q_c] on the same batch and critic, plus the
+        measured slack ``cost_target - m`` (m: the mean cost per step the environment reported for the collection
+        just made) -- CPO's first-order bound m_new ~ m_old + E_q[A_c] (Achiam et al. 2017) with the realised
+        cost for m_old. The absolute level of Q_c is ~1 / (1 - gamma) times the per-step cost (33x at 0.97), so
+        a few per cent of critic error there moves the realised cost by tens of per cent, and the E-step's
+        multiplier swings between 0 and its cap; the difference of two Q_c values on the same batch cancels that
+        error, and the measured m closes the loop on what the environment reports.
+    cost_slack_gain : float
+        ``collected`` only: the share of the measured slack one collection's updates may take up, k in
+        ``cost_target - m`` -> ``k (cost_target - m)``. The measured m of one collection carries its sampling
+        noise; below 1 the policy chases less of it (the gap still closes geometrically, by 1 - k per collection).
+    cost_slack_integral, cost_slack_max : float
+        ``collected`` only: K_I of an integral term added to the slack, ``I <- clip(I + K_I (aim - m), +-max)`` per
+        collection (0 = off). The first-order slack leaves a steady offset wherever the E-step's multiplier lags
+        its batch's solution or the M-step falls short of q; the integral removes it, the clip is its anti-windup
+        (``max`` in units of the limit).
+    aim_mean_action : bool
+        ``collected`` only: aim the *mean action's* cost at ``cost_target`` instead of the stochastic policy's
+        (which is what m measures). Evaluation and deployment execute the mean action; where the optimum sits on
+        the box's edge (the squashed samples all fall inside it) the two differ by several per cent. The gap is
+        taken from the same critic, E_a[Q_c(s, a)] - Q_c(s, mean), on the collecting policy (first order, as the
+        slack), and added to the stochastic policy's aim.
+    dual_avg : float
+        Weight of each update's solved multipliers in their running average (1 = off, FSRL: the E-step's weights
+        use the multipliers solved on that batch). Below 1 the weights use an exponential moving average over
+        updates, so one batch's critic noise does not swing the policy's target.
     """
 
     gamma: Annotated[float, Field(ge=0.0, le=1.0)] = 0.97
@@ -128,6 +160,15 @@ class CVPOConfig(LearnerConfig):
     warmup_update_per_step: Positive | None = None
     log_std_max: float = 2.0
     mu_max: Positive | None = None
+    cost_target: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
+    cost_reference: Literal["threshold", "collected"] = "threshold"
+    cost_slack_gain: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
+    aim_mean_action: bool = False
+    cost_slack_integral: Annotated[float, Field(ge=0.0)] = 0.0
+    cost_slack_max: Positive = 0.2
+    dual_avg: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
+
+
 
 
 def gaussian_kl_decoupled(mu_old, std_old, mu, std) -> tuple[torch.Tensor, torch.Tensor]:
@@ -167,6 +208,13 @@ class CVPO(Learner):
         self.estep_dual = torch.tensor(init, requires_grad=True)
         self.estep_optim = torch.optim.Adam([self.estep_dual], lr=c.estep_dual_lr)
         self.qc_threshold = self.constraints.q_threshold(c.gamma, c.threshold_rule)
+        self.lambda_avg = torch.zeros(self.n_costs)  # the multipliers the E-step's weights use (see dual_avg)
+        # cost_reference "collected": the policy that made the last collection, and its measured mean costs
+        self.actor_ref = copy.deepcopy(self.actor) if c.cost_reference == "collected" else None
+        self.measured_cost = np.full(self.n_costs, np.nan)
+        self.slack_integral = np.zeros(self.n_costs)
+        self._aim_gap = np.zeros(self.n_costs)  # the last batch's critic estimate of E_a[Q_c] - Q_c(mean)
+        self._ref_thresholds = torch.full((self.n_costs,), self.qc_threshold * c.cost_target)
         self.buffer = ReplayBuffer(c.buffer_size, obs_dim, act_dim, 1 + self.n_costs)
         self.updates = 0
         self.env_steps = 0
@@ -196,6 +244,15 @@ class CVPO(Learner):
         executed = self.unit_action(rollout.act)
         self.buffer.add(rollout.obs, executed, sig, rollout.obs_next, rollout.terminated, rollout.done)
         warm = self.warming_up
+        if self.actor_ref is not None and not warm:
+            # collected by the current policy (warm-up collections act at random and say nothing about it)
+            self.actor_ref.load_state_dict(self.actor.state_dict())
+            self.measured_cost = rollout.cost.mean(0).astype(float)
+            if self.cfg.cost_slack_integral > 0:
+                aim = self.cfg.cost_target + self._aim_gap
+                self.slack_integral = np.clip(self.slack_integral + self.cfg.cost_slack_integral
+                                              * (aim - self.measured_cost), -self.cfg.cost_slack_max,
+                                              self.cfg.cost_slack_max)
         self.env_steps += len(rollout.obs)
         rate = self.cfg.update_per_step
         if warm and self.cfg.warmup_update_per_step is not None:
@@ -257,6 +314,8 @@ class CVPO(Learner):
             obs_k = obs.unsqueeze(0).expand(k, -1, -1).reshape(k * b, -1)
             flat = self.actor.to_unit(samples).reshape(k * b, -1)
             q_vals = torch.stack([q(obs_k, flat).reshape(k, b) for q in self.critics])  # (1+m, K, B): all K at once
+            if self.actor_ref is not None:
+                self._ref_thresholds = self.reference_thresholds(obs, obs_k)
             # The dual's gradient in closed form on the precomputed Q values (no autograd graph per iteration),
             # applied by the same Adam optimiser and projection as before.
             for _ in range(c.estep_iters if c.fused_duals else 0):
@@ -272,7 +331,8 @@ class CVPO(Learner):
                 self.estep_dual.clamp_(DUAL_EPS, c.estep_dual_max)
         with torch.no_grad():
             eta = self.estep_dual[0]
-            combined = q_vals[0] - (self.estep_dual[1:, None, None] * q_vals[1:]).sum(0)
+            self.lambda_avg.mul_(1.0 - c.dual_avg).add_(self.estep_dual[1:], alpha=c.dual_avg)
+            combined = q_vals[0] - (self.lambda_avg[:, None, None] * q_vals[1:]).sum(0)
             weights = torch.softmax(combined / eta, dim=0)  # (K, B)
 
         # M-step: weighted maximum likelihood with decoupled KL trust regions. The two duals' loss is linear in
@@ -320,6 +380,36 @@ class CVPO(Learner):
         for p, pt in zip(self.critics.parameters(), self.critics_targ.parameters(), strict=True):
             pt.mul_(1.0 - tau).add_(p, alpha=tau)
 
+    @property
+    def cost_thresholds(self) -> torch.Tensor:
+        """The E-step's Q_c thresholds d_i, shape (m,): the rule's level times ``cost_target``, or under
+        ``cost_reference == "collected"`` the last batch's :meth:`reference_thresholds`."""
+        if self.actor_ref is not None:
+            return self._ref_thresholds
+        return torch.full((self.n_costs,), self.qc_threshold * self.cfg.cost_target)
+
+    @torch.no_grad()
+    def reference_thresholds(self, obs: torch.Tensor, obs_k: torch.Tensor) -> torch.Tensor:
+        """``cost_reference == "collected"``: d_i = E_B E_{a~pi_collect}[Q_ci(s, a)] + k (aim_i - m_i), shape (m,).
+
+        ``obs`` (B, ds) and ``obs_k`` (K*B, ds), the batch repeated K times; pi_collect is the policy as it was when
+        it made the last collection (m_i its measured mean cost per step, in limit units). Before the first
+        collection of the policy's own (m unknown) the slack is 0: hold the collecting policy's cost. The aim is
+        ``cost_target``, plus under ``aim_mean_action`` the critic's E_a[Q_ci(s, a)] - Q_ci(s, mean action).
+        """
+        k, b = self.cfg.sample_actions, obs.shape[0]
+        mu, std = self.actor_ref(obs)
+        flat = self.actor_ref.to_unit(mu + std * torch.randn((k, *mu.shape), generator=self.torch_gen)).reshape(k * b, -1)
+        ref = torch.stack([q(obs_k, flat).mean() for q in self.critics[1:]])
+        aim = np.full(self.n_costs, self.cfg.cost_target)
+        if self.cfg.aim_mean_action:
+            mean_act = self.actor_ref.to_unit(mu)
+            self._aim_gap = (ref - torch.stack([q(obs, mean_act).mean() for q in self.critics[1:]])).numpy()
+            aim = aim + self._aim_gap
+        gap = self.cfg.cost_slack_gain * (aim - self.measured_cost) + self.slack_integral
+        slack = np.where(np.isfinite(self.measured_cost), gap, 0.0)
+        return ref + torch.as_tensor(slack, dtype=torch.float32)
+
     def estep_dual_loss(self, q_vals: torch.Tensor) -> torch.Tensor:
         """The convex dual g(eta, lambda) on Q values of shape (1 + m, K, B)."""
         eta = self.estep_dual[0]
@@ -327,7 +417,7 @@ class CVPO(Learner):
         k = q_vals.shape[1]
         combined = q_vals[0] - (lam[:, None, None] * q_vals[1:]).sum(0)  # (K, B)
         lse = torch.logsumexp(combined / eta, dim=0) - np.log(k)  # (B,)
-        return eta * self.cfg.estep_kl + (lam * self.qc_threshold).sum() + eta * lse.mean()
+        return eta * self.cfg.estep_kl + (lam * self.cost_thresholds).sum() + eta * lse.mean()
 
     def estep_dual_grad(self, q_vals: torch.Tensor) -> torch.Tensor:
         """Gradient of :meth:`estep_dual_loss` in (eta, lambda), in closed form.
@@ -342,13 +432,21 @@ class CVPO(Learner):
         lse = torch.logsumexp(z, dim=0) - np.log(q_vals.shape[1])
         w = torch.softmax(z, dim=0)
         g_eta = self.cfg.estep_kl + lse.mean() - (w * combined).sum(0).mean() / eta
-        g_lam = self.qc_threshold - (w.unsqueeze(0) * q_vals[1:]).sum(1).mean(-1)
+        g_lam = self.cost_thresholds - (w.unsqueeze(0) * q_vals[1:]).sum(1).mean(-1)
         return torch.cat([g_eta.reshape(1), g_lam]).to(self.estep_dual.dtype)
 
     # ---------------------------------------------------------------- state
     def multipliers(self) -> dict[str, float]:
         d = self.estep_dual.detach()
-        out = {f"lambda_{name}": float(d[1 + i]) for i, name in enumerate(self.constraints.constrained)}
+        # the multipliers the policy's weights use: the running average when dual_avg < 1, else the solved ones
+        lam = self.lambda_avg if self.cfg.dual_avg < 1.0 else d[1:]
+        out = {f"lambda_{name}": float(lam[i]) for i, name in enumerate(self.constraints.constrained)}
+        if self.cfg.dual_avg < 1.0:
+            out.update({f"lambda_solved_{name}": float(d[1 + i]) for i, name in enumerate(self.constraints.constrained)})
+        if self.actor_ref is not None or self.cfg.cost_target < 1.0:
+            # the E-step's last threshold in units of the rule's: where the "collected" reference puts it
+            out.update({f"threshold_scale_{name}": float(self.cost_thresholds[i]) / self.qc_threshold
+                        for i, name in enumerate(self.constraints.constrained)})
         out["eta"] = float(d[0])
         out.update(self._last_mstep)
         return out
@@ -360,6 +458,7 @@ class CVPO(Learner):
     def state_tensors(self) -> dict[str, torch.Tensor]:
         t = self._network_tensors()
         t["estep_dual"] = self.estep_dual.detach().clone()
+        t["lambda_avg"] = self.lambda_avg.clone()
         for key, arr in self.buffer.state_arrays().items():
             t[f"buffer.{key}"] = torch.from_numpy(np.ascontiguousarray(arr))
         rng_t, _ = self._rng_state()
@@ -369,7 +468,8 @@ class CVPO(Learner):
     def state_json(self) -> dict:
         meta = {"algo": self.algo, "config": self.cfg.to_dict(), "updates": self.updates, "env_steps": self.env_steps,
                 "buffer_ptr": self.buffer.ptr, "last_mstep": self._last_mstep, "qc_threshold": self.qc_threshold,
-                "reward_norm_scale": self.reward_norm_scale}
+                "reward_norm_scale": self.reward_norm_scale, "slack_integral": self.slack_integral.tolist(),
+                "aim_gap": self._aim_gap.tolist()}
         meta.update(self._optimizer_json())
         meta.update(self._rng_state()[1])
         return meta
@@ -378,10 +478,13 @@ class CVPO(Learner):
         self._load_networks(tensors, meta)
         with torch.no_grad():
             self.estep_dual.copy_(tensors["estep_dual"])
+            self.lambda_avg.copy_(tensors.get("lambda_avg", self.estep_dual[1:]))
         arrays = {k[len("buffer."):]: v.numpy() for k, v in tensors.items() if k.startswith("buffer.")}
         self.buffer.load_arrays(arrays, meta["buffer_ptr"])
         self.updates = int(meta["updates"])
         self.env_steps = int(meta.get("env_steps", 0))
         self._last_mstep = dict(meta["last_mstep"])
         self.reward_norm_scale = float(meta.get("reward_norm_scale", 1.0))
+        self.slack_integral = np.asarray(meta.get("slack_integral", np.zeros(self.n_costs)), dtype=float)
+        self._aim_gap = np.asarray(meta.get("aim_gap", np.zeros(self.n_costs)), dtype=float)
         self._load_rng(tensors, meta)

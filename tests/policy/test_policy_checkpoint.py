@@ -31,19 +31,27 @@ def _trainer(algo, out, steps, extra=None):
                                                            "kwargs": {"episode_length": 8}})
 
 
-@pytest.mark.parametrize("algo", ["cvpo", "ppo-lag"])
-def test_resume_continues_exactly(tmp_path, algo):
-    straight = _trainer(algo, tmp_path / "a", 64)
+FEEDBACK = {"cost_target": 0.95, "cost_reference": "collected", "cost_slack_gain": 0.5, "dual_avg": 0.2}
+
+
+@pytest.mark.parametrize("algo,extra", [("cvpo", None), ("ppo-lag", None), ("cvpo", FEEDBACK)],
+                         ids=["cvpo", "ppo-lag", "cvpo-feedback"])
+def test_resume_continues_exactly(tmp_path, algo, extra):
+    straight = _trainer(algo, tmp_path / "a", 64, extra)
     straight.run()
-    first = _trainer(algo, tmp_path / "b", 32)
+    first = _trainer(algo, tmp_path / "b", 32, extra)
     first.run()
-    resumed = _trainer(algo, tmp_path / "b", 64)
+    resumed = _trainer(algo, tmp_path / "b", 64, extra)
     resumed.run(resume=True)
     assert resumed.iteration == straight.iteration == 4
     a, b = straight.learner.state_tensors(), resumed.learner.state_tensors()
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+    if extra:  # the reference policy and its measured cost are set afresh by each collection
+        la, lb = straight.learner, resumed.learner
+        assert np.array_equal(la.measured_cost, lb.measured_cost) and np.isfinite(la.measured_cost).all()
+        assert torch.equal(la.cost_thresholds, lb.cost_thresholds)
     log_a = (tmp_path / "a" / "train_log.csv").read_text().splitlines()
     log_b = (tmp_path / "b" / "train_log.csv").read_text().splitlines()
     strip = [[c for i, c in enumerate(line.split(",")) if i != log_a[0].split(",").index("wall_s")] for line in log_a]

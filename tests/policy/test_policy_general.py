@@ -72,6 +72,11 @@ def test_warmup_and_bounds_apply_on_any_env(tmp_path):
     cfg = json.loads((paper / "policy" / "policy.json").read_text())["config"]
     assert cfg["warmup_steps"] == 0 and cfg["mu_max"] is None and cfg["threshold_rule"] == "fsrl"
     assert cfg["log_std_max"] == 2.0 and cfg["reward_norm"] is False and cfg["update_per_step"] == 0.2
+    # FSRL's absolute Q_c threshold on the paper preset; the collected-policy reference by default on any --env
+    assert cfg["cost_reference"] == "threshold" and cfg["cost_target"] == 1.0 and cfg["aim_mean_action"] is False
+    assert GENERAL_OVERRIDES["cvpo"]["cost_reference"] == "collected"
+    meg = effective_overrides("cvpo", {"type": "meg"}, None)
+    assert meg["cost_reference"] == "threshold" and meg["cost_target"] == 1.0  # MEG keeps what it was validated with
 
 
 def test_std_cap_keeps_the_evaluated_mean_action_near_the_trained_stochastic_policy():

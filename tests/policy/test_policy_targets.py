@@ -155,3 +155,114 @@ def test_q_thresholds():
     assert c.normalise(np.array([[6.0, 100.0]])).tolist() == [[2.0]]
     with pytest.raises(ValueError, match="unknown"):
         Constraints.from_mapping(("latency_s",), {"energy": 1.0}, 64)
+
+
+
+def _rollout(rng, cost, n=16):
+    from megbed.testbed.policy.learner import Rollout
+
+    return Rollout(obs=rng.uniform(-1, 1, (n, 1)).astype(np.float32), act=rng.normal(size=(n, 1)).astype(np.float32),
+                   reward=rng.normal(size=n).astype(np.float32), cost=np.full((n, 1), cost, np.float32),
+                   obs_next=rng.uniform(-1, 1, (n, 1)).astype(np.float32), terminated=np.zeros(n, bool),
+                   done=np.arange(n) % 8 == 7, logp=np.zeros(n, np.float32))
+
+
+def test_collected_reference_moves_the_threshold_against_the_measured_cost():
+    """cost_reference "collected": the E-step's threshold is the collecting policy's E[Q_c] on the batch plus
+    k (target - measured cost): below it after a collection over the target, above it after one under, equal at
+    the target; warm-up collections (random actions) are not the policy's and set nothing."""
+    cons = Constraints.from_mapping(("c",), {"c": 1.0}, 8)
+    cfg = CVPOConfig(hidden=(8, 8), batch_size=16, sample_actions=4, buffer_size=200, estep_iters=2, mstep_iters=1,
+                     update_per_step=0.25, warmup_steps=16, cost_target=0.9, cost_reference="collected",
+                     cost_slack_gain=0.5)
+    agent = CVPO(1, 1, cons, cfg, seed=0)
+    rng = np.random.default_rng(0)
+    obs = torch.as_tensor(rng.uniform(-1, 1, (16, 1)).astype(np.float32))
+    obs_k = obs.unsqueeze(0).expand(4, -1, -1).reshape(64, -1)
+
+    def reference_level():
+        with torch.no_grad():
+            mu, std = agent.actor_ref(obs)
+            acts = agent.actor_ref.to_unit(mu + std * torch.randn((4, *mu.shape), generator=gen)).reshape(64, -1)
+            return float(agent.critics[1](obs_k, acts).mean())
+
+    agent.learn(_rollout(rng, 2.0))  # warm-up: the policy has not collected yet
+    assert np.isnan(agent.measured_cost).all()
+    for measured, sign in ((2.0, -1), (0.5, +1), (0.9, 0)):
+        agent.learn(_rollout(rng, measured))
+        assert agent.measured_cost[0] == pytest.approx(measured)
+        # the reference is the policy that collected: a copy of the actor as it was before this round's updates
+        state = agent.torch_gen.get_state()
+        gen = torch.Generator().manual_seed(0)
+        gen.set_state(state)
+        level = reference_level()
+        d = float(agent.reference_thresholds(obs, obs_k)[0])
+        assert d - level == pytest.approx(0.5 * (0.9 - measured), abs=1e-5)
+        assert np.sign(round(d - level, 6)) == sign
+    # the dual solves for the threshold it is given: at lambda = 0, the gradient in lambda is d - E_w[Q_c] = d
+    with torch.no_grad():
+        agent.estep_dual.copy_(torch.tensor([1.0, 0.0]))
+        agent._ref_thresholds = torch.tensor([3.0])
+    assert float(agent.estep_dual_grad(torch.zeros(2, 4, 3))[1]) == pytest.approx(3.0)
+    # FSRL's absolute threshold (the paper preset) is the rule's level times the target, whatever was measured
+    fixed = CVPO(1, 1, cons, CVPOConfig(hidden=(8, 8), buffer_size=10, cost_target=0.9), seed=0)
+    assert fixed.actor_ref is None and float(fixed.cost_thresholds[0]) == pytest.approx(0.9 * fixed.qc_threshold)
+
+
+def test_cvpo_dual_average_feeds_the_weights():
+    """dual_avg < 1: the weights (and the logged multiplier) use the running average of the solved multipliers."""
+    cons = Constraints.from_mapping(("c",), {"c": 1.0}, 8)
+    cfg = CVPOConfig(hidden=(8, 8), batch_size=16, sample_actions=4, buffer_size=200, estep_iters=1, mstep_iters=1,
+                     dual_avg=0.25)
+    agent = CVPO(1, 1, cons, cfg, seed=0)
+    agent.buffer.add(np.zeros((4, 1), np.float32), np.zeros((4, 1), np.float32), np.ones((4, 2), np.float32),
+                     np.zeros((4, 1), np.float32), np.zeros(4, bool), np.ones(4, bool))
+    averages = []
+    for target in (4.0, 4.0, 0.0):
+        before = agent.lambda_avg.clone()
+        with torch.no_grad():
+            agent.estep_dual.copy_(torch.tensor([1.0, target]))
+        agent._policy_step(torch.zeros(16, 1))
+        solved = float(agent.estep_dual.detach()[1])
+        assert float(agent.lambda_avg[0]) == pytest.approx(0.75 * float(before[0]) + 0.25 * solved, rel=1e-5)
+        averages.append(float(agent.lambda_avg[0]))
+    m = agent.multipliers()
+    assert m["lambda_c"] == pytest.approx(averages[-1]) and m["lambda_solved_c"] == pytest.approx(solved)
+    assert 0 < averages[0] < averages[1]  # creeping up towards the solved ~4, not jumping there
+    # dual_avg 1 (FSRL): the weights use the multiplier solved on the batch, exactly
+    plain = CVPO(1, 1, cons, cfg.model_copy(update={"dual_avg": 1.0}), seed=0)
+    plain._policy_step(torch.zeros(16, 1))
+    assert torch.equal(plain.lambda_avg, plain.estep_dual.detach()[1:]) and "lambda_solved_c" not in plain.multipliers()
+
+
+def test_collected_reference_integral_and_mean_action_aim():
+    """The integral term accumulates the measured error against the aim (bounded: anti-windup), and under
+    aim_mean_action the aim is the target plus the critic's E_a[Q_c] - Q_c(mean action) of the collecting policy."""
+    cons = Constraints.from_mapping(("c",), {"c": 1.0}, 8)
+    cfg = CVPOConfig(hidden=(8, 8), batch_size=16, sample_actions=4, buffer_size=400, estep_iters=2, mstep_iters=1,
+                     update_per_step=0.25, cost_target=0.9, cost_reference="collected", cost_slack_gain=0.5,
+                     cost_slack_integral=0.1, cost_slack_max=0.25, aim_mean_action=True)
+    agent = CVPO(1, 1, cons, cfg, seed=0)
+    rng = np.random.default_rng(1)
+    integrals = []
+    for _ in range(8):
+        agent.learn(_rollout(rng, 1.5))  # persistently over the aim
+        integrals.append(float(agent.slack_integral[0]))
+    assert all(b < a for a, b in zip(integrals[:3], integrals[1:4], strict=True))
+    assert integrals[-1] == pytest.approx(-0.25)  # clipped
+    for _ in range(2):
+        agent.learn(_rollout(rng, 0.2))  # under the aim: it unwinds at once
+    assert float(agent.slack_integral[0]) > -0.25
+    obs = torch.as_tensor(rng.uniform(-1, 1, (16, 1)).astype(np.float32))
+    obs_k = obs.unsqueeze(0).expand(4, -1, -1).reshape(64, -1)
+    gen = torch.Generator()
+    gen.set_state(agent.torch_gen.get_state())
+    with torch.no_grad():
+        mu, std = agent.actor_ref(obs)
+        acts = agent.actor_ref.to_unit(mu + std * torch.randn((4, *mu.shape), generator=gen)).reshape(64, -1)
+        level = float(agent.critics[1](obs_k, acts).mean())
+        gap = level - float(agent.critics[1](obs, agent.actor_ref.to_unit(mu)).mean())
+    d = float(agent.reference_thresholds(obs, obs_k)[0])
+    expected = 0.5 * (0.9 + gap - agent.measured_cost[0]) + agent.slack_integral[0]
+    assert agent._aim_gap[0] == pytest.approx(gap, abs=1e-5)
+    assert d - level == pytest.approx(expected, abs=1e-5)
