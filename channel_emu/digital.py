@@ -95,6 +95,32 @@ class DigitalResult:
         return self.transmissions - 1
 
 
+def _delivered(bits: np.ndarray | None, seg: Segmentation, link: SymbolLink, sent: list[int], failed: np.ndarray,
+               failed_snr_db: np.ndarray, rng: np.random.Generator, corrupt: bool) -> DigitalResult:
+    """The result of an abstracted transfer that sent ``sent[r]`` code blocks in round r and left the ``failed``
+    blocks wrong (at effective SNRs ``failed_snr_db``): a copy of ``bits`` (none when None), those blocks' bits
+    flipped when ``corrupt``, and the counts of all rounds.
+
+    Every block that failed a round is sent in the next one, so the failed attempts are the blocks of rounds 2.. plus
+    the residual ones; the loops keep only ``sent`` (one append per round: this runs for every delivery's side
+    information).
+    """
+    out = _NO_BITS
+    if bits is not None:
+        out = bits.copy()
+        if corrupt:
+            corrupt_bits(out, seg, failed, failed_snr_db, rng)
+    sym_per_block = seg.n // seg.bits_per_symbol
+    uses, airtime_s = 0, 0.0
+    for blocks in sent:
+        uses += link.channel_uses(blocks * sym_per_block)
+        airtime_s += link.airtime_s(blocks * sym_per_block)
+    attempts = sum(sent)
+    residual = int(failed.size)
+    return DigitalResult(out, seg, len(sent), attempts * seg.n, attempts * sym_per_block, uses, airtime_s, attempts,
+                         attempts - sent[0] + residual, residual, failed, failed_snr_db)
+
+
 def qam_ber(bits_per_symbol: int, snr_db: float | np.ndarray) -> np.ndarray:
     """Uncoded Gray-mapped square-QAM bit error probability at Es/N0 = ``snr_db`` (nearest-neighbour form;
     exact for BPSK/QPSK)."""
@@ -127,14 +153,12 @@ def abstract_transfer(bits: np.ndarray | None, payload_bits: int, mcs: int, link
     m = seg.bits_per_symbol
     sym_per_block = seg.n // m
     pending = np.arange(seg.num_blocks)
+    sent: list[int] = []
     sinr_sum = None
-    coded = symbols = uses = attempts = failures = 0
-    airtime = 0.0
-    used = 0
     eff_db = np.zeros(seg.num_blocks)
     snr_lin = 10.0 ** (snr_db / 10.0)
-    for r in range(rounds):
-        used = r + 1
+    for _ in range(rounds):
+        sent.append(int(pending.size))
         n_sym = pending.size * sym_per_block
         gains = link.gains(n_sym, rng).reshape(pending.size, sym_per_block)
         sinr = snr_lin * gains
@@ -147,23 +171,11 @@ def abstract_transfer(bits: np.ndarray | None, payload_bits: int, mcs: int, link
             p_fail = bler(mcs, seg.k, eff, impl)
         fail = rng.random(pending.size) < p_fail
         eff_db[pending] = eff
-        coded += pending.size * seg.n
-        symbols += n_sym
-        uses += link.channel_uses(n_sym)
-        airtime += link.airtime_s(n_sym)
-        attempts += pending.size
-        failures += int(fail.sum())
         sinr_sum = sinr_sum[fail]
         pending = pending[fail]
         if pending.size == 0:
             break
-    out = np.zeros(0, np.uint8)
-    if bits is not None:
-        out = bits.copy()
-        if corrupt:
-            corrupt_bits(out, seg, pending, eff_db[pending], rng)
-    return DigitalResult(out, seg, used, coded, symbols, uses, airtime, attempts, failures, int(pending.size),
-                         pending, eff_db[pending])
+    return _delivered(bits, seg, link, sent, pending, eff_db[pending], rng, corrupt)
 
 
 def _abstract_flat(bits: np.ndarray | None, seg: Segmentation, link: SymbolLink, snr_db: float,
@@ -172,23 +184,16 @@ def _abstract_flat(bits: np.ndarray | None, seg: Segmentation, link: SymbolLink,
     r + 1 Chase-combined copies adding up), so a round is one table look-up and one uniform per pending block.
     Kept lean: it runs for the side information of every analog delivery."""
     table = bler_table() if impl == "fast" else None
-    sym_per_block = seg.n // seg.bits_per_symbol
     snr_lin = 10.0 ** (snr_db / 10.0)
     # Plain Python lists: the side block is one or two code blocks, where numpy's per-call cost dominates. Scalar
     # rng.random() calls draw the same numbers as one vector call.
     pending = list(range(seg.num_blocks))
-    coded = symbols = uses = attempts = failures = 0
-    airtime, used, eff1 = 0.0, 0, snr_db
+    sent: list[int] = []
+    eff1 = snr_db
     for r in range(rounds):
-        used = r + 1
         eff1 = 10.0 * math.log10(max(snr_lin * (r + 1), 1e-30))
         p = table.scalar(seg.mcs, seg.k, eff1) if table is not None else float(bler(seg.mcs, seg.k, eff1, impl)[0])
-        n_sym = len(pending) * sym_per_block
-        coded += len(pending) * seg.n
-        symbols += n_sym
-        uses += link.channel_uses(n_sym)
-        airtime += link.airtime_s(n_sym)
-        attempts += len(pending)
+        sent.append(len(pending))
         if p <= 0.0:
             pending = []
             break
@@ -197,18 +202,10 @@ def _abstract_flat(bits: np.ndarray | None, seg: Segmentation, link: SymbolLink,
         else:
             arr = np.asarray(pending)
             pending = arr[rng.random(arr.size) < p].tolist()
-        failures += len(pending)
         if not pending:
             break
     failed = np.asarray(pending, dtype=np.int64) if pending else _NO_BLOCKS
-    failed_snr = np.full(failed.size, eff1) if pending else _NO_SNR
-    out = _NO_BITS
-    if bits is not None:
-        out = bits.copy()
-        if corrupt:
-            corrupt_bits(out, seg, failed, failed_snr, rng)
-    return DigitalResult(out, seg, used, coded, symbols, uses, airtime, attempts, failures, int(failed.size),
-                         failed, failed_snr)
+    return _delivered(bits, seg, link, sent, failed, np.full(failed.size, eff1) if pending else _NO_SNR, rng, corrupt)
 
 
 @njit(cache=True, boundscheck=False, fastmath={"reassoc"})
@@ -267,13 +264,12 @@ def _abstract_exp_fading(bits: np.ndarray | None, seg: Segmentation, link: Symbo
     e = np.empty(cols, np.float32)
     sums, used_n = np.empty(seg.num_blocks), np.empty(seg.num_blocks, np.int64)
     pending = list(range(seg.num_blocks))
+    sent: list[int] = []
     eff_of: dict[int, float] = {}
-    coded = symbols = uses = attempts = failures = 0
-    airtime, used = 0.0, 0
     snr_lin = 10.0 ** (snr_db / 10.0)
     for r in range(rounds):
-        used = r + 1
         rows = len(pending)
+        sent.append(rows)
         _exp_fading_round(key, state, acc[:rows], r == 0, snr_lin, 1.0 / beta, e, sums[:rows], used_n[:rows])
         effs = [eesm_db(s_, int(n_), beta, lo, hi) for s_, n_ in zip(sums[:rows].tolist(), used_n[:rows].tolist(),
                                                                       strict=True)]
@@ -281,16 +277,9 @@ def _abstract_exp_fading(bits: np.ndarray | None, seg: Segmentation, link: Symbo
             fail = [rng.random() < table.scalar(seg.mcs, seg.k, eff) for eff in effs]
         else:
             fail = (rng.random(rows) < bler(seg.mcs, seg.k, np.asarray(effs))).tolist()
-        n_sym = rows * cols
-        coded += rows * seg.n
-        symbols += n_sym
-        uses += link.channel_uses(n_sym)
-        airtime += link.airtime_s(n_sym)
-        attempts += rows
         for b, eff in zip(pending, effs, strict=True):
             eff_of[b] = eff
         kept = [i for i, f in enumerate(fail) if f]
-        failures += len(kept)
         pending = [pending[i] for i in kept]
         if not pending:
             break
@@ -298,13 +287,7 @@ def _abstract_exp_fading(bits: np.ndarray | None, seg: Segmentation, link: Symbo
             acc[:len(kept)] = acc[np.asarray(kept)]
     failed = np.asarray(pending, dtype=np.int64) if pending else _NO_BLOCKS
     failed_snr = np.array([eff_of[b] for b in pending], dtype=np.float64) if pending else _NO_SNR
-    out = _NO_BITS
-    if bits is not None:
-        out = bits.copy()
-        if corrupt:
-            corrupt_bits(out, seg, failed, failed_snr, rng)
-    return DigitalResult(out, seg, used, coded, symbols, uses, airtime, attempts, failures, int(failed.size),
-                         failed, failed_snr)
+    return _delivered(bits, seg, link, sent, failed, failed_snr, rng, corrupt)
 
 
 @njit(cache=True, boundscheck=False)

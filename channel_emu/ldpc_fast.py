@@ -28,6 +28,19 @@ from megbed.channel_emu.numba_setup import prefer_workqueue
 prefer_workqueue()
 
 
+@numba.njit(inline="always")
+def _checks_hold(post, row_ptr, cols):
+    """Whether every parity check (CSR rows ``row_ptr``, ``cols``) holds for the hard decisions of ``post``."""
+    for r in range(row_ptr.size - 1):
+        par = 0
+        for e in range(row_ptr[r], row_ptr[r + 1]):
+            if post[cols[e]] < 0:
+                par ^= 1
+        if par:
+            return False
+    return True
+
+
 def _minsum_kernel_py(llr, row_ptr, cols, num_iter, alpha, offset, hard, iters):  # pragma: no cover - compiled by numba
     """Serial-schedule (row by row) normalised min-sum with early stopping, one codeword per outer iteration.
 
@@ -37,30 +50,14 @@ def _minsum_kernel_py(llr, row_ptr, cols, num_iter, alpha, offset, hard, iters):
     batch, n = llr.shape
     m = row_ptr.size - 1
     num_edges = cols.size
-    max_deg = 0
-    for r in range(m):
-        max_deg = max(max_deg, row_ptr[r + 1] - row_ptr[r])
+    max_deg = np.diff(row_ptr).max()
     for b in numba.prange(batch):
         post = llr[b].copy()
         msg = np.zeros(num_edges, np.float32)
         tmp = np.empty(max_deg, np.float32)
-        used = num_iter
-        for it in range(num_iter + 1):
-            # Syndrome of the current hard decisions: stop as soon as every check holds.
-            ok = True
-            for r in range(m):
-                par = 0
-                for e in range(row_ptr[r], row_ptr[r + 1]):
-                    if post[cols[e]] < 0:
-                        par ^= 1
-                if par:
-                    ok = False
-                    break
-            if ok:
-                used = it
-                break
-            if it == num_iter:
-                break
+        used = 0
+        # Stop as soon as every check holds for the current hard decisions (after num_iter iterations anyway).
+        while used < num_iter and not _checks_hold(post, row_ptr, cols):
             for r in range(m):
                 start, stop = row_ptr[r], row_ptr[r + 1]
                 min1 = np.float32(np.inf)
@@ -86,6 +83,7 @@ def _minsum_kernel_py(llr, row_ptr, cols, num_iter, alpha, offset, hard, iters):
                     new = -mag if neg else mag
                     msg[e] = new
                     post[cols[e]] = t + new
+            used += 1
         iters[b] = used
         for i in range(n):
             hard[b, i] = 1 if post[i] < 0 else 0

@@ -138,6 +138,15 @@ def _layer_ok(post, z, e0, e1, edge_col, edge_shift, par):
 
 
 @njit(inline="always")
+def _checks_hold(post, z, row_start, edge_col, edge_shift, par):
+    """Whether every layer's Z checks hold for the hard decisions of ``post`` (``par``: int32 scratch [z])."""
+    for r in range(row_start.size - 1):
+        if not _layer_ok(post, z, row_start[r], row_start[r + 1], edge_col, edge_shift, par):
+            return False
+    return True
+
+
+@njit(inline="always")
 def _update_layer(post, msg, t, min1, min2, sgn, z, e0, e1, edge_col, edge_shift, a32, b32):
     """One layer (base row) of normalised (``a32``) and offset (``b32``) min-sum, as Z-wide vector loops.
 
@@ -205,9 +214,7 @@ def _decode(llr, rm, k, k_ldpc, z, n_ldpc, row_start, edge_col, edge_shift, num_
     batch, n_rv, n = llr.shape
     layers = row_start.size - 1
     n_edges = edge_col.size
-    max_deg = 0
-    for r in range(layers):
-        max_deg = max(max_deg, row_start[r + 1] - row_start[r])
+    max_deg = np.diff(row_start).max()
     a32 = float32(alpha)
     b32 = float32(offset)
     lim = float32(llr_max)
@@ -225,21 +232,13 @@ def _decode(llr, rm, k, k_ldpc, z, n_ldpc, row_start, edge_col, edge_shift, num_
         min1 = np.empty(z, np.float32)
         min2 = np.empty(z, np.float32)
         sgn = np.empty(z, np.int32)
-        used = num_iter
-        for it in range(num_iter + 1):
-            ok = True
-            for r in range(layers):
-                if not _layer_ok(post, z, row_start[r], row_start[r + 1], edge_col, edge_shift, sgn):
-                    ok = False
-                    break
-            if ok:
-                used = it
-                break
-            if it == num_iter:
-                break
+        used = 0
+        # Stop as soon as every check holds for the current hard decisions (after num_iter iterations anyway).
+        while used < num_iter and not _checks_hold(post, z, row_start, edge_col, edge_shift, sgn):
             for r in range(layers):
                 _update_layer(post, msg, t, min1, min2, sgn, z, row_start[r], row_start[r + 1], edge_col,
                               edge_shift, a32, b32)
+            used += 1
         iters[b] = used
         for i in range(k):
             out[b, i] = uint8(post[i] < 0)
