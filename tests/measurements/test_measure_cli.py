@@ -37,10 +37,12 @@ def test_probe_list_and_watch(orin, capsys):
     assert not status["nvml"]["ok"] and status["nvml"]["reason"]
     assert main(["probe", "list", "--sysfs-root", str(orin), "--board", "jetson_orin_nano_15w"]) == 0
     assert "using: jetson_ina3221" in capsys.readouterr().out
-    assert main(["probe", "watch", "--seconds", "0.3", "--interval", "0.1", "--sysfs-root", str(orin)]) == 0
+    # 1 s of 0.1 s windows: on a loaded box a window can lack samples (printed as invalid), never all of them
+    assert main(["probe", "watch", "--seconds", "1.0", "--interval", "0.1", "--sysfs-root", str(orin)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].startswith("probe: jetson_ina3221") and len(lines) >= 3
-    assert float(lines[1].split()[-1]) == pytest.approx(5000.0, rel=1e-3)
+    valid = [float(line.split()[-1]) for line in lines[1:] if "invalid" not in line]
+    assert valid and all(total == pytest.approx(5000.0, rel=1e-3) for total in valid)
 
 
 def test_user_errors_exit_2(capsys):
