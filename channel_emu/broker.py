@@ -373,8 +373,10 @@ class Broker:
             frame_parts = parts_with_meta(head, received, {"delivery": out.meta["delivery"]}, out.buffers)
         parts = [*envelope, b"", *(frame_parts or to_parts(out))]
         self._link_free_ns = release
-        meta = {**rec.to_dict(), "request_id": _request_id(out), "direction": "downlink",
-                "t_done_ns": t_done, "t_release_ns": release, "queue_s": (start - t_done) / 1e9}
+        delivered = out.meta.get("delivery")  # the emulator's rec.to_dict(), made once already
+        meta = {**(delivered if isinstance(delivered, dict) else rec.to_dict()), "request_id": _request_id(out),
+                "direction": "downlink", "t_done_ns": t_done, "t_release_ns": release,
+                "queue_s": (start - t_done) / 1e9}
         heapq.heappush(self._pending, (release, next(self._seq), "front", parts, meta))
 
     def _release_due(self, front: zmq.Socket, back: zmq.Socket, pub: zmq.Socket) -> None:
