@@ -124,6 +124,14 @@ class ServerStats:
         }
 
 
+def _waiting(sock: zmq.Socket) -> bool:
+    """Whether another message waits on ``sock`` (False once the socket is closing: the loop then polls again)."""
+    try:
+        return bool(sock.getsockopt(_EVENTS) & _POLLIN)
+    except zmq.ZMQError:
+        return False
+
+
 def _valid_msg_id(value: object) -> bool:
     if isinstance(value, str):
         return len(value) <= MAX_MSG_ID_CHARS
@@ -192,8 +200,8 @@ class NodeServer:
         self.ctx = ctx or zmq.Context()
         self._curve = curve
         self._routes: dict[str, _Route] = {}
-        # A SimpleQueue (C, lock-free for the reader) bounded by hand: queue.Queue's Python-level condition variables
-        # cost microseconds per hand-off. Each count is written by one thread only (put: loop, got: worker).
+        # A SimpleQueue (implemented in C) bounded by hand: queue.Queue's Python-level condition variables cost
+        # microseconds per hand-off. Each count is written by one thread only (put: loop, got: worker).
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
         self.queue_max = int(queue_max)
         self._jobs_put = 0
@@ -299,7 +307,7 @@ class NodeServer:
                 if self._router in events:
                     # A burst is served in one go, but bounded, so job answers and the monitor are not starved.
                     for _ in range(64):
-                        if not self._serve_one_guarded() or not self._router.getsockopt(_EVENTS) & _POLLIN:
+                        if not self._serve_one_guarded() or not _waiting(self._router):
                             break
                 if self._monitor in events:
                     self._drain_monitor()
@@ -482,7 +490,7 @@ class NodeServer:
             except zmq.Again:
                 return
             self._send_parts(parts, "job answer")
-            if not self._results.getsockopt(_EVENTS) & _POLLIN:
+            if not _waiting(self._results):
                 return
 
     def _drain_monitor(self) -> None:
