@@ -101,6 +101,18 @@ def _stages(size_b: int) -> list[tuple[str, str, Callable[[], Any]]]:
         return to_parts(delivered), to_parts(Frame("delivery", meta=meta))
 
     ue_parts = [bytes(p) for p in to_parts(from_parts(to_parts(delivered)))]
+    try:  # the broker's way since issue 21's hop cuts (absent from older trees, whose line is then missing)
+        from megbed.megwire import parts_with_meta
+    except ImportError:
+        parts_with_meta = None
+    received = from_parts(ans_parts)
+
+    def schedule_splice() -> Any:
+        meta = {**delivered.meta["delivery"], "request_id": spec.request_id, "direction": "downlink", "t_done_ns": 1,
+                "t_release_ns": 2, "queue_s": 0.0}
+        parts = parts_with_meta(ans_parts[0], received, {"delivery": delivered.meta["delivery"]}, delivered.buffers)
+        assert parts is not None
+        return parts, to_parts(Frame("delivery", meta=meta))
 
     stages = [
         ("ue send", "Request.to_meta", spec.to_meta),
@@ -123,6 +135,8 @@ def _stages(size_b: int) -> list[tuple[str, str, Callable[[], Any]]]:
         ("broker down", "channel processing (emulator.deliver; reported apart)",
          lambda: emulator.deliver(decoded, link=link)),
         ("broker down", "re-encode answer + delivery record", schedule_encode),
+        *([("broker down", "splice delivery into received header + delivery record", schedule_splice)]
+          if parts_with_meta is not None else []),
         ("ue in", "from_parts(delivered answer)", lambda: from_parts(ue_parts)),
     ]
     return stages

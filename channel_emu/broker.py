@@ -53,6 +53,7 @@ from megbed.channel_emu.emulator import ChannelEmulator
 from megbed.channel_emu.record import DeliveryRecord
 from megbed.megwire import (
     DEFAULT_LIMITS,
+    NOBLOCK,
     CurveConfig,
     Frame,
     FrameError,
@@ -61,6 +62,9 @@ from megbed.megwire import (
     error_frame,
     from_parts,
     make_socket,
+    parts_with_meta,
+    recv_parts,
+    send_parts,
     split_envelope,
     to_parts,
 )
@@ -257,15 +261,18 @@ class Broker:
             self._done.put(self._emulate(*job))
             self._wake()
 
-    def _emulate(self, envelope: list[bytes], frame: Frame, link: dict[str, Any] | None) -> tuple:
-        """One frame through the emulator: the job tuple :meth:`_schedule` takes (never raises)."""
+    def _emulate(self, envelope: list[bytes], frame: Frame, link: dict[str, Any] | None,
+                 head: Any = None) -> tuple:
+        """One frame through the emulator: the job tuple :meth:`_schedule` takes (never raises). ``head``: the
+        received first part ``frame`` was decoded from (the answer's header is that one plus the delivery record)."""
         t_start = time.monotonic_ns()
         try:
             out, rec = self.emulator.deliver(frame, link=link)
-            return envelope, out, rec, None, t_start, time.monotonic_ns()
+            return envelope, out, rec, None, t_start, time.monotonic_ns(), frame, head
         except Exception as exc:  # noqa: BLE001 - a bad frame or link must not stop the broker
             log.exception("channel emulation failed")
-            return envelope, frame, None, f"channel emulation failed: {clip(str(exc))}", t_start, time.monotonic_ns()
+            return (envelope, frame, None, f"channel emulation failed: {clip(str(exc))}", t_start, time.monotonic_ns(),
+                    frame, None)
 
     def _fast_link(self, frame: Frame, link: Mapping[str, Any] | None) -> bool:
         """Whether this frame's processing is short enough for the socket thread (see ``INLINE_MAX_BYTES``)."""
@@ -353,16 +360,23 @@ class Broker:
                       exc_info=log.isEnabledFor(logging.DEBUG))
 
     def _schedule(self, job: tuple, front: zmq.Socket, pub: zmq.Socket) -> None:
-        envelope, out, rec, err, t_start, t_done = job
+        envelope, out, rec, err, t_start, t_done, received, head = job
         if err is not None:
             self._error_record(pub, front, envelope, err, _request_id(out), "downlink", "internal")
             return
         start = max(t_done, self._link_free_ns)
         release = start + int(round(rec.airtime_s * 1e9))
-        parts = [*envelope, b"", *to_parts(out)]
+        frame_parts = None
+        if head is not None and len(out.meta) == len(received.meta) + 1 and "delivery" in out.meta:
+            # The emulator adds its record to the meta it was given: splice that into the received header rather
+            # than encode the whole meta (the ES's records, the link, ...) again.
+            frame_parts = parts_with_meta(head, received, {"delivery": out.meta["delivery"]}, out.buffers)
+        parts = [*envelope, b"", *(frame_parts or to_parts(out))]
         self._link_free_ns = release
-        meta = {**rec.to_dict(), "request_id": _request_id(out), "direction": "downlink",
-                "t_done_ns": t_done, "t_release_ns": release, "queue_s": (start - t_done) / 1e9}
+        delivered = out.meta.get("delivery")  # the emulator's rec.to_dict(), made once already
+        meta = {**(delivered if isinstance(delivered, dict) else rec.to_dict()), "request_id": _request_id(out),
+                "direction": "downlink", "t_done_ns": t_done, "t_release_ns": release,
+                "queue_s": (start - t_done) / 1e9}
         heapq.heappush(self._pending, (release, next(self._seq), "front", parts, meta))
 
     def _release_due(self, front: zmq.Socket, back: zmq.Socket, pub: zmq.Socket) -> None:
@@ -377,7 +391,7 @@ class Broker:
 
     def _send(self, sock: zmq.Socket, parts: list) -> None:
         try:
-            sock.send_multipart(parts, copy=False, flags=zmq.NOBLOCK)
+            send_parts(sock, parts, NOBLOCK)
         except zmq.ZMQError as exc:  # peer gone or its queue full (not reading): drop, count, keep serving
             self.stats["dropped"] += 1
             log.warning("channel broker could not forward a frame (%d dropped so far): %s", self.stats["dropped"],
@@ -385,7 +399,7 @@ class Broker:
 
     def _publish(self, pub: zmq.Socket, frame: Frame) -> None:
         try:
-            pub.send_multipart(to_parts(frame), flags=zmq.NOBLOCK)
+            send_parts(pub, to_parts(frame), NOBLOCK)
         except (zmq.ZMQError, FrameError) as exc:
             log.warning("channel broker could not publish a record: %s", clip(str(exc)))
 
@@ -423,7 +437,7 @@ class Broker:
     def _receive(self, sock: zmq.Socket) -> tuple[list[zmq.Frame], list[bytes], Frame | None, list, str | None] | None:
         """The message waiting on ``sock`` as ``(raw, *_parse(raw))``; None when none waits."""
         try:
-            raw = sock.recv_multipart(copy=False, flags=zmq.NOBLOCK)
+            raw = recv_parts(sock, NOBLOCK)
         except zmq.Again:
             return None
         return (raw, *self._parse(raw))
@@ -473,9 +487,9 @@ class Broker:
         link = _link_of(frame) or (self._links.pop(rid, None) if rid is not None else None)
         if self.inline_fast and self._in_emulator == 0 and self._fast_link(frame, link):
             # The emulator thread is idle, so order and random draws are as if it ran there.
-            self._schedule(self._emulate(envelope, frame, link), front, pub)
+            self._schedule(self._emulate(envelope, frame, link, parts[0]), front, pub)
             return
         # No copy: the frame's arrays are read-only views of the received zmq messages, which they keep alive, and
         # the emulator only reads them (it builds the delivered arrays anew).
         self._in_emulator += 1
-        self._jobs.put((envelope, frame, link))
+        self._jobs.put((envelope, frame, link, parts[0]))

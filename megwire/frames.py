@@ -162,6 +162,45 @@ def to_parts(frame: Frame) -> list[bytes | memoryview]:
     return [head] + [memoryview(a).cast("B") if a.nbytes else b"" for _, a in arrays]
 
 
+def parts_with_meta(head: bytes | memoryview, received: Frame, added: Mapping[str, Any],
+                    buffers: Mapping[str, np.ndarray]) -> list[bytes | memoryview] | None:
+    """The parts of ``Frame(received.kind, {**received.meta, **added}, buffers)``, where ``received`` is the frame
+    :func:`from_parts` decoded from the first part ``head``: that header with ``added`` spliced in as the first meta
+    entries, instead of a fresh encode of the whole meta (a relay that only adds a record encodes only the record).
+
+    Returns None -- encode with :func:`to_parts` -- unless the splice provably decodes to that frame: ``head``
+    opens with ``{"kind":<kind>,"meta":{``, holds no escape and no other ``"meta"`` (so that object is the meta a
+    decoder keeps), no key of ``added`` is in ``received.meta``, and ``buffers`` have the names, dtypes and shapes
+    of ``received.buffers`` (which ``head`` declares).
+    """
+    head = memoryview(head)
+    if len(head) < _PREFIX.size:
+        return None
+    magic, version, _flags, header_len = _PREFIX.unpack_from(head)
+    if magic != MAGIC or version != received.version or len(head) != _PREFIX.size + header_len:
+        return None
+    body = bytes(head[_PREFIX.size:])
+    opening = b'{"kind":' + json.dumps(received.kind).encode() + b',"meta":{'
+    if not body.startswith(opening) or body.count(b'"meta"') != 1 or b"\\" in body:
+        return None
+    if not added or any(k in received.meta for k in added) or len(buffers) != len(received.buffers):
+        return None
+    arrays = []
+    for (name, array), (old_name, old) in zip(buffers.items(), received.buffers.items(), strict=True):
+        array = _canonical(array, str(name))
+        if name != old_name or array.dtype != old.dtype or array.shape != old.shape:
+            return None
+        arrays.append(array)
+    try:
+        entries = json.dumps(dict(added), separators=(",", ":"), allow_nan=True).encode("utf-8")[1:-1]
+    except (TypeError, ValueError) as exc:
+        raise FrameError(f"frame meta is not JSON-serialisable: {exc}") from exc
+    at = len(opening)
+    new_body = b"".join((body[:at], entries, b"," if received.meta else b"", body[at:]))
+    return [_PREFIX.pack(MAGIC, version, 0, len(new_body)) + new_body] + [
+        memoryview(a).cast("B") if a.nbytes else b"" for a in arrays]
+
+
 def _parse_head(head: bytes | memoryview, limits: FrameLimits) -> tuple[int, dict[str, Any], int]:
     # Copy at most prefix + the largest allowed header: a huge first part costs nothing before it is rejected.
     head = bytes(memoryview(head)[: _PREFIX.size + limits.max_header_bytes])
@@ -178,9 +217,11 @@ def _parse_head(head: bytes | memoryview, limits: FrameLimits) -> tuple[int, dic
     if len(head) < end:
         raise FrameError(f"truncated frame: header needs {header_len} bytes, {len(head) - _PREFIX.size} present")
     body = head[_PREFIX.size:end]
-    depth = json_depth(body)
-    if depth > limits.max_json_depth:
-        raise FrameError(f"header nests {depth} levels deep, over the limit of {limits.max_json_depth}")
+    # Nesting is at most the number of openers: a header with no more than the limit needs no scan.
+    if body.count(b"[") + body.count(b"{") > limits.max_json_depth:
+        depth = json_depth(body)
+        if depth > limits.max_json_depth:
+            raise FrameError(f"header nests {depth} levels deep, over the limit of {limits.max_json_depth}")
     try:
         text = body.decode("utf-8")
         if b"0" * (limits.max_int_digits + 1) not in body.translate(_DIGITS_AS_ZEROS):

@@ -278,7 +278,20 @@ class Request:
         keys = meta.keys()
         rid = meta.get("request_id")
         rid = rid if type(rid) is str else None
-        if len(keys) != len(FIELDS) or keys != _FIELD_SET:  # the fast path: exactly what to_meta writes
+        exact = len(keys) == len(FIELDS) and keys == _FIELD_SET  # exactly what to_meta writes
+        key = None
+        if exact:
+            # The configuration of a request repeats across a campaign point's requests: once validated, its
+            # normalised values are reused, and only the fields that differ per request are checked.
+            values = tuple(map(meta.__getitem__, _CONFIG_FIELDS))
+            key = (values, tuple(map(type, values)))  # 1, 1.0 and True are different keys
+            try:
+                config = _VALID_CONFIGS.get(key)
+            except TypeError:  # an unhashable value (a list, an object): the full check names it
+                config, key = None, None
+            if config is not None:
+                return cls._with_config(meta, config, rid)
+        else:
             unknown = sorted(str(k)[:60] for k in keys if k not in _FIELD_SET)
             if unknown:
                 raise RequestError(f"unknown field {unknown[0]!r}", field=unknown[0], request_id=rid)
@@ -287,11 +300,44 @@ class Request:
             if missing:
                 raise RequestError(f"missing field {missing[0]!r}", field=missing[0], request_id=rid)
         try:
-            return cls(**meta)
+            req = cls(**meta)
         except RequestError as exc:
             if exc.request_id is None and exc.field != "request_id":
                 exc.request_id = rid
             raise
+        if key is not None:
+            if len(_VALID_CONFIGS) >= MAX_CACHED_CONFIGS:
+                _VALID_CONFIGS.clear()
+            _VALID_CONFIGS[key] = _get_config(req)
+        return req
+
+    @classmethod
+    def _with_config(cls, meta: Mapping[str, Any], config: tuple, rid: str | None) -> Request:
+        """A request of ``meta`` whose configuration fields are known valid, normalised as ``config``: the fields
+        that differ per request are checked as ``__post_init__`` checks them, in its order."""
+        rid_field = meta["request_id"]
+        if type(rid_field) is not str or len(rid_field) > MAX_ID_CHARS or "\x00" in rid_field:
+            raise RequestError(f"field 'request_id' must be a string of at most {MAX_ID_CHARS} characters",
+                               field="request_id")
+        try:
+            for name in ("prompt", "negative_prompt"):
+                if type(meta[name]) is not str:
+                    _bad(name, f" must be a string, got {type(meta[name]).__name__}", rid_field)
+            _int(meta["seed"], "seed", 0, MAX_SEED - 1, rid_field)
+            point = meta["point_id"]
+            if type(point) is not str or len(point) > MAX_ID_CHARS or "\x00" in point:
+                _bad("point_id", f" must be a string of at most {MAX_ID_CHARS} characters", rid_field)
+            _int(meta["repetition"], "repetition", 0, 2**31 - 1, rid_field)
+        except RequestError as exc:
+            if exc.request_id is None:
+                exc.request_id = rid
+            raise
+        req = object.__new__(cls)
+        for put, value in zip(_PUT_CONFIG, config, strict=True):
+            put(req, value)
+        for name, put in _PUT_PER_REQUEST:
+            put(req, meta[name])
+        return req
 
 
 FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Request))
@@ -300,6 +346,16 @@ FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Request))
 OPTIONAL_ON_WIRE = frozenset({"merge_method", "decoder", "vae_tiling", "height_px", "width_px", "link_model",
                               "tx_mode", "distance_m", "snr_db_set"})
 _FIELD_SET = frozenset(FIELDS)
+# Fields that differ between the requests of one campaign point (checked on every from_meta); the others are its
+# configuration, whose validated, normalised values from_meta keeps (at most MAX_CACHED_CONFIGS of them).
+PER_REQUEST_FIELDS = ("prompt", "negative_prompt", "seed", "request_id", "point_id", "repetition")
+_CONFIG_FIELDS = tuple(f for f in FIELDS if f not in PER_REQUEST_FIELDS)
+_get_config = attrgetter(*_CONFIG_FIELDS)
+MAX_CACHED_CONFIGS = 1024
+_VALID_CONFIGS: dict[tuple, tuple] = {}
+# The slots' own setters: they bypass the frozen dataclass's __setattr__ (object.__setattr__ per field costs more).
+_PUT_CONFIG = tuple(Request.__dict__[f].__set__ for f in _CONFIG_FIELDS)
+_PUT_PER_REQUEST = tuple((f, Request.__dict__[f].__set__) for f in PER_REQUEST_FIELDS)
 _get_all = attrgetter(*FIELDS)
 # What the far node's runtime needs of a request (Request.runtime_meta): not the link (the broker applies it), the
 # decoder asked for (the UE chose it before running), VAE tiling (set on the UE by the generate frame) or the ids
@@ -340,7 +396,7 @@ def _number(value: Any, name: str, lo: float, hi: float, rid: str | None) -> flo
     if kind is not float and kind is not int and (isinstance(value, bool) or not isinstance(value, int | float)):
         _bad(name, f" must be a number, got {kind.__name__}", rid)
     try:
-        value = float(value)
+        value = float(value) + 0.0  # -0.0 is recorded as 0.0: one value, one spelling (and one cache key)
     except OverflowError:  # a JSON integer too large for a float
         _bad(name, f" outside [{lo}, {hi}]", rid)
     if not lo <= value <= hi:  # NaN fails too

@@ -244,3 +244,56 @@ def test_the_request_does_not_import_the_runtime():
     imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     assert imported <= {"__future__", "collections.abc", "dataclasses", "operator", "typing", "math",
                         "megbed.channel_emu.config", "megbed.megwire.vocab", "megbed.testbed.ldm.errors", "megbed.testbed.ldm.merge_methods"}
+
+
+# --- from_meta's cache of validated configurations ---------------------------------------------------------------
+
+
+def _outcome(meta: dict, *, warm: bool):
+    """What from_meta gives for ``meta``: with its configuration cached (``warm``) or the full check alone."""
+    from megbed.testbed import request as R
+
+    R._VALID_CONFIGS.clear()
+    if warm:
+        Request.from_meta(_meg().to_meta())
+        good = dict(meta, **{f: v for f, v in _meg().to_meta().items() if f in R.PER_REQUEST_FIELDS})
+        try:
+            Request.from_meta(good)  # a request of the same configuration with good per-request fields
+        except RequestError:
+            pass  # a bad configuration is never cached
+        assert R._VALID_CONFIGS
+    try:
+        return ("ok", Request.from_meta(meta).to_meta())
+    except RequestError as exc:
+        return ("error", type(exc), exc.field, str(exc), exc.request_id)
+
+
+BAD_PER_REQUEST = [("request_id", 5), ("request_id", "x" * 257), ("request_id", "a\x00b"), ("prompt", None),
+                   ("prompt", ["a"]), ("negative_prompt", 3), ("seed", -1), ("seed", 2**63), ("seed", 1.0),
+                   ("seed", True), ("point_id", 7), ("point_id", "\x00"), ("repetition", -2), ("repetition", "1"),
+                   ("repetition", 2**31)]
+
+
+@pytest.mark.parametrize(("name", "value"), BAD_PER_REQUEST)
+def test_a_cached_configuration_checks_every_per_request_field_as_the_full_check_does(name, value):
+    meta = dict(_meg().to_meta(), **{name: value})
+    assert _outcome(meta, warm=True) == _outcome(meta, warm=False)
+    assert _outcome(meta, warm=True)[0] == "error"
+    # Two bad fields: the first in the full check's order is named.
+    both = dict(meta, repetition=-1) if name != "repetition" else dict(meta, seed=-1)
+    assert _outcome(both, warm=True) == _outcome(both, warm=False)
+
+
+def test_a_cached_configuration_gives_the_same_request_and_tells_1_from_1_0_and_true():
+    meta = _meg(seed=11, request_id="other", prompt="a blue cube").to_meta()
+    assert _outcome(meta, warm=True) == _outcome(meta, warm=False)
+    assert _outcome(meta, warm=True)[0] == "ok"
+    for name, value in (("n_steps", 8.0), ("vae_tiling", 1), ("height_px", True), ("merge_ratio", [0.5]),
+                        ("guidance_scale", float("nan"))):
+        bad = dict(meta, **{name: value})
+        assert _outcome(bad, warm=True) == _outcome(bad, warm=False)
+        assert _outcome(bad, warm=True)[0] == "error"
+    # -0.0 and 0.0 are one value, recorded one way whichever came first.
+    neg = dict(meta, merge_ratio=-0.0)
+    assert math.copysign(1.0, Request.from_meta(neg).merge_ratio) == 1.0
+    assert math.copysign(1.0, Request(**neg).merge_ratio) == 1.0

@@ -81,6 +81,9 @@ class RpcClient:
         sock = make_socket(self.ctx, zmq.DEALER, timeout_s=self.timeout_s, curve=self._curve,
                            max_message_bytes=self.limits.max_total_bytes + self.limits.max_header_bytes + 65536)
         sock.connect(self.address)
+        # One poller for the socket's life: Socket.poll builds and registers a new one on every call.
+        self._poller = zmq.Poller()
+        self._poller.register(sock, zmq.POLLIN)
         return sock
 
     def reconnect(self) -> None:
@@ -101,7 +104,7 @@ class RpcClient:
         deadline = time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s)
         while True:
             remaining_ms = int((deadline - time.monotonic()) * 1000)
-            if remaining_ms <= 0 or not self.sock.poll(remaining_ms, zmq.POLLIN):
+            if remaining_ms <= 0 or not self._poller.poll(remaining_ms):
                 raise LinkTimeout(f"{self.name}: no answer from {self.address} within "
                                   f"{self.timeout_s if timeout_s is None else timeout_s:.1f} s")
             try:

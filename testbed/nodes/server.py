@@ -44,6 +44,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from megbed.megwire import (
     DEFAULT_LIMITS,
+    NOBLOCK,
     CurveConfig,
     Frame,
     FrameError,
@@ -51,6 +52,8 @@ from megbed.megwire import (
     error_frame,
     from_parts,
     make_socket,
+    recv_parts,
+    send_parts,
     split_envelope,
     stop_authenticator,
     to_parts,
@@ -65,6 +68,10 @@ DEFAULT_SEND_HWM = 256  # answers queued per peer before the surplus is dropped 
 DEFAULT_RECV_HWM = 64  # messages buffered per peer before libzmq stops reading its connection (TCP back-pressure)
 
 _IDS = itertools.count()
+# ZMQ_EVENTS read in plain ints: "is another message waiting?" costs ~1 us this way, where a NOBLOCK receive that
+# finds none raises zmq.Again (~5 us: pyzmq builds the exception's errno enum and message).
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
 
 
 @dataclass
@@ -115,6 +122,14 @@ class ServerStats:
             "by_kind": dict(self.by_kind), "refused_handshakes": self.refused_handshakes, "jobs_done": self.jobs_done,
             "dropped_replies": self.dropped_replies, "loop_errors": self.loop_errors,
         }
+
+
+def _waiting(sock: zmq.Socket) -> bool:
+    """Whether another message waits on ``sock`` (False once the socket is closing: the loop then polls again)."""
+    try:
+        return bool(sock.getsockopt(_EVENTS) & _POLLIN)
+    except zmq.ZMQError:
+        return False
 
 
 def _valid_msg_id(value: object) -> bool:
@@ -185,7 +200,12 @@ class NodeServer:
         self.ctx = ctx or zmq.Context()
         self._curve = curve
         self._routes: dict[str, _Route] = {}
-        self._jobs: queue.Queue = queue.Queue(maxsize=queue_max)
+        # A SimpleQueue (implemented in C) bounded by hand: queue.Queue's Python-level condition variables cost
+        # microseconds per hand-off. Each count is written by one thread only (put: loop, got: worker).
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self.queue_max = int(queue_max)
+        self._jobs_put = 0
+        self._jobs_got = 0
         self._stop = threading.Event()
         self.ready = threading.Event()
         self.stats = ServerStats()
@@ -225,6 +245,11 @@ class NodeServer:
         self._routes[kind] = _Route(fn, blocking)
 
     @property
+    def queued(self) -> int:
+        """Jobs waiting for the worker (the one it runs is not counted)."""
+        return self._jobs_put - self._jobs_got
+
+    @property
     def kinds(self) -> list[str]:
         return sorted(self._routes)
 
@@ -234,7 +259,7 @@ class NodeServer:
         self.last_heartbeat_s = time.monotonic()
         return Frame(P.HEARTBEAT, meta={
             "node": self.name, "t_ns": time.monotonic_ns(), "uptime_s": (time.monotonic_ns() - self.t0_ns) / 1e9,
-            "busy_with": self.busy_with, "queued": self._jobs.qsize(), "stats": self.stats.to_meta(),
+            "busy_with": self.busy_with, "queued": self.queued, "stats": self.stats.to_meta(),
             "pid": os.getpid(),
         })
 
@@ -282,7 +307,7 @@ class NodeServer:
                 if self._router in events:
                     # A burst is served in one go, but bounded, so job answers and the monitor are not starved.
                     for _ in range(64):
-                        if not self._serve_one_guarded():
+                        if not self._serve_one_guarded() or not _waiting(self._router):
                             break
                 if self._monitor in events:
                     self._drain_monitor()
@@ -290,10 +315,7 @@ class NodeServer:
             self._shutdown()
 
     def _shutdown(self) -> None:
-        try:
-            self._jobs.put_nowait(None)
-        except queue.Full:
-            pass
+        self._jobs.put(None)
         if self._worker is not None:
             self._worker.join(self.shutdown_grace_s)
             if self._worker.is_alive():
@@ -311,7 +333,7 @@ class NodeServer:
     def _serve_one_guarded(self) -> bool:
         """Serve one message if one is waiting; False when none was. Nothing a message holds escapes this."""
         try:
-            raw = self._router.recv_multipart(copy=False, flags=zmq.NOBLOCK)
+            raw = recv_parts(self._router, NOBLOCK)
         except zmq.Again:
             return False
         except zmq.ZMQError as exc:
@@ -357,11 +379,12 @@ class NodeServer:
             return
         self.stats.by_kind[frame.kind] += 1
         if route.blocking:
-            try:
-                self._jobs.put_nowait((route.fn, frame, peer))
-            except queue.Full:
-                self._reject(envelope, P.CODE_BUSY, f"{self.name} is busy: {self._jobs.maxsize} jobs queued", rid,
+            if self.queued >= self.queue_max:
+                self._reject(envelope, P.CODE_BUSY, f"{self.name} is busy: {self.queue_max} jobs queued", rid,
                              msg_id=msg_id)
+                return
+            self._jobs_put += 1
+            self._jobs.put((route.fn, frame, peer))
             return
         self._reply(envelope, frame, self._run(route.fn, frame, peer))
 
@@ -408,7 +431,7 @@ class NodeServer:
     def _send_parts(self, parts: list, what: str) -> None:
         """Non-blocking send; a peer whose pipe is full (not reading) or gone loses this answer, counted."""
         try:
-            self._router.send_multipart(parts, copy=False, flags=zmq.NOBLOCK)
+            send_parts(self._router, parts, NOBLOCK)
             self.stats.replied += 1
         except zmq.Again:
             self.stats.dropped_replies += 1
@@ -430,6 +453,7 @@ class NodeServer:
                 if job is None:
                     return
                 fn, frame, peer = job
+                self._jobs_got += 1
                 self.busy_with = frame.meta.get("request_id") if isinstance(frame.meta.get("request_id"), str) \
                     else frame.kind
                 reply = self._run(fn, frame, peer)
@@ -446,7 +470,7 @@ class NodeServer:
                     log.error("%s: reply to %r is not encodable: %s", self.name, frame.kind, exc)
                     parts = to_parts(error_frame(str(exc), code=P.CODE_INTERNAL, node=self.name))
                 try:
-                    push.send_multipart([*peer.envelope, b"", *parts], copy=False)
+                    send_parts(push, [*peer.envelope, b"", *parts])
                 except zmq.Again:
                     log.error("%s: answer to %r dropped: the server loop is not draining", self.name, frame.kind)
                 except zmq.ContextTerminated:
@@ -462,10 +486,12 @@ class NodeServer:
     def _drain_results(self) -> None:
         while True:
             try:
-                parts = self._results.recv_multipart(copy=False, flags=zmq.NOBLOCK)
+                parts = recv_parts(self._results, NOBLOCK)
             except zmq.Again:
                 return
             self._send_parts(parts, "job answer")
+            if not _waiting(self._results):
+                return
 
     def _drain_monitor(self) -> None:
         while True:

@@ -137,3 +137,63 @@ def test_fuzzed_bytes_only_raise_frame_error():
             data = data[: rnd.randrange(len(data))]
         with pytest.raises(FrameError):
             unpack(bytes(data))
+
+
+def _head_of(header: dict | str) -> bytes:
+    import json
+    import struct
+
+    body = (header if isinstance(header, str) else json.dumps(header, separators=(",", ":"))).encode()
+    return struct.pack("<4sHHI", b"MGWB", 1, 0, len(body)) + body
+
+
+def test_parts_with_meta_splices_the_record_and_decodes_as_a_fresh_encode():
+    from megbed.megwire.frames import parts_with_meta
+
+    values = np.arange(12, dtype=np.float16).reshape(3, 4)
+    for meta in ({"request_id": "r1", "es_records": [{"stage": "s", "t_ns": 5}], "x": float("nan")}, {}):
+        sent = Frame("handoff", meta=meta, buffers={"tokens": values, "empty": np.zeros(0, np.int32)})
+        head = to_parts(sent)[0]
+        received = from_parts(to_parts(sent))
+        delivered = {"tokens": values + 1, "empty": np.zeros(0, np.int32)}
+        added = {"delivery": {"snr_db": 3.5, "extra": {}}}
+        parts = parts_with_meta(head, received, added, delivered)
+        assert parts is not None
+        got = from_parts(parts)
+        fresh = from_parts(to_parts(Frame("handoff", {**received.meta, **added}, delivered)))
+        assert got.kind == fresh.kind and json_equal(got.meta, fresh.meta)
+        assert list(got.buffers) == list(fresh.buffers)
+        assert all(np.array_equal(got.buffers[n], fresh.buffers[n]) for n in got.buffers)
+
+
+def json_equal(a: dict, b: dict) -> bool:
+    import json
+
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
+def test_parts_with_meta_refuses_whatever_it_cannot_prove():
+    from megbed.megwire.frames import parts_with_meta
+
+    values = np.ones(4, np.float32)
+    good = {"kind": "handoff", "meta": {"a": 1}, "buffers": [{"name": "v", "dtype": "float32", "shape": [4]}]}
+    head = _head_of(good)
+    received = from_parts([head, values.tobytes()])
+    assert parts_with_meta(head, received, {"delivery": {}}, {"v": values}) is not None
+    # A second "meta" key (the decoder keeps the last one: the splice would land in the discarded object).
+    dup = ('{"kind":"handoff","meta":{"a":1},"meta":{"a":1},"buffers":[{"name":"v","dtype":"float32","shape":[4]}]}')
+    assert parts_with_meta(_head_of(dup), from_parts([_head_of(dup), values.tobytes()]), {"delivery": {}},
+                           {"v": values}) is None
+    escaped = dup.replace('"meta":{"a":1},"meta"', '"meta":{"a":1},"\\u006deta"')
+    assert parts_with_meta(_head_of(escaped), from_parts([_head_of(escaped), values.tobytes()]), {"delivery": {}},
+                           {"v": values}) is None
+    spaced = '{"kind": "handoff","meta":{"a":1},"buffers":[{"name":"v","dtype":"float32","shape":[4]}]}'
+    assert parts_with_meta(_head_of(spaced), from_parts([_head_of(spaced), values.tobytes()]), {"delivery": {}},
+                           {"v": values}) is None
+    assert parts_with_meta(head, received, {"a": 2}, {"v": values}) is None  # a key already there
+    assert parts_with_meta(head, received, {}, {"v": values}) is None
+    assert parts_with_meta(head, received, {"d": 1}, {"v": values.reshape(2, 2)}) is None
+    assert parts_with_meta(head, received, {"d": 1}, {"v": values.astype(np.float64)}) is None
+    assert parts_with_meta(head, received, {"d": 1}, {"w": values}) is None
+    assert parts_with_meta(head[:-1], received, {"d": 1}, {"v": values}) is None
+    assert parts_with_meta(b"MGWB", received, {"d": 1}, {"v": values}) is None
