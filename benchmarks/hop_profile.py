@@ -102,7 +102,7 @@ def _stages(size_b: int) -> list[tuple[str, str, Callable[[], Any]]]:
 
     ue_parts = [bytes(p) for p in to_parts(from_parts(to_parts(delivered)))]
     try:  # the broker's way since issue 21's hop cuts (absent from older trees, whose line is then missing)
-        from megbed.megwire import parts_with_meta
+        from megbed.megwire.frames import parts_with_meta
     except ImportError:
         parts_with_meta = None
     received = from_parts(ans_parts)

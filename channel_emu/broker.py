@@ -53,7 +53,6 @@ from megbed.channel_emu.emulator import ChannelEmulator
 from megbed.channel_emu.record import DeliveryRecord
 from megbed.megwire import (
     DEFAULT_LIMITS,
-    NOBLOCK,
     CurveConfig,
     Frame,
     FrameError,
@@ -62,13 +61,14 @@ from megbed.megwire import (
     error_frame,
     from_parts,
     make_socket,
-    parts_with_meta,
-    recv_parts,
-    send_parts,
     split_envelope,
     to_parts,
 )
+
+# the relay's raw-part plumbing (plain-int flags, header splice): internal to megwire's modules, not its public face
+from megbed.megwire.frames import parts_with_meta
 from megbed.megwire.logutil import clip, rate_limit
+from megbed.megwire.sockets import NOBLOCK, recv_parts, send_parts
 
 log = rate_limit(logging.getLogger(__name__))
 

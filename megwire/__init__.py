@@ -14,30 +14,26 @@ from megbed.megwire.frames import (
     from_parts,
     pack,
     packed_size,
-    parts_with_meta,
     to_parts,
     unpack,
 )
 from megbed.megwire.link import InProcLink, Link, ZmqClientLink
 from megbed.megwire.sockets import (
-    NOBLOCK,
     CurveConfig,
     LinkTimeout,
     bind_address,
     generate_keys,
     make_socket,
     recv_frame,
-    recv_parts,
     recv_raw,
     send_frame,
-    send_parts,
     split_envelope,
     stop_authenticator,
 )
 
 __all__ = [
-    "DEFAULT_LIMITS", "NOBLOCK", "PROTOCOL_VERSION", "CurveConfig", "Frame", "FrameError", "FrameLimits", "InProcLink",
+    "DEFAULT_LIMITS", "PROTOCOL_VERSION", "CurveConfig", "Frame", "FrameError", "FrameLimits", "InProcLink",
     "Link", "LinkTimeout", "ZmqClientLink", "bind_address", "error_frame", "from_parts", "generate_keys", "make_socket", "pack",
-    "packed_size", "parts_with_meta", "recv_frame", "recv_parts", "recv_raw", "send_frame", "send_parts", "split_envelope", "stop_authenticator", "to_parts",
+    "packed_size", "recv_frame", "recv_raw", "send_frame", "split_envelope", "stop_authenticator", "to_parts",
     "unpack",
 ]

@@ -44,7 +44,6 @@ from zmq.utils.monitor import recv_monitor_message
 
 from megbed.megwire import (
     DEFAULT_LIMITS,
-    NOBLOCK,
     CurveConfig,
     Frame,
     FrameError,
@@ -52,13 +51,14 @@ from megbed.megwire import (
     error_frame,
     from_parts,
     make_socket,
-    recv_parts,
-    send_parts,
     split_envelope,
     stop_authenticator,
     to_parts,
 )
 from megbed.megwire.logutil import clip, rate_limit
+
+# raw-part plumbing (plain-int flags): internal to its module, not megwire's public face
+from megbed.megwire.sockets import NOBLOCK, recv_parts, send_parts
 from megbed.testbed.nodes import protocol as P
 
 log = rate_limit(logging.getLogger(__name__))
