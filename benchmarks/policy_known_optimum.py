@@ -161,7 +161,8 @@ def main(argv=None) -> int:
     extra = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)}
     paper = {"threshold_rule": "fsrl", "warmup_steps": 0, "mu_max": None, "log_std_max": 2.0, "reward_norm": False,
              "update_per_step": 0.2, "cost_reference": "threshold", "cost_target": 1.0, "cost_slack_gain": 1.0,
-             "cost_slack_integral": 0.0, "aim_mean_action": False, "mstep_kl_mu": 0.005}
+             "cost_slack_integral": 0.0, "aim_mean_action": False, "mstep_kl_mu": 0.005,
+             "mu_penalty": 0.0, "std_penalty": 0.0, "log_std_min": -20.0}
     runs: list[tuple[str, dict | None]] = []
     if args.ablation:
         runs = [("cvpo", extra or None)] + [(f"cvpo-no-{k}", {**extra, k: paper[k]})

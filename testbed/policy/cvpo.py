@@ -41,7 +41,7 @@ from megbed.testbed.policy.learner import (
     Positive,
     Rollout,
 )
-from megbed.testbed.policy.nets import GaussianActor, QCritic, normal_log_prob
+from megbed.testbed.policy.nets import LOG_STD_MIN, GaussianActor, QCritic, normal_log_prob
 from megbed.testbed.policy.replay import ReplayBuffer
 
 DUAL_EPS = 1e-6
@@ -128,6 +128,14 @@ class CVPOConfig(LearnerConfig):
         Weight of each update's solved multipliers in their running average (1 = off, FSRL: the E-step's weights
         use the multipliers solved on that batch). Below 1 the weights use an exponential moving average over
         updates, so one batch's critic noise does not swing the policy's target.
+    log_std_min : float
+        Lower clamp of the actor's log-std (default: ``nets.LOG_STD_MIN``, effectively none). Keeps the E-step's K
+        samples spread: the M-step's mean bound is in units of the old std, so a collapsed std freezes the mean.
+    mu_penalty, std_penalty : float
+        Weights of a quadratic penalty, added to the M-step's loss, on how far the mean head's raw output lies beyond
+        ``mu_max`` and the log-std head's outside [log_std_min, log_std_max] (0 = off, FSRL). Neither bound passes a
+        gradient back once crossed (:meth:`GaussianActor.forward_with_excess`), so without it the heads run off:
+        the mean action turns into a step between the box's edges and the std stays pinned at its cap.
     """
 
     gamma: Annotated[float, Field(ge=0.0, le=1.0)] = 0.97
@@ -159,6 +167,7 @@ class CVPOConfig(LearnerConfig):
     warmup_steps: Annotated[int, Field(ge=0)] = 0
     warmup_update_per_step: Positive | None = None
     log_std_max: float = 2.0
+    log_std_min: float = LOG_STD_MIN
     mu_max: Positive | None = None
     cost_target: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
     cost_reference: Literal["threshold", "collected"] = "threshold"
@@ -167,6 +176,8 @@ class CVPOConfig(LearnerConfig):
     cost_slack_integral: Annotated[float, Field(ge=0.0)] = 0.0
     cost_slack_max: Positive = 0.2
     dual_avg: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
+    mu_penalty: Annotated[float, Field(ge=0.0)] = 0.0
+    std_penalty: Annotated[float, Field(ge=0.0)] = 0.0
 
 
 
@@ -192,7 +203,8 @@ class CVPO(Learner):
     def build(self) -> None:
         c, obs_dim, act_dim = self.cfg, self.obs_dim, self.act_dim
         self.actor = GaussianActor(obs_dim, act_dim, c.hidden, conditioned_sigma=c.conditioned_sigma, squash=c.squash,
-                                   log_std_max=c.log_std_max, mu_max=c.mu_max)
+                                   log_std_max=c.log_std_max, mu_max=c.mu_max,
+                                   log_std_min=c.log_std_min)
         # Member 0 the reward critic, then one per constrained cost. (Stacked into one batched network with
         # torch.baddbmm they ran 2.1x slower on CPU than separate nn.Linear calls, measured for issue 17.)
         self.critics = torch.nn.ModuleList([QCritic(obs_dim, act_dim, c.hidden) for _ in range(1 + self.n_costs)])
@@ -344,9 +356,11 @@ class CVPO(Learner):
             t_duals = torch.zeros(2, requires_grad=True)
             mstep_optim = torch.optim.Adam([t_duals], lr=c.mstep_dual_lr)
         for it in range(1, c.mstep_iters + 1):
-            mu, std = self.actor(obs)
+            mu, std, mu_excess, std_excess = self.actor.forward_with_excess(obs)
             loglik = normal_log_prob(samples, mu, std_old) + normal_log_prob(samples, mu_old, std)  # (K, B)
             loss_mle = -(weights * loglik).mean()
+            if c.mu_penalty > 0 or c.std_penalty > 0:  # pull the heads' raw outputs back inside their bounds
+                loss_mle = loss_mle + (c.mu_penalty * mu_excess.pow(2) + c.std_penalty * std_excess.pow(2)).sum(-1).mean()
             kl_mu, kl_std = gaussian_kl_decoupled(mu_old, std_old, mu, std)
             if c.fused_duals:
                 grad = bounds - np.array([kl_mu.item(), kl_std.item()])

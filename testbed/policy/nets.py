@@ -64,17 +64,20 @@ class GaussianActor(nn.Module):
     squash : bool
         True: executed action tanh(u). False: mean tanh(f(s)), executed action clip(u, -1, 1).
     log_std_max : float
-        Upper clamp of the log-std (the lower one is ``LOG_STD_MIN``).
+        Upper clamp of the log-std.
     mu_max : float, optional
         Squashed only: bound the mean of u softly to ``|mu| < mu_max`` (None: unbounded, as FSRL / SAC).
+    log_std_min : float
+        Lower clamp of the log-std (default ``LOG_STD_MIN``).
     """
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: Sequence[int] = (128, 128), conditioned_sigma: bool = True,
                  init_log_std: float = -0.5, squash: bool = True, log_std_max: float = LOG_STD_MAX,
-                 mu_max: float | None = None) -> None:
+                 mu_max: float | None = None, log_std_min: float = LOG_STD_MIN) -> None:
         super().__init__()
         self.squash = bool(squash)
         self.log_std_max = float(log_std_max)
+        self.log_std_min = float(log_std_min)
         self.mu_max = None if mu_max is None else float(mu_max)
         self.trunk = nn.Sequential(mlp([obs_dim, *hidden]), nn.ReLU())
         self.mu = nn.Linear(hidden[-1], act_dim)
@@ -89,18 +92,36 @@ class GaussianActor(nn.Module):
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and std, each of shape ``(..., act_dim)``."""
+        mu, std, _, _ = self.forward_with_excess(obs)
+        return mu, std
+
+    def forward_with_excess(self, obs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Mean, std, and how far each head's raw output lies beyond its bound, all of shape ``(..., act_dim)``.
+
+        The mean head's excess is ``relu(|f| - mu_max)`` (f: its output before the soft bound; 0 without
+        ``mu_max``), the conditioned log-std head's distance outside [log_std_min, log_std_max] (s: its output before the
+        clamp; 0 for a free log-std). Neither bound passes a gradient back once crossed (tanh(f / mu_max) saturates, the clamp is
+        flat), so nothing else stops the raw outputs from running off; CVPO can penalise the excess (``mu_penalty``,
+        ``std_penalty`` in :mod:`megbed.testbed.policy.cvpo`).
+        """
         h = self.trunk(obs)
+        f = self.mu(h)
+        mu_excess = torch.zeros_like(f)
         if not self.squash:
-            mu = torch.tanh(self.mu(h))
+            mu = torch.tanh(f)
         elif self.mu_max is not None:
-            mu = self.mu_max * torch.tanh(self.mu(h) / self.mu_max)
+            mu = self.mu_max * torch.tanh(f / self.mu_max)
+            mu_excess = torch.relu(f.abs() - self.mu_max)
         else:
-            mu = self.mu(h)
+            mu = f
         if self.conditioned_sigma:
-            log_std = self.sigma(h).clamp(LOG_STD_MIN, self.log_std_max)
+            raw = self.sigma(h)
+            log_std = raw.clamp(self.log_std_min, self.log_std_max)
+            std_excess = torch.relu(raw - self.log_std_max) + torch.relu(self.log_std_min - raw)
         else:
-            log_std = self.log_std.clamp(LOG_STD_MIN, self.log_std_max).expand_as(mu)
-        return mu, log_std.exp()
+            log_std = self.log_std.clamp(self.log_std_min, self.log_std_max).expand_as(mu)
+            std_excess = torch.zeros_like(f)
+        return mu, log_std.exp(), mu_excess, std_excess
 
     def to_unit(self, u: torch.Tensor) -> torch.Tensor:
         """The executed action in [-1, 1]^d for raw actions ``u``."""

@@ -140,3 +140,30 @@ def test_cvpo_warmup_has_its_own_update_rate():
     plain = CVPO(1, 2, cons, cfg.model_copy(update={"warmup_update_per_step": None}), seed=0)
     plain.learn(_rollout(plain, env, 64, seed=1))
     assert plain.updates == 6
+
+
+def test_head_penalty_pulls_runaway_raw_outputs_back_inside_their_bounds():
+    """Past mu_max (soft bound) and outside [log_std_min, log_std_max] (clamp) the actor's heads get no gradient from
+    the likelihood; the M-step's penalty on the excess brings them back, and without it they stay where they ran."""
+    env = KnownOptimumCMDP()
+    cons = Constraints.from_mapping(env.cost_names, {"cost": LIMIT}, env.episode_length)
+    obs = torch.linspace(-1, 1, 11).unsqueeze(1)
+    excess = {}
+    for weight in (0.0, 1.0):
+        cfg = CVPOConfig(gamma=0.5, hidden=(16, 16), batch_size=32, sample_actions=8, mu_max=3.0, log_std_max=-1.0,
+                         log_std_min=-2.5, mu_penalty=weight, std_penalty=weight, update_per_step=0.25)
+        agent = CVPO(1, 2, cons, cfg, seed=0)
+        with torch.no_grad():  # raw outputs far outside the bounds: mean head +-8, log-std head +3 and -7
+            agent.actor.mu.bias.copy_(torch.tensor([8.0, -8.0]))
+            agent.actor.sigma.bias.copy_(torch.tensor([3.0, -7.0]))
+            _, _, mu_ex, std_ex = agent.actor.forward_with_excess(obs)
+        assert float(mu_ex.min()) > 4.0 and float(std_ex.min()) > 3.0  # 8 - 3, 3 - (-1), -2.5 - (-7), about
+        for seed in range(3):
+            agent.learn(_rollout(agent, env, 128, seed=seed))
+        with torch.no_grad():
+            mu, std, mu_ex, std_ex = agent.actor.forward_with_excess(obs)
+        assert float(mu.abs().max()) < 3.0  # the bounds hold either way
+        assert np.exp(-2.5) - 1e-6 <= float(std.min()) and float(std.max()) <= np.exp(-1.0) + 1e-6
+        excess[weight] = (float(mu_ex.mean()), float(std_ex.mean()))
+    assert excess[0.0][0] > 3.0 and excess[0.0][1] > 2.0  # unpenalised: still far out
+    assert excess[1.0][0] < 0.5 * excess[0.0][0] and excess[1.0][1] < 0.5 * excess[0.0][1]
