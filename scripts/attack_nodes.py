@@ -50,7 +50,7 @@ from megbed.testing import node_fuzz as fuzz  # noqa: E402
 from megbed.testing.live_nodes import (  # noqa: E402
     HOST,
     flood_without_reading,
-    free_port,
+    free_ports,
     rss_mb,
     stop_process,
     wait_listening,
@@ -302,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     # A timeout (SIGTERM) must still stop the node processes (the finally below).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(124))
     args.out.mkdir(parents=True, exist_ok=True)
-    ports = {k: free_port() for k in ("es", "front", "pub", "ue")}
+    ports = dict(zip(("es", "front", "pub", "ue"), free_ports(4), strict=True))
     es_addr, front, ue_addr = (f"tcp://{HOST}:{ports[k]}" for k in ("es", "front", "ue"))
     common = ["--engine", "synthetic", "--probe", "none", "--idle-s", "0"]
     help_text = subprocess.run([sys.executable, "-c", "import sys; from megbed.testbed.cli.main import main; "

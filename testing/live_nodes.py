@@ -15,16 +15,10 @@ from pathlib import Path
 import zmq
 
 from megbed.megwire import Frame, to_parts
+from megbed.testbed.campaign.local import free_port, free_ports  # noqa: F401 (re-exported for the tests)
 from megbed.testbed.nodes import protocol as P
 
 HOST = "127.0.0.1"
-
-
-def free_port() -> int:
-    """A TCP port on :data:`HOST` that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 def rss_mb(pid: int, field: str = "VmRSS") -> float:

@@ -28,9 +28,23 @@ HOST = "127.0.0.1"
 
 def free_port(host: str = HOST) -> int:
     """A TCP port free right now on ``host`` (the node binds it a moment later)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    return free_ports(1, host)[0]
+
+
+def free_ports(n: int, host: str = HOST) -> list[int]:
+    """``n`` distinct TCP ports free right now on ``host``. The sockets stay bound until all are chosen: one at a
+    time, the kernel may hand a just-released port out again, and two nodes planned on one port fail at start-up
+    (seen once in a test run: the UE's address answered as the ES)."""
+    sockets = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sockets.append(s)
+            s.bind((host, 0))
+        return [int(s.getsockname()[1]) for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def _die_with_parent() -> None:
@@ -157,7 +171,7 @@ class LocalCluster:
         return [sys.executable, "-m", "megbed.testbed.cli.main", *args]
 
     def plan(self) -> None:
-        ports = {k: free_port() for k in ("es", "front", "pub", "ue")}
+        ports = dict(zip(("es", "front", "pub", "ue"), free_ports(4), strict=True))
         self.addresses = {"es": f"tcp://{HOST}:{ports['es']}", "ue": f"tcp://{HOST}:{ports['ue']}"}
         broker = self.use_broker and broker_available()
         if broker:

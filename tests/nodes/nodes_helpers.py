@@ -13,7 +13,7 @@ import zmq
 from megbed.megwire import Frame, from_parts, to_parts
 from megbed.testbed.nodes import protocol as P
 from megbed.testbed.request import Request
-from megbed.testing.live_nodes import HOST, free_port, stop_process, wait_listening
+from megbed.testing.live_nodes import HOST, free_ports, stop_process, wait_listening
 
 
 def make_spec(scheme: str = "meg", rid: str = "r1", **kw) -> Request:
@@ -79,7 +79,7 @@ class LiveNode:
 
 def start_live_nodes(log_dir: Path) -> dict[str, LiveNode]:
     """ES, channel broker (no warm-up) and UE as three processes on loopback, synthetic engine, UE -> broker -> ES."""
-    ports = {k: free_port() for k in ("es", "front", "pub", "ue")}
+    ports = dict(zip(("es", "front", "pub", "ue"), free_ports(4), strict=True))
     es, front, pub, ue = (f"tcp://{HOST}:{ports[k]}" for k in ("es", "front", "pub", "ue"))
     common = ["--engine", "synthetic", "--probe", "none", "--idle-s", "0"]
     nodes = {
