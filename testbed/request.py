@@ -132,10 +132,7 @@ class Request:
     repetition: int = 0
 
     def __post_init__(self) -> None:
-        rid = self.request_id
-        if type(rid) is not str or len(rid) > MAX_ID_CHARS or "\x00" in rid:
-            raise RequestError(f"field 'request_id' must be a string of at most {MAX_ID_CHARS} characters",
-                               field="request_id")
+        rid = _check_request_id(self.request_id)
         put = object.__setattr__
         scheme = self.scheme
         if scheme not in SCHEMES:
@@ -175,7 +172,7 @@ class Request:
             _bad("vae_tiling", " must be true or false", rid)
         for name in ("decoder", "point_id"):
             value = getattr(self, name)
-            if type(value) is not str or len(value) > MAX_ID_CHARS or "\x00" in value:
+            if not _is_id(value):
                 _bad(name, f" must be a string of at most {MAX_ID_CHARS} characters", rid)
         _int(self.repetition, "repetition", 0, 2**31 - 1, rid)
         self._check_link(rid)
@@ -315,17 +312,14 @@ class Request:
     def _with_config(cls, meta: Mapping[str, Any], config: tuple, rid: str | None) -> Request:
         """A request of ``meta`` whose configuration fields are known valid, normalised as ``config``: the fields
         that differ per request are checked as ``__post_init__`` checks them, in its order."""
-        rid_field = meta["request_id"]
-        if type(rid_field) is not str or len(rid_field) > MAX_ID_CHARS or "\x00" in rid_field:
-            raise RequestError(f"field 'request_id' must be a string of at most {MAX_ID_CHARS} characters",
-                               field="request_id")
+        rid_field = _check_request_id(meta["request_id"])
         try:
             for name in ("prompt", "negative_prompt"):
                 if type(meta[name]) is not str:
                     _bad(name, f" must be a string, got {type(meta[name]).__name__}", rid_field)
             _int(meta["seed"], "seed", 0, MAX_SEED - 1, rid_field)
             point = meta["point_id"]
-            if type(point) is not str or len(point) > MAX_ID_CHARS or "\x00" in point:
+            if not _is_id(point):
                 _bad("point_id", f" must be a string of at most {MAX_ID_CHARS} characters", rid_field)
             _int(meta["repetition"], "repetition", 0, 2**31 - 1, rid_field)
         except RequestError as exc:
@@ -388,6 +382,18 @@ def _int(value: Any, name: str, lo: int, hi: int, rid: str | None) -> int:
         _bad(name, f" must be an integer, got {type(value).__name__}", rid)
     if not lo <= value <= hi:
         _bad(name, f"={value} outside [{lo}, {hi}]", rid)
+    return value
+
+
+def _is_id(value: Any) -> bool:
+    """An id field's rule (request_id, point_id, decoder): a string of at most MAX_ID_CHARS, no NUL."""
+    return type(value) is str and len(value) <= MAX_ID_CHARS and "\x00" not in value
+
+
+def _check_request_id(value: Any) -> str:
+    if not _is_id(value):
+        raise RequestError(f"field 'request_id' must be a string of at most {MAX_ID_CHARS} characters",
+                           field="request_id")
     return value
 
 
