@@ -203,8 +203,7 @@ class CVPO(Learner):
     def build(self) -> None:
         c, obs_dim, act_dim = self.cfg, self.obs_dim, self.act_dim
         self.actor = GaussianActor(obs_dim, act_dim, c.hidden, conditioned_sigma=c.conditioned_sigma, squash=c.squash,
-                                   log_std_max=c.log_std_max, mu_max=c.mu_max,
-                                   log_std_min=c.log_std_min)
+                                   log_std_max=c.log_std_max, mu_max=c.mu_max, log_std_min=c.log_std_min)
         # Member 0 the reward critic, then one per constrained cost. (Stacked into one batched network with
         # torch.baddbmm they ran 2.1x slower on CPU than separate nn.Linear calls, measured for issue 17.)
         self.critics = torch.nn.ModuleList([QCritic(obs_dim, act_dim, c.hidden) for _ in range(1 + self.n_costs)])
@@ -360,7 +359,8 @@ class CVPO(Learner):
             loglik = normal_log_prob(samples, mu, std_old) + normal_log_prob(samples, mu_old, std)  # (K, B)
             loss_mle = -(weights * loglik).mean()
             if c.mu_penalty > 0 or c.std_penalty > 0:  # pull the heads' raw outputs back inside their bounds
-                loss_mle = loss_mle + (c.mu_penalty * mu_excess.pow(2) + c.std_penalty * std_excess.pow(2)).sum(-1).mean()
+                excess = c.mu_penalty * mu_excess.pow(2) + c.std_penalty * std_excess.pow(2)
+                loss_mle = loss_mle + excess.sum(-1).mean()
             kl_mu, kl_std = gaussian_kl_decoupled(mu_old, std_old, mu, std)
             if c.fused_duals:
                 grad = bounds - np.array([kl_mu.item(), kl_std.item()])

@@ -99,10 +99,10 @@ class GaussianActor(nn.Module):
         """Mean, std, and how far each head's raw output lies beyond its bound, all of shape ``(..., act_dim)``.
 
         The mean head's excess is ``relu(|f| - mu_max)`` (f: its output before the soft bound; 0 without
-        ``mu_max``), the conditioned log-std head's distance outside [log_std_min, log_std_max] (s: its output before the
-        clamp; 0 for a free log-std). Neither bound passes a gradient back once crossed (tanh(f / mu_max) saturates, the clamp is
-        flat), so nothing else stops the raw outputs from running off; CVPO can penalise the excess (``mu_penalty``,
-        ``std_penalty`` in :mod:`megbed.testbed.policy.cvpo`).
+        ``mu_max``), the conditioned log-std head's distance outside [log_std_min, log_std_max] (of its output
+        before the clamp; 0 for a free log-std). Neither bound passes a gradient back once crossed (tanh(f / mu_max)
+        saturates, the clamp is flat), so nothing else stops the raw outputs from running off; CVPO can penalise
+        the excess (``mu_penalty``, ``std_penalty`` in :mod:`megbed.testbed.policy.cvpo`).
         """
         h = self.trunk(obs)
         f = self.mu(h)
