@@ -22,6 +22,8 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -58,63 +60,72 @@ def _ints(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
 
 
-# --- recipe flags (shared by train and precompute) --------------------------------------------------------------------
+# --- recipe flags (shared by train and precompute), derived from the recipe's fields --------------------------------
 
-_RECIPE_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
-    ("--prompts", "prompts", {"help": "'shapes' (the default model's grammar) or a prompt file, one per line"}),
-    ("--num-prompts", "num_prompts", {"type": int, "help": "training prompts to cache"}),
-    ("--val-prompts", "val_prompts", {"type": int, "help": "further prompts kept for the validation loss"}),
-    ("--n-min", "n_min", {"type": int, "help": "smallest ES step count N drawn (default 4)"}),
-    ("--n-max", "n_max", {"type": int, "help": "largest N drawn (default 12)"}),
-    ("--n-ref", "n_ref", {"type": int, "help": "reference steps N_ref (default n_max)"}),
-    ("--n-stride", "n_stride", {"type": int, "help": "cache only every k-th N of the range (n_max always)"}),
-    ("--beta-max", "beta_max", {"type": float, "help": "beta ~ U[0, beta_max] (<= 0.75)"}),
-    ("--guidance", "guidance_scale", {"type": float, "help": "CFG scale of the cached generations (default 5)"}),
-    ("--scheduler", "scheduler", {"help": "sampler name (default: the model's own)"}),
-    ("--wire-dtype", "wire_dtype", {"choices": ("float16", "float32"), "help": "dtype of merged values on the wire"}),
-    ("--tome-es", "tome_ratio_es", {"type": float, "help": "tomesd ratio in the ES U-Net while caching"}),
-    ("--steps", "steps", {"type": int, "help": "optimiser steps"}),
-    ("--batch-size", "batch_size", {"type": int, "help": "samples per step"}),
-    ("--lr", "lr", {"type": float, "help": "peak learning rate"}),
-    ("--lr-min", "lr_min", {"type": float, "help": "final learning rate of the cosine schedule"}),
-    ("--warmup-steps", "warmup_steps", {"type": int, "help": "linear warm-up steps"}),
-    ("--weight-decay", "weight_decay", {"type": float, "help": "AdamW weight decay"}),
-    ("--grad-clip", "grad_clip", {"type": float, "help": "gradient-norm clip (0: off)"}),
-    ("--crop-latent", "crop_latent", {"type": int, "help": "train on random latent crops of this side"}),
-    ("--log-mse-floor", "log_mse_floor", {"type": float,
-                                          "help": "loss = mean ln(MSE_i + floor) over samples; 0: plain mean MSE"}),
-    ("--perceptual-weight", "perceptual_weight", {"type": float, "help": "LPIPS weight (needs local weights)"}),
-    ("--seed", "seed", {"type": int, "help": "seed of every per-step draw"}),
-    ("--prompt-seed", "prompt_seed", {"type": int, "help": "seed of the prompt draw"}),
-    ("--device", "device", {"help": "torch device: cpu, cuda, cuda:1"}),
-    ("--model-dtype", "model_dtype", {"choices": ("float32", "float16", "bfloat16"),
-                                      "help": "pipeline precision while caching latents"}),
-    ("--amp", "amp", {"choices": ("none", "bf16", "fp16"), "help": "autocast of the decoder on CUDA"}),
-    ("--checkpoint-every", "checkpoint_every", {"type": int, "help": "checkpoint period (steps)"}),
-    ("--val-every", "val_every", {"type": int, "help": "validation period (steps; 0: start and end only)"}),
-    ("--export-dtype", "export_dtype", {"choices": ("auto", "float16", "float32"),
-                                        "help": "dtype of the exported weights (auto: the base VAE's)"}),
-    ("--threads", "threads", {"type": int, "help": "torch CPU threads"}),
-]
-_NOISE_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
-    ("--noise", "kind", {"choices": ("sigma", "snr", "link", "none"), "help": "link noise drawn per sample"}),
-    ("--clean-fraction", "clean_fraction", {"type": float, "help": "share of noiseless samples"}),
-]
+# A setting's flag is its name (``--n-min`` sets n_min), but for the spellings scripts and the README already use.
+_FLAG_OF = {"guidance_scale": "--guidance", "tome_ratio_es": "--tome-es", "noise.kind": "--noise"}
+# Two noise settings given together, and the link mapping read from a file (both below, by hand).
+_NOISE_RANGES = {"--sigma-range": ("sigma_min", "sigma_max", ("MIN", "MAX")),
+                 "--snr-range": ("snr_min_db", "snr_max_db", ("MIN_DB", "MAX_DB"))}
+
+
+def _bare(annotation: Any) -> Any:
+    """``annotation`` without ``Annotated[...]`` and without ``| None``."""
+    while True:
+        origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+        if origin is typing.Annotated:
+            annotation = args[0]
+        elif origin in (typing.Union, types.UnionType):
+            annotation = next(a for a in args if a is not type(None))
+        else:
+            return annotation
+
+
+def _flag_options(field: Any) -> dict[str, Any]:
+    """argparse options of one recipe field: its type or choices, its count, its help (the field's description)."""
+    kind = _bare(field.annotation)
+    if kind is bool:
+        return {"action": "store_true", "help": field.description}
+    default = field.get_default()
+    shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
+    options: dict[str, Any] = {"help": field.description + ("" if default is None else f" (default {shown})")}
+    if typing.get_origin(kind) is typing.Literal:
+        return options | {"choices": typing.get_args(kind)}
+    if typing.get_origin(kind) is tuple:
+        count = {type(m).__name__: m for m in field.metadata}
+        return options | {"type": _bare(typing.get_args(kind)[0]), "nargs": count["MaxLen"].max_length}
+    return options | {"type": kind}
+
+
+def _recipe_flags() -> dict[str, tuple[str, str, Any]]:
+    """``{flag: (section, setting, field)}`` for every recipe setting with a flag of its own (section ``r`` for
+    :class:`DistillConfig`, ``n`` for its ``noise``); the noise ranges and ``--link-config`` are added by hand."""
+    from megbed.testbed.distill.config import DistillConfig, NoiseConfig
+
+    by_hand = {name for lo_hi in _NOISE_RANGES.values() for name in lo_hi[:2]} | {"link"}
+    flags = {}
+    for section, model, prefix in (("r", DistillConfig, ""), ("n", NoiseConfig, "noise.")):
+        for name, field in model.model_fields.items():
+            if name != "noise" and name not in (by_hand if section == "n" else ()):
+                flags[_FLAG_OF.get(prefix + name, "--" + name.replace("_", "-"))] = (section, name, field)
+    return flags
 
 
 def _add_recipe(p: argparse.ArgumentParser) -> None:
+    from megbed.testbed.distill.config import NoiseConfig
+
     g = p.add_argument_group("recipe (unset flags keep the run's saved config, else the defaults)")
     g.add_argument("--config", type=Path, default=None, help="a DistillConfig JSON file to start from")
-    for flag, dest, kw in _RECIPE_FLAGS:
-        g.add_argument(flag, dest=f"r_{dest}", default=None, **kw)
-    g.add_argument("--gradient-checkpointing", dest="r_gradient_checkpointing", action="store_true", default=None,
-                   help="recompute decoder activations in the backward pass (SDXL-size decoders)")
-    for flag, dest, kw in _NOISE_FLAGS:
-        g.add_argument(flag, dest=f"n_{dest}", default=None, **kw)
-    g.add_argument("--sigma-range", type=float, nargs=2, metavar=("MIN", "MAX"), default=None,
-                   help="Gaussian std range for --noise sigma (the paper: 0.05 0.32)")
-    g.add_argument("--snr-range", type=float, nargs=2, metavar=("MIN_DB", "MAX_DB"), default=None,
-                   help="average SNR range (dB) for --noise snr")
+    for flag, (section, name, field) in _recipe_flags().items():
+        options = _flag_options(field)
+        if "type" in options:
+            options["metavar"] = name.upper()
+        g.add_argument(flag, dest=f"{section}_{name}", default=None, **options)
+    noise = NoiseConfig.model_fields
+    for flag, (lo, hi, metavar) in _NOISE_RANGES.items():
+        g.add_argument(flag, dest=f"range_{lo}", type=float, nargs=2, metavar=metavar, default=None,
+                       help=f"{noise[lo].description}; {noise[hi].description} (default {noise[lo].default} "
+                            f"{noise[hi].default})")
     g.add_argument("--link-config", type=Path, default=None,
                    help="channel_emu link file (YAML/TOML/JSON) for --noise snr|link (default: the paper's link)")
 
@@ -131,19 +142,15 @@ def _recipe(args: argparse.Namespace, run_dir: Path | None) -> Any:
         else:
             cfg = DistillConfig()
         changes: dict[str, Any] = {}
-        for _, dest, _ in _RECIPE_FLAGS + [("", "gradient_checkpointing", {})]:
-            value = getattr(args, f"r_{dest}", None)
-            if value is not None:
-                changes[dest] = value
         noise: dict[str, Any] = {}
-        for _, dest, _ in _NOISE_FLAGS:
-            value = getattr(args, f"n_{dest}", None)
+        for section, name, _ in _recipe_flags().values():
+            value = getattr(args, f"{section}_{name}", None)
             if value is not None:
-                noise[dest] = value
-        if args.sigma_range is not None:
-            noise["sigma_min"], noise["sigma_max"] = args.sigma_range
-        if args.snr_range is not None:
-            noise["snr_min_db"], noise["snr_max_db"] = args.snr_range
+                (changes if section == "r" else noise)[name] = value
+        for lo, hi, _ in _NOISE_RANGES.values():
+            pair = getattr(args, f"range_{lo}")
+            if pair is not None:
+                noise[lo], noise[hi] = pair
         if args.link_config is not None:
             noise["link"] = LinkConfig.load(args.link_config).to_dict()
         if noise:

@@ -58,28 +58,23 @@ NonNegative = number(0.0)
 class NoiseConfig(_Recipe):
     """Link noise drawn per training sample (see the module docstring).
 
-    Attributes
-    ----------
-    kind : str
-        ``sigma`` | ``snr`` | ``link`` | ``none``.
-    sigma_min, sigma_max : float
-        Range of the Gaussian std for ``sigma`` (the paper trains on U[0.05, 0.32]).
-    snr_min_db, snr_max_db : float
-        Range of the average SNR (dB) for ``snr``.
-    clean_fraction : float
-        Share of samples delivered noiseless (any kind).
-    link : dict
-        A :class:`channel_emu.LinkConfig` mapping (``mode``, ``model``, ``process``, ``analog`` ...) for ``snr`` and
-        ``link``; empty means the paper's link (analog, AWGN, path loss over d ~ U[200, 300] m).
+    Each setting is described once, by its field's ``description`` (``megbed distill train --help`` and the JSON
+    schema show it).
     """
 
-    kind: Literal[NOISE_KINDS] = "snr"
-    sigma_min: NonNegative = 0.05
-    sigma_max: Annotated[NonNegative, not_below("sigma_min")] = 0.32
-    snr_min_db: number(-50.0, 80.0) = -5.0
-    snr_max_db: Annotated[number(-50.0, 80.0), not_below("snr_min_db")] = 20.0
-    clean_fraction: number(0.0, 1.0) = 0.2
-    link: dict[str, Any] = Field(default_factory=dict)
+    kind: Literal[NOISE_KINDS] = Field("snr", description="link noise drawn per sample: sigma, snr, link or none")
+    # The paper trains on sigma ~ U[0.05, 0.32].
+    sigma_min: NonNegative = Field(0.05, description="smallest Gaussian std of kind sigma")
+    sigma_max: Annotated[NonNegative, not_below("sigma_min")] = Field(
+        0.32, description="largest Gaussian std of kind sigma")
+    snr_min_db: number(-50.0, 80.0) = Field(-5.0, description="lowest average SNR (dB) of kind snr")
+    snr_max_db: Annotated[number(-50.0, 80.0), not_below("snr_min_db")] = Field(
+        20.0, description="highest average SNR (dB) of kind snr")
+    clean_fraction: number(0.0, 1.0) = Field(0.2, description="share of samples delivered noiseless, whatever the kind")
+    link: dict[str, Any] = Field(
+        default_factory=dict,
+        description="a channel_emu LinkConfig mapping (mode, model, process, analog ...) for kinds snr and link; "
+                    "empty: the paper's link (analog, AWGN, path loss over d ~ U[200, 300] m)")
 
     @field_validator("link")
     @classmethod
@@ -95,110 +90,71 @@ class NoiseConfig(_Recipe):
 class DistillConfig(_Recipe):
     """Everything that decides the distilled decoder (besides the model and the code).
 
-    Attributes
-    ----------
-    prompts : str
-        Training prompts: ``shapes`` (the default model's caption grammar, train split) or a text file, one prompt
-        per line.
-    num_prompts : int
-        Prompts drawn for training (from ``shapes``; a file gives at most its line count).
-    val_prompts : int
-        Further prompts kept out of training, for the validation loss logged during training.
-    prompt_seed : int
-        Seed of the prompt draw; prompt ``i`` is generated with seed ``prompt_seed * 100_003 + i``.
-    n_min, n_max : int
-        ES denoising steps N drawn per sample from ``{n_min .. n_max}`` (the paper: 4..12).
-    n_ref : int or None
-        Steps of the reference image (the target); None: ``n_max``.
-    n_stride : int
-        Only every ``n_stride``-th N of the range is cached (fewer denoising runs; ``n_max`` is always included).
-    beta_max : float
-        beta ~ U[0, beta_max] per sample (at most 0.75, the merging's cap).
-    merge_method : str
-        Merge method of the training samples (:data:`megbed.testbed.ldm.merging.MERGE_METHODS`; the runtime's default).
-    guidance_scale : float
-        CFG scale of the cached generations (5.0: the campaigns' default; SD-1.5 is usually run at 7.5).
-    scheduler : str or None
-        Sampler name (None: the model's own).
-    wire_dtype : str
-        dtype of the merged values on the wire (float16 as the runtime's default).
-    tome_ratio_es : float
-        tomesd ratio in the ES U-Net while caching latents (0: off).
-    steps, batch_size : int
-        Optimiser steps and samples per step.
-    lr, lr_min : float
-        Peak and final learning rate of the cosine schedule.
-    warmup_steps : int
-        Linear warm-up from 0 to ``lr``.
-    weight_decay, betas_adam, grad_clip :
-        AdamW settings and the gradient-norm clip (0: off).
-    crop_latent : int or None
-        Train on random square latent crops of this side (after merging and the channel, which see the whole
-        latent); None: whole latents. Cuts memory for SDXL-size images.
-    log_mse_floor : float
-        0: the loss is the batch's mean squared error. > 0: the mean over samples of ln(MSE_i + floor), the
-        project's distortion metric (-ln MSE) with a floor. A plain mean lets the noisy samples (MSE ~1e-2) dominate
-        and costs the clean ones dearly: on the default model, 900 steps of it lost 8 dB PSNR at beta 0 noiseless
-        while gaining 5 dB at 0 dB SNR. The log makes every sample's relative error count; the floor (1e-5: 50 dB)
-        stops near-exact samples from taking all the gradient.
-    perceptual_weight : float
-        Weight of an LPIPS term (needs the ``lpips`` package and its backbone weights locally); 0: MSE only.
-    seed : int
-        Seeds every per-step draw (prompts, N, beta, noise, crops): step ``s`` is a pure function of (seed, s).
-    device : str
-        Torch device for training (``cpu``, ``cuda``, ``cuda:1``).
-    model_dtype : str
-        Precision of the frozen pipeline while caching latents (``float32`` / ``float16``; float16 needs a GPU).
-    amp : str
-        Autocast for the decoder's forward pass on CUDA: ``none``, ``bf16`` or ``fp16`` (with a gradient scaler).
-    gradient_checkpointing : bool
-        Recompute decoder activations in the backward pass (SDXL-size decoders on one GPU).
-    checkpoint_every, keep_checkpoints : int
-        Checkpoint period (steps) and how many to keep.
-    val_every : int
-        Validation period (steps); 0: only at the start and the end.
-    export_dtype : str
-        dtype of the exported decoder weights: ``auto`` (the base VAE's stored dtype), ``float16``, ``float32``.
-    threads : int or None
-        torch CPU threads (None: torch's default).
+    Each setting is described once, by its field's ``description`` (``megbed distill train --help`` and the JSON
+    schema show it); a comment beside a field says why its default is what it is.
     """
 
-    prompts: Annotated[str, Field(min_length=1)] = "shapes"
-    num_prompts: Count = 152
-    val_prompts: Index = 8
-    prompt_seed: Index = 1
-    n_min: Count = 4
-    n_max: Annotated[Count, not_below("n_min")] = 12
-    n_ref: Annotated[Count, not_below("n_max")] | None = None
-    n_stride: Count = 2
-    beta_max: number(0.0, MAX_BETA) = MAX_BETA
-    merge_method: Literal[MERGE_METHODS] = DEFAULT_MERGE_METHOD
-    guidance_scale: NonNegative = 5.0
-    scheduler: str | None = None
-    wire_dtype: Literal[WIRE_DTYPES] = "float16"
-    tome_ratio_es: number(0.0, MAX_TOME_RATIO) = 0.0
-    noise: NoiseConfig = Field(default_factory=NoiseConfig)
-    steps: Count = 600
-    batch_size: Count = 16
-    lr: NonNegative = 1e-4
-    lr_min: Annotated[NonNegative, not_above("lr")] = 1e-5
-    warmup_steps: Index = 40
-    weight_decay: NonNegative = 0.01
-    betas_adam: tuple_of(number(0.0, lt=1.0), min_length=2, max_length=2) = (0.9, 0.999)
-    grad_clip: NonNegative = 1.0  # 0: off
-    crop_latent: Annotated[int, Field(ge=2, multiple_of=2)] | None = None
-    log_mse_floor: NonNegative = 1e-5
-    perceptual_weight: NonNegative = 0.0
-    seed: Index = 0
-    device: Annotated[str, Field(pattern=r"^(cpu|mps|cuda.*)$")] = "cpu"
-    model_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
-    amp: Literal[AMP_DTYPES] = "none"
-    gradient_checkpointing: bool = False
-    checkpoint_every: Count = 50
-    keep_checkpoints: Count = 2
-    val_every: Index = 100
-    export_dtype: Literal[EXPORT_DTYPES] = "auto"
-    threads: Count | None = None
+    prompts: Annotated[str, Field(min_length=1)] = Field(
+        "shapes", description="training prompts: 'shapes' (the default model's caption grammar, train split) or a "
+                              "text file, one prompt per line")
+    num_prompts: Count = Field(152, description="training prompts drawn (a file gives at most its line count)")
+    val_prompts: Index = Field(8, description="further prompts kept out of training, for the validation loss")
+    # Prompt i is generated with seed prompt_seed * 100_003 + i.
+    prompt_seed: Index = Field(1, description="seed of the prompt draw")
+    # The paper draws N from 4..12.
+    n_min: Count = Field(4, description="smallest ES step count N drawn per sample")
+    n_max: Annotated[Count, not_below("n_min")] = Field(12, description="largest N drawn")
+    n_ref: Annotated[Count, not_below("n_max")] | None = Field(
+        None, description="steps of the reference image, the target (unset: n_max)")
+    n_stride: Count = Field(2, description="cache only every n_stride-th N of the range (n_max always)")
+    beta_max: number(0.0, MAX_BETA) = Field(MAX_BETA, description="beta ~ U[0, beta_max] per sample (<= 0.75, "
+                                                                  "the merging's cap)")
+    merge_method: Literal[MERGE_METHODS] = Field(DEFAULT_MERGE_METHOD,
+                                                 description="merge method of the training samples")
+    # 5.0: the campaigns' default; SD-1.5 is usually run at 7.5.
+    guidance_scale: NonNegative = Field(5.0, description="CFG scale of the cached generations")
+    scheduler: str | None = Field(None, description="sampler name (unset: the model's own)")
+    wire_dtype: Literal[WIRE_DTYPES] = Field("float16", description="dtype of the merged values on the wire")
+    tome_ratio_es: number(0.0, MAX_TOME_RATIO) = Field(
+        0.0, description="tomesd ratio in the ES U-Net while caching latents (0: off)")
+    noise: NoiseConfig = Field(default_factory=NoiseConfig, description="link noise drawn per training sample")
+    steps: Count = Field(600, description="optimiser steps")
+    batch_size: Count = Field(16, description="samples per step")
+    lr: NonNegative = Field(1e-4, description="peak learning rate")
+    lr_min: Annotated[NonNegative, not_above("lr")] = Field(
+        1e-5, description="final learning rate of the cosine schedule")
+    warmup_steps: Index = Field(40, description="linear warm-up steps from 0 to lr")
+    weight_decay: NonNegative = Field(0.01, description="AdamW weight decay")
+    betas_adam: tuple_of(number(0.0, lt=1.0), min_length=2, max_length=2) = Field(
+        (0.9, 0.999), description="AdamW betas")
+    grad_clip: NonNegative = Field(1.0, description="gradient-norm clip (0: off)")
+    # Crops come after merging and the channel, which see the whole latent; they cut memory for SDXL-size images.
+    crop_latent: Annotated[int, Field(ge=2, multiple_of=2)] | None = Field(
+        None, description="train on random square latent crops of this side (unset: whole latents)")
+    # A plain mean lets the noisy samples (MSE ~1e-2) dominate and costs the clean ones dearly: on the default model,
+    # 900 steps of it lost 8 dB PSNR at beta 0 noiseless while gaining 5 dB at 0 dB SNR. The log makes every
+    # sample's relative error count (the project's distortion metric, -ln MSE); the floor (1e-5: 50 dB) stops
+    # near-exact samples from taking all the gradient.
+    log_mse_floor: NonNegative = Field(
+        1e-5, description="loss = mean over samples of ln(MSE_i + floor); 0: the batch's plain mean MSE")
+    perceptual_weight: NonNegative = Field(
+        0.0, description="weight of an LPIPS term (needs the lpips package and its weights locally); 0: MSE only")
+    # Step s is a pure function of (seed, s).
+    seed: Index = Field(0, description="seed of every per-step draw (prompts, N, beta, noise, crops)")
+    device: Annotated[str, Field(pattern=r"^(cpu|mps|cuda.*)$")] = Field(
+        "cpu", description="torch device for training: cpu, cuda, cuda:1")
+    model_dtype: Literal["float32", "float16", "bfloat16"] = Field(
+        "float32", description="precision of the frozen pipeline while caching latents (float16 needs a GPU)")
+    amp: Literal[AMP_DTYPES] = Field("none", description="autocast of the decoder on CUDA (fp16 with a gradient "
+                                                         "scaler)")
+    gradient_checkpointing: bool = Field(
+        False, description="recompute decoder activations in the backward pass (SDXL-size decoders on one GPU)")
+    checkpoint_every: Count = Field(50, description="checkpoint period (steps)")
+    keep_checkpoints: Count = Field(2, description="checkpoints kept")
+    val_every: Index = Field(100, description="validation period (steps; 0: at the start and the end only)")
+    export_dtype: Literal[EXPORT_DTYPES] = Field(
+        "auto", description="dtype of the exported decoder weights (auto: the base VAE's stored dtype)")
+    threads: Count | None = Field(None, description="torch CPU threads (unset: torch's default)")
 
     @field_validator("amp")
     @classmethod

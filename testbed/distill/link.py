@@ -52,14 +52,6 @@ class NoiseDraw:
     sigma: float = math.nan
     snr_db: float = math.nan
 
-    @property
-    def label(self) -> str:
-        if self.kind == "sigma":
-            return f"sigma={self.sigma:g}"
-        if self.kind == "snr":
-            return f"snr={self.snr_db:g}dB"
-        return self.kind
-
 
 @dataclass(frozen=True)
 class Received:

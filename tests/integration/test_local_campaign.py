@@ -1,9 +1,10 @@
 """End to end on this machine: a tiny random-weight SD-1.5-shaped model, ES + channel broker + UE as separate
-processes on 127.0.0.1, a tiny MEG / CEG / UE-local grid; the dataset and manifest must validate."""
+processes on 127.0.0.1, the smoke campaign (``campaigns/smoke.yaml``: MEG / CEG / UE-local, the hybrid split, both UE
+decoders); the dataset and manifest must validate."""
 
 from __future__ import annotations
 
-import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -13,7 +14,9 @@ from megbed.measurements.schema import validate
 from megbed.testbed.campaign.baselines import scheme_summary
 from megbed.testbed.campaign.local import broker_available
 from megbed.testbed.campaign.runner import CampaignRunner
-from megbed.testbed.campaign.spec import load_spec
+from megbed.testbed.campaign.spec import read_spec_yaml, validate_spec
+
+SMOKE = Path(__file__).resolve().parents[2] / "campaigns" / "smoke.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -26,21 +29,9 @@ def tiny_model(tmp_path_factory):
 
 
 def test_tiny_campaign_over_processes_yields_valid_dataset_and_manifest(tmp_path, tiny_model):
-    spec_path = tmp_path / "c.yaml"
-    spec_path.write_text(textwrap.dedent(f"""
-        name: tiny
-        model: {tiny_model}
-        prompts: ["a cat"]
-        seeds: [0]
-        schemes: [meg, ceg, ue_local]
-        grid: {{n_steps: [2], es_steps: [null, 1], merge_ratio: [0.0, 0.5], distance_m: [250], tx_mode: [analog],
-               decoder: [base, distilled]}}
-        reference: {{n_steps: 3}}
-        repetitions: 1
-        warmup: 1
-        timeouts: {{request_s: 120, heartbeat_s: 0.5, dead_after_s: 20}}
-    """))
-    spec = load_spec(spec_path)
+    # The shipped smoke campaign, its model swapped for the tiny one.
+    data = read_spec_yaml(SMOKE) | {"name": "tiny", "model": str(tiny_model)}
+    spec = validate_spec(data, base_dir=SMOKE.parent, source=str(SMOKE))
     run = tmp_path / "run"
     summary = CampaignRunner(spec, run, progress=False).run()
     # MEG 2k x 2beta x 2 decoders, CEG (no UE decoder), UE-local x 2 decoders
