@@ -15,7 +15,10 @@ Methods (recorded in ``mem_method`` / ``gpu_mem_method``, so a reader knows what
     not the caching allocator's reserve or the CUDA context.
 
 ``resource.getrusage`` alone is not enough on Linux: ``ru_maxrss`` never decreases, so after the model loads every
-window would report the load's peak.
+window would report the load's peak. Nor does it stand in for ``VmHWM`` (a syscall of ~1 us where reading
+``status`` costs ~7): the two sum the kernel's per-CPU resident-set counters differently (on Linux 6.18 here
+``ru_maxrss`` read 14 pages below and, in another process, 9 pages above ``VmHWM``), and that slack grows with the
+number of CPUs, so only ``status`` gives the exact figure.
 """
 
 from __future__ import annotations
@@ -30,11 +33,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-try:
-    import resource
-except ImportError:  # not a Unix: no getrusage (and no /proc)
-    resource = None  # type: ignore[assignment]
 
 MB = 1024 * 1024
 
@@ -148,8 +146,6 @@ class MemoryMeter:
         self.cuda_device = cuda_device
         self.interval_s = float(interval_s)
         self._files = _ProcFiles(self.proc)
-        # getrusage stands in for VmHWM on the real /proc/self (see _hwm_kb); a fake tree is always read.
-        self._rusage = _FLOOR_KB is not None and self.proc == Path("/proc/self")
         self.method = self._pick_method()
 
     def _pick_method(self) -> str:
@@ -188,7 +184,7 @@ class MemoryMeter:
             yield peak
         finally:
             if self.method == "vmhwm_reset" and peak.mem_method == "vmhwm_reset":
-                kb = self._hwm_kb()
+                kb = self._files.status_kb("VmHWM")
                 peak.mem_peak_mb = math.nan if kb is None else kb / 1024
             elif sampler is not None:
                 peak.mem_peak_mb = sampler.stop()
@@ -202,26 +198,6 @@ class MemoryMeter:
                 peak.gpu_mem_peak_mb = cuda.max_memory_allocated(self.cuda_device) / MB
                 peak.gpu_mem_method = "cuda_max_allocated"
 
-    def _hwm_kb(self) -> float | None:
-        """``VmHWM`` (kB), from ``getrusage`` where that is provably the same figure (a syscall of ~1 us where
-        reading ``status`` costs ~7: the kernel formats the whole file).
-
-        Linux's ``ru_maxrss`` is ``max(F, hiwater)``: ``hiwater`` is exactly ``VmHWM`` (``clear_refs`` resets both),
-        ``F`` a constant of the process (the high-water mark of the image it was exec'd from, inherited from a large
-        parent through vfork). Every reading is >= F, so the lowest reading seen in this process is a floor >= F:
-        a reading above it is ``hiwater`` itself. A reading at or below it is checked against ``status`` and lowers
-        the floor. The first reading is taken when this module is imported (and in a forked child, at the fork):
-        while the process is small, so that a stage's peak is above it.
-        """
-        if not self._rusage:
-            return self._files.status_kb("VmHWM")
-        ru_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        floor = _FLOOR_KB
-        if floor is not None and floor[0] == os.getpid() and ru_kb > floor[1]:
-            return float(ru_kb)
-        _note_floor(ru_kb)
-        return self._files.status_kb("VmHWM")
-
     def _cuda_reset(self) -> Any:
         if self.cuda_device is None or "cuda" not in str(self.cuda_device):
             return None
@@ -229,25 +205,6 @@ class MemoryMeter:
 
         torch.cuda.reset_peak_memory_stats(self.cuda_device)
         return torch.cuda
-
-
-def _note_floor(ru_kb: int | None = None) -> None:
-    """Lower this process's ``ru_maxrss`` floor to ``ru_kb`` (default: a reading now); a new process (a forked
-    child) starts its own (its F is its own)."""
-    global _FLOOR_KB
-    if ru_kb is None:
-        ru_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    pid = os.getpid()
-    floor = _FLOOR_KB
-    if floor is None or floor[0] != pid or ru_kb < floor[1]:
-        _FLOOR_KB = (pid, ru_kb)
-
-
-# (pid, lowest ru_maxrss read in it, kB): see MemoryMeter._hwm_kb. None where getrusage cannot stand in for VmHWM.
-_FLOOR_KB: tuple[int, int] | None = None
-if sys.platform.startswith("linux"):
-    _note_floor()
-    os.register_at_fork(after_in_child=_note_floor)
 
 
 class _Sampler(threading.Thread):
