@@ -135,16 +135,20 @@ def _canonical(array: np.ndarray, name: str) -> np.ndarray:
     return array if array.ndim and array.flags.c_contiguous else np.ascontiguousarray(array)  # 0-d: 1-d, as before
 
 
+# One encoder for every header: json.dumps with keyword arguments builds a new JSONEncoder on every call.
+_dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=True).encode
+
+
+def _buffer_descriptors(arrays: Sequence[tuple[str, np.ndarray]]) -> list[dict[str, Any]]:
+    return [{"name": n, "dtype": _dtype_name(a.dtype), "shape": list(a.shape)} for n, a in arrays]
+
+
 def _header_bytes(frame: Frame, arrays: Sequence[tuple[str, np.ndarray]]) -> bytes:
     if not isinstance(frame.kind, str) or not frame.kind:
         raise FrameError("frame kind must be a non-empty string")
-    header = {
-        "kind": frame.kind,
-        "meta": frame.meta,
-        "buffers": [{"name": n, "dtype": _dtype_name(a.dtype), "shape": list(a.shape)} for n, a in arrays],
-    }
+    header = {"kind": frame.kind, "meta": frame.meta, "buffers": _buffer_descriptors(arrays)}
     try:
-        return json.dumps(header, separators=(",", ":"), allow_nan=True).encode("utf-8")
+        return _dumps(header).encode("utf-8")
     except (TypeError, ValueError) as exc:
         raise FrameError(f"frame meta is not JSON-serialisable: {exc}") from exc
 
@@ -162,8 +166,97 @@ def to_parts(frame: Frame) -> list[bytes | memoryview]:
     return [head] + [memoryview(a).cast("B") if a.nbytes else b"" for _, a in arrays]
 
 
+# The header's own characters around kind, meta (less its closing brace: entries go in before it) and buffers.
+_GROWING_PUNCTUATION = len(b'{"kind":' b',"meta":' b'},"buffers":' b"}") - 1
+
+
+class GrowingFrame:
+    """A frame encoded once whose meta may still gain entries: :meth:`to_parts` encodes only the entries added since
+    (a node that encodes its answer to size it, then adds its measurement fields, does not encode the answer again).
+
+    The header is encoded in three pieces -- kind, meta, buffer descriptors -- joined as :func:`to_parts` joins
+    them (the same bytes: JSON objects encode member by member), so the added entries go in before the meta's
+    closing brace. :meth:`to_parts` gives the parts of ``Frame(kind, {**meta, **added}, buffers)`` byte for byte
+    as :func:`to_parts` would.
+
+    Parameters
+    ----------
+    frame : Frame
+        The frame as built. Its meta grows through :meth:`add` only: neither its values nor its buffers may be
+        changed in place afterwards (the encoding made here would no longer be theirs).
+
+    Raises
+    ------
+    FrameError
+        As :func:`to_parts`: an empty kind, a buffer dtype not allowed on the wire, meta that is not JSON.
+    """
+
+    def __init__(self, frame: Frame) -> None:
+        if not isinstance(frame.kind, str) or not frame.kind:
+            raise FrameError("frame kind must be a non-empty string")
+        if type(frame.meta) is not dict:
+            raise FrameError(f"frame meta must be a dict, got {type(frame.meta).__name__}")
+        self.frame = frame
+        self._arrays = [(str(n), _canonical(a, str(n))) for n, a in frame.buffers.items()]
+        try:
+            self._kind = _dumps(frame.kind).encode("utf-8")
+            self._meta = _dumps(frame.meta).encode("utf-8")
+            self._buffers = _dumps(_buffer_descriptors(self._arrays)).encode("utf-8")
+        except (TypeError, ValueError) as exc:
+            raise FrameError(f"frame meta is not JSON-serialisable: {exc}") from exc
+        self._base = dict(frame.meta)  # what _meta encodes
+        self._added: dict[str, Any] = {}
+
+    def _header_len(self, entries: bytes) -> int:
+        return _GROWING_PUNCTUATION + len(self._kind) + len(self._meta) + len(entries) + len(self._buffers)
+
+    @property
+    def packed_size(self) -> int:
+        """``packed_size`` of the frame as it was given (before any :meth:`add`)."""
+        return (_PREFIX.size + self._header_len(b"") + sum(_LEN.size + a.nbytes for _, a in self._arrays)
+                + _CRC.size)
+
+    @property
+    def meta_json(self) -> bytes:
+        """The JSON of the meta as it was given (before any :meth:`add`), as the header holds it."""
+        return self._meta
+
+    def add(self, entries: Mapping[str, Any]) -> None:
+        """Add (or overwrite) meta entries, in the frame's meta as in what :meth:`to_parts` encodes."""
+        self.frame.meta.update(entries)
+        self._added.update(entries)
+
+    def to_parts(self) -> list[bytes | memoryview]:
+        """The frame's parts, its meta as it is now: the encoded pieces with the added entries spliced in, or a
+        fresh :func:`to_parts` where an added entry changed one that was already encoded (to a value of another type
+        or another value)."""
+        base = self._base
+        fresh = {}
+        for key, value in self._added.items():
+            if key in base:
+                old = base[key]
+                if type(old) is not type(value) or old != value:
+                    return to_parts(self.frame)
+            else:
+                fresh[key] = value
+        if fresh:
+            try:
+                entries = _dumps(fresh).encode("utf-8")[1:-1]
+            except (TypeError, ValueError) as exc:
+                raise FrameError(f"frame meta is not JSON-serialisable: {exc}") from exc
+            if base:
+                entries = b"," + entries
+        else:
+            entries = b""
+        body = b"".join((b'{"kind":', self._kind, b',"meta":', self._meta[:-1], entries, b'},"buffers":',
+                         self._buffers, b"}"))
+        return [_PREFIX.pack(MAGIC, self.frame.version, 0, len(body)) + body] + [
+            memoryview(a).cast("B") if a.nbytes else b"" for _, a in self._arrays]
+
+
 def parts_with_meta(head: bytes | memoryview, received: Frame, added: Mapping[str, Any],
-                    buffers: Mapping[str, np.ndarray]) -> list[bytes | memoryview] | None:
+                    buffers: Mapping[str, np.ndarray], *,
+                    added_json: bytes | None = None) -> list[bytes | memoryview] | None:
     """The parts of ``Frame(received.kind, {**received.meta, **added}, buffers)``, where ``received`` is the frame
     :func:`from_parts` decoded from the first part ``head``: that header with ``added`` spliced in as the first meta
     entries, instead of a fresh encode of the whole meta (a relay that only adds a record encodes only the record).
@@ -171,7 +264,8 @@ def parts_with_meta(head: bytes | memoryview, received: Frame, added: Mapping[st
     Returns None -- encode with :func:`to_parts` -- unless the splice provably decodes to that frame: ``head``
     opens with ``{"kind":<kind>,"meta":{``, holds no escape and no other ``"meta"`` (so that object is the meta a
     decoder keeps), no key of ``added`` is in ``received.meta``, and ``buffers`` have the names, dtypes and shapes
-    of ``received.buffers`` (which ``head`` declares).
+    of ``received.buffers`` (which ``head`` declares). ``added_json``: the JSON of ``added`` (an object), where the
+    caller has it already.
     """
     head = memoryview(head)
     if len(head) < _PREFIX.size:
@@ -191,10 +285,13 @@ def parts_with_meta(head: bytes | memoryview, received: Frame, added: Mapping[st
         if name != old_name or array.dtype != old.dtype or array.shape != old.shape:
             return None
         arrays.append(array)
-    try:
-        entries = json.dumps(dict(added), separators=(",", ":"), allow_nan=True).encode("utf-8")[1:-1]
-    except (TypeError, ValueError) as exc:
-        raise FrameError(f"frame meta is not JSON-serialisable: {exc}") from exc
+    if added_json is not None:
+        entries = added_json[1:-1]
+    else:
+        try:
+            entries = _dumps(dict(added)).encode("utf-8")[1:-1]
+        except (TypeError, ValueError) as exc:
+            raise FrameError(f"frame meta is not JSON-serialisable: {exc}") from exc
     at = len(opening)
     new_body = b"".join((body[:at], entries, b"," if received.meta else b"", body[at:]))
     return [_PREFIX.pack(MAGIC, version, 0, len(new_body)) + new_body] + [
