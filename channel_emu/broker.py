@@ -164,8 +164,9 @@ class Broker:
         self.ctx = ctx or zmq.Context()
         self._stop = threading.Event()
         self._ready = threading.Event()
-        self._jobs: queue.Queue = queue.Queue()
-        self._done: queue.Queue = queue.Queue()
+        # SimpleQueue (implemented in C): queue.Queue's Python-level locks cost microseconds per hand-off.
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._done: queue.SimpleQueue = queue.SimpleQueue()
         # The emulator thread wakes the socket thread's poll through this pair the moment a frame is done (polling
         # the queue on a timer would add up to the poll interval to every downlink frame).
         self._wake_r, self._wake_w = socket.socketpair()
@@ -328,13 +329,11 @@ class Broker:
                     self._guarded("downlink", self._downlink, front, pub, back)
                 if self._wake_r.fileno() in events:
                     self._drain_wake()
-                while True:
-                    try:
-                        job = self._done.get_nowait()
-                    except queue.Empty:
-                        break
+                # Only frames handed to the emulator thread come back on the queue: none out, nothing to look for
+                # (a frame emulated inline never touches it).
+                while self._in_emulator and not self._done.empty():
                     self._in_emulator -= 1
-                    self._guarded("emulated frame", self._schedule, job, front, pub)
+                    self._guarded("emulated frame", self._schedule, self._done.get_nowait(), front, pub)
                 self._release_due(front, back, pub)
         except BaseException as exc:
             self.died = f"socket thread: {type(exc).__name__}: {clip(str(exc))}"

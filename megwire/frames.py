@@ -323,7 +323,7 @@ def _parse_head(head: bytes | memoryview, limits: FrameLimits) -> tuple[int, dic
         text = body.decode("utf-8")
         if b"0" * (limits.max_int_digits + 1) not in body.translate(_DIGITS_AS_ZEROS):
             # No run of digits is longer than the limit anywhere, so no integer literal can be: the C parser alone.
-            header = json.loads(text)
+            header = _loads(text)
         else:
             header = json.loads(text, parse_int=_int_parser(limits.max_int_digits))
     except _IntTooLong as exc:
@@ -339,6 +339,20 @@ def _parse_head(head: bytes | memoryview, limits: FrameLimits) -> tuple[int, dic
     if not isinstance(header.get("meta", {}), dict) or not isinstance(header.get("buffers", []), list):
         raise FrameError("corrupted header: meta must be an object and buffers a list")
     return version, header, end
+
+
+_raw_decode = json.JSONDecoder().raw_decode
+
+
+def _loads(text: str) -> Any:
+    """``json.loads(text)``: the decoder's own entry when the text is one object with nothing around it (~1 us less
+    than ``loads``, which looks for whitespace on both sides with regular expressions), ``loads`` itself otherwise
+    (so that the same texts are accepted and the same errors raised)."""
+    if text[:1] == "{":
+        value, end = _raw_decode(text)
+        if end == len(text):
+            return value
+    return json.loads(text)
 
 
 _MAX_CLIP = 120
