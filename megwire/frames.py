@@ -135,8 +135,24 @@ def _canonical(array: np.ndarray, name: str) -> np.ndarray:
     return array if array.ndim and array.flags.c_contiguous else np.ascontiguousarray(array)  # 0-d: 1-d, as before
 
 
-# One encoder for every header: json.dumps with keyword arguments builds a new JSONEncoder on every call.
-_dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=True).encode
+def _make_dumps() -> Any:
+    """``json.dumps(value, separators=(",", ":"), allow_nan=True)``, the same text, for every header.
+
+    ``json.dumps`` with keyword arguments builds a JSONEncoder on every call, and ``JSONEncoder.encode`` builds its
+    C encoder on every call (~2 us a header): here the C encoder is built once. It keeps no markers (no circular
+    check): a circular value -- which no frame holds -- raises RecursionError instead of ValueError, and both are
+    a FrameError to the callers.
+    """
+    encoder = json.JSONEncoder(separators=(",", ":"), allow_nan=True, check_circular=False)
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # an interpreter without the C accelerator
+        return encoder.encode
+    chunks = make(None, encoder.default, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, True)
+    return lambda value: "".join(chunks(value, 0))
+
+
+_dumps = _make_dumps()
+_NOT_JSON = (TypeError, ValueError, RecursionError)
 
 
 def _buffer_descriptors(arrays: Sequence[tuple[str, np.ndarray]]) -> list[dict[str, Any]]:
@@ -149,7 +165,7 @@ def _header_bytes(frame: Frame, arrays: Sequence[tuple[str, np.ndarray]]) -> byt
     header = {"kind": frame.kind, "meta": frame.meta, "buffers": _buffer_descriptors(arrays)}
     try:
         return _dumps(header).encode("utf-8")
-    except (TypeError, ValueError) as exc:
+    except _NOT_JSON as exc:
         raise FrameError(f"frame meta is not JSON-serialisable: {exc}") from exc
 
 
@@ -166,18 +182,14 @@ def to_parts(frame: Frame) -> list[bytes | memoryview]:
     return [head] + [memoryview(a).cast("B") if a.nbytes else b"" for _, a in arrays]
 
 
-# The header's own characters around kind, meta (less its closing brace: entries go in before it) and buffers.
-_GROWING_PUNCTUATION = len(b'{"kind":' b',"meta":' b'},"buffers":' b"}") - 1
-
-
 class GrowingFrame:
     """A frame encoded once whose meta may still gain entries: :meth:`to_parts` encodes only the entries added since
     (a node that encodes its answer to size it, then adds its measurement fields, does not encode the answer again).
 
-    The header is encoded in three pieces -- kind, meta, buffer descriptors -- joined as :func:`to_parts` joins
-    them (the same bytes: JSON objects encode member by member), so the added entries go in before the meta's
-    closing brace. :meth:`to_parts` gives the parts of ``Frame(kind, {**meta, **added}, buffers)`` byte for byte
-    as :func:`to_parts` would.
+    The header is encoded as :func:`to_parts` encodes it; its meta object ends just before the header's last
+    ``,"buffers":`` (the buffer descriptors after it hold no such text: their strings' quotes are escaped), so the
+    added entries go in before that closing brace. :meth:`to_parts` gives the parts of
+    ``Frame(kind, {**meta, **added}, buffers)`` byte for byte as :func:`to_parts` would.
 
     Parameters
     ----------
@@ -192,34 +204,24 @@ class GrowingFrame:
     """
 
     def __init__(self, frame: Frame) -> None:
-        if not isinstance(frame.kind, str) or not frame.kind:
-            raise FrameError("frame kind must be a non-empty string")
         if type(frame.meta) is not dict:
             raise FrameError(f"frame meta must be a dict, got {type(frame.meta).__name__}")
         self.frame = frame
-        self._arrays = [(str(n), _canonical(a, str(n))) for n, a in frame.buffers.items()]
-        try:
-            self._kind = _dumps(frame.kind).encode("utf-8")
-            self._meta = _dumps(frame.meta).encode("utf-8")
-            self._buffers = _dumps(_buffer_descriptors(self._arrays)).encode("utf-8")
-        except (TypeError, ValueError) as exc:
-            raise FrameError(f"frame meta is not JSON-serialisable: {exc}") from exc
-        self._base = dict(frame.meta)  # what _meta encodes
+        head, self._arrays = _prepare(frame)
+        self._body = head[_PREFIX.size:]
+        self._meta_end = self._body.rindex(b',"buffers":') - 1  # the meta's closing brace
+        self._base = dict(frame.meta)  # what the encoding holds
         self._added: dict[str, Any] = {}
-
-    def _header_len(self, entries: bytes) -> int:
-        return _GROWING_PUNCTUATION + len(self._kind) + len(self._meta) + len(entries) + len(self._buffers)
 
     @property
     def packed_size(self) -> int:
         """``packed_size`` of the frame as it was given (before any :meth:`add`)."""
-        return (_PREFIX.size + self._header_len(b"") + sum(_LEN.size + a.nbytes for _, a in self._arrays)
-                + _CRC.size)
+        return _PREFIX.size + len(self._body) + sum(_LEN.size + a.nbytes for _, a in self._arrays) + _CRC.size
 
     @property
     def meta_json(self) -> bytes:
         """The JSON of the meta as it was given (before any :meth:`add`), as the header holds it."""
-        return self._meta
+        return self._body[self._body.index(b',"meta":') + 8:self._meta_end + 1]  # the kind's quotes are escaped
 
     def add(self, entries: Mapping[str, Any]) -> None:
         """Add (or overwrite) meta entries, in the frame's meta as in what :meth:`to_parts` encodes."""
@@ -227,29 +229,26 @@ class GrowingFrame:
         self._added.update(entries)
 
     def to_parts(self) -> list[bytes | memoryview]:
-        """The frame's parts, its meta as it is now: the encoded pieces with the added entries spliced in, or a
-        fresh :func:`to_parts` where an added entry changed one that was already encoded (to a value of another type
-        or another value)."""
+        """The frame's parts, its meta as it is now: the encoding with the added entries spliced in, or a fresh
+        :func:`to_parts` where an added entry changed one that was already encoded (to a value of another type or
+        another value)."""
         base = self._base
-        fresh = {}
-        for key, value in self._added.items():
-            if key in base:
-                old = base[key]
-                if type(old) is not type(value) or old != value:
+        fresh = self._added
+        if not base.keys().isdisjoint(fresh):
+            fresh = {}
+            for key, value in self._added.items():
+                if key not in base:
+                    fresh[key] = value
+                elif type(base[key]) is not type(value) or base[key] != value:
                     return to_parts(self.frame)
-            else:
-                fresh[key] = value
+        body = self._body
         if fresh:
             try:
-                entries = _dumps(fresh).encode("utf-8")[1:-1]
-            except (TypeError, ValueError) as exc:
+                entries = _dumps(fresh).encode("utf-8")
+            except _NOT_JSON as exc:
                 raise FrameError(f"frame meta is not JSON-serialisable: {exc}") from exc
-            if base:
-                entries = b"," + entries
-        else:
-            entries = b""
-        body = b"".join((b'{"kind":', self._kind, b',"meta":', self._meta[:-1], entries, b'},"buffers":',
-                         self._buffers, b"}"))
+            at = self._meta_end
+            body = b"".join((body[:at], b"," if base else b"", entries[1:-1], body[at:]))
         return [_PREFIX.pack(MAGIC, self.frame.version, 0, len(body)) + body] + [
             memoryview(a).cast("B") if a.nbytes else b"" for _, a in self._arrays]
 
@@ -274,7 +273,7 @@ def parts_with_meta(head: bytes | memoryview, received: Frame, added: Mapping[st
     if magic != MAGIC or version != received.version or len(head) != _PREFIX.size + header_len:
         return None
     body = bytes(head[_PREFIX.size:])
-    opening = b'{"kind":' + json.dumps(received.kind).encode() + b',"meta":{'
+    opening = b'{"kind":' + _dumps(received.kind).encode() + b',"meta":{'
     if not body.startswith(opening) or body.count(b'"meta"') != 1 or b"\\" in body:
         return None
     if not added or any(k in received.meta for k in added) or len(buffers) != len(received.buffers):
@@ -290,7 +289,7 @@ def parts_with_meta(head: bytes | memoryview, received: Frame, added: Mapping[st
     else:
         try:
             entries = _dumps(dict(added)).encode("utf-8")[1:-1]
-        except (TypeError, ValueError) as exc:
+        except _NOT_JSON as exc:
             raise FrameError(f"frame meta is not JSON-serialisable: {exc}") from exc
     at = len(opening)
     new_body = b"".join((body[:at], entries, b"," if received.meta else b"", body[at:]))

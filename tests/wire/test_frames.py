@@ -238,3 +238,17 @@ def test_growing_frame_refuses_what_to_parts_refuses():
     grown.add({"b": {1, 2}})
     with pytest.raises(FrameError):
         grown.to_parts()
+
+
+def test_headers_are_the_text_json_dumps_writes_and_circular_meta_is_a_frame_error():
+    import json
+
+    from megbed.megwire.frames import _dumps
+
+    for value in ({"é": "ü\u2028\x00\"\\", "n": float("nan"), "i": float("-inf"), "z": -0.0, "big": 2**70,
+                   "np": np.float64(0.1), "l": [1, None, True, 1e300, {"a": []}]}, "kind", [], {}):
+        assert _dumps(value) == json.dumps(value, separators=(",", ":"), allow_nan=True)
+    circular: dict = {}
+    circular["self"] = circular
+    with pytest.raises(FrameError):
+        to_parts(Frame("x", circular))
