@@ -66,7 +66,7 @@ from megbed.megwire import (
 )
 
 # the relay's raw-part plumbing (plain-int flags, header splice): internal to megwire's modules, not its public face
-from megbed.megwire.frames import parts_with_meta
+from megbed.megwire.frames import GrowingFrame, parts_with_meta
 from megbed.megwire.logutil import clip, rate_limit
 from megbed.megwire.sockets import NOBLOCK, recv_parts, send_parts
 
@@ -164,8 +164,9 @@ class Broker:
         self.ctx = ctx or zmq.Context()
         self._stop = threading.Event()
         self._ready = threading.Event()
-        self._jobs: queue.Queue = queue.Queue()
-        self._done: queue.Queue = queue.Queue()
+        # SimpleQueue (implemented in C): queue.Queue's Python-level locks cost microseconds per hand-off.
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._done: queue.SimpleQueue = queue.SimpleQueue()
         # The emulator thread wakes the socket thread's poll through this pair the moment a frame is done (polling
         # the queue on a timer would add up to the poll interval to every downlink frame).
         self._wake_r, self._wake_w = socket.socketpair()
@@ -311,7 +312,8 @@ class Broker:
         poller.register(front, zmq.POLLIN)
         poller.register(back, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
-        self._pending: list[tuple[int, int, str, list, Any]] = []  # (release_ns, seq, socket, parts, record)
+        # (release_ns, seq, socket, parts, delivery record frame or None)
+        self._pending: list[tuple[int, int, str, list, GrowingFrame | None]] = []
         self._link_free_ns = 0
         pending = self._pending
         try:
@@ -327,13 +329,11 @@ class Broker:
                     self._guarded("downlink", self._downlink, front, pub, back)
                 if self._wake_r.fileno() in events:
                     self._drain_wake()
-                while True:
-                    try:
-                        job = self._done.get_nowait()
-                    except queue.Empty:
-                        break
+                # Only frames handed to the emulator thread come back on the queue: none out, nothing to look for
+                # (a frame emulated inline never touches it).
+                while self._in_emulator and not self._done.empty():
                     self._in_emulator -= 1
-                    self._guarded("emulated frame", self._schedule, job, front, pub)
+                    self._guarded("emulated frame", self._schedule, self._done.get_nowait(), front, pub)
                 self._release_due(front, back, pub)
         except BaseException as exc:
             self.died = f"socket thread: {type(exc).__name__}: {clip(str(exc))}"
@@ -366,28 +366,32 @@ class Broker:
             return
         start = max(t_done, self._link_free_ns)
         release = start + int(round(rec.airtime_s * 1e9))
+        delivered = out.meta.get("delivery")  # the emulator's rec.to_dict(), made once already
+        # The published record is that dict plus the release fields: its JSON is made once, for the record and for
+        # the answer's header both.
+        record = GrowingFrame(Frame(DELIVERY_KIND, meta=dict(delivered) if isinstance(delivered, dict)
+                                    else rec.to_dict()))
         frame_parts = None
-        if head is not None and len(out.meta) == len(received.meta) + 1 and "delivery" in out.meta:
+        if head is not None and len(out.meta) == len(received.meta) + 1 and isinstance(delivered, dict):
             # The emulator adds its record to the meta it was given: splice that into the received header rather
             # than encode the whole meta (the ES's records, the link, ...) again.
-            frame_parts = parts_with_meta(head, received, {"delivery": out.meta["delivery"]}, out.buffers)
+            frame_parts = parts_with_meta(head, received, {"delivery": delivered}, out.buffers,
+                                          added_json=b'{"delivery":' + record.meta_json + b"}")
         parts = [*envelope, b"", *(frame_parts or to_parts(out))]
         self._link_free_ns = release
-        delivered = out.meta.get("delivery")  # the emulator's rec.to_dict(), made once already
-        meta = {**(delivered if isinstance(delivered, dict) else rec.to_dict()), "request_id": _request_id(out),
-                "direction": "downlink", "t_done_ns": t_done, "t_release_ns": release,
-                "queue_s": (start - t_done) / 1e9}
-        heapq.heappush(self._pending, (release, next(self._seq), "front", parts, meta))
+        record.add({"request_id": _request_id(out), "direction": "downlink", "t_done_ns": t_done,
+                    "t_release_ns": release, "queue_s": (start - t_done) / 1e9})
+        heapq.heappush(self._pending, (release, next(self._seq), "front", parts, record))
 
     def _release_due(self, front: zmq.Socket, back: zmq.Socket, pub: zmq.Socket) -> None:
         now = time.monotonic_ns()
         pending = self._pending
         while pending and pending[0][0] <= now:
-            _, _, where, parts, meta = heapq.heappop(pending)
+            _, _, where, parts, record = heapq.heappop(pending)
             sock = front if where == "front" else back
             self._send(sock, parts)
-            if meta is not None:
-                self._publish(pub, Frame(DELIVERY_KIND, meta=meta))
+            if record is not None:
+                self._publish(pub, record)
 
     def _send(self, sock: zmq.Socket, parts: list) -> None:
         try:
@@ -397,9 +401,9 @@ class Broker:
             log.warning("channel broker could not forward a frame (%d dropped so far): %s", self.stats["dropped"],
                         exc)
 
-    def _publish(self, pub: zmq.Socket, frame: Frame) -> None:
+    def _publish(self, pub: zmq.Socket, frame: Frame | GrowingFrame) -> None:
         try:
-            send_parts(pub, to_parts(frame), NOBLOCK)
+            send_parts(pub, frame.to_parts() if isinstance(frame, GrowingFrame) else to_parts(frame), NOBLOCK)
         except (zmq.ZMQError, FrameError) as exc:
             log.warning("channel broker could not publish a record: %s", clip(str(exc)))
 

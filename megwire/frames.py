@@ -135,17 +135,37 @@ def _canonical(array: np.ndarray, name: str) -> np.ndarray:
     return array if array.ndim and array.flags.c_contiguous else np.ascontiguousarray(array)  # 0-d: 1-d, as before
 
 
+def _make_dumps() -> Any:
+    """``json.dumps(value, separators=(",", ":"), allow_nan=True)``, the same text, for every header.
+
+    ``json.dumps`` with keyword arguments builds a JSONEncoder on every call, and ``JSONEncoder.encode`` builds its
+    C encoder on every call (~2 us a header): here the C encoder is built once. It keeps no markers (no circular
+    check): a circular value -- which no frame holds -- raises RecursionError instead of ValueError, and both are
+    a FrameError to the callers.
+    """
+    encoder = json.JSONEncoder(separators=(",", ":"), allow_nan=True, check_circular=False)
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:  # an interpreter without the C accelerator
+        return encoder.encode
+    chunks = make(None, encoder.default, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, True)
+    return lambda value: "".join(chunks(value, 0))
+
+
+_dumps = _make_dumps()
+_NOT_JSON = (TypeError, ValueError, RecursionError)
+
+
+def _buffer_descriptors(arrays: Sequence[tuple[str, np.ndarray]]) -> list[dict[str, Any]]:
+    return [{"name": n, "dtype": _dtype_name(a.dtype), "shape": list(a.shape)} for n, a in arrays]
+
+
 def _header_bytes(frame: Frame, arrays: Sequence[tuple[str, np.ndarray]]) -> bytes:
     if not isinstance(frame.kind, str) or not frame.kind:
         raise FrameError("frame kind must be a non-empty string")
-    header = {
-        "kind": frame.kind,
-        "meta": frame.meta,
-        "buffers": [{"name": n, "dtype": _dtype_name(a.dtype), "shape": list(a.shape)} for n, a in arrays],
-    }
+    header = {"kind": frame.kind, "meta": frame.meta, "buffers": _buffer_descriptors(arrays)}
     try:
-        return json.dumps(header, separators=(",", ":"), allow_nan=True).encode("utf-8")
-    except (TypeError, ValueError) as exc:
+        return _dumps(header).encode("utf-8")
+    except _NOT_JSON as exc:
         raise FrameError(f"frame meta is not JSON-serialisable: {exc}") from exc
 
 
@@ -162,8 +182,80 @@ def to_parts(frame: Frame) -> list[bytes | memoryview]:
     return [head] + [memoryview(a).cast("B") if a.nbytes else b"" for _, a in arrays]
 
 
+class GrowingFrame:
+    """A frame encoded once whose meta may still gain entries: :meth:`to_parts` encodes only the entries added since
+    (a node that encodes its answer to size it, then adds its measurement fields, does not encode the answer again).
+
+    The header is encoded as :func:`to_parts` encodes it; its meta object ends just before the header's last
+    ``,"buffers":`` (the buffer descriptors after it hold no such text: their strings' quotes are escaped), so the
+    added entries go in before that closing brace. :meth:`to_parts` gives the parts of
+    ``Frame(kind, {**meta, **added}, buffers)`` byte for byte as :func:`to_parts` would.
+
+    Parameters
+    ----------
+    frame : Frame
+        The frame as built. Its meta grows through :meth:`add` only: neither its values nor its buffers may be
+        changed in place afterwards (the encoding made here would no longer be theirs).
+
+    Raises
+    ------
+    FrameError
+        As :func:`to_parts`: an empty kind, a buffer dtype not allowed on the wire, meta that is not JSON.
+    """
+
+    def __init__(self, frame: Frame) -> None:
+        if type(frame.meta) is not dict:
+            raise FrameError(f"frame meta must be a dict, got {type(frame.meta).__name__}")
+        self.frame = frame
+        head, self._arrays = _prepare(frame)
+        self._body = head[_PREFIX.size:]
+        self._meta_end = self._body.rindex(b',"buffers":') - 1  # the meta's closing brace
+        self._base = dict(frame.meta)  # what the encoding holds
+        self._added: dict[str, Any] = {}
+
+    @property
+    def packed_size(self) -> int:
+        """``packed_size`` of the frame as it was given (before any :meth:`add`)."""
+        return _PREFIX.size + len(self._body) + sum(_LEN.size + a.nbytes for _, a in self._arrays) + _CRC.size
+
+    @property
+    def meta_json(self) -> bytes:
+        """The JSON of the meta as it was given (before any :meth:`add`), as the header holds it."""
+        return self._body[self._body.index(b',"meta":') + 8:self._meta_end + 1]  # the kind's quotes are escaped
+
+    def add(self, entries: Mapping[str, Any]) -> None:
+        """Add (or overwrite) meta entries, in the frame's meta as in what :meth:`to_parts` encodes."""
+        self.frame.meta.update(entries)
+        self._added.update(entries)
+
+    def to_parts(self) -> list[bytes | memoryview]:
+        """The frame's parts, its meta as it is now: the encoding with the added entries spliced in, or a fresh
+        :func:`to_parts` where an added entry changed one that was already encoded (to a value of another type or
+        another value)."""
+        base = self._base
+        fresh = self._added
+        if not base.keys().isdisjoint(fresh):
+            fresh = {}
+            for key, value in self._added.items():
+                if key not in base:
+                    fresh[key] = value
+                elif type(base[key]) is not type(value) or base[key] != value:
+                    return to_parts(self.frame)
+        body = self._body
+        if fresh:
+            try:
+                entries = _dumps(fresh).encode("utf-8")
+            except _NOT_JSON as exc:
+                raise FrameError(f"frame meta is not JSON-serialisable: {exc}") from exc
+            at = self._meta_end
+            body = b"".join((body[:at], b"," if base else b"", entries[1:-1], body[at:]))
+        return [_PREFIX.pack(MAGIC, self.frame.version, 0, len(body)) + body] + [
+            memoryview(a).cast("B") if a.nbytes else b"" for _, a in self._arrays]
+
+
 def parts_with_meta(head: bytes | memoryview, received: Frame, added: Mapping[str, Any],
-                    buffers: Mapping[str, np.ndarray]) -> list[bytes | memoryview] | None:
+                    buffers: Mapping[str, np.ndarray], *,
+                    added_json: bytes | None = None) -> list[bytes | memoryview] | None:
     """The parts of ``Frame(received.kind, {**received.meta, **added}, buffers)``, where ``received`` is the frame
     :func:`from_parts` decoded from the first part ``head``: that header with ``added`` spliced in as the first meta
     entries, instead of a fresh encode of the whole meta (a relay that only adds a record encodes only the record).
@@ -171,7 +263,8 @@ def parts_with_meta(head: bytes | memoryview, received: Frame, added: Mapping[st
     Returns None -- encode with :func:`to_parts` -- unless the splice provably decodes to that frame: ``head``
     opens with ``{"kind":<kind>,"meta":{``, holds no escape and no other ``"meta"`` (so that object is the meta a
     decoder keeps), no key of ``added`` is in ``received.meta``, and ``buffers`` have the names, dtypes and shapes
-    of ``received.buffers`` (which ``head`` declares).
+    of ``received.buffers`` (which ``head`` declares). ``added_json``: the JSON of ``added`` (an object), where the
+    caller has it already.
     """
     head = memoryview(head)
     if len(head) < _PREFIX.size:
@@ -180,7 +273,7 @@ def parts_with_meta(head: bytes | memoryview, received: Frame, added: Mapping[st
     if magic != MAGIC or version != received.version or len(head) != _PREFIX.size + header_len:
         return None
     body = bytes(head[_PREFIX.size:])
-    opening = b'{"kind":' + json.dumps(received.kind).encode() + b',"meta":{'
+    opening = b'{"kind":' + _dumps(received.kind).encode() + b',"meta":{'
     if not body.startswith(opening) or body.count(b'"meta"') != 1 or b"\\" in body:
         return None
     if not added or any(k in received.meta for k in added) or len(buffers) != len(received.buffers):
@@ -191,10 +284,13 @@ def parts_with_meta(head: bytes | memoryview, received: Frame, added: Mapping[st
         if name != old_name or array.dtype != old.dtype or array.shape != old.shape:
             return None
         arrays.append(array)
-    try:
-        entries = json.dumps(dict(added), separators=(",", ":"), allow_nan=True).encode("utf-8")[1:-1]
-    except (TypeError, ValueError) as exc:
-        raise FrameError(f"frame meta is not JSON-serialisable: {exc}") from exc
+    if added_json is not None:
+        entries = added_json[1:-1]
+    else:
+        try:
+            entries = _dumps(dict(added)).encode("utf-8")[1:-1]
+        except _NOT_JSON as exc:
+            raise FrameError(f"frame meta is not JSON-serialisable: {exc}") from exc
     at = len(opening)
     new_body = b"".join((body[:at], entries, b"," if received.meta else b"", body[at:]))
     return [_PREFIX.pack(MAGIC, version, 0, len(new_body)) + new_body] + [
@@ -226,7 +322,7 @@ def _parse_head(head: bytes | memoryview, limits: FrameLimits) -> tuple[int, dic
         text = body.decode("utf-8")
         if b"0" * (limits.max_int_digits + 1) not in body.translate(_DIGITS_AS_ZEROS):
             # No run of digits is longer than the limit anywhere, so no integer literal can be: the C parser alone.
-            header = json.loads(text)
+            header = _loads(text)
         else:
             header = json.loads(text, parse_int=_int_parser(limits.max_int_digits))
     except _IntTooLong as exc:
@@ -242,6 +338,20 @@ def _parse_head(head: bytes | memoryview, limits: FrameLimits) -> tuple[int, dic
     if not isinstance(header.get("meta", {}), dict) or not isinstance(header.get("buffers", []), list):
         raise FrameError("corrupted header: meta must be an object and buffers a list")
     return version, header, end
+
+
+_raw_decode = json.JSONDecoder().raw_decode
+
+
+def _loads(text: str) -> Any:
+    """``json.loads(text)``: the decoder's own entry when the text is one object with nothing around it (~1 us less
+    than ``loads``, which looks for whitespace on both sides with regular expressions), ``loads`` itself otherwise
+    (so that the same texts are accepted and the same errors raised)."""
+    if text[:1] == "{":
+        value, end = _raw_decode(text)
+        if end == len(text):
+            return value
+    return json.loads(text)
 
 
 _MAX_CLIP = 120

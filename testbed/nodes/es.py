@@ -18,7 +18,8 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-from megbed.megwire import DEFAULT_LIMITS, CurveConfig, Frame, FrameLimits, packed_size
+from megbed.megwire import DEFAULT_LIMITS, CurveConfig, Frame, FrameLimits
+from megbed.megwire.frames import GrowingFrame  # encoded once: sized, then sent with the fields added here
 from megbed.testbed.nodes import protocol as P
 from megbed.testbed.nodes.clock import register_clock_sync
 from megbed.testbed.nodes.engine import Engine
@@ -66,20 +67,21 @@ class EsNode(ServedNode):
         register_clock_sync(self.server)
         register_traces(self.server, meter)
 
-    def _on_request(self, frame: Frame, peer: Any) -> Frame:
+    def _on_request(self, frame: Frame, peer: Any) -> GrowingFrame:
         spec = P.parse_request_meta(frame)
         if spec.scheme == "ue_local":
             raise P.ProtocolError("a ue_local request has nothing to run on the ES", request_id=spec.request_id)
         self.bounds.check(spec, self.engine.native_px)
         rec = StageRecorder("es", self.meter, sync=self.engine.sync)
-        out = self.engine.es(spec, rec)
-        payload = packed_size(out)
+        # The frame as the runtime built it is encoded once: that sizes it, and the answer is that encoding with
+        # the measurement fields spliced in.
+        out = GrowingFrame(self.engine.es(spec, rec))
         records = rec.finish()
-        out.meta.update({
+        out.add({
             "request_id": spec.request_id,
             "es_records": records,
             "link": spec.link_meta(),
-            "payload_bytes": payload,
+            "payload_bytes": out.packed_size,
             "t_recv_ns": peer.t_recv_ns,
             "t_reply_ns": time.monotonic_ns(),
         })

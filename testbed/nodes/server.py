@@ -9,8 +9,9 @@ Every testbed node (ES, UE) is a :class:`NodeServer`: a ROUTER socket bound to o
   job runs -- so an orchestrator tells a busy node from a dead one, and clock-sync timestamps are not delayed by
   compute;
 * hands long jobs (generation) to one worker thread, in arrival order (a node computes one request at a time, like
-  one GPU), and sends their replies when they finish, through an inproc socket (ZeroMQ sockets are not shared
-  between threads);
+  one GPU), and sends their replies when they finish: the worker encodes each reply and queues its parts, then wakes
+  the loop's poll through a socket pair (ZeroMQ sockets are not shared between threads; a queue and one byte cost a
+  fraction of an inproc ZeroMQ hand-off, which builds and reads a message per part);
 * watches the socket's monitor for refused CURVE handshakes and logs them (rate-limited: a flood of refused peers
   writes one line per interval with a count);
 * never blocks on a peer: answers go out non-blocking into the peer's bounded pipe (``SNDHWM``); a peer that does not
@@ -21,17 +22,18 @@ Every testbed node (ES, UE) is a :class:`NodeServer`: a ROUTER socket bound to o
   reaches a log line or an answer, and a ``msg_id`` that is not a short string or a 63-bit integer is refused rather
   than echoed.
 
-Handlers are plain functions ``fn(frame, peer) -> Frame | None``; raising :class:`~megbed.testbed.nodes.protocol.ProtocolError`
+Handlers are plain functions ``fn(frame, peer) -> Frame | GrowingFrame | None`` (a ``GrowingFrame``: an answer the
+handler encoded already, to size it; the server adds the ``msg_id`` to it without encoding it again); raising :class:`~megbed.testbed.nodes.protocol.ProtocolError`
 turns into a ``bad_request`` error answer naming the field, any other exception into an ``internal`` error answer
 (logged with its traceback); the loop survives both.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import queue
+import socket
 import threading
 import time
 from collections import Counter
@@ -55,9 +57,10 @@ from megbed.megwire import (
     stop_authenticator,
     to_parts,
 )
-from megbed.megwire.logutil import clip, rate_limit
 
-# raw-part plumbing (plain-int flags): internal to its module, not megwire's public face
+# answers encoded once, raw-part plumbing (plain-int flags): internal to megwire's modules, not its public face
+from megbed.megwire.frames import GrowingFrame
+from megbed.megwire.logutil import clip, rate_limit
 from megbed.megwire.sockets import NOBLOCK, recv_parts, send_parts
 from megbed.testbed.nodes import protocol as P
 
@@ -67,7 +70,6 @@ MAX_MSG_ID_CHARS = 128
 DEFAULT_SEND_HWM = 256  # answers queued per peer before the surplus is dropped (a peer that does not read)
 DEFAULT_RECV_HWM = 64  # messages buffered per peer before libzmq stops reading its connection (TCP back-pressure)
 
-_IDS = itertools.count()
 # ZMQ_EVENTS read in plain ints: "is another message waiting?" costs ~1 us this way, where a NOBLOCK receive that
 # finds none raises zmq.Again (~5 us: pyzmq builds the exception's errno enum and message).
 _EVENTS = int(zmq.EVENTS)
@@ -94,7 +96,7 @@ class Peer:
         return "/".join(e.hex()[:10] for e in self.envelope) or "?"
 
 
-Handler = Callable[[Frame, Peer], "Frame | None"]
+Handler = Callable[[Frame, Peer], "Frame | GrowingFrame | None"]
 
 
 @dataclass
@@ -136,6 +138,17 @@ def _valid_msg_id(value: object) -> bool:
     if isinstance(value, str):
         return len(value) <= MAX_MSG_ID_CHARS
     return isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63
+
+
+def _answer_parts(reply: Frame | GrowingFrame, msg_id: object) -> list:
+    """The parts of a handler's answer, carrying the request's ``msg_id`` unless the handler set one."""
+    if isinstance(reply, GrowingFrame):
+        if msg_id is not None and "msg_id" not in reply.frame.meta:
+            reply.add({"msg_id": msg_id})
+        return reply.to_parts()
+    if msg_id is not None and "msg_id" not in reply.meta:
+        reply.meta["msg_id"] = msg_id
+    return to_parts(reply)
 
 
 def normalise_bind(address: str) -> str:
@@ -213,7 +226,6 @@ class NodeServer:
         self.busy_with: str | None = None
         self.shutdown_grace_s = float(shutdown_grace_s)
         self.last_heartbeat_s: float | None = None  # time.monotonic() of the last heartbeat served
-        self._inproc = f"inproc://megbed-node-{os.getpid()}-{next(_IDS)}"
         max_bytes = max_message_bytes or (limits.max_total_bytes + limits.max_header_bytes + 65536)
         self.max_message_bytes = max_bytes
         self._router = make_socket(self.ctx, zmq.ROUTER, timeout_s=1.0, send_timeout_s=send_timeout_s,
@@ -228,8 +240,11 @@ class NodeServer:
             zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
             | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
         )
-        self._results = make_socket(self.ctx, zmq.PULL, timeout_s=1.0, max_message_bytes=-1)
-        self._results.bind(self._inproc)
+        # Job answers: encoded parts queued by the worker, which then writes a byte to wake the loop's poll.
+        self._answers: queue.SimpleQueue = queue.SimpleQueue()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
         self._worker: threading.Thread | None = None
         # Callables run on the worker thread as it exits (closing sockets the jobs created there).
         self.worker_cleanup: list[Callable[[], None]] = []
@@ -295,15 +310,16 @@ class NodeServer:
         self._worker.start()
         poller = zmq.Poller()
         poller.register(self._router, zmq.POLLIN)
-        poller.register(self._results, zmq.POLLIN)
+        wake_fd = self._wake_r.fileno()
+        poller.register(wake_fd, zmq.POLLIN)
         poller.register(self._monitor, zmq.POLLIN)
         log.info("%s serving on %s (kinds: %s)", self.name, self.address, ", ".join(self.kinds))
         self.ready.set()
         try:
             while not self._stop.is_set():
                 events = dict(poller.poll(100))
-                if self._results in events:
-                    self._drain_results()
+                if wake_fd in events:
+                    self._drain_answers()
                 if self._router in events:
                     # A burst is served in one go, but bounded, so job answers and the monitor are not starved.
                     for _ in range(64):
@@ -321,8 +337,10 @@ class NodeServer:
             if self._worker.is_alive():
                 log.warning("%s: a job was still running at shutdown; left to end with the process", self.name)
         self._router.disable_monitor()
-        for sock in (self._monitor, self._results, self._router):
+        for sock in (self._monitor, self._router):
             sock.close(0)
+        self._wake_r.close()
+        self._wake_w.close()
         if self._own_ctx:
             stop_authenticator(self.ctx)
             self.ctx.term()
@@ -388,7 +406,7 @@ class NodeServer:
             return
         self._reply(envelope, frame, self._run(route.fn, frame, peer))
 
-    def _run(self, fn: Handler, frame: Frame, peer: Peer) -> Frame | None:
+    def _run(self, fn: Handler, frame: Frame, peer: Peer) -> Frame | GrowingFrame | None:
         rid = frame.meta.get("request_id") if isinstance(frame.meta.get("request_id"), str) else None
         try:
             return fn(frame, peer)
@@ -412,13 +430,15 @@ class NodeServer:
         extra = {} if msg_id is None else {"msg_id": msg_id}
         self._send(envelope, error_frame(message, request_id=rid, code=code, node=self.name, **extra))
 
-    def _reply(self, envelope: list[bytes], request: Frame, reply: Frame | None) -> None:
+    def _reply(self, envelope: list[bytes], request: Frame, reply: Frame | GrowingFrame | None) -> None:
         if reply is None:
             return
-        msg_id = request.meta.get("msg_id")
-        if msg_id is not None and "msg_id" not in reply.meta:
-            reply.meta["msg_id"] = msg_id
-        self._send(envelope, reply)
+        try:
+            parts = _answer_parts(reply, request.meta.get("msg_id"))
+        except FrameError as exc:
+            log.error("%s: answer to %r is not encodable: %s", self.name, request.kind, clip(str(exc)))
+            return
+        self._send_parts([*envelope, b"", *parts], request.kind)
 
     def _send(self, envelope: list[bytes], frame: Frame) -> None:
         try:
@@ -444,9 +464,6 @@ class NodeServer:
     # --- worker -----------------------------------------------------------------------------------------------------
 
     def _work(self) -> None:
-        # In-process hand-off; the send timeout only matters if the loop stopped draining (shutdown).
-        push = make_socket(self.ctx, zmq.PUSH, timeout_s=30.0, max_message_bytes=-1)
-        push.connect(self._inproc)
         try:
             while True:
                 job = self._jobs.get()
@@ -461,37 +478,38 @@ class NodeServer:
                 self.stats.jobs_done += 1
                 if reply is None:
                     continue
-                msg_id = frame.meta.get("msg_id")
-                if msg_id is not None and "msg_id" not in reply.meta:
-                    reply.meta["msg_id"] = msg_id
                 try:
-                    parts = to_parts(reply)
+                    parts = _answer_parts(reply, frame.meta.get("msg_id"))
                 except FrameError as exc:
                     log.error("%s: reply to %r is not encodable: %s", self.name, frame.kind, exc)
                     parts = to_parts(error_frame(str(exc), code=P.CODE_INTERNAL, node=self.name))
-                try:
-                    send_parts(push, [*peer.envelope, b"", *parts])
-                except zmq.Again:
-                    log.error("%s: answer to %r dropped: the server loop is not draining", self.name, frame.kind)
-                except zmq.ContextTerminated:
-                    return  # the process is shutting down under a running job: its answer has nowhere to go
+                self._answers.put([*peer.envelope, b"", *parts])
+                self._wake()
         finally:
             for fn in self.worker_cleanup:
                 try:
                     fn()
                 except Exception:  # noqa: BLE001 - cleanup of one resource must not skip the others
                     log.exception("%s: worker cleanup failed", self.name)
-            push.close(0)
 
-    def _drain_results(self) -> None:
-        while True:
-            try:
-                parts = recv_parts(self._results, NOBLOCK)
-            except zmq.Again:
-                return
-            self._send_parts(parts, "job answer")
-            if not _waiting(self._results):
-                return
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"\0")
+        except (BlockingIOError, InterruptedError):
+            pass  # the pair is full of wake-ups already: the loop is bound to look at the queue
+        except OSError:
+            pass  # closed at shutdown: the answer has nowhere to go
+
+    def _drain_answers(self) -> None:
+        # One read takes up to 4096 wake-ups (more left over only wake the next poll); the loop is the queue's only
+        # reader, so a non-empty queue has an answer for get_nowait (no queue.Empty raised per drain).
+        try:
+            self._wake_r.recv(4096)
+        except (BlockingIOError, InterruptedError):
+            pass
+        answers = self._answers
+        while not answers.empty():
+            self._send_parts(answers.get_nowait(), "job answer")
 
     def _drain_monitor(self) -> None:
         while True:

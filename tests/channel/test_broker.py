@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -90,6 +91,10 @@ def test_end_to_end_airtime_corruption_and_records(setup):
     assert published.kind == "delivery" and published.meta["request_id"] == "r1"
     assert published.meta["airtime_s"] == pytest.approx(rec["airtime_s"])
     assert published.meta["t_release_ns"] - published.meta["t_done_ns"] >= rec["airtime_s"] * 1e9 - 1
+    # The published record is the answer's delivery record (its JSON made once for both) plus the release fields.
+    assert list(published.meta) == [*rec, "request_id", "direction", "t_done_ns", "t_release_ns", "queue_s"]
+    assert json.dumps({k: published.meta[k] for k in rec}) == json.dumps(rec)
+    assert published.meta["direction"] == "downlink" and published.meta["queue_s"] >= 0
 
 
 def test_bad_frames_get_error_records_and_broker_keeps_serving(setup):

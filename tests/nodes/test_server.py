@@ -187,3 +187,30 @@ def test_clock_sync_recovers_an_injected_offset():
     finally:
         srv.stop()
         ctx.term()
+
+
+def test_an_answer_encoded_by_its_handler_gets_the_msg_id_and_arrives_whole():
+    from megbed.megwire.frames import GrowingFrame
+
+    srv = NodeServer("t", "tcp://127.0.0.1:0")
+    values = np.arange(8, dtype=np.float16)
+
+    def encoded(frame, peer):
+        out = GrowingFrame(Frame("handoff", meta={"n": 1}, buffers={"v": values}))
+        out.add({"size": out.packed_size, "t_recv_ns": peer.t_recv_ns})
+        return out
+
+    srv.handle(P.REQUEST, encoded, blocking=True)
+    srv.handle("inline", encoded)
+    srv.start()
+    ctx = zmq.Context()
+    try:
+        with RpcClient(srv.address, ctx, timeout_s=5) as client:
+            for kind in (P.REQUEST, "inline", P.REQUEST):
+                answer = client.call(Frame(kind))
+                assert answer.kind == "handoff" and answer.meta["n"] == 1 and answer.meta["size"] > values.nbytes
+                assert np.array_equal(answer.buffers["v"], values) and isinstance(answer.meta["t_recv_ns"], int)
+        assert srv.stats.jobs_done == 2  # counted before the answer is queued (replied: after it is sent)
+    finally:
+        srv.stop()
+        ctx.term()

@@ -197,3 +197,58 @@ def test_parts_with_meta_refuses_whatever_it_cannot_prove():
     assert parts_with_meta(head, received, {"d": 1}, {"w": values}) is None
     assert parts_with_meta(head[:-1], received, {"d": 1}, {"v": values}) is None
     assert parts_with_meta(b"MGWB", received, {"d": 1}, {"v": values}) is None
+
+
+def test_growing_frame_sizes_once_and_sends_the_bytes_a_fresh_encode_gives():
+    from megbed.megwire.frames import GrowingFrame
+
+    big_endian = np.arange(3, dtype=">f4")
+    for meta in ({}, {"request_id": "r1", "shape": [2, 3], "roles": {"t": "values"}}):
+        for buffers in ({}, {"tokens": np.arange(6, dtype=np.float16).reshape(2, 3)},
+                        {"empty": np.zeros(0, np.uint8), "be": big_endian}):
+            frame = Frame("handoff", dict(meta), dict(buffers))
+            as_built = packed_size(frame)
+            grown = GrowingFrame(frame)
+            assert grown.packed_size == as_built
+            assert [bytes(p) for p in grown.to_parts()] == [bytes(p) for p in to_parts(frame)]
+            # Same value under a key already encoded, new keys, NaN, nesting: spliced, byte for byte.
+            grown.add({"request_id": "r1", "es_records": [{"t_ns": 5, "e": float("nan")}], "link": None})
+            grown.add({"msg_id": "7.0.1"})
+            assert frame.meta["msg_id"] == "7.0.1" and grown.packed_size == as_built
+            assert [bytes(p) for p in grown.to_parts()] == [bytes(p) for p in to_parts(frame)]
+            # Another value (or another type) under an encoded key: a fresh encode, still the frame's bytes.
+            grown.add({"request_id": "r2"} if meta else {"msg_id": 7})
+            assert [bytes(p) for p in grown.to_parts()] == [bytes(p) for p in to_parts(frame)]
+            decoded = from_parts(grown.to_parts())
+            assert json_equal(decoded.meta, frame.meta)
+
+
+def test_growing_frame_refuses_what_to_parts_refuses():
+    from megbed.megwire.frames import GrowingFrame
+
+    with pytest.raises(FrameError):
+        GrowingFrame(Frame("", {}))
+    with pytest.raises(FrameError):
+        GrowingFrame(Frame("x", {"a": object()}))
+    with pytest.raises(FrameError):
+        GrowingFrame(Frame("x", [1, 2]))  # type: ignore[arg-type]
+    with pytest.raises(FrameError):
+        GrowingFrame(Frame("x", {}, {"o": np.array([object()])}))
+    grown = GrowingFrame(Frame("x", {"a": 1}))
+    grown.add({"b": {1, 2}})
+    with pytest.raises(FrameError):
+        grown.to_parts()
+
+
+def test_headers_are_the_text_json_dumps_writes_and_circular_meta_is_a_frame_error():
+    import json
+
+    from megbed.megwire.frames import _dumps
+
+    for value in ({"é": "ü\u2028\x00\"\\", "n": float("nan"), "i": float("-inf"), "z": -0.0, "big": 2**70,
+                   "np": np.float64(0.1), "l": [1, None, True, 1e300, {"a": []}]}, "kind", [], {}):
+        assert _dumps(value) == json.dumps(value, separators=(",", ":"), allow_nan=True)
+    circular: dict = {}
+    circular["self"] = circular
+    with pytest.raises(FrameError):
+        to_parts(Frame("x", circular))
