@@ -135,7 +135,7 @@ def _canonical(array: np.ndarray, name: str) -> np.ndarray:
     return array if array.ndim and array.flags.c_contiguous else np.ascontiguousarray(array)  # 0-d: 1-d, as before
 
 
-def _make_dumps() -> Any:
+def _make_dumps(make: Any = getattr(json.encoder, "c_make_encoder", None)) -> Any:
     """``json.dumps(value, separators=(",", ":"), allow_nan=True)``, the same text, for every header.
 
     ``json.dumps`` with keyword arguments builds a JSONEncoder on every call, and ``JSONEncoder.encode`` builds its
@@ -144,11 +144,19 @@ def _make_dumps() -> Any:
     a FrameError to the callers.
     """
     encoder = json.JSONEncoder(separators=(",", ":"), allow_nan=True, check_circular=False)
-    make = getattr(json.encoder, "c_make_encoder", None)
     if make is None:  # an interpreter without the C accelerator
         return encoder.encode
-    chunks = make(None, encoder.default, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, True)
-    return lambda value: "".join(chunks(value, 0))
+    # c_make_encoder is CPython's private constructor: where its arguments differ (another version), the plain
+    # encoder is used instead of failing at import or writing other text.
+    probe = {"kind": "x\u00e9\"", "meta": {"a": [1, 2.5, None, True, float("nan"), -float("inf")], "b": {}}}
+    try:
+        chunks = make(None, encoder.default, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, True)
+        dumps = lambda value: "".join(chunks(value, 0))  # noqa: E731
+        if dumps(probe) == json.dumps(probe, separators=(",", ":"), allow_nan=True):
+            return dumps
+    except (TypeError, ValueError):
+        pass
+    return encoder.encode
 
 
 _dumps = _make_dumps()

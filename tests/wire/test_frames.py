@@ -252,3 +252,18 @@ def test_headers_are_the_text_json_dumps_writes_and_circular_meta_is_a_frame_err
     circular["self"] = circular
     with pytest.raises(FrameError):
         to_parts(Frame("x", circular))
+
+
+def test_header_encoder_falls_back_where_the_private_c_encoder_differs():
+    import json
+
+    from megbed.megwire.frames import _make_dumps
+
+    value = {"kind": "k", "meta": {"x": [1, 2.5, float("nan")], "s": "é"}}
+    want = json.dumps(value, separators=(",", ":"), allow_nan=True)
+
+    def other_signature(*args):
+        raise TypeError("c_make_encoder() takes 8 positional arguments")
+
+    for stand_in in (other_signature, lambda *args: (lambda value, level: ["{}"]), None):
+        assert _make_dumps(stand_in)(value) == want
