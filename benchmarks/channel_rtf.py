@@ -10,7 +10,9 @@ row so that both thread counts see the same SNR and MCS.
 
 ``wall`` is the median perf_counter time of a delivery, ``cpu`` the median process time (all threads): what an
 idle machine would take. The load average is printed: on the shared box the wall figures are only as good as the
-box is idle, and the 1-vs-2-thread ratio is the figure that travels.
+box is idle, and the 1-vs-2-thread ratio is the figure that travels. So is the host's speed: a fixed reference
+workload (numpy's normal and log over 2**20 values, one thread) is timed at the start and at the end, because the
+same code ran 2x slower on the same kind of VM one night than another (benchmarks/results/channel_rtf_i21.txt).
 
 Run: ``python benchmarks/channel_rtf.py [--repeats N] [--coded-repeats N] [--snr-db 2.2 10] [--links ...]
 [--full-bench]`` (``--full-bench`` also prints the older Sionna-vs-fast table of :mod:`megbed.channel_emu.bench`).
@@ -36,6 +38,18 @@ def _frame(shape: tuple[int, ...]) -> Frame:
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float16)
     return Frame("handoff", meta={"request_id": "bench", "channel_roles": {"tokens": "values", "map": "side"}},
                  buffers={"tokens": x, "map": np.zeros(shape[-1] * shape[-2] // 32, np.uint8)})
+
+
+def reference_ms(repeats: int = 7) -> float:
+    """Median ms of a fixed single-threaded numpy workload (2**20 standard normals and their log of abs): how fast
+    this host runs plain vector code right now, printed beside the RTF figures so runs on different days compare."""
+    rng = np.random.default_rng(0)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        np.log(np.abs(rng.standard_normal(1 << 20)) + 1e-12)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
 
 
 def measure(mode: str, link: str, shape: tuple[int, ...], snr_db: float, threads: int, repeats: int) -> dict:
@@ -68,7 +82,8 @@ def main() -> None:
     ap.add_argument("--full-bench", action="store_true", help="also print megbed.channel_emu.bench's Sionna/fast table")
     args = ap.parse_args()
     t_start, load0 = time.perf_counter(), os.getloadavg()
-    print(f"{os.cpu_count()} CPUs, load average {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f} at start")
+    print(f"{os.cpu_count()} CPUs, load average {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f} at start; "
+          f"host reference {reference_ms():.2f} ms")
     print(f"{'mode':7s} {'link':16s} {'latent':15s} {'snr':>5s} {'mcs':>3s} {'airtime':>9s} | "
           f"{'1 thr wall':>10s} {'cpu':>8s} {'RTF wall':>8s} {'cpu':>7s} | "
           f"{'2 thr wall':>10s} {'cpu':>8s} {'RTF wall':>8s} {'cpu':>7s} | {'2/1 wall':>8s}")
@@ -84,7 +99,7 @@ def main() -> None:
                           f"{r2['rtf_wall']:8.4f} {r2['rtf_cpu']:7.4f} | {r2['wall_s'] / r1['wall_s']:8.2f}",
                           flush=True)
     load1 = os.getloadavg()
-    print(f"load average {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f} at end; "
+    print(f"load average {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f} at end; host reference {reference_ms():.2f} ms; "
           f"took {time.perf_counter() - t_start:.0f} s")
     if args.full_bench:
         from megbed.channel_emu.bench import run
