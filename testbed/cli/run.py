@@ -36,9 +36,20 @@ def register(sub) -> None:
     p.add_argument("--no-report", action="store_true", help="skip the analysis report")
     p.add_argument("--no-policy", action="store_true", help="skip the policy's short training and evaluation")
     # 180 s: the multipliers of a short run still swing; more rounds give the kept-within-limits rule its chance.
-    p.add_argument("--policy-seconds", type=float, default=180.0, help="training budget of the policy (s)")
+    p.add_argument("--policy-seconds", type=_seconds, default=180.0, help="training budget of the policy (s, > 0)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
+
+
+def _seconds(text: str) -> float:
+    """A positive, finite number of seconds (checked before the campaign runs, not when its policy step starts)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not 0.0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive, finite number of seconds, got {text!r}")
+    return value
 
 
 def _load(args: argparse.Namespace):

@@ -236,6 +236,10 @@ def train_policy(algo: str, env_spec: dict, limits: dict[str, float], out_dir: s
     overrides = effective_overrides(algo, env_spec, overrides, preset)
     from megbed.testbed.policy.trainer import Trainer, TrainOptions
 
+    # Checked before the environment is built (a dataset may take a while to load): a bad option fails at once.
+    options = TrainOptions(total_steps=steps, seed=seed, eval_every=eval_every, eval_episodes=eval_episodes,
+                           checkpoint_every=checkpoint_every, progress=progress, max_wall_s=max_wall_s,
+                           final_eval_episodes=final_eval_episodes)
     env = env if env is not None else build_env(env_spec, seed=seed)
     if eval_env is None:
         cost_model = getattr(env.unwrapped, "cost_model", None)
@@ -243,10 +247,7 @@ def train_policy(algo: str, env_spec: dict, limits: dict[str, float], out_dir: s
     constraints = Constraints.from_mapping(cost_names_of(env), limits, episode_length_of(env, env_spec))
     learner = make_learner(algo, env.observation_space.shape[0], env.action_space.shape[0], constraints, seed,
                            overrides)
-    episodes = learner.cfg.episodes_per_collect
-    options = TrainOptions(total_steps=steps, seed=seed, episodes_per_collect=episodes, eval_every=eval_every,
-                           eval_episodes=eval_episodes, checkpoint_every=checkpoint_every, progress=progress,
-                           max_wall_s=max_wall_s, final_eval_episodes=final_eval_episodes)
+    options = options.model_copy(update={"episodes_per_collect": learner.cfg.episodes_per_collect})  # a Count too
     trainer = Trainer(learner, env, constraints, out_dir, options, eval_env=eval_env, env_spec=env_spec)
     return trainer.run(resume=resume)
 

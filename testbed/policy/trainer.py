@@ -18,12 +18,15 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Literal
 
 import numpy as np
+from pydantic import Field
 
+from megbed.megwire.validation import ConfigModel
 from megbed.testbed.policy.checkpoint import CheckpointError, export_policy, load_checkpoint, save_checkpoint
 from megbed.testbed.policy.evaluate import episode_seeds, run_episodes, summarise
-from megbed.testbed.policy.learner import Learner, Rollout
+from megbed.testbed.policy.learner import Count, Learner, Rollout
 from megbed.testbed.policy.limits import Constraints
 from megbed.testbed.policy.nets import ActionScaler
 
@@ -35,9 +38,16 @@ LOG_CSV = "train_log.csv"
 LOG_PARQUET = "train_log.parquet"
 
 
-@dataclass
-class TrainOptions:
-    """How long and how observably to train.
+class TrainOptionsError(ValueError):
+    """A training option is unknown or out of range; the message names it."""
+
+
+Index = Annotated[int, Field(ge=0)]
+
+
+class TrainOptions(ConfigModel):
+    """How long and how observably to train (validated: an unknown or out-of-range option raises
+    :class:`TrainOptionsError` naming it, before anything is trained or written).
 
     Attributes
     ----------
@@ -66,16 +76,19 @@ class TrainOptions:
         ~15x the CPU time with 2 threads (spinning), so "idle" is judged by the load average.
     """
 
-    total_steps: int
-    seed: int = 0
-    episodes_per_collect: int = 10
-    eval_every: int = 1
-    eval_episodes: int = 4
-    checkpoint_every: int = 10
+    error = TrainOptionsError
+    key_word = "option"
+
+    total_steps: Count
+    seed: Index = 0
+    episodes_per_collect: Count = 10
+    eval_every: Index = 1
+    eval_episodes: Count = 4
+    checkpoint_every: Count = 10
     progress: bool = True
-    max_wall_s: float | None = None
-    torch_threads: int | str | None = "auto"
-    final_eval_episodes: int = 50
+    max_wall_s: Annotated[float, Field(gt=0.0)] | None = None
+    torch_threads: Count | Literal["auto"] | None = "auto"
+    final_eval_episodes: Count = 50
 
 
 @dataclass

@@ -295,3 +295,14 @@ def test_spec_written_by_the_campaign_is_loadable_by_the_safe_loader(tmp_path, s
     run = _run_dir(tmp_path, spec_path)
     assert load_spec(run / "campaign.yaml").requests() == load_spec(spec_path).requests()
     assert textwrap.dedent((run / "campaign.yaml").read_text()).startswith("# frozen copy")
+
+
+@pytest.mark.parametrize("seconds", ["0", "-1", "nan", "inf", "abc"])
+def test_run_policy_seconds_is_checked_before_the_campaign(capsys, tmp_path, seconds):
+    # Before, 0 or -1 ran the whole campaign and then trained one iteration as if asked for it.
+    with pytest.raises(SystemExit) as exited:
+        main(["run", "--out", str(tmp_path / "out"), "--policy-seconds", seconds])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "--policy-seconds" in err and seconds in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()

@@ -66,6 +66,31 @@ def test_bad_dataset_is_a_clear_cli_error(tmp_path, capsys):
     assert main(["evaluate", "nonsense-policy", "--dataset", str(tmp_path), "--out", str(tmp_path / "e")]) == 2
 
 
+@pytest.mark.parametrize("flag, value, named", [
+    ("--eval-episodes", "0", "eval_episodes"), ("--steps", "-5", "total_steps"), ("--max-wall-s", "-1", "max_wall_s"),
+    ("--checkpoint-every", "0", "checkpoint_every"), ("--seed", "-2", "seed"), ("--final-eval-episodes", "0",
+                                                                               "final_eval_episodes")])
+def test_out_of_range_training_options_are_clear_errors_before_anything_runs(tmp_path, capsys, flag, value, named):
+    # --eval-episodes 0 used to train and then die in the first evaluation (KeyError: 'episode'); --steps -5 trained
+    # one iteration as if asked for it.
+    out = tmp_path / "o"
+    assert main(["train", "--env", "megbed.testbed.policy.reference_cmdps:PricedLinkCMDP", "--limit", "cost=0.5",
+                 "--out", str(out), "--no-progress", flag, value]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("megbed: error:") and named in err and value in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_train_options_name_every_problem():
+    from megbed.testbed.policy.trainer import TrainOptions, TrainOptionsError
+
+    assert TrainOptions(total_steps=1, max_wall_s=3).max_wall_s == 3.0
+    with pytest.raises(TrainOptionsError, match="episodes_per_collect.*bogus|bogus.*episodes_per_collect"):
+        TrainOptions(total_steps=10, episodes_per_collect=0, bogus=1)
+    with pytest.raises(TrainOptionsError, match="torch_threads"):
+        TrainOptions(total_steps=10, torch_threads="many")
+
+
 def test_live_env_runs_any_policy_through_the_testbed_interface(synthetic_run):
     sim = make_meg_env(synthetic_run, channel="dataset", episode_length=8)
     testbed = FakeTestbed(str(synthetic_run))
