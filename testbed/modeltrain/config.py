@@ -48,6 +48,12 @@ class TrainConfigError(ValueError):
 
 Ints = tuple_of(Annotated[int, Field(ge=0)])
 Names = tuple_of(str)
+# Ranges of the settings (a recipe with steps: 0 or lr: -1 is refused naming the key, not trained).
+Count = Annotated[int, Field(ge=1)]
+Index = Annotated[int, Field(ge=0)]
+Rate = Annotated[float, Field(gt=0.0)]
+Weight = Annotated[float, Field(ge=0.0)]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
 class _Recipe(ConfigModel):
@@ -59,32 +65,32 @@ class VaeRecipe(_Recipe):
     """Phase 2: the autoencoder and how it is trained (random crops of freshly rendered scenes)."""
 
     block_out_channels: Ints = (16, 32, 64, 64)
-    layers_per_block: int = 1
-    norm_num_groups: int = 4
-    steps: int = 3000
-    batch_size: int = 12
-    crop_px: int = 64
-    pool_images: int = 3000
-    dense_fraction: float = 0.5
-    lr: float = 1e-3
-    lr_min: float = 5e-5
-    warmup_steps: int = 50
-    weight_decay: float = 0.0
-    kl_weight: float = 1e-6
+    layers_per_block: Count = 1
+    norm_num_groups: Count = 4
+    steps: Count = 3000
+    batch_size: Count = 12
+    crop_px: Count = 64
+    pool_images: Count = 3000
+    dense_fraction: Fraction = 0.5
+    lr: Rate = 1e-3
+    lr_min: Weight = 5e-5
+    warmup_steps: Index = 50
+    weight_decay: Weight = 0.0
+    kl_weight: Weight = 1e-6
     init_logvar: float = -8.0
-    mse_weight: float = 1.0
-    grad_clip: float = 1.0
-    checkpoint_every: int = 100
+    mse_weight: Weight = 1.0
+    grad_clip: Rate = 1.0
+    checkpoint_every: Count = 100
 
 
 class TextRecipe(_Recipe):
     """The text encoder (CLIPTextModel architecture, trained from scratch with the U-Net)."""
 
-    hidden_size: int = 128
-    intermediate_size: int = 512
-    num_hidden_layers: int = 3
-    num_attention_heads: int = 4
-    max_length: int = TEXT_MAX_LENGTH
+    hidden_size: Count = 128
+    intermediate_size: Count = 512
+    num_hidden_layers: Count = 3
+    num_attention_heads: Count = 4
+    max_length: Count = TEXT_MAX_LENGTH
 
 
 class UnetRecipe(_Recipe):
@@ -93,48 +99,48 @@ class UnetRecipe(_Recipe):
     # Cross-attention at 16x16, 8x8 and 4x4 and in the mid block at 2x2, where the zero padding makes every position
     # distinct; the 2x2 level is kept narrow (144) for the size budget.
     block_out_channels: Ints = (48, 96, 192, 144)
-    layers_per_block: int = 1
-    attention_head_dim: int = 6
-    norm_num_groups: int = 16
+    layers_per_block: Count = 1
+    attention_head_dim: Count = 6
+    norm_num_groups: Count = 16
     down_block_types: Names = ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D",
                                          "DownBlock2D")
     up_block_types: Names = ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D")
-    dataset_images: int = 16000
-    pair_fraction: float = 0.5
-    steps: int = 2600
+    dataset_images: Count = 16000
+    pair_fraction: Fraction = 0.5
+    steps: Count = 2600
     # The cosine decay of the rate first ends here (then a warm restart to the rate of the decay over `steps`):
     # the shipped model was trained 2000 steps (position 63.5 % on the 64-prompt eval), then continued to 2600.
     lr_restart_steps: Ints = (2000,)
-    batch_size: int = 32
-    lr: float = 5e-4
-    lr_min: float = 2e-5
-    warmup_steps: int = 100
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
+    batch_size: Count = 32
+    lr: Rate = 5e-4
+    lr_min: Weight = 2e-5
+    warmup_steps: Index = 100
+    weight_decay: Weight = 0.01
+    grad_clip: Rate = 1.0
     # The text encoder stays at its (random) initialisation for the first text_freeze_steps, then trains at
     # text_lr_scale x the U-Net's rate. Trained jointly from step 0 (0 and 1) it squeezed the position words out:
     # the relative change of its output between "... on the left" and "... on the right" fell from 0.15 at
     # initialisation to 0.02 (red vs blue grew from 0.26 to 0.4-1.0) while the U-Net could not yet use positions,
     # and that model placed shapes independently of the position words (position 9 % correct).
-    text_freeze_steps: int = 600
-    text_lr_scale: float = 0.3
+    text_freeze_steps: Index = 600
+    text_lr_scale: Weight = 0.3
     # "epsilon" or "v_prediction"; zero_terminal_snr rescales the betas (Lin et al. 2024) so that the last training
     # step is pure noise, as sampling starts from.
     prediction_type: Literal["epsilon", "v_prediction"] = "v_prediction"
     zero_terminal_snr: bool = True
-    cfg_dropout: float = 0.1
-    distractor_prob: float = 0.1
+    cfg_dropout: Fraction = 0.1
+    distractor_prob: Fraction = 0.1
     min_snr_gamma: float = 5.0
-    ema_decay: float = 0.999
-    checkpoint_every: int = 200
-    encode_batch: int = 64
+    ema_decay: Fraction = 0.999
+    checkpoint_every: Count = 200
+    encode_batch: Count = 64
 
 
 class TrainConfig(_Recipe):
     """Everything that decides the trained weights (besides the code)."""
 
-    seed: int = 0
-    image_size_px: int = IMAGE_SIZE_PX
+    seed: Index = 0
+    image_size_px: Count = IMAGE_SIZE_PX
     vae: VaeRecipe = Field(default_factory=VaeRecipe)
     text: TextRecipe = Field(default_factory=TextRecipe)
     unet: UnetRecipe = Field(default_factory=UnetRecipe)

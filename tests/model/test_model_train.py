@@ -269,3 +269,15 @@ def test_lr_schedule_warm_restart():
     assert [lr_at(s, total=cycle_total(s, 260), **kw) for s in range(260)] == plain
     assert [lr_at(s, total=cycle_total(s, 260, (260, 400)), **kw) for s in range(260)] == plain
     assert TrainConfig().unet.lr_restart_steps == (2000,) and TrainConfig().unet.steps == 2600
+
+
+def test_out_of_range_recipe_settings_are_refused_naming_the_key():
+    from megbed.testbed.modeltrain.config import TrainConfig, TrainConfigError
+
+    cfg = TrainConfig()
+    for key, value, words in [("vae.steps", 0, ">= 1"), ("unet.lr", -1.0, "> 0"), ("unet.cfg_dropout", 1.5, "<= 1"),
+                              ("seed", -1, ">= 0"), ("vae.grad_clip", 0.0, "> 0"), ("text.num_hidden_layers", 0, ">= 1")]:
+        with pytest.raises(TrainConfigError, match=rf"{key.replace('.', '[.]')}: .*{words}"):
+            cfg.with_overrides(**{key: value})
+    # Settings where 0 means "off" stay open: min-SNR weighting off, no warm-up, no weight decay.
+    cfg.with_overrides(**{"unet.min_snr_gamma": 0.0, "unet.warmup_steps": 0, "vae.weight_decay": 0.0})
