@@ -28,7 +28,7 @@ import json
 import re
 import struct
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -160,21 +160,27 @@ def _make_dumps(make: Any = getattr(json.encoder, "c_make_encoder", None)) -> An
 
 
 _dumps = _make_dumps()
-_NOT_JSON = (TypeError, ValueError, RecursionError)
 
 
-def _buffer_descriptors(arrays: Sequence[tuple[str, np.ndarray]]) -> list[dict[str, Any]]:
-    return [{"name": n, "dtype": _dtype_name(a.dtype), "shape": list(a.shape)} for n, a in arrays]
+def _json_bytes(value: Any) -> bytes:
+    """``value`` as header JSON (UTF-8); what JSON cannot hold (a circular value: RecursionError) is a FrameError."""
+    try:
+        return _dumps(value).encode("utf-8")
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise FrameError(f"frame meta is not JSON-serialisable: {exc}") from exc
+
+
+def _views(arrays: Iterable[np.ndarray]) -> list[bytes | memoryview]:
+    """The buffer parts of a frame: the arrays' bytes, not copied."""
+    return [memoryview(a).cast("B") if a.nbytes else b"" for a in arrays]
 
 
 def _header_bytes(frame: Frame, arrays: Sequence[tuple[str, np.ndarray]]) -> bytes:
     if not isinstance(frame.kind, str) or not frame.kind:
         raise FrameError("frame kind must be a non-empty string")
-    header = {"kind": frame.kind, "meta": frame.meta, "buffers": _buffer_descriptors(arrays)}
-    try:
-        return _dumps(header).encode("utf-8")
-    except _NOT_JSON as exc:
-        raise FrameError(f"frame meta is not JSON-serialisable: {exc}") from exc
+    return _json_bytes({"kind": frame.kind, "meta": frame.meta,
+                        "buffers": [{"name": n, "dtype": _dtype_name(a.dtype), "shape": list(a.shape)}
+                                    for n, a in arrays]})
 
 
 def _prepare(frame: Frame) -> tuple[bytes, list[tuple[str, np.ndarray]]]:
@@ -187,7 +193,7 @@ def _prepare(frame: Frame) -> tuple[bytes, list[tuple[str, np.ndarray]]]:
 def to_parts(frame: Frame) -> list[bytes | memoryview]:
     """Encode a frame as ZeroMQ multipart parts (buffers are not copied)."""
     head, arrays = _prepare(frame)
-    return [head] + [memoryview(a).cast("B") if a.nbytes else b"" for _, a in arrays]
+    return [head, *_views(a for _, a in arrays)]
 
 
 class GrowingFrame:
@@ -251,14 +257,10 @@ class GrowingFrame:
                     return to_parts(self.frame)
         body = self._body
         if fresh:
-            try:
-                entries = _dumps(fresh).encode("utf-8")
-            except _NOT_JSON as exc:
-                raise FrameError(f"frame meta is not JSON-serialisable: {exc}") from exc
+            entries = _json_bytes(fresh)
             at = self._meta_end
             body = b"".join((body[:at], b"," if base else b"", entries[1:-1], body[at:]))
-        return [_PREFIX.pack(MAGIC, self.frame.version, 0, len(body)) + body] + [
-            memoryview(a).cast("B") if a.nbytes else b"" for _, a in self._arrays]
+        return [_PREFIX.pack(MAGIC, self.frame.version, 0, len(body)) + body, *_views(a for _, a in self._arrays)]
 
 
 def parts_with_meta(head: bytes | memoryview, received: Frame, added: Mapping[str, Any],
@@ -292,17 +294,10 @@ def parts_with_meta(head: bytes | memoryview, received: Frame, added: Mapping[st
         if name != old_name or array.dtype != old.dtype or array.shape != old.shape:
             return None
         arrays.append(array)
-    if added_json is not None:
-        entries = added_json[1:-1]
-    else:
-        try:
-            entries = _dumps(dict(added)).encode("utf-8")[1:-1]
-        except _NOT_JSON as exc:
-            raise FrameError(f"frame meta is not JSON-serialisable: {exc}") from exc
+    entries = (added_json if added_json is not None else _json_bytes(dict(added)))[1:-1]
     at = len(opening)
     new_body = b"".join((body[:at], entries, b"," if received.meta else b"", body[at:]))
-    return [_PREFIX.pack(MAGIC, version, 0, len(new_body)) + new_body] + [
-        memoryview(a).cast("B") if a.nbytes else b"" for a in arrays]
+    return [_PREFIX.pack(MAGIC, version, 0, len(new_body)) + new_body, *_views(arrays)]
 
 
 def _parse_head(head: bytes | memoryview, limits: FrameLimits) -> tuple[int, dict[str, Any], int]:

@@ -428,25 +428,19 @@ class NodeServer:
         if not envelope:
             return
         extra = {} if msg_id is None else {"msg_id": msg_id}
-        self._send(envelope, error_frame(message, request_id=rid, code=code, node=self.name, **extra))
+        self._send(envelope, error_frame(message, request_id=rid, code=code, node=self.name, **extra), f"error {code!r}")
 
     def _reply(self, envelope: list[bytes], request: Frame, reply: Frame | GrowingFrame | None) -> None:
-        if reply is None:
-            return
-        try:
-            parts = _answer_parts(reply, request.meta.get("msg_id"))
-        except FrameError as exc:
-            log.error("%s: answer to %r is not encodable: %s", self.name, request.kind, clip(str(exc)))
-            return
-        self._send_parts([*envelope, b"", *parts], request.kind)
+        if reply is not None:
+            self._send(envelope, reply, f"answer to {request.kind!r}", request.meta.get("msg_id"))
 
-    def _send(self, envelope: list[bytes], frame: Frame) -> None:
+    def _send(self, envelope: list[bytes], frame: Frame | GrowingFrame, what: str, msg_id: object = None) -> None:
         try:
-            parts = to_parts(frame)
+            parts = _answer_parts(frame, msg_id)
         except FrameError as exc:
-            log.error("%s: answer %r is not encodable: %s", self.name, frame.kind, clip(str(exc)))
+            log.error("%s: %s is not encodable: %s", self.name, what, clip(str(exc)))
             return
-        self._send_parts([*envelope, b"", *parts], frame.kind)
+        self._send_parts([*envelope, b"", *parts], what)
 
     def _send_parts(self, parts: list, what: str) -> None:
         """Non-blocking send; a peer whose pipe is full (not reading) or gone loses this answer, counted."""
@@ -495,10 +489,10 @@ class NodeServer:
     def _wake(self) -> None:
         try:
             self._wake_w.send(b"\0")
-        except (BlockingIOError, InterruptedError):
-            pass  # the pair is full of wake-ups already: the loop is bound to look at the queue
         except OSError:
-            pass  # closed at shutdown: the answer has nowhere to go
+            # Full of wake-ups already (BlockingIOError: the loop is bound to look at the queue), or closed at
+            # shutdown (the answer has nowhere to go).
+            pass
 
     def _drain_answers(self) -> None:
         # One read takes up to 4096 wake-ups (more left over only wake the next poll); the loop is the queue's only
