@@ -70,6 +70,13 @@ def integer(lo: int | None = None, hi: int | None = None) -> Any:
     return Annotated[int, Field(ge=lo, le=hi)]
 
 
+# Ranges every config uses. Positive is a float field's range (an integer given becomes a float, as a plain ``float``
+# field makes it), unlike :func:`number`, which keeps an integer an integer.
+Count = integer(1)
+Index = integer(0)
+Positive = Annotated[float, Field(gt=0.0)]
+
+
 def _no_nul(value: str) -> str:
     if "\x00" in value:  # no prompt, name or path holds one; the OS refuses it in paths
         raise ValueError("holds a NUL character")

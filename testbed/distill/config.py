@@ -31,7 +31,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, ValidationInfo, field_validator
 
 from megbed.channel_emu.config import LinkConfig, LinkConfigError
-from megbed.megwire.validation import ConfigModel, not_above, not_below, number, tuple_of
+from megbed.megwire.validation import ConfigModel, Count, Index, not_above, not_below, number, tuple_of
 from megbed.megwire.vocab import MAX_MERGE_RATIO as MAX_BETA
 from megbed.megwire.vocab import MAX_TOME_RATIO, WIRE_DTYPES
 from megbed.testbed.distill.errors import DistillConfigError
@@ -50,8 +50,6 @@ class _Recipe(ConfigModel):
     key_word = "setting"
 
 
-Count = Annotated[int, Field(ge=1)]
-Index = Annotated[int, Field(ge=0)]
 NonNegative = number(0.0)
 
 

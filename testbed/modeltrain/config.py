@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
-from megbed.megwire.validation import ConfigModel, tuple_of
+from megbed.megwire.validation import ConfigModel, Count, Index, Positive, tuple_of
 
 IMAGE_SIZE_PX = 128
 VAE_SCALE = 8
@@ -48,10 +48,7 @@ class TrainConfigError(ValueError):
 
 Ints = tuple_of(Annotated[int, Field(ge=0)])
 Names = tuple_of(str)
-# Ranges of the settings (a recipe with steps: 0 or lr: -1 is refused naming the key, not trained).
-Count = Annotated[int, Field(ge=1)]
-Index = Annotated[int, Field(ge=0)]
-Rate = Annotated[float, Field(gt=0.0)]
+# Ranges of the settings besides megwire.validation's (a recipe with steps: 0 or lr: -1 is refused naming the key).
 Weight = Annotated[float, Field(ge=0.0)]
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 
@@ -72,14 +69,14 @@ class VaeRecipe(_Recipe):
     crop_px: Count = 64
     pool_images: Count = 3000
     dense_fraction: Fraction = 0.5
-    lr: Rate = 1e-3
+    lr: Positive = 1e-3
     lr_min: Weight = 5e-5
     warmup_steps: Index = 50
     weight_decay: Weight = 0.0
     kl_weight: Weight = 1e-6
     init_logvar: float = -8.0
     mse_weight: Weight = 1.0
-    grad_clip: Rate = 1.0
+    grad_clip: Positive = 1.0
     checkpoint_every: Count = 100
 
 
@@ -112,11 +109,11 @@ class UnetRecipe(_Recipe):
     # the shipped model was trained 2000 steps (position 63.5 % on the 64-prompt eval), then continued to 2600.
     lr_restart_steps: Ints = (2000,)
     batch_size: Count = 32
-    lr: Rate = 5e-4
+    lr: Positive = 5e-4
     lr_min: Weight = 2e-5
     warmup_steps: Index = 100
     weight_decay: Weight = 0.01
-    grad_clip: Rate = 1.0
+    grad_clip: Positive = 1.0
     # The text encoder stays at its (random) initialisation for the first text_freeze_steps, then trains at
     # text_lr_scale x the U-Net's rate. Trained jointly from step 0 (0 and 1) it squeezed the position words out:
     # the relative change of its output between "... on the left" and "... on the right" fell from 0.15 at

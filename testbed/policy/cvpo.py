@@ -33,12 +33,11 @@ import numpy as np
 import torch
 from pydantic import Field
 
+from megbed.megwire.validation import Count, Positive
 from megbed.testbed.policy.learner import (
-    Count,
     HiddenSizes,
     Learner,
     LearnerConfig,
-    Positive,
     Rollout,
 )
 from megbed.testbed.policy.nets import LOG_STD_MIN, GaussianActor, QCritic, normal_log_prob

@@ -20,8 +20,6 @@ class LearnerConfigError(ValueError):
     """A learner setting is unknown or invalid; the message names it."""
 
 
-Positive = Annotated[float, Field(gt=0.0)]
-Count = Annotated[int, Field(ge=1)]
 # MLP hidden sizes: at least one layer, each of at least one unit.
 HiddenSizes = tuple_of(Annotated[int, Field(ge=1)], min_length=1)
 Gains = tuple_of(Annotated[float, Field(ge=0.0)], min_length=3, max_length=3)  # (K_P, K_I, K_D)

@@ -16,13 +16,12 @@ import numpy as np
 import torch
 from pydantic import Field
 
+from megbed.megwire.validation import Count, Positive
 from megbed.testbed.policy.learner import (
-    Count,
     Gains,
     HiddenSizes,
     Learner,
     LearnerConfig,
-    Positive,
     Rollout,
 )
 from megbed.testbed.policy.nets import GaussianActor, VCritic, normal_log_prob

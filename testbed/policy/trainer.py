@@ -18,15 +18,14 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
 import numpy as np
-from pydantic import Field
 
-from megbed.megwire.validation import ConfigModel
+from megbed.megwire.validation import ConfigModel, Count, Index, Positive
 from megbed.testbed.policy.checkpoint import CheckpointError, export_policy, load_checkpoint, save_checkpoint
 from megbed.testbed.policy.evaluate import episode_seeds, run_episodes, summarise
-from megbed.testbed.policy.learner import Count, Learner, Rollout
+from megbed.testbed.policy.learner import Learner, Rollout
 from megbed.testbed.policy.limits import Constraints
 from megbed.testbed.policy.nets import ActionScaler
 
@@ -40,9 +39,6 @@ LOG_PARQUET = "train_log.parquet"
 
 class TrainOptionsError(ValueError):
     """A training option is unknown or out of range; the message names it."""
-
-
-Index = Annotated[int, Field(ge=0)]
 
 
 class TrainOptions(ConfigModel):
@@ -86,7 +82,7 @@ class TrainOptions(ConfigModel):
     eval_episodes: Count = 4
     checkpoint_every: Count = 10
     progress: bool = True
-    max_wall_s: Annotated[float, Field(gt=0.0)] | None = None
+    max_wall_s: Positive | None = None
     torch_threads: Count | Literal["auto"] | None = "auto"
     final_eval_episodes: Count = 50
 
