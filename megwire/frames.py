@@ -230,7 +230,7 @@ class GrowingFrame:
     @property
     def packed_size(self) -> int:
         """``packed_size`` of the frame as it was given (before any :meth:`add`)."""
-        return _PREFIX.size + len(self._body) + sum(_LEN.size + a.nbytes for _, a in self._arrays) + _CRC.size
+        return _packed_len(_PREFIX.size + len(self._body), self._arrays)
 
     @property
     def meta_json(self) -> bytes:
@@ -542,7 +542,12 @@ def pack(frame: Frame) -> bytes:
 def packed_size(frame: Frame) -> int:
     """Size in bytes of ``pack(frame)`` without building it."""
     head, arrays = _prepare(frame)
-    return len(head) + sum(_LEN.size + a.nbytes for _, a in arrays) + _CRC.size
+    return _packed_len(len(head), arrays)
+
+
+def _packed_len(head_bytes: int, arrays: Sequence[tuple[str, np.ndarray]]) -> int:
+    """Size of ``pack``'s output for a head of ``head_bytes`` and these buffers (each length-prefixed, then a CRC)."""
+    return head_bytes + sum(_LEN.size + a.nbytes for _, a in arrays) + _CRC.size
 
 
 def unpack(data: bytes | bytearray | memoryview, limits: FrameLimits = DEFAULT_LIMITS) -> Frame:
