@@ -48,7 +48,7 @@ class TrainConfigError(ValueError):
 
 Ints = tuple_of(Annotated[int, Field(ge=0)])
 Names = tuple_of(str)
-# Ranges of the settings besides megwire.validation's (a recipe with steps: 0 or lr: -1 is refused naming the key).
+# Ranges of the settings besides megbed.megwire.validation's (a recipe with steps: 0 or lr: -1 is refused naming the key).
 Weight = Annotated[float, Field(ge=0.0)]
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 
