@@ -18,9 +18,10 @@ y = c (v + r sqrt(no_eff) w) per value, with c the equaliser's shrinkage and w t
 (:func:`megbed.channel_emu.links.standard_noise`, laid out as Sionna's ``complex_normal``: real parts then imaginary parts,
 which is why value k and value S + k share a symbol). The fast path computes exactly that in a few numba loops with
 no complex tensors (fp16 <-> fp32 by torch's F16C casts), noise from :mod:`megbed.channel_emu.noise`. fp16 buffers (the
-latents) on AWGN and flat or per-symbol Rayleigh links take a fused kernel (:func:`_fused_half`): the values' fp16
-bits in, the Box-Muller noise, fades and equaliser, the cast back and the squared error in two vectorised passes
-per symbol range (issue 21: a fixed cost per delivery was what kept SD-1.5 latents above RTF 0.01). The generic path (a
+latents) on AWGN and flat or per-symbol Rayleigh links take a fused kernel (:func:`_fused_half`), one call per
+delivery: the values' fp16 bits in, then per block of symbols the draws, the Box-Muller noise, fades and
+equaliser, the cast back and the squared error in a few vectorised loops over L1-resident scratch (issue 21: a
+fixed cost per delivery was what kept SD-1.5 latents above RTF 0.01). The generic path (a
 non-additive link such as TDL-OFDM) builds the complex symbols and runs the link's ``transmit``; from the same noise
 state both give the same delivery to float rounding. ``impl="sionna"`` takes the generic path, where the AWGN link
 runs Sionna's ``AWGN`` block (another random stream: same statistics, not the same numbers).
@@ -37,10 +38,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from numba import float32, float64, njit
+from numba import float32, float64, njit, uint64
 
 from megbed.channel_emu.links import SymbolLink
-from megbed.channel_emu.noise import NoiseSource, box_muller
+from megbed.channel_emu.noise import NoiseSource, box_muller, log_one_minus_uniform_at, polar_inputs_at
 from megbed.channel_emu.vecmath import NATIVE_HALF, float_to_half, half_to_float
 
 SCALE_BITS = 32  # one float32 RMS per buffer, carried as side information
@@ -252,7 +253,7 @@ def _sum_sq_half(h):
 
 @njit(cache=True, boundscheck=False, fastmath={"reassoc"})
 def _sum64(x):
-    """Sum in float64."""
+    """Sum in float64 (reassociated, so the loop vectorises)."""
     s = 0.0
     for i in range(x.size):
         s += float64(x[i])
@@ -266,74 +267,86 @@ def _to_half(v, hi, sent):
     return b, half_to_float(b) - sent
 
 
-# fastmath "contract": the Box-Muller polynomials compile as in NoiseSource.standard_normal (same noise values).
-@njit(cache=True, boundscheck=False, error_model="numpy", fastmath={"contract"})
-def _fused_half(x, log_v, angle, log_g, no, mmse, c_flat, a_flat, k0, k1, seg_re, seg_im, rms, n_im, y, err,
-                scratch):
-    """The whole additive-link chain for fp16 values, two passes per symbol range: the noise pair into
-    ``scratch``, then (on a fading link) the equaliser's c and a, scale, clip, the cast back to fp16 and the squared
-    error, the values' fp16 bits read and written directly (F16C casts). One pass over everything vectorised
-    badly (2x slower); a third pass for the equaliser cost 18 % more.
+_BLOCK = 1024  # symbols a block of :func:`_fused_half` draws and delivers at a time: its scratch stays in L1
 
-    Symbol k (of S = ``log_v.size``) carries stream values k (real part) and S + k (imaginary part); its noise pair
-    is Box-Muller of (``log_v[k]``, ``angle[k]``) (:meth:`NoiseSource.polar_inputs`: the numbers
-    ``standard_normal(2 S)`` gives) and, on a fading link (``log_g`` not empty), its gain is
-    g = max(-log_g[k], 1e-12) (``log_g`` from :meth:`NoiseSource.log_one_minus_uniform`: the numbers
-    ``exponential(S)`` gives). MMSE: c = g / (g + no), a = sqrt(g no) / (g + no); ZF: c = 1, a = sqrt(no / g);
+
+# fastmath "contract": the Box-Muller polynomials compile as in NoiseSource.standard_normal (same noise values). The
+# draws' own loops (polar_inputs_at, log_one_minus_uniform_at) are compiled apart, without it.
+@njit(cache=True, boundscheck=False, error_model="numpy", fastmath={"contract"})
+def _fused_half(x, key, start, fading, no, mmse, c_flat, a_flat, k0, k1, seg_re, seg_im, rms, n_im, y, scratch):
+    """The whole additive-link chain for fp16 values, block by block of symbols: the draws (fades, then the noise
+    pairs, as :meth:`NoiseSource.exponential` and :meth:`NoiseSource.standard_normal` would give them), then the
+    noise pairs by Box-Muller, then (on a fading link) the equaliser's c and a, scale, clip, the cast back to fp16
+    and the squared error, the values' fp16 bits read and written directly (F16C casts). Returns the sum of squared
+    errors (float64).
+
+    One Python call for the whole delivery: drawing the noise in separate calls over the whole stream cost ~10 us
+    more per SD-1.5 latent (numba dispatch, and the draws leaving L1 before they were used). One pass over
+    everything vectorised badly (2x slower); a separate pass for the equaliser cost 18 % more.
+
+    Symbol k (of S = ``x.size // 2``) carries stream values k (real part) and S + k (imaginary part). Words are
+    taken from the stream of ``key`` from counter ``start``: on a fading link the gains first (word start + k gives
+    g_k = max(-log(1 - u), 1e-12), Exp(1)), then the noise (word start + S + k gives pair k); on a flat link the
+    noise from word start + k. MMSE: c = g / (g + no), a = sqrt(g no) / (g + no); ZF: c = 1, a = sqrt(no / g);
     flat links use ``c_flat`` and ``a_flat`` (a without the RMS). y = clip(c x + r a w) with the buffer's RMS r.
 
     Parameters
     ----------
     x, y : numpy.ndarray, uint16 [2S]
         The values stream (fp16 bits; an odd total padded with a zero) and the delivered stream.
+    key, start : uint64
+        The noise source's key and counter (:meth:`NoiseSource.take`; S words, 2S on a fading link).
     k0, k1, seg_re, seg_im : numpy.ndarray, int64 [m]
         Symbol ranges [k0, k1) over which the real parts' buffer (``seg_re``) and the imaginary parts' buffer
         (``seg_im``) stay the same; ``rms`` (float64) holds each buffer's RMS, and 1 for the padding.
     n_im : int
         Imaginary-part values that exist (total - S): the padding's error is not counted.
-    err : numpy.ndarray, float32 [S]
-        Per-symbol squared error of its two delivered values (summed in float64 by the caller).
-    scratch : numpy.ndarray, float32 [2, S]
+    scratch : numpy.ndarray, float32 [6, _BLOCK]
     """
-    s_n = log_v.size
-    fading = log_g.size > 0
+    s_n = x.size // 2
+    noise_start = start + uint64(s_n) if fading else start
     hi = float32(_F16_MAX)
     no32, cf = float32(no), float32(c_flat)
+    log_v, angle, log_g = scratch[0], scratch[1].view(np.int32), scratch[2]
+    wr, wi, er = scratch[3], scratch[4], scratch[5]
+    total = 0.0
     for m in range(k0.size):
-        lo, n = k0[m], k1[m] - k0[m]
         r_re, r_im = rms[seg_re[m]], rms[seg_im[m]]
         rr, ri = float32(r_re), float32(r_im)
         ar, ai = float32(a_flat * r_re), float32(a_flat * r_im)
-        xr, xi, yr, yi = x[lo:lo + n], x[s_n + lo:s_n + lo + n], y[lo:lo + n], y[s_n + lo:s_n + lo + n]
-        lv, an, er = log_v[lo:lo + n], angle[lo:lo + n], err[lo:lo + n]
-        wr, wi = scratch[0, :n], scratch[1, :n]
-        lim = n_im - lo
-        for i in range(n):
-            wr[i], wi[i] = box_muller(lv[i], an[i])
-        if fading:
-            lg = log_g[lo:lo + n]
+        for lo in range(k0[m], k1[m], _BLOCK):
+            n = min(_BLOCK, k1[m] - lo)
+            xr, xi, yr, yi = x[lo:lo + n], x[s_n + lo:s_n + lo + n], y[lo:lo + n], y[s_n + lo:s_n + lo + n]
+            lim = n_im - lo
+            if fading:
+                lg = log_g[:n]
+                log_one_minus_uniform_at(key, start + uint64(lo), lg)
+            lv, an = log_v[:n], angle[:n]
+            polar_inputs_at(key, noise_start + uint64(lo), lv, an)
             for i in range(n):
-                g = max(float32(0.0) - lg[i], float32(1e-12))
-                if mmse:
-                    inv = float32(1.0) / (g + no32)
-                    c = g * inv
-                    a = float32(math.sqrt(g * no32)) * inv
-                else:
-                    c = float32(1.0)
-                    a = float32(math.sqrt(no32 / g))
-                vr, vi = half_to_float(xr[i]), half_to_float(xi[i])
-                yr[i], dr = _to_half(c * vr + rr * a * wr[i], hi, vr)
-                yi[i], di = _to_half(c * vi + ri * a * wi[i], hi, vi)
-                er[i] = dr * dr + (di * di if i < lim else float32(0.0))
-        else:
-            for i in range(n):
-                vr, vi = half_to_float(xr[i]), half_to_float(xi[i])
-                yr[i], dr = _to_half(cf * vr + ar * wr[i], hi, vr)
-                yi[i], di = _to_half(cf * vi + ai * wi[i], hi, vi)
-                er[i] = dr * dr + (di * di if i < lim else float32(0.0))
-
-
-_EMPTY32 = np.zeros(0, np.float32)
+                wr[i], wi[i] = box_muller(lv[i], an[i])
+            if fading:
+                for i in range(n):
+                    g = max(float32(0.0) - lg[i], float32(1e-12))
+                    if mmse:
+                        inv = float32(1.0) / (g + no32)
+                        c = g * inv
+                        a = float32(math.sqrt(g * no32)) * inv
+                    else:
+                        c = float32(1.0)
+                        a = float32(math.sqrt(no32 / g))
+                    vr, vi = half_to_float(xr[i]), half_to_float(xi[i])
+                    yr[i], dr = _to_half(c * vr + rr * a * wr[i], hi, vr)
+                    yi[i], di = _to_half(c * vi + ri * a * wi[i], hi, vi)
+                    er[i] = dr * dr + (di * di if i < lim else float32(0.0))
+            else:
+                for i in range(n):
+                    vr, vi = half_to_float(xr[i]), half_to_float(xi[i])
+                    yr[i], dr = _to_half(cf * vr + ar * wr[i], hi, vr)
+                    yi[i], di = _to_half(cf * vi + ai * wi[i], hi, vi)
+                    er[i] = dr * dr + (di * di if i < lim else float32(0.0))
+            total += _sum64(er[:n])
+    return total
 
 
 @functools.lru_cache(maxsize=256)
@@ -376,13 +389,9 @@ def _transmit_half(buffers: dict[str, np.ndarray], sizes: list[int], link: Symbo
             pos += h.size
         x[pos:] = 0
     # Draws in the order link.transmit makes them (fades, then noise), from the same source.
-    if link.flat:
-        log_g = _EMPTY32
-        no = link.noise_variance(n_sym, snr_db, noise)
-    else:
-        log_g = noise.log_one_minus_uniform(n_sym, _pool("g", n_sym))
-        no = 10.0 ** (-snr_db / 10.0)
-    log_v, angle = noise.polar_inputs(n_sym)
+    fading = not link.flat
+    no = 10.0 ** (-snr_db / 10.0) if fading else link.noise_variance(n_sym, snr_db, noise)
+    key, start = noise.take(2 * n_sym if fading else n_sym)
     c = 1.0 / (1.0 + no) if mmse else 1.0
     rms = np.array([math.sqrt(e / h.size) if h.size and e > 0 else 1.0 for e, h in zip(energies, halves,
                                                                                        strict=True)] + [1.0])
@@ -392,10 +401,8 @@ def _transmit_half(buffers: dict[str, np.ndarray], sizes: list[int], link: Symbo
         y = got.reshape(-1).view(np.uint16)
     else:
         y = _pool("y16", 2 * n_sym, np.uint16)
-    err = _pool("err", n_sym)
-    scratch = _pool("fused", 2 * n_sym).reshape(2, n_sym)
-    _fused_half(x, log_v, angle, log_g, no, mmse, c, c * math.sqrt(no), *_symbol_segments(tuple(sizes)), rms,
-                total - n_sym, y, err, scratch)
+    sq_err = _fused_half(x, key, start, fading, no, mmse, c, c * math.sqrt(no), *_symbol_segments(tuple(sizes)),
+                         rms, total - n_sym, y, _pool("fused", 6 * _BLOCK).reshape(6, _BLOCK))
     if single:
         delivered = {name: got}
     else:
@@ -403,8 +410,7 @@ def _transmit_half(buffers: dict[str, np.ndarray], sizes: list[int], link: Symbo
         for (name, arr), size in zip(buffers.items(), sizes, strict=True):
             delivered[name] = y[pos:pos + size].copy().view(np.float16).reshape(arr.shape)
             pos += size
-    return AnalogResult(delivered, float(_sum64(err)), energy, total, link.channel_uses(n_sym),
-                        link.airtime_s(n_sym))
+    return AnalogResult(delivered, sq_err, energy, total, link.channel_uses(n_sym), link.airtime_s(n_sym))
 
 
 def _clip_of(dtype: np.dtype) -> float:

@@ -10,10 +10,10 @@ makes every pass vectorise:
   is one loop with no carried state, which LLVM vectorises; the state is the key and a counter.
 * **Normals**: Box-Muller (1958). Each 64-bit word gives one pair: 40 bits a uniform u, 24 bits an angle
   theta = 2 pi k / 2^24; r = sqrt(-2 log(1 - u)), and the pair is (r cos theta, r sin theta), exactly two
-  independent N(0, 1) by the transform. The word pass runs in numba; the log is numpy's SIMD float32 kernel;
-  sqrt, cos and sin run in a second numba pass, cos and sin as Taylor polynomials on the quarter circle after an
-  exact integer split of k into its quadrant (within 2e-7 of the float64 values) -- libm's scalar calls in numba,
-  without SVML, cost ~10 ns each and do not vectorise. 1 - u is exact in float64 and keeps 24 bits of relative
+  independent N(0, 1) by the transform. The word pass runs in numba; the log in a second numba loop
+  (:func:`megbed.channel_emu.vecmath.log32`, the same bits on every host); sqrt, cos and sin in a third, cos and
+  sin as Taylor polynomials on the quarter circle after an exact integer split of k into its quadrant (within 2e-7
+  of the float64 values) -- libm's scalar calls in numba, without SVML, cost ~10 ns each and do not vectorise. 1 - u is exact in float64 and keeps 24 bits of relative
   precision as float32, so r is exact to float32 rounding from r ~ 3.5e-4 (below it, 6e-8 of the draws, r is
   quantised) out to the tail's end at sqrt(2 * 40 ln 2) = 7.45 sigma (P(|z| > 7.45) ~ 1e-13: never reached in a
   campaign). Normal k of a request of n comes from pair k (cosine) for k < ceil(n / 2), else from pair
@@ -37,6 +37,8 @@ import numpy as np
 import torch
 from numba import float32, float64, int32, njit, uint64
 
+from megbed.channel_emu.vecmath import log32
+
 GOLDEN = uint64(0x9E3779B97F4A7C15)  # SplitMix64's increment: word j of key k is mix64(k + (j + 1) GOLDEN)
 
 
@@ -57,30 +59,41 @@ def _fill_words(key, state, words):
     state[0] = base + uint64(words.size)
 
 
-@njit(cache=True, boundscheck=False)
-def _one_minus_uniform(key, state, out):
-    """``out`` <- float32(1 - u) for 53-bit uniforms u from the next words, one word each.
+@njit(cache=True, boundscheck=False, error_model="numpy")
+def log_one_minus_uniform_at(key, start, out):
+    """``out`` <- log(float32(1 - u)) for the 53-bit uniforms u of words ``start``, ``start`` + 1, ... of the
+    stream of ``key`` (one word each; the caller advances its counter).
 
     1 - u is exact in float64 and lies in (0, 1]; the cast to float32 keeps 24 bits of relative precision, so
-    -log of it is -log1p(-u) to ~6e-8 absolute, down to the smallest 1 - u = 2^-53 (tail up to 36.7).
+    -log of it is -log1p(-u) to ~6e-8 absolute, down to the smallest 1 - u = 2^-53 (tail up to 36.7). The log
+    (:func:`megbed.channel_emu.vecmath.log32`) runs in a second loop: in the words' loop it ran ~20 % slower.
+    Kernels call this on blocks of their own (words are addressed by counter, so blocks give the same numbers).
     """
-    base = state[0]
     for j in range(out.size):
-        z = mix64(key + (base + uint64(j) + uint64(1)) * GOLDEN)
+        z = mix64(key + (start + uint64(j) + uint64(1)) * GOLDEN)
         out[j] = float32(1.0 - float64(z >> uint64(11)) * (1.0 / 9007199254740992.0))
-    state[0] = base + uint64(out.size)
+    for j in range(out.size):
+        out[j] = log32(out[j])
 
 
-@njit(cache=True, boundscheck=False)
-def _polar_parts(key, state, v, angle):
-    """Box-Muller's inputs from the next ``v.size`` words: ``v`` <- float32(1 - u), u a 40-bit uniform (high
-    bits); ``angle`` <- the low 24 bits k (theta = 2 pi k / 2^24)."""
-    base = state[0]
-    for j in range(v.size):
-        z = mix64(key + (base + uint64(j) + uint64(1)) * GOLDEN)
-        v[j] = float32(1.0 - float64(z >> uint64(24)) * (1.0 / 1099511627776.0))
+@njit(cache=True, boundscheck=False, error_model="numpy")
+def polar_inputs_at(key, start, log_v, angle):
+    """Box-Muller's inputs from words ``start``, ``start`` + 1, ... (``log_v.size`` of them) of the stream of
+    ``key``: ``log_v`` <- log(float32(1 - u)), u a 40-bit uniform (high bits); ``angle`` <- the low 24 bits k
+    (theta = 2 pi k / 2^24). As :func:`log_one_minus_uniform_at`, the log in a second loop."""
+    for j in range(log_v.size):
+        z = mix64(key + (start + uint64(j) + uint64(1)) * GOLDEN)
+        log_v[j] = float32(1.0 - float64(z >> uint64(24)) * (1.0 / 1099511627776.0))
         angle[j] = int32(z & uint64(0xFFFFFF))
-    state[0] = base + uint64(v.size)
+    for j in range(log_v.size):
+        log_v[j] = log32(log_v[j])
+
+
+def _advance(state: np.ndarray, n: int) -> np.uint64:
+    """The counter ``state[0]`` before drawing ``n`` words; ``state`` is advanced past them."""
+    start = state[0]
+    state[0] = start + np.uint64(n)
+    return start
 
 
 # Taylor coefficients of sin and cos on [0, pi/2): the first omitted terms are < 9e-10 and 7e-11 there, far below
@@ -143,15 +156,13 @@ def _polar_pairs(log_v, angle, n, out):
 
 def log_one_minus_uniform(key: np.uint64, state: np.ndarray, n: int, out: np.ndarray | None = None) -> np.ndarray:
     """log(1 - u) of the next ``n`` 53-bit uniforms of the SplitMix64 stream of ``key`` whose counter is
-    ``state`` (uint64 [1], advanced), float32 (into ``out`` when given: float32, contiguous, size n): the words in
-    one numba pass, the logarithm by numpy's SIMD float32 ``log`` (libm's scalar calls in numba, or a polynomial in
-    the same pass as the 64-bit words, ran ~2x slower)."""
+    ``state`` (uint64 [1], advanced), float32 (into ``out`` when given: float32, contiguous, size n), by
+    :func:`log_one_minus_uniform_at` (numpy's float32 ``log`` took 2.4x longer than its log loop, libm's scalar
+    calls in numba longer still)."""
     n = int(n)
     if out is None:
         out = np.empty(n, np.float32)
-    flat = out.reshape(-1)
-    _one_minus_uniform(key, state, flat)
-    np.log(flat, out=flat)
+    log_one_minus_uniform_at(key, _advance(state, n), out.reshape(-1))
     return out
 
 
@@ -173,6 +184,11 @@ class NoiseSource:
         self._words = np.empty(0, np.uint64)
         self._radius = np.empty(0, np.float32)  # Box-Muller scratch, reused across calls
         self._angle = np.empty(0, np.int32)
+
+    def take(self, n: int) -> tuple[np.uint64, np.uint64]:
+        """(key, counter) for a kernel that draws the next ``n`` words itself (by :func:`polar_inputs_at` and
+        :func:`log_one_minus_uniform_at`, word counter + j for j < n): the counter is advanced past them."""
+        return self._key, _advance(self._state, int(n))
 
     def _next_words(self, n: int) -> np.ndarray:
         if self._words.size < n:
@@ -201,8 +217,7 @@ class NoiseSource:
             self._radius = np.empty(max(pairs, 2 * self._radius.size), np.float32)
             self._angle = np.empty(self._radius.size, np.int32)
         r, angle = self._radius[:pairs], self._angle[:pairs]
-        _polar_parts(self._key, self._state, r, angle)
-        np.log(r, out=r)
+        polar_inputs_at(self._key, _advance(self._state, pairs), r, angle)
         return r, angle
 
     def standard_normal_tensor(self, *shape: int) -> torch.Tensor:
@@ -214,8 +229,7 @@ class NoiseSource:
         """``n`` i.i.d. Exp(1) float32 values (|h|^2 of a CN(0, 1) gain), into ``out`` when given (float32,
         contiguous, size n).
 
-        -log(1 - u) from one 53-bit uniform per value: the words in a numba loop, the logarithm by numpy's SIMD
-        float32 ``log`` (libm's scalar ``log1p`` in numba, without SVML, took ~14 ns a value, 10x longer).
+        -log(1 - u) from one 53-bit uniform per value (:func:`log_one_minus_uniform`).
         """
         n = int(n)
         if out is None:

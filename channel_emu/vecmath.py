@@ -1,4 +1,4 @@
-"""Scalar float32 helpers for numba loops that must vectorise: IEEE half casts and a branch-free exp.
+"""Scalar float32 helpers for numba loops that must vectorise: IEEE half casts, a branch-free exp and log.
 
 numba has no float16 type on the CPU and, without Intel's SVML, calls libm's scalar ``expf`` (~10 ns a call, and a
 loop with a call does not vectorise). These helpers are inlined into the caller's loop instead:
@@ -9,6 +9,13 @@ loop with a call does not vectorise). These helpers are inlined into the caller'
 * :func:`exp32`: Cephes' ``expf``: x = n ln 2 + r (ln 2 split in two, |r| <= ln 2 / 2), a degree-7 polynomial for
   e^r, times 2^n built in the exponent bits; error ~1 ulp for x in [-87.3, 0] and exactly 0 below (the EESM only
   takes e^-x of x >= 0).
+* :func:`log32`: Cephes' ``logf``: x = 2^e m with m in [sqrt(1/2), sqrt(2)) split off in the bits, a degree-8
+  polynomial for log(1 + f), f = m - 1, plus e ln 2 (ln 2 split in two); within 1 ulp of the true logarithm for
+  positive normal x (0.8 ulp measured over 4 million draws in (0, 1]), log(1) = +0 exactly. numpy's float32
+  ``log`` took ~2 ns a value on the 2-core box (16 us for the 8192 of an SD-1.5 latent's noise, 2.4-3.6 ulp off),
+  this loop ~0.8 ns; and unlike numpy's, whose kernel depends on the CPU's SIMD level, it gives the same bits on
+  every host, so seeded noise repeats across x86 and ARM (no fused multiply-adds: the callers compile it without
+  ``fastmath``).
 """
 
 from __future__ import annotations
@@ -64,6 +71,22 @@ def _bits_f32(typingctx, bits):
     return types.float32(types.uint32), codegen
 
 
+@intrinsic
+def _f32_bits(typingctx, x):
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return types.int32(types.float32), codegen
+
+
+@intrinsic
+def _bits_f32_signed(typingctx, bits):
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return types.float32(types.int32), codegen
+
+
 # Cephes expf: C1 + C2 = ln 2 (C1 exact in 9 bits, so n C1 is exact), P: e^r ~ 1 + r + r^2 P(r) on |r| <= ln2/2.
 _C1, _C2 = 0.693359375, -2.12194440e-4
 _P0, _P1, _P2, _P3, _P4, _P5 = 1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, \
@@ -84,3 +107,27 @@ def exp32(x):
     y = p * r2 + r + float32(1.0)
     scale = _bits_f32(uint32(int32(n) + int32(127)) << uint32(23))
     return y * scale if x >= float32(_EXP_MIN) else float32(0.0)
+
+
+# Cephes logf: Q approximates (log(1 + f) - f + f^2 / 2) / f^3 on f in [sqrt(1/2) - 1, sqrt(2) - 1).
+_Q = (7.0376836292e-2, -1.1514610310e-1, 1.1676998740e-1, -1.2420140846e-1, 1.4249322787e-1, -1.6668057665e-1,
+      2.0000714765e-1, -2.4999993993e-1, 3.3333331174e-1)
+_SQRT_HALF_BITS = 0x3F3504F3  # float32 bits of sqrt(1/2)
+
+
+@njit(inline="always")
+def log32(x):
+    """Natural log of a positive normal float32 ``x`` (within 1 ulp); branch-free, so loops calling it vectorise.
+
+    Subtracting the bits of sqrt(1/2) moves the exponent boundary there: the high bits give e, the low 23 bits
+    plus sqrt(1/2)'s give m = x / 2^e in [sqrt(1/2), sqrt(2)), so f = m - 1 is small on both sides of 1.
+    """
+    b = int32(_f32_bits(float32(x)) - int32(_SQRT_HALF_BITS))
+    e = float32(b >> int32(23))
+    f = _bits_f32_signed(int32((b & int32(0x007FFFFF)) + int32(_SQRT_HALF_BITS))) - float32(1.0)
+    z = f * f
+    y = float32(_Q[0])
+    for c in _Q[1:]:
+        y = y * f + float32(c)
+    y = y * f * z + float32(_C2) * e - float32(0.5) * z
+    return f + y + float32(_C1) * e

@@ -18,7 +18,7 @@ from megbed.channel_emu.digital import _exp_fading_round, abstract_transfer
 from megbed.channel_emu.links import make_link
 from megbed.channel_emu.mcs import eesm_beta, eesm_db, effective_snr_db
 from megbed.channel_emu.noise import NoiseSource
-from megbed.channel_emu.vecmath import NATIVE_HALF, exp32, float_to_half, half_to_float
+from megbed.channel_emu.vecmath import NATIVE_HALF, exp32, float_to_half, half_to_float, log32
 
 
 @njit(cache=False)
@@ -37,6 +37,12 @@ def _narrow(x, out):
 def _exp(x, out):
     for i in range(x.size):
         out[i] = exp32(x[i])
+
+
+@njit(cache=False)
+def _log(x, out):
+    for i in range(x.size):
+        out[i] = log32(x[i])
 
 
 half_casts = pytest.mark.skipif(not NATIVE_HALF, reason="no native half casts on this CPU (fused fp16 path off)")
@@ -74,6 +80,22 @@ def test_exp_polynomial_is_within_one_and_a_half_ulp():
     assert np.all(got[:3] == 0.0)
 
 
+def test_log_polynomial_is_within_one_ulp_on_the_draws_range_and_beyond():
+    rng = np.random.default_rng(2)
+    # (0, 1] as the draws give it (1 - u of 40 and 53 bits, down to 2^-53), then any positive normal float.
+    x = np.concatenate([1.0 - rng.random(400_000), 2.0 ** -rng.uniform(0, 53, 200_000),
+                        10.0 ** rng.uniform(-37, 38, 200_000), [1.0, 2.0**-40, 2.0**-53, 0.5, 2.0, 1.17549435e-38,
+                                                                 3.4e38, np.nextafter(np.float32(1), np.float32(0))]])
+    x = x.astype(np.float32)
+    got = np.empty(x.size, np.float32)
+    _log(x, got)
+    ref = np.log(x.astype(np.float64))
+    ulp = np.abs(got - ref) / np.spacing(np.abs(ref).astype(np.float32))
+    assert np.max(ulp[ref != 0]) < 1.0
+    one = got[x == 1.0]
+    assert np.all(one == 0.0) and not np.any(np.signbit(one))  # -log(1) must be +0 (the exponential draws)
+
+
 def _general(monkeypatch, *args, **kw):
     monkeypatch.setattr(analog, "_transmit_half", lambda *a: None)
     try:
@@ -86,7 +108,9 @@ def _general(monkeypatch, *args, **kw):
 @pytest.mark.parametrize("model", ["awgn", "rayleigh_block", "rayleigh_symbol"])
 @pytest.mark.parametrize("equalizer", ["mmse", "zf"])
 # One latent; several buffers with an odd total (padding), one ending exactly at S, one value, two buffers of S.
-@pytest.mark.parametrize("sizes", [(4, 64, 64), ((3, 50), 41, 1, 0), ((10,), (3,), (7,)), (1,), ((5,), (5,))])
+# Two buffers across the kernel's symbol blocks (analog._BLOCK) with a segment edge inside a block.
+@pytest.mark.parametrize("sizes", [(4, 64, 64), ((3, 50), 41, 1, 0), ((10,), (3,), (7,)), (1,), ((5,), (5,)),
+                                   ((3001,), (2500,))])
 def test_fused_fp16_path_equals_the_general_fast_path(monkeypatch, model, equalizer, sizes):
     rng = np.random.default_rng(7)
     shapes = [sizes] if isinstance(sizes[0], int) else list(sizes)
