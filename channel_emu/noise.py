@@ -13,10 +13,10 @@ makes every pass vectorise:
   independent N(0, 1) by the transform. The word pass runs in numba; the log in a second numba loop
   (:func:`megbed.channel_emu.vecmath.log32`, the same bits on every host); sqrt, cos and sin in a third, cos and
   sin as Taylor polynomials on the quarter circle after an exact integer split of k into its quadrant (within 2e-7
-  of the float64 values) -- libm's scalar calls in numba, without SVML, cost ~10 ns each and do not vectorise. 1 - u is exact in float64 and keeps 24 bits of relative
-  precision as float32, so r is exact to float32 rounding from r ~ 3.5e-4 (below it, 6e-8 of the draws, r is
-  quantised) out to the tail's end at sqrt(2 * 40 ln 2) = 7.45 sigma (P(|z| > 7.45) ~ 1e-13: never reached in a
-  campaign). Normal k of a request of n comes from pair k (cosine) for k < ceil(n / 2), else from pair
+  of the float64 values) -- libm's scalar calls in numba, without SVML, cost ~10 ns each and do not vectorise.
+  1 - u is exact in float64 and keeps 24 bits of relative precision as float32, so r is exact to float32 rounding
+  from r ~ 3.5e-4 (below it, 6e-8 of the draws, r is quantised) out to the tail's end at sqrt(2 * 40 ln 2) =
+  7.45 sigma (P(|z| > 7.45) ~ 1e-13: never reached in a campaign). Normal k of a request of n comes from pair k (cosine) for k < ceil(n / 2), else from pair
   k - ceil(n / 2) (sine).
 * **Exponentials**: -log(1 - u) from a 53-bit uniform per value, the same way (tail to 36.7).
 
