@@ -27,7 +27,7 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from numba import float32, float64, njit
+from numba import float32, float64, njit, uint64
 from scipy.special import erfc
 
 from megbed.channel_emu.links import SymbolLink
@@ -41,7 +41,7 @@ from megbed.channel_emu.mcs import (
     effective_snr_db,
     segment,
 )
-from megbed.channel_emu.noise import log_one_minus_uniform
+from megbed.channel_emu.noise import log_one_minus_uniform_at, take_words
 from megbed.channel_emu.vecmath import exp32
 
 RV_SEQUENCE = (0, 2, 3, 1)
@@ -220,17 +220,19 @@ def _sum_used(e, a):
 
 
 @njit(cache=True, boundscheck=False, error_model="numpy")
-def _exp_fading_kernel(log_v, acc, fresh, snr_lin, inv_beta, e, sums, used):
+def _exp_fading_kernel(key, start, acc, fresh, snr_lin, inv_beta, e, sums, used):
     """For row b of ``acc`` (float32 [blocks, symbols], the pending blocks' Chase-combined gains) and symbol i:
-    the fresh gain g = -log_v[b, i] ~ Exp(1), acc <- g (``fresh``) or acc + g, and ``sums[b]`` / ``used[b]``: sum
-    of exp(-snr_lin acc / beta) over the symbols with acc > 0 and their count (the EESM's inputs; ``e`` is float32
-    scratch [symbols])."""
+    the fresh gain g = -log(1 - u) ~ Exp(1) from word ``start`` + b * symbols + i of the stream of ``key``
+    (:func:`megbed.channel_emu.noise.log_one_minus_uniform_at`, as :meth:`NoiseSource.exponential` draws),
+    acc <- g (``fresh``) or acc + g, and ``sums[b]`` / ``used[b]``: sum of exp(-snr_lin acc / beta) over the
+    symbols with acc > 0 and their count (the EESM's inputs; ``e`` is float32 scratch [symbols])."""
     rows, cols = acc.shape
     snr32, ib32 = float32(snr_lin), float32(inv_beta)
     for b in range(rows):
-        a, lv = acc[b], log_v[b]
+        a = acc[b]
+        log_one_minus_uniform_at(key, start + uint64(b * cols), e)
         for i in range(cols):
-            g = float32(0.0) - lv[i]  # as NoiseSource.exponential
+            g = float32(0.0) - e[i]  # as NoiseSource.exponential
             t = g if fresh else a[i] + g
             a[i] = t
             sinr = snr32 * t
@@ -241,12 +243,11 @@ def _exp_fading_kernel(log_v, acc, fresh, snr_lin, inv_beta, e, sums, used):
 def _exp_fading_round(key: np.uint64, state: np.ndarray, acc: np.ndarray, fresh: bool, snr_lin: float,
                       inv_beta: float, e: np.ndarray, sums: np.ndarray, used: np.ndarray) -> None:
     """One abstraction round over i.i.d. Rayleigh symbols: Exp(1) gains by inversion, -log(1 - u) with u a
-    53-bit uniform of the SplitMix64 stream (``key``, counter ``state``), as
+    53-bit uniform of the SplitMix64 stream (``key``, counter ``state``, advanced), as
     :meth:`~megbed.channel_emu.noise.NoiseSource.exponential` draws them, Chase-combined into ``acc`` and their
-    EESM sums (:func:`_exp_fading_kernel`). Three passes (words, numpy's SIMD log, the rest): one fused pass with a
-    polynomial log was 2x slower."""
-    log_v = log_one_minus_uniform(key, state, acc.size).reshape(acc.shape)
-    _exp_fading_kernel(log_v, acc, fresh, snr_lin, inv_beta, e, sums, used)
+    EESM sums (:func:`_exp_fading_kernel`), in one call: row by row, the words, their log, then the rest (one loop
+    with the log in it was 2x slower; drawing all rows in a separate call cost a dispatch and an array)."""
+    _exp_fading_kernel(key, take_words(state, acc.size), acc, fresh, snr_lin, inv_beta, e, sums, used)
 
 
 def _abstract_exp_fading(bits: np.ndarray | None, seg: Segmentation, link: SymbolLink, snr_db: float,

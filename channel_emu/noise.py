@@ -89,7 +89,7 @@ def polar_inputs_at(key, start, log_v, angle):
         log_v[j] = log32(log_v[j])
 
 
-def _advance(state: np.ndarray, n: int) -> np.uint64:
+def take_words(state: np.ndarray, n: int) -> np.uint64:
     """The counter ``state[0]`` before drawing ``n`` words; ``state`` is advanced past them."""
     start = state[0]
     state[0] = start + np.uint64(n)
@@ -162,7 +162,7 @@ def log_one_minus_uniform(key: np.uint64, state: np.ndarray, n: int, out: np.nda
     n = int(n)
     if out is None:
         out = np.empty(n, np.float32)
-    log_one_minus_uniform_at(key, _advance(state, n), out.reshape(-1))
+    log_one_minus_uniform_at(key, take_words(state, n), out.reshape(-1))
     return out
 
 
@@ -188,7 +188,7 @@ class NoiseSource:
     def take(self, n: int) -> tuple[np.uint64, np.uint64]:
         """(key, counter) for a kernel that draws the next ``n`` words itself (by :func:`polar_inputs_at` and
         :func:`log_one_minus_uniform_at`, word counter + j for j < n): the counter is advanced past them."""
-        return self._key, _advance(self._state, int(n))
+        return self._key, take_words(self._state, int(n))
 
     def _next_words(self, n: int) -> np.ndarray:
         if self._words.size < n:
@@ -217,7 +217,7 @@ class NoiseSource:
             self._radius = np.empty(max(pairs, 2 * self._radius.size), np.float32)
             self._angle = np.empty(self._radius.size, np.int32)
         r, angle = self._radius[:pairs], self._angle[:pairs]
-        polar_inputs_at(self._key, _advance(self._state, pairs), r, angle)
+        polar_inputs_at(self._key, take_words(self._state, pairs), r, angle)
         return r, angle
 
     def standard_normal_tensor(self, *shape: int) -> torch.Tensor:
