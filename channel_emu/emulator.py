@@ -51,7 +51,7 @@ from megbed.channel_emu.mcs import bler_table, select_mcs
 from megbed.channel_emu.noise import NoiseSource
 from megbed.channel_emu.process import ChannelProcess, ChannelState
 from megbed.channel_emu.record import DeliveryRecord
-from megbed.megwire import Frame, to_parts
+from megbed.megwire import Frame, bare_head
 
 _F16 = np.dtype(np.float16)
 
@@ -291,7 +291,7 @@ class ChannelEmulator:
             values = [n for n in names if roles.get(n) == "values" and arrays[n].dtype.kind == "f"]
             data = []
             side = [n for n in names if n not in values]
-        head = bytes(to_parts(Frame(frame.kind, frame.meta))[0])
+        head = bare_head(frame.kind, frame.meta)
         header_bits = 8 * len(head)
         rec = DeliveryRecord(mode=cfg.mode, model=cfg.model, distance_m=st.distance_m, snr_db=st.snr_db,
                              gain_db=st.gain_db, state_index=st.index, header_bits=header_bits)

@@ -10,6 +10,7 @@ from megbed.megwire.frames import (
     Frame,
     FrameError,
     FrameLimits,
+    bare_head,
     error_frame,
     from_parts,
     pack,
@@ -33,7 +34,7 @@ from megbed.megwire.sockets import (
 
 __all__ = [
     "DEFAULT_LIMITS", "PROTOCOL_VERSION", "CurveConfig", "Frame", "FrameError", "FrameLimits", "InProcLink",
-    "Link", "LinkTimeout", "ZmqClientLink", "bind_address", "error_frame", "from_parts", "generate_keys", "make_socket", "pack",
+    "Link", "LinkTimeout", "ZmqClientLink", "bare_head", "bind_address", "error_frame", "from_parts", "generate_keys", "make_socket", "pack",
     "packed_size", "recv_frame", "recv_raw", "send_frame", "split_envelope", "stop_authenticator", "to_parts",
     "unpack",
 ]

@@ -190,6 +190,15 @@ def _prepare(frame: Frame) -> tuple[bytes, list[tuple[str, np.ndarray]]]:
     return prefix + header, arrays
 
 
+def bare_head(kind: str, meta: dict[str, Any], version: int = PROTOCOL_VERSION) -> bytes:
+    """The head part of a frame of ``kind`` and ``meta`` with no buffers: ``to_parts(Frame(kind, meta))[0]``,
+    encoded without building the frame (the channel emulator sizes every delivery's header this way)."""
+    if not isinstance(kind, str) or not kind:
+        raise FrameError("frame kind must be a non-empty string")
+    header = _json_bytes({"kind": kind, "meta": meta, "buffers": []})
+    return _PREFIX.pack(MAGIC, version, 0, len(header)) + header
+
+
 def to_parts(frame: Frame) -> list[bytes | memoryview]:
     """Encode a frame as ZeroMQ multipart parts (buffers are not copied)."""
     head, arrays = _prepare(frame)

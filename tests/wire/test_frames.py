@@ -6,7 +6,17 @@ import struct
 import numpy as np
 import pytest
 
-from megbed.megwire import Frame, FrameError, FrameLimits, from_parts, pack, packed_size, to_parts, unpack
+from megbed.megwire import (
+    Frame,
+    FrameError,
+    FrameLimits,
+    bare_head,
+    from_parts,
+    pack,
+    packed_size,
+    to_parts,
+    unpack,
+)
 from megbed.megwire.frames import PROTOCOL_VERSION
 
 
@@ -43,6 +53,16 @@ def test_bytes_round_trip_and_size():
     assert len(data) == packed_size(f)
     _assert_equal(f, unpack(data))
     assert f.payload_nbytes == 4 * 16 * 16 * 2 + 48 * 4 + 2
+
+
+def test_bare_head_is_the_head_of_a_frame_without_buffers():
+    for kind, meta in [("handoff", _frame().meta), ("x", {}), ("r\u00e9", {"n": [1, 2.5, None, float("nan")]})]:
+        assert bare_head(kind, meta) == bytes(to_parts(Frame(kind, meta))[0])
+    for kind in ("", None, 3):
+        with pytest.raises(FrameError, match="kind"):
+            bare_head(kind, {})
+    with pytest.raises(FrameError, match="JSON"):
+        bare_head("x", {"v": object()})
 
 
 def test_big_endian_input_is_canonicalised():
