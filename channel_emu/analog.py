@@ -122,9 +122,9 @@ def _as_f32(arr: np.ndarray, out: np.ndarray | None = None) -> tuple[np.ndarray,
 _scratch = threading.local()
 
 
-def _pool(name: str, n: int, dtype: type = np.float32) -> np.ndarray:
+def _pool(name: str, n: int, dtype: type = np.float32, rows: int = 0) -> np.ndarray:
     """This thread's scratch array ``name`` of ``n`` elements of ``dtype`` (float32 unless given; one dtype per
-    name; contents undefined).
+    name; contents undefined); with ``rows``, shaped [rows, n // rows] (one shape per name).
 
     Reused across deliveries: fresh 64-256 KB arrays per delivery cost page faults and cold caches (the fp16 cast,
     the noise and the equaliser ran 2-3x slower inside a delivery than alone). Nothing pooled is ever returned.
@@ -133,6 +133,10 @@ def _pool(name: str, n: int, dtype: type = np.float32) -> np.ndarray:
     if pools is None:
         pools = _scratch.arrays = {}
     a = pools.get(name)
+    if rows:  # returned whole: no slice or reshape per call
+        if a is None or a.shape != (rows, n // rows):
+            a = pools[name] = np.empty((rows, n // rows), dtype)
+        return a
     if a is None or a.size < n:
         a = pools[name] = np.empty(max(int(n), 0 if a is None else 2 * a.size), dtype)
     return a[:n]
@@ -273,49 +277,70 @@ _BLOCK = 1024  # symbols a block of :func:`_fused_half` draws and delivers at a 
 # fastmath "contract": the Box-Muller polynomials compile as in NoiseSource.standard_normal (same noise values). The
 # draws' own loops (polar_inputs_at, log_one_minus_uniform_at) are compiled apart, without it.
 @njit(cache=True, boundscheck=False, error_model="numpy", fastmath={"contract"})
-def _fused_half(x, key, start, fading, no, mmse, c_flat, a_flat, k0, k1, seg_re, seg_im, rms, n_im, y, scratch):
-    """The whole additive-link chain for fp16 values, block by block of symbols: the draws (fades, then the noise
-    pairs, as :meth:`NoiseSource.exponential` and :meth:`NoiseSource.standard_normal` would give them), then the
-    noise pairs by Box-Muller, then (on a fading link) the equaliser's c and a, scale, clip, the cast back to fp16
-    and the squared error, the values' fp16 bits read and written directly (F16C casts). Returns the sum of squared
-    errors (float64).
+def _fused_half(x, ends, key, state, fading, no, mmse, segs, y, scratch):
+    """The whole additive-link chain for fp16 values in one call: the buffers' energies, then block by block of
+    symbols the draws (fades, then the noise pairs, as :meth:`NoiseSource.exponential` and
+    :meth:`NoiseSource.standard_normal` would give them), the noise pairs by Box-Muller, (on a fading link) the
+    equaliser's c and a, scale, clip, the cast back to fp16 and the squared error, the values' fp16 bits read and
+    written directly (F16C casts).
 
-    One Python call for the whole delivery: drawing the noise in separate calls over the whole stream cost ~10 us
-    more per SD-1.5 latent (numba dispatch, and the draws leaving L1 before they were used). One pass over
-    everything vectorised badly (2x slower); a separate pass for the equaliser cost 18 % more.
+    Returns (sum of squared errors, sum of squares of the values; both float64). When a value is not finite
+    nothing is drawn or written (the energy says so): the general path sends such a buffer, not this kernel.
 
-    Symbol k (of S = ``x.size // 2``) carries stream values k (real part) and S + k (imaginary part). Words are
-    taken from the stream of ``key`` from counter ``start``: on a fading link the gains first (word start + k gives
-    g_k = max(-log(1 - u), 1e-12), Exp(1)), then the noise (word start + S + k gives pair k); on a flat link the
-    noise from word start + k. MMSE: c = g / (g + no), a = sqrt(g no) / (g + no); ZF: c = 1, a = sqrt(no / g);
-    flat links use ``c_flat`` and ``a_flat`` (a without the RMS). y = clip(c x + r a w) with the buffer's RMS r.
+    One Python call for the whole delivery: the energies, RMS and counter step in Python and the noise drawn in
+    separate calls cost ~20 us more per SD-1.5 delivery on the 2-core box (each numpy call and numba dispatch ~2-4
+    us there, and the draws left L1 before they were used). One pass over everything vectorised badly (2x
+    slower); a separate pass for the equaliser cost 18 % more.
+
+    Symbol k (of S = ``x.size // 2``) carries stream values k (real part) and S + k (imaginary part). Words come
+    from the stream of ``key`` from counter ``state[0]`` (advanced past them): on a fading link the gains first
+    (word k gives g_k = max(-log(1 - u), 1e-12), Exp(1)), then the noise (word S + k gives pair k); on a flat link
+    the noise from word k. MMSE: c = g / (g + no), a = sqrt(g no) / (g + no); ZF: c = 1, a = sqrt(no / g); flat
+    links take g = 1. y = clip(c x + r a w) with the buffer's RMS r.
 
     Parameters
     ----------
     x, y : numpy.ndarray, uint16 [2S]
         The values stream (fp16 bits; an odd total padded with a zero) and the delivered stream.
-    key, start : uint64
-        The noise source's key and counter (:meth:`NoiseSource.take`; S words, 2S on a fading link).
-    k0, k1, seg_re, seg_im : numpy.ndarray, int64 [m]
-        Symbol ranges [k0, k1) over which the real parts' buffer (``seg_re``) and the imaginary parts' buffer
-        (``seg_im``) stay the same; ``rms`` (float64) holds each buffer's RMS, and 1 for the padding.
-    n_im : int
-        Imaginary-part values that exist (total - S): the padding's error is not counted.
+    ends : numpy.ndarray, int64 [buffers]
+        Where each buffer ends in the stream (the last end is the values' count).
+    key, state : uint64, numpy.ndarray uint64 [1]
+        The noise source's stream (:meth:`NoiseSource.stream`).
+    segs : numpy.ndarray, int64 [4, m]
+        Rows k0, k1, re, im: symbol ranges [k0, k1) over which the real parts stay in buffer ``re`` and the
+        imaginary parts in buffer ``im`` (index ``ends.size``: the padding) (:func:`_symbol_segments`).
     scratch : numpy.ndarray, float32 [6, _BLOCK]
     """
     s_n = x.size // 2
+    nb = ends.size
+    rms = np.ones(nb + 1)  # the padding's RMS is 1 (its value is 0)
+    energy = 0.0
+    lo_b = 0
+    for b in range(nb):
+        e_b = _sum_sq_half(x[lo_b:ends[b]])
+        energy += e_b
+        if ends[b] > lo_b and e_b > 0:
+            rms[b] = math.sqrt(e_b / (ends[b] - lo_b))
+        lo_b = ends[b]
+    if not np.isfinite(energy):
+        return math.nan, energy
+    start = state[0]
+    state[0] = start + uint64(2 * s_n if fading else s_n)
     noise_start = start + uint64(s_n) if fading else start
+    n_im = ends[nb - 1] - s_n  # imaginary-part values that exist: the padding's error is not counted
+    c_flat = float32(1.0 / (1.0 + no)) if mmse else float32(1.0)
+    a_flat = float64(c_flat) * math.sqrt(no)
     hi = float32(_F16_MAX)
-    no32, cf = float32(no), float32(c_flat)
+    no32 = float32(no)
     log_v, angle, log_g = scratch[0], scratch[1].view(np.int32), scratch[2]
     wr, wi, er = scratch[3], scratch[4], scratch[5]
     total = 0.0
-    for m in range(k0.size):
-        r_re, r_im = rms[seg_re[m]], rms[seg_im[m]]
+    for m in range(segs.shape[1]):
+        r_re, r_im = rms[segs[2, m]], rms[segs[3, m]]
         rr, ri = float32(r_re), float32(r_im)
         ar, ai = float32(a_flat * r_re), float32(a_flat * r_im)
-        for lo in range(k0[m], k1[m], _BLOCK):
-            n = min(_BLOCK, k1[m] - lo)
+        for lo in range(segs[0, m], segs[1, m], _BLOCK):
+            n = min(_BLOCK, segs[1, m] - lo)
             xr, xi, yr, yi = x[lo:lo + n], x[s_n + lo:s_n + lo + n], y[lo:lo + n], y[s_n + lo:s_n + lo + n]
             lim = n_im - lo
             if fading:
@@ -342,68 +367,60 @@ def _fused_half(x, key, start, fading, no, mmse, c_flat, a_flat, k0, k1, seg_re,
             else:
                 for i in range(n):
                     vr, vi = half_to_float(xr[i]), half_to_float(xi[i])
-                    yr[i], dr = _to_half(cf * vr + ar * wr[i], hi, vr)
-                    yi[i], di = _to_half(cf * vi + ai * wi[i], hi, vi)
+                    yr[i], dr = _to_half(c_flat * vr + ar * wr[i], hi, vr)
+                    yi[i], di = _to_half(c_flat * vi + ai * wi[i], hi, vi)
                     er[i] = dr * dr + (di * di if i < lim else float32(0.0))
             total += _sum64(er[:n])
-    return total
+    return total, energy
 
 
 @functools.lru_cache(maxsize=256)
-def _symbol_segments(sizes: tuple[int, ...]) -> tuple[np.ndarray, ...]:
-    """(k0, k1, seg_re, seg_im) of :func:`_fused_half` for buffers of ``sizes`` values sharing one stream:
-    the symbol ranges over which value k and value S + k stay in one buffer each (index len(sizes): padding)."""
+def _symbol_segments(sizes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """(ends, segs) of :func:`_fused_half` for buffers of ``sizes`` values sharing one stream: where each buffer
+    ends, and the symbol ranges over which value k and value S + k stay in one buffer each (rows k0, k1, re, im;
+    index len(sizes): the padding)."""
     ends = list(np.cumsum(sizes).tolist())
     s_n = -(-ends[-1] // 2)
     cuts = sorted({0, s_n} | {e for e in ends if e < s_n} | {e - s_n for e in ends if s_n < e < 2 * s_n})
-    k0, k1, re, im = [], [], [], []
+    rows = [[], [], [], []]
     for a, b in zip(cuts[:-1], cuts[1:], strict=True):
-        k0.append(a)
-        k1.append(b)
-        re.append(bisect.bisect_right(ends, a))
-        im.append(bisect.bisect_right(ends, s_n + a))
-    return tuple(np.array(v, np.int64) for v in (k0, k1, re, im))
+        for row, v in zip(rows, (a, b, bisect.bisect_right(ends, a), bisect.bisect_right(ends, s_n + a)),
+                          strict=True):
+            row.append(v)
+    return np.array(ends, np.int64), np.array(rows, np.int64).reshape(4, -1)
 
 
 def _transmit_half(buffers: dict[str, np.ndarray], sizes: list[int], link: SymbolLink, snr_db: float,
                    noise: NoiseSource, mmse: bool) -> AnalogResult | None:
     """:func:`transmit_values`' fast path for fp16 buffers on an additive link with flat or i.i.d. Exp(1) gains,
-    in one fused pass (:func:`_fused_half`): the same draws in the same order, the same arithmetic in float32, so
-    the same delivery as the general fast path to float rounding. None when a value is not finite (the general
-    path sends it as 0)."""
-    halves = [np.ascontiguousarray(a).reshape(-1).view(np.uint16) for a in buffers.values()]
-    energies = [float(_sum_sq_half(h)) for h in halves]
-    energy = sum(energies)
-    if not math.isfinite(energy):
-        return None
+    in one call of :func:`_fused_half`: the same draws in the same order, the same arithmetic in float32, so the
+    same delivery as the general fast path to float rounding. None when a value is not finite (nothing drawn: the
+    general path sends it as 0)."""
     total = sum(sizes)
     n_sym = -(-total // 2)
-    single = len(halves) == 1 and total == 2 * n_sym
-    if single:
-        x = halves[0]
-    else:
-        x = _pool("x16", 2 * n_sym, np.uint16)
-        pos = 0
-        for h in halves:
-            x[pos:pos + h.size] = h
-            pos += h.size
-        x[pos:] = 0
-    # Draws in the order link.transmit makes them (fades, then noise), from the same source.
-    fading = not link.flat
-    no = 10.0 ** (-snr_db / 10.0) if fading else link.noise_variance(n_sym, snr_db, noise)
-    key, start = noise.take(2 * n_sym if fading else n_sym)
-    c = 1.0 / (1.0 + no) if mmse else 1.0
-    rms = np.array([math.sqrt(e / h.size) if h.size and e > 0 else 1.0 for e, h in zip(energies, halves,
-                                                                                       strict=True)] + [1.0])
-    if single:
+    if len(buffers) == 1 and total == 2 * n_sym:
         (name, arr), = buffers.items()
+        x = np.ascontiguousarray(arr).reshape(-1).view(np.uint16)
         got = np.empty(arr.shape, np.float16)  # the caller keeps it: never pooled
         y = got.reshape(-1).view(np.uint16)
     else:
+        name = None
+        x = _pool("x16", 2 * n_sym, np.uint16)
+        pos = 0
+        for a in buffers.values():
+            x[pos:pos + a.size] = np.ascontiguousarray(a).reshape(-1).view(np.uint16)
+            pos += a.size
+        x[pos:] = 0
         y = _pool("y16", 2 * n_sym, np.uint16)
-    sq_err = _fused_half(x, key, start, fading, no, mmse, c, c * math.sqrt(no), *_symbol_segments(tuple(sizes)),
-                         rms, total - n_sym, y, _pool("fused", 6 * _BLOCK).reshape(6, _BLOCK))
-    if single:
+    # Draws in the order link.transmit makes them (fades, then noise), from the same source.
+    fading = not link.flat
+    no = 10.0 ** (-snr_db / 10.0) if fading else link.noise_variance(n_sym, snr_db, noise)
+    key, state = noise.stream()
+    ends, segs = _symbol_segments(tuple(sizes))
+    sq_err, energy = _fused_half(x, ends, key, state, fading, no, mmse, segs, y, _pool("fused", 6 * _BLOCK, rows=6))
+    if not math.isfinite(energy):
+        return None
+    if name is not None:
         delivered = {name: got}
     else:
         delivered, pos = {}, 0

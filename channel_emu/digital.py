@@ -243,7 +243,7 @@ def _exp_fading_kernel(key, start, acc, fresh, snr_lin, inv_beta, e, sums, used)
 def _exp_fading_round(key: np.uint64, state: np.ndarray, acc: np.ndarray, fresh: bool, snr_lin: float,
                       inv_beta: float, e: np.ndarray, sums: np.ndarray, used: np.ndarray) -> None:
     """One abstraction round over i.i.d. Rayleigh symbols: Exp(1) gains by inversion, -log(1 - u) with u a
-    53-bit uniform of the SplitMix64 stream (``key``, counter ``state``, advanced), as
+    40-bit uniform of the SplitMix64 stream (``key``, counter ``state``, advanced), as
     :meth:`~megbed.channel_emu.noise.NoiseSource.exponential` draws them, Chase-combined into ``acc`` and their
     EESM sums (:func:`_exp_fading_kernel`), in one call: row by row, the words, their log, then the rest (one loop
     with the log in it was 2x slower; drawing all rows in a separate call cost a dispatch and an array)."""

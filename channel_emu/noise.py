@@ -18,7 +18,7 @@ makes every pass vectorise:
   from r ~ 3.5e-4 (below it, 6e-8 of the draws, r is quantised) out to the tail's end at sqrt(2 * 40 ln 2) =
   7.45 sigma (P(|z| > 7.45) ~ 1e-13: never reached in a campaign). Normal k of a request of n comes from pair k (cosine) for k < ceil(n / 2), else from pair
   k - ceil(n / 2) (sine).
-* **Exponentials**: -log(1 - u) from a 53-bit uniform per value, the same way (tail to 36.7).
+* **Exponentials**: -log(1 - u) from a 40-bit uniform per value, the same way (tail to 27.7).
 
 This replaced (issue 21) a 256-layer ziggurat on the same word stream, which took ~2.7 ns a normal here (2.5x):
 its table gathers and the ~1% of draws sent to the scalar wedge/tail path did not vectorise. The random stream
@@ -35,7 +35,7 @@ import math
 
 import numpy as np
 import torch
-from numba import float32, float64, int32, njit, uint64
+from numba import float32, int32, njit, uint64
 
 from megbed.channel_emu.vecmath import log32
 
@@ -59,19 +59,32 @@ def _fill_words(key, state, words):
     state[0] = base + uint64(words.size)
 
 
+@njit(inline="always")
+def _one_minus_u40(z):
+    """float32(1 - u) for the 40-bit uniform u = (z >> 24) / 2^40 of the word ``z``, correctly rounded.
+
+    k = 2^40 - (z >> 24) in [1, 2^40] splits into k_hi 2^16 + k_lo with both parts exact in float32, so the one
+    float32 addition k_hi 2^-24 + k_lo 2^-40 rounds the exact value once: the same number as through float64,
+    which took twice as long (AVX2 has no 64-bit integer to float conversion; these lanes are 8 wide).
+    """
+    k = (uint64(1) << uint64(40)) - (z >> uint64(24))
+    return (float32(int32(k >> uint64(16))) * float32(2.0 ** -24)
+            + float32(int32(k & uint64(0xFFFF))) * float32(2.0 ** -40))
+
+
 @njit(cache=True, boundscheck=False, error_model="numpy")
 def log_one_minus_uniform_at(key, start, out):
-    """``out`` <- log(float32(1 - u)) for the 53-bit uniforms u of words ``start``, ``start`` + 1, ... of the
-    stream of ``key`` (one word each; the caller advances its counter).
+    """``out`` <- log(float32(1 - u)) for the 40-bit uniforms u (high bits) of words ``start``, ``start`` + 1, ...
+    of the stream of ``key`` (one word each; the caller advances its counter).
 
-    1 - u is exact in float64 and lies in (0, 1]; the cast to float32 keeps 24 bits of relative precision, so
-    -log of it is -log1p(-u) to ~6e-8 absolute, down to the smallest 1 - u = 2^-53 (tail up to 36.7). The log
+    1 - u lies in (0, 1] and keeps 24 bits of relative precision as float32, so -log of it is -log1p(-u) to ~6e-8
+    absolute, down to the smallest 1 - u = 2^-40: an Exp(1) drawn as -log(1 - u) reaches 40 ln 2 = 27.7
+    (P(Exp(1) > 27.7) = 9e-13 a draw: no fade or EESM term can show the cut). The log
     (:func:`megbed.channel_emu.vecmath.log32`) runs in a second loop: in the words' loop it ran ~20 % slower.
     Kernels call this on blocks of their own (words are addressed by counter, so blocks give the same numbers).
     """
     for j in range(out.size):
-        z = mix64(key + (start + uint64(j) + uint64(1)) * GOLDEN)
-        out[j] = float32(1.0 - float64(z >> uint64(11)) * (1.0 / 9007199254740992.0))
+        out[j] = _one_minus_u40(mix64(key + (start + uint64(j) + uint64(1)) * GOLDEN))
     for j in range(out.size):
         out[j] = log32(out[j])
 
@@ -83,7 +96,7 @@ def polar_inputs_at(key, start, log_v, angle):
     (theta = 2 pi k / 2^24). As :func:`log_one_minus_uniform_at`, the log in a second loop."""
     for j in range(log_v.size):
         z = mix64(key + (start + uint64(j) + uint64(1)) * GOLDEN)
-        log_v[j] = float32(1.0 - float64(z >> uint64(24)) * (1.0 / 1099511627776.0))
+        log_v[j] = _one_minus_u40(z)
         angle[j] = int32(z & uint64(0xFFFFFF))
     for j in range(log_v.size):
         log_v[j] = log32(log_v[j])
@@ -155,7 +168,7 @@ def _polar_pairs(log_v, angle, n, out):
 
 
 def log_one_minus_uniform(key: np.uint64, state: np.ndarray, n: int, out: np.ndarray | None = None) -> np.ndarray:
-    """log(1 - u) of the next ``n`` 53-bit uniforms of the SplitMix64 stream of ``key`` whose counter is
+    """log(1 - u) of the next ``n`` 40-bit uniforms of the SplitMix64 stream of ``key`` whose counter is
     ``state`` (uint64 [1], advanced), float32 (into ``out`` when given: float32, contiguous, size n), by
     :func:`log_one_minus_uniform_at` (numpy's float32 ``log`` took 2.4x longer than its log loop, libm's scalar
     calls in numba longer still)."""
@@ -185,10 +198,11 @@ class NoiseSource:
         self._radius = np.empty(0, np.float32)  # Box-Muller scratch, reused across calls
         self._angle = np.empty(0, np.int32)
 
-    def take(self, n: int) -> tuple[np.uint64, np.uint64]:
-        """(key, counter) for a kernel that draws the next ``n`` words itself (by :func:`polar_inputs_at` and
-        :func:`log_one_minus_uniform_at`, word counter + j for j < n): the counter is advanced past them."""
-        return self._key, take_words(self._state, int(n))
+    def stream(self) -> tuple[np.uint64, np.ndarray]:
+        """(key, counter) of this source's word stream, for a kernel that draws words itself (by
+        :func:`polar_inputs_at` and :func:`log_one_minus_uniform_at`, from word ``counter[0]``) and advances
+        ``counter[0]`` (uint64 [1]) past the words it drew: later draws then continue the same stream."""
+        return self._key, self._state
 
     def _next_words(self, n: int) -> np.ndarray:
         if self._words.size < n:
@@ -229,7 +243,7 @@ class NoiseSource:
         """``n`` i.i.d. Exp(1) float32 values (|h|^2 of a CN(0, 1) gain), into ``out`` when given (float32,
         contiguous, size n).
 
-        -log(1 - u) from one 53-bit uniform per value (:func:`log_one_minus_uniform`).
+        -log(1 - u) from one 40-bit uniform per value (:func:`log_one_minus_uniform`).
         """
         n = int(n)
         if out is None:
@@ -239,7 +253,7 @@ class NoiseSource:
         return out
 
     def log_one_minus_uniform(self, n: int, out: np.ndarray | None = None) -> np.ndarray:
-        """log(1 - u) of the next ``n`` 53-bit uniforms (float32 <= 0, into ``out`` when given): minus the
+        """log(1 - u) of the next ``n`` 40-bit uniforms (float32 <= 0, into ``out`` when given): minus the
         :meth:`exponential` draws, for kernels that negate them in their own pass."""
         return log_one_minus_uniform(self._key, self._state, n, out)
 
