@@ -24,6 +24,7 @@ Airtime and symbol counts come from the actual coded symbols of every transmissi
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -41,7 +42,7 @@ from megbed.channel_emu.mcs import (
     effective_snr_db,
     segment,
 )
-from megbed.channel_emu.noise import log_one_minus_uniform_at, take_words
+from megbed.channel_emu.noise import log_one_minus_uniform_at
 from megbed.channel_emu.vecmath import exp32
 
 RV_SEQUENCE = (0, 2, 3, 1)
@@ -220,13 +221,18 @@ def _sum_used(e, a):
 
 
 @njit(cache=True, boundscheck=False, error_model="numpy")
-def _exp_fading_kernel(key, start, acc, fresh, snr_lin, inv_beta, e, sums, used):
-    """For row b of ``acc`` (float32 [blocks, symbols], the pending blocks' Chase-combined gains) and symbol i:
-    the fresh gain g = -log(1 - u) ~ Exp(1) from word ``start`` + b * symbols + i of the stream of ``key``
-    (:func:`megbed.channel_emu.noise.log_one_minus_uniform_at`, as :meth:`NoiseSource.exponential` draws),
-    acc <- g (``fresh``) or acc + g, and ``sums[b]`` / ``used[b]``: sum of exp(-snr_lin acc / beta) over the
-    symbols with acc > 0 and their count (the EESM's inputs; ``e`` is float32 scratch [symbols])."""
+def _exp_fading_round(key, state, acc, fresh, snr_lin, inv_beta, e, sums, used):
+    """One abstraction round over i.i.d. Rayleigh symbols, in one call. For row b of ``acc`` (float32 [blocks,
+    symbols], the pending blocks' Chase-combined gains) and symbol i: the fresh gain g = -log(1 - u) ~ Exp(1)
+    from word ``state[0]`` + b * symbols + i of the stream of ``key``
+    (:func:`megbed.channel_emu.noise.log_one_minus_uniform_at`, as :meth:`NoiseSource.exponential` draws; the
+    counter ``state`` (uint64 [1]) is advanced past them), acc <- g (``fresh``) or acc + g, and ``sums[b]`` /
+    ``used[b]``: sum of exp(-snr_lin acc / beta) over the symbols with acc > 0 and their count (the EESM's inputs;
+    ``e`` is float32 scratch [symbols]). Row by row, the words, their log, then the rest: one loop with the log in
+    it was 2x slower."""
     rows, cols = acc.shape
+    start = state[0]
+    state[0] = start + uint64(rows * cols)
     snr32, ib32 = float32(snr_lin), float32(inv_beta)
     for b in range(rows):
         a = acc[b]
@@ -240,30 +246,31 @@ def _exp_fading_kernel(key, start, acc, fresh, snr_lin, inv_beta, e, sums, used)
         sums[b], used[b] = _sum_used(e, a)
 
 
-def _exp_fading_round(key: np.uint64, state: np.ndarray, acc: np.ndarray, fresh: bool, snr_lin: float,
-                      inv_beta: float, e: np.ndarray, sums: np.ndarray, used: np.ndarray) -> None:
-    """One abstraction round over i.i.d. Rayleigh symbols: Exp(1) gains by inversion, -log(1 - u) with u a
-    40-bit uniform of the SplitMix64 stream (``key``, counter ``state``, advanced), as
-    :meth:`~megbed.channel_emu.noise.NoiseSource.exponential` draws them, Chase-combined into ``acc`` and their
-    EESM sums (:func:`_exp_fading_kernel`), in one call: row by row, the words, their log, then the rest (one loop
-    with the log in it was 2x slower; drawing all rows in a separate call cost a dispatch and an array)."""
-    _exp_fading_kernel(key, take_words(state, acc.size), acc, fresh, snr_lin, inv_beta, e, sums, used)
+_scratch = threading.local()
+
+
+def _exp_fading_scratch(blocks: int, cols: int) -> tuple[np.ndarray, ...]:
+    """This thread's (acc [blocks, cols], e [cols], sums [blocks], used [blocks], counter [1]) for
+    :func:`_abstract_exp_fading`, reused while the shape stays (one side block per delivery has one shape)."""
+    got = getattr(_scratch, "exp_fading", None)
+    if got is None or got[0].shape != (blocks, cols):
+        got = _scratch.exp_fading = (np.empty((blocks, cols), np.float32), np.empty(cols, np.float32),
+                                     np.empty(blocks), np.empty(blocks, np.int64), np.zeros(1, np.uint64))
+    return got
 
 
 def _abstract_exp_fading(bits: np.ndarray | None, seg: Segmentation, link: SymbolLink, snr_db: float,
                          rng: np.random.Generator, rounds: int, corrupt: bool) -> DigitalResult:
-    """:func:`abstract_transfer` on a link of i.i.d. Exp(1) symbol gains (per-symbol Rayleigh), each round three
-    vectorised passes: the gains, their Chase-combined sums and the EESM (:func:`_exp_fading_round`), then one table
+    """:func:`abstract_transfer` on a link of i.i.d. Exp(1) symbol gains (per-symbol Rayleigh): each round one
+    call draws the gains, Chase-combines them and sums the EESM terms (:func:`_exp_fading_round`), then one table
     look-up and one uniform per pending block, as the generic loop. The gains come from a SplitMix64 stream keyed
     by one word of ``rng`` per transfer (the generic loop draws 24-bit uniforms from ``rng`` itself: the same law,
     Exp(1) by inversion, not the same numbers). It runs for the side information of every analog delivery."""
     table = bler_table()
     beta, lo, hi = eesm_beta(seg.mcs)
-    cols = seg.n // seg.bits_per_symbol
-    key, state = np.uint64(rng.bit_generator.random_raw()), np.zeros(1, np.uint64)
-    acc = np.empty((seg.num_blocks, cols), np.float32)
-    e = np.empty(cols, np.float32)
-    sums, used_n = np.empty(seg.num_blocks), np.empty(seg.num_blocks, np.int64)
+    acc, e, sums, used_n, state = _exp_fading_scratch(seg.num_blocks, seg.n // seg.bits_per_symbol)
+    key = np.uint64(rng.bit_generator.random_raw())
+    state[0] = 0
     pending = list(range(seg.num_blocks))
     sent: list[int] = []
     eff_of: dict[int, float] = {}
