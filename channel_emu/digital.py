@@ -221,41 +221,44 @@ def _sum_used(e, a):
 
 
 @njit(cache=True, boundscheck=False, error_model="numpy")
-def _exp_fading_round(key, state, acc, fresh, snr_lin, inv_beta, e, sums, used):
+def _exp_fading_round(key, state, acc, fresh, snr_lin, beta, lo, hi, e, effs):
     """One abstraction round over i.i.d. Rayleigh symbols, in one call. For row b of ``acc`` (float32 [blocks,
     symbols], the pending blocks' Chase-combined gains) and symbol i: the fresh gain g = -log(1 - u) ~ Exp(1)
-    from word ``state[0]`` + b * symbols + i of the stream of ``key``
+    from word ``state[0]`` + b * symbols + i of the stream of ``key`` (np.uint64, or a Python int below 2^63)
     (:func:`megbed.channel_emu.noise.log_one_minus_uniform_at`, as :meth:`NoiseSource.exponential` draws; the
-    counter ``state`` (uint64 [1]) is advanced past them), acc <- g (``fresh``) or acc + g, and ``sums[b]`` /
-    ``used[b]``: sum of exp(-snr_lin acc / beta) over the symbols with acc > 0 and their count (the EESM's inputs;
-    ``e`` is float32 scratch [symbols]). Row by row, the words, their log, then the rest: one loop with the log in
-    it was 2x slower."""
+    counter ``state`` (uint64 [1]) is advanced past them), acc <- g (``fresh``) or acc + g, and ``effs[b]``: the
+    block's EESM effective SNR (dB) at ``snr_lin`` with ``beta`` and the clamp ``lo``, ``hi``
+    (:func:`megbed.channel_emu.mcs.eesm_db` of the sum of exp(-snr_lin acc / beta) over the symbols with acc > 0;
+    ``e`` is float32 scratch [symbols], ``effs`` float64 [>= blocks]). Row by row, the words, their log, then the
+    rest: one loop with the log in it was 2x slower."""
     rows, cols = acc.shape
+    k = uint64(key)  # a Python int types as int64 below 2^63: its bits, unsigned
     start = state[0]
     state[0] = start + uint64(rows * cols)
-    snr32, ib32 = float32(snr_lin), float32(inv_beta)
+    snr32, ib32 = float32(snr_lin), float32(1.0 / beta)
     for b in range(rows):
         a = acc[b]
-        log_one_minus_uniform_at(key, start + uint64(b * cols), e)
+        log_one_minus_uniform_at(k, start + uint64(b * cols), e)
         for i in range(cols):
             g = float32(0.0) - e[i]  # as NoiseSource.exponential
             t = g if fresh else a[i] + g
             a[i] = t
             sinr = snr32 * t
             e[i] = exp32(-(sinr * ib32)) if sinr > float32(0.0) else float32(0.0)
-        sums[b], used[b] = _sum_used(e, a)
+        total, used = _sum_used(e, a)
+        effs[b] = eesm_db(total, used, beta, lo, hi)
 
 
 _scratch = threading.local()
 
 
 def _exp_fading_scratch(blocks: int, cols: int) -> tuple[np.ndarray, ...]:
-    """This thread's (acc [blocks, cols], e [cols], sums [blocks], used [blocks], counter [1]) for
-    :func:`_abstract_exp_fading`, reused while the shape stays (one side block per delivery has one shape)."""
+    """This thread's (acc [blocks, cols], e [cols], effs [blocks], counter [1]) for :func:`_abstract_exp_fading`,
+    reused while the shape stays (one side block per delivery has one shape)."""
     got = getattr(_scratch, "exp_fading", None)
     if got is None or got[0].shape != (blocks, cols):
         got = _scratch.exp_fading = (np.empty((blocks, cols), np.float32), np.empty(cols, np.float32),
-                                     np.empty(blocks), np.empty(blocks, np.int64), np.zeros(1, np.uint64))
+                                     np.empty(blocks), np.zeros(1, np.uint64))
     return got
 
 
@@ -268,8 +271,8 @@ def _abstract_exp_fading(bits: np.ndarray | None, seg: Segmentation, link: Symbo
     Exp(1) by inversion, not the same numbers). It runs for the side information of every analog delivery."""
     table = bler_table()
     beta, lo, hi = eesm_beta(seg.mcs)
-    acc, e, sums, used_n, state = _exp_fading_scratch(seg.num_blocks, seg.n // seg.bits_per_symbol)
-    key = np.uint64(rng.bit_generator.random_raw())
+    acc, e, eff_arr, state = _exp_fading_scratch(seg.num_blocks, seg.n // seg.bits_per_symbol)
+    key = rng.bit_generator.random_raw() >> 1  # a Python int numba takes (int64); np.uint64() cost ~2 us
     state[0] = 0
     pending = list(range(seg.num_blocks))
     sent: list[int] = []
@@ -278,19 +281,18 @@ def _abstract_exp_fading(bits: np.ndarray | None, seg: Segmentation, link: Symbo
     for r in range(rounds):
         rows = len(pending)
         sent.append(rows)
-        _exp_fading_round(key, state, acc[:rows], r == 0, snr_lin, 1.0 / beta, e, sums[:rows], used_n[:rows])
-        effs = [eesm_db(s_, int(n_), beta, lo, hi) for s_, n_ in zip(sums[:rows].tolist(), used_n[:rows].tolist(),
-                                                                      strict=True)]
+        _exp_fading_round(key, state, acc[:rows], r == 0, snr_lin, beta, lo, hi, e, eff_arr)
+        effs = eff_arr.tolist()[:rows]
         if rows <= 8:  # a side block: scalar look-ups and draws (the same numbers as one vector draw)
             fail = [rng.random() < table.scalar(seg.mcs, seg.k, eff) for eff in effs]
         else:
             fail = (rng.random(rows) < bler(seg.mcs, seg.k, np.asarray(effs))).tolist()
-        for b, eff in zip(pending, effs, strict=True):
-            eff_of[b] = eff
+        eff_of.update(zip(pending, effs, strict=True))
+        if not any(fail):
+            pending = []
+            break
         kept = [i for i, f in enumerate(fail) if f]
         pending = [pending[i] for i in kept]
-        if not pending:
-            break
         if len(kept) < rows:  # the failed blocks' combined gains move up to the first rows
             acc[:len(kept)] = acc[np.asarray(kept)]
     failed = np.asarray(pending, dtype=np.int64) if pending else _NO_BLOCKS

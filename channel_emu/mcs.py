@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from numba import njit
 
 from megbed.channel_emu.config import MAX_MCS, MIN_MCS
 
@@ -200,6 +201,7 @@ def _eesm_params() -> tuple[np.ndarray, float, float]:
     return e.beta_tensor.cpu().numpy().astype(np.float32), float(e._sinr_eff_min), float(e._sinr_eff_max)
 
 
+@functools.lru_cache(maxsize=64)  # per side block of every delivery over a fading link
 def eesm_beta(mcs: int) -> tuple[float, float, float]:
     """Sionna's EESM beta of ``mcs`` (the float32 table value, as a float) and the effective-SINR clamp (lo, hi),
     linear."""
@@ -207,6 +209,7 @@ def eesm_beta(mcs: int) -> tuple[float, float, float]:
     return float(betas[MCS_TABLE - 1, max(int(mcs), 0)]), lo, hi
 
 
+@njit(cache=True)  # also called inside the side-block kernel (digital._exp_fading_round)
 def eesm_db(exp_sum: float, used: int, beta: float, lo: float, hi: float) -> float:
     """One block's EESM effective SNR (dB) from sum_i exp(-sinr_i / beta) over its ``used`` symbols with
     sinr_i > 0: -beta log(sum / used) clamped to [lo, hi]; -300 dB when no symbol is used."""

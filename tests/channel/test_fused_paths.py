@@ -144,21 +144,27 @@ def test_fused_fp16_path_sends_non_finite_values_as_zero_like_the_general_path()
 @pytest.mark.parametrize("mcs, snr", [(3, 1.6), (10, 30.0), (27, 1000.0), (0, 0.01)])
 def test_exp_fading_round_is_the_eesm_of_its_own_exp1_gains(mcs, snr):
     beta, lo, hi = eesm_beta(mcs)
-    acc, e = np.empty((3, 5000), np.float32), np.empty(5000, np.float32)
-    sums, used = np.empty(3), np.empty(3, np.int64)
+    acc, e, effs = np.empty((3, 5000), np.float32), np.empty(5000, np.float32), np.empty(3)
     state = np.zeros(1, np.uint64)
-    _exp_fading_round(np.uint64(123), state, acc, True, snr, 1 / beta, e, sums, used)
+    _exp_fading_round(123, state, acc, True, snr, beta, lo, hi, e, effs)
     first = acc.copy()
-    _exp_fading_round(np.uint64(123), state, acc, False, snr, 1 / beta, e, sums, used)  # Chase
+    np.testing.assert_allclose(effs, effective_snr_db(first * np.float32(snr), mcs), atol=5e-5)
+    _exp_fading_round(123, state, acc, False, snr, beta, lo, hi, e, effs)  # Chase
     assert np.all(acc > first) and not np.array_equal(acc - first, first)
-    got = [eesm_db(s, int(n), beta, lo, hi) for s, n in zip(sums, used, strict=True)]
-    np.testing.assert_allclose(got, effective_snr_db(acc * np.float32(snr), mcs), atol=5e-5)
+    assert state[0] == 2 * acc.size
+    np.testing.assert_allclose(effs, effective_snr_db(acc * np.float32(snr), mcs), atol=5e-5)
+    # A key given as a Python int (typed int64) draws as its bits: the same gains as from np.uint64.
+    big, again = np.empty((1, 64), np.float32), np.empty((1, 64), np.float32)
+    _exp_fading_round(2**63 - 5, np.zeros(1, np.uint64), big, True, snr, beta, lo, hi, e, effs)
+    _exp_fading_round(np.uint64(2**63 - 5), np.zeros(1, np.uint64), again, True, snr, beta, lo, hi, e, effs)
+    np.testing.assert_array_equal(big, again)
+    assert eesm_db(0.0, 0, beta, lo, hi) == -300.0
 
 
 def test_exp_fading_gains_are_exp1():
     acc = np.empty((1, 400_000), np.float32)
-    _exp_fading_round(np.uint64(5), np.zeros(1, np.uint64), acc, True, 1.0, 1.0, np.empty(acc.size, np.float32),
-                      np.empty(1), np.empty(1, np.int64))
+    _exp_fading_round(5, np.zeros(1, np.uint64), acc, True, 1.0, 1.0, 0.0, 1e9, np.empty(acc.size, np.float32),
+                      np.empty(1))
     g = acc[0]
     assert abs(float(g.mean()) - 1) < 5 / math.sqrt(g.size) and stats.kstest(g, "expon").pvalue > 1e-3
     p = math.exp(-6.0)  # the tail
