@@ -122,9 +122,9 @@ def _as_f32(arr: np.ndarray, out: np.ndarray | None = None) -> tuple[np.ndarray,
 _scratch = threading.local()
 
 
-def _pool(name: str, n: int, dtype: type = np.float32, rows: int = 0) -> np.ndarray:
+def _pool(name: str, n: int, dtype: type = np.float32) -> np.ndarray:
     """This thread's scratch array ``name`` of ``n`` elements of ``dtype`` (float32 unless given; one dtype per
-    name; contents undefined); with ``rows``, shaped [rows, n // rows] (one shape per name).
+    name; contents undefined).
 
     Reused across deliveries: fresh 64-256 KB arrays per delivery cost page faults and cold caches (the fp16 cast,
     the noise and the equaliser ran 2-3x slower inside a delivery than alone). Nothing pooled is ever returned.
@@ -133,10 +133,6 @@ def _pool(name: str, n: int, dtype: type = np.float32, rows: int = 0) -> np.ndar
     if pools is None:
         pools = _scratch.arrays = {}
     a = pools.get(name)
-    if rows:  # returned whole: no slice or reshape per call
-        if a is None or a.shape != (rows, n // rows):
-            a = pools[name] = np.empty((rows, n // rows), dtype)
-        return a
     if a is None or a.size < n:
         a = pools[name] = np.empty(max(int(n), 0 if a is None else 2 * a.size), dtype)
     return a[:n]
@@ -277,7 +273,7 @@ _BLOCK = 1024  # symbols a block of :func:`_fused_half` draws and delivers at a 
 # fastmath "contract": the Box-Muller polynomials compile as in NoiseSource.standard_normal (same noise values). The
 # draws' own loops (polar_inputs_at, log_one_minus_uniform_at) are compiled apart, without it.
 @njit(cache=True, boundscheck=False, error_model="numpy", fastmath={"contract"})
-def _fused_half(x, ends, key, state, fading, no, mmse, segs, y, scratch):
+def _fused_half(x, ends, key, state, fading, no, mmse, segs, y):
     """The whole additive-link chain for fp16 values in one call: the buffers' energies, then block by block of
     symbols the draws (fades, then the noise pairs, as :meth:`NoiseSource.exponential` and
     :meth:`NoiseSource.standard_normal` would give them), the noise pairs by Box-Muller, (on a fading link) the
@@ -309,7 +305,6 @@ def _fused_half(x, ends, key, state, fading, no, mmse, segs, y, scratch):
     segs : numpy.ndarray, int64 [4, m]
         Rows k0, k1, re, im: symbol ranges [k0, k1) over which the real parts stay in buffer ``re`` and the
         imaginary parts in buffer ``im`` (index ``ends.size``: the padding) (:func:`_symbol_segments`).
-    scratch : numpy.ndarray, float32 [6, _BLOCK]
     """
     s_n = x.size // 2
     nb = ends.size
@@ -332,6 +327,7 @@ def _fused_half(x, ends, key, state, fading, no, mmse, segs, y, scratch):
     a_flat = float64(c_flat) * math.sqrt(no)
     hi = float32(_F16_MAX)
     no32 = float32(no)
+    scratch = np.empty((6, _BLOCK), np.float32)  # 24 KB: allocated here it costs less than a pool in Python
     log_v, angle, log_g = scratch[0], scratch[1].view(np.int32), scratch[2]
     wr, wi, er = scratch[3], scratch[4], scratch[5]
     total = 0.0
@@ -417,7 +413,7 @@ def _transmit_half(buffers: dict[str, np.ndarray], sizes: list[int], link: Symbo
     no = 10.0 ** (-snr_db / 10.0) if fading else link.noise_variance(n_sym, snr_db, noise)
     key, state = noise.stream()
     ends, segs = _symbol_segments(tuple(sizes))
-    sq_err, energy = _fused_half(x, ends, key, state, fading, no, mmse, segs, y, _pool("fused", 6 * _BLOCK, rows=6))
+    sq_err, energy = _fused_half(x, ends, key, state, fading, no, mmse, segs, y)
     if not math.isfinite(energy):
         return None
     if name is not None:
