@@ -45,6 +45,7 @@ from megbed.channel_emu.noise import NoiseSource, box_muller, log_one_minus_unif
 from megbed.channel_emu.vecmath import NATIVE_HALF, float_to_half, half_to_float
 
 SCALE_BITS = 32  # one float32 RMS per buffer, carried as side information
+_F16 = np.dtype(np.float16)
 _F16_MAX = float(np.finfo(np.float16).max)
 _F32_MAX = float(np.finfo(np.float32).max)
 
@@ -477,16 +478,19 @@ def transmit_values(buffers: dict[str, np.ndarray], link: SymbolLink, snr_db: fl
         through ``link.transmit``.
     """
     sizes = []
+    all_half = True
     for name, arr in buffers.items():
-        if arr.dtype.kind != "f":
-            raise TypeError(f"analog buffer {name!r} must be floating point, got {arr.dtype}")
+        dt = arr.dtype
+        if dt.kind != "f":
+            raise TypeError(f"analog buffer {name!r} must be floating point, got {dt}")
+        all_half = all_half and (dt is _F16 or dt == _F16)
         sizes.append(arr.size)
     total = sum(sizes)
     n_sym = -(-total // 2)
     if n_sym == 0:
         return AnalogResult({k: v.copy() for k, v in buffers.items()}, 0.0, 0.0, 0, 0, 0.0)
     mmse = equalizer == "mmse"
-    if fused_path(link, impl, (a.dtype for a in buffers.values())):
+    if all_half and fused_path(link, impl, ()):
         res = _transmit_half(buffers, sizes, link, snr_db, noise, mmse)
         if res is not None:
             return res
