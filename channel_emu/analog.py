@@ -291,9 +291,10 @@ def _fused_half(x, ends, key, state, fading, no, mmse, segs, y):
 
     Symbol k (of S = ``x.size // 2``) carries stream values k (real part) and S + k (imaginary part). Words come
     from the stream of ``key`` from counter ``state[0]`` (advanced past them): on a fading link the gains first
-    (word k gives g_k = max(-log(1 - u), 1e-12), Exp(1)), then the noise (word S + k gives pair k); on a flat link
-    the noise from word k. MMSE: c = g / (g + no), a = sqrt(g no) / (g + no); ZF: c = 1, a = sqrt(no / g); flat
-    links take g = 1. y = clip(c x + r a w) with the buffer's RMS r.
+    (draw k of :func:`log_one_minus_uniform_at`, two a word, gives g_k = max(-log(1 - u), 1e-12), Exp(1)), then the
+    noise (word ceil(S / 2) + k gives pair k); on a flat link the noise from word k. MMSE: c = g / (g + no),
+    a = sqrt(g no) / (g + no); ZF: c = 1, a = sqrt(no / g); flat links take g = 1. y = clip(c x + r a w) with the
+    buffer's RMS r.
 
     Parameters
     ----------
@@ -321,8 +322,9 @@ def _fused_half(x, ends, key, state, fading, no, mmse, segs, y):
     if not np.isfinite(energy):
         return math.nan, energy
     start = state[0]
-    state[0] = start + uint64(2 * s_n if fading else s_n)
-    noise_start = start + uint64(s_n) if fading else start
+    fade_words = (s_n + 1) >> 1 if fading else 0  # two fades a word (noise.draw_words)
+    state[0] = start + uint64(fade_words + s_n)
+    noise_start = start + uint64(fade_words)
     n_im = ends[nb - 1] - s_n  # imaginary-part values that exist: the padding's error is not counted
     c_flat = float32(1.0 / (1.0 + no)) if mmse else float32(1.0)
     a_flat = float64(c_flat) * math.sqrt(no)
@@ -342,7 +344,7 @@ def _fused_half(x, ends, key, state, fading, no, mmse, segs, y):
             lim = n_im - lo
             if fading:
                 lg = log_g[:n]
-                log_one_minus_uniform_at(key, start + uint64(lo), lg)
+                log_one_minus_uniform_at(key, start, lo, lg)
             lv, an = log_v[:n], angle[:n]
             polar_inputs_at(key, noise_start + uint64(lo), lv, an)
             for i in range(n):

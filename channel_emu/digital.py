@@ -223,8 +223,8 @@ def _sum_used(e, a):
 @njit(cache=True, boundscheck=False, error_model="numpy")
 def _exp_fading_round(key, state, acc, fresh, snr_lin, beta, lo, hi, e, effs):
     """One abstraction round over i.i.d. Rayleigh symbols, in one call. For row b of ``acc`` (float32 [blocks,
-    symbols], the pending blocks' Chase-combined gains) and symbol i: the fresh gain g = -log(1 - u) ~ Exp(1)
-    from word ``state[0]`` + b * symbols + i of the stream of ``key`` (np.uint64, or a Python int below 2^63)
+    symbols], the pending blocks' Chase-combined gains) and symbol i: the fresh gain g = -log(1 - u) ~ Exp(1),
+    draw b * symbols + i from word ``state[0]`` of the stream of ``key`` (np.uint64, or a Python int below 2^63)
     (:func:`megbed.channel_emu.noise.log_one_minus_uniform_at`, as :meth:`NoiseSource.exponential` draws; the
     counter ``state`` (uint64 [1]) is advanced past them), acc <- g (``fresh``) or acc + g, and ``effs[b]``: the
     block's EESM effective SNR (dB) at ``snr_lin`` with ``beta`` and the clamp ``lo``, ``hi``
@@ -234,11 +234,11 @@ def _exp_fading_round(key, state, acc, fresh, snr_lin, beta, lo, hi, e, effs):
     rows, cols = acc.shape
     k = uint64(key)  # a Python int types as int64 below 2^63: its bits, unsigned
     start = state[0]
-    state[0] = start + uint64(rows * cols)
+    state[0] = start + uint64((rows * cols + 1) >> 1)  # two draws a word (noise.draw_words)
     snr32, ib32 = float32(snr_lin), float32(1.0 / beta)
     for b in range(rows):
         a = acc[b]
-        log_one_minus_uniform_at(k, start + uint64(b * cols), e)
+        log_one_minus_uniform_at(k, start, b * cols, e)
         for i in range(cols):
             g = float32(0.0) - e[i]  # as NoiseSource.exponential
             t = g if fresh else a[i] + g

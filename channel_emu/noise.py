@@ -16,9 +16,9 @@ makes every pass vectorise:
   of the float64 values) -- libm's scalar calls in numba, without SVML, cost ~10 ns each and do not vectorise.
   1 - u is exact in float64 and keeps 24 bits of relative precision as float32, so r is exact to float32 rounding
   from r ~ 3.5e-4 (below it, 6e-8 of the draws, r is quantised) out to the tail's end at sqrt(2 * 40 ln 2) =
-  7.45 sigma (P(|z| > 7.45) ~ 1e-13: never reached in a campaign). Normal k of a request of n comes from pair k (cosine) for k < ceil(n / 2), else from pair
-  k - ceil(n / 2) (sine).
-* **Exponentials**: -log(1 - u) from a 40-bit uniform per value, the same way (tail to 27.7).
+  7.45 sigma (P(|z| > 7.45) ~ 1e-13: never reached in a campaign). Normal k of a request of n comes from pair k
+  (cosine) for k < ceil(n / 2), else from pair k - ceil(n / 2) (sine).
+* **Exponentials**: -log(1 - u) from a 32-bit uniform per value, two a word, the same way (tail to 22.2).
 
 This replaced (issue 21) a 256-layer ziggurat on the same word stream, which took ~2.7 ns a normal here (2.5x):
 its table gathers and the ~1% of draws sent to the scalar wedge/tail path did not vectorise. The random stream
@@ -72,21 +72,54 @@ def _one_minus_u40(z):
             + float32(int32(k & uint64(0xFFFF))) * float32(2.0 ** -40))
 
 
-@njit(cache=True, boundscheck=False, error_model="numpy")
-def log_one_minus_uniform_at(key, start, out):
-    """``out`` <- log(float32(1 - u)) for the 40-bit uniforms u (high bits) of words ``start``, ``start`` + 1, ...
-    of the stream of ``key`` (one word each; the caller advances its counter).
+@njit(inline="always")
+def _one_minus_u32(w):
+    """float32(1 - u) for the 32-bit uniform u = w / 2^32 (``w`` < 2^32), correctly rounded, as
+    :func:`_one_minus_u40`: k = 2^32 - w in [1, 2^32] is k_hi 2^16 + k_lo, both exact in float32."""
+    k = (uint64(1) << uint64(32)) - w
+    return (float32(int32(k >> uint64(16))) * float32(2.0 ** -16)
+            + float32(int32(k & uint64(0xFFFF))) * float32(2.0 ** -32))
 
-    1 - u lies in (0, 1] and keeps 24 bits of relative precision as float32, so -log of it is -log1p(-u) to ~6e-8
-    absolute, down to the smallest 1 - u = 2^-40: an Exp(1) drawn as -log(1 - u) reaches 40 ln 2 = 27.7
-    (P(Exp(1) > 27.7) = 9e-13 a draw: no fade or EESM term can show the cut). The log
-    (:func:`megbed.channel_emu.vecmath.log32`) runs in a second loop: in the words' loop it ran ~20 % slower.
-    Kernels call this on blocks of their own (words are addressed by counter, so blocks give the same numbers).
+
+@njit(inline="always")
+def _word(key, index):
+    return mix64(key + (index + uint64(1)) * GOLDEN)
+
+
+@njit(cache=True, boundscheck=False, error_model="numpy")
+def log_one_minus_uniform_at(key, start, first, out):
+    """``out`` <- log(float32(1 - u)) for draws ``first``, ``first`` + 1, ... of the stream of ``key`` counted from
+    word ``start``: draw i is the 32-bit uniform u in the high (i even) or low (i odd) half of word
+    ``start`` + i // 2, so n draws from ``first`` = 0 take ceil(n / 2) words (the caller advances its counter).
+
+    Two draws a word: the words are the costly part here (two 64-bit multiplies each, emulated on AVX2). 1 - u lies
+    in (0, 1] and keeps 24 bits of relative precision as float32, so -log of it is -log1p(-u) to ~6e-8 absolute,
+    down to the smallest 1 - u = 2^-32: an Exp(1) drawn as -log(1 - u) reaches 32 ln 2 = 22.2 (P(Exp(1) > 22.2) =
+    2.3e-10 a draw: no fade or EESM term can show the cut; the generic abstraction's 24-bit draws stop at 16.6). The
+    log (:func:`megbed.channel_emu.vecmath.log32`) runs in a second loop: in the words' loop it ran ~20 % slower.
+    Kernels call this on blocks of their own (words are addressed by counter: blocks give the same numbers).
     """
-    for j in range(out.size):
-        out[j] = _one_minus_u40(mix64(key + (start + uint64(j) + uint64(1)) * GOLDEN))
-    for j in range(out.size):
-        out[j] = log32(out[j])
+    n = out.size
+    j = 0
+    if first & 1 and n > 0:  # an odd first draw: the low half of its word
+        out[0] = _one_minus_u32(_word(key, start + uint64(first >> 1)) & uint64(0xFFFFFFFF))
+        j = 1
+    w0 = start + uint64((first + j) >> 1)
+    pairs = (n - j) >> 1
+    two = out[j:j + 2 * pairs]
+    for p in range(pairs):
+        z = _word(key, w0 + uint64(p))
+        two[2 * p] = _one_minus_u32(z >> uint64(32))
+        two[2 * p + 1] = _one_minus_u32(z & uint64(0xFFFFFFFF))
+    if j + 2 * pairs < n:  # an even last draw: the high half of the next word
+        out[n - 1] = _one_minus_u32(_word(key, w0 + uint64(pairs)) >> uint64(32))
+    for t in range(n):
+        out[t] = log32(out[t])
+
+
+def draw_words(n: int) -> int:
+    """Words that ``n`` draws of :func:`log_one_minus_uniform_at` from draw 0 take."""
+    return (int(n) + 1) >> 1
 
 
 @njit(cache=True, boundscheck=False, error_model="numpy")
@@ -168,14 +201,14 @@ def _polar_pairs(log_v, angle, n, out):
 
 
 def log_one_minus_uniform(key: np.uint64, state: np.ndarray, n: int, out: np.ndarray | None = None) -> np.ndarray:
-    """log(1 - u) of the next ``n`` 40-bit uniforms of the SplitMix64 stream of ``key`` whose counter is
+    """log(1 - u) of the next ``n`` 32-bit uniforms (two a word) of the SplitMix64 stream of ``key`` whose counter is
     ``state`` (uint64 [1], advanced), float32 (into ``out`` when given: float32, contiguous, size n), by
     :func:`log_one_minus_uniform_at` (numpy's float32 ``log`` took 2.4x longer than its log loop, libm's scalar
     calls in numba longer still)."""
     n = int(n)
     if out is None:
         out = np.empty(n, np.float32)
-    log_one_minus_uniform_at(key, take_words(state, n), out.reshape(-1))
+    log_one_minus_uniform_at(key, take_words(state, draw_words(n)), 0, out.reshape(-1))
     return out
 
 
@@ -243,7 +276,7 @@ class NoiseSource:
         """``n`` i.i.d. Exp(1) float32 values (|h|^2 of a CN(0, 1) gain), into ``out`` when given (float32,
         contiguous, size n).
 
-        -log(1 - u) from one 40-bit uniform per value (:func:`log_one_minus_uniform`).
+        -log(1 - u) from one 32-bit uniform per value, two a word (:func:`log_one_minus_uniform`).
         """
         n = int(n)
         if out is None:
@@ -253,7 +286,7 @@ class NoiseSource:
         return out
 
     def log_one_minus_uniform(self, n: int, out: np.ndarray | None = None) -> np.ndarray:
-        """log(1 - u) of the next ``n`` 40-bit uniforms (float32 <= 0, into ``out`` when given): minus the
+        """log(1 - u) of the next ``n`` 32-bit uniforms (float32 <= 0, into ``out`` when given): minus the
         :meth:`exponential` draws, for kernels that negate them in their own pass."""
         return log_one_minus_uniform(self._key, self._state, n, out)
 

@@ -17,7 +17,7 @@ from megbed.channel_emu.config import LinkConfig
 from megbed.channel_emu.digital import _exp_fading_round, abstract_transfer
 from megbed.channel_emu.links import make_link
 from megbed.channel_emu.mcs import eesm_beta, eesm_db, effective_snr_db
-from megbed.channel_emu.noise import NoiseSource
+from megbed.channel_emu.noise import NoiseSource, draw_words, log_one_minus_uniform, log_one_minus_uniform_at
 from megbed.channel_emu.vecmath import NATIVE_HALF, exp32, float_to_half, half_to_float, log32
 
 
@@ -151,7 +151,7 @@ def test_exp_fading_round_is_the_eesm_of_its_own_exp1_gains(mcs, snr):
     np.testing.assert_allclose(effs, effective_snr_db(first * np.float32(snr), mcs), atol=5e-5)
     _exp_fading_round(123, state, acc, False, snr, beta, lo, hi, e, effs)  # Chase
     assert np.all(acc > first) and not np.array_equal(acc - first, first)
-    assert state[0] == 2 * acc.size
+    assert state[0] == 2 * draw_words(acc.size)  # two rounds, two draws a word
     np.testing.assert_allclose(effs, effective_snr_db(acc * np.float32(snr), mcs), atol=5e-5)
     # A key given as a Python int (typed int64) draws as its bits: the same gains as from np.uint64.
     big, again = np.empty((1, 64), np.float32), np.empty((1, 64), np.float32)
@@ -159,6 +159,22 @@ def test_exp_fading_round_is_the_eesm_of_its_own_exp1_gains(mcs, snr):
     _exp_fading_round(np.uint64(2**63 - 5), np.zeros(1, np.uint64), again, True, snr, beta, lo, hi, e, effs)
     np.testing.assert_array_equal(big, again)
     assert eesm_db(0.0, 0, beta, lo, hi) == -300.0
+
+
+def test_fade_draws_are_the_same_whichever_blocks_ask_for_them():
+    # Two draws a word: a block may start on either half, and blocks must give the draws one call gives.
+    key, start = np.uint64(12345), np.uint64(7)
+    whole = np.empty(1001, np.float32)
+    log_one_minus_uniform_at(key, start, 0, whole)
+    for cuts in [(0, 1, 2, 3, 1001), (0, 5, 500, 1000, 1001), (0, 999, 1000, 1001)]:
+        got = np.full(1001, np.nan, np.float32)
+        for a, b in zip(cuts[:-1], cuts[1:], strict=True):
+            log_one_minus_uniform_at(key, start, a, got[a:b])
+        np.testing.assert_array_equal(got, whole)
+    state = np.array([start], np.uint64)
+    np.testing.assert_array_equal(log_one_minus_uniform(np.uint64(12345), state, 1001), whole)
+    assert state[0] == start + draw_words(1001) == start + 501
+    assert np.all(whole <= 0) and np.all(np.isfinite(whole))
 
 
 def test_exp_fading_gains_are_exp1():
