@@ -148,7 +148,8 @@ def main() -> None:
                           f"{r1['wall_s'] * 1e3:8.3f}ms {r1['cpu_s'] * 1e3:6.2f}ms {r1['rtf_wall']:8.4f} "
                           f"{r1['rtf_cpu']:7.4f} | {r2['wall_s'] * 1e3:8.3f}ms {r2['cpu_s'] * 1e3:6.2f}ms "
                           f"{r2['rtf_wall']:8.4f} {r2['rtf_cpu']:7.4f} | {r2['wall_s'] / r1['wall_s']:8.2f} | "
-                          f"{r1['idle_wall_s'] * 1e3:16.3f}ms {r1['rtf_idle']:7.4f}",
+                          + (f"{r1['idle_wall_s'] * 1e3:16.3f}ms {r1['rtf_idle']:7.4f}" if idle
+                             else f"{'-':>18s} {'-':>7s}"),
                           flush=True)
     load1 = os.getloadavg()
     print(f"load average {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f} at end; host reference {reference_ms():.2f} ms; "
