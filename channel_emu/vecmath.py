@@ -24,7 +24,7 @@ import platform
 
 import llvmlite.binding as llvm
 from llvmlite import ir
-from numba import float32, int32, njit, types, uint32
+from numba import float32, int32, njit, types
 from numba.extending import intrinsic
 
 
@@ -64,27 +64,19 @@ def float_to_half(typingctx, x):
 
 
 @intrinsic
-def _bits_f32(typingctx, bits):
+def _bitcast32(typingctx, x):
+    """The 32 bits of ``x`` reinterpreted: a float32 as int32, an int32 or uint32 as float32."""
+    if x == types.float32:
+        out, ir_type = types.int32, ir.IntType(32)
+    elif x in (types.int32, types.uint32):
+        out, ir_type = types.float32, ir.FloatType()
+    else:
+        return None
+
     def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.FloatType())
+        return builder.bitcast(args[0], ir_type)
 
-    return types.float32(types.uint32), codegen
-
-
-@intrinsic
-def _f32_bits(typingctx, x):
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.IntType(32))
-
-    return types.int32(types.float32), codegen
-
-
-@intrinsic
-def _bits_f32_signed(typingctx, bits):
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.FloatType())
-
-    return types.float32(types.int32), codegen
+    return out(x), codegen
 
 
 # Cephes expf: C1 + C2 = ln 2 (C1 exact in 9 bits, so n C1 is exact), P: e^r ~ 1 + r + r^2 P(r) on |r| <= ln2/2.
@@ -105,7 +97,7 @@ def exp32(x):
     p = ((((float32(_P0) * r + float32(_P1)) * r + float32(_P2)) * r + float32(_P3)) * r + float32(_P4)) * r \
         + float32(_P5)
     y = p * r2 + r + float32(1.0)
-    scale = _bits_f32(uint32(int32(n) + int32(127)) << uint32(23))
+    scale = _bitcast32(int32((int32(n) + int32(127)) << int32(23)))
     return y * scale if x >= float32(_EXP_MIN) else float32(0.0)
 
 
@@ -122,9 +114,9 @@ def log32(x):
     Subtracting the bits of sqrt(1/2) moves the exponent boundary there: the high bits give e, the low 23 bits
     plus sqrt(1/2)'s give m = x / 2^e in [sqrt(1/2), sqrt(2)), so f = m - 1 is small on both sides of 1.
     """
-    b = int32(_f32_bits(float32(x)) - int32(_SQRT_HALF_BITS))
+    b = int32(_bitcast32(float32(x)) - int32(_SQRT_HALF_BITS))
     e = float32(b >> int32(23))
-    f = _bits_f32_signed(int32((b & int32(0x007FFFFF)) + int32(_SQRT_HALF_BITS))) - float32(1.0)
+    f = _bitcast32(int32((b & int32(0x007FFFFF)) + int32(_SQRT_HALF_BITS))) - float32(1.0)
     z = f * f
     y = float32(_Q[0])
     for c in _Q[1:]:
