@@ -175,28 +175,25 @@ def _views(arrays: Iterable[np.ndarray]) -> list[bytes | memoryview]:
     return [memoryview(a).cast("B") if a.nbytes else b"" for a in arrays]
 
 
-def _header_bytes(frame: Frame, arrays: Sequence[tuple[str, np.ndarray]]) -> bytes:
-    if not isinstance(frame.kind, str) or not frame.kind:
+def _head(kind: str, meta: Any, version: int, arrays: Sequence[tuple[str, np.ndarray]]) -> bytes:
+    """The head part (prefix and JSON header) of a frame of ``kind``, ``meta`` and these buffers."""
+    if not isinstance(kind, str) or not kind:
         raise FrameError("frame kind must be a non-empty string")
-    return _json_bytes({"kind": frame.kind, "meta": frame.meta,
-                        "buffers": [{"name": n, "dtype": _dtype_name(a.dtype), "shape": list(a.shape)}
-                                    for n, a in arrays]})
+    header = _json_bytes({"kind": kind, "meta": meta,
+                          "buffers": [{"name": n, "dtype": _dtype_name(a.dtype), "shape": list(a.shape)}
+                                      for n, a in arrays]})
+    return _PREFIX.pack(MAGIC, version, 0, len(header)) + header
 
 
 def _prepare(frame: Frame) -> tuple[bytes, list[tuple[str, np.ndarray]]]:
     arrays = [(str(n), _canonical(a, str(n))) for n, a in frame.buffers.items()]
-    header = _header_bytes(frame, arrays)
-    prefix = _PREFIX.pack(MAGIC, frame.version, 0, len(header))
-    return prefix + header, arrays
+    return _head(frame.kind, frame.meta, frame.version, arrays), arrays
 
 
 def bare_head(kind: str, meta: dict[str, Any], version: int = PROTOCOL_VERSION) -> bytes:
     """The head part of a frame of ``kind`` and ``meta`` with no buffers: ``to_parts(Frame(kind, meta))[0]``,
     encoded without building the frame (the channel emulator sizes every delivery's header this way)."""
-    if not isinstance(kind, str) or not kind:
-        raise FrameError("frame kind must be a non-empty string")
-    header = _json_bytes({"kind": kind, "meta": meta, "buffers": []})
-    return _PREFIX.pack(MAGIC, version, 0, len(header)) + header
+    return _head(kind, meta, version, ())
 
 
 def to_parts(frame: Frame) -> list[bytes | memoryview]:
