@@ -32,7 +32,6 @@ from __future__ import annotations
 import bisect
 import functools
 import math
-import threading
 import warnings
 from dataclasses import dataclass
 
@@ -41,11 +40,18 @@ import torch
 from numba import float32, float64, njit, uint64
 
 from megbed.channel_emu.links import SymbolLink
-from megbed.channel_emu.noise import NoiseSource, box_muller, log_one_minus_uniform_at, polar_inputs_at
+from megbed.channel_emu.noise import (
+    NoiseSource,
+    box_muller,
+    draw_words,
+    log_one_minus_uniform_at,
+    polar_inputs_at,
+)
+from megbed.channel_emu.scratch import pool
 from megbed.channel_emu.vecmath import NATIVE_HALF, float_to_half, half_to_float
 
 SCALE_BITS = 32  # one float32 RMS per buffer, carried as side information
-_F16 = np.dtype(np.float16)
+F16 = np.dtype(np.float16)  # the wire dtype of latents: the dtype the fused kernel takes
 _F16_MAX = float(np.finfo(np.float16).max)
 _F32_MAX = float(np.finfo(np.float32).max)
 
@@ -118,25 +124,6 @@ def _as_f32(arr: np.ndarray, out: np.ndarray | None = None) -> tuple[np.ndarray,
         x = out
         np.copyto(x, a, casting="unsafe")
     return x, float(_sum_sq(x))
-
-
-_scratch = threading.local()
-
-
-def _pool(name: str, n: int, dtype: type = np.float32) -> np.ndarray:
-    """This thread's scratch array ``name`` of ``n`` elements of ``dtype`` (float32 unless given; one dtype per
-    name; contents undefined).
-
-    Reused across deliveries: fresh 64-256 KB arrays per delivery cost page faults and cold caches (the fp16 cast,
-    the noise and the equaliser ran 2-3x slower inside a delivery than alone). Nothing pooled is ever returned.
-    """
-    pools = getattr(_scratch, "arrays", None)
-    if pools is None:
-        pools = _scratch.arrays = {}
-    a = pools.get(name)
-    if a is None or a.size < n:
-        a = pools[name] = np.empty(max(int(n), 0 if a is None else 2 * a.size), dtype)
-    return a[:n]
 
 
 @njit(cache=True, boundscheck=False, fastmath={"reassoc"})
@@ -322,7 +309,7 @@ def _fused_half(x, ends, key, state, fading, no, mmse, segs, y):
     if not np.isfinite(energy):
         return math.nan, energy
     start = state[0]
-    fade_words = (s_n + 1) >> 1 if fading else 0  # two fades a word (noise.draw_words)
+    fade_words = draw_words(s_n) if fading else 0
     state[0] = start + uint64(fade_words + s_n)
     noise_start = start + uint64(fade_words)
     n_im = ends[nb - 1] - s_n  # imaginary-part values that exist: the padding's error is not counted
@@ -381,12 +368,13 @@ def _symbol_segments(sizes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     ends = list(np.cumsum(sizes).tolist())
     s_n = -(-ends[-1] // 2)
     cuts = sorted({0, s_n} | {e for e in ends if e < s_n} | {e - s_n for e in ends if s_n < e < 2 * s_n})
-    rows = [[], [], [], []]
+    k0, k1, re, im = [], [], [], []
     for a, b in zip(cuts[:-1], cuts[1:], strict=True):
-        for row, v in zip(rows, (a, b, bisect.bisect_right(ends, a), bisect.bisect_right(ends, s_n + a)),
-                          strict=True):
-            row.append(v)
-    return np.array(ends, np.int64), np.array(rows, np.int64).reshape(4, -1)
+        k0.append(a)
+        k1.append(b)
+        re.append(bisect.bisect_right(ends, a))
+        im.append(bisect.bisect_right(ends, s_n + a))
+    return np.array(ends, np.int64), np.array([k0, k1, re, im], np.int64)
 
 
 def _transmit_half(buffers: dict[str, np.ndarray], sizes: list[int], link: SymbolLink, snr_db: float,
@@ -404,13 +392,13 @@ def _transmit_half(buffers: dict[str, np.ndarray], sizes: list[int], link: Symbo
         y = got.reshape(-1).view(np.uint16)
     else:
         name = None
-        x = _pool("x16", 2 * n_sym, np.uint16)
+        x = pool("x16", 2 * n_sym, np.uint16)
         pos = 0
         for a in buffers.values():
             x[pos:pos + a.size] = np.ascontiguousarray(a).reshape(-1).view(np.uint16)
             pos += a.size
         x[pos:] = 0
-        y = _pool("y16", 2 * n_sym, np.uint16)
+        y = pool("y16", 2 * n_sym, np.uint16)
     # Draws in the order link.transmit makes them (fades, then noise), from the same source.
     fading = not link.flat
     no = 10.0 ** (-snr_db / 10.0) if fading else link.noise_variance(n_sym, snr_db, noise)
@@ -451,13 +439,12 @@ def _deliver_as(y: np.ndarray, arr: np.ndarray, sent: np.ndarray) -> tuple[np.nd
     return got.reshape(arr.shape), float(_sq_err(got, np.ascontiguousarray(arr).reshape(-1)))
 
 
-def fused_path(link: SymbolLink, impl: str, dtypes) -> bool:
-    """Whether :func:`transmit_values` sends buffers of these ``dtypes`` over ``link`` by the fused fp16 kernel:
-    all fp16, ``impl="fast"``, an additive link with flat or i.i.d. Exp(1) gains, a CPU with native half casts
-    (:data:`megbed.channel_emu.vecmath.NATIVE_HALF`). That path runs no torch op (only
-    its rare fallback for non-finite values does, on one thread below torch's 32768-element grain)."""
-    return NATIVE_HALF and impl == "fast" and link.additive and (link.flat or link.iid_exp_gains) and all(
-        d == np.float16 for d in dtypes)
+def fused_path(link: SymbolLink, impl: str) -> bool:
+    """Whether :func:`transmit_values` sends fp16 buffers (:data:`F16`; the callers check the dtypes) over ``link``
+    by the fused fp16 kernel: ``impl="fast"``, an additive link with flat or i.i.d. Exp(1) gains, a CPU with native
+    half casts (:data:`megbed.channel_emu.vecmath.NATIVE_HALF`). That path runs no torch op (only its rare fallback
+    for non-finite values does, on one thread below torch's 32768-element grain)."""
+    return NATIVE_HALF and impl == "fast" and link.additive and (link.flat or link.iid_exp_gains)
 
 
 def transmit_values(buffers: dict[str, np.ndarray], link: SymbolLink, snr_db: float, noise: NoiseSource,
@@ -485,18 +472,18 @@ def transmit_values(buffers: dict[str, np.ndarray], link: SymbolLink, snr_db: fl
         dt = arr.dtype
         if dt.kind != "f":
             raise TypeError(f"analog buffer {name!r} must be floating point, got {dt}")
-        all_half = all_half and (dt is _F16 or dt == _F16)
+        all_half = all_half and (dt is F16 or dt == F16)
         sizes.append(arr.size)
     total = sum(sizes)
     n_sym = -(-total // 2)
     if n_sym == 0:
         return AnalogResult({k: v.copy() for k, v in buffers.items()}, 0.0, 0.0, 0, 0, 0.0)
     mmse = equalizer == "mmse"
-    if all_half and fused_path(link, impl, ()):
+    if all_half and fused_path(link, impl):
         res = _transmit_half(buffers, sizes, link, snr_db, noise, mmse)
         if res is not None:
             return res
-    stream = _pool("x", 2 * n_sym)  # the buffers' float32 values, one after the other
+    stream = pool("x", 2 * n_sym)  # the buffers' float32 values, one after the other
     sent, clean, energies, rms, segs = [], [], [], [], []
     pos = 0
     for arr, size in zip(buffers.values(), sizes, strict=True):
@@ -513,15 +500,15 @@ def transmit_values(buffers: dict[str, np.ndarray], link: SymbolLink, snr_db: fl
     ys = []
     if impl == "fast" and link.additive:
         # Draws in the order link.transmit makes them (fades, then noise), from the same source.
-        g = None if link.flat else link.symbol_gains(n_sym, noise, _pool("g", n_sym))
+        g = None if link.flat else link.symbol_gains(n_sym, noise, pool("g", n_sym))
         no = 10.0 ** (-snr_db / 10.0) if g is not None else link.noise_variance(n_sym, snr_db, noise)
-        w = noise.standard_normal(2 * n_sym, _pool("w", 2 * n_sym))
-        y_all = _pool("y", 2 * n_sym)
+        w = noise.standard_normal(2 * n_sym, pool("w", 2 * n_sym))
+        y_all = pool("y", 2 * n_sym)
         if g is None:
             c = 1.0 / (1.0 + no) if mmse else 1.0
             a = c * math.sqrt(no)
         else:
-            c_sym, a_sym = _pool("c", n_sym), _pool("a", n_sym)
+            c_sym, a_sym = pool("c", n_sym), pool("a", n_sym)
             _equaliser(g, no, mmse, c_sym, a_sym)
         for (lo, hi), x, r, arr in zip(segs, clean, rms, buffers.values(), strict=True):
             # fp16 (the latents) goes through scratch and is rounded into a fresh array; other dtypes keep y.

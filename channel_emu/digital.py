@@ -24,7 +24,6 @@ Airtime and symbol counts come from the actual coded symbols of every transmissi
 from __future__ import annotations
 
 import math
-import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -42,7 +41,8 @@ from megbed.channel_emu.mcs import (
     effective_snr_db,
     segment,
 )
-from megbed.channel_emu.noise import log_one_minus_uniform_at
+from megbed.channel_emu.noise import draw_words, log_one_minus_uniform_at
+from megbed.channel_emu.scratch import pool
 from megbed.channel_emu.vecmath import exp32
 
 RV_SEQUENCE = (0, 2, 3, 1)
@@ -234,7 +234,7 @@ def _exp_fading_round(key, state, acc, fresh, snr_lin, beta, lo, hi, e, effs):
     rows, cols = acc.shape
     k = uint64(key)  # a Python int types as int64 below 2^63: its bits, unsigned
     start = state[0]
-    state[0] = start + uint64((rows * cols + 1) >> 1)  # two draws a word (noise.draw_words)
+    state[0] = start + uint64(draw_words(rows * cols))
     snr32, ib32 = float32(snr_lin), float32(1.0 / beta)
     for b in range(rows):
         a = acc[b]
@@ -249,19 +249,6 @@ def _exp_fading_round(key, state, acc, fresh, snr_lin, beta, lo, hi, e, effs):
         effs[b] = eesm_db(total, used, beta, lo, hi)
 
 
-_scratch = threading.local()
-
-
-def _exp_fading_scratch(blocks: int, cols: int) -> tuple[np.ndarray, ...]:
-    """This thread's (acc [blocks, cols], e [cols], effs [blocks], counter [1]) for :func:`_abstract_exp_fading`,
-    reused while the shape stays (one side block per delivery has one shape)."""
-    got = getattr(_scratch, "exp_fading", None)
-    if got is None or got[0].shape != (blocks, cols):
-        got = _scratch.exp_fading = (np.empty((blocks, cols), np.float32), np.empty(cols, np.float32),
-                                     np.empty(blocks), np.zeros(1, np.uint64))
-    return got
-
-
 def _abstract_exp_fading(bits: np.ndarray | None, seg: Segmentation, link: SymbolLink, snr_db: float,
                          rng: np.random.Generator, rounds: int, corrupt: bool) -> DigitalResult:
     """:func:`abstract_transfer` on a link of i.i.d. Exp(1) symbol gains (per-symbol Rayleigh): each round one
@@ -271,9 +258,12 @@ def _abstract_exp_fading(bits: np.ndarray | None, seg: Segmentation, link: Symbo
     Exp(1) by inversion, not the same numbers). It runs for the side information of every analog delivery."""
     table = bler_table()
     beta, lo, hi = eesm_beta(seg.mcs)
-    acc, e, eff_arr, state = _exp_fading_scratch(seg.num_blocks, seg.n // seg.bits_per_symbol)
-    key = rng.bit_generator.random_raw() >> 1  # a Python int numba takes (int64); np.uint64() cost ~2 us
+    cols = seg.n // seg.bits_per_symbol
+    acc = pool("exp_fading_acc", seg.num_blocks * cols).reshape(seg.num_blocks, cols)
+    e, eff_arr = pool("exp_fading_e", cols), pool("exp_fading_effs", seg.num_blocks, np.float64)
+    state = pool("exp_fading_counter", 1, np.uint64)
     state[0] = 0
+    key = rng.bit_generator.random_raw() >> 1  # a Python int numba takes (int64); np.uint64() cost ~2 us
     pending = list(range(seg.num_blocks))
     sent: list[int] = []
     eff_of: dict[int, float] = {}

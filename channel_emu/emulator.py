@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from megbed.channel_emu.analog import SCALE_BITS, digital_distortion, fused_path, transmit_values
+from megbed.channel_emu.analog import F16, SCALE_BITS, digital_distortion, fused_path, transmit_values
 from megbed.channel_emu.coded import CodedChain
 from megbed.channel_emu.config import MAX_MCS, MIN_MCS, LinkConfig, LinkConfigError
 from megbed.channel_emu.digital import DigitalResult, abstract_transfer, corrupt_bytes
@@ -52,8 +52,6 @@ from megbed.channel_emu.noise import NoiseSource
 from megbed.channel_emu.process import ChannelProcess, ChannelState
 from megbed.channel_emu.record import DeliveryRecord
 from megbed.megwire import Frame, bare_head
-
-_F16 = np.dtype(np.float16)
 
 # Per-request link fields a frame may carry (``meta["link"]`` or ``meta["request"]["link"]``), as the testbed's
 # ``Request.link_meta()`` spells them.
@@ -265,7 +263,7 @@ class ChannelEmulator:
         fp16 path (:func:`megbed.channel_emu.analog.fused_path`); the rest of those modes is numpy and numba."""
         hit = self._by_id.get(("torch_free", id(cfg)))
         if hit is None or hit[0] is not cfg:  # the config's part, once per config (this runs per delivery)
-            hit = (cfg, cfg.mode in ("analog", "shannon") and fused_path(self.link(cfg), cfg.impl, ()))
+            hit = (cfg, cfg.mode in ("analog", "shannon") and fused_path(self.link(cfg), cfg.impl))
             self._by_id[("torch_free", id(cfg))] = hit
         if not hit[1]:
             return False
@@ -273,7 +271,7 @@ class ChannelEmulator:
             if type(b) is not np.ndarray:
                 return False
             dt = b.dtype
-            if dt.kind == "f" and dt is not _F16 and dt != _F16:
+            if dt.kind == "f" and dt is not F16 and dt != F16:
                 return False
         return True
 

@@ -50,12 +50,18 @@ def mix64(z):
     return z ^ (z >> uint64(31))
 
 
+@njit(inline="always")
+def _word(key, index):
+    """Word ``index`` (uint64) of the stream of ``key``."""
+    return mix64(key + (index + uint64(1)) * GOLDEN)
+
+
 @njit(cache=True, boundscheck=False)
 def _fill_words(key, state, words):
     """``words`` (uint64) <- the next outputs of the stream."""
     base = state[0]
     for j in range(words.size):
-        words[j] = mix64(key + (base + uint64(j) + uint64(1)) * GOLDEN)
+        words[j] = _word(key, base + uint64(j))
     state[0] = base + uint64(words.size)
 
 
@@ -79,11 +85,6 @@ def _one_minus_u32(w):
     k = (uint64(1) << uint64(32)) - w
     return (float32(int32(k >> uint64(16))) * float32(2.0 ** -16)
             + float32(int32(k & uint64(0xFFFF))) * float32(2.0 ** -32))
-
-
-@njit(inline="always")
-def _word(key, index):
-    return mix64(key + (index + uint64(1)) * GOLDEN)
 
 
 @njit(cache=True, boundscheck=False, error_model="numpy")
@@ -117,9 +118,11 @@ def log_one_minus_uniform_at(key, start, first, out):
         out[t] = log32(out[t])
 
 
-def draw_words(n: int) -> int:
-    """Words that ``n`` draws of :func:`log_one_minus_uniform_at` from draw 0 take."""
-    return (int(n) + 1) >> 1
+@njit(inline="always")
+def draw_words(n):
+    """Words that ``n`` draws of :func:`log_one_minus_uniform_at` from draw 0 take (two a word); the one place
+    that says so, for Python callers and the kernels that advance the counter themselves."""
+    return (n + 1) >> 1
 
 
 @njit(cache=True, boundscheck=False, error_model="numpy")
@@ -128,7 +131,7 @@ def polar_inputs_at(key, start, log_v, angle):
     ``key``: ``log_v`` <- log(float32(1 - u)), u a 40-bit uniform (high bits); ``angle`` <- the low 24 bits k
     (theta = 2 pi k / 2^24). As :func:`log_one_minus_uniform_at`, the log in a second loop."""
     for j in range(log_v.size):
-        z = mix64(key + (start + uint64(j) + uint64(1)) * GOLDEN)
+        z = _word(key, start + uint64(j))
         log_v[j] = _one_minus_u40(z)
         angle[j] = int32(z & uint64(0xFFFFFF))
     for j in range(log_v.size):
