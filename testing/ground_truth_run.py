@@ -3,9 +3,10 @@
 Nothing here is measured. Costs follow closed forms so the analysis can be checked against them:
 
 * compute stage latency ``= a_node · TFLOP + b_node`` (FLOPs counted from the model folder's configs with
-  :mod:`analysis.flops`; without a model folder, ``a_node · steps + b_node``) with 3% multiplicative noise;
+  :mod:`megbed.testbed.ldm.flops`; without a model folder, ``a_node · steps + b_node``) with 3% multiplicative noise;
 * link airtime ``= payload bits / (B · log2(1 + SNR))`` with the paper's path loss (B = 1 MHz, P = 30 dBm,
-  N0 = −94 dBm, PL(dB) = 35.3 + 37.6 log10 d);
+  N0 = −94 dBm, PL(dB) = 35.3 + 37.6 log10 d: :mod:`megbed.channel_emu.pathloss`), the merged SDXL latent's bytes
+  and each scheme's stages as megbed defines them (as in :mod:`megbed.testing.parametric_campaign`);
 * energy ``= power x latency`` per rail, idle power subtracted for the net figure;
 * quality (PSNR) rising with N, falling with β and, for MEG's analog link, with low SNR.
 
@@ -24,9 +25,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from megbed.channel_emu.config import PathLossConfig
+from megbed.channel_emu.pathloss import snr_db_at
 from megbed.measurements import schema
 from megbed.measurements.dataset import DatasetWriter, write_trace
 from megbed.measurements.manifest import build_manifest, write_manifest
+from megbed.testbed.ldm.plan import plan_for
+from megbed.testbed.policy.costmodel import capacity_bits_per_hz
+from megbed.testbed.request import Request
+from megbed.testing.parametric_campaign import LATENT_SHAPE, merged_payload_bits
 
 # One ES U-Net step costs what an SDXL step costs on a desktop GPU (s); the UE is UE_SLOWDOWN times slower, and
 # every compute stage has a fixed overhead (s). Other stages cost in proportion to their FLOPs.
@@ -114,13 +121,8 @@ def write_tiny_model(folder: Path) -> Path:
     return folder
 
 
-def snr_db_at(distance_m: float) -> float:
-    """The paper's link budget: 30 dBm, PL = 35.3 + 37.6 log10 d, N0 = -94 dBm over 1 MHz."""
-    return 30.0 - (35.3 + 37.6 * math.log10(distance_m)) + 94.0
-
-
-def rate_bps(snr_db: float, bandwidth_hz: float = 1e6) -> float:
-    return bandwidth_hz * math.log2(1.0 + 10 ** (snr_db / 10))
+LINK = PathLossConfig()  # the paper's link budget
+BANDWIDTH_HZ = 1e6
 
 
 def _psnr(scheme: str, n: int, beta: float, snr_db: float, decoder: str, rng: np.random.Generator) -> float:
@@ -211,18 +213,14 @@ class _Builder:
 
     def request(self, scheme: str, n: int, beta: float, distance_m: float, decoder: str, rep: int) -> None:
         spec = self.spec
-        snr_set = snr_db_at(distance_m)
+        snr_set = snr_db_at(distance_m, LINK)
         ch_snr = snr_set + float(self.rng.normal(0, 0.5))
         pid = f"{scheme}-n{n}-b{beta:g}-d{distance_m:g}-{decoder}"
         rid = f"{pid}-r{rep}"
-        latent_values = 65_536  # the paper's SDXL latent (4 x 128 x 128), whatever the tiny model's size
-        if scheme == "meg":
-            kept = latent_values * (1 - beta)
-            payload_bits = int(kept * 16 + (latent_values / 16) * beta * 12)
-        elif scheme == "ceg":
-            payload_bits = int(latent_values * 16 * 1.4)  # the compressed image
-        else:
-            payload_bits = 0
+        # The paper's SDXL latent goes on the wire, whatever the tiny model's size; CEG sends a compressed image.
+        plan = plan_for(scheme, Request("synthetic", scheme=scheme, n_steps=n, merge_ratio=beta))
+        payload_bits = {"handoff_frame": merged_payload_bits(beta), "image_frame": int(math.prod(LATENT_SHAPE) * 16 * 1.4),
+                        None: 0}[plan.transfer]
         base = dict(
             run_id="synthetic", point_id=pid, request_id=rid, repetition=rep, scheme=scheme, model="tiny-ldm",
             prompt="a red apple on a table", seed=rep, n_steps=n, es_steps=n if scheme != "ue_local" else 0,
@@ -236,23 +234,17 @@ class _Builder:
         if scheme == "ue_local":  # no link at all: its link columns stay empty
             base.update(link_model=None, tx_mode=None, distance_m=np.nan)
         start = self.t_ns
-        if scheme == "ue_local":
-            plan = [("ue", "text_encode", 0), ("ue", "denoise", n), ("ue", "decode", 0)]
-        elif scheme == "ceg":
-            plan = [("es", "text_encode", 0), ("es", "denoise", n), ("es", "decode", 0), ("es", "image_encode", 0),
-                    ("channel", "link", 0), ("ue", "image_decode", 0)]
-        else:
-            plan = [("es", "text_encode", 0), ("es", "denoise", n), ("es", "merge", 0), ("es", "serialize", 0),
-                    ("channel", "link", 0), ("ue", "deserialize", 0), ("ue", "unmerge", 0), ("ue", "decode", 0)]
+        sequence = [("es", stage) for stage in plan.es] + [("channel", "link")] * bool(payload_bits)
+        sequence += [("ue", stage) for stage in plan.ue]
         if payload_bits:
-            airtime = payload_bits / rate_bps(ch_snr)
-            link = dict(ch_snr_db=ch_snr, ch_gain_db=ch_snr - 94.0 - 30.0, ch_payload_bits=payload_bits,
+            airtime = payload_bits / (BANDWIDTH_HZ * float(capacity_bits_per_hz(ch_snr)))
+            link = dict(ch_snr_db=ch_snr, ch_gain_db=ch_snr - LINK.tx_power_dbm, ch_payload_bits=payload_bits,
                         ch_symbols=int(payload_bits / 2), ch_airtime_s=airtime,
                         ch_nmse=10 ** (-ch_snr / 10) if scheme == "meg" else 0.0)
             base.update(link)
-        for node, stage, steps in plan:
+        for node, stage in sequence:
             if stage in ("text_encode", "denoise", "decode"):
-                lat = self.compute_latency(node, stage, steps)
+                lat = self.compute_latency(node, stage, n if stage == "denoise" else 0)
                 if stage == "decode" and decoder == "distilled" and node == "ue":
                     lat *= 0.55
             elif stage == "link":
