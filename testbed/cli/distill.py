@@ -27,6 +27,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from megbed.megwire.vocab import WIRE_DTYPES
 from megbed.testbed.cli.main import CliError
 
 DEFAULT_SNRS_DB = (20.0, 10.0, 5.0, 0.0, -4.0)  # as megbed.testbed.distill.evaluate (kept here: --help imports no torch)
@@ -420,7 +421,7 @@ def register(sub) -> None:
     e.add_argument("--link-config", type=Path, default=None, help="link file for the SNR conditions (default AWGN)")
     e.add_argument("--guidance", type=float, default=5.0, help="CFG scale (default 5)")
     e.add_argument("--scheduler", default=None, help="sampler (default: the model's own)")
-    e.add_argument("--wire-dtype", choices=("float16", "float32"), default="float16")
+    e.add_argument("--wire-dtype", choices=WIRE_DTYPES, default="float16")
     e.add_argument("--seed", type=int, default=0, help="seed of the noise draws")
     e.add_argument("--device", default="cpu", help="torch device")
     e.add_argument("--model-dtype", choices=("float32", "float16", "bfloat16"), default="float32")
@@ -446,7 +447,7 @@ def register(sub) -> None:
     k.add_argument("--snr-db", type=_floats, default=[30.0, 20.0, 15.0, 10.0, 5.0, 0.0, -4.0],
                    help="link SNRs besides noiseless (default 30,20,15,10,5,0,-4)")
     k.add_argument("--guidance", type=float, default=5.0, help="CFG scale (default 5)")
-    k.add_argument("--wire-dtype", choices=("float16", "float32"), default="float16")
+    k.add_argument("--wire-dtype", choices=WIRE_DTYPES, default="float16")
     k.add_argument("--seed", type=int, default=0, help="seed of the noise draws")
     k.add_argument("--device", default="cpu", help="torch device")
     k.add_argument("--model-dtype", choices=("float32", "float16", "bfloat16"), default="float32")

@@ -19,7 +19,7 @@ import tempfile
 from dataclasses import fields
 from pathlib import Path
 
-from megbed.megwire.vocab import WIRE_DTYPES
+from megbed.megwire.vocab import MAX_MERGE_RATIO, WIRE_DTYPES
 from megbed.testbed.cli.main import CliError
 from megbed.testbed.ldm.merge_methods import MERGE_METHODS
 from megbed.testbed.request import SCHEDULER_NAMES, Request
@@ -32,7 +32,8 @@ REQUEST_FLAGS: tuple[tuple[str, str, tuple[str, ...], dict, str], ...] = (
     ("n_steps", "--n-steps", ("--steps", "-n"), {"type": int}, "N, denoising steps"),
     ("es_steps", "--es-steps", ("--split", "-k"), {"type": int},
      "k, steps on the ES (default N: the UE only decodes; k < N: hybrid)"),
-    ("merge_ratio", "--merge-ratio", ("--merge", "-b"), {"type": float}, "beta, latent merge ratio in [0, 0.75]"),
+    ("merge_ratio", "--merge-ratio", ("--merge", "-b"), {"type": float},
+     f"beta, latent merge ratio in [0, {MAX_MERGE_RATIO:g}]"),
     ("merge_method", "--merge-method", (), {"choices": MERGE_METHODS},
      "how tokens merge (global = the paper's rule, window = window-local)"),
     ("tome_ratio_es", "--tome-ratio-es", ("--tome-es",), {"type": float}, "tomesd ratio in the ES U-Net (0 = off)"),
