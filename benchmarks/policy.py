@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     from megbed.testbed.policy.costmodel import MeasuredCostModel
     from megbed.testbed.policy.evaluate import run_episodes, summarise
     from megbed.testbed.policy.limits import Constraints
-    from megbed.testbed.policy.quick import _channel_default, default_limits
+    from megbed.testbed.policy.quick import default_limits
 
     torch.set_num_threads(1)
     synthetic_note = None
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"NOTE: {synthetic_note}")
     limits = parse_limits(args.limit) if args.limit else (
         {"latency_s": 3.0, "energy_j": 300.0} if model.source.get("synthetic") else default_limits(model))
-    channel = _channel_default() if args.channel == "auto" else args.channel
+    channel = "process" if args.channel == "auto" else args.channel  # the emulator is always installed
     spec = meg_env_spec(run_dir, channel=channel, costs=tuple(limits), fixed=fixed)
     eval_env = build_env(spec, seed=args.seed + 1, cost_model=model)
     cons = Constraints.from_mapping(eval_env.cost_names, limits, eval_env.episode_length)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,13 +39,19 @@ LATENT_SHAPE = (4, 128, 128)
 CEG_PAYLOAD_BITS = 8 * 200_000  # a compressed 1024 px image
 # The link's effective rate: 85 % of Shannon (coding and protocol overhead).
 RATE_EFFICIENCY = 0.85
-# Nominal times (s) of the stages the spec does not set. The UE-local scheme runs the ES's text encoder and U-Net
-# on the UE, UE_TEXT_SLOWDOWN and UE_STEP_SLOWDOWN times slower.
-STAGE_S = {"serialize": 0.003, "deserialize": 0.003, "unmerge": 0.006, "image_encode": 0.02, "image_decode": 0.02}
-ES_DECODE_S = 0.12
-MERGE_S, MERGE_S_PER_BETA = 0.004, 0.01
-UE_TEXT_SLOWDOWN = 8
-UE_STEP_SLOWDOWN = 20
+# The stage-cost model: an SDXL-class ES GPU and a Jetson-class UE. Nominal time (s) of each (node, stage) before
+# jitter; a denoising entry is per step, and merging takes MERGE_S_PER_BETA more per unit of beta. UE-local runs the
+# ES's text encoder 8x and its U-Net 20x slower on the UE.
+STAGE_S = {
+    ("es", "text_encode"): 0.04, ("es", "denoise"): 0.15, ("es", "merge"): 0.004, ("es", "serialize"): 0.003,
+    ("es", "decode"): 0.12, ("es", "image_encode"): 0.02,
+    ("ue", "deserialize"): 0.003, ("ue", "unmerge"): 0.006, ("ue", "decode"): 0.55, ("ue", "image_decode"): 0.02,
+    ("ue", "text_encode"): 0.04 * 8, ("ue", "denoise"): 0.15 * 20,
+}
+MERGE_S_PER_BETA = 0.01
+# Power while busy (W) per node; the UE's radio draws UE_RX_POWER_W for the airtime.
+POWER_W = {"es": 250.0, "ue": 12.0}
+UE_RX_POWER_W = 1.5
 
 
 def merged_payload_bits(merge_ratio: float) -> int:
@@ -55,7 +61,8 @@ def merged_payload_bits(merge_ratio: float) -> int:
 
 @dataclass
 class SyntheticCampaign:
-    """Parameters of the synthetic campaign. Times in s, powers in W, distances in m.
+    """What varies between synthetic campaigns: the grid and the spreads (the stage costs are :data:`STAGE_S` and
+    :data:`POWER_W`).
 
     Attributes
     ----------
@@ -85,13 +92,6 @@ class SyntheticCampaign:
     quality_sigma: float = 0.2
     failed_fraction: float = 0.0
     include_baselines: bool = True
-    es_text_encode_s: float = 0.04
-    es_step_s: float = 0.15
-    ue_decode_s: float = 0.55
-    es_power_w: float = 250.0
-    ue_power_w: float = 12.0
-    ue_rx_power_w: float = 1.5
-    extra: dict = field(default_factory=dict)
 
 
 def _mse(n_steps: int, merge_ratio: float, n_max: int) -> float:
@@ -99,18 +99,10 @@ def _mse(n_steps: int, merge_ratio: float, n_max: int) -> float:
     return 0.0008 + 0.02 * ((n_max - n_steps) / max(n_max - 4, 1)) ** 1.5 + 0.012 * merge_ratio**2
 
 
-def _nominal_s(spec: SyntheticCampaign, node: str, stage: str, n_steps: int, merge_ratio: float) -> float:
+def _nominal_s(node: str, stage: str, n_steps: int, merge_ratio: float) -> float:
     """Nominal time (s) of ``stage`` on ``node`` before jitter."""
-    on_ue = node == "ue"
-    if stage == "text_encode":
-        return spec.es_text_encode_s * (UE_TEXT_SLOWDOWN if on_ue else 1)
-    if stage == "denoise":
-        return spec.es_step_s * n_steps * (UE_STEP_SLOWDOWN if on_ue else 1)
-    if stage == "decode":
-        return spec.ue_decode_s if on_ue else ES_DECODE_S
-    if stage == "merge":
-        return MERGE_S + MERGE_S_PER_BETA * merge_ratio
-    return STAGE_S[stage]
+    nominal_s = STAGE_S[node, stage] * (n_steps if stage == "denoise" else 1)
+    return nominal_s + MERGE_S_PER_BETA * merge_ratio if stage == "merge" else nominal_s
 
 
 def synthetic_rows(spec: SyntheticCampaign, seed: int = 0):
@@ -155,11 +147,10 @@ def synthetic_rows(spec: SyntheticCampaign, seed: int = 0):
         rate_bps = RATE_EFFICIENCY * link.bandwidth_hz * float(capacity_bits_per_hz(snr_db)) * jitter()
         airtime_s = payload_bits / rate_bps if payload_bits else 0.0
         link_overhead_s = 0.002 * jitter()
-        power_w = {"es": spec.es_power_w, "ue": spec.ue_power_w, "channel": 0.0}
-        seq = [("es", stage, _nominal_s(spec, "es", stage, n, beta)) for stage in plan.es]
+        seq = [("es", stage, _nominal_s("es", stage, n, beta)) for stage in plan.es]
         if payload_bits:
             seq.append(("channel", "link", airtime_s + link_overhead_s))
-        seq += [("ue", stage, _nominal_s(spec, "ue", stage, n, beta)) for stage in plan.ue]
+        seq += [("ue", stage, _nominal_s("ue", stage, n, beta)) for stage in plan.ue]
 
         t0 = clock_ns
         t = t0
@@ -167,7 +158,7 @@ def synthetic_rows(spec: SyntheticCampaign, seed: int = 0):
         e2e_extra = {}
         for node, stage, nominal_s in seq:
             latency_s = nominal_s if stage == "link" else nominal_s * common * jitter()
-            energy_mj = (spec.ue_rx_power_w * airtime_s if stage == "link" else power_w[node] * latency_s) * 1000.0
+            energy_mj = (UE_RX_POWER_W * airtime_s if stage == "link" else POWER_W[node] * latency_s) * 1000.0
             energy_total_mj += energy_mj
             row = dict(base, node=node, stage=stage, t_start_ns=t, t_end_ns=t + int(latency_s * 1e9),
                        latency_s=latency_s, energy_mj_total=energy_mj, energy_net_mj_total=0.8 * energy_mj,
