@@ -1,7 +1,7 @@
 """The embedded default model: size, generation latency at 20 steps, and the quality trade-off vs N, beta, noise.
 
 Everything runs through the project's runtime (``megbed.testbed.ldm``: ``load_pipeline``, ``Request``, the split
-plans' stages, ``run_split``, ``merging``, ``metrics``, ``ReferenceCache``), so the figures are those a campaign
+plans' stages, ``run_split``, ``merging``, ``metrics``, ``reference``), so the figures are those a campaign
 measures.
 
 * Size: parameters per component and bytes on disk (the whole folder, as shipped).
@@ -10,8 +10,8 @@ measures.
   one node (``run_split(..., scheme="ue_local")``) with its per-stage split, and the stock ``pipe(...)`` call beside
   it. Wall time (``perf_counter_ns``) and process CPU time, with the load average (the CPU is shared, so wall times
   include other people's work; CPU time does not).
-* Quality, against the ``--n-max``-step reference of the same prompt and seed (``ReferenceCache``: beta 0, float32
-  wire, unsplit), mean over ``--prompts`` held-out prompts of the shapes grammar:
+* Quality, against the ``--n-max``-step reference of the same prompt and seed (``local_reference``: beta 0,
+  unsplit, 8-bit as a campaign scores it), mean over ``--prompts`` held-out prompts of the shapes grammar:
   - -ln MSE and PSNR vs N in {2, 4, 8, 12, 20} and beta in {0, .25, .5, .75} (MEG with k = N: the ES's N-step
     latent is merged, serialised into a handoff frame in the float16 wire dtype, un-merged and decoded on the UE);
   - the same vs latent noise sigma in {0, .05, .1, .2, .32} added to the merged values on the wire (the paper's
@@ -54,7 +54,7 @@ from megbed.testbed.ldm.merging import merged_payload_nbytes  # noqa: E402
 from megbed.testbed.ldm.metrics import neg_log_mse, psnr_db  # noqa: E402
 from megbed.testbed.ldm.model import LdmModel, load_pipeline  # noqa: E402
 from megbed.testbed.ldm.plan import build_stages, plan_for  # noqa: E402
-from megbed.testbed.ldm.reference import ReferenceCache  # noqa: E402
+from megbed.testbed.ldm.reference import ReferenceCache, local_reference  # noqa: E402
 from megbed.testbed.ldm.runner import identity_link, run_node, run_split  # noqa: E402
 from megbed.testbed.modeltrain.config import DEFAULT_GUIDANCE_SCALE, DEFAULT_NUM_STEPS  # noqa: E402
 from megbed.testbed.modeltrain.export import read_model_meta  # noqa: E402
@@ -175,7 +175,7 @@ def quality_tables(model: LdmModel, n_prompts: int, guidance: float, n_max: int,
     checked = False
     for i, p in enumerate(prompts):
         req = Request(p.prompt, n_steps=n_max, seed=p.seed, guidance_scale=guidance)
-        ref = cache.get(model, req, n_max)
+        ref = local_reference(model, req, n_max, cache)
         for n in STEPS:
             sweep = MegSweep(model, req.replace(n_steps=n))
             images: dict[tuple[float, float], torch.Tensor] = {}

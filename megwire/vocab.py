@@ -10,6 +10,9 @@ from __future__ import annotations
 
 # Generation schemes (the dataset's ``scheme`` column): split MEG, image-sending CEG, everything on the UE.
 SCHEMES = ("meg", "ceg", "ue_local")
+# Split presets a request or a node's --plans can name (megbed.testbed.ldm.plan.plan_for): the schemes plus
+# "hybrid", MEG where the UE finishes the denoising steps (its dataset scheme stays "meg").
+PRESETS = ("meg", "hybrid", "ceg", "ue_local")
 
 # Stages a dataset row can be for, in pipeline order (the order tables and figures list them in).
 STAGES = (

@@ -30,6 +30,7 @@ from megbed.channel_emu.pathloss import snr_db_at
 from megbed.measurements import schema
 from megbed.measurements.dataset import DatasetWriter, write_trace
 from megbed.measurements.manifest import build_manifest, write_manifest
+from megbed.megwire.vocab import SCHEMES
 from megbed.testbed.ldm.plan import plan_for
 from megbed.testbed.policy.costmodel import capacity_bits_per_hz
 from megbed.testbed.request import Request
@@ -80,7 +81,7 @@ class SyntheticSpec:
 
     n_steps: tuple[int, ...] = (4, 8, 12)
     merge_ratios: tuple[float, ...] = (0.0, 0.25, 0.5)
-    schemes: tuple[str, ...] = ("meg", "ceg", "ue_local")
+    schemes: tuple[str, ...] = SCHEMES
     repetitions: int = 3
     distances_m: tuple[float, ...] = (200.0, 300.0)
     decoders: tuple[str, ...] = ("base",)

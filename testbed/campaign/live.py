@@ -22,8 +22,9 @@ from typing import Any
 from megbed.measurements import manifest as M
 from megbed.measurements.dataset import DatasetWriter
 from megbed.testbed.campaign.liveness import startup_wait_s, wait_for_local_broker
-from megbed.testbed.campaign.runner import ReferenceCache
+from megbed.testbed.campaign.runner import es_reference
 from megbed.testbed.campaign.spec import load_spec
+from megbed.testbed.ldm.reference import ReferenceCache
 from megbed.testbed.nodes import rows as R
 from megbed.testbed.nodes.orchestrator import Orchestrator, client_curves
 
@@ -92,9 +93,7 @@ class OrchestratorTestbed:
         M.write_manifest(self.out, M.build_manifest(
             run_id=self.run_id, config={"live": self.spec.resolved()}, machine={"orchestrator": M.machine_info()},
             nodes=self.orch.manifest_section(), campaign={"kind": "live policy evaluation"}))
-        engine_info = self.orch.es.info.get("engine") or {}
-        self.refs = ReferenceCache(self.out / "references", self.spec.reference_n_steps,
-                                   str(engine_info.get("model_fingerprint", engine_info.get("model", ""))))
+        self.refs = ReferenceCache(self.out / "references")
         self.writer = DatasetWriter(self.out, rows_per_part=1000)
         self._count = itertools.count()
         self._link = (self.spec.grid["link_model"][0], self.spec.grid["tx_mode"][0])
@@ -114,7 +113,7 @@ class OrchestratorTestbed:
         prompt = spec.prompts[i % len(spec.prompts)]
         seed = spec.seeds[(i // len(spec.prompts)) % len(spec.seeds)]
         req = spec.request_for(point, prompt, seed, 0, f"live-{i:06d}")
-        ref = self.refs.get(req, self.orch, spec.timeouts.request_s)
+        ref = es_reference(self.refs, self.orch, req, spec.reference_n_steps, spec.timeouts.request_s)
         outcome = self.orch.generate(req, timeout_s=spec.timeouts.request_s)
         quality = R.quality_columns(outcome.image, ref)
         rows = R.outcome_rows(outcome, self.run_id, quality=quality, extra={"model": spec.model_dir.name},

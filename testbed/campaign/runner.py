@@ -5,7 +5,8 @@ Run directory::
     RUN_DIR/campaign.yaml          the spec as given (resume reads it back; its hash must match the manifest's)
     RUN_DIR/manifest.json          provenance (megbed.measurements.manifest) + ``campaign``, ``nodes``, ``clock_sync`` sections
     RUN_DIR/dataset/part-*.parquet rows: one per stage and one end_to_end per request (megbed.measurements.dataset)
-    RUN_DIR/references/*.png       quality references, one per (prompt, seed, N_max, size, model)
+    RUN_DIR/references/*.png       quality references (megbed.testbed.ldm.reference), one per (prompt, seed, N_max, size,
+                                   guidance, sampler, model, precision)
     RUN_DIR/images/*.png           generated images (per ``keep_images``)
     RUN_DIR/logs/*.log             local node processes' logs
 
@@ -21,8 +22,6 @@ the request retried up to ``retries`` times; remote nodes are waited for. A requ
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 import os
@@ -43,6 +42,7 @@ from megbed.megwire import LinkTimeout
 from megbed.testbed.campaign.errors import CampaignError
 from megbed.testbed.campaign.liveness import startup_wait_s
 from megbed.testbed.campaign.spec import CampaignSpec, load_spec
+from megbed.testbed.ldm.reference import ReferenceCache, ReferenceKey
 from megbed.testbed.nodes import rows as R
 from megbed.testbed.nodes.orchestrator import NodeDead, Orchestrator, RequestFailed, client_curves
 from megbed.testbed.request import Request
@@ -157,35 +157,10 @@ def with_request_id(req: Request, request_id: str) -> Request:
 # --- references -----------------------------------------------------------------------------------------------------
 
 
-class ReferenceCache:
-    """Quality references computed once per (prompt, seed, N_max, size, guidance, scheduler, model) by the ES and
-    kept as lossless PNGs under ``RUN_DIR/references/``."""
-
-    def __init__(self, folder: Path, n_steps: int, model_key: str) -> None:
-        self.folder, self.n_steps, self.model_key = folder, int(n_steps), model_key
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self._memory: dict[str, np.ndarray] = {}
-        self.computed = 0
-
-    def key(self, req: Request) -> str:
-        blob = json.dumps({"prompt": req.prompt, "negative": req.negative_prompt, "seed": req.seed,
-                           "n": self.n_steps, "h": req.height_px, "w": req.width_px, "g": req.guidance_scale,
-                           "scheduler": req.scheduler, "model": self.model_key}, sort_keys=True)
-        return hashlib.sha1(blob.encode()).hexdigest()[:16]
-
-    def get(self, req: Request, orch: Orchestrator, timeout_s: float) -> np.ndarray:
-        key = self.key(req)
-        if key in self._memory:
-            return self._memory[key]
-        path = self.folder / f"{key}.png"
-        if path.is_file():
-            image = read_png(path)
-        else:
-            image = orch.reference(req, self.n_steps, timeout_s=timeout_s)
-            write_png(path, image)
-            self.computed += 1
-        self._memory[key] = image
-        return image
+def es_reference(refs: ReferenceCache, orch: Orchestrator, req: Request, n_max: int, timeout_s: float) -> np.ndarray:
+    """``req``'s quality reference at ``n_max`` steps: from ``refs``, or rendered by the ES (``uint8 [H, W, 3]``)."""
+    key = ReferenceKey.for_engine(orch.es.info.get("engine") or {}, req, n_max)
+    return refs.get(key, lambda: orch.reference(req, n_max, timeout_s=timeout_s))
 
 
 def write_png(path: Path, image: np.ndarray) -> None:
@@ -195,13 +170,6 @@ def write_png(path: Path, image: np.ndarray) -> None:
     tmp = path.with_name(path.name + ".tmp")
     Image.fromarray(np.ascontiguousarray(image[..., :3])).save(tmp, format="PNG")
     tmp.replace(path)
-
-
-def read_png(path: Path) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as img:
-        return np.array(img.convert("RGB"))
 
 
 # --- the runner -----------------------------------------------------------------------------------------------------
@@ -486,7 +454,7 @@ class CampaignRunner:
             this = with_request_id(req, rid)
             t0 = time.monotonic_ns()
             try:
-                ref = refs.get(this, self.orch, spec.timeouts.request_s)
+                ref = es_reference(refs, self.orch, this, spec.reference_n_steps, spec.timeouts.request_s)
                 # Several UEs take turns (one request at a time, so they never share the ES's compute).
                 ue = self._next_ue % len(self.orch.ues)
                 self._next_ue += 1
@@ -625,9 +593,7 @@ class CampaignRunner:
         try:
             self.orch = self._start_nodes()
             self._record_nodes(run_id)
-            es_engine = self.orch.es.info.get("engine") or {}
-            refs = self._refs = ReferenceCache(self.run_dir / "references", self.spec.reference_n_steps,
-                                               str(es_engine.get("model_fingerprint", es_engine.get("model", ""))))
+            refs = self._refs = ReferenceCache(self.run_dir / "references")
             self._warmup(todo)
             writer = DatasetWriter(self.run_dir, rows_per_part=1000)
             self._loop(todo, refs, writer, run_id, summary, attempts)

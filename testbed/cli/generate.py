@@ -19,7 +19,7 @@ import tempfile
 from dataclasses import fields
 from pathlib import Path
 
-from megbed.megwire.vocab import MAX_MERGE_RATIO, WIRE_DTYPES
+from megbed.megwire.vocab import MAX_MERGE_RATIO, PRESETS, WIRE_DTYPES
 from megbed.testbed.cli.main import CliError
 from megbed.testbed.ldm.merge_methods import MERGE_METHODS
 from megbed.testbed.request import SCHEDULER_NAMES, Request
@@ -73,7 +73,7 @@ def register(sub) -> None:
             p.add_argument(*aliases, dest=name, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **options)
     p.add_argument("--vae-tiling", action="store_true", default=REQUEST_DEFAULTS["vae_tiling"],
                    help="decode with VAE tiling (bounded decoder memory on memory-bound UEs)")
-    p.add_argument("--scheme", choices=("meg", "hybrid", "ceg", "ue_local"), default=REQUEST_DEFAULTS["scheme"],
+    p.add_argument("--scheme", choices=PRESETS, default=REQUEST_DEFAULTS["scheme"],
                    help="split preset (default meg; hybrid = meg with --es-steps < --n-steps)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--dtype", choices=("float16", "float32"), default=None,

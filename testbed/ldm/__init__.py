@@ -10,5 +10,4 @@ Modules (import what you need; this package imports nothing heavy by itself):
   samplers. ``handoff``: ``Handoff``.
 * ``model``: ``load_pipeline(model_dir, device=..., dtype=...) -> LdmModel``, decoders, ``device_sync``.
 * ``stages`` / ``plan`` / ``runner``: the stage objects, ``SplitPlan`` presets and the in-process runner.
-* ``synthetic``: SD-1.5- and SDXL-shaped models with random weights (tiny for tests, full-size for benchmarks).
 """

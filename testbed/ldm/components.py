@@ -33,11 +33,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+from megbed.megwire.vocab import PRESETS
 from megbed.testbed.ldm.errors import LdmError, MissingComponentError
 
 ROLES = ("es", "ue")
-PLANS = ("meg", "hybrid", "ceg", "ue_local", "reference")
-ROLE_PLANS = {"es": ("meg", "hybrid", "ceg", "reference"), "ue": ("meg", "hybrid", "ceg", "ue_local")}
+# What a node can be loaded for: the split presets, and the ES's quality references (rendered as UE-local).
+PLANS = (*PRESETS, "reference")
+ROLE_PLANS = {"es": (*(p for p in PRESETS if p != "ue_local"), "reference"), "ue": PRESETS}
 SLICE_FILE = "megbed_slice.json"
 UE_DECODER = "ue_decoder"
 # model_index.json keys that are pipeline components megbed never uses (loaded as None).

@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from megbed.megwire import Frame
-from megbed.megwire.vocab import NODE_STAGES, SCHEMES
+from megbed.megwire.vocab import NODE_STAGES, PRESETS, SCHEMES
 from megbed.testbed.ldm.model import LatentDecoder, LdmModel
 from megbed.testbed.ldm.stages import (
     IMAGE_KIND,
@@ -39,7 +39,6 @@ from megbed.testbed.ldm.stages import (
 )
 from megbed.testbed.request import Request, RequestError
 
-PRESETS = ("meg", "hybrid", "ceg", "ue_local")
 NODES = ("es", "ue")
 STAGE_NAMES = NODE_STAGES
 

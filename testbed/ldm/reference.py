@@ -1,9 +1,15 @@
 """Reference images for quality: same prompt and seed, N_max steps, beta = 0, no tomesd, noiseless link.
 
 The reference is the unsplit generation (all stages on one node; bit-identical to MEG with k = N, beta = 0 and a
-float32 wire, see tests/ldm/test_split.py). Computing it costs N_max full steps, so :class:`ReferenceCache` keeps
-each one as a safetensors file keyed by everything that determines its pixels: the model's fingerprint, prompt,
-negative prompt, seed, N_max, resolution, guidance, scheduler, and the precision / device type it ran at.
+float32 wire, see tests/ldm/test_split.py), decoded with the pipeline's own VAE. Its request is
+:meth:`megbed.testbed.request.Request.reference`. Computing it costs N_max full steps, so :class:`ReferenceCache`
+keeps each one, computed once, as a lossless 8-bit PNG keyed by everything that determines its pixels
+(:class:`ReferenceKey`): the model's fingerprint, prompt, negative prompt, seed, N_max, resolution, guidance,
+scheduler, and the precision and device type it ran at.
+
+One cache serves both producers: a campaign's ES renders references over the control link (the key then comes from
+the ES's engine info) and local code renders them with a model in this process (:func:`local_reference`). The cache
+holds no sockets: it is handed a function that computes a missing image.
 """
 
 from __future__ import annotations
@@ -13,38 +19,55 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import torch
+import numpy as np
 
-from megbed.testbed.ldm.model import LdmModel
-from megbed.testbed.request import Request, RequestError
+from megbed.testbed.request import Request
+
+if TYPE_CHECKING:  # the orchestrator's campaign runner uses the cache and key without torch or a model
+    import torch
+
+    from megbed.testbed.ldm.model import LdmModel
 
 log = logging.getLogger(__name__)
 
-REFERENCE_FORMAT = 1
-
-
-def reference_request(request: Request, n_max: int) -> Request:
-    """The reference twin of ``request``: N_max steps, k = N, beta = 0, no tomesd, float32 on the wire."""
-    if not isinstance(n_max, int) or n_max < 1:
-        raise RequestError(f"reference steps N_max={n_max!r} must be an integer >= 1")
-    return request.replace(n_steps=n_max, es_steps=None, merge_ratio=0.0, tome_ratio_es=0.0, tome_ratio_ue=0.0,
-                           wire_dtype="float32")
+REFERENCE_FORMAT = 2  # 1: float32 safetensors (ldm only); 2: uint8 PNG with the key in a text chunk
+_KEY_CHUNK = "megbed-reference-key"
 
 
 @dataclass(frozen=True)
 class ReferenceKey:
-    """Everything that determines a reference image's pixels."""
+    """Everything that determines a reference image's pixels.
+
+    Attributes
+    ----------
+    model : str
+        The model's fingerprint (:meth:`megbed.testbed.ldm.model.LdmModel.fingerprint`).
+    prompt, negative_prompt : str
+        Text prompts.
+    seed, n_max : int
+        Seed and reference steps N_max.
+    height_px, width_px : int or None
+        Image size; None: the model's native size (the fingerprint fixes it).
+    guidance_scale : float
+        Classifier-free guidance scale.
+    scheduler : str
+        Sampler name; ``""``: the model folder's own.
+    dtype, device_type : str
+        Precision (``float32``, ``float16``, ...) and device type (``cpu``, ``cuda``, ...) it ran at.
+    """
 
     model: str
     prompt: str
-    negative_prompt: str | None
+    negative_prompt: str
     seed: int
     n_max: int
-    height: int
-    width: int
+    height_px: int | None
+    width_px: int | None
     guidance_scale: float
     scheduler: str
     dtype: str
@@ -52,14 +75,109 @@ class ReferenceKey:
     format: int = REFERENCE_FORMAT
 
     @classmethod
-    def of(cls, model: LdmModel, request: Request, n_max: int) -> ReferenceKey:
-        req = model.resolve(reference_request(request, n_max))
-        return cls(model.fingerprint(), req.prompt, req.negative_prompt or None, req.seed, n_max, int(req.height_px),
-                   int(req.width_px), req.guidance_scale, str(req.scheduler), str(model.dtype).removeprefix("torch."),
-                   model.device.type)
+    def of(cls, request: Request, n_max: int, *, model: str, dtype: str, device_type: str) -> ReferenceKey:
+        """The key of ``request``'s reference at ``n_max`` steps rendered by the model ``model`` (a fingerprint)."""
+        ref = request.reference(n_max)
+        return cls(str(model), ref.prompt, ref.negative_prompt, ref.seed, ref.n_steps, ref.height_px, ref.width_px,
+                   ref.guidance_scale, ref.scheduler, str(dtype).removeprefix("torch."), str(device_type))
+
+    @classmethod
+    def for_model(cls, model: LdmModel, request: Request, n_max: int) -> ReferenceKey:
+        """The key of a reference rendered by ``model`` in this process (size and sampler resolved)."""
+        resolved = model.resolve(request.reference(n_max))
+        return cls.of(resolved, n_max, model=model.fingerprint(), dtype=str(model.dtype), device_type=model.device.type)
+
+    @classmethod
+    def for_engine(cls, engine_info: Mapping[str, Any], request: Request, n_max: int) -> ReferenceKey:
+        """The key of a reference rendered by a node whose engine reported ``engine_info`` (``model_fingerprint``,
+        ``dtype``, ``device``)."""
+        model = engine_info.get("model_fingerprint", engine_info.get("model", ""))
+        device_type = str(engine_info.get("device", "")).split(":")[0]
+        return cls.of(request, n_max, model=str(model), dtype=str(engine_info.get("dtype", "")),
+                      device_type=device_type)
 
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:32]
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:24]
+
+
+class ReferenceCache:
+    """Reference images (``uint8 [H, W, 3]``) computed once: in memory and as ``<digest>.png`` under ``root``.
+
+    A file is trusted only when the key stored in it equals the key asked for; an unreadable file, or one holding
+    another key, is recomputed (with a warning) and replaced atomically.
+
+    Parameters
+    ----------
+    root : str or Path
+        Cache folder (created on first write), e.g. ``RUN_DIR/references``.
+
+    Attributes
+    ----------
+    computed : int
+        References this cache computed (not read back).
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.computed = 0
+        self._memory: dict[ReferenceKey, np.ndarray] = {}
+
+    def path_for(self, key: ReferenceKey) -> Path:
+        return self.root / f"{key.digest()}.png"
+
+    def get(self, key: ReferenceKey, compute: Callable[[], np.ndarray]) -> np.ndarray:
+        """The reference of ``key``: from memory, from its file, or ``compute()`` (stored before it is returned)."""
+        image = self._memory.get(key)
+        if image is None:
+            image = self._read(key)
+        if image is None:
+            image = _checked(compute())
+            self._write(key, image)
+            self.computed += 1
+        self._memory[key] = image
+        return image
+
+    def _read(self, key: ReferenceKey) -> np.ndarray | None:
+        from PIL import Image, UnidentifiedImageError
+
+        path = self.path_for(key)
+        if not path.is_file():
+            return None
+        try:
+            with Image.open(path) as img:
+                stored = json.loads(img.info.get(_KEY_CHUNK, "null"))
+                pixels = np.array(img.convert("RGB"))
+        except (UnidentifiedImageError, OSError, ValueError) as exc:
+            log.warning("reference cache %s is unreadable (%s); recomputing", path, exc)
+            return None
+        if stored != asdict(key):
+            log.warning("reference cache %s holds another key; recomputing", path)
+            return None
+        return pixels
+
+    def _write(self, key: ReferenceKey, image: np.ndarray) -> None:
+        from PIL import Image
+        from PIL.PngImagePlugin import PngInfo
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        info = PngInfo()
+        info.add_text(_KEY_CHUNK, json.dumps(asdict(key), sort_keys=True))
+        path = self.path_for(key)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=self.root)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                Image.fromarray(image, mode="RGB").save(fh, format="PNG", pnginfo=info)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def _checked(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"a reference must be uint8 [H, W, 3], got {image.dtype} {list(image.shape)}")
+    return np.ascontiguousarray(image)
 
 
 def compute_reference(model: LdmModel, request: Request, n_max: int) -> torch.Tensor:
@@ -67,54 +185,14 @@ def compute_reference(model: LdmModel, request: Request, n_max: int) -> torch.Te
     pipeline's own VAE (a model loaded with a distilled UE decoder still has the stock reference)."""
     from megbed.testbed.ldm.runner import run_split
 
-    return run_split(reference_request(request, n_max), model, scheme="ue_local",
+    return run_split(request.reference(n_max), model, scheme="ue_local",
                      ue_decoder=model.base_decoder).image.float().cpu()
 
 
-class ReferenceCache:
-    """Reference images on disk, one ``<digest>.safetensors`` per key (written atomically).
+def local_reference(model: LdmModel, request: Request, n_max: int, cache: ReferenceCache) -> torch.Tensor:
+    """``request``'s reference rendered by ``model`` in this process, through ``cache``: ``[1, 3, H, W]`` float32
+    in [0, 1] on the CPU, at the 8 bits a campaign scores against."""
+    from megbed.testbed.ldm.stages import image_to_uint8, uint8_to_image
 
-    Parameters
-    ----------
-    root : str or Path
-        Cache folder (created on first write).
-    """
-
-    def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
-
-    def path_for(self, key: ReferenceKey) -> Path:
-        return self.root / f"{key.digest()}.safetensors"
-
-    def get(self, model: LdmModel, request: Request, n_max: int) -> torch.Tensor:
-        """The reference for ``request`` at ``n_max`` steps: from the cache, or computed and stored."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file, safe_open
-
-        key = ReferenceKey.of(model, request, n_max)
-        path = self.path_for(key)
-        if path.is_file():
-            try:
-                with safe_open(str(path), framework="pt") as fh:
-                    stored = json.loads((fh.metadata() or {}).get("key", "null"))
-                if stored == asdict(key):
-                    return load_file(str(path))["image"]
-                log.warning("reference cache %s holds another key; recomputing", path)
-            except (SafetensorError, OSError, ValueError, KeyError) as exc:
-                log.warning("reference cache %s is unreadable (%s); recomputing", path, exc)
-        image = compute_reference(model, request, n_max)
-        self._store(path, key, image)
-        return image
-
-    def _store(self, path: Path, key: ReferenceKey, image: torch.Tensor) -> None:
-        from safetensors.torch import save_file
-
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=self.root)
-        os.close(fd)
-        try:
-            save_file({"image": image.contiguous()}, tmp, metadata={"key": json.dumps(asdict(key))})
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+    key = ReferenceKey.for_model(model, request, n_max)
+    return uint8_to_image(cache.get(key, lambda: image_to_uint8(compute_reference(model, request, n_max))))

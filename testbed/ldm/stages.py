@@ -218,15 +218,26 @@ class DecodeStage(Stage):
         return {"image": self.decoder.decode(state["latents"])}
 
 
-def image_to_png(image: torch.Tensor) -> np.ndarray:
-    """``[1, 3, H, W]`` float in [0, 1] -> PNG file bytes as a uint8 array (8-bit RGB, rounding to nearest)."""
-    from PIL import Image
-
+def image_to_uint8(image: torch.Tensor) -> np.ndarray:
+    """``[1, 3, H, W]`` float in [0, 1] -> ``uint8 [H, W, 3]`` (rounded to nearest; NaN -> 0)."""
     if image.ndim != 4 or image.shape[0] != 1 or image.shape[1] != 3:
         raise StageError(f"image must be [1, 3, H, W], got {list(image.shape)}")
-    pixels = (image[0].detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    # A latent corrupted on the link can decode to NaN / inf pixels: they become 0 (black), never undefined bytes.
+    pixels = (torch.nan_to_num(image[0].detach().float(), nan=0.0).clamp(0, 1) * 255).round().to(torch.uint8)
+    return np.ascontiguousarray(pixels.permute(1, 2, 0).cpu().numpy())
+
+
+def uint8_to_image(pixels: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Inverse of :func:`image_to_uint8`: ``uint8 [H, W, 3]`` -> ``[1, 3, H, W]`` float32 in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).unsqueeze(0).float().div(255).to(device)
+
+
+def image_to_png(image: torch.Tensor) -> np.ndarray:
+    """``[1, 3, H, W]`` float in [0, 1] -> PNG file bytes as a uint8 array (8-bit RGB, :func:`image_to_uint8`)."""
+    from PIL import Image
+
     buf = io.BytesIO()
-    Image.fromarray(pixels, mode="RGB").save(buf, format="PNG")
+    Image.fromarray(image_to_uint8(image), mode="RGB").save(buf, format="PNG")
     return np.frombuffer(buf.getvalue(), dtype=np.uint8).copy()
 
 
@@ -239,7 +250,7 @@ def png_to_image(data: np.ndarray, device: torch.device | str = "cpu") -> torch.
             pixels = np.array(img.convert("RGB"))
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise StageError(f"image payload is not a readable PNG: {exc}") from exc
-    return torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0).float().div(255).to(device)
+    return uint8_to_image(pixels, device)
 
 
 class ImageEncodeStage(Stage):

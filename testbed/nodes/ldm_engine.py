@@ -30,13 +30,11 @@ MAX_CACHED_DECODERS = 4  # decoders kept loaded besides the node's default (leas
 _DECODER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
-def image_to_uint8(image: torch.Tensor) -> np.ndarray:
-    """``[1, 3, H, W]`` float in [0, 1] -> ``uint8 [H, W, 3]`` (rounded to nearest, as the PNG path does; NaN -> 0)."""
-    if image.ndim != 4 or image.shape[0] != 1:
-        raise ValueError(f"image must be [1, 3, H, W], got {list(image.shape)}")
-    # A latent corrupted on the link can decode to NaN / inf pixels: they become 0 (black), never undefined bytes.
-    pixels = (torch.nan_to_num(image[0].detach().float(), nan=0.0).clamp(0, 1) * 255).round().to(torch.uint8)
-    return np.ascontiguousarray(pixels.permute(1, 2, 0).cpu().numpy())
+def _pixels(state: dict[str, Any]) -> np.ndarray:
+    """The decoded image of a stage run as ``uint8 [H, W, 3]`` (what the UE shows and the orchestrator scores)."""
+    from megbed.testbed.ldm.stages import image_to_uint8  # deferred: importing the stages imports diffusers
+
+    return image_to_uint8(state["image"])
 
 
 class LdmEngine(Engine):
@@ -205,7 +203,7 @@ class LdmEngine(Engine):
             raise ProtocolError(f"plan 'reference' on the ES: {exc}", request_id=req.request_id) from exc
         state = self._run("ue_local", "ue", {"request": self._gen(req, reference_n_steps=n_steps)}, None,
                           decoder=base)
-        return image_to_uint8(state["image"])
+        return _pixels(state)
 
     # --- UE ---------------------------------------------------------------------------------------------------------
 
@@ -220,7 +218,7 @@ class LdmEngine(Engine):
             state = self._run("ceg" if key == "image_frame" else "meg", "ue", {key: frame, "request": request}, rec)
         except (HandoffError, LdmError) as exc:
             raise ProtocolError(f"bad {frame.kind} frame: {exc}", request_id=frame.meta.get("request_id")) from exc
-        return image_to_uint8(state["image"])
+        return _pixels(state)
 
     @staticmethod
     def _request_of(frame: Frame) -> Request:
@@ -228,7 +226,7 @@ class LdmEngine(Engine):
 
     def ue_local(self, req: Request, rec: StageRecorder) -> np.ndarray:
         state = self._run("ue_local", "ue", {"request": self._gen(req)}, rec)
-        return image_to_uint8(state["image"])
+        return _pixels(state)
 
     def close(self) -> None:
         del self.model
