@@ -39,47 +39,28 @@ REFERENCE_FORMAT = 2  # 1: float32 safetensors (ldm only); 2: uint8 PNG with the
 _KEY_CHUNK = "megbed-reference-key"
 
 
+# The reference request's fields that determine its pixels (n_steps is N_max). The rest do not: ids, the link, the
+# merge and tomesd ratios (all off), the decoder asked for (the pipeline's own decodes it), the wire dtype (unsplit).
+PIXEL_FIELDS = ("prompt", "negative_prompt", "seed", "n_steps", "height_px", "width_px", "guidance_scale", "scheduler")
+
+
 @dataclass(frozen=True)
 class ReferenceKey:
-    """Everything that determines a reference image's pixels.
-
-    Attributes
-    ----------
-    model : str
-        The model's fingerprint (:meth:`megbed.testbed.ldm.model.LdmModel.fingerprint`).
-    prompt, negative_prompt : str
-        Text prompts.
-    seed, n_max : int
-        Seed and reference steps N_max.
-    height_px, width_px : int or None
-        Image size; None: the model's native size (the fingerprint fixes it).
-    guidance_scale : float
-        Classifier-free guidance scale.
-    scheduler : str
-        Sampler name; ``""``: the model folder's own.
-    dtype, device_type : str
-        Precision (``float32``, ``float16``, ...) and device type (``cpu``, ``cuda``, ...) it ran at.
-    """
+    """What determines a reference image's pixels: the renderer (the model's fingerprint, ``dtype``, ``device_type``)
+    and the reference request's :data:`PIXEL_FIELDS`, as ``(column, value)`` pairs in ``request``."""
 
     model: str
-    prompt: str
-    negative_prompt: str
-    seed: int
-    n_max: int
-    height_px: int | None
-    width_px: int | None
-    guidance_scale: float
-    scheduler: str
     dtype: str
     device_type: str
+    request: tuple[tuple[str, Any], ...]
     format: int = REFERENCE_FORMAT
 
     @classmethod
     def of(cls, request: Request, n_max: int, *, model: str, dtype: str, device_type: str) -> ReferenceKey:
         """The key of ``request``'s reference at ``n_max`` steps rendered by the model ``model`` (a fingerprint)."""
         ref = request.reference(n_max)
-        return cls(str(model), ref.prompt, ref.negative_prompt, ref.seed, ref.n_steps, ref.height_px, ref.width_px,
-                   ref.guidance_scale, ref.scheduler, str(dtype).removeprefix("torch."), str(device_type))
+        return cls(str(model), str(dtype).removeprefix("torch."), str(device_type),
+                   tuple((name, getattr(ref, name)) for name in PIXEL_FIELDS))
 
     @classmethod
     def for_model(cls, model: LdmModel, request: Request, n_max: int) -> ReferenceKey:
@@ -96,8 +77,11 @@ class ReferenceKey:
         return cls.of(request, n_max, model=str(model), dtype=str(engine_info.get("dtype", "")),
                       device_type=device_type)
 
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:24]
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:24]
 
 
 class ReferenceCache:
@@ -145,12 +129,12 @@ class ReferenceCache:
             return None
         try:
             with Image.open(path) as img:
-                stored = json.loads(img.info.get(_KEY_CHUNK, "null"))
+                stored = json.loads(img.info.get(_KEY_CHUNK, "null"))  # JSON: the pairs come back as lists
                 pixels = np.array(img.convert("RGB"))
         except (UnidentifiedImageError, OSError, ValueError) as exc:
             log.warning("reference cache %s is unreadable (%s); recomputing", path, exc)
             return None
-        if stored != asdict(key):
+        if stored != json.loads(key.to_json()):
             log.warning("reference cache %s holds another key; recomputing", path)
             return None
         return pixels
@@ -161,7 +145,7 @@ class ReferenceCache:
 
         self.root.mkdir(parents=True, exist_ok=True)
         info = PngInfo()
-        info.add_text(_KEY_CHUNK, json.dumps(asdict(key), sort_keys=True))
+        info.add_text(_KEY_CHUNK, key.to_json())
         path = self.path_for(key)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=self.root)
         try:
