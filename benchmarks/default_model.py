@@ -11,7 +11,8 @@ measures.
   it. Wall time (``perf_counter_ns``) and process CPU time, with the load average (the CPU is shared, so wall times
   include other people's work; CPU time does not).
 * Quality, against the ``--n-max``-step reference of the same prompt and seed (``local_reference``: beta 0,
-  unsplit, stored at 8 bits as a campaign stores it, so the cell at N = N_max, beta 0 reads the 8-bit floor, ~59 dB), mean over ``--prompts`` held-out prompts of the shapes grammar:
+  unsplit, stored at 8 bits as a campaign stores it, so the cell at N = N_max, beta 0 reads the 8-bit floor, ~59 dB),
+  mean over ``--prompts`` held-out prompts of the shapes grammar:
   - -ln MSE and PSNR vs N in {2, 4, 8, 12, 20} and beta in {0, .25, .5, .75} (MEG with k = N: the ES's N-step
     latent is merged, serialised into a handoff frame in the float16 wire dtype, un-merged and decoded on the UE);
   - the same vs latent noise sigma in {0, .05, .1, .2, .32} added to the merged values on the wire (the paper's
