@@ -25,16 +25,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from megbed.channel_emu.config import PathLossConfig
 from megbed.channel_emu.pathloss import snr_db_at
 from megbed.measurements import schema
 from megbed.measurements.dataset import DatasetWriter, write_trace
 from megbed.measurements.manifest import build_manifest, write_manifest
 from megbed.megwire.vocab import SCHEMES
-from megbed.testbed.ldm.plan import plan_for
-from megbed.testbed.policy.costmodel import capacity_bits_per_hz
-from megbed.testbed.request import Request
-from megbed.testing.parametric_campaign import LATENT_SHAPE, merged_payload_bits
+from megbed.testing.parametric_campaign import LATENT_SHAPE, PAPER_LINK, scheme_path, shannon_rate_bps
 
 # One ES U-Net step costs what an SDXL step costs on a desktop GPU (s); the UE is UE_SLOWDOWN times slower, and
 # every compute stage has a fixed overhead (s). Other stages cost in proportion to their FLOPs.
@@ -47,6 +43,7 @@ RAILS = {
     "ue": {"vdd_in": (14_500.0, 4_800.0), "vdd_cpu_gpu_cv": (8_200.0, 900.0), "vdd_soc": (2_600.0, 1_400.0)},
 }
 TX_POWER_MW = 1000.0  # the paper's 30 dBm
+CEG_PAYLOAD_BITS = int(math.prod(LATENT_SHAPE) * 16 * 1.4)  # the compressed image: 1.4 x the latent's fp16 bits
 PROBES = {"es": "nvml+rapl", "ue": "jetson_ina3221"}
 TOTAL_RAILS = {"es": ("gpu", "cpu_pkg"), "ue": ("vdd_in",)}
 SAMPLE_PERIOD_NS = {"es": 10_000_000, "ue": 20_000_000}
@@ -120,10 +117,6 @@ def write_tiny_model(folder: Path) -> Path:
         (folder / sub / "config.json").write_text(json.dumps(conf, indent=1), encoding="utf-8")
     (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}), encoding="utf-8")
     return folder
-
-
-LINK = PathLossConfig()  # the paper's link budget
-BANDWIDTH_HZ = 1e6
 
 
 def _psnr(scheme: str, n: int, beta: float, snr_db: float, decoder: str, rng: np.random.Generator) -> float:
@@ -214,14 +207,12 @@ class _Builder:
 
     def request(self, scheme: str, n: int, beta: float, distance_m: float, decoder: str, rep: int) -> None:
         spec = self.spec
-        snr_set = snr_db_at(distance_m, LINK)
+        snr_set = snr_db_at(distance_m, PAPER_LINK.pathloss)
         ch_snr = snr_set + float(self.rng.normal(0, 0.5))
         pid = f"{scheme}-n{n}-b{beta:g}-d{distance_m:g}-{decoder}"
         rid = f"{pid}-r{rep}"
-        # The paper's SDXL latent goes on the wire, whatever the tiny model's size; CEG sends a compressed image.
-        plan = plan_for(scheme, Request("synthetic", scheme=scheme, n_steps=n, merge_ratio=beta))
-        payload_bits = {"handoff_frame": merged_payload_bits(beta), "image_frame": int(math.prod(LATENT_SHAPE) * 16 * 1.4),
-                        None: 0}[plan.transfer]
+        # The paper's SDXL latent goes on the wire, whatever the tiny model's size.
+        payload_bits, sequence = scheme_path(scheme, n, beta, CEG_PAYLOAD_BITS)
         base = dict(
             run_id="synthetic", point_id=pid, request_id=rid, repetition=rep, scheme=scheme, model="tiny-ldm",
             prompt="a red apple on a table", seed=rep, n_steps=n, es_steps=n if scheme != "ue_local" else 0,
@@ -235,12 +226,10 @@ class _Builder:
         if scheme == "ue_local":  # no link at all: its link columns stay empty
             base.update(link_model=None, tx_mode=None, distance_m=np.nan)
         start = self.t_ns
-        sequence = [("es", stage) for stage in plan.es] + [("channel", "link")] * bool(payload_bits)
-        sequence += [("ue", stage) for stage in plan.ue]
         if payload_bits:
-            airtime = payload_bits / (BANDWIDTH_HZ * float(capacity_bits_per_hz(ch_snr)))
-            link = dict(ch_snr_db=ch_snr, ch_gain_db=ch_snr - LINK.tx_power_dbm, ch_payload_bits=payload_bits,
-                        ch_symbols=int(payload_bits / 2), ch_airtime_s=airtime,
+            airtime = payload_bits / shannon_rate_bps(ch_snr)
+            link = dict(ch_snr_db=ch_snr, ch_gain_db=ch_snr - PAPER_LINK.pathloss.tx_power_dbm,
+                        ch_payload_bits=payload_bits, ch_symbols=int(payload_bits / 2), ch_airtime_s=airtime,
                         ch_nmse=10 ** (-ch_snr / 10) if scheme == "meg" else 0.0)
             base.update(link)
         for node, stage in sequence:

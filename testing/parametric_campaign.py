@@ -54,9 +54,28 @@ POWER_W = {"es": 250.0, "ue": 12.0}
 UE_RX_POWER_W = 1.5
 
 
+PAPER_LINK = LinkConfig()  # the emulator's default link is the paper's: its budget and bandwidth
+
+
 def merged_payload_bits(merge_ratio: float) -> int:
     """Bits on the wire for the paper's latent merged at ``merge_ratio`` (fp16 tokens, merge map and indices)."""
     return 8 * merged_payload_nbytes(LATENT_SHAPE, merge_ratio, "float16")
+
+
+def shannon_rate_bps(snr_db: float) -> float:
+    """Shannon rate (bit/s) of the paper's link at ``snr_db``."""
+    return PAPER_LINK.bandwidth_hz * float(capacity_bits_per_hz(snr_db))
+
+
+def scheme_path(scheme: str, n_steps: int, merge_ratio: float,
+                ceg_payload_bits: int) -> tuple[int, list[tuple[str, str]]]:
+    """Bits sent ES -> UE by one request of ``scheme`` and its ``(node, stage)`` sequence in megbed's split plan,
+    with ``("channel", "link")`` between the nodes when anything is sent."""
+    plan = plan_for(scheme, Request("synthetic", scheme=scheme, n_steps=n_steps, merge_ratio=merge_ratio))
+    payload_bits = {"handoff_frame": merged_payload_bits(merge_ratio), "image_frame": ceg_payload_bits,
+                    None: 0}[plan.transfer]
+    link = [("channel", "link")] if payload_bits else []
+    return payload_bits, [*(("es", stage) for stage in plan.es), *link, *(("ue", stage) for stage in plan.ue)]
 
 
 @dataclass
@@ -105,30 +124,25 @@ def _nominal_s(node: str, stage: str, n_steps: int, merge_ratio: float) -> float
     return nominal_s + MERGE_S_PER_BETA * merge_ratio if stage == "merge" else nominal_s
 
 
-def synthetic_rows(spec: SyntheticCampaign, seed: int = 0):
-    """Build the tidy rows of a synthetic campaign as a pandas DataFrame (schema v1 columns)."""
-    import pandas as pd
-
+def _rows(spec: SyntheticCampaign, seed: int) -> list[dict]:
+    """The rows of a synthetic campaign, one dict per row (the columns each row has)."""
     rng = np.random.default_rng(seed)
-    link = LinkConfig()  # the paper's link budget and bandwidth
+    pathloss = PAPER_LINK.pathloss
     run_id = f"synthetic-{seed}"
     n_max = max(spec.n_steps)
     rows: list[dict] = []
     clock_ns = 1_000_000_000
-    request_counter = 0
 
     def jitter() -> float:
         return float(rng.lognormal(0.0, spec.jitter_cv))
 
     def add_request(scheme: str, n: int, beta: float, distance: float, rep: int) -> None:
-        nonlocal clock_ns, request_counter
-        request_counter += 1
+        nonlocal clock_ns
         point_id = f"{scheme}-n{n}-b{beta:.3f}-d{distance:.0f}"
         request_id = f"{point_id}-r{rep}"
-        path_loss = path_loss_db(distance, link.pathloss)
         fading_db = float(rng.normal(0.0, spec.fading_sigma_db)) if spec.fading_sigma_db > 0 else 0.0
-        channel_gain_db = gain_db(path_loss, fading_db, link.pathloss)
-        snr_db = link.pathloss.tx_power_dbm + channel_gain_db
+        channel_gain_db = gain_db(path_loss_db(distance, pathloss), fading_db, pathloss)
+        snr_db = pathloss.tx_power_dbm + channel_gain_db
         common = jitter()  # a per-request factor shared by all stages (thermal state, contention)
         failed = rng.random() < spec.failed_fraction
         base = {
@@ -140,17 +154,13 @@ def synthetic_rows(spec: SyntheticCampaign, seed: int = 0):
             "width_px": 1024, "decoder": "distilled", "wire_dtype": "float16", "link_model": "lognormal",
             "tx_mode": "abstraction", "distance_m": distance, "snr_db_set": math.nan,
         }
-        plan = plan_for(scheme, Request("synthetic", scheme=scheme, n_steps=n, merge_ratio=beta))
-        payload_bits = {"handoff_frame": merged_payload_bits(beta), "image_frame": CEG_PAYLOAD_BITS,
-                        None: 0}[plan.transfer]
+        payload_bits, path = scheme_path(scheme, n, beta, CEG_PAYLOAD_BITS)
         mse = {"meg": _mse(n, beta, n_max), "ceg": 0.0006, "ue_local": 0.0004}[scheme]
-        rate_bps = RATE_EFFICIENCY * link.bandwidth_hz * float(capacity_bits_per_hz(snr_db)) * jitter()
+        rate_bps = RATE_EFFICIENCY * shannon_rate_bps(snr_db) * jitter()
         airtime_s = payload_bits / rate_bps if payload_bits else 0.0
         link_overhead_s = 0.002 * jitter()
-        seq = [("es", stage, _nominal_s("es", stage, n, beta)) for stage in plan.es]
-        if payload_bits:
-            seq.append(("channel", "link", airtime_s + link_overhead_s))
-        seq += [("ue", stage, _nominal_s("ue", stage, n, beta)) for stage in plan.ue]
+        seq = [(node, stage, airtime_s + link_overhead_s if stage == "link" else _nominal_s(node, stage, n, beta))
+               for node, stage in path]
 
         t0 = clock_ns
         t = t0
@@ -194,8 +204,14 @@ def synthetic_rows(spec: SyntheticCampaign, seed: int = 0):
             for rep in range(spec.repetitions):
                 add_request("ceg", n_max, 0.0, float(d), rep)
                 add_request("ue_local", n_max, 0.0, float(d), rep)
+    return rows
 
-    df = pd.DataFrame(rows)
+
+def synthetic_rows(spec: SyntheticCampaign, seed: int = 0):
+    """Build the tidy rows of a synthetic campaign as a pandas DataFrame (schema v1 columns)."""
+    import pandas as pd
+
+    df = pd.DataFrame(_rows(spec, seed))
     int_cols = ["repetition", "t_start_ns", "t_end_ns", "seed", "n_steps", "es_steps", "height_px", "width_px",
                 "payload_bytes", "ch_mcs", "ch_payload_bits", "ch_retransmissions"]
     for col in int_cols:
@@ -232,7 +248,7 @@ def write_synthetic_campaign(out_dir: str | Path, spec: SyntheticCampaign | None
     (out / "dataset").mkdir(parents=True, exist_ok=True)
     for old in (out / "dataset").glob("part-*.parquet"):
         old.unlink()
-    rows = synthetic_rows(spec, seed=seed).to_dict("records")
+    rows = _rows(spec, seed)
     # Through the campaign's own writer: every row checked against the schema, parts as a campaign writes them.
     with DatasetWriter(out, rows_per_part=max(-(-len(rows) // max(parts, 1)), 1)) as writer:
         writer.extend(rows)
