@@ -42,6 +42,7 @@ from megbed.megwire import LinkTimeout
 from megbed.testbed.campaign.errors import CampaignError
 from megbed.testbed.campaign.liveness import startup_wait_s
 from megbed.testbed.campaign.spec import CampaignSpec, load_spec
+from megbed.testbed.ldm.png import write_png
 from megbed.testbed.ldm.reference import ReferenceCache, ReferenceKey
 from megbed.testbed.nodes import rows as R
 from megbed.testbed.nodes.orchestrator import NodeDead, Orchestrator, RequestFailed, client_curves
@@ -161,15 +162,6 @@ def es_reference(refs: ReferenceCache, orch: Orchestrator, req: Request, n_max: 
     """``req``'s quality reference at ``n_max`` steps: from ``refs``, or rendered by the ES (``uint8 [H, W, 3]``)."""
     key = ReferenceKey.for_engine(orch.es.info.get("engine") or {}, req, n_max)
     return refs.get(key, lambda: orch.reference(req, n_max, timeout_s=timeout_s))
-
-
-def write_png(path: Path, image: np.ndarray) -> None:
-    """Atomic PNG write (``.tmp`` then rename)."""
-    from PIL import Image
-
-    tmp = path.with_name(path.name + ".tmp")
-    Image.fromarray(np.ascontiguousarray(image[..., :3])).save(tmp, format="PNG")
-    tmp.replace(path)
 
 
 # --- the runner -----------------------------------------------------------------------------------------------------
@@ -496,7 +488,7 @@ class CampaignRunner:
             return
         folder = self.run_dir / "images"
         folder.mkdir(exist_ok=True)
-        write_png(folder / f"{req.request_id}.png", image)
+        write_png(folder / f"{req.request_id}.png", image[..., :3])
 
     def _recover(self, exc: Exception) -> bool:
         """Make the failed request worth retrying: restart a dead local node, or wait for a remote one."""

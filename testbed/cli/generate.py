@@ -14,8 +14,6 @@ takes what ``megbed node ue --decoder`` takes: ``base``, ``distilled``, ``auto``
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 from dataclasses import fields
 from pathlib import Path
 
@@ -94,20 +92,6 @@ def request_of(args: argparse.Namespace) -> Request:
         raise CliError(f"{FLAG_OF.get(exc.field, exc.field)}: {exc}") from None
 
 
-def _write_png_atomic(image, out: Path) -> None:
-    from megbed.testbed.ldm.stages import image_to_png
-
-    data = image_to_png(image.cpu()).tobytes()
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def run(args: argparse.Namespace) -> int:
     model_dir = args.model or _default_model()
     if model_dir is None:
@@ -126,7 +110,9 @@ def run(args: argparse.Namespace) -> int:
     from megbed.testbed.ldm.errors import LdmError
     from megbed.testbed.ldm.merging import MergeError
     from megbed.testbed.ldm.model import load_pipeline, named_decoder, set_vae_tiling
+    from megbed.testbed.ldm.png import write_png
     from megbed.testbed.ldm.runner import run_split
+    from megbed.testbed.ldm.stages import image_to_uint8
 
     try:
         dtype = getattr(torch, args.dtype) if args.dtype else None
@@ -166,6 +152,6 @@ def run(args: argparse.Namespace) -> int:
               f"{result.transfer_nbytes - frame.payload_nbytes} B)")
     else:
         print("nothing sent (ue_local)")
-    _write_png_atomic(result.image, out)
+    write_png(out, image_to_uint8(result.image))
     print(f"image: {out}")
     return 0

@@ -17,8 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from megbed.testbed.ldm.png import write_png
 from megbed.testbed.request import Request
 
 if TYPE_CHECKING:  # the orchestrator's campaign runner uses the cache and key without torch or a model
@@ -140,21 +139,8 @@ class ReferenceCache:
         return pixels
 
     def _write(self, key: ReferenceKey, image: np.ndarray) -> None:
-        from PIL import Image
-        from PIL.PngImagePlugin import PngInfo
-
         self.root.mkdir(parents=True, exist_ok=True)
-        info = PngInfo()
-        info.add_text(_KEY_CHUNK, key.to_json())
-        path = self.path_for(key)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=self.root)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                Image.fromarray(image, mode="RGB").save(fh, format="PNG", pnginfo=info)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_png(self.path_for(key), image, {_KEY_CHUNK: key.to_json()})
 
 
 def _checked(image: np.ndarray) -> np.ndarray:
