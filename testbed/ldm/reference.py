@@ -87,7 +87,8 @@ class ReferenceCache:
     """Reference images (``uint8 [H, W, 3]``) computed once: in memory and as ``<digest>.png`` under ``root``.
 
     A file is trusted only when the key stored in it equals the key asked for; an unreadable file, or one holding
-    another key, is recomputed (with a warning) and replaced atomically.
+    another key, is recomputed (with a warning) and replaced atomically. A file that cannot be written is logged and
+    the reference kept in memory.
 
     Parameters
     ----------
@@ -128,19 +129,21 @@ class ReferenceCache:
             return None
         try:
             with Image.open(path) as img:
-                stored = json.loads(img.info.get(_KEY_CHUNK, "null"))  # JSON: the pairs come back as lists
-                pixels = np.array(img.convert("RGB"))
-        except (UnidentifiedImageError, OSError, ValueError) as exc:
+                # The text is compared, never parsed: we wrote it with to_json, and a hostile chunk stays inert.
+                if img.info.get(_KEY_CHUNK) != key.to_json():
+                    log.warning("reference cache %s holds another key; recomputing", path)
+                    return None
+                return np.array(img.convert("RGB"))
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as exc:
             log.warning("reference cache %s is unreadable (%s); recomputing", path, exc)
             return None
-        if stored != json.loads(key.to_json()):
-            log.warning("reference cache %s holds another key; recomputing", path)
-            return None
-        return pixels
 
     def _write(self, key: ReferenceKey, image: np.ndarray) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        write_png(self.path_for(key), image, {_KEY_CHUNK: key.to_json()})
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            write_png(self.path_for(key), image, {_KEY_CHUNK: key.to_json()})
+        except OSError as exc:  # the reference is in memory: a full disk or a blocked path costs only a recompute later
+            log.warning("reference cache cannot store %s (%s); kept in memory only", self.path_for(key), exc)
 
 
 def _checked(image: np.ndarray) -> np.ndarray:

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import json
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -69,6 +71,16 @@ def test_the_cache_computes_once_checks_the_stored_key_and_refuses_non_images(tm
     assert "unreadable" in caplog.text
     with Image.open(path) as img:
         assert json.loads(img.info["megbed-reference-key"]) == json.loads(key.to_json())
+    # hostile files under the key's name: each is recomputed, nothing raises
+    for name, data in _hostile_pngs().items():
+        path.write_bytes(data)
+        again = ReferenceCache(tmp_path / "refs")
+        assert np.array_equal(again.get(key, render), pixels) and again.computed == 1, name
+    # a path that cannot be written: the reference is still returned, kept in memory
+    blocked = ReferenceCache(tmp_path / "blocked")
+    blocked.path_for(key).mkdir(parents=True)
+    assert np.array_equal(blocked.get(key, render), pixels) and blocked.get(key, render) is blocked.get(key, render)
+    assert "kept in memory only" in caplog.text
     with pytest.raises(ValueError, match="uint8"):
         ReferenceCache(tmp_path / "bad").get(key, lambda: pixels.astype(np.float32))
     assert not list((tmp_path / "bad").glob("*.png"))
@@ -96,3 +108,23 @@ def test_local_reference_is_the_unsplit_n_max_image_at_8_bits(sd15, tmp_path, mo
     assert dict(key.request)["height_px"] == 64 and dict(key.request)["scheduler"]  # resolved by the model
     q = quality(run_split(_req(n_steps=3), sd15).image, first)
     assert q["mse"].item() > 0 and "ms_ssim" in q
+
+
+def _hostile_pngs() -> dict[str, bytes]:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    def png(width: int, height: int, extra: bytes = b"") -> bytes:
+        header = chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+        return (b"\x89PNG\r\n\x1a\n" + header + extra + chunk(b"IDAT", zlib.compress(b"\0" * 10))
+                + chunk(b"IEND", b""))
+
+    text = b"tEXt", b"megbed-reference-key\0"
+    return {
+        "a decompression bomb header": png(60_000, 60_000),
+        "truncated": png(4, 4)[:40],
+        "empty": b"",
+        "key text not JSON": png(4, 4, chunk(text[0], text[1] + b"{not json")),
+        "key text nested 100,000 deep": png(4, 4, chunk(text[0], text[1] + b"[" * 100_000 + b"]" * 100_000)),
+        "key text of another type": png(4, 4, chunk(text[0], text[1] + b"[1, 2]")),
+    }
